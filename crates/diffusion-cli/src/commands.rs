@@ -1,0 +1,408 @@
+//! The subcommands. Each returns `Err(one line)` on bad input; `main` prints it.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+use diffusion_data::{Array2, SwissRoll, io};
+use diffusion_models::evaluate::Evaluation;
+use diffusion_models::training::streams;
+use diffusion_models::{
+    DataConfig, Progress, RunConfig, RunDir, RunManifest, TrainingData, evaluate, train,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::seq::SliceRandom;
+
+use crate::backend::Backend;
+
+/// Diffusion probabilistic models (Sohl-Dickstein et al. 2015): train, evaluate, sample.
+#[derive(Debug, Parser)]
+#[command(name = "diffusion", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Train a model from a config file, then evaluate its bound on held-out data.
+    Train(TrainArgs),
+    /// The bound K in bits on a run's held-out data, with L_null and -H(data).
+    Evaluate(EvaluateArgs),
+    /// Draw samples from a trained run.
+    Sample(SampleArgs),
+    /// Generate a data set.
+    #[command(subcommand)]
+    Data(DataCommand),
+}
+
+#[derive(Debug, Args)]
+struct BackendArg {
+    /// Compute backend (must be compiled in: cargo features flex, ndarray, wgpu).
+    #[arg(long, value_enum)]
+    backend: Option<Backend>,
+}
+
+impl BackendArg {
+    fn resolve(&self) -> Result<(Backend, burn::tensor::Device), String> {
+        let b = match self.backend {
+            Some(b) => b,
+            None => Backend::default_compiled()?,
+        };
+        Ok((b, b.device()?))
+    }
+}
+
+#[derive(Debug, Args)]
+struct TrainArgs {
+    /// The run configuration (TOML), e.g. configs/swiss_roll.toml.
+    #[arg(long)]
+    config: PathBuf,
+    #[command(flatten)]
+    backend: BackendArg,
+    /// Run folder [default: runs/<config name>, or runs/<config name>-2, ... if taken].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Replace the files of an existing run folder given by --out.
+    #[arg(long)]
+    overwrite: bool,
+    /// Override train.steps.
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Override train.batch_size.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Override train.seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Train on the points in this .csv or .npy file instead of the config's data.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Held-out points for the evaluation printed at the end.
+    #[arg(long, default_value_t = 10_000)]
+    eval_n: usize,
+}
+
+#[derive(Debug, Args)]
+struct EvaluateArgs {
+    /// The run folder.
+    #[arg(long)]
+    run: PathBuf,
+    /// Held-out points to average over.
+    #[arg(long, default_value_t = 10_000)]
+    n: usize,
+    /// Seed of the x_t draws.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    backend: BackendArg,
+}
+
+#[derive(Debug, Args)]
+struct SampleArgs {
+    /// The run folder.
+    #[arg(long)]
+    run: PathBuf,
+    /// Number of samples.
+    #[arg(short = 'n', long = "n")]
+    n: usize,
+    /// Output file (.csv or .npy).
+    #[arg(long)]
+    out: PathBuf,
+    /// Seed of the reverse chain.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    backend: BackendArg,
+}
+
+#[derive(Debug, Subcommand)]
+enum DataCommand {
+    /// The 2-D Swiss roll, normalised to unit mean per-coordinate variance.
+    SwissRoll {
+        /// Number of points.
+        #[arg(short = 'n', long = "n")]
+        n: usize,
+        /// Output file (.csv or .npy).
+        #[arg(long)]
+        out: PathBuf,
+        /// Seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Noise standard deviation in the spiral's raw units.
+        #[arg(long, default_value_t = 0.5)]
+        noise: f64,
+    },
+}
+
+/// Runs one command.
+pub fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Command::Train(a) => cmd_train(a),
+        Command::Evaluate(a) => cmd_evaluate(a),
+        Command::Sample(a) => cmd_sample(a),
+        Command::Data(DataCommand::SwissRoll {
+            n,
+            out,
+            seed,
+            noise,
+        }) => {
+            check_count(n)?;
+            io::check_extension(&out).map_err(|e| e.to_string())?;
+            let roll = SwissRoll::new(noise).map_err(|e| e.to_string())?;
+            let data = roll.stream(seed).next_batch(n);
+            let array = Array2::new(n, 2, data).map_err(|e| e.to_string())?;
+            io::write(&out, &array).map_err(|e| e.to_string())?;
+            eprintln!("wrote {n} Swiss-roll points to {}", out.display());
+            Ok(())
+        }
+    }
+}
+
+fn check_count(n: usize) -> Result<(), String> {
+    if n == 0 {
+        Err("-n must be at least 1".into())
+    } else {
+        Ok(())
+    }
+}
+
+fn read_config(path: &Path) -> Result<RunConfig, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+    RunConfig::from_toml(&text).map_err(|e| format!("config {}: {e}", path.display()))
+}
+
+/// Splits `points` by a seeded shuffle into (training rows, held-out rows).
+fn split(points: &Array2, fraction: f64, seed: u64) -> Result<(Array2, Array2), String> {
+    if points.rows < 2 {
+        return Err(format!(
+            "the data file has {} row(s); at least 2 are needed to hold some out",
+            points.rows
+        ));
+    }
+    let mut order: Vec<usize> = (0..points.rows).collect();
+    order.shuffle(&mut diffusion_data::rng(seed, streams::HELDOUT));
+    let held = ((points.rows as f64 * fraction).round() as usize).clamp(1, points.rows - 1);
+    let take = |idx: &[usize]| {
+        let mut data = Vec::with_capacity(idx.len() * points.cols);
+        for &i in idx {
+            data.extend_from_slice(points.row(i));
+        }
+        Array2::new(idx.len(), points.cols, data).expect("consistent shape")
+    };
+    Ok((take(&order[held..]), take(&order[..held])))
+}
+
+fn cmd_train(a: TrainArgs) -> Result<(), String> {
+    let mut config = read_config(&a.config)?;
+    if let Some(s) = a.steps {
+        config.train.steps = s;
+    }
+    if let Some(b) = a.batch_size {
+        config.train.batch_size = b;
+    }
+    if let Some(s) = a.seed {
+        config.train.seed = s;
+    }
+    if let Some(path) = &a.data {
+        let heldout_fraction = match &config.data {
+            DataConfig::File {
+                heldout_fraction, ..
+            } => *heldout_fraction,
+            _ => 0.1,
+        };
+        config.data = DataConfig::File {
+            path: path.clone(),
+            heldout_fraction,
+        };
+    }
+    config
+        .validate()
+        .map_err(|e| format!("config {}: {e}", a.config.display()))?;
+    check_count(a.eval_n).map_err(|_| "--eval-n must be at least 1".to_string())?;
+    let (backend, device) = a.backend.resolve()?;
+
+    // Load the data before touching the run folder, so bad data leaves no trace.
+    let seed = config.train.seed;
+    let (data, dim, heldout) = match &config.data {
+        DataConfig::SwissRoll { noise } => {
+            let roll = SwissRoll::new(*noise).map_err(|e| e.to_string())?;
+            (TrainingData::swiss_roll(roll, seed), 2, None)
+        }
+        DataConfig::File {
+            path,
+            heldout_fraction,
+        } => {
+            let points = io::read(path).map_err(|e| format!("data {e}"))?;
+            let (train_rows, held) = split(&points, *heldout_fraction, seed)?;
+            let dim = points.cols;
+            (TrainingData::points(train_rows, seed), dim, Some(held))
+        }
+    };
+    let bound_check = RunManifest::new(config.clone(), dim, backend.name()).bound()?;
+    let abar_t = bound_check.diffusion.alpha_bar(bound_check.steps());
+    if abar_t > 0.1 {
+        eprintln!(
+            "warning: abar_T = {abar_t:.3}: the forward process does not reach near N(0, I); \
+             the bound will be loose"
+        );
+    }
+
+    let out = match &a.out {
+        Some(p) => p.clone(),
+        None => {
+            let stem = a
+                .config
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "run".into());
+            RunDir::fresh_path(&Path::new("runs").join(stem))
+        }
+    };
+    let run = RunDir::create(&out, a.overwrite).map_err(|e| e.to_string())?;
+    let manifest = RunManifest::new(config, dim, backend.name());
+    run.write_json("config.json", &manifest)
+        .map_err(|e| e.to_string())?;
+    if let Some(held) = &heldout {
+        io::write(&run.file("heldout.npy"), held).map_err(|e| e.to_string())?;
+    }
+    let t = &manifest.config.train;
+    eprintln!(
+        "training {} steps at batch {} on {} (T = {}, {:?} parametrization) into {}",
+        t.steps,
+        t.batch_size,
+        backend.name(),
+        manifest.config.diffusion.steps,
+        manifest.config.diffusion.parametrization,
+        run.path().display()
+    );
+
+    let mut reporter = Reporter::new(t.steps);
+    let (model, summary) = train(&manifest, data, &device, &run, &mut |p| reporter.report(p))
+        .map_err(|e| e.to_string())?;
+    reporter.finish();
+    eprintln!(
+        "trained {} steps in {:.1} s ({:.1} steps/s)",
+        summary.steps, summary.wall_time_s, summary.steps_per_s
+    );
+    let eval = evaluate(&manifest, &run, &model, &device.clone(), a.eval_n, 0)
+        .map_err(|e| e.to_string())?;
+    run.write_json("evaluation.json", &eval)
+        .map_err(|e| e.to_string())?;
+    print_evaluation(&eval);
+    println!("run folder: {}", run.path().display());
+    Ok(())
+}
+
+fn load_run(
+    path: &Path,
+    backend: &BackendArg,
+) -> Result<
+    (
+        RunDir,
+        RunManifest,
+        diffusion_models::ReverseMlp,
+        burn::tensor::Device,
+    ),
+    String,
+> {
+    let run = RunDir::open(path).map_err(|e| e.to_string())?;
+    let manifest = run.manifest().map_err(|e| e.to_string())?;
+    let (_, device) = backend.resolve()?;
+    let model = run
+        .load_model(&manifest, &device)
+        .map_err(|e| e.to_string())?;
+    Ok((run, manifest, model, device))
+}
+
+fn cmd_evaluate(a: EvaluateArgs) -> Result<(), String> {
+    check_count(a.n).map_err(|_| "--n must be at least 1".to_string())?;
+    let (run, manifest, model, device) = load_run(&a.run, &a.backend)?;
+    let eval =
+        evaluate(&manifest, &run, &model, &device, a.n, a.seed).map_err(|e| e.to_string())?;
+    if a.json {
+        println!("{}", serde_json::to_string(&eval).expect("serialisable"));
+    } else {
+        print_evaluation(&eval);
+    }
+    Ok(())
+}
+
+fn cmd_sample(a: SampleArgs) -> Result<(), String> {
+    check_count(a.n)?;
+    io::check_extension(&a.out).map_err(|e| e.to_string())?;
+    let (_, manifest, model, device) = load_run(&a.run, &a.backend)?;
+    let bound = manifest.bound()?;
+    let mut rng = diffusion_data::rng(a.seed, streams::SAMPLE);
+    let data = bound.sample(&model, a.n, &mut rng, &device, 65_536);
+    let array = Array2::new(a.n, manifest.data_dim, data).map_err(|e| e.to_string())?;
+    io::write(&a.out, &array).map_err(|e| e.to_string())?;
+    eprintln!("wrote {} samples to {}", a.n, a.out.display());
+    Ok(())
+}
+
+fn print_evaluation(e: &Evaluation) {
+    println!(
+        "K          = {:+.4} ± {:.4} bits/point  (n = {}, T = {})",
+        e.k_bits, e.k_stderr_bits, e.n, e.steps_t
+    );
+    println!("L_null     = {:+.4} bits/point", e.l_null_bits);
+    println!("K - L_null = {:+.4} bits/point", e.k_minus_l_null_bits);
+    match (e.neg_data_entropy_bits, e.gap_bits) {
+        (Some(h), Some(gap)) => {
+            println!(
+                "-H(data)   = {:+.4} ± {:.4} bits/point (the ceiling for K)",
+                h,
+                e.neg_data_entropy_stderr_bits.unwrap_or(0.0)
+            );
+            println!("gap        = {gap:+.4} bits/point (-H(data) - K)");
+        }
+        _ => println!("-H(data)   = unknown (data from a file)"),
+    }
+}
+
+/// A progress bar on a terminal, plain lines otherwise.
+struct Reporter {
+    bar: Option<ProgressBar>,
+}
+
+impl Reporter {
+    fn new(total: usize) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(total as u64);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise}<{eta_precise}]",
+                )
+                .expect("valid template"),
+            );
+            bar
+        });
+        Self { bar }
+    }
+
+    fn report(&mut self, p: &Progress) {
+        let rate = p.step as f64 / p.elapsed_s.max(1e-9);
+        let msg = format!(
+            "loss {:+.4} bits  lr {:.2e}  {rate:.1} steps/s",
+            p.loss_bits, p.lr
+        );
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(p.step as u64);
+                bar.set_message(msg);
+            }
+            None => eprintln!("step {}/{}  {msg}", p.step, p.total),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish();
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! # diffusion-core
+//!
+//! The mathematics of diffusion probabilistic models (Sohl-Dickstein, Weiss, Maheswaranathan and
+//! Ganguli, "Deep Unsupervised Learning using Nonequilibrium Thermodynamics", ICML 2015): beta
+//! schedules, the forward closed forms, the posteriors `q(x_{t-1} | x_t, x_0)`, KL and entropy
+//! terms, and the variational bound `K` (paper eq. 14) in bits.
+//!
+//! Every schedule and every derived array is computed in `f64` and only cast at the edge. The
+//! scalar functions here need no backend; the few tensor functions (the KL of diagonal Gaussians
+//! and the reverse parametrizations) take Burn tensors on whatever device they live on.
+//!
+//! ```
+//! use diffusion_core::{BetaSchedule, GaussianDiffusion};
+//!
+//! // The paper's Swiss-roll schedule at T = 40.
+//! let betas = BetaSchedule::paper().betas(40).unwrap();
+//! assert!((betas[0] - 0.025976).abs() < 1e-6);
+//!
+//! let diffusion = GaussianDiffusion::new(betas, 2).unwrap();
+//! let (mean, var) = diffusion.posterior_mean_variance(10, 0.7, -0.3);
+//! assert!(var > 0.0 && var < diffusion.beta(10));
+//! // The bound of the null model N(0, I): -d/2 log2(2 pi e).
+//! assert!((diffusion.l_null_bits() + 4.094191).abs() < 1e-6);
+//! # let _ = mean;
+//! ```
+
+pub mod gaussian;
+pub mod parametrization;
+pub mod schedule;
+pub mod stats;
+
+pub use gaussian::{BoundConstants, GaussianDiffusion, kl_diag_gaussian, kl_diag_gaussian_scalar};
+pub use parametrization::{ReverseParametrization, StepCoefficients};
+pub use schedule::{BetaSchedule, ScheduleError};
+pub use stats::MeanStderr;
+
+/// Nats per bit: divide a value in nats by this to get bits.
+pub const LN_2: f64 = std::f64::consts::LN_2;

@@ -1,0 +1,352 @@
+//! The run configuration: everything a training run needs, read from TOML (`configs/*.toml`) and
+//! saved, resolved, as `config.json` in the run folder. Unknown keys are errors.
+
+use std::path::PathBuf;
+
+use diffusion_core::{BetaSchedule, ReverseParametrization};
+use serde::{Deserialize, Serialize};
+
+use crate::model::ModelConfig;
+
+/// A whole run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// The forward process and the reverse parametrization.
+    pub diffusion: DiffusionConfig,
+    /// Where the data comes from.
+    pub data: DataConfig,
+    /// The reverse network.
+    #[serde(default)]
+    pub model: ModelConfig,
+    /// The optimisation.
+    #[serde(default)]
+    pub train: TrainConfig,
+}
+
+/// The Gaussian forward process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiffusionConfig {
+    /// Trajectory length T.
+    pub steps: usize,
+    /// The beta schedule.
+    pub schedule: BetaSchedule,
+    /// How the network's outputs become the reverse kernel.
+    #[serde(default)]
+    pub parametrization: ReverseParametrization,
+}
+
+/// The training data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum DataConfig {
+    /// The seeded Swiss-roll generator (fresh points every batch; held-out points from an
+    /// independent stream).
+    SwissRoll {
+        /// Noise standard deviation in the spiral's raw units.
+        #[serde(default = "default_noise")]
+        noise: f64,
+    },
+    /// Points from a .csv or .npy file; a seeded share is held out for evaluation.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The share of rows held out (saved as `heldout.npy` in the run folder).
+        #[serde(default = "default_heldout")]
+        heldout_fraction: f64,
+    },
+}
+
+fn default_noise() -> f64 {
+    0.5
+}
+fn default_heldout() -> f64 {
+    0.1
+}
+
+/// The optimisation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Optimizer steps.
+    #[serde(default = "default_steps")]
+    pub steps: usize,
+    /// Examples per step.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// Seeds the weights, the data stream, the steps t and the noise.
+    #[serde(default)]
+    pub seed: u64,
+    /// Write a `metrics.csv` row (and a progress line) every this many steps.
+    #[serde(default = "default_log_every")]
+    pub log_every: usize,
+    /// The optimizer.
+    #[serde(default)]
+    pub optimizer: OptimizerConfig,
+    /// The learning-rate schedule.
+    #[serde(default)]
+    pub lr_schedule: LrSchedule,
+}
+
+fn default_steps() -> usize {
+    20_000
+}
+fn default_batch() -> usize {
+    1024
+}
+fn default_log_every() -> usize {
+    100
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            steps: default_steps(),
+            batch_size: default_batch(),
+            seed: 0,
+            log_every: default_log_every(),
+            optimizer: OptimizerConfig::default(),
+            lr_schedule: LrSchedule::default(),
+        }
+    }
+}
+
+/// Which update rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OptimizerKind {
+    /// Adam (Kingma and Ba 2015).
+    #[default]
+    Adam,
+    /// Stochastic gradient descent, with momentum when `momentum > 0`.
+    Sgd,
+}
+
+/// The optimizer and its constants.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizerConfig {
+    /// Adam or SGD.
+    #[serde(default)]
+    pub kind: OptimizerKind,
+    /// The base learning rate.
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    /// SGD momentum (0 = plain SGD).
+    #[serde(default)]
+    pub momentum: f64,
+    /// Nesterov momentum for SGD.
+    #[serde(default)]
+    pub nesterov: bool,
+    /// Adam's beta_1.
+    #[serde(default = "default_beta1")]
+    pub beta1: f64,
+    /// Adam's beta_2.
+    #[serde(default = "default_beta2")]
+    pub beta2: f64,
+    /// Adam's epsilon.
+    #[serde(default = "default_eps")]
+    pub epsilon: f64,
+    /// Clip the global gradient norm to this value.
+    #[serde(default)]
+    pub grad_clip_norm: Option<f64>,
+}
+
+fn default_lr() -> f64 {
+    1e-3
+}
+fn default_beta1() -> f64 {
+    0.9
+}
+fn default_beta2() -> f64 {
+    0.999
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+
+impl Default for OptimizerConfig {
+    fn default() -> Self {
+        Self {
+            kind: OptimizerKind::Adam,
+            lr: default_lr(),
+            momentum: 0.0,
+            nesterov: false,
+            beta1: default_beta1(),
+            beta2: default_beta2(),
+            epsilon: default_eps(),
+            grad_clip_norm: None,
+        }
+    }
+}
+
+/// The learning rate as a function of the step; stateless, so a resumed run continues exactly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum LrSchedule {
+    /// The base rate throughout.
+    #[default]
+    Constant,
+    /// `lr * gamma^step`.
+    Exponential {
+        /// Decay per step, in (0, 1].
+        gamma: f64,
+    },
+    /// Cosine annealing from `lr` to `min_lr` over the run (Loshchilov and Hutter 2017).
+    Cosine {
+        /// The final rate.
+        #[serde(default)]
+        min_lr: f64,
+    },
+}
+
+impl LrSchedule {
+    /// The rate at `step` (0-based) of `total` steps, from base rate `lr`.
+    pub fn rate(&self, lr: f64, step: usize, total: usize) -> f64 {
+        match *self {
+            Self::Constant => lr,
+            Self::Exponential { gamma } => lr * gamma.powf(step as f64),
+            Self::Cosine { min_lr } => {
+                let frac = step as f64 / total.max(1) as f64;
+                min_lr + 0.5 * (lr - min_lr) * (1.0 + (std::f64::consts::PI * frac).cos())
+            }
+        }
+    }
+}
+
+impl RunConfig {
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        let config: Self = toml::from_str(text).map_err(|e| {
+            // toml's messages span several lines; keep the first and the explanation.
+            let msg = e.message().trim().to_string();
+            match e.span() {
+                Some(span) => {
+                    let line = text[..span.start.min(text.len())].lines().count().max(1);
+                    format!("line {line}: {msg}")
+                }
+                None => msg,
+            }
+        })?;
+        Ok(config)
+    }
+
+    /// Checks the values that serde cannot: returns the first problem found.
+    pub fn validate(&self) -> Result<(), String> {
+        self.diffusion
+            .schedule
+            .betas(self.diffusion.steps)
+            .map_err(|e| format!("diffusion: {e}"))?;
+        let t = &self.train;
+        if t.batch_size == 0 {
+            return Err("train.batch_size must be at least 1".into());
+        }
+        if t.log_every == 0 {
+            return Err("train.log_every must be at least 1".into());
+        }
+        let o = &t.optimizer;
+        if !(o.lr.is_finite() && o.lr > 0.0) {
+            return Err(format!("train.optimizer.lr = {} must be > 0", o.lr));
+        }
+        if !(0.0..1.0).contains(&o.momentum) {
+            return Err(format!(
+                "train.optimizer.momentum = {} must lie in [0, 1)",
+                o.momentum
+            ));
+        }
+        if !(0.0..1.0).contains(&o.beta1) || !(0.0..1.0).contains(&o.beta2) {
+            return Err("train.optimizer.beta1 and beta2 must lie in [0, 1)".into());
+        }
+        if !(o.epsilon > 0.0) {
+            return Err("train.optimizer.epsilon must be > 0".into());
+        }
+        if let Some(c) = o.grad_clip_norm
+            && !(c.is_finite() && c > 0.0)
+        {
+            return Err(format!("train.optimizer.grad_clip_norm = {c} must be > 0"));
+        }
+        match t.lr_schedule {
+            LrSchedule::Exponential { gamma } if !(gamma > 0.0 && gamma <= 1.0) => {
+                return Err(format!(
+                    "train.lr_schedule.gamma = {gamma} must lie in (0, 1]"
+                ));
+            }
+            LrSchedule::Cosine { min_lr } if !(min_lr >= 0.0 && min_lr <= o.lr) => {
+                return Err(format!(
+                    "train.lr_schedule.min_lr = {min_lr} must lie in [0, lr]"
+                ));
+            }
+            _ => {}
+        }
+        if self.model.hidden.is_empty() || self.model.hidden.contains(&0) {
+            return Err("model.hidden must list at least one positive width".into());
+        }
+        match &self.data {
+            DataConfig::SwissRoll { noise } if !(noise.is_finite() && *noise > 0.0) => {
+                Err(format!("data.noise = {noise} must be > 0"))
+            }
+            DataConfig::File {
+                heldout_fraction, ..
+            } if !(*heldout_fraction > 0.0 && *heldout_fraction < 1.0) => Err(format!(
+                "data.heldout_fraction = {heldout_fraction} must lie in (0, 1)"
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[diffusion]
+steps = 40
+schedule = { kind = "paper" }
+[data]
+kind = "swiss-roll"
+"#;
+
+    #[test]
+    fn minimal_config_takes_defaults() {
+        let c = RunConfig::from_toml(MINIMAL).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.diffusion.parametrization, ReverseParametrization::Paper);
+        assert_eq!(c.data, DataConfig::SwissRoll { noise: 0.5 });
+        assert_eq!(c.train.batch_size, 1024);
+        assert_eq!(c.model.hidden, vec![128, 128]);
+    }
+
+    #[test]
+    fn broken_configs_are_refused_with_a_line() {
+        let unknown = format!("{MINIMAL}\n[train]\nstepz = 3\n");
+        let e = RunConfig::from_toml(&unknown).unwrap_err();
+        assert!(e.contains("unknown field `stepz`"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+        let wrong_type = MINIMAL.replace("steps = 40", "steps = \"forty\"");
+        assert!(RunConfig::from_toml(&wrong_type).is_err());
+        let zero = RunConfig::from_toml(&MINIMAL.replace("steps = 40", "steps = 0")).unwrap();
+        assert!(zero.validate().unwrap_err().contains("T = 0"));
+        let bad_beta = MINIMAL.replace(
+            "{ kind = \"paper\" }",
+            "{ kind = \"linear\", start = 0.0001, end = 1.5 }",
+        );
+        let e = RunConfig::from_toml(&bad_beta)
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(e.contains("end = 1.5"), "{e}");
+    }
+
+    #[test]
+    fn learning_rate_schedules() {
+        assert_eq!(LrSchedule::Constant.rate(0.1, 500, 1000), 0.1);
+        let e = LrSchedule::Exponential { gamma: 0.99 };
+        assert!((e.rate(0.1, 2, 10) - 0.1 * 0.9801).abs() < 1e-15);
+        let c = LrSchedule::Cosine { min_lr: 0.01 };
+        assert!((c.rate(0.1, 0, 100) - 0.1).abs() < 1e-15);
+        assert!((c.rate(0.1, 50, 100) - 0.055).abs() < 1e-15);
+        assert!((c.rate(0.1, 100, 100) - 0.01).abs() < 1e-15);
+    }
+}

@@ -1,0 +1,232 @@
+//! The run folder: what a training run leaves behind and what `evaluate` and `sample` read.
+//!
+//! - `config.json`: the resolved [`RunManifest`] (config after command-line overrides, data
+//!   dimension), written before training starts;
+//! - `model.bpk`: the trained network (Burn's burnpack record);
+//! - `metrics.csv`: `step,loss_bits,lr,wall_time_s` every `log_every` steps;
+//! - `summary.json`: steps, wall time and throughput of the finished run;
+//! - `heldout.npy`: the held-out points when training on a file.
+//!
+//! Every file is written through a temporary file and a rename, so a crash never leaves a
+//! half-written one.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::store::ModuleRecord;
+use burn::tensor::{Bytes, Device};
+use diffusion_core::GaussianDiffusion;
+use diffusion_data::io::write_atomic;
+use serde::{Deserialize, Serialize};
+
+use crate::bound::GaussianBound;
+use crate::config::RunConfig;
+use crate::model::ReverseMlp;
+
+/// The format tag of `config.json`.
+pub const MANIFEST_FORMAT: &str = "diffusion-run/1";
+
+/// Why a run folder could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The folder exists and may hold work.
+    #[error(
+        "run folder {0} already exists; pass --overwrite to replace it, or choose another --out"
+    )]
+    Exists(String),
+    /// Not a run folder.
+    #[error("{0} is not a run folder (no config.json)")]
+    NotARun(String),
+    /// A file is missing, truncated or foreign.
+    #[error("{path}: {message}")]
+    Corrupt {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The file system refused.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// The resolved configuration of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunManifest {
+    /// [`MANIFEST_FORMAT`].
+    pub format: String,
+    /// The configuration after command-line overrides.
+    pub config: RunConfig,
+    /// The data dimension d.
+    pub data_dim: usize,
+    /// The backend the run was trained on.
+    pub backend: String,
+}
+
+impl RunManifest {
+    /// The diffusion and parametrization this run describes.
+    pub fn bound(&self) -> Result<GaussianBound, String> {
+        let d = &self.config.diffusion;
+        let betas = d.schedule.betas(d.steps).map_err(|e| e.to_string())?;
+        Ok(GaussianBound {
+            diffusion: GaussianDiffusion::new(betas, self.data_dim).map_err(|e| e.to_string())?,
+            parametrization: d.parametrization,
+        })
+    }
+
+    /// A freshly initialised network of this run's shape.
+    pub fn init_model(&self, device: &Device) -> ReverseMlp {
+        self.config
+            .model
+            .init(self.data_dim, self.config.diffusion.steps, device)
+    }
+}
+
+/// A run folder.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    path: PathBuf,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
+    move |source| RunError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+impl RunDir {
+    /// Creates `path` for a new run. An existing non-empty folder is refused unless `overwrite`,
+    /// in which case only the files a run writes are replaced as training writes them.
+    pub fn create(path: &Path, overwrite: bool) -> Result<Self, RunError> {
+        if path.exists() {
+            let empty = fs::read_dir(path).map_err(io_err(path))?.next().is_none();
+            if !empty && !overwrite {
+                return Err(RunError::Exists(path.display().to_string()));
+            }
+        }
+        fs::create_dir_all(path).map_err(io_err(path))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The first of `base`, `base-2`, `base-3`, ... that does not exist yet.
+    pub fn fresh_path(base: &Path) -> PathBuf {
+        if !base.exists() {
+            return base.to_path_buf();
+        }
+        let name = base
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "run".into());
+        (2..)
+            .map(|i| base.with_file_name(format!("{name}-{i}")))
+            .find(|p| !p.exists())
+            .expect("an unused name")
+    }
+
+    /// Opens an existing run folder.
+    pub fn open(path: &Path) -> Result<Self, RunError> {
+        if !path.join("config.json").is_file() {
+            return Err(RunError::NotARun(path.display().to_string()));
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A file in the folder.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Writes `bytes` to `name` atomically.
+    pub fn write(&self, name: &str, bytes: &[u8]) -> Result<(), RunError> {
+        let p = self.file(name);
+        write_atomic(&p, bytes).map_err(io_err(&p))
+    }
+
+    /// Writes a value as pretty JSON.
+    pub fn write_json<T: Serialize>(&self, name: &str, value: &T) -> Result<(), RunError> {
+        let text = serde_json::to_string_pretty(value).expect("serialisable");
+        self.write(name, format!("{text}\n").as_bytes())
+    }
+
+    /// Reads `config.json`.
+    pub fn manifest(&self) -> Result<RunManifest, RunError> {
+        let p = self.file("config.json");
+        let text = fs::read_to_string(&p).map_err(io_err(&p))?;
+        let corrupt = |message: String| RunError::Corrupt {
+            path: p.display().to_string(),
+            message,
+        };
+        let m: RunManifest = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
+        if m.format != MANIFEST_FORMAT {
+            return Err(corrupt(format!(
+                "format {:?} is not {MANIFEST_FORMAT:?}",
+                m.format
+            )));
+        }
+        m.config.validate().map_err(corrupt)?;
+        Ok(m)
+    }
+
+    /// Saves the network as `model.bpk`.
+    pub fn save_model(&self, model: &ReverseMlp) -> Result<(), RunError> {
+        let p = self.file("model.bpk");
+        let bytes = model
+            .valid()
+            .into_record()
+            .into_bytes()
+            .map_err(|e| RunError::Corrupt {
+                path: p.display().to_string(),
+                message: e.to_string(),
+            })?;
+        self.write("model.bpk", &bytes)
+    }
+
+    /// Loads `model.bpk` into a network of the manifest's shape on `device`.
+    pub fn load_model(
+        &self,
+        manifest: &RunManifest,
+        device: &Device,
+    ) -> Result<ReverseMlp, RunError> {
+        let p = self.file("model.bpk");
+        let bytes = fs::read(&p).map_err(io_err(&p))?;
+        let corrupt = |message: String| RunError::Corrupt {
+            path: p.display().to_string(),
+            message,
+        };
+        let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes))
+            .map_err(|e| corrupt(format!("not a model record ({e})")))?;
+        manifest
+            .init_model(device)
+            .try_load_record(record)
+            .map_err(|e| corrupt(format!("does not match the run's model ({e})")))
+    }
+}
+
+impl RunManifest {
+    /// The manifest of a new run.
+    pub fn new(config: RunConfig, data_dim: usize, backend: &str) -> Self {
+        Self {
+            format: MANIFEST_FORMAT.into(),
+            config,
+            data_dim,
+            backend: backend.into(),
+        }
+    }
+}

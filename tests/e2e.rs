@@ -1,0 +1,371 @@
+//! End to end through the `diffusion` binary: train a tiny model, evaluate, sample; and the
+//! command line's answers to bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const TINY: &str = r#"
+[diffusion]
+steps = 20
+schedule = { kind = "linear", start = 1e-3, end = 0.3 }
+parametrization = "paper"
+[data]
+kind = "swiss-roll"
+noise = 0.5
+[model]
+hidden = [64, 64]
+[train]
+steps = 400
+batch_size = 256
+log_every = 100
+optimizer = { kind = "adam", lr = 3e-3 }
+"#;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_diffusion"))
+}
+
+fn workdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("diffusion-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn run(args: &[&str]) -> Output {
+    let out = bin().args(args).output().expect("binary runs");
+    assert!(
+        out.status.success(),
+        "diffusion {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs a command that must fail with one line on stderr starting with `error:` and no panic.
+fn fails(args: &[&str], want: &str) {
+    let out = bin().args(args).output().expect("binary runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.starts_with("warning:")).collect();
+    assert_eq!(lines.len(), 1, "{args:?}: {err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    assert!(lines[0].contains(want), "{args:?}: {err}");
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).expect("one JSON object")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn train_evaluate_sample_through_the_cli() {
+    let dir = workdir("main");
+    let config = dir.join("tiny.toml");
+    std::fs::write(&config, TINY).unwrap();
+    let untrained = dir.join("untrained");
+    let trained = dir.join("trained");
+    run(&[
+        "train",
+        "--config",
+        s(&config),
+        "--out",
+        s(&untrained),
+        "--steps",
+        "0",
+        "--eval-n",
+        "200",
+    ]);
+    run(&[
+        "train",
+        "--config",
+        s(&config),
+        "--out",
+        s(&trained),
+        "--eval-n",
+        "200",
+    ]);
+    for f in [
+        "config.json",
+        "model.bpk",
+        "metrics.csv",
+        "summary.json",
+        "evaluation.json",
+    ] {
+        assert!(trained.join(f).is_file(), "{f} missing");
+    }
+    let metrics = std::fs::read_to_string(trained.join("metrics.csv")).unwrap();
+    let lines: Vec<&str> = metrics.lines().collect();
+    assert_eq!(lines[0], "step,loss_bits,lr,wall_time_s");
+    assert_eq!(lines.len(), 1 + 4, "{metrics}");
+    assert!(lines[4].starts_with("400,"));
+
+    let eval = |run: &Path| {
+        json(&run_ok(&[
+            "evaluate",
+            "--run",
+            s(run),
+            "--n",
+            "2000",
+            "--json",
+        ]))
+    };
+    fn run_ok(args: &[&str]) -> Output {
+        run(args)
+    }
+    let e0 = eval(&untrained);
+    let e1 = eval(&trained);
+    for key in [
+        "k_bits",
+        "k_stderr_bits",
+        "l_null_bits",
+        "neg_data_entropy_bits",
+        "n",
+        "steps_t",
+    ] {
+        assert!(e1.get(key).is_some(), "missing {key}: {e1}");
+    }
+    assert_eq!(e1["n"], 2000);
+    assert_eq!(e1["steps_t"], 20);
+    assert!((e1["l_null_bits"].as_f64().unwrap() + 4.094191).abs() < 1e-5);
+    let (k0, se0) = (
+        e0["k_bits"].as_f64().unwrap(),
+        e0["k_stderr_bits"].as_f64().unwrap(),
+    );
+    let (k1, se1) = (
+        e1["k_bits"].as_f64().unwrap(),
+        e1["k_stderr_bits"].as_f64().unwrap(),
+    );
+    assert!(
+        k1 > k0 + 3.0 * (se0 * se0 + se1 * se1).sqrt(),
+        "untrained {k0}, trained {k1}"
+    );
+    let ceiling = e1["neg_data_entropy_bits"].as_f64().unwrap();
+    assert!((ceiling - -1.948).abs() < 0.05, "{ceiling}");
+    assert!(k1 < ceiling + 3.0 * se1, "K {k1} above -H(data) {ceiling}");
+
+    let samples = dir.join("samples.csv");
+    run(&[
+        "sample",
+        "--run",
+        s(&trained),
+        "-n",
+        "500",
+        "--out",
+        s(&samples),
+    ]);
+    let text = std::fs::read_to_string(&samples).unwrap();
+    let rows: Vec<Vec<f64>> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(|v| v.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(rows.len(), 500);
+    assert!(
+        rows.iter()
+            .all(|r| r.len() == 2 && r.iter().all(|v| v.is_finite()))
+    );
+    // The roll is normalised to unit variance: samples must be on that scale, not collapsed.
+    let var: f64 = rows
+        .iter()
+        .map(|r| (r[0] * r[0] + r[1] * r[1]) / 2.0)
+        .sum::<f64>()
+        / 500.0;
+    assert!(var > 0.5 && var < 1.6, "sample variance {var}");
+
+    // The same seed gives the same samples.
+    let again = dir.join("again.csv");
+    run(&[
+        "sample",
+        "--run",
+        s(&trained),
+        "-n",
+        "500",
+        "--out",
+        s(&again),
+    ]);
+    assert_eq!(
+        std::fs::read(&samples).unwrap(),
+        std::fs::read(&again).unwrap()
+    );
+
+    // A run folder that exists is refused, and left as it was.
+    let before = std::fs::read(trained.join("model.bpk")).unwrap();
+    fails(
+        &["train", "--config", s(&config), "--out", s(&trained)],
+        "already exists",
+    );
+    assert_eq!(before, std::fs::read(trained.join("model.bpk")).unwrap());
+    fails(
+        &[
+            "sample",
+            "--run",
+            s(&trained),
+            "-n",
+            "0",
+            "--out",
+            s(&samples),
+        ],
+        "-n must be at least 1",
+    );
+}
+
+#[test]
+fn trains_on_a_data_file() {
+    let dir = workdir("file");
+    let config = dir.join("tiny.toml");
+    std::fs::write(&config, TINY.replace("steps = 400", "steps = 50")).unwrap();
+    let data = dir.join("roll.npy");
+    run(&[
+        "data",
+        "swiss-roll",
+        "-n",
+        "1000",
+        "--out",
+        s(&data),
+        "--seed",
+        "5",
+    ]);
+    let out = dir.join("run");
+    run(&[
+        "train",
+        "--config",
+        s(&config),
+        "--data",
+        s(&data),
+        "--out",
+        s(&out),
+        "--eval-n",
+        "50",
+    ]);
+    assert!(out.join("heldout.npy").is_file());
+    let e = json(&run(&["evaluate", "--run", s(&out), "--json"]));
+    assert_eq!(e["n"], 100, "10 % of 1000 rows held out");
+    assert!(e["neg_data_entropy_bits"].is_null());
+    assert!(e["k_bits"].as_f64().unwrap().is_finite());
+}
+
+#[test]
+fn bad_input_gets_one_line_and_a_nonzero_exit() {
+    let dir = workdir("bad");
+    let config = dir.join("c.toml");
+    let out = dir.join("never");
+    let o = s(&out);
+    let case = |text: &str, want: &str| {
+        std::fs::write(&config, text).unwrap();
+        fails(
+            &["train", "--config", s(&config), "--out", o, "--steps", "1"],
+            want,
+        );
+        assert!(!out.exists(), "a refused run must not create its folder");
+    };
+    case(
+        &TINY.replace("[train]", "[train]\nbogus = 1"),
+        "unknown field `bogus`",
+    );
+    case(&TINY.replace("steps = 20", "steps = 0"), "T = 0");
+    case(&TINY.replace("end = 0.3", "end = 1.5"), "end = 1.5");
+    case(&TINY.replace("steps = 20", "steps = \"x\""), "invalid type");
+    case("this is not toml", "config");
+    fails(
+        &["train", "--config", s(&dir.join("missing.toml"))],
+        "cannot read config",
+    );
+
+    std::fs::write(&config, TINY).unwrap();
+    let nan = dir.join("nan.csv");
+    std::fs::write(&nan, "x0,x1\n0.1,0.2\nNaN,0.3\n").unwrap();
+    fails(
+        &[
+            "train",
+            "--config",
+            s(&config),
+            "--data",
+            s(&nan),
+            "--out",
+            o,
+        ],
+        "non-finite value",
+    );
+    assert!(!out.exists());
+
+    fails(&["evaluate", "--run", s(&dir)], "not a run folder");
+    fails(
+        &[
+            "data",
+            "swiss-roll",
+            "-n",
+            "0",
+            "--out",
+            s(&dir.join("x.csv")),
+        ],
+        "-n must be at least 1",
+    );
+    fails(
+        &[
+            "data",
+            "swiss-roll",
+            "-n",
+            "5",
+            "--out",
+            s(&dir.join("x.txt")),
+        ],
+        "use a .csv or .npy",
+    );
+    if !cfg!(feature = "wgpu") {
+        fails(
+            &[
+                "train",
+                "--config",
+                s(&config),
+                "--backend",
+                "wgpu",
+                "--out",
+                o,
+            ],
+            "rebuild with `--features wgpu`",
+        );
+    }
+}
+
+#[test]
+fn a_corrupt_model_file_is_reported() {
+    let dir = workdir("corrupt");
+    let config = dir.join("tiny.toml");
+    std::fs::write(&config, TINY).unwrap();
+    let out = dir.join("run");
+    run(&[
+        "train",
+        "--config",
+        s(&config),
+        "--out",
+        s(&out),
+        "--steps",
+        "0",
+        "--eval-n",
+        "10",
+    ]);
+    let model = out.join("model.bpk");
+    let bytes = std::fs::read(&model).unwrap();
+    std::fs::write(&model, &bytes[..bytes.len() / 2]).unwrap();
+    fails(&["evaluate", "--run", s(&out)], "model.bpk");
+    std::fs::write(&model, b"not a model").unwrap();
+    fails(
+        &[
+            "sample",
+            "--run",
+            s(&out),
+            "-n",
+            "3",
+            "--out",
+            s(&dir.join("s.csv")),
+        ],
+        "model.bpk",
+    );
+    std::fs::remove_file(&model).unwrap();
+    fails(&["evaluate", "--run", s(&out)], "model.bpk");
+}

@@ -1,0 +1,82 @@
+//! `cargo xtask`: the project's developer commands, as plain processes (no burn dependency).
+//!
+//! - `cargo xtask train [--backend flex|ndarray|wgpu] [CLI args...]`: builds the `diffusion`
+//!   binary in release mode with the backend's cargo feature and runs `diffusion train`.
+//! - `cargo xtask test`: what CI runs: the whole test suite in release mode.
+
+use std::process::{Command, ExitCode};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "xtask",
+    about = "Developer commands for the diffusion workspace"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build the CLI with one backend and run `diffusion train` with the remaining arguments.
+    Train {
+        /// flex (default), ndarray or wgpu.
+        #[arg(long, default_value = "flex")]
+        backend: String,
+        /// Arguments passed to `diffusion train` (default: --config configs/swiss_roll.toml).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run the test suite as CI does (release mode, all workspace crates).
+    Test {
+        /// Extra arguments for `cargo test`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn status(mut cmd: Command) -> ExitCode {
+    match cmd.status() {
+        Ok(s) if s.success() => ExitCode::SUCCESS,
+        Ok(s) => ExitCode::from(s.code().unwrap_or(1).clamp(1, 255) as u8),
+        Err(e) => {
+            eprintln!("error: cannot run {:?}: {e}", cmd.get_program());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Task::Train { backend, mut args } => {
+            if !["flex", "ndarray", "wgpu"].contains(&backend.as_str()) {
+                eprintln!("error: unknown backend `{backend}`; use flex, ndarray or wgpu");
+                return ExitCode::FAILURE;
+            }
+            if !args
+                .iter()
+                .any(|a| a == "--config" || a.starts_with("--config="))
+            {
+                args.extend(["--config".into(), "configs/swiss_roll.toml".into()]);
+            }
+            let mut cmd = cargo();
+            cmd.args(["run", "--release", "--quiet", "-p", "diffusion-cli"]);
+            if backend != "flex" {
+                cmd.args(["--features", &backend]);
+            }
+            cmd.args(["--", "train", "--backend", &backend]).args(&args);
+            status(cmd)
+        }
+        Task::Test { args } => {
+            let mut cmd = cargo();
+            cmd.args(["test", "--release", "--workspace"]).args(&args);
+            status(cmd)
+        }
+    }
+}
