@@ -75,7 +75,8 @@ fn main() -> ExitCode {
         }
         Task::Test { args } => {
             let mut cmd = cargo();
-            cmd.args(["test", "--release", "--workspace"]).args(&args);
+            cmd.args(["test", "--release", "--workspace", "--no-fail-fast"])
+                .args(&args);
             status(cmd)
         }
     }

@@ -258,7 +258,7 @@ impl RunConfig {
         if !(0.0..1.0).contains(&o.beta1) || !(0.0..1.0).contains(&o.beta2) {
             return Err("train.optimizer.beta1 and beta2 must lie in [0, 1)".into());
         }
-        if !(o.epsilon > 0.0) {
+        if !(o.epsilon.is_finite() && o.epsilon > 0.0) {
             return Err("train.optimizer.epsilon must be > 0".into());
         }
         if let Some(c) = o.grad_clip_norm
