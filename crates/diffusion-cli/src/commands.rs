@@ -60,7 +60,7 @@ struct TrainArgs {
     config: PathBuf,
     #[command(flatten)]
     backend: BackendArg,
-    /// Run folder [default: runs/<config name>, or runs/<config name>-2, ... if taken].
+    /// Run folder [default: runs/CONFIG_NAME, or runs/CONFIG_NAME-2, ... if taken].
     #[arg(long)]
     out: Option<PathBuf>,
     /// Replace the files of an existing run folder given by --out.
