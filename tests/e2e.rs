@@ -369,3 +369,142 @@ fn a_corrupt_model_file_is_reported() {
     std::fs::remove_file(&model).unwrap();
     fails(&["evaluate", "--run", s(&out)], "model.bpk");
 }
+
+const TINY_HEARTBEAT: &str = r#"
+[diffusion]
+process = "binomial"
+steps = 40
+schedule = { kind = "reciprocal" }
+parametrization = "paper"
+[data]
+kind = "heartbeat"
+length = 10
+period = 5
+[model]
+hidden = [32, 32]
+time = "embedding"
+[train]
+steps = 1500
+batch_size = 128
+log_every = 500
+optimizer = { kind = "adam", lr = 3e-3 }
+"#;
+
+#[test]
+fn binomial_heartbeat_through_the_cli() {
+    let dir = workdir("heartbeat");
+    let config = dir.join("hb.toml");
+    std::fs::write(&config, TINY_HEARTBEAT).unwrap();
+    let untrained = dir.join("untrained");
+    let trained = dir.join("trained");
+    let quick = ["--eval-n", "10", "--eval-samples", "10"];
+    let train = |out: &Path, extra: &[&str]| {
+        let mut args = vec!["train", "--config", s(&config), "--out", s(out)];
+        args.extend_from_slice(&quick);
+        args.extend_from_slice(extra);
+        run(&args);
+    };
+    train(&untrained, &["--steps", "0"]);
+    train(&trained, &[]);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(trained.join("config.json")).unwrap()).unwrap();
+    // pi defaults to the data's mean activity: 2 ones in 10 bins for every phase.
+    assert_eq!(manifest["config"]["diffusion"]["pi"], 0.2);
+
+    let eval = |run: &Path| {
+        let out = bin()
+            .args([
+                "evaluate",
+                "--run",
+                s(run),
+                "--n",
+                "1000",
+                "--samples",
+                "2000",
+                "--json",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        json(&out)
+    };
+    let e0 = eval(&untrained);
+    let e1 = eval(&trained);
+    // L_null of a 10-bit sequence with two ones at pi = 0.2: 2 log2 0.2 + 8 log2 0.8
+    let l_null = 2.0 * 0.2f64.log2() + 8.0 * 0.8f64.log2();
+    assert!(
+        (e1["l_null_bits"].as_f64().unwrap() - l_null).abs() < 1e-9,
+        "{e1}"
+    );
+    assert!((e1["neg_data_entropy_bits"].as_f64().unwrap() + 5f64.log2()).abs() < 1e-12);
+    let (k0, se0) = (
+        e0["k_bits"].as_f64().unwrap(),
+        e0["k_stderr_bits"].as_f64().unwrap(),
+    );
+    let (k1, se1) = (
+        e1["k_bits"].as_f64().unwrap(),
+        e1["k_stderr_bits"].as_f64().unwrap(),
+    );
+    assert!(
+        k1 > k0 + 3.0 * (se0 * se0 + se1 * se1).sqrt(),
+        "untrained {k0}, trained {k1}"
+    );
+    assert!(k1 < -(5f64.log2()) + 3.0 * se1, "K {k1} above -H(data)");
+    // The untrained model is the forward kernel: its samples are i.i.d. Bernoulli(0.2) bits, of
+    // which a valid heartbeat is rare (5 of 1024 patterns, each with probability 0.2^2 0.8^8).
+    let v0 = e0["valid_fraction"].as_f64().unwrap();
+    let v1 = e1["valid_fraction"].as_f64().unwrap();
+    assert!(v0 < 0.05, "{v0}");
+    assert!(v1 > v0 + 0.1, "valid share untrained {v0}, trained {v1}");
+    assert_eq!(e1["phase_fractions"].as_array().unwrap().len(), 5);
+
+    let samples = dir.join("s.npy");
+    run(&[
+        "sample",
+        "--run",
+        s(&trained),
+        "-n",
+        "50",
+        "--out",
+        s(&samples),
+    ]);
+    let bytes = std::fs::read(&samples).unwrap();
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let body = &bytes[10 + header_len..];
+    assert_eq!(body.len(), 50 * 10 * 4);
+    assert!(body.chunks(4).all(|c| {
+        let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        v == 0.0 || v == 1.0
+    }));
+
+    // Binomial diffusion refuses non-binary data, and Gaussian-only settings.
+    let data = dir.join("roll.csv");
+    run(&["data", "swiss-roll", "-n", "20", "--out", s(&data)]);
+    let never = dir.join("never");
+    fails(
+        &[
+            "train",
+            "--config",
+            s(&config),
+            "--data",
+            s(&data),
+            "--out",
+            s(&never),
+        ],
+        "is not 0 or 1",
+    );
+    std::fs::write(
+        &config,
+        TINY_HEARTBEAT.replace("process = \"binomial\"", ""),
+    )
+    .unwrap();
+    fails(
+        &["train", "--config", s(&config), "--out", s(&never)],
+        "heartbeat data needs",
+    );
+    assert!(!never.exists());
+}

@@ -4,7 +4,8 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
-use diffusion_data::{Array2, SwissRoll, io};
+use diffusion_data::{Array2, Heartbeat, SwissRoll, io};
+use diffusion_models::config::ProcessKind;
 use diffusion_models::evaluate::Evaluation;
 use diffusion_models::training::streams;
 use diffusion_models::{
@@ -81,6 +82,9 @@ struct TrainArgs {
     /// Held-out points for the evaluation printed at the end.
     #[arg(long, default_value_t = 10_000)]
     eval_n: usize,
+    /// Samples drawn by that evaluation for the valid share (heartbeat data).
+    #[arg(long, default_value_t = 10_000)]
+    eval_samples: usize,
 }
 
 #[derive(Debug, Args)]
@@ -91,9 +95,12 @@ struct EvaluateArgs {
     /// Held-out points to average over.
     #[arg(long, default_value_t = 10_000)]
     n: usize,
-    /// Seed of the x_t draws.
+    /// Seed of the x_t draws (and of the samples).
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Samples to draw for the valid share and phases (heartbeat data; 0 skips them).
+    #[arg(long, default_value_t = 10_000)]
+    samples: usize,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -136,6 +143,24 @@ enum DataCommand {
         #[arg(long, default_value_t = 0.5)]
         noise: f64,
     },
+    /// Binary heartbeat sequences: a 1 every `period`-th bin, uniform phase.
+    Heartbeat {
+        /// Number of sequences.
+        #[arg(short = 'n', long = "n")]
+        n: usize,
+        /// Output file (.csv or .npy).
+        #[arg(long)]
+        out: PathBuf,
+        /// Seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Bits per sequence.
+        #[arg(long, default_value_t = 20)]
+        length: usize,
+        /// Bins between pulses.
+        #[arg(long, default_value_t = 5)]
+        period: usize,
+    },
 }
 
 /// Runs one command.
@@ -157,6 +182,22 @@ pub fn run(cli: Cli) -> Result<(), String> {
             let array = Array2::new(n, 2, data).map_err(|e| e.to_string())?;
             io::write(&out, &array).map_err(|e| e.to_string())?;
             eprintln!("wrote {n} Swiss-roll points to {}", out.display());
+            Ok(())
+        }
+        Command::Data(DataCommand::Heartbeat {
+            n,
+            out,
+            seed,
+            length,
+            period,
+        }) => {
+            check_count(n)?;
+            io::check_extension(&out).map_err(|e| e.to_string())?;
+            let beat = Heartbeat::new(length, period).map_err(|e| e.to_string())?;
+            let data = beat.stream_with(diffusion_data::rng(seed, 0)).next_batch(n);
+            let array = Array2::new(n, length, data).map_err(|e| e.to_string())?;
+            io::write(&out, &array).map_err(|e| e.to_string())?;
+            eprintln!("wrote {n} heartbeat sequences to {}", out.display());
             Ok(())
         }
     }
@@ -228,28 +269,66 @@ fn cmd_train(a: TrainArgs) -> Result<(), String> {
 
     // Load the data before touching the run folder, so bad data leaves no trace.
     let seed = config.train.seed;
-    let (data, dim, heldout) = match &config.data {
+    let binary = config.diffusion.process == ProcessKind::Binomial;
+    let (data, dim, heldout, mean_activity) = match &config.data {
         DataConfig::SwissRoll { noise } => {
             let roll = SwissRoll::new(*noise).map_err(|e| e.to_string())?;
-            (TrainingData::swiss_roll(roll, seed), 2, None)
+            (TrainingData::swiss_roll(roll, seed), 2, None, None)
+        }
+        DataConfig::Heartbeat { length, period } => {
+            let beat = Heartbeat::new(*length, *period).map_err(|e| e.to_string())?;
+            let activity = beat.mean_activity();
+            (
+                TrainingData::heartbeat(beat, seed),
+                *length,
+                None,
+                Some(activity),
+            )
         }
         DataConfig::File {
             path,
             heldout_fraction,
         } => {
             let points = io::read(path).map_err(|e| format!("data {e}"))?;
+            if binary && let Some(i) = points.data.iter().position(|&v| v != 0.0 && v != 1.0) {
+                return Err(format!(
+                    "data {}: value {} at row {}, column {} is not 0 or 1, as binomial diffusion needs",
+                    path.display(),
+                    points.data[i],
+                    i / points.cols,
+                    i % points.cols
+                ));
+            }
             let (train_rows, held) = split(&points, *heldout_fraction, seed)?;
             let dim = points.cols;
-            (TrainingData::points(train_rows, seed), dim, Some(held))
+            let activity = train_rows.data.iter().map(|&v| v as f64).sum::<f64>()
+                / train_rows.data.len() as f64;
+            (
+                TrainingData::points(train_rows, seed),
+                dim,
+                Some(held),
+                Some(activity),
+            )
         }
     };
+    if binary && config.diffusion.pi.is_none() {
+        let pi = mean_activity.unwrap_or(0.5);
+        if !(pi > 0.0 && pi < 1.0) {
+            return Err(format!(
+                "the data's mean activity is {pi}; set diffusion.pi in (0, 1) explicitly"
+            ));
+        }
+        config.diffusion.pi = Some(pi);
+    }
     let bound_check = RunManifest::new(config.clone(), dim, backend.name()).bound()?;
-    let abar_t = bound_check.diffusion.alpha_bar(bound_check.steps());
-    if abar_t > 0.1 {
-        eprintln!(
-            "warning: abar_T = {abar_t:.3}: the forward process does not reach near N(0, I); \
-             the bound will be loose"
-        );
+    if let diffusion_models::bound::Diffusion::Gaussian(g) = &bound_check {
+        let abar_t = g.diffusion.alpha_bar(g.steps());
+        if abar_t > 0.1 {
+            eprintln!(
+                "warning: abar_T = {abar_t:.3}: the forward process does not reach near N(0, I); \
+                 the bound will be loose"
+            );
+        }
     }
 
     let out = match &a.out {
@@ -289,8 +368,16 @@ fn cmd_train(a: TrainArgs) -> Result<(), String> {
         "trained {} steps in {:.1} s ({:.1} steps/s)",
         summary.steps, summary.wall_time_s, summary.steps_per_s
     );
-    let eval = evaluate(&manifest, &run, &model, &device.clone(), a.eval_n, 0)
-        .map_err(|e| e.to_string())?;
+    let eval = evaluate(
+        &manifest,
+        &run,
+        &model,
+        &device,
+        a.eval_n,
+        a.eval_samples,
+        0,
+    )
+    .map_err(|e| e.to_string())?;
     run.write_json("evaluation.json", &eval)
         .map_err(|e| e.to_string())?;
     print_evaluation(&eval);
@@ -322,8 +409,8 @@ fn load_run(
 fn cmd_evaluate(a: EvaluateArgs) -> Result<(), String> {
     check_count(a.n).map_err(|_| "--n must be at least 1".to_string())?;
     let (run, manifest, model, device) = load_run(&a.run, &a.backend)?;
-    let eval =
-        evaluate(&manifest, &run, &model, &device, a.n, a.seed).map_err(|e| e.to_string())?;
+    let eval = evaluate(&manifest, &run, &model, &device, a.n, a.samples, a.seed)
+        .map_err(|e| e.to_string())?;
     if a.json {
         println!("{}", serde_json::to_string(&eval).expect("serialisable"));
     } else {
@@ -362,6 +449,14 @@ fn print_evaluation(e: &Evaluation) {
             println!("gap        = {gap:+.4} bits/point (-H(data) - K)");
         }
         _ => println!("-H(data)   = unknown (data from a file)"),
+    }
+    if let (Some(v), Some(p), Some(n)) = (e.valid_fraction, &e.phase_fractions, e.samples) {
+        let phases: Vec<String> = p.iter().map(|f| format!("{:.3}", f)).collect();
+        println!(
+            "valid      = {:.4} of {n} samples; phases {}",
+            v,
+            phases.join(" ")
+        );
     }
 }
 

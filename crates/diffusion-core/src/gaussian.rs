@@ -128,11 +128,6 @@ impl GaussianDiffusion {
     pub fn l_null_bits(&self) -> f64 {
         -(self.dim as f64) / 2.0 * (2.0 * std::f64::consts::PI * std::f64::consts::E).log2()
     }
-
-    /// K in bits for one data point, from the KL terms (nats) at t = 2..=T.
-    pub fn bound_bits_from_kls(&self, kl_nats_sum: f64) -> f64 {
-        self.bound_constants().sum_bits() - kl_nats_sum / LN_2
-    }
 }
 
 /// KL(N(mu_q, var_q) || N(mu_p, exp(logvar_p))) for one coordinate, in nats.

@@ -24,11 +24,15 @@
 //! # let _ = mean;
 //! ```
 
+pub mod binomial;
 pub mod gaussian;
 pub mod parametrization;
 pub mod schedule;
 pub mod stats;
 
+pub use binomial::{
+    BinomialDiffusion, binary_entropy_bits, kl_bernoulli_logits, kl_bernoulli_scalar,
+};
 pub use gaussian::{BoundConstants, GaussianDiffusion, kl_diag_gaussian, kl_diag_gaussian_scalar};
 pub use parametrization::{ReverseParametrization, StepCoefficients};
 pub use schedule::{BetaSchedule, ScheduleError};

@@ -72,6 +72,10 @@ pub enum BetaSchedule {
         #[serde(default = "default_min_beta")]
         min_beta: f64,
     },
+    /// The paper's binomial schedule `b_t = 1/(T - t + 1)`: each step erases the same share of
+    /// the original signal, abar_t = (T - t)/T, and b_T = 1 so x_T is exactly the stationary
+    /// distribution. For binomial diffusion only (b_T = 1 is refused for a Gaussian process).
+    Reciprocal,
 }
 
 fn default_cosine_s() -> f64 {
@@ -123,8 +127,17 @@ impl BetaSchedule {
         }
     }
 
-    /// The betas `b_1..b_T` (index 0 holds b_1), validated: T >= 2, every beta in (0, 1).
+    /// The betas `b_1..b_T` (index 0 holds b_1) for a Gaussian process, validated: T >= 2,
+    /// every beta in (0, 1).
     pub fn betas(&self, steps: usize) -> Result<Vec<f64>, ScheduleError> {
+        let betas = self.raw_betas(steps)?;
+        validate_betas(&betas)?;
+        Ok(betas)
+    }
+
+    /// The betas with the schedule's own parameters checked but not the range of the values
+    /// (a binomial process accepts b_T = 1).
+    pub fn raw_betas(&self, steps: usize) -> Result<Vec<f64>, ScheduleError> {
         if steps < 2 {
             return Err(ScheduleError::TooShort(steps));
         }
@@ -192,8 +205,8 @@ impl BetaSchedule {
                     })
                     .collect()
             }
+            Self::Reciprocal => (1..=steps).map(|t| 1.0 / (steps - t + 1) as f64).collect(),
         };
-        validate_betas(&betas)?;
         Ok(betas)
     }
 }
@@ -317,6 +330,23 @@ mod tests {
         .unwrap();
         close(s[25], (1e-4 + 0.02) / 2.0, 1e-12);
         close(s[0], 1e-4 + (0.02 - 1e-4) / (1.0 + 6f64.exp()), 1e-12);
+    }
+
+    #[test]
+    fn reciprocal_erases_a_fixed_share_per_step() {
+        let b = BetaSchedule::Reciprocal.raw_betas(2000).unwrap();
+        let mut abar = 1.0;
+        for (i, beta) in b.iter().enumerate() {
+            abar *= 1.0 - beta;
+            let t = (i + 1) as f64;
+            assert!((abar - (2000.0 - t) / 2000.0).abs() < 1e-12, "t = {t}");
+        }
+        assert_eq!(b[1999], 1.0);
+        // b_T = 1 is fine for bits but not for a Gaussian process.
+        assert!(matches!(
+            BetaSchedule::Reciprocal.betas(2000),
+            Err(ScheduleError::BetaOutOfRange { t: 2000, .. })
+        ));
     }
 
     #[test]

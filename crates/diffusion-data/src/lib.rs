@@ -5,6 +5,7 @@
 //! - [`SwissRoll`]: the 2-D spiral of SPEC section 3, normalised to unit mean per-coordinate
 //!   variance with exact (analytic) constants, so batches can be streamed without materialising a
 //!   data set; with its exact log-density and the data entropy `H(data)` by quadrature.
+//! - [`Heartbeat`]: the binary heartbeat sequences of the paper, with their exact entropy.
 //! - [`io`]: reading and writing `[rows, cols]` arrays as CSV or NumPy `.npy`.
 //!
 //! ```
@@ -16,9 +17,11 @@
 //! assert_eq!(batch.len(), 2000);
 //! ```
 
+pub mod heartbeat;
 pub mod io;
 pub mod swiss_roll;
 
+pub use heartbeat::{Heartbeat, HeartbeatStream};
 pub use io::{Array2, DataError};
 pub use swiss_roll::{SwissRoll, SwissRollStream};
 

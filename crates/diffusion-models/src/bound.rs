@@ -1,14 +1,17 @@
-//! The bound K for a Gaussian diffusion with a reverse network: one function, [`GaussianBound::kl_rows`],
-//! computes the KL terms for any set of (x_0, t) rows, and serves training (the Monte-Carlo
-//! estimate, t ~ U{2..T} weighted by T - 1), evaluation (the full sum over every t) alike.
-//! Sampling runs the reverse chain.
+//! The bound K of a diffusion with a reverse network. For each process one function
+//! ([`GaussianBound::kl_rows`], [`BinomialBound::kl_rows`]) computes the KL terms of any set of
+//! (x_0, t) rows; [`Diffusion`] uses it for training (the Monte-Carlo estimate, t ~ U{2..T}
+//! weighted by T - 1) and evaluation (the full sum over every t) alike. Sampling runs the reverse
+//! chain.
 //!
 //! Everything that does not depend on the network (x_t, the posterior, the step coefficients) is
 //! computed on the host in f64 from seeded generators, so a run is reproducible and identical
 //! across backends up to the network's own arithmetic.
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use diffusion_core::{GaussianDiffusion, LN_2, ReverseParametrization, StepCoefficients};
+use diffusion_core::{
+    BinomialDiffusion, GaussianDiffusion, LN_2, ReverseParametrization, StepCoefficients,
+};
 use diffusion_data::Rng;
 use rand::Rng as _;
 use rand_distr::StandardNormal;
@@ -127,67 +130,6 @@ impl GaussianBound {
         )
     }
 
-    /// The training loss: minus the Monte-Carlo estimate of K in bits per point, averaged over the
-    /// batch. Each row draws t ~ U{2..T} and its KL is weighted by T - 1 (an unbiased estimate of
-    /// the sum over t = 2..T).
-    pub fn training_loss(
-        &self,
-        model: &ReverseMlp,
-        x0: &[f32],
-        rng: &mut Rng,
-        device: &Device,
-    ) -> Tensor<1> {
-        let n = x0.len() / self.diffusion.dim();
-        let steps = self.steps();
-        let ts: Vec<usize> = (0..n).map(|_| rng.random_range(2..=steps)).collect();
-        let batch = self.prepare(x0, &ts, rng, device);
-        let weight = (steps - 1) as f64 / LN_2;
-        let constant = self.diffusion.bound_constants().sum_bits();
-        self.kl_rows(model, batch).mean() * weight - constant
-    }
-
-    /// The full-sum bound K in bits for each point (`points` row-major `[n, d]`): every
-    /// t = 2..T with one draw of x_t per (point, t), evaluated `chunk_rows` rows at a time.
-    pub fn bound_bits_per_point(
-        &self,
-        model: &ReverseMlp,
-        points: &[f32],
-        rng: &mut Rng,
-        device: &Device,
-        chunk_rows: usize,
-    ) -> Vec<f64> {
-        let d = self.diffusion.dim();
-        let n = points.len() / d;
-        let steps = self.steps();
-        let per_point = steps - 1;
-        let total = n * per_point;
-        let mut kl_sums = vec![0.0f64; n];
-        let mut start = 0;
-        while start < total {
-            let end = (start + chunk_rows.max(1)).min(total);
-            let rows: Vec<(usize, usize)> = (start..end)
-                .map(|r| (r / per_point, 2 + r % per_point))
-                .collect();
-            let ts: Vec<usize> = rows.iter().map(|&(_, t)| t).collect();
-            let mut x0 = Vec::with_capacity(rows.len() * d);
-            for &(i, _) in &rows {
-                x0.extend_from_slice(&points[i * d..(i + 1) * d]);
-            }
-            let batch = self.prepare(&x0, &ts, rng, device);
-            let kl = self.kl_rows(model, batch).into_data();
-            let kl = kl.convert::<f32>();
-            let kl = kl.as_slice::<f32>().expect("f32 data");
-            for (&(i, _), &v) in rows.iter().zip(kl) {
-                kl_sums[i] += v as f64;
-            }
-            start = end;
-        }
-        kl_sums
-            .into_iter()
-            .map(|s| self.diffusion.bound_bits_from_kls(s))
-            .collect()
-    }
-
     /// Draws `n` samples by running the reverse chain from x_T ~ N(0, I): the network's kernel
     /// for t = T..2, then the paper's fixed edge step p(x_0 | x_1) = N(sqrt(1 - b_1) x_1, b_1 I).
     /// Returns row-major `[n, d]`.
@@ -229,11 +171,313 @@ impl GaussianBound {
     }
 }
 
+/// A binomial diffusion with its reverse parametrization: `direct` is the paper's heartbeat
+/// model, f_b = sigmoid(z); `paper` adds the forward kernel's logit, f_b =
+/// sigmoid(z + logit(x_t (1 - b_t) + pi b_t)), so that, as with the Gaussian `paper`
+/// parametrization, the untrained network (z = 0) is the forward kernel.
+#[derive(Debug, Clone)]
+pub struct BinomialBound {
+    /// The forward process.
+    pub diffusion: BinomialDiffusion,
+    /// The reverse parametrization.
+    pub parametrization: ReverseParametrization,
+}
+
+/// The device tensors of a set of binary (x_0, t) rows.
+#[derive(Debug, Clone)]
+pub struct BinomialBatch {
+    /// x_t ~ q(x_t | x_0), `[n, d]` of 0/1.
+    pub x_t: Tensor<2>,
+    /// The steps, `[n]`.
+    pub t: Tensor<1, Int>,
+    /// The posterior q(x_{t-1} = 1 | x_t, x_0), `[n, d]`.
+    pub posterior: Tensor<2>,
+    /// The posterior's entropy in nats, summed over bits, `[n]`.
+    pub posterior_entropy: Tensor<1>,
+    /// logit of the forward kernel q(x_{t-1} = 1 | x_t) as if stationary, `[n, d]` (used by the
+    /// `paper` parametrization).
+    pub kernel_logit: Tensor<2>,
+}
+
+fn logit(p: f64) -> f64 {
+    (p / (1.0 - p)).ln()
+}
+
+impl BinomialBound {
+    /// Trajectory length T.
+    pub fn steps(&self) -> usize {
+        self.diffusion.steps()
+    }
+
+    /// Draws x_t ~ q(x_t | x_0) for each row and builds the posterior.
+    pub fn prepare(
+        &self,
+        x0: &[f32],
+        ts: &[usize],
+        rng: &mut Rng,
+        device: &Device,
+    ) -> BinomialBatch {
+        let d = self.diffusion.dim();
+        let n = ts.len();
+        let mut x_t = Vec::with_capacity(n * d);
+        let mut post = Vec::with_capacity(n * d);
+        let mut kernel = Vec::with_capacity(n * d);
+        let mut entropy = Vec::with_capacity(n);
+        for (row, &t) in x0.chunks_exact(d).zip(ts) {
+            let mut h = 0.0f64;
+            for &x in row {
+                let x = x as f64;
+                let u: f64 = rng.random();
+                let xt = if u < self.diffusion.q_one(t, x) {
+                    1.0
+                } else {
+                    0.0
+                };
+                let q = self.diffusion.posterior_one(t, x, xt);
+                if q > 0.0 && q < 1.0 {
+                    h -= q * q.ln() + (1.0 - q) * (1.0 - q).ln();
+                }
+                x_t.push(xt as f32);
+                post.push(q as f32);
+                kernel.push(logit(self.diffusion.forward_kernel(t, xt)) as f32);
+            }
+            entropy.push(h as f32);
+        }
+        BinomialBatch {
+            x_t: tensor2(x_t, n, d, device),
+            t: steps_tensor(ts, device),
+            posterior: tensor2(post, n, d, device),
+            posterior_entropy: Tensor::from_data(TensorData::new(entropy, [n]), device),
+            kernel_logit: tensor2(kernel, n, d, device),
+        }
+    }
+
+    fn logits(
+        &self,
+        model: &ReverseMlp,
+        x_t: Tensor<2>,
+        t: Tensor<1, Int>,
+        kernel_logit: Tensor<2>,
+    ) -> Tensor<2> {
+        let z = model.forward(x_t, t);
+        match self.parametrization {
+            ReverseParametrization::Direct => z,
+            ReverseParametrization::Paper => z + kernel_logit,
+        }
+    }
+
+    /// KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)) per row, in nats, `[n]`.
+    pub fn kl_rows(&self, model: &ReverseMlp, batch: BinomialBatch) -> Tensor<1> {
+        let logits = self.logits(model, batch.x_t, batch.t, batch.kernel_logit);
+        diffusion_core::kl_bernoulli_logits(batch.posterior, batch.posterior_entropy, logits)
+    }
+
+    /// Draws `n` sequences: x_T ~ Bernoulli(pi), the network's kernel for t = T..2, then the
+    /// fixed edge step p(x_0 = 1 | x_1) = x_1 (1 - b_1) + pi b_1. Returns row-major `[n, d]`.
+    pub fn sample(
+        &self,
+        model: &ReverseMlp,
+        n: usize,
+        rng: &mut Rng,
+        device: &Device,
+        chunk_rows: usize,
+    ) -> Vec<f32> {
+        let d = self.diffusion.dim();
+        let pi = self.diffusion.pi();
+        let mut out = Vec::with_capacity(n * d);
+        let mut done = 0;
+        while done < n {
+            let m = chunk_rows.max(1).min(n - done);
+            let uniform =
+                |rng: &mut Rng| -> Vec<f32> { (0..m * d).map(|_| rng.random::<f32>()).collect() };
+            let mut x: Vec<f32> = uniform(rng)
+                .into_iter()
+                .map(|u| if (u as f64) < pi { 1.0 } else { 0.0 })
+                .collect();
+            for t in (2..=self.steps()).rev() {
+                let ts = vec![t; m];
+                let kernel: Vec<f32> = x
+                    .iter()
+                    .map(|&v| logit(self.diffusion.forward_kernel(t, v as f64)) as f32)
+                    .collect();
+                let logits = self.logits(
+                    model,
+                    tensor2(x, m, d, device),
+                    steps_tensor(&ts, device),
+                    tensor2(kernel, m, d, device),
+                );
+                let u = tensor2(uniform(rng), m, d, device);
+                let next = u.lower(burn::tensor::activation::sigmoid(logits)).float();
+                let data = next.into_data().convert::<f32>();
+                x = data.as_slice::<f32>().expect("f32 data").to_vec();
+            }
+            for v in x.iter_mut() {
+                let p = self.diffusion.forward_kernel(1, *v as f64);
+                *v = if (rng.random::<f32>() as f64) < p {
+                    1.0
+                } else {
+                    0.0
+                };
+            }
+            out.extend_from_slice(&x);
+            done += m;
+        }
+        out
+    }
+}
+
+/// A diffusion process with its reverse parametrization: what training, evaluation and sampling
+/// need, whichever the process.
+#[derive(Debug, Clone)]
+pub enum Diffusion {
+    /// Continuous data.
+    Gaussian(GaussianBound),
+    /// Binary data.
+    Binomial(BinomialBound),
+}
+
+impl Diffusion {
+    /// Trajectory length T.
+    pub fn steps(&self) -> usize {
+        match self {
+            Self::Gaussian(g) => g.steps(),
+            Self::Binomial(b) => b.steps(),
+        }
+    }
+
+    /// Data dimension d.
+    pub fn dim(&self) -> usize {
+        match self {
+            Self::Gaussian(g) => g.diffusion.dim(),
+            Self::Binomial(b) => b.diffusion.dim(),
+        }
+    }
+
+    /// Network outputs per row: 2d (mean and log-variance) or d (one logit per bit).
+    pub fn output_dim(&self) -> usize {
+        match self {
+            Self::Gaussian(g) => 2 * g.diffusion.dim(),
+            Self::Binomial(b) => b.diffusion.dim(),
+        }
+    }
+
+    /// KL terms (nats) of the rows (x_0, t), drawing x_t from `rng`.
+    pub fn kl_rows(
+        &self,
+        model: &ReverseMlp,
+        x0: &[f32],
+        ts: &[usize],
+        rng: &mut Rng,
+        device: &Device,
+    ) -> Tensor<1> {
+        match self {
+            Self::Gaussian(g) => g.kl_rows(model, g.prepare(x0, ts, rng, device)),
+            Self::Binomial(b) => b.kl_rows(model, b.prepare(x0, ts, rng, device)),
+        }
+    }
+
+    /// The constant part of K (entropy terms) for one point, in bits.
+    pub fn bound_constant_bits(&self, x0: &[f32]) -> f64 {
+        match self {
+            Self::Gaussian(g) => g.diffusion.bound_constants().sum_bits(),
+            Self::Binomial(b) => b.diffusion.bound_constant_bits(x0),
+        }
+    }
+
+    /// L_null for one point, in bits.
+    pub fn l_null_bits(&self, x0: &[f32]) -> f64 {
+        match self {
+            Self::Gaussian(g) => g.diffusion.l_null_bits(),
+            Self::Binomial(b) => b.diffusion.l_null_bits(x0),
+        }
+    }
+
+    /// The training loss: minus the Monte-Carlo estimate of K in bits per point, averaged over the
+    /// batch. Each row draws t ~ U{2..T} and its KL is weighted by T - 1 (an unbiased estimate of
+    /// the sum over t = 2..T).
+    pub fn training_loss(
+        &self,
+        model: &ReverseMlp,
+        x0: &[f32],
+        rng: &mut Rng,
+        device: &Device,
+    ) -> Tensor<1> {
+        let d = self.dim();
+        let n = x0.len() / d;
+        let steps = self.steps();
+        let ts: Vec<usize> = (0..n).map(|_| rng.random_range(2..=steps)).collect();
+        let constant = x0
+            .chunks_exact(d)
+            .map(|row| self.bound_constant_bits(row))
+            .sum::<f64>()
+            / n as f64;
+        let weight = (steps - 1) as f64 / LN_2;
+        self.kl_rows(model, x0, &ts, rng, device).mean() * weight - constant
+    }
+
+    /// The full-sum bound K in bits for each point (`points` row-major `[n, d]`): every
+    /// t = 2..T with one draw of x_t per (point, t), evaluated `chunk_rows` rows at a time.
+    pub fn bound_bits_per_point(
+        &self,
+        model: &ReverseMlp,
+        points: &[f32],
+        rng: &mut Rng,
+        device: &Device,
+        chunk_rows: usize,
+    ) -> Vec<f64> {
+        let d = self.dim();
+        let n = points.len() / d;
+        let per_point = self.steps() - 1;
+        let total = n * per_point;
+        let mut kl_sums = vec![0.0f64; n];
+        let mut start = 0;
+        while start < total {
+            let end = (start + chunk_rows.max(1)).min(total);
+            let rows: Vec<(usize, usize)> = (start..end)
+                .map(|r| (r / per_point, 2 + r % per_point))
+                .collect();
+            let ts: Vec<usize> = rows.iter().map(|&(_, t)| t).collect();
+            let mut x0 = Vec::with_capacity(rows.len() * d);
+            for &(i, _) in &rows {
+                x0.extend_from_slice(&points[i * d..(i + 1) * d]);
+            }
+            let kl = self.kl_rows(model, &x0, &ts, rng, device).into_data();
+            let kl = kl.convert::<f32>();
+            let kl = kl.as_slice::<f32>().expect("f32 data");
+            for (&(i, _), &v) in rows.iter().zip(kl) {
+                kl_sums[i] += v as f64;
+            }
+            start = end;
+        }
+        points
+            .chunks_exact(d)
+            .zip(kl_sums)
+            .map(|(row, s)| self.bound_constant_bits(row) - s / LN_2)
+            .collect()
+    }
+
+    /// Draws `n` samples, row-major `[n, d]`.
+    pub fn sample(
+        &self,
+        model: &ReverseMlp,
+        n: usize,
+        rng: &mut Rng,
+        device: &Device,
+        chunk_rows: usize,
+    ) -> Vec<f32> {
+        match self {
+            Self::Gaussian(g) => g.sample(model, n, rng, device, chunk_rows),
+            Self::Binomial(b) => b.sample(model, n, rng, device, chunk_rows),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::ModelConfig;
     use diffusion_core::{BetaSchedule, MeanStderr};
+    use rand::Rng as _;
 
     fn standard_normal_points(n: usize, d: usize, seed: u64) -> Vec<f32> {
         let mut rng = diffusion_data::rng(seed, 9);
@@ -252,16 +496,16 @@ mod tests {
             (BetaSchedule::linear(1e-4, 0.1), 100),
             (BetaSchedule::paper(), 40),
         ] {
-            let bound = GaussianBound {
+            let bound = Diffusion::Gaussian(GaussianBound {
                 diffusion: GaussianDiffusion::new(schedule.betas(steps).unwrap(), 2).unwrap(),
                 parametrization: ReverseParametrization::Paper,
-            };
-            let model = ModelConfig::default().init(2, steps, &device);
+            });
+            let model = ModelConfig::default().init(2, 4, steps, &device);
             let points = standard_normal_points(4000, 2, 1);
             let mut rng = diffusion_data::rng(2, 0);
             let k = bound.bound_bits_per_point(&model, &points, &mut rng, &device, 8192);
             let k = MeanStderr::of(&k).unwrap();
-            let l_null = bound.diffusion.l_null_bits();
+            let l_null = bound.l_null_bits(&[0.0, 0.0]);
             assert!(
                 (k.mean - l_null).abs() < 3.0 * k.stderr,
                 "T = {steps}: K = {} ± {}, L_null = {l_null}",
@@ -279,15 +523,15 @@ mod tests {
     fn monte_carlo_estimate_agrees_with_the_full_sum() {
         let device = Device::flex();
         let steps = 30;
-        let bound = GaussianBound {
+        let bound = Diffusion::Gaussian(GaussianBound {
             diffusion: GaussianDiffusion::new(
                 BetaSchedule::linear(1e-3, 0.2).betas(steps).unwrap(),
                 2,
             )
             .unwrap(),
             parametrization: ReverseParametrization::Paper,
-        };
-        let model = ModelConfig::default().init(2, steps, &device);
+        });
+        let model = ModelConfig::default().init(2, 4, steps, &device);
         // Points far from N(0, I) so the KL terms are large and vary with t.
         let points: Vec<f32> = standard_normal_points(2000, 2, 3)
             .into_iter()
@@ -313,5 +557,75 @@ mod tests {
             full.mean,
             full.stderr
         );
+    }
+
+    /// SPEC section 2: for i.i.d. Bernoulli(pi) bits the chain is stationary and reversible, so
+    /// the forward kernel is the exact reversal (the `paper` parametrization at z = 0), and the
+    /// full-sum K equals L_null in expectation. Checked with both ways of conditioning on t.
+    #[test]
+    fn forward_kernel_on_bernoulli_data_has_k_equal_to_l_null() {
+        use crate::model::TimeConditioning;
+        let device = Device::flex();
+        let (steps, pi, d) = (60, 0.3, 8);
+        let bound = Diffusion::Binomial(BinomialBound {
+            diffusion: BinomialDiffusion::new(
+                BetaSchedule::Reciprocal.raw_betas(steps).unwrap(),
+                pi,
+                d,
+            )
+            .unwrap(),
+            parametrization: ReverseParametrization::Paper,
+        });
+        let mut rng = diffusion_data::rng(5, 0);
+        let points: Vec<f32> = (0..3000 * d)
+            .map(|_| if rng.random::<f64>() < pi { 1.0 } else { 0.0 })
+            .collect();
+        for time in [TimeConditioning::Embedding, TimeConditioning::Readout] {
+            let config = ModelConfig {
+                hidden: vec![16],
+                time,
+                ..ModelConfig::default()
+            };
+            let model = config.init(d, d, steps, &device);
+            let k = bound.bound_bits_per_point(&model, &points, &mut rng, &device, 8192);
+            // K - L_null per point has expectation 0; compare the means of the paired values.
+            let diffs: Vec<f64> = k
+                .iter()
+                .zip(points.chunks(d))
+                .map(|(k, r)| k - bound.l_null_bits(r))
+                .collect();
+            let diff = MeanStderr::of(&diffs).unwrap();
+            assert!(
+                diff.mean.abs() < 3.0 * diff.stderr,
+                "{time:?}: K - L_null = {} ± {} (K = {})",
+                diff.mean,
+                diff.stderr,
+                MeanStderr::of(&k).unwrap().mean,
+            );
+            assert!(diff.stderr < 0.1, "{}", diff.stderr);
+        }
+    }
+
+    /// Sampling from the forward kernel on Bernoulli(pi) bits returns Bernoulli(pi) bits.
+    #[test]
+    fn binomial_sampling_from_the_forward_kernel_keeps_the_rate() {
+        let device = Device::flex();
+        let (steps, pi, d) = (30, 0.2, 10);
+        let bound = Diffusion::Binomial(BinomialBound {
+            diffusion: BinomialDiffusion::new(
+                BetaSchedule::Reciprocal.raw_betas(steps).unwrap(),
+                pi,
+                d,
+            )
+            .unwrap(),
+            parametrization: ReverseParametrization::Paper,
+        });
+        let model = ModelConfig::default().init(d, d, steps, &device);
+        let mut rng = diffusion_data::rng(6, 0);
+        let s = bound.sample(&model, 4000, &mut rng, &device, 1000);
+        assert!(s.iter().all(|&v| v == 0.0 || v == 1.0));
+        let rate = s.iter().map(|&v| v as f64).sum::<f64>() / s.len() as f64;
+        // s.e. of the rate over 40,000 bits is 0.002
+        assert!((rate - pi).abs() < 0.01, "{rate}");
     }
 }

@@ -24,17 +24,34 @@ pub struct RunConfig {
     pub train: TrainConfig,
 }
 
-/// The Gaussian forward process.
+/// Which forward process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProcessKind {
+    /// Gaussian diffusion, for continuous data.
+    #[default]
+    Gaussian,
+    /// Binomial diffusion, for binary data.
+    Binomial,
+}
+
+/// The forward process.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiffusionConfig {
+    /// Gaussian or binomial.
+    #[serde(default)]
+    pub process: ProcessKind,
     /// Trajectory length T.
     pub steps: usize,
-    /// The beta schedule.
+    /// The beta schedule (`reciprocal`, b_t = 1/(T - t + 1), is the binomial default).
     pub schedule: BetaSchedule,
     /// How the network's outputs become the reverse kernel.
     #[serde(default)]
     pub parametrization: ReverseParametrization,
+    /// Binomial only: the stationary bit rate; omitted, the data's mean activity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pi: Option<f64>,
 }
 
 /// The training data.
@@ -48,6 +65,15 @@ pub enum DataConfig {
         #[serde(default = "default_noise")]
         noise: f64,
     },
+    /// The binary heartbeat: `length` bits, a 1 every `period`-th bin, uniform phase.
+    Heartbeat {
+        /// Bits per sequence.
+        #[serde(default = "default_length")]
+        length: usize,
+        /// Bins between pulses.
+        #[serde(default = "default_period")]
+        period: usize,
+    },
     /// Points from a .csv or .npy file; a seeded share is held out for evaluation.
     File {
         /// The file.
@@ -58,6 +84,12 @@ pub enum DataConfig {
     },
 }
 
+fn default_length() -> usize {
+    20
+}
+fn default_period() -> usize {
+    5
+}
 fn default_noise() -> f64 {
     0.5
 }
@@ -234,10 +266,32 @@ impl RunConfig {
 
     /// Checks the values that serde cannot: returns the first problem found.
     pub fn validate(&self) -> Result<(), String> {
-        self.diffusion
-            .schedule
-            .betas(self.diffusion.steps)
-            .map_err(|e| format!("diffusion: {e}"))?;
+        let diffusion = &self.diffusion;
+        match diffusion.process {
+            ProcessKind::Gaussian => {
+                diffusion
+                    .schedule
+                    .betas(diffusion.steps)
+                    .map_err(|e| format!("diffusion: {e}"))?;
+                if diffusion.pi.is_some() {
+                    return Err("diffusion.pi is for process = \"binomial\" only".into());
+                }
+                if matches!(self.data, DataConfig::Heartbeat { .. }) {
+                    return Err("heartbeat data needs diffusion.process = \"binomial\"".into());
+                }
+            }
+            ProcessKind::Binomial => {
+                let betas = diffusion
+                    .schedule
+                    .raw_betas(diffusion.steps)
+                    .map_err(|e| format!("diffusion: {e}"))?;
+                diffusion_core::BinomialDiffusion::new(betas, diffusion.pi.unwrap_or(0.5), 1)
+                    .map_err(|e| format!("diffusion: {e}"))?;
+                if matches!(self.data, DataConfig::SwissRoll { .. }) {
+                    return Err("Swiss-roll data needs diffusion.process = \"gaussian\"".into());
+                }
+            }
+        }
         let t = &self.train;
         if t.batch_size == 0 {
             return Err("train.batch_size must be at least 1".into());
@@ -285,6 +339,11 @@ impl RunConfig {
         match &self.data {
             DataConfig::SwissRoll { noise } if !(noise.is_finite() && *noise > 0.0) => {
                 Err(format!("data.noise = {noise} must be > 0"))
+            }
+            DataConfig::Heartbeat { length, period } => {
+                diffusion_data::Heartbeat::new(*length, *period)
+                    .map(|_| ())
+                    .map_err(|e| format!("data: {e}"))
             }
             DataConfig::File {
                 heldout_fraction, ..

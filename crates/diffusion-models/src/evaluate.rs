@@ -3,7 +3,7 @@
 
 use burn::tensor::Device;
 use diffusion_core::MeanStderr;
-use diffusion_data::SwissRoll;
+use diffusion_data::{Heartbeat, SwissRoll};
 use serde::{Deserialize, Serialize};
 
 use crate::config::DataConfig;
@@ -14,14 +14,15 @@ use crate::training::streams;
 /// Rows per evaluation chunk (bounds memory whatever n and T are).
 pub const CHUNK_ROWS: usize = 16_384;
 
-/// The result of `diffusion evaluate`, in bits per point.
+/// The result of `diffusion evaluate`, in bits per point (per sequence for binary data).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Evaluation {
     /// The bound K (mean over held-out points of the full sum over t).
     pub k_bits: f64,
     /// Its standard error over points.
     pub k_stderr_bits: f64,
-    /// L_null = -d/2 log2(2 pi e), the log-likelihood of N(0, I).
+    /// L_null: the log-likelihood of the null model, N(0, I) (-d/2 log2(2 pi e)) or i.i.d.
+    /// Bernoulli(pi) bits (averaged over the held-out points).
     pub l_null_bits: f64,
     /// K - L_null.
     pub k_minus_l_null_bits: f64,
@@ -35,6 +36,15 @@ pub struct Evaluation {
     pub n: usize,
     /// Trajectory length T.
     pub steps_t: usize,
+    /// Heartbeat data: the share of samples that are one of the valid sequences.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_fraction: Option<f64>,
+    /// Heartbeat data: the share of samples with each phase (first pulse at bin 0, 1, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase_fractions: Option<Vec<f64>>,
+    /// Heartbeat data: how many samples those shares are of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<usize>,
 }
 
 /// The first `n` held-out points of a run (all of them, if the held-out file has fewer).
@@ -51,6 +61,16 @@ pub fn heldout_points(
             })?;
             let seed = manifest.config.train.seed;
             Ok(roll
+                .stream_with(diffusion_data::rng(seed, streams::HELDOUT))
+                .next_batch(n))
+        }
+        DataConfig::Heartbeat { length, period } => {
+            let beat = Heartbeat::new(*length, *period).map_err(|e| RunError::Corrupt {
+                path: run.file("config.json").display().to_string(),
+                message: e.to_string(),
+            })?;
+            let seed = manifest.config.train.seed;
+            Ok(beat
                 .stream_with(diffusion_data::rng(seed, streams::HELDOUT))
                 .next_batch(n))
         }
@@ -73,13 +93,15 @@ pub fn heldout_points(
 }
 
 /// Evaluates `model` on the run's held-out points: K from the full sum over t = 2..T (one draw of
-/// x_t per point and step, seeded by `seed`), L_null, and -H(data) for generator data.
+/// x_t per point and step, seeded by `seed`), L_null, and -H(data) for generator data. For
+/// heartbeat data it also draws `samples` sequences and reports the valid share and the phases.
 pub fn evaluate(
     manifest: &RunManifest,
     run: &RunDir,
     model: &ReverseMlp,
     device: &Device,
     n: usize,
+    samples: usize,
     seed: u64,
 ) -> Result<Evaluation, RunError> {
     let bound = manifest.bound().map_err(|message| RunError::Corrupt {
@@ -93,11 +115,40 @@ pub fn evaluate(
         path: run.path().display().to_string(),
         message: "no held-out points".into(),
     })?;
-    let l_null = bound.diffusion.l_null_bits();
+    let d = bound.dim();
+    let l_null = points
+        .chunks_exact(d)
+        .map(|row| bound.l_null_bits(row))
+        .sum::<f64>()
+        / k.n as f64;
+    let (mut valid_fraction, mut phase_fractions, mut sample_count) = (None, None, None);
     let entropy = match &manifest.config.data {
         DataConfig::SwissRoll { noise } => SwissRoll::new(*noise)
             .ok()
             .map(|r| r.entropy_bits(k.n.clamp(2_000, 20_000), seed)),
+        DataConfig::Heartbeat { length, period } => {
+            let beat = Heartbeat::new(*length, *period).ok();
+            if let Some(beat) = beat.filter(|_| samples > 0) {
+                let mut rng = diffusion_data::rng(seed, streams::SAMPLE);
+                let drawn = bound.sample(model, samples, &mut rng, device, CHUNK_ROWS);
+                let mut counts = vec![0usize; beat.period()];
+                for row in drawn.chunks_exact(d) {
+                    if let Some(p) = beat.phase_of(row) {
+                        counts[p] += 1;
+                    }
+                }
+                let valid: usize = counts.iter().sum();
+                valid_fraction = Some(valid as f64 / samples as f64);
+                phase_fractions = Some(
+                    counts
+                        .iter()
+                        .map(|&c| c as f64 / valid.max(1) as f64)
+                        .collect(),
+                );
+                sample_count = Some(samples);
+            }
+            beat.map(|b| (b.entropy_bits(), 0.0))
+        }
         DataConfig::File { .. } => None,
     };
     Ok(Evaluation {
@@ -110,5 +161,8 @@ pub fn evaluate(
         gap_bits: entropy.map(|(h, _)| -h - k.mean),
         n: k.n,
         steps_t: bound.steps(),
+        valid_fraction,
+        phase_fractions,
+        samples: sample_count,
     })
 }

@@ -1,8 +1,16 @@
-//! The reverse-process network: an MLP on `x_t` with a learned per-step embedding added to every
-//! hidden layer, reading out `[z_mu, z_sigma]` (SPEC section 4, the presentation's model when
-//! `hidden = [128, 128]` with softplus).
+//! The reverse-process network: an MLP on `x_t`, told the step t in one of two ways (SPEC
+//! section 4):
+//!
+//! - `embedding`: a learned per-step vector added to every hidden layer, one shared readout (the
+//!   presentation's Swiss-roll model with `hidden = [128, 128]`, softplus; the "tweaked" heartbeat
+//!   model);
+//! - `readout`: hidden layers shared across time and a separate readout per step (the paper's
+//!   models: the heartbeat MLP 20 -> 50 -> 50 -> 50 with sigmoid units).
+//!
+//! The output is `[z_mu, z_sigma]` (2d values) for Gaussian diffusion and one logit per bit (d
+//! values) for binomial diffusion.
 
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
 use burn::tensor::activation;
 use burn::tensor::{Device, Int, Tensor};
@@ -37,6 +45,25 @@ impl Activation {
     }
 }
 
+/// How the network is told the step t.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum TimeConditioning {
+    /// A learned per-step vector added to every hidden layer; one shared readout.
+    #[default]
+    Embedding,
+    /// Hidden layers shared across time; a separate linear readout per step (the paper's).
+    Readout,
+    /// Fixed sinusoidal features of t/T (16 frequencies, geometric from 1 to T/2 cycles over
+    /// the trajectory, as in Vaswani et al. 2017 and Ho et al. 2020), mapped by a learned linear
+    /// layer into every hidden layer. Shares statistical strength across neighbouring steps,
+    /// which matters when T is in the thousands.
+    Sinusoidal,
+}
+
+/// Number of sinusoidal frequencies (each gives a sine and a cosine feature).
+const FREQUENCIES: usize = 16;
+
 /// The shape of the reverse network.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -47,6 +74,9 @@ pub struct ModelConfig {
     /// The hidden nonlinearity.
     #[serde(default)]
     pub activation: Activation,
+    /// How the step t enters.
+    #[serde(default)]
+    pub time: TimeConditioning,
 }
 
 fn default_hidden() -> Vec<usize> {
@@ -58,61 +88,141 @@ impl Default for ModelConfig {
         Self {
             hidden: default_hidden(),
             activation: Activation::default(),
+            time: TimeConditioning::default(),
         }
     }
 }
 
 impl ModelConfig {
-    /// A network for `dim`-dimensional data and steps `t = 1..=steps`. The readout starts at
-    /// zero, so with the `paper` parametrization the untrained model is the forward kernel.
-    pub fn init(&self, dim: usize, steps: usize, device: &Device) -> ReverseMlp {
+    /// A network from `dim_in` inputs to `dim_out` outputs for steps `t = 1..=steps`. The
+    /// readout starts at zero, so with the `paper` parametrizations the untrained model is the
+    /// forward kernel.
+    pub fn init(&self, dim_in: usize, dim_out: usize, steps: usize, device: &Device) -> ReverseMlp {
         let mut layers = Vec::with_capacity(self.hidden.len());
         let mut time_embeddings = Vec::with_capacity(self.hidden.len());
-        let mut width = dim;
+        let mut time_projections = Vec::with_capacity(self.hidden.len());
+        let mut width = dim_in;
         for &h in &self.hidden {
             layers.push(LinearConfig::new(width, h).init(device));
-            time_embeddings.push(
-                EmbeddingConfig::new(steps + 1, h)
-                    .with_initializer(Initializer::Normal {
-                        mean: 0.0,
-                        std: 0.1,
-                    })
-                    .init(device),
-            );
+            if self.time == TimeConditioning::Embedding {
+                time_embeddings.push(
+                    EmbeddingConfig::new(steps + 1, h)
+                        .with_initializer(Initializer::Normal {
+                            mean: 0.0,
+                            std: 0.1,
+                        })
+                        .init(device),
+                );
+            }
+            if self.time == TimeConditioning::Sinusoidal {
+                time_projections.push(LinearConfig::new(2 * FREQUENCIES, h).init(device));
+            }
             width = h;
         }
-        let readout = LinearConfig::new(width, 2 * dim)
-            .with_initializer(Initializer::Zeros)
-            .init(device);
+        let (readout, step_readout) = match self.time {
+            TimeConditioning::Embedding | TimeConditioning::Sinusoidal => (
+                Some(
+                    LinearConfig::new(width, dim_out)
+                        .with_initializer(Initializer::Zeros)
+                        .init(device),
+                ),
+                None,
+            ),
+            TimeConditioning::Readout => (
+                None,
+                Some(StepReadout {
+                    weight: Param::from_tensor(Tensor::zeros([steps + 1, width * dim_out], device)),
+                    bias: Param::from_tensor(Tensor::zeros([steps + 1, dim_out], device)),
+                    dim_out,
+                }),
+            ),
+        };
+        // angular frequencies 2 pi f / T with f geometric from 1 to T/2
+        let top = (steps as f64 / 2.0).max(1.0);
+        let frequencies: Vec<f32> = (0..FREQUENCIES)
+            .map(|k| {
+                let f = top.powf(k as f64 / (FREQUENCIES - 1) as f64);
+                (2.0 * std::f64::consts::PI * f / steps as f64) as f32
+            })
+            .collect();
         ReverseMlp {
             layers,
             time_embeddings,
+            time_projections,
+            frequencies,
             readout,
+            step_readout,
             activation: self.activation,
         }
     }
 }
 
-/// The reverse network: `z = readout(h_L)`, `h_l = act(W_l h_{l-1} + b_l + E_l[t])`.
+/// A separate linear readout per step: `z = W[t] h + b[t]`.
+#[derive(Module, Debug)]
+pub struct StepReadout {
+    /// `[T + 1, width * dim_out]`, row t holding step t's matrix.
+    weight: Param<Tensor<2>>,
+    /// `[T + 1, dim_out]`.
+    bias: Param<Tensor<2>>,
+    #[module(skip)]
+    dim_out: usize,
+}
+
+impl StepReadout {
+    fn forward(&self, h: Tensor<2>, t: Tensor<1, Int>) -> Tensor<2> {
+        let [n, width] = h.dims();
+        let w: Tensor<3> = self
+            .weight
+            .val()
+            .select(0, t.clone())
+            .reshape([n, width, self.dim_out]);
+        let z: Tensor<3> = h.unsqueeze_dim::<3>(1).matmul(w);
+        z.reshape([n, self.dim_out]) + self.bias.val().select(0, t)
+    }
+}
+
+/// The reverse network: `h_l = act(W_l h_{l-1} + b_l [+ E_l[t]])`, then the readout.
 #[derive(Module, Debug)]
 pub struct ReverseMlp {
     layers: Vec<Linear>,
     time_embeddings: Vec<Embedding>,
-    readout: Linear,
+    time_projections: Vec<Linear>,
+    #[module(skip)]
+    frequencies: Vec<f32>,
+    readout: Option<Linear>,
+    step_readout: Option<StepReadout>,
     #[module(skip)]
     activation: Activation,
 }
 
 impl ReverseMlp {
-    /// `x_t` is `[n, d]`, `t` is `[n]` (1-based steps); returns `[n, 2d]` = `[z_mu, z_sigma]`.
+    /// `x_t` is `[n, d]`, `t` is `[n]` (1-based steps); returns `[n, dim_out]`.
     pub fn forward(&self, x_t: Tensor<2>, t: Tensor<1, Int>) -> Tensor<2> {
         let [n, _] = x_t.dims();
-        let t = t.reshape([n, 1]);
+        let t2 = t.clone().reshape([n, 1]);
+        let features = (!self.time_projections.is_empty()).then(|| {
+            let device = x_t.device();
+            let freqs = Tensor::<1>::from_floats(self.frequencies.as_slice(), &device)
+                .reshape([1, self.frequencies.len()]);
+            let angles = t2.clone().float() * freqs;
+            Tensor::cat(vec![angles.clone().sin(), angles.cos()], 1)
+        });
         let mut h = x_t;
-        for (layer, embedding) in self.layers.iter().zip(&self.time_embeddings) {
-            let e: Tensor<2> = embedding.forward(t.clone()).squeeze_dim(1);
-            h = self.activation.apply(layer.forward(h) + e);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let mut pre = layer.forward(h);
+            if let Some(embedding) = self.time_embeddings.get(i) {
+                let e: Tensor<2> = embedding.forward(t2.clone()).squeeze_dim(1);
+                pre = pre + e;
+            }
+            if let (Some(projection), Some(f)) = (self.time_projections.get(i), &features) {
+                pre = pre + projection.forward(f.clone());
+            }
+            h = self.activation.apply(pre);
         }
-        self.readout.forward(h)
+        match (&self.readout, &self.step_readout) {
+            (Some(readout), _) => readout.forward(h),
+            (None, Some(step_readout)) => step_readout.forward(h, t),
+            (None, None) => unreachable!("a network has one readout"),
+        }
     }
 }

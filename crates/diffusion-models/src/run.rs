@@ -16,12 +16,12 @@ use std::path::{Path, PathBuf};
 use burn::module::Module;
 use burn::store::ModuleRecord;
 use burn::tensor::{Bytes, Device};
-use diffusion_core::GaussianDiffusion;
+use diffusion_core::{BinomialDiffusion, GaussianDiffusion};
 use diffusion_data::io::write_atomic;
 use serde::{Deserialize, Serialize};
 
-use crate::bound::GaussianBound;
-use crate::config::RunConfig;
+use crate::bound::{BinomialBound, Diffusion, GaussianBound};
+use crate::config::{ProcessKind, RunConfig};
 use crate::model::ReverseMlp;
 
 /// The format tag of `config.json`.
@@ -71,21 +71,38 @@ pub struct RunManifest {
 }
 
 impl RunManifest {
-    /// The diffusion and parametrization this run describes.
-    pub fn bound(&self) -> Result<GaussianBound, String> {
+    /// The diffusion and parametrization this run describes. A binomial run's `pi` must be
+    /// resolved (set) by then.
+    pub fn bound(&self) -> Result<Diffusion, String> {
         let d = &self.config.diffusion;
-        let betas = d.schedule.betas(d.steps).map_err(|e| e.to_string())?;
-        Ok(GaussianBound {
-            diffusion: GaussianDiffusion::new(betas, self.data_dim).map_err(|e| e.to_string())?,
-            parametrization: d.parametrization,
-        })
+        match d.process {
+            ProcessKind::Gaussian => {
+                let betas = d.schedule.betas(d.steps).map_err(|e| e.to_string())?;
+                Ok(Diffusion::Gaussian(GaussianBound {
+                    diffusion: GaussianDiffusion::new(betas, self.data_dim)
+                        .map_err(|e| e.to_string())?,
+                    parametrization: d.parametrization,
+                }))
+            }
+            ProcessKind::Binomial => {
+                let betas = d.schedule.raw_betas(d.steps).map_err(|e| e.to_string())?;
+                let pi = d.pi.ok_or("diffusion.pi is not resolved")?;
+                Ok(Diffusion::Binomial(BinomialBound {
+                    diffusion: BinomialDiffusion::new(betas, pi, self.data_dim)
+                        .map_err(|e| e.to_string())?,
+                    parametrization: d.parametrization,
+                }))
+            }
+        }
     }
 
     /// A freshly initialised network of this run's shape.
-    pub fn init_model(&self, device: &Device) -> ReverseMlp {
-        self.config
+    pub fn init_model(&self, device: &Device) -> Result<ReverseMlp, String> {
+        let out = self.bound()?.output_dim();
+        Ok(self
+            .config
             .model
-            .init(self.data_dim, self.config.diffusion.steps, device)
+            .init(self.data_dim, out, self.config.diffusion.steps, device))
     }
 }
 
@@ -180,7 +197,8 @@ impl RunDir {
                 m.format
             )));
         }
-        m.config.validate().map_err(corrupt)?;
+        m.config.validate().map_err(&corrupt)?;
+        m.bound().map_err(corrupt)?;
         Ok(m)
     }
 
@@ -214,6 +232,7 @@ impl RunDir {
             .map_err(|e| corrupt(format!("not a model record ({e})")))?;
         manifest
             .init_model(device)
+            .map_err(corrupt)?
             .try_load_record(record)
             .map_err(|e| corrupt(format!("does not match the run's model ({e})")))
     }

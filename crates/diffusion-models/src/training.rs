@@ -15,7 +15,7 @@ use burn::optim::{
     momentum::MomentumConfig,
 };
 use burn::tensor::Device;
-use diffusion_data::{Array2, Rng, SwissRoll, SwissRollStream};
+use diffusion_data::{Array2, Heartbeat, HeartbeatStream, Rng, SwissRoll, SwissRollStream};
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 
@@ -47,6 +47,8 @@ pub enum TrainError {
 pub enum TrainingData {
     /// Fresh Swiss-roll points every batch.
     SwissRoll(SwissRollStream),
+    /// Fresh heartbeat sequences every batch.
+    Heartbeat(HeartbeatStream),
     /// Rows drawn uniformly (with replacement) from a fixed set.
     Points {
         /// The training rows.
@@ -62,6 +64,11 @@ impl TrainingData {
         Self::SwissRoll(roll.stream_with(diffusion_data::rng(seed, streams::TRAIN_DATA)))
     }
 
+    /// The heartbeat stream of a run seed.
+    pub fn heartbeat(beat: Heartbeat, seed: u64) -> Self {
+        Self::Heartbeat(beat.stream_with(diffusion_data::rng(seed, streams::TRAIN_DATA)))
+    }
+
     /// Row sampling from `points` under a run seed.
     pub fn points(points: Array2, seed: u64) -> Self {
         Self::Points {
@@ -74,6 +81,7 @@ impl TrainingData {
     pub fn next_batch(&mut self, n: usize) -> Vec<f32> {
         match self {
             Self::SwissRoll(s) => s.next_batch(n),
+            Self::Heartbeat(s) => s.next_batch(n),
             Self::Points { points, rng } => {
                 let mut out = Vec::with_capacity(n * points.cols);
                 for _ in 0..n {
@@ -171,7 +179,9 @@ pub fn train(
     let bound = manifest.bound().map_err(TrainError::Config)?;
     let ad_device = device.clone().autodiff();
     ad_device.seed(config.seed);
-    let mut model = manifest.init_model(&ad_device);
+    let mut model = manifest
+        .init_model(&ad_device)
+        .map_err(TrainError::Config)?;
     let mut optim = optimizer(&config.optimizer);
     let mut rng = diffusion_data::rng(config.seed, streams::TRAIN_NOISE);
 

@@ -1,0 +1,140 @@
+//! The binary heartbeat (paper section 3.2, SPEC section 3): sequences of `length` bits with a 1
+//! every `period`-th bin, the first pulse uniform over the first `period` bins.
+
+use rand::Rng as _;
+
+use crate::{DataError, Rng};
+
+/// The heartbeat distribution: `period` equally likely sequences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heartbeat {
+    length: usize,
+    period: usize,
+}
+
+impl Heartbeat {
+    /// The paper's setting is `length = 20`, `period = 5`.
+    pub fn new(length: usize, period: usize) -> Result<Self, DataError> {
+        if period == 0 || length < period {
+            return Err(DataError::Invalid(format!(
+                "heartbeat needs 1 <= period <= length, got period {period}, length {length}"
+            )));
+        }
+        Ok(Self { length, period })
+    }
+
+    /// Bits per sequence.
+    pub fn length(&self) -> usize {
+        self.length
+    }
+
+    /// Bins between pulses.
+    pub fn period(&self) -> usize {
+        self.period
+    }
+
+    /// The sequence whose first pulse is at bin `phase` (< period).
+    pub fn sequence(&self, phase: usize) -> Vec<f32> {
+        (0..self.length)
+            .map(|i| {
+                if i >= phase && (i - phase) % self.period == 0 {
+                    1.0
+                } else {
+                    0.0
+                }
+            })
+            .collect()
+    }
+
+    /// The phase of a valid sequence, `None` for any other bit pattern.
+    pub fn phase_of(&self, bits: &[f32]) -> Option<usize> {
+        (0..self.period).find(|&p| {
+            bits.len() == self.length
+                && bits
+                    .iter()
+                    .zip(self.sequence(p))
+                    .all(|(&b, s)| (b >= 0.5) == (s >= 0.5))
+        })
+    }
+
+    /// The exact entropy in bits: log2 of the number of distinct, equally likely sequences.
+    pub fn entropy_bits(&self) -> f64 {
+        (self.period as f64).log2()
+    }
+
+    /// The mean activity (share of ones) of the distribution: the natural stationary rate pi.
+    pub fn mean_activity(&self) -> f64 {
+        let ones: usize = (0..self.period)
+            .map(|p| (self.length - p).div_ceil(self.period))
+            .sum();
+        ones as f64 / (self.period * self.length) as f64
+    }
+
+    /// A seeded stream of sequences.
+    pub fn stream_with(&self, rng: Rng) -> HeartbeatStream {
+        HeartbeatStream { beat: *self, rng }
+    }
+}
+
+/// A seeded stream of heartbeat sequences.
+#[derive(Debug, Clone)]
+pub struct HeartbeatStream {
+    beat: Heartbeat,
+    rng: Rng,
+}
+
+impl HeartbeatStream {
+    /// The next `n` sequences, row-major `[n, length]` of 0.0/1.0.
+    pub fn next_batch(&mut self, n: usize) -> Vec<f32> {
+        let mut out = Vec::with_capacity(n * self.beat.length);
+        for _ in 0..n {
+            let phase = self.rng.random_range(0..self.beat.period);
+            out.extend(self.beat.sequence(phase));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paper_heartbeat() {
+        let h = Heartbeat::new(20, 5).unwrap();
+        assert_eq!(h.sequence(2).iter().filter(|&&b| b == 1.0).count(), 4);
+        assert_eq!(h.sequence(0)[..6], [1.0, 0.0, 0.0, 0.0, 0.0, 1.0]);
+        assert!((h.entropy_bits() - 2.321928094887362).abs() < 1e-15);
+        assert!((h.mean_activity() - 0.2).abs() < 1e-15);
+        for p in 0..5 {
+            assert_eq!(h.phase_of(&h.sequence(p)), Some(p));
+        }
+        let mut bad = h.sequence(1);
+        bad[7] = 1.0;
+        assert_eq!(h.phase_of(&bad), None);
+    }
+
+    #[test]
+    fn phases_are_uniform_and_seeded() {
+        let h = Heartbeat::new(20, 5).unwrap();
+        let batch = h.stream_with(crate::rng(1, 0)).next_batch(50_000);
+        assert_eq!(batch, h.stream_with(crate::rng(1, 0)).next_batch(50_000));
+        let mut counts = [0usize; 5];
+        for row in batch.chunks(20) {
+            counts[h.phase_of(row).expect("valid")] += 1;
+        }
+        // binomial s.d. of each count is sqrt(50000 * 0.2 * 0.8) = 89
+        for c in counts {
+            assert!((c as f64 - 10_000.0).abs() < 450.0, "{counts:?}");
+        }
+    }
+
+    #[test]
+    fn uneven_lengths_and_bad_parameters() {
+        let h = Heartbeat::new(7, 3).unwrap();
+        // phases 0, 1, 2 give 3, 2, 2 ones in 7 bins
+        assert!((h.mean_activity() - 7.0 / 21.0).abs() < 1e-15);
+        assert!(Heartbeat::new(3, 5).is_err());
+        assert!(Heartbeat::new(3, 0).is_err());
+    }
+}
