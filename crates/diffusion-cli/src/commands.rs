@@ -79,11 +79,12 @@ struct TrainArgs {
     /// Train on the points in this .csv or .npy file instead of the config's data.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Held-out points for the evaluation printed at the end.
-    #[arg(long, default_value_t = 10_000)]
-    eval_n: usize,
+    /// Held-out points for the evaluation printed at the end [default: 10,000, fewer for long
+    /// trajectories: 2,000,000 / (T - 1), at least 1,000].
+    #[arg(long)]
+    eval_n: Option<usize>,
     /// Samples drawn by that evaluation for the valid share (heartbeat data).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 2_000)]
     eval_samples: usize,
 }
 
@@ -92,9 +93,10 @@ struct EvaluateArgs {
     /// The run folder.
     #[arg(long)]
     run: PathBuf,
-    /// Held-out points to average over.
-    #[arg(long, default_value_t = 10_000)]
-    n: usize,
+    /// Held-out points to average over [default: 10,000, fewer for long trajectories:
+    /// 2,000,000 / (T - 1), at least 1,000].
+    #[arg(long)]
+    n: Option<usize>,
     /// Seed of the x_t draws (and of the samples).
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -203,6 +205,12 @@ pub fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
+/// Held-out points for an evaluation: 10,000, or fewer when the full sum over t would exceed
+/// two million rows (at least 1,000).
+fn default_eval_points(steps: usize) -> usize {
+    (2_000_000 / steps.saturating_sub(1).max(1)).clamp(1_000, 10_000)
+}
+
 fn check_count(n: usize) -> Result<(), String> {
     if n == 0 {
         Err("-n must be at least 1".into())
@@ -264,7 +272,10 @@ fn cmd_train(a: TrainArgs) -> Result<(), String> {
     config
         .validate()
         .map_err(|e| format!("config {}: {e}", a.config.display()))?;
-    check_count(a.eval_n).map_err(|_| "--eval-n must be at least 1".to_string())?;
+    let eval_n = a
+        .eval_n
+        .unwrap_or_else(|| default_eval_points(config.diffusion.steps));
+    check_count(eval_n).map_err(|_| "--eval-n must be at least 1".to_string())?;
     let (backend, device) = a.backend.resolve()?;
 
     // Load the data before touching the run folder, so bad data leaves no trace.
@@ -368,16 +379,8 @@ fn cmd_train(a: TrainArgs) -> Result<(), String> {
         "trained {} steps in {:.1} s ({:.1} steps/s)",
         summary.steps, summary.wall_time_s, summary.steps_per_s
     );
-    let eval = evaluate(
-        &manifest,
-        &run,
-        &model,
-        &device,
-        a.eval_n,
-        a.eval_samples,
-        0,
-    )
-    .map_err(|e| e.to_string())?;
+    let eval = evaluate(&manifest, &run, &model, &device, eval_n, a.eval_samples, 0)
+        .map_err(|e| e.to_string())?;
     run.write_json("evaluation.json", &eval)
         .map_err(|e| e.to_string())?;
     print_evaluation(&eval);
@@ -407,9 +410,11 @@ fn load_run(
 }
 
 fn cmd_evaluate(a: EvaluateArgs) -> Result<(), String> {
-    check_count(a.n).map_err(|_| "--n must be at least 1".to_string())?;
     let (run, manifest, model, device) = load_run(&a.run, &a.backend)?;
-    let eval = evaluate(&manifest, &run, &model, &device, a.n, a.samples, a.seed)
+    let n =
+        a.n.unwrap_or_else(|| default_eval_points(manifest.config.diffusion.steps));
+    check_count(n).map_err(|_| "--n must be at least 1".to_string())?;
+    let eval = evaluate(&manifest, &run, &model, &device, n, a.samples, a.seed)
         .map_err(|e| e.to_string())?;
     if a.json {
         println!("{}", serde_json::to_string(&eval).expect("serialisable"));

@@ -3,7 +3,8 @@
 //! The mathematics of diffusion probabilistic models (Sohl-Dickstein, Weiss, Maheswaranathan and
 //! Ganguli, "Deep Unsupervised Learning using Nonequilibrium Thermodynamics", ICML 2015): beta
 //! schedules, the forward closed forms, the posteriors `q(x_{t-1} | x_t, x_0)`, KL and entropy
-//! terms, and the variational bound `K` (paper eq. 14) in bits.
+//! terms, and the variational bound `K` (paper eq. 14) in bits — for Gaussian diffusion
+//! ([`GaussianDiffusion`]) and binomial diffusion on bits ([`BinomialDiffusion`]).
 //!
 //! Every schedule and every derived array is computed in `f64` and only cast at the edge. The
 //! scalar functions here need no backend; the few tensor functions (the KL of diagonal Gaussians

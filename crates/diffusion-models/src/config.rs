@@ -269,27 +269,27 @@ impl RunConfig {
         let diffusion = &self.diffusion;
         match diffusion.process {
             ProcessKind::Gaussian => {
+                if matches!(self.data, DataConfig::Heartbeat { .. }) {
+                    return Err("heartbeat data needs diffusion.process = \"binomial\"".into());
+                }
+                if diffusion.pi.is_some() {
+                    return Err("diffusion.pi is for process = \"binomial\" only".into());
+                }
                 diffusion
                     .schedule
                     .betas(diffusion.steps)
                     .map_err(|e| format!("diffusion: {e}"))?;
-                if diffusion.pi.is_some() {
-                    return Err("diffusion.pi is for process = \"binomial\" only".into());
-                }
-                if matches!(self.data, DataConfig::Heartbeat { .. }) {
-                    return Err("heartbeat data needs diffusion.process = \"binomial\"".into());
-                }
             }
             ProcessKind::Binomial => {
+                if matches!(self.data, DataConfig::SwissRoll { .. }) {
+                    return Err("Swiss-roll data needs diffusion.process = \"gaussian\"".into());
+                }
                 let betas = diffusion
                     .schedule
                     .raw_betas(diffusion.steps)
                     .map_err(|e| format!("diffusion: {e}"))?;
                 diffusion_core::BinomialDiffusion::new(betas, diffusion.pi.unwrap_or(0.5), 1)
                     .map_err(|e| format!("diffusion: {e}"))?;
-                if matches!(self.data, DataConfig::SwissRoll { .. }) {
-                    return Err("Swiss-roll data needs diffusion.process = \"gaussian\"".into());
-                }
             }
         }
         let t = &self.train;

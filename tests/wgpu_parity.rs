@@ -1,0 +1,148 @@
+//! The wgpu backend against flex (needs `--features wgpu` and a Vulkan, Metal or DX12 adapter;
+//! CI uses Mesa's software Vulkan driver, lavapipe). Kept tiny: lavapipe is slow.
+
+use burn::tensor::Device;
+use diffusion_core::{BetaSchedule, GaussianDiffusion, ReverseParametrization};
+use diffusion_models::bound::{Diffusion, GaussianBound};
+use diffusion_models::training::TrainingData;
+use diffusion_models::{RunConfig, RunDir, RunManifest, evaluate, train};
+
+/// The largest relative difference between two vectors, with an absolute floor of 1e-3.
+fn max_rel_diff(a: &[f64], b: &[f64]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs() / x.abs().max(y.abs()).max(1e-3))
+        .fold(0.0, f64::max)
+}
+
+fn roll_points(n: usize) -> Vec<f32> {
+    diffusion_data::SwissRoll::new(0.5)
+        .unwrap()
+        .stream(11)
+        .next_batch(n)
+}
+
+#[test]
+fn same_weights_and_inputs_give_the_same_bound_on_wgpu_and_flex() {
+    let flex = Device::flex();
+    let wgpu = Device::wgpu(Default::default());
+    let steps = 20;
+    let bound = Diffusion::Gaussian(GaussianBound {
+        diffusion: GaussianDiffusion::new(BetaSchedule::linear(1e-3, 0.3).betas(steps).unwrap(), 2)
+            .unwrap(),
+        parametrization: ReverseParametrization::Paper,
+    });
+    // A model trained briefly on flex, so its outputs are not the forward kernel's, then loaded
+    // from the same file onto both devices.
+    let dir = std::env::temp_dir().join(format!("wgpu-parity-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let toml = r#"
+[diffusion]
+steps = 20
+schedule = { kind = "linear", start = 1e-3, end = 0.3 }
+[data]
+kind = "swiss-roll"
+[train]
+steps = 30
+batch_size = 64
+optimizer = { kind = "adam", lr = 1e-2 }
+"#;
+    let manifest = RunManifest::new(RunConfig::from_toml(toml).unwrap(), 2, "flex");
+    let run = RunDir::create(&dir, false).unwrap();
+    run.write_json("config.json", &manifest).unwrap();
+    let roll = diffusion_data::SwissRoll::new(0.5).unwrap();
+    let (_, _) = train(
+        &manifest,
+        TrainingData::swiss_roll(roll, 0),
+        &flex,
+        &run,
+        &mut |_| {},
+    )
+    .unwrap();
+    let on_flex = run.load_model(&manifest, &flex).unwrap();
+    let on_wgpu = run.load_model(&manifest, &wgpu).unwrap();
+
+    // The network's outputs on identical inputs.
+    let points = roll_points(256);
+    let ts: Vec<usize> = (0..256).map(|i| 2 + i % (steps - 1)).collect();
+    let kl = |model, device: &Device| -> Vec<f64> {
+        let mut rng = diffusion_data::rng(5, 0);
+        let out = bound
+            .kl_rows(model, &points, &ts, &mut rng, device)
+            .into_data();
+        out.convert::<f32>()
+            .as_slice::<f32>()
+            .unwrap()
+            .iter()
+            .map(|&v| v as f64)
+            .collect()
+    };
+    let (a, b) = (kl(&on_flex, &flex), kl(&on_wgpu, &wgpu));
+    let kl_err = max_rel_diff(&a, &b);
+    // The full-sum bound per point.
+    let per_point = |model, device: &Device| {
+        let mut rng = diffusion_data::rng(6, 0);
+        bound.bound_bits_per_point(model, &points, &mut rng, device, 4096)
+    };
+    let (ka, kb) = (per_point(&on_flex, &flex), per_point(&on_wgpu, &wgpu));
+    let k_err = ka
+        .iter()
+        .zip(&kb)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max);
+    eprintln!(
+        "parity: max relative KL difference {kl_err:.2e}, max |K difference| {k_err:.2e} bits"
+    );
+    assert!(kl_err < 1e-3, "KL rows differ by {kl_err}");
+    assert!(k_err < 1e-3, "bounds differ by {k_err} bits");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// With the `direct` parametrization the untrained network (mean 0, log-variance 0) is far from
+/// the reverse process, so 30 Adam steps raise K by many bits (on flex: -22.7 to -5.9).
+#[test]
+fn a_short_run_on_wgpu_lowers_the_bound() {
+    let wgpu = Device::wgpu(Default::default());
+    let dir = std::env::temp_dir().join(format!("wgpu-train-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let toml = r#"
+[diffusion]
+steps = 10
+schedule = { kind = "linear", start = 1e-2, end = 0.5 }
+parametrization = "direct"
+[data]
+kind = "swiss-roll"
+[model]
+hidden = [32]
+[train]
+steps = 30
+batch_size = 128
+log_every = 30
+optimizer = { kind = "adam", lr = 1e-2 }
+"#;
+    let manifest = RunManifest::new(RunConfig::from_toml(toml).unwrap(), 2, "wgpu");
+    let run = RunDir::create(&dir, false).unwrap();
+    run.write_json("config.json", &manifest).unwrap();
+    let untrained = manifest.init_model(&wgpu).unwrap();
+    let before = evaluate(&manifest, &run, &untrained, &wgpu, 500, 0, 0).unwrap();
+    let roll = diffusion_data::SwissRoll::new(0.5).unwrap();
+    let (model, summary) = train(
+        &manifest,
+        TrainingData::swiss_roll(roll, 0),
+        &wgpu,
+        &run,
+        &mut |_| {},
+    )
+    .unwrap();
+    let after = evaluate(&manifest, &run, &model, &wgpu, 500, 0, 0).unwrap();
+    eprintln!(
+        "wgpu: {} steps in {:.1} s; K {:.3} -> {:.3} bits",
+        summary.steps, summary.wall_time_s, before.k_bits, after.k_bits
+    );
+    let se = (before.k_stderr_bits.powi(2) + after.k_stderr_bits.powi(2)).sqrt();
+    assert!(
+        after.k_bits > before.k_bits + 3.0 * se,
+        "{before:?} -> {after:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
