@@ -37,7 +37,7 @@ impl Heartbeat {
     pub fn sequence(&self, phase: usize) -> Vec<f32> {
         (0..self.length)
             .map(|i| {
-                if i >= phase && (i - phase) % self.period == 0 {
+                if i >= phase && (i - phase).is_multiple_of(self.period) {
                     1.0
                 } else {
                     0.0

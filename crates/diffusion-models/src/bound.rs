@@ -477,7 +477,6 @@ mod tests {
     use super::*;
     use crate::model::ModelConfig;
     use diffusion_core::{BetaSchedule, MeanStderr};
-    use rand::Rng as _;
 
     fn standard_normal_points(n: usize, d: usize, seed: u64) -> Vec<f32> {
         let mut rng = diffusion_data::rng(seed, 9);
