@@ -4,7 +4,7 @@
 //! trained on, and the training loop, over any Burn device (the caller picks the backend).
 //!
 //! A training step, top to bottom: [`training::TrainingData::next_batch`] draws x_0;
-//! [`bound::GaussianBound::training_loss`] draws t ~ U{2..T} and x_t ~ q(x_t | x_0), runs the
+//! [`bound::Diffusion::training_loss`] draws t ~ U{2..T} and x_t ~ q(x_t | x_0), runs the
 //! [`model::ReverseMlp`], and returns minus the Monte-Carlo bound in bits; the optimizer steps.
 //!
 //! ```no_run
