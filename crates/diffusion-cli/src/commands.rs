@@ -181,10 +181,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
             io::check_extension(&out).map_err(|e| e.to_string())?;
             let roll = SwissRoll::new(noise).map_err(|e| e.to_string())?;
             let data = roll.stream(seed).next_batch(n);
-            let array = Array2::new(n, 2, data).map_err(|e| e.to_string())?;
-            io::write(&out, &array).map_err(|e| e.to_string())?;
-            eprintln!("wrote {n} Swiss-roll points to {}", out.display());
-            Ok(())
+            write_rows(&out, n, 2, data, "Swiss-roll points")
         }
         Command::Data(DataCommand::Heartbeat {
             n,
@@ -197,12 +194,23 @@ pub fn run(cli: Cli) -> Result<(), String> {
             io::check_extension(&out).map_err(|e| e.to_string())?;
             let beat = Heartbeat::new(length, period).map_err(|e| e.to_string())?;
             let data = beat.stream_with(diffusion_data::rng(seed, 0)).next_batch(n);
-            let array = Array2::new(n, length, data).map_err(|e| e.to_string())?;
-            io::write(&out, &array).map_err(|e| e.to_string())?;
-            eprintln!("wrote {n} heartbeat sequences to {}", out.display());
-            Ok(())
+            write_rows(&out, n, length, data, "heartbeat sequences")
         }
     }
+}
+
+/// Writes `rows` generated rows of `cols` values to `out` (.csv or .npy) and says so.
+fn write_rows(
+    out: &Path,
+    rows: usize,
+    cols: usize,
+    data: Vec<f32>,
+    what: &str,
+) -> Result<(), String> {
+    let array = Array2::new(rows, cols, data).map_err(|e| e.to_string())?;
+    io::write(out, &array).map_err(|e| e.to_string())?;
+    eprintln!("wrote {rows} {what} to {}", out.display());
+    Ok(())
 }
 
 /// Held-out points for an evaluation: 10,000, or fewer when the full sum over t would exceed
@@ -431,10 +439,7 @@ fn cmd_sample(a: SampleArgs) -> Result<(), String> {
     let bound = manifest.bound()?;
     let mut rng = diffusion_data::rng(a.seed, streams::SAMPLE);
     let data = bound.sample(&model, a.n, &mut rng, &device, 65_536);
-    let array = Array2::new(a.n, manifest.data_dim, data).map_err(|e| e.to_string())?;
-    io::write(&a.out, &array).map_err(|e| e.to_string())?;
-    eprintln!("wrote {} samples to {}", a.n, a.out.display());
-    Ok(())
+    write_rows(&a.out, a.n, manifest.data_dim, data, "samples")
 }
 
 fn print_evaluation(e: &Evaluation) {

@@ -140,23 +140,14 @@ impl BinomialDiffusion {
     /// The per-sequence constants of K in bits: H_q(X_T|X_0) - H_q(X_1|X_0) - H_p(X_T) for one
     /// sequence `x0` (these depend on the data for binary diffusion).
     pub fn bound_constant_bits(&self, x0: &[f32]) -> f64 {
-        let t_last = self.steps();
-        let h_t: f64 = x0
-            .iter()
-            .map(|&x| binary_entropy_bits(self.q_one(t_last, x as f64)))
-            .sum();
-        let h_1: f64 = x0
-            .iter()
-            .map(|&x| binary_entropy_bits(self.q_one(1, x as f64)))
-            .sum();
         let h_p = self.dim as f64 * binary_entropy_bits(self.pi);
-        h_t - h_1 - h_p
+        self.entropy_xt_given_x0_bits(self.steps(), x0) - self.entropy_xt_given_x0_bits(1, x0) - h_p
     }
 
-    /// H_q(X_1 | X_0 = x0) in bits.
-    pub fn entropy_x1_given_x0_bits(&self, x0: &[f32]) -> f64 {
+    /// H_q(X_t | X_0 = x0) in bits: the bits are independent given x0.
+    pub fn entropy_xt_given_x0_bits(&self, t: usize, x0: &[f32]) -> f64 {
         x0.iter()
-            .map(|&x| binary_entropy_bits(self.q_one(1, x as f64)))
+            .map(|&x| binary_entropy_bits(self.q_one(t, x as f64)))
             .sum()
     }
 
@@ -261,7 +252,7 @@ mod tests {
         for i in (2..20).step_by(5) {
             x0[i] = 1.0;
         }
-        assert!((p.entropy_x1_given_x0_bits(&x0) - 0.04393672660196964).abs() < 1e-12);
+        assert!((p.entropy_xt_given_x0_bits(1, &x0) - 0.04393672660196964).abs() < 1e-12);
         assert!((p.l_null_bits(&x0) - -14.438561897747245).abs() < 1e-12);
         assert!((20.0 * binary_entropy_bits(0.2) - 14.438561897747245).abs() < 1e-12);
         // abar_T = 0, so H_q(X_T | X_0) = H_p(X_T) and the constant is -H_q(X_1 | X_0).
