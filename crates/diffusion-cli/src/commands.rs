@@ -3,13 +3,14 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use diffusion_data::{Array2, Heartbeat, SwissRoll, io};
+use diffusion_models::checkpoint;
 use diffusion_models::config::ProcessKind;
 use diffusion_models::evaluate::Evaluation;
 use diffusion_models::training::streams;
 use diffusion_models::{
-    DataConfig, Progress, RunConfig, RunDir, RunManifest, TrainingData, evaluate, train,
+    Checkpoint, DataConfig, Progress, RunConfig, RunDir, RunManifest, TrainingData, evaluate, train,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
@@ -57,8 +58,14 @@ impl BackendArg {
 #[derive(Debug, Args)]
 struct TrainArgs {
     /// The run configuration (TOML), e.g. configs/swiss_roll.toml.
-    #[arg(long)]
-    config: PathBuf,
+    #[arg(long, required_unless_present = "resume")]
+    config: Option<PathBuf>,
+    /// Continue the run in this folder from its newest checkpoint (its config.json, data and
+    /// seed; the result is the same as a run that was never interrupted).
+    #[arg(long, conflicts_with_all = [
+        "config", "out", "overwrite", "steps", "batch_size", "seed", "data", "checkpoint_every"
+    ])]
+    resume: Option<PathBuf>,
     #[command(flatten)]
     backend: BackendArg,
     /// Run folder [default: runs/CONFIG_NAME, or runs/CONFIG_NAME-2, ... if taken].
@@ -76,6 +83,9 @@ struct TrainArgs {
     /// Override train.seed.
     #[arg(long)]
     seed: Option<u64>,
+    /// Override train.checkpoint_every (0: only a checkpoint at the end).
+    #[arg(long)]
+    checkpoint_every: Option<usize>,
     /// Train on the points in this .csv or .npy file instead of the config's data.
     #[arg(long)]
     data: Option<PathBuf>,
@@ -254,8 +264,132 @@ fn split(points: &Array2, fraction: f64, seed: u64) -> Result<(Array2, Array2), 
     Ok((take(&order[held..]), take(&order[..held])))
 }
 
+/// A run ready to train: its folder, manifest, training stream, and the checkpoint it
+/// continues from.
+struct Prepared {
+    run: RunDir,
+    manifest: RunManifest,
+    data: TrainingData,
+    resume: Option<Checkpoint>,
+}
+
 fn cmd_train(a: TrainArgs) -> Result<(), String> {
-    let mut config = read_config(&a.config)?;
+    let (prepared, backend, device) = match &a.resume {
+        Some(dir) => resume_run(dir, &a.backend)?,
+        None => new_run(&a)?,
+    };
+    let eval_n = a
+        .eval_n
+        .unwrap_or_else(|| default_eval_points(prepared.manifest.config.diffusion.steps));
+    check_count(eval_n).map_err(|_| "--eval-n must be at least 1".to_string())?;
+    let Prepared {
+        run,
+        manifest,
+        data,
+        resume,
+    } = prepared;
+    let t = &manifest.config.train;
+    match &resume {
+        Some(ck) => eprintln!(
+            "resuming {} at step {} of {} on {}",
+            run.path().display(),
+            ck.state.step,
+            t.steps,
+            backend.name()
+        ),
+        None => eprintln!(
+            "training {} steps at batch {} on {} (T = {}, {:?} parametrization) into {}",
+            t.steps,
+            t.batch_size,
+            backend.name(),
+            manifest.config.diffusion.steps,
+            manifest.config.diffusion.parametrization,
+            run.path().display()
+        ),
+    }
+
+    let mut reporter = Reporter::new(t.steps, resume.as_ref().map_or(0, |c| c.state.step));
+    let (model, summary) = train(&manifest, data, &device, &run, resume.as_ref(), &mut |p| {
+        reporter.report(p)
+    })
+    .map_err(|e| e.to_string())?;
+    reporter.finish();
+    eprintln!(
+        "trained {} steps in {:.1} s ({:.1} steps/s)",
+        summary.steps, summary.wall_time_s, summary.steps_per_s
+    );
+    let eval = evaluate(&manifest, &run, &model, &device, eval_n, a.eval_samples, 0)
+        .map_err(|e| e.to_string())?;
+    run.write_json("evaluation.json", &eval)
+        .map_err(|e| e.to_string())?;
+    print_evaluation(&eval);
+    println!("run folder: {}", run.path().display());
+    Ok(())
+}
+
+/// Opens a run folder to continue it from its newest checkpoint.
+fn resume_run(
+    dir: &Path,
+    backend: &BackendArg,
+) -> Result<(Prepared, Backend, burn::tensor::Device), String> {
+    let run = RunDir::open(dir).map_err(|e| e.to_string())?;
+    let manifest = run.manifest().map_err(|e| e.to_string())?;
+    let backend = match backend.backend {
+        Some(b) => b,
+        None => Backend::from_str(&manifest.backend, true)
+            .map_err(|_| format!("{}: unknown backend {:?}", dir.display(), manifest.backend))?,
+    };
+    let device = backend.device()?;
+    let resume = checkpoint::latest(&run, &manifest.config)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| {
+            format!(
+                "{} has no checkpoint to resume from (none in {})",
+                dir.display(),
+                checkpoint::folder(&run).display()
+            )
+        })?;
+    let seed = manifest.config.train.seed;
+    let data = match &manifest.config.data {
+        DataConfig::SwissRoll { noise } => {
+            TrainingData::swiss_roll(SwissRoll::new(*noise).map_err(|e| e.to_string())?, seed)
+        }
+        DataConfig::Heartbeat { length, period } => TrainingData::heartbeat(
+            Heartbeat::new(*length, *period).map_err(|e| e.to_string())?,
+            seed,
+        ),
+        DataConfig::File { .. } => {
+            let rows = io::read(&run.file(TRAIN_ROWS)).map_err(|e| format!("run {e}"))?;
+            if rows.cols != manifest.data_dim {
+                return Err(format!(
+                    "{}: {} columns where the run has {}",
+                    run.file(TRAIN_ROWS).display(),
+                    rows.cols,
+                    manifest.data_dim
+                ));
+            }
+            TrainingData::points(rows, seed)
+        }
+    };
+    Ok((
+        Prepared {
+            run,
+            manifest,
+            data,
+            resume: Some(resume),
+        },
+        backend,
+        device,
+    ))
+}
+
+/// The training rows of a run trained on a data file, kept in the run folder for `--resume`.
+const TRAIN_ROWS: &str = "train.npy";
+
+/// Reads the config and data of a new run, then creates its folder.
+fn new_run(a: &TrainArgs) -> Result<(Prepared, Backend, burn::tensor::Device), String> {
+    let config_path = a.config.as_deref().expect("clap requires --config");
+    let mut config = read_config(config_path)?;
     if let Some(s) = a.steps {
         config.train.steps = s;
     }
@@ -264,6 +398,9 @@ fn cmd_train(a: TrainArgs) -> Result<(), String> {
     }
     if let Some(s) = a.seed {
         config.train.seed = s;
+    }
+    if let Some(c) = a.checkpoint_every {
+        config.train.checkpoint_every = c;
     }
     if let Some(path) = &a.data {
         let heldout_fraction = match &config.data {
@@ -279,30 +416,22 @@ fn cmd_train(a: TrainArgs) -> Result<(), String> {
     }
     config
         .validate()
-        .map_err(|e| format!("config {}: {e}", a.config.display()))?;
-    let eval_n = a
-        .eval_n
-        .unwrap_or_else(|| default_eval_points(config.diffusion.steps));
-    check_count(eval_n).map_err(|_| "--eval-n must be at least 1".to_string())?;
+        .map_err(|e| format!("config {}: {e}", config_path.display()))?;
     let (backend, device) = a.backend.resolve()?;
 
     // Load the data before touching the run folder, so bad data leaves no trace.
     let seed = config.train.seed;
     let binary = config.diffusion.process == ProcessKind::Binomial;
-    let (data, dim, heldout, mean_activity) = match &config.data {
+    let mut files = None;
+    let (data, dim, mean_activity) = match &config.data {
         DataConfig::SwissRoll { noise } => {
             let roll = SwissRoll::new(*noise).map_err(|e| e.to_string())?;
-            (TrainingData::swiss_roll(roll, seed), 2, None, None)
+            (TrainingData::swiss_roll(roll, seed), 2, None)
         }
         DataConfig::Heartbeat { length, period } => {
             let beat = Heartbeat::new(*length, *period).map_err(|e| e.to_string())?;
             let activity = beat.mean_activity();
-            (
-                TrainingData::heartbeat(beat, seed),
-                *length,
-                None,
-                Some(activity),
-            )
+            (TrainingData::heartbeat(beat, seed), *length, Some(activity))
         }
         DataConfig::File {
             path,
@@ -322,12 +451,8 @@ fn cmd_train(a: TrainArgs) -> Result<(), String> {
             let dim = points.cols;
             let activity = train_rows.data.iter().map(|&v| v as f64).sum::<f64>()
                 / train_rows.data.len() as f64;
-            (
-                TrainingData::points(train_rows, seed),
-                dim,
-                Some(held),
-                Some(activity),
-            )
+            files = Some((train_rows.clone(), held));
+            (TrainingData::points(train_rows, seed), dim, Some(activity))
         }
     };
     if binary && config.diffusion.pi.is_none() {
@@ -339,7 +464,9 @@ fn cmd_train(a: TrainArgs) -> Result<(), String> {
         }
         config.diffusion.pi = Some(pi);
     }
-    let bound_check = RunManifest::new(config.clone(), dim, backend.name()).bound()?;
+    let check = RunManifest::new(config.clone(), dim, backend.name());
+    check.check_model_size()?;
+    let bound_check = check.bound()?;
     if let diffusion_models::bound::Diffusion::Gaussian(g) = &bound_check {
         let abar_t = g.diffusion.alpha_bar(g.steps());
         if abar_t > 0.1 {
@@ -353,8 +480,7 @@ fn cmd_train(a: TrainArgs) -> Result<(), String> {
     let out = match &a.out {
         Some(p) => p.clone(),
         None => {
-            let stem = a
-                .config
+            let stem = config_path
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "run".into());
@@ -362,38 +488,31 @@ fn cmd_train(a: TrainArgs) -> Result<(), String> {
         }
     };
     let run = RunDir::create(&out, a.overwrite).map_err(|e| e.to_string())?;
+    if a.overwrite {
+        // Old checkpoints belong to the run being replaced.
+        let old = checkpoint::folder(&run);
+        if old.exists() {
+            std::fs::remove_dir_all(&old)
+                .map_err(|e| format!("cannot remove {}: {e}", old.display()))?;
+        }
+    }
     let manifest = RunManifest::new(config, dim, backend.name());
     run.write_json("config.json", &manifest)
         .map_err(|e| e.to_string())?;
-    if let Some(held) = &heldout {
+    if let Some((train_rows, held)) = &files {
+        io::write(&run.file(TRAIN_ROWS), train_rows).map_err(|e| e.to_string())?;
         io::write(&run.file("heldout.npy"), held).map_err(|e| e.to_string())?;
     }
-    let t = &manifest.config.train;
-    eprintln!(
-        "training {} steps at batch {} on {} (T = {}, {:?} parametrization) into {}",
-        t.steps,
-        t.batch_size,
-        backend.name(),
-        manifest.config.diffusion.steps,
-        manifest.config.diffusion.parametrization,
-        run.path().display()
-    );
-
-    let mut reporter = Reporter::new(t.steps);
-    let (model, summary) = train(&manifest, data, &device, &run, &mut |p| reporter.report(p))
-        .map_err(|e| e.to_string())?;
-    reporter.finish();
-    eprintln!(
-        "trained {} steps in {:.1} s ({:.1} steps/s)",
-        summary.steps, summary.wall_time_s, summary.steps_per_s
-    );
-    let eval = evaluate(&manifest, &run, &model, &device, eval_n, a.eval_samples, 0)
-        .map_err(|e| e.to_string())?;
-    run.write_json("evaluation.json", &eval)
-        .map_err(|e| e.to_string())?;
-    print_evaluation(&eval);
-    println!("run folder: {}", run.path().display());
-    Ok(())
+    Ok((
+        Prepared {
+            run,
+            manifest,
+            data,
+            resume: None,
+        },
+        backend,
+        device,
+    ))
 }
 
 fn load_run(
@@ -476,9 +595,10 @@ struct Reporter {
 }
 
 impl Reporter {
-    fn new(total: usize) -> Self {
+    fn new(total: usize, done: usize) -> Self {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new(total as u64);
+            bar.set_position(done as u64);
             bar.set_style(
                 ProgressStyle::with_template(
                     "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise}<{eta_precise}]",

@@ -19,7 +19,21 @@ fn main() -> ExitCode {
         let msg = msg.lines().next().unwrap_or_default().to_string();
         eprintln!("error: internal error: {msg}");
     }));
-    let cli = commands::Cli::parse();
+    let cli = match commands::Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version print in full; a usage error in one line, exit code 2.
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let text = e.render().to_string();
+            let message: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            eprintln!("{} (see --help)", message.join(" "));
+            return ExitCode::from(2);
+        }
+    };
     match std::panic::catch_unwind(|| commands::run(cli)) {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(e)) => {

@@ -84,6 +84,12 @@ pub struct HeartbeatStream {
 }
 
 impl HeartbeatStream {
+    /// The stream's generator: its position (`get_word_pos`/`set_word_pos`) is the stream's
+    /// whole state, which is what a checkpoint saves and a resumed run restores.
+    pub fn rng_mut(&mut self) -> &mut Rng {
+        &mut self.rng
+    }
+
     /// The next `n` sequences, row-major `[n, length]` of 0.0/1.0.
     pub fn next_batch(&mut self, n: usize) -> Vec<f32> {
         let mut out = Vec::with_capacity(n * self.beat.length);

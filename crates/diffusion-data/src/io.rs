@@ -98,14 +98,20 @@ pub fn check_extension(path: &Path) -> Result<(), DataError> {
 
 /// Reads an array from a .csv or .npy file, refusing non-finite values.
 pub fn read(path: &Path) -> Result<Array2, DataError> {
-    let shown = path.display().to_string();
     let bytes = fs::read(path).map_err(|source| DataError::Io {
-        path: shown.clone(),
+        path: path.display().to_string(),
         source,
     })?;
+    parse(&bytes, path)
+}
+
+/// Parses the bytes of a .csv or .npy file (`path` gives the format and the name in errors),
+/// refusing empty arrays and non-finite values. Never panics, whatever the bytes.
+pub fn parse(bytes: &[u8], path: &Path) -> Result<Array2, DataError> {
+    let shown = path.display().to_string();
     let array = match format_of(path)? {
-        Format::Csv => parse_csv(&bytes, &shown)?,
-        Format::Npy => parse_npy(&bytes, &shown)?,
+        Format::Csv => parse_csv(bytes, &shown)?,
+        Format::Npy => parse_npy(bytes, &shown)?,
     };
     if array.rows == 0 {
         return Err(DataError::Format {

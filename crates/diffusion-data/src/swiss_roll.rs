@@ -141,6 +141,12 @@ pub struct SwissRollStream {
 }
 
 impl SwissRollStream {
+    /// The stream's generator: its position (`get_word_pos`/`set_word_pos`) is the stream's
+    /// whole state, which is what a checkpoint saves and a resumed run restores.
+    pub fn rng_mut(&mut self) -> &mut Rng {
+        &mut self.rng
+    }
+
     /// The next `n` points as f32, row-major `[n, 2]`.
     pub fn next_batch(&mut self, n: usize) -> Vec<f32> {
         let mut out = Vec::with_capacity(2 * n);

@@ -54,7 +54,8 @@ fn steps_tensor(ts: &[usize], device: &Device) -> Tensor<1, Int> {
     Tensor::from_data(TensorData::new(v, [ts.len()]), device)
 }
 
-fn coefficients(diffusion: &GaussianDiffusion, ts: &[usize], device: &Device) -> StepCoefficients {
+/// The step coefficients of each row as host columns (sqrt(1 - b_t), sqrt(b_t), logit(b_t)).
+fn coefficient_columns(diffusion: &GaussianDiffusion, ts: &[usize]) -> [Vec<f32>; 3] {
     let n = ts.len();
     let mut cols = [
         Vec::with_capacity(n),
@@ -69,11 +70,49 @@ fn coefficients(diffusion: &GaussianDiffusion, ts: &[usize], device: &Device) ->
             col.push(v);
         }
     }
+    cols
+}
+
+fn upload_coefficients(cols: [Vec<f32>; 3], device: &Device) -> StepCoefficients {
     let [a, b, c] = cols;
+    let n = a.len();
     StepCoefficients {
         sqrt_alpha: tensor2(a, n, 1, device),
         sqrt_beta: tensor2(b, n, 1, device),
         logit_beta: tensor2(c, n, 1, device),
+    }
+}
+
+fn coefficients(diffusion: &GaussianDiffusion, ts: &[usize], device: &Device) -> StepCoefficients {
+    upload_coefficients(coefficient_columns(diffusion, ts), device)
+}
+
+/// The host values of a set of Gaussian (x_0, t) rows: everything [`BoundBatch`] holds, before
+/// it is uploaded. Built on any thread ([`GaussianBound::prepare_rows`]), uploaded on the one
+/// that runs the network ([`GaussianRows::upload`]).
+#[derive(Debug, Clone)]
+pub struct GaussianRows {
+    d: usize,
+    ts: Vec<usize>,
+    x_t: Vec<f32>,
+    mean: Vec<f32>,
+    var: Vec<f32>,
+    log_var: Vec<f32>,
+    coefficients: [Vec<f32>; 3],
+}
+
+impl GaussianRows {
+    /// The device tensors of these rows.
+    pub fn upload(self, device: &Device) -> BoundBatch {
+        let n = self.ts.len();
+        BoundBatch {
+            x_t: tensor2(self.x_t, n, self.d, device),
+            t: steps_tensor(&self.ts, device),
+            posterior_mean: tensor2(self.mean, n, self.d, device),
+            posterior_variance: tensor2(self.var, n, 1, device),
+            posterior_log_variance: tensor2(self.log_var, n, 1, device),
+            coefficients: upload_coefficients(self.coefficients, device),
+        }
     }
 }
 
@@ -83,9 +122,9 @@ impl GaussianBound {
         self.diffusion.steps()
     }
 
-    /// Draws x_t ~ q(x_t | x_0) for each row and builds the posterior; `x0` is row-major
-    /// `[ts.len(), d]`.
-    pub fn prepare(&self, x0: &[f32], ts: &[usize], rng: &mut Rng, device: &Device) -> BoundBatch {
+    /// Draws x_t ~ q(x_t | x_0) for each row and builds the posterior on the host; `x0` is
+    /// row-major `[ts.len(), d]`.
+    pub fn prepare_rows(&self, x0: &[f32], ts: &[usize], rng: &mut Rng) -> GaussianRows {
         let d = self.diffusion.dim();
         let n = ts.len();
         debug_assert_eq!(x0.len(), n * d);
@@ -105,14 +144,20 @@ impl GaussianBound {
             var.push(v as f32);
             log_var.push(v.ln() as f32);
         }
-        BoundBatch {
-            x_t: tensor2(x_t, n, d, device),
-            t: steps_tensor(ts, device),
-            posterior_mean: tensor2(mean, n, d, device),
-            posterior_variance: tensor2(var, n, 1, device),
-            posterior_log_variance: tensor2(log_var, n, 1, device),
-            coefficients: coefficients(&self.diffusion, ts, device),
+        GaussianRows {
+            d,
+            ts: ts.to_vec(),
+            x_t,
+            mean,
+            var,
+            log_var,
+            coefficients: coefficient_columns(&self.diffusion, ts),
         }
+    }
+
+    /// [`prepare_rows`](Self::prepare_rows), uploaded to `device`.
+    pub fn prepare(&self, x0: &[f32], ts: &[usize], rng: &mut Rng, device: &Device) -> BoundBatch {
+        self.prepare_rows(x0, ts, rng).upload(device)
     }
 
     /// KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)) per row, in nats, `[n]`.
@@ -199,6 +244,31 @@ pub struct BinomialBatch {
     pub kernel_logit: Tensor<2>,
 }
 
+/// The host values of a set of binary (x_0, t) rows, before upload (see [`GaussianRows`]).
+#[derive(Debug, Clone)]
+pub struct BinomialRows {
+    d: usize,
+    ts: Vec<usize>,
+    x_t: Vec<f32>,
+    posterior: Vec<f32>,
+    entropy: Vec<f32>,
+    kernel_logit: Vec<f32>,
+}
+
+impl BinomialRows {
+    /// The device tensors of these rows.
+    pub fn upload(self, device: &Device) -> BinomialBatch {
+        let n = self.ts.len();
+        BinomialBatch {
+            x_t: tensor2(self.x_t, n, self.d, device),
+            t: steps_tensor(&self.ts, device),
+            posterior: tensor2(self.posterior, n, self.d, device),
+            posterior_entropy: Tensor::from_data(TensorData::new(self.entropy, [n]), device),
+            kernel_logit: tensor2(self.kernel_logit, n, self.d, device),
+        }
+    }
+}
+
 fn logit(p: f64) -> f64 {
     (p / (1.0 - p)).ln()
 }
@@ -209,14 +279,8 @@ impl BinomialBound {
         self.diffusion.steps()
     }
 
-    /// Draws x_t ~ q(x_t | x_0) for each row and builds the posterior.
-    pub fn prepare(
-        &self,
-        x0: &[f32],
-        ts: &[usize],
-        rng: &mut Rng,
-        device: &Device,
-    ) -> BinomialBatch {
+    /// Draws x_t ~ q(x_t | x_0) for each row and builds the posterior on the host.
+    pub fn prepare_rows(&self, x0: &[f32], ts: &[usize], rng: &mut Rng) -> BinomialRows {
         let d = self.diffusion.dim();
         let n = ts.len();
         let mut x_t = Vec::with_capacity(n * d);
@@ -243,13 +307,25 @@ impl BinomialBound {
             }
             entropy.push(h as f32);
         }
-        BinomialBatch {
-            x_t: tensor2(x_t, n, d, device),
-            t: steps_tensor(ts, device),
-            posterior: tensor2(post, n, d, device),
-            posterior_entropy: Tensor::from_data(TensorData::new(entropy, [n]), device),
-            kernel_logit: tensor2(kernel, n, d, device),
+        BinomialRows {
+            d,
+            ts: ts.to_vec(),
+            x_t,
+            posterior: post,
+            entropy,
+            kernel_logit: kernel,
         }
+    }
+
+    /// [`prepare_rows`](Self::prepare_rows), uploaded to `device`.
+    pub fn prepare(
+        &self,
+        x0: &[f32],
+        ts: &[usize],
+        rng: &mut Rng,
+        device: &Device,
+    ) -> BinomialBatch {
+        self.prepare_rows(x0, ts, rng).upload(device)
     }
 
     fn logits(
@@ -326,6 +402,22 @@ impl BinomialBound {
     }
 }
 
+/// Host rows of either process.
+#[derive(Debug, Clone)]
+pub enum Rows {
+    /// Gaussian rows.
+    Gaussian(GaussianRows),
+    /// Binary rows.
+    Binomial(BinomialRows),
+}
+
+/// One training step's host data: the rows and the batch mean of K's constant part (bits).
+#[derive(Debug, Clone)]
+pub struct TrainingBatch {
+    rows: Rows,
+    constant_bits: f64,
+}
+
 /// A diffusion process with its reverse parametrization: what training, evaluation and sampling
 /// need, whichever the process.
 #[derive(Debug, Clone)]
@@ -361,6 +453,23 @@ impl Diffusion {
         }
     }
 
+    /// Draws x_t for the rows (x_0, t) and builds their posteriors, on the host.
+    pub fn prepare_rows(&self, x0: &[f32], ts: &[usize], rng: &mut Rng) -> Rows {
+        match self {
+            Self::Gaussian(g) => Rows::Gaussian(g.prepare_rows(x0, ts, rng)),
+            Self::Binomial(b) => Rows::Binomial(b.prepare_rows(x0, ts, rng)),
+        }
+    }
+
+    /// KL terms (nats) of prepared rows, `[n]`.
+    pub fn kl_of(&self, model: &ReverseMlp, rows: Rows, device: &Device) -> Tensor<1> {
+        match (self, rows) {
+            (Self::Gaussian(g), Rows::Gaussian(r)) => g.kl_rows(model, r.upload(device)),
+            (Self::Binomial(b), Rows::Binomial(r)) => b.kl_rows(model, r.upload(device)),
+            _ => panic!("rows prepared by another kind of diffusion"),
+        }
+    }
+
     /// KL terms (nats) of the rows (x_0, t), drawing x_t from `rng`.
     pub fn kl_rows(
         &self,
@@ -370,10 +479,7 @@ impl Diffusion {
         rng: &mut Rng,
         device: &Device,
     ) -> Tensor<1> {
-        match self {
-            Self::Gaussian(g) => g.kl_rows(model, g.prepare(x0, ts, rng, device)),
-            Self::Binomial(b) => b.kl_rows(model, b.prepare(x0, ts, rng, device)),
-        }
+        self.kl_of(model, self.prepare_rows(x0, ts, rng), device)
     }
 
     /// The constant part of K (entropy terms) for one point, in bits.
@@ -392,9 +498,40 @@ impl Diffusion {
         }
     }
 
-    /// The training loss: minus the Monte-Carlo estimate of K in bits per point, averaged over the
-    /// batch. Each row draws t ~ U{2..T} and its KL is weighted by T - 1 (an unbiased estimate of
+    /// The host part of a training step: each row of `x0` draws t ~ U{2..T} and x_t, and the
+    /// constant part of K is averaged. Independent of the network, so it can be built ahead on
+    /// another thread.
+    pub fn training_batch(&self, x0: &[f32], rng: &mut Rng) -> TrainingBatch {
+        let d = self.dim();
+        let n = x0.len() / d;
+        let steps = self.steps();
+        let ts: Vec<usize> = (0..n).map(|_| rng.random_range(2..=steps)).collect();
+        let constant_bits = x0
+            .chunks_exact(d)
+            .map(|row| self.bound_constant_bits(row))
+            .sum::<f64>()
+            / n as f64;
+        TrainingBatch {
+            rows: self.prepare_rows(x0, &ts, rng),
+            constant_bits,
+        }
+    }
+
+    /// The training loss of a prepared batch: minus the Monte-Carlo estimate of K in bits per
+    /// point, averaged over the batch, each row's KL weighted by T - 1 (an unbiased estimate of
     /// the sum over t = 2..T).
+    pub fn training_loss_of(
+        &self,
+        model: &ReverseMlp,
+        batch: TrainingBatch,
+        device: &Device,
+    ) -> Tensor<1> {
+        let weight = (self.steps() - 1) as f64 / LN_2;
+        self.kl_of(model, batch.rows, device).mean() * weight - batch.constant_bits
+    }
+
+    /// [`training_batch`](Self::training_batch) then
+    /// [`training_loss_of`](Self::training_loss_of).
     pub fn training_loss(
         &self,
         model: &ReverseMlp,
@@ -402,17 +539,7 @@ impl Diffusion {
         rng: &mut Rng,
         device: &Device,
     ) -> Tensor<1> {
-        let d = self.dim();
-        let n = x0.len() / d;
-        let steps = self.steps();
-        let ts: Vec<usize> = (0..n).map(|_| rng.random_range(2..=steps)).collect();
-        let constant = x0
-            .chunks_exact(d)
-            .map(|row| self.bound_constant_bits(row))
-            .sum::<f64>()
-            / n as f64;
-        let weight = (steps - 1) as f64 / LN_2;
-        self.kl_rows(model, x0, &ts, rng, device).mean() * weight - constant
+        self.training_loss_of(model, self.training_batch(x0, rng), device)
     }
 
     /// The full-sum bound K in bits for each point (`points` row-major `[n, d]`): every

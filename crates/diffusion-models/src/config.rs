@@ -113,6 +113,11 @@ pub struct TrainConfig {
     /// Write a `metrics.csv` row (and a progress line) every this many steps.
     #[serde(default = "default_log_every")]
     pub log_every: usize,
+    /// Write a checkpoint (model, optimizer, random streams) every this many steps, and one at
+    /// the end; 0 writes only the one at the end. `diffusion train --resume` continues from the
+    /// newest.
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: usize,
     /// The optimizer.
     #[serde(default)]
     pub optimizer: OptimizerConfig,
@@ -130,6 +135,9 @@ fn default_batch() -> usize {
 fn default_log_every() -> usize {
     100
 }
+fn default_checkpoint_every() -> usize {
+    1000
+}
 
 impl Default for TrainConfig {
     fn default() -> Self {
@@ -138,6 +146,7 @@ impl Default for TrainConfig {
             batch_size: default_batch(),
             seed: 0,
             log_every: default_log_every(),
+            checkpoint_every: default_checkpoint_every(),
             optimizer: OptimizerConfig::default(),
             lr_schedule: LrSchedule::default(),
         }
@@ -247,6 +256,15 @@ impl LrSchedule {
     }
 }
 
+/// The longest trajectory a config may ask for.
+pub const MAX_STEPS: usize = 1_000_000;
+/// The largest batch.
+pub const MAX_BATCH: usize = 1 << 24;
+/// The most hidden layers.
+pub const MAX_DEPTH: usize = 64;
+/// The widest hidden layer (and the longest heartbeat sequence).
+pub const MAX_WIDTH: usize = 1 << 16;
+
 impl RunConfig {
     /// Parses TOML text.
     pub fn from_toml(text: &str) -> Result<Self, String> {
@@ -267,6 +285,12 @@ impl RunConfig {
     /// Checks the values that serde cannot: returns the first problem found.
     pub fn validate(&self) -> Result<(), String> {
         let diffusion = &self.diffusion;
+        if diffusion.steps > MAX_STEPS {
+            return Err(format!(
+                "diffusion.steps = {} is more than the limit of {MAX_STEPS}",
+                diffusion.steps
+            ));
+        }
         match diffusion.process {
             ProcessKind::Gaussian => {
                 if matches!(self.data, DataConfig::Heartbeat { .. }) {
@@ -333,13 +357,27 @@ impl RunConfig {
             }
             _ => {}
         }
+        if t.batch_size > MAX_BATCH {
+            return Err(format!(
+                "train.batch_size = {} is more than the limit of {MAX_BATCH}",
+                t.batch_size
+            ));
+        }
         if self.model.hidden.is_empty() || self.model.hidden.contains(&0) {
             return Err("model.hidden must list at least one positive width".into());
+        }
+        if self.model.hidden.len() > MAX_DEPTH || self.model.hidden.iter().any(|&h| h > MAX_WIDTH) {
+            return Err(format!(
+                "model.hidden must list at most {MAX_DEPTH} widths of at most {MAX_WIDTH}"
+            ));
         }
         match &self.data {
             DataConfig::SwissRoll { noise } if !(noise.is_finite() && *noise > 0.0) => {
                 Err(format!("data.noise = {noise} must be > 0"))
             }
+            DataConfig::Heartbeat { length, .. } if *length > MAX_WIDTH => Err(format!(
+                "data.length = {length} is more than the limit of {MAX_WIDTH}"
+            )),
             DataConfig::Heartbeat { length, period } => {
                 diffusion_data::Heartbeat::new(*length, *period)
                     .map(|_| ())

@@ -16,11 +16,12 @@
 //! let run = RunDir::create("runs/example".as_ref(), false)?;
 //! let roll = diffusion_data::SwissRoll::new(0.5)?;
 //! let data = TrainingData::swiss_roll(roll, manifest.config.train.seed);
-//! let (model, summary) = train(&manifest, data, &Device::flex(), &run, &mut |_| {})?;
+//! let (model, summary) = train(&manifest, data, &Device::flex(), &run, None, &mut |_| {})?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 pub mod bound;
+pub mod checkpoint;
 pub mod config;
 pub mod evaluate;
 pub mod model;
@@ -28,6 +29,7 @@ pub mod run;
 pub mod training;
 
 pub use bound::GaussianBound;
+pub use checkpoint::Checkpoint;
 pub use config::{DataConfig, RunConfig};
 pub use evaluate::{Evaluation, evaluate};
 pub use model::{ModelConfig, ReverseMlp};

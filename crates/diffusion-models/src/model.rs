@@ -94,6 +94,28 @@ impl Default for ModelConfig {
 }
 
 impl ModelConfig {
+    /// The number of parameters of [`init`](Self::init)'s network, computed without building it.
+    pub fn parameter_count(&self, dim_in: usize, dim_out: usize, steps: usize) -> u128 {
+        let (steps, dim_out) = (steps as u128 + 1, dim_out as u128);
+        let mut width = dim_in as u128;
+        let mut count = 0u128;
+        for &h in &self.hidden {
+            let h = h as u128;
+            count += width * h + h;
+            count += match self.time {
+                TimeConditioning::Embedding => steps * h,
+                TimeConditioning::Sinusoidal => 2 * FREQUENCIES as u128 * h + h,
+                TimeConditioning::Readout => 0,
+            };
+            width = h;
+        }
+        count
+            + match self.time {
+                TimeConditioning::Readout => steps * (width * dim_out + dim_out),
+                _ => width * dim_out + dim_out,
+            }
+    }
+
     /// A network from `dim_in` inputs to `dim_out` outputs for steps `t = 1..=steps`. The
     /// readout starts at zero, so with the `paper` parametrizations the untrained model is the
     /// forward kernel.
@@ -223,6 +245,34 @@ impl ReverseMlp {
             (Some(readout), _) => readout.forward(h),
             (None, Some(step_readout)) => step_readout.forward(h, t),
             (None, None) => unreachable!("a network has one readout"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::module::Module;
+
+    #[test]
+    fn parameter_count_matches_the_built_network() {
+        let device = Device::flex();
+        for time in [
+            TimeConditioning::Embedding,
+            TimeConditioning::Readout,
+            TimeConditioning::Sinusoidal,
+        ] {
+            let config = ModelConfig {
+                hidden: vec![7, 5, 3],
+                time,
+                ..ModelConfig::default()
+            };
+            let model = config.init(2, 4, 13, &device);
+            assert_eq!(
+                config.parameter_count(2, 4, 13),
+                model.num_params() as u128,
+                "{time:?}"
+            );
         }
     }
 }

@@ -96,8 +96,25 @@ impl RunManifest {
         }
     }
 
+    /// Refuses networks too large to train here: more than [`MAX_PARAMETERS`] parameters.
+    pub fn check_model_size(&self) -> Result<(), String> {
+        let out = self.bound()?.output_dim();
+        let n = self
+            .config
+            .model
+            .parameter_count(self.data_dim, out, self.config.diffusion.steps);
+        if n > MAX_PARAMETERS {
+            return Err(format!(
+                "the network would have {n} parameters (more than {MAX_PARAMETERS}); \
+                 reduce model.hidden or diffusion.steps"
+            ));
+        }
+        Ok(())
+    }
+
     /// A freshly initialised network of this run's shape.
     pub fn init_model(&self, device: &Device) -> Result<ReverseMlp, String> {
+        self.check_model_size()?;
         let out = self.bound()?.output_dim();
         Ok(self
             .config
@@ -105,6 +122,9 @@ impl RunManifest {
             .init(self.data_dim, out, self.config.diffusion.steps, device))
     }
 }
+
+/// The largest network a run may have (1 GiB of f32 weights).
+pub const MAX_PARAMETERS: u128 = 1 << 28;
 
 /// A run folder.
 #[derive(Debug, Clone)]

@@ -1,0 +1,152 @@
+//! Property tests (fuzzing) of config parsing: arbitrary text, and the shipped configs with one
+//! value replaced by something random, go through parsing, validation, the size check and the
+//! construction of the diffusion without a panic; a config that passes all of them has a
+//! diffusion of the length it asks for.
+
+use diffusion_models::{DataConfig, RunConfig, RunManifest};
+use proptest::prelude::*;
+
+const SHIPPED: [&str; 5] = [
+    include_str!("../../../configs/swiss_roll.toml"),
+    include_str!("../../../configs/swiss_roll_presentation.toml"),
+    include_str!("../../../configs/swiss_roll_paper.toml"),
+    include_str!("../../../configs/heartbeat.toml"),
+    include_str!("../../../configs/heartbeat_paper_model.toml"),
+];
+
+/// Parse, validate, size-check and build: must not panic.
+fn check(text: &str) {
+    let Ok(config) = RunConfig::from_toml(text) else {
+        return;
+    };
+    if config.validate().is_err() {
+        return;
+    }
+    let dim = match &config.data {
+        DataConfig::Heartbeat { length, .. } => *length,
+        _ => 2,
+    };
+    let mut manifest = RunManifest::new(config, dim, "flex");
+    if manifest.config.diffusion.pi.is_none() {
+        manifest.config.diffusion.pi = Some(0.3);
+    }
+    if manifest.check_model_size().is_err() {
+        return;
+    }
+    let bound = manifest
+        .bound()
+        .expect("a validated config builds its diffusion");
+    assert_eq!(bound.steps(), manifest.config.diffusion.steps);
+    let t = &manifest.config.train;
+    for step in [0, t.steps / 2, t.steps] {
+        let lr = t.lr_schedule.rate(t.optimizer.lr, step, t.steps);
+        assert!(lr.is_finite() && lr >= 0.0, "lr {lr} at step {step}");
+    }
+}
+
+/// Byte ranges of the values in `text`: numbers and quoted strings, also inside inline tables.
+fn value_spans(text: &str) -> Vec<(usize, usize)> {
+    let mut spans = Vec::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let starts_number = bytes[i].is_ascii_digit()
+            && (i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_'));
+        let starts_string = bytes[i] == b'"';
+        if starts_number || starts_string {
+            let mut j = i + 1;
+            if starts_string {
+                while j < bytes.len() && bytes[j] != b'"' {
+                    j += 1;
+                }
+                j = (j + 1).min(bytes.len());
+            } else {
+                while j < bytes.len() && b"0123456789._eE+-".contains(&bytes[j]) {
+                    j += 1;
+                }
+            }
+            spans.push((i, j));
+            i = j;
+        } else {
+            i += 1;
+        }
+    }
+    spans
+}
+
+fn replacement() -> impl Strategy<Value = String> {
+    prop_oneof![
+        any::<i64>().prop_map(|v| v.to_string()),
+        any::<u64>().prop_map(|v| v.to_string()),
+        (0u64..5000).prop_map(|v| v.to_string()),
+        any::<f64>().prop_map(|v| format!("{v:?}")),
+        (-2.0f64..2.0).prop_map(|v| format!("{v:?}")),
+        prop::sample::select(vec![
+            "0",
+            "-1",
+            "1",
+            "2",
+            "nan",
+            "inf",
+            "-inf",
+            "0.0",
+            "1.0",
+            "1e-300",
+            "\"x\"",
+            "\"linear\"",
+            "\"cosine\"",
+            "\"learned\"",
+            "\"binomial\"",
+            "\"gaussian\"",
+            "\"direct\"",
+            "\"heartbeat\"",
+            "\"readout\"",
+            "[]",
+            "[0]",
+            "{}",
+            "true",
+            "\"\"",
+        ])
+        .prop_map(str::to_string),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1500))]
+
+    #[test]
+    fn arbitrary_text_never_panics(text in ".{0,200}") {
+        check(&text);
+    }
+
+    #[test]
+    fn one_value_replaced_never_panics(
+        which in 0..SHIPPED.len(),
+        at in any::<prop::sample::Index>(),
+        with in replacement(),
+    ) {
+        let text = SHIPPED[which];
+        let spans = value_spans(text);
+        let (a, b) = spans[at.index(spans.len())];
+        check(&format!("{}{}{}", &text[..a], with, &text[b..]));
+    }
+
+    #[test]
+    fn cut_configs_never_panic(which in 0..SHIPPED.len(), at in any::<prop::sample::Index>()) {
+        let text = SHIPPED[which];
+        let mut i = at.index(text.len() + 1);
+        while !text.is_char_boundary(i) {
+            i -= 1;
+        }
+        check(&text[..i]);
+    }
+}
+
+#[test]
+fn the_shipped_configs_pass() {
+    for text in SHIPPED {
+        let config = RunConfig::from_toml(text).unwrap();
+        config.validate().unwrap();
+    }
+    assert!(value_spans(SHIPPED[0]).len() > 10);
+}
