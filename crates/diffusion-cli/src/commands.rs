@@ -33,13 +33,15 @@ enum Command {
     Evaluate(EvaluateArgs),
     /// Draw samples from a trained run.
     Sample(SampleArgs),
+    /// Draw a run's pictures (PNG and SVG): trajectories, drift, loss curves, rasters.
+    Plot(crate::plot::PlotArgs),
     /// Generate a data set.
     #[command(subcommand)]
     Data(DataCommand),
 }
 
 #[derive(Debug, Args)]
-struct BackendArg {
+pub struct BackendArg {
     /// Compute backend (must be compiled in: cargo features flex, ndarray, wgpu).
     #[arg(long, value_enum)]
     backend: Option<Backend>,
@@ -181,6 +183,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
         Command::Train(a) => cmd_train(a),
         Command::Evaluate(a) => cmd_evaluate(a),
         Command::Sample(a) => cmd_sample(a),
+        Command::Plot(a) => crate::plot::cmd_plot(a),
         Command::Data(DataCommand::SwissRoll {
             n,
             out,
@@ -515,7 +518,7 @@ fn new_run(a: &TrainArgs) -> Result<(Prepared, Backend, burn::tensor::Device), S
     ))
 }
 
-fn load_run(
+pub fn load_run(
     path: &Path,
     backend: &BackendArg,
 ) -> Result<

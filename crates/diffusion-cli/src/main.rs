@@ -2,6 +2,7 @@
 
 mod backend;
 mod commands;
+mod plot;
 
 use std::process::ExitCode;
 

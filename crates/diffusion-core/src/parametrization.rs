@@ -17,6 +17,11 @@ pub enum ReverseParametrization {
     /// `sigma^2 = sigmoid(z_sigma + logit(b_t))`. With `z = 0` it is the forward kernel.
     #[default]
     Paper,
+    /// Noise prediction (Ho et al. 2020): `z_mu` predicts the noise eps of
+    /// `x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps`, `mu = (x_t - b_t / sqrt(1 - abar_t) z_mu)
+    /// / sqrt(1 - b_t)`, and the variance is fixed at the posterior's b~_t (`z_sigma` unused).
+    /// Gaussian diffusion only; trained with the bound or with `loss = "mse"`.
+    Epsilon,
 }
 
 /// Per-row step coefficients, each `[n, 1]`, that the parametrizations need.
@@ -28,16 +33,27 @@ pub struct StepCoefficients {
     pub sqrt_beta: Tensor<2>,
     /// logit(b_t) = ln(b_t / (1 - b_t)).
     pub logit_beta: Tensor<2>,
+    /// b_t / sqrt(1 - abar_t), the noise's weight in the `epsilon` mean.
+    pub eps_weight: Tensor<2>,
+    /// ln b~_t, the posterior's log-variance (the `epsilon` kernel's fixed variance).
+    pub log_posterior_variance: Tensor<2>,
 }
 
+/// How many per-row coefficients [`StepCoefficients::host_values`] gives.
+pub const COEFFICIENTS: usize = 5;
+
 impl StepCoefficients {
-    /// The host-side values of sqrt(1 - b_t), sqrt(b_t), logit(b_t) for one step, as f32.
-    pub fn host_values(diffusion: &GaussianDiffusion, t: usize) -> [f32; 3] {
+    /// The host-side values of sqrt(1 - b_t), sqrt(b_t), logit(b_t), b_t / sqrt(1 - abar_t)
+    /// and ln b~_t for one step t >= 2, as f32 (the field order).
+    pub fn host_values(diffusion: &GaussianDiffusion, t: usize) -> [f32; COEFFICIENTS] {
         let b = diffusion.beta(t);
+        let (_, _, posterior_variance) = diffusion.posterior_coefficients(t);
         [
             (1.0 - b).sqrt() as f32,
             b.sqrt() as f32,
             (b / (1.0 - b)).ln() as f32,
+            (b / (1.0 - diffusion.alpha_bar(t)).sqrt()) as f32,
+            posterior_variance.ln() as f32,
         ]
     }
 }
@@ -61,6 +77,12 @@ impl ReverseParametrization {
                 let mean =
                     x_t * coefficients.sqrt_alpha.clone() + z_mu * coefficients.sqrt_beta.clone();
                 let log_var = log_sigmoid(z_sigma + coefficients.logit_beta.clone());
+                (mean, log_var)
+            }
+            Self::Epsilon => {
+                let mean = (x_t - z_mu * coefficients.eps_weight.clone())
+                    / coefficients.sqrt_alpha.clone();
+                let log_var = coefficients.log_posterior_variance.clone().expand([n, d]);
                 (mean, log_var)
             }
         }

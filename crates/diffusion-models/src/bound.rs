@@ -9,6 +9,7 @@
 //! across backends up to the network's own arithmetic.
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use diffusion_core::parametrization::COEFFICIENTS;
 use diffusion_core::{
     BinomialDiffusion, GaussianDiffusion, LN_2, ReverseParametrization, StepCoefficients,
 };
@@ -42,6 +43,8 @@ pub struct BoundBatch {
     pub posterior_log_variance: Tensor<2>,
     /// Step coefficients for the parametrization.
     pub coefficients: StepCoefficients,
+    /// The noise eps that made x_t from x_0, `[n, d]`.
+    pub noise: Tensor<2>,
 }
 
 /// A row-major `[rows, cols]` f32 tensor from host values.
@@ -54,14 +57,10 @@ fn steps_tensor(ts: &[usize], device: &Device) -> Tensor<1, Int> {
     Tensor::from_data(TensorData::new(v, [ts.len()]), device)
 }
 
-/// The step coefficients of each row as host columns (sqrt(1 - b_t), sqrt(b_t), logit(b_t)).
-fn coefficient_columns(diffusion: &GaussianDiffusion, ts: &[usize]) -> [Vec<f32>; 3] {
+/// The step coefficients of each row as host columns, in [`StepCoefficients`]' field order.
+fn coefficient_columns(diffusion: &GaussianDiffusion, ts: &[usize]) -> [Vec<f32>; COEFFICIENTS] {
     let n = ts.len();
-    let mut cols = [
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    ];
+    let mut cols: [Vec<f32>; COEFFICIENTS] = std::array::from_fn(|_| Vec::with_capacity(n));
     for &t in ts {
         for (col, v) in cols
             .iter_mut()
@@ -73,13 +72,15 @@ fn coefficient_columns(diffusion: &GaussianDiffusion, ts: &[usize]) -> [Vec<f32>
     cols
 }
 
-fn upload_coefficients(cols: [Vec<f32>; 3], device: &Device) -> StepCoefficients {
-    let [a, b, c] = cols;
+fn upload_coefficients(cols: [Vec<f32>; COEFFICIENTS], device: &Device) -> StepCoefficients {
+    let [a, b, c, e, v] = cols;
     let n = a.len();
     StepCoefficients {
         sqrt_alpha: tensor2(a, n, 1, device),
         sqrt_beta: tensor2(b, n, 1, device),
         logit_beta: tensor2(c, n, 1, device),
+        eps_weight: tensor2(e, n, 1, device),
+        log_posterior_variance: tensor2(v, n, 1, device),
     }
 }
 
@@ -98,7 +99,8 @@ pub struct GaussianRows {
     mean: Vec<f32>,
     var: Vec<f32>,
     log_var: Vec<f32>,
-    coefficients: [Vec<f32>; 3],
+    coefficients: [Vec<f32>; COEFFICIENTS],
+    noise: Vec<f32>,
 }
 
 impl GaussianRows {
@@ -112,6 +114,7 @@ impl GaussianRows {
             posterior_variance: tensor2(self.var, n, 1, device),
             posterior_log_variance: tensor2(self.log_var, n, 1, device),
             coefficients: upload_coefficients(self.coefficients, device),
+            noise: tensor2(self.noise, n, self.d, device),
         }
     }
 }
@@ -132,11 +135,13 @@ impl GaussianBound {
         let mut mean = Vec::with_capacity(n * d);
         let mut var = Vec::with_capacity(n);
         let mut log_var = Vec::with_capacity(n);
+        let mut noise = Vec::with_capacity(n * d);
         for (row, &t) in x0.chunks_exact(d).zip(ts) {
             let (s, sd) = self.diffusion.q_sample_coefficients(t);
             let (c0, ct, v) = self.diffusion.posterior_coefficients(t);
             for &x in row {
                 let eps: f64 = rng.sample(StandardNormal);
+                noise.push(eps as f32);
                 let xt = s * x as f64 + sd * eps;
                 x_t.push(xt as f32);
                 mean.push((c0 * x as f64 + ct * xt) as f32);
@@ -152,12 +157,23 @@ impl GaussianBound {
             var,
             log_var,
             coefficients: coefficient_columns(&self.diffusion, ts),
+            noise,
         }
     }
 
     /// [`prepare_rows`](Self::prepare_rows), uploaded to `device`.
     pub fn prepare(&self, x0: &[f32], ts: &[usize], rng: &mut Rng, device: &Device) -> BoundBatch {
         self.prepare_rows(x0, ts, rng).upload(device)
+    }
+
+    /// The noise-prediction loss of Ho et al. (2020) per row: ||eps - z_mu||^2 summed over
+    /// the d coordinates, `[n]` (the `epsilon` parametrization's first d outputs).
+    pub fn noise_error_rows(&self, model: &ReverseMlp, batch: BoundBatch) -> Tensor<1> {
+        let z = model.forward(batch.x_t, batch.t);
+        let [n, _] = z.dims();
+        let d = self.diffusion.dim();
+        let diff = z.slice([0..n, 0..d]) - batch.noise;
+        (diff.clone() * diff).sum_dim(1).reshape([n])
     }
 
     /// KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)) per row, in nats, `[n]`.
@@ -175,45 +191,67 @@ impl GaussianBound {
         )
     }
 
-    /// Draws `n` samples by running the reverse chain from x_T ~ N(0, I): the network's kernel
-    /// for t = T..2, then the paper's fixed edge step p(x_0 | x_1) = N(sqrt(1 - b_1) x_1, b_1 I).
-    /// Returns row-major `[n, d]`.
-    pub fn sample(
+    /// Runs the reverse chain for `n` points from x_T ~ N(0, I): the network's kernel for
+    /// t = T..2, then the paper's fixed edge step p(x_0 | x_1) = N(sqrt(1 - b_1) x_1, b_1 I).
+    /// Returns x_t (row-major `[n, d]`) for each t in `keep`, in the order the chain reaches them
+    /// (from T down to 0).
+    pub fn trajectory(
         &self,
         model: &ReverseMlp,
         n: usize,
+        keep: &[usize],
         rng: &mut Rng,
         device: &Device,
-        chunk_rows: usize,
-    ) -> Vec<f32> {
+    ) -> Vec<(usize, Vec<f32>)> {
         let d = self.diffusion.dim();
-        let mut out = Vec::with_capacity(n * d);
-        let mut done = 0;
-        while done < n {
-            let m = chunk_rows.max(1).min(n - done);
-            let normal = |rng: &mut Rng| -> Vec<f32> {
-                (0..m * d)
-                    .map(|_| rng.sample::<f64, _>(StandardNormal) as f32)
-                    .collect()
-            };
-            let mut x = tensor2(normal(rng), m, d, device);
-            for t in (2..=self.steps()).rev() {
-                let ts = vec![t; m];
-                let z = model.forward(x.clone(), steps_tensor(&ts, device));
-                let coefficients = coefficients(&self.diffusion, &ts, device);
-                let (mean, log_var) = self.parametrization.mean_log_variance(z, x, &coefficients);
-                let eps = tensor2(normal(rng), m, d, device);
-                x = mean + (log_var * 0.5).exp() * eps;
+        let normal = |rng: &mut Rng| -> Vec<f32> {
+            (0..n * d)
+                .map(|_| rng.sample::<f64, _>(StandardNormal) as f32)
+                .collect()
+        };
+        let mut out = Vec::new();
+        let mut x = tensor2(normal(rng), n, d, device);
+        let mut snapshot = |t: usize, x: &Tensor<2>| {
+            if keep.contains(&t) {
+                out.push((t, host(x.clone())));
             }
-            let b1 = self.diffusion.beta(1);
-            let eps = tensor2(normal(rng), m, d, device);
-            x = x * (1.0 - b1).sqrt() + eps * b1.sqrt();
-            let data = x.into_data().convert::<f32>();
-            out.extend_from_slice(data.as_slice::<f32>().expect("f32 data"));
-            done += m;
+        };
+        snapshot(self.steps(), &x);
+        for t in (2..=self.steps()).rev() {
+            let (mean, log_var) = self.mean_log_variance(model, x.clone(), t);
+            let eps = tensor2(normal(rng), n, d, device);
+            x = mean + (log_var * 0.5).exp() * eps;
+            snapshot(t - 1, &x);
         }
+        let b1 = self.diffusion.beta(1);
+        let eps = tensor2(normal(rng), n, d, device);
+        x = x * (1.0 - b1).sqrt() + eps * b1.sqrt();
+        snapshot(0, &x);
         out
     }
+
+    /// The reverse kernel's mean and log-variance at step `t` for the rows `x` (`[n, d]`).
+    pub fn mean_log_variance(
+        &self,
+        model: &ReverseMlp,
+        x: Tensor<2>,
+        t: usize,
+    ) -> (Tensor<2>, Tensor<2>) {
+        let device = x.device();
+        let ts = vec![t; x.dims()[0]];
+        let z = model.forward(x.clone(), steps_tensor(&ts, &device));
+        let coefficients = coefficients(&self.diffusion, &ts, &device);
+        self.parametrization.mean_log_variance(z, x, &coefficients)
+    }
+}
+
+/// A tensor's values on the host.
+fn host<const D: usize>(x: Tensor<D>) -> Vec<f32> {
+    x.into_data()
+        .convert::<f32>()
+        .as_slice::<f32>()
+        .expect("f32 data")
+        .to_vec()
 }
 
 /// A binomial diffusion with its reverse parametrization: `direct` is the paper's heartbeat
@@ -337,8 +375,9 @@ impl BinomialBound {
     ) -> Tensor<2> {
         let z = model.forward(x_t, t);
         match self.parametrization {
-            ReverseParametrization::Direct => z,
             ReverseParametrization::Paper => z + kernel_logit,
+            // `epsilon` is refused for binary data by config validation.
+            ReverseParametrization::Direct | ReverseParametrization::Epsilon => z,
         }
     }
 
@@ -348,56 +387,57 @@ impl BinomialBound {
         diffusion_core::kl_bernoulli_logits(batch.posterior, batch.posterior_entropy, logits)
     }
 
-    /// Draws `n` sequences: x_T ~ Bernoulli(pi), the network's kernel for t = T..2, then the
-    /// fixed edge step p(x_0 = 1 | x_1) = x_1 (1 - b_1) + pi b_1. Returns row-major `[n, d]`.
-    pub fn sample(
+    /// Runs the reverse chain for `n` sequences: x_T ~ Bernoulli(pi), the network's kernel for
+    /// t = T..2, then the fixed edge step p(x_0 = 1 | x_1) = x_1 (1 - b_1) + pi b_1. Returns x_t
+    /// (row-major `[n, d]` of 0/1) for each t in `keep`, from T down to 0.
+    pub fn trajectory(
         &self,
         model: &ReverseMlp,
         n: usize,
+        keep: &[usize],
         rng: &mut Rng,
         device: &Device,
-        chunk_rows: usize,
-    ) -> Vec<f32> {
+    ) -> Vec<(usize, Vec<f32>)> {
         let d = self.diffusion.dim();
         let pi = self.diffusion.pi();
-        let mut out = Vec::with_capacity(n * d);
-        let mut done = 0;
-        while done < n {
-            let m = chunk_rows.max(1).min(n - done);
-            let uniform =
-                |rng: &mut Rng| -> Vec<f32> { (0..m * d).map(|_| rng.random::<f32>()).collect() };
-            let mut x: Vec<f32> = uniform(rng)
-                .into_iter()
-                .map(|u| if (u as f64) < pi { 1.0 } else { 0.0 })
+        let uniform =
+            |rng: &mut Rng| -> Vec<f32> { (0..n * d).map(|_| rng.random::<f32>()).collect() };
+        let mut out = Vec::new();
+        let mut snapshot = |t: usize, x: &[f32]| {
+            if keep.contains(&t) {
+                out.push((t, x.to_vec()));
+            }
+        };
+        let mut x: Vec<f32> = uniform(rng)
+            .into_iter()
+            .map(|u| if (u as f64) < pi { 1.0 } else { 0.0 })
+            .collect();
+        snapshot(self.steps(), &x);
+        for t in (2..=self.steps()).rev() {
+            let ts = vec![t; n];
+            let kernel: Vec<f32> = x
+                .iter()
+                .map(|&v| logit(self.diffusion.forward_kernel(t, v as f64)) as f32)
                 .collect();
-            for t in (2..=self.steps()).rev() {
-                let ts = vec![t; m];
-                let kernel: Vec<f32> = x
-                    .iter()
-                    .map(|&v| logit(self.diffusion.forward_kernel(t, v as f64)) as f32)
-                    .collect();
-                let logits = self.logits(
-                    model,
-                    tensor2(x, m, d, device),
-                    steps_tensor(&ts, device),
-                    tensor2(kernel, m, d, device),
-                );
-                let u = tensor2(uniform(rng), m, d, device);
-                let next = u.lower(burn::tensor::activation::sigmoid(logits)).float();
-                let data = next.into_data().convert::<f32>();
-                x = data.as_slice::<f32>().expect("f32 data").to_vec();
-            }
-            for v in x.iter_mut() {
-                let p = self.diffusion.forward_kernel(1, *v as f64);
-                *v = if (rng.random::<f32>() as f64) < p {
-                    1.0
-                } else {
-                    0.0
-                };
-            }
-            out.extend_from_slice(&x);
-            done += m;
+            let logits = self.logits(
+                model,
+                tensor2(x, n, d, device),
+                steps_tensor(&ts, device),
+                tensor2(kernel, n, d, device),
+            );
+            let u = tensor2(uniform(rng), n, d, device);
+            x = host(u.lower(burn::tensor::activation::sigmoid(logits)).float());
+            snapshot(t - 1, &x);
         }
+        for v in x.iter_mut() {
+            let p = self.diffusion.forward_kernel(1, *v as f64);
+            *v = if (rng.random::<f32>() as f64) < p {
+                1.0
+            } else {
+                0.0
+            };
+        }
+        snapshot(0, &x);
         out
     }
 }
@@ -530,6 +570,22 @@ impl Diffusion {
         self.kl_of(model, batch.rows, device).mean() * weight - batch.constant_bits
     }
 
+    /// The mean squared noise-prediction error of a prepared batch (Gaussian diffusion with
+    /// the `epsilon` parametrization; see [`GaussianBound::noise_error_rows`]).
+    pub fn noise_loss_of(
+        &self,
+        model: &ReverseMlp,
+        batch: TrainingBatch,
+        device: &Device,
+    ) -> Option<Tensor<1>> {
+        match (self, batch.rows) {
+            (Self::Gaussian(g), Rows::Gaussian(r)) => {
+                Some(g.noise_error_rows(model, r.upload(device)).mean())
+            }
+            _ => None,
+        }
+    }
+
     /// [`training_batch`](Self::training_batch) then
     /// [`training_loss_of`](Self::training_loss_of).
     pub fn training_loss(
@@ -583,7 +639,23 @@ impl Diffusion {
             .collect()
     }
 
-    /// Draws `n` samples, row-major `[n, d]`.
+    /// x_t of the reverse chain for each t in `keep`, from T down to 0, for `n` rows.
+    pub fn trajectory(
+        &self,
+        model: &ReverseMlp,
+        n: usize,
+        keep: &[usize],
+        rng: &mut Rng,
+        device: &Device,
+    ) -> Vec<(usize, Vec<f32>)> {
+        match self {
+            Self::Gaussian(g) => g.trajectory(model, n, keep, rng, device),
+            Self::Binomial(b) => b.trajectory(model, n, keep, rng, device),
+        }
+    }
+
+    /// Draws `n` samples (x_0 of the reverse chain), row-major `[n, d]`, `chunk_rows` chains
+    /// at a time.
     pub fn sample(
         &self,
         model: &ReverseMlp,
@@ -592,9 +664,40 @@ impl Diffusion {
         device: &Device,
         chunk_rows: usize,
     ) -> Vec<f32> {
+        let mut out = Vec::with_capacity(n * self.dim());
+        let mut done = 0;
+        while done < n {
+            let m = chunk_rows.max(1).min(n - done);
+            for (_, x) in self.trajectory(model, m, &[0], rng, device) {
+                out.extend_from_slice(&x);
+            }
+            done += m;
+        }
+        out
+    }
+
+    /// Draws x_t ~ q(x_t | x_0) for every row of `x0` at step `t` (t = 0 returns `x0`).
+    pub fn forward_sample(&self, x0: &[f32], t: usize, rng: &mut Rng) -> Vec<f32> {
+        if t == 0 {
+            return x0.to_vec();
+        }
         match self {
-            Self::Gaussian(g) => g.sample(model, n, rng, device, chunk_rows),
-            Self::Binomial(b) => b.sample(model, n, rng, device, chunk_rows),
+            Self::Gaussian(g) => {
+                let (s, sd) = g.diffusion.q_sample_coefficients(t);
+                x0.iter()
+                    .map(|&x| (s * x as f64 + sd * rng.sample::<f64, _>(StandardNormal)) as f32)
+                    .collect()
+            }
+            Self::Binomial(b) => x0
+                .iter()
+                .map(|&x| {
+                    if rng.random::<f64>() < b.diffusion.q_one(t, x as f64) {
+                        1.0
+                    } else {
+                        0.0
+                    }
+                })
+                .collect(),
         }
     }
 }
@@ -641,6 +744,37 @@ mod tests {
             // and the estimate is informative: the standard error is small
             assert!(k.stderr < 0.05, "{}", k.stderr);
         }
+    }
+
+    /// The `epsilon` parametrization given the true noise is the exact posterior: its mean is
+    /// mu~_t(x_t, x_0) and its variance b~_t, at every step.
+    #[test]
+    fn epsilon_with_the_true_noise_is_the_posterior() {
+        let device = Device::flex();
+        let steps = 50;
+        let bound = GaussianBound {
+            diffusion: GaussianDiffusion::new(
+                BetaSchedule::linear(1e-3, 0.2).betas(steps).unwrap(),
+                2,
+            )
+            .unwrap(),
+            parametrization: ReverseParametrization::Epsilon,
+        };
+        let n = 200;
+        let x0 = standard_normal_points(n, 2, 11);
+        let ts: Vec<usize> = (0..n).map(|i| 2 + i % (steps - 1)).collect();
+        let mut rng = diffusion_data::rng(12, 0);
+        let batch = bound.prepare(&x0, &ts, &mut rng, &device);
+        let z = Tensor::cat(vec![batch.noise.clone(), batch.noise.clone() * 0.0], 1);
+        let (mean, log_var) =
+            bound
+                .parametrization
+                .mean_log_variance(z, batch.x_t.clone(), &batch.coefficients);
+        let max_diff =
+            |a: Tensor<2>, b: Tensor<2>| -> f32 { (a - b).abs().max().into_scalar::<f32>() };
+        assert!(max_diff(mean, batch.posterior_mean.clone()) < 2e-5);
+        let expected = batch.posterior_log_variance.clone().expand([n, 2]);
+        assert!(max_diff(log_var, expected) < 1e-6);
     }
 
     /// The Monte-Carlo training estimate is unbiased for the full sum: on the same model, the

@@ -118,6 +118,9 @@ pub struct TrainConfig {
     /// newest.
     #[serde(default = "default_checkpoint_every")]
     pub checkpoint_every: usize,
+    /// What training minimises.
+    #[serde(default)]
+    pub loss: LossKind,
     /// The optimizer.
     #[serde(default)]
     pub optimizer: OptimizerConfig,
@@ -147,10 +150,24 @@ impl Default for TrainConfig {
             seed: 0,
             log_every: default_log_every(),
             checkpoint_every: default_checkpoint_every(),
+            loss: LossKind::default(),
             optimizer: OptimizerConfig::default(),
             lr_schedule: LrSchedule::default(),
         }
     }
+}
+
+/// The training objective.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LossKind {
+    /// Minus the bound K, estimated by Monte Carlo over t (bits per point).
+    #[default]
+    Bound,
+    /// The noise-prediction mean squared error of Ho et al. (2020), ||eps - eps_theta||^2 summed
+    /// over coordinates (Gaussian diffusion with the `epsilon` parametrization). Its
+    /// `metrics.csv` loss column is that error, not bits.
+    Mse,
 }
 
 /// Which update rule.
@@ -305,6 +322,12 @@ impl RunConfig {
                     .map_err(|e| format!("diffusion: {e}"))?;
             }
             ProcessKind::Binomial => {
+                if diffusion.parametrization == ReverseParametrization::Epsilon {
+                    return Err(
+                        "diffusion.parametrization = \"epsilon\" is for process = \"gaussian\" only"
+                            .into(),
+                    );
+                }
                 if matches!(self.data, DataConfig::SwissRoll { .. }) {
                     return Err("Swiss-roll data needs diffusion.process = \"gaussian\"".into());
                 }
@@ -317,6 +340,12 @@ impl RunConfig {
             }
         }
         let t = &self.train;
+        if t.loss == LossKind::Mse
+            && (diffusion.process != ProcessKind::Gaussian
+                || diffusion.parametrization != ReverseParametrization::Epsilon)
+        {
+            return Err("train.loss = \"mse\" needs process = \"gaussian\" and parametrization = \"epsilon\"".into());
+        }
         if t.batch_size == 0 {
             return Err("train.batch_size must be at least 1".into());
         }

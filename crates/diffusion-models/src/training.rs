@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bound::TrainingBatch;
 use crate::checkpoint::{self, Checkpoint, CheckpointState, FileDigest};
-use crate::config::{OptimizerConfig, OptimizerKind, TrainConfig};
+use crate::config::{LossKind, OptimizerConfig, OptimizerKind, TrainConfig};
 use crate::model::ReverseMlp;
 use crate::run::{RunDir, RunError, RunManifest};
 
@@ -315,7 +315,14 @@ pub fn train(
         for step in first_step..steps {
             let lr = config.lr_schedule.rate(config.optimizer.lr, step, steps);
             let prepared = next();
-            let loss = bound.training_loss_of(&model, prepared.batch, &ad_device);
+            let loss = match config.loss {
+                LossKind::Bound => bound.training_loss_of(&model, prepared.batch, &ad_device),
+                LossKind::Mse => bound
+                    .noise_loss_of(&model, prepared.batch, &ad_device)
+                    .ok_or_else(|| {
+                        TrainError::Config("train.loss = \"mse\" needs Gaussian diffusion".into())
+                    })?,
+            };
             let value = loss.clone().into_scalar::<f32>() as f64;
             let done = step + 1;
             if !value.is_finite() {

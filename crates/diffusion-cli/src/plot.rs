@@ -1,0 +1,341 @@
+//! `diffusion plot`: the presentation's pictures of a run, as PNG and SVG.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, ValueEnum};
+use diffusion_models::RunManifest;
+use diffusion_models::bound::Diffusion;
+use diffusion_models::evaluate::heldout_points;
+use diffusion_plot::{
+    ArrowPanel, ArrowPanels, LineChart, RasterPanel, RasterPanels, ScatterGrid, ScatterPanel,
+    Series, align_first_pulse, save,
+};
+
+use crate::commands::{BackendArg, load_run};
+
+/// The random stream of the pictures' draws.
+const PLOT_STREAM: u64 = 5;
+
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// Run folder; give it several times to compare loss curves (the other pictures use the
+    /// first).
+    #[arg(long, required = true)]
+    run: Vec<PathBuf>,
+    /// Folder for the pictures (created if missing).
+    #[arg(long)]
+    out: PathBuf,
+    /// Pictures to draw, comma-separated [default: every one that fits the run].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    what: Vec<What>,
+    /// Steps t of the trajectory and noising panels, comma-separated [default: 0, T/10, ..., T].
+    #[arg(long, value_delimiter = ',')]
+    steps: Vec<usize>,
+    /// Points per scatter panel.
+    #[arg(short = 'n', long = "n", default_value_t = 1000)]
+    n: usize,
+    /// Sequences per raster panel (binary data).
+    #[arg(long, default_value_t = 40)]
+    rows: usize,
+    /// Seed of the pictures' draws.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Rasters: rotate each sequence so that its first pulse is in column 0.
+    #[arg(long)]
+    align: bool,
+    #[command(flatten)]
+    backend: BackendArg,
+}
+
+/// A picture `diffusion plot` can draw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum What {
+    /// q(x_t) from data above p(x_t) from the model at the same steps (2-D Gaussian runs).
+    Trajectory,
+    /// The reverse kernel's drift mu(x, t) - x as arrows at a few t (2-D Gaussian runs).
+    Drift,
+    /// Training loss against step from metrics.csv, every --run on one chart.
+    Loss,
+    /// Data and model samples as rasters of bits (binary runs).
+    Samples,
+    /// Data noised by the forward process at the chosen steps, as rasters (binary runs).
+    Noising,
+}
+
+impl What {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Trajectory => "trajectory",
+            Self::Drift => "drift",
+            Self::Loss => "loss",
+            Self::Samples => "samples",
+            Self::Noising => "noising",
+        }
+    }
+}
+
+/// The pictures that fit a run.
+fn fitting(manifest: &RunManifest, bound: &Diffusion) -> Vec<What> {
+    match bound {
+        Diffusion::Gaussian(_) if manifest.data_dim == 2 => {
+            vec![What::Trajectory, What::Drift, What::Loss]
+        }
+        Diffusion::Gaussian(_) => vec![What::Loss],
+        Diffusion::Binomial(_) => vec![What::Samples, What::Noising, What::Loss],
+    }
+}
+
+fn default_steps(steps: usize) -> Vec<usize> {
+    let mut v: Vec<usize> = (0..=10).map(|k| k * steps / 10).collect();
+    v.dedup();
+    v
+}
+
+fn pairs(values: &[f32]) -> Vec<[f32; 2]> {
+    values.chunks_exact(2).map(|p| [p[0], p[1]]).collect()
+}
+
+fn bit_rows(values: &[f32], d: usize) -> Vec<Vec<bool>> {
+    values
+        .chunks_exact(d)
+        .map(|r| r.iter().map(|&v| v >= 0.5).collect())
+        .collect()
+}
+
+/// Reads `metrics.csv` of a run as (step, loss) points.
+fn loss_series(run: &Path) -> Result<Series, String> {
+    let path = run.join("metrics.csv");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut points = Vec::new();
+    for (i, line) in text.lines().enumerate().skip(1) {
+        let mut fields = line.split(',');
+        let (Some(step), Some(loss)) = (fields.next(), fields.next()) else {
+            return Err(format!(
+                "{}: line {} is not a metrics row",
+                path.display(),
+                i + 1
+            ));
+        };
+        let (Ok(step), Ok(loss)) = (step.parse::<f64>(), loss.parse::<f64>()) else {
+            return Err(format!(
+                "{}: line {} is not a metrics row",
+                path.display(),
+                i + 1
+            ));
+        };
+        points.push((step, loss));
+    }
+    if points.is_empty() {
+        return Err(format!("{} has no rows yet", path.display()));
+    }
+    let label = run
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| run.display().to_string());
+    Ok(Series { label, points })
+}
+
+pub fn cmd_plot(a: PlotArgs) -> Result<(), String> {
+    if a.n == 0 || a.rows == 0 {
+        return Err("-n and --rows must be at least 1".into());
+    }
+    let (run, manifest, model, device) = load_run(&a.run[0], &a.backend)?;
+    let bound = manifest.bound()?;
+    let steps_t = bound.steps();
+    let fits = fitting(&manifest, &bound);
+    let what = if a.what.is_empty() {
+        fits.clone()
+    } else {
+        a.what.clone()
+    };
+    if let Some(w) = what.iter().find(|w| !fits.contains(w)) {
+        let names: Vec<&str> = fits.iter().map(|w| w.name()).collect();
+        return Err(format!(
+            "--what {} does not fit {} (it can draw: {})",
+            w.name(),
+            run.path().display(),
+            names.join(", ")
+        ));
+    }
+    let steps = if a.steps.is_empty() {
+        default_steps(steps_t)
+    } else {
+        a.steps.clone()
+    };
+    if let Some(t) = steps.iter().find(|&&t| t > steps_t) {
+        return Err(format!("--steps {t} is beyond T = {steps_t}"));
+    }
+    std::fs::create_dir_all(&a.out)
+        .map_err(|e| format!("cannot create {}: {e}", a.out.display()))?;
+    let name = run
+        .path()
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let d = manifest.data_dim;
+    let mut rng = diffusion_data::rng(a.seed, PLOT_STREAM);
+    let mut written: Vec<PathBuf> = Vec::new();
+    let mut keep = |files: Result<Vec<PathBuf>, diffusion_plot::PlotError>| {
+        files.map(|f| written.extend(f)).map_err(|e| e.to_string())
+    };
+    let heldout = |n: usize| heldout_points(&manifest, &run, n).map_err(|e| e.to_string());
+    for w in &what {
+        let stem = a.out.join(w.name());
+        match w {
+            What::Trajectory => {
+                let data = heldout(a.n)?;
+                let forward: Vec<ScatterPanel> = steps
+                    .iter()
+                    .map(|&t| ScatterPanel {
+                        title: format!("t = {t}"),
+                        points: pairs(&bound.forward_sample(&data, t, &mut rng)),
+                    })
+                    .collect();
+                let n = data.len() / d;
+                let mut reverse = bound.trajectory(&model, n, &steps, &mut rng, &device);
+                reverse.sort_by_key(|(t, _)| *t);
+                let reverse = reverse
+                    .into_iter()
+                    .map(|(t, x)| ScatterPanel {
+                        title: format!("t = {t}"),
+                        points: pairs(&x),
+                    })
+                    .collect();
+                keep(save(
+                    &ScatterGrid {
+                        title: format!(
+                            "{name}: forward q(x_t) from data (top), reverse p(x_t) from the model (bottom), T = {steps_t}"
+                        ),
+                        rows: vec![("q(x_t)".into(), forward), ("p(x_t)".into(), reverse)],
+                        range: 3.0,
+                    },
+                    &stem,
+                ))?;
+            }
+            What::Drift => {
+                let Diffusion::Gaussian(g) = &bound else {
+                    unreachable!("checked by fitting()")
+                };
+                let (k, r) = (15, 2.5f32);
+                let grid: Vec<f32> = (0..k * k)
+                    .flat_map(|i| {
+                        let at = |j: usize| -r + 2.0 * r * j as f32 / (k - 1) as f32;
+                        [at(i % k), at(i / k)]
+                    })
+                    .collect();
+                let mut ts = vec![steps_t, steps_t / 2, (steps_t / 10).max(2)];
+                ts.retain(|&t| t >= 2);
+                ts.dedup();
+                let mut panels = Vec::new();
+                for &t in &ts {
+                    let x = diffusion_models::bound::tensor2(grid.clone(), k * k, 2, &device);
+                    let (mean, _) = g.mean_log_variance(&model, x.clone(), t);
+                    let delta = (mean - x).into_data().convert::<f32>();
+                    let delta = delta.as_slice::<f32>().map_err(|e| format!("{e:?}"))?;
+                    panels.push(ArrowPanel {
+                        title: format!("t = {t}"),
+                        origins: pairs(&grid),
+                        deltas: pairs(delta),
+                    });
+                }
+                let longest = panels
+                    .iter()
+                    .flat_map(|p| p.deltas.iter())
+                    .map(|v| (v[0] * v[0] + v[1] * v[1]).sqrt())
+                    .fold(0.0f32, f32::max);
+                let spacing = 2.0 * r / (k - 1) as f32;
+                let scale = if longest > 0.0 {
+                    0.9 * spacing / longest
+                } else {
+                    1.0
+                };
+                keep(save(
+                    &ArrowPanels {
+                        title: format!(
+                            "{name}: drift mu(x, t) - x of the reverse kernel, arrows x{scale:.1}"
+                        ),
+                        panels,
+                        range: 3.0,
+                        scale,
+                    },
+                    &stem,
+                ))?;
+            }
+            What::Loss => {
+                let series = a
+                    .run
+                    .iter()
+                    .map(|r| loss_series(r))
+                    .collect::<Result<Vec<_>, _>>()?;
+                keep(save(
+                    &LineChart {
+                        title: "Training loss: -K by Monte Carlo, mean over each logging interval"
+                            .into(),
+                        x_label: "step".into(),
+                        y_label: "loss (bits per point)".into(),
+                        series,
+                    },
+                    &stem,
+                ))?;
+            }
+            What::Samples => {
+                let mut data = bit_rows(&heldout(a.rows)?, d);
+                let drawn = bound.sample(&model, a.rows, &mut rng, &device, 65_536);
+                let mut samples = bit_rows(&drawn, d);
+                if a.align {
+                    align_first_pulse(&mut data);
+                    align_first_pulse(&mut samples);
+                }
+                let aligned = if a.align {
+                    ", aligned on the first pulse"
+                } else {
+                    ""
+                };
+                keep(save(
+                    &RasterPanels {
+                        title: format!("{name}: data and samples{aligned}"),
+                        panels: vec![
+                            RasterPanel {
+                                title: "data".into(),
+                                rows: data,
+                            },
+                            RasterPanel {
+                                title: "samples".into(),
+                                rows: samples,
+                            },
+                        ],
+                    },
+                    &stem,
+                ))?;
+            }
+            What::Noising => {
+                let data = heldout(a.rows)?;
+                let panels = steps
+                    .iter()
+                    .map(|&t| {
+                        let mut rows = bit_rows(&bound.forward_sample(&data, t, &mut rng), d);
+                        if a.align {
+                            align_first_pulse(&mut rows);
+                        }
+                        RasterPanel {
+                            title: format!("t = {t}"),
+                            rows,
+                        }
+                    })
+                    .collect();
+                keep(save(
+                    &RasterPanels {
+                        title: format!("{name}: data noised by q(x_t | x_0)"),
+                        panels,
+                    },
+                    &stem,
+                ))?;
+            }
+        }
+    }
+    for f in &written {
+        println!("{}", f.display());
+    }
+    Ok(())
+}

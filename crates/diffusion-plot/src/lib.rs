@@ -1,0 +1,455 @@
+//! # diffusion-plot
+//!
+//! The pictures of diffusion experiments, each written as a PNG and an SVG of fixed size (so the
+//! files are stable from run to run):
+//!
+//! - [`ScatterGrid`]: rows of 2-D scatter panels, e.g. q(x_t) above p(x_t) at the same steps
+//!   (the paper's Figure 1);
+//! - [`ArrowPanels`]: a drift field, mu(x, t) - x as arrows at a few t;
+//! - [`LineChart`]: curves such as loss against step, several runs on one chart;
+//! - [`RasterPanels`]: binary sequences as rows of black and white cells (the paper's Figure 2).
+//!
+//! The data are plain numbers: nothing here knows about models or backends.
+//!
+//! ```no_run
+//! use diffusion_plot::{LineChart, Series, save};
+//!
+//! let chart = LineChart {
+//!     title: "loss".into(),
+//!     x_label: "step".into(),
+//!     y_label: "-K (bits)".into(),
+//!     series: vec![Series { label: "run".into(), points: vec![(0.0, 3.0), (100.0, 2.5)] }],
+//! };
+//! let files = save(&chart, "runs/example/loss".as_ref())?;
+//! # Ok::<(), diffusion_plot::PlotError>(())
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+
+/// Why a picture was not written.
+#[derive(Debug, thiserror::Error)]
+pub enum PlotError {
+    /// The drawing or the file failed.
+    #[error("cannot draw {path}: {message}")]
+    Draw {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The data cannot be drawn.
+    #[error("{0}")]
+    Data(String),
+}
+
+/// The font every picture uses (DejaVu Sans, bundled; see `fonts/DejaVuSans-LICENSE.txt`).
+const FONT: &[u8] = include_bytes!("../fonts/DejaVuSans.ttf");
+const FAMILY: &str = "sans-serif";
+
+fn register_font() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // The bytes are a valid TrueType font, checked by the tests.
+        let _ = plotters::style::register_font(FAMILY, FontStyle::Normal, FONT);
+    });
+}
+
+/// A picture that can be drawn on any plotters backend.
+pub trait Picture {
+    /// Width and height in pixels.
+    fn size(&self) -> (u32, u32);
+    /// Draws the picture on `root`.
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String>;
+}
+
+/// Writes `picture` to `stem.png` and `stem.svg`, returning both paths.
+pub fn save(picture: &impl Picture, stem: &Path) -> Result<Vec<PathBuf>, PlotError> {
+    register_font();
+    let size = picture.size();
+    let png = stem.with_extension("png");
+    let svg = stem.with_extension("svg");
+    let fail = |path: &Path, message: String| PlotError::Draw {
+        path: path.display().to_string(),
+        message,
+    };
+    {
+        let root = BitMapBackend::new(&png, size).into_drawing_area();
+        picture.draw(&root).map_err(|m| fail(&png, m))?;
+        root.present().map_err(|e| fail(&png, e.to_string()))?;
+    }
+    {
+        let root = SVGBackend::new(&svg, size).into_drawing_area();
+        picture.draw(&root).map_err(|m| fail(&svg, m))?;
+        root.present().map_err(|e| fail(&svg, e.to_string()))?;
+    }
+    Ok(vec![png, svg])
+}
+
+fn err<E: std::fmt::Display>(e: E) -> String {
+    e.to_string()
+}
+
+/// Colours of the series, in order (colour-blind safe, Okabe-Ito).
+pub const PALETTE: [RGBColor; 8] = [
+    RGBColor(0, 114, 178),
+    RGBColor(213, 94, 0),
+    RGBColor(0, 158, 115),
+    RGBColor(204, 121, 167),
+    RGBColor(230, 159, 0),
+    RGBColor(86, 180, 233),
+    RGBColor(120, 120, 120),
+    RGBColor(0, 0, 0),
+];
+
+/// A 2-D scatter panel.
+#[derive(Debug, Clone)]
+pub struct ScatterPanel {
+    /// The panel's title, e.g. `t = 50`.
+    pub title: String,
+    /// The points.
+    pub points: Vec<[f32; 2]>,
+}
+
+/// Rows of scatter panels on common axes [-range, range]^2, each row with a label.
+#[derive(Debug, Clone)]
+pub struct ScatterGrid {
+    /// The picture's title.
+    pub title: String,
+    /// (row label, panels); every row should have the same number of panels.
+    pub rows: Vec<(String, Vec<ScatterPanel>)>,
+    /// Half-width of the axes.
+    pub range: f32,
+}
+
+const PANEL: u32 = 200;
+const TITLE_H: u32 = 40;
+const LABEL_W: u32 = 90;
+
+fn split_title<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    title: &str,
+) -> Result<DrawingArea<DB, Shift>, String> {
+    root.fill(&WHITE).map_err(err)?;
+    let (top, rest) = root.split_vertically(TITLE_H);
+    top.titled(title, (FAMILY, 22)).map_err(err)?;
+    Ok(rest)
+}
+
+impl Picture for ScatterGrid {
+    fn size(&self) -> (u32, u32) {
+        let cols = self.rows.iter().map(|r| r.1.len()).max().unwrap_or(1) as u32;
+        (
+            LABEL_W + cols * PANEL,
+            TITLE_H + self.rows.len().max(1) as u32 * PANEL,
+        )
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+        let body = split_title(root, &self.title)?;
+        let rows = body.split_evenly((self.rows.len().max(1), 1));
+        let r = self.range;
+        for ((label, panels), row) in self.rows.iter().zip(rows) {
+            let (left, right) = row.split_horizontally(LABEL_W);
+            left.draw_text(
+                label,
+                &(FAMILY, 18).into_text_style(&left),
+                (8, PANEL as i32 / 2 - 9),
+            )
+            .map_err(err)?;
+            let cells = right.split_evenly((1, panels.len().max(1)));
+            for (panel, cell) in panels.iter().zip(cells) {
+                let mut chart = ChartBuilder::on(&cell)
+                    .caption(&panel.title, (FAMILY, 15))
+                    .margin(4)
+                    .x_label_area_size(18)
+                    .y_label_area_size(24)
+                    .build_cartesian_2d(-r..r, -r..r)
+                    .map_err(err)?;
+                chart
+                    .configure_mesh()
+                    .disable_mesh()
+                    .x_labels(3)
+                    .y_labels(3)
+                    .label_style((FAMILY, 10))
+                    .draw()
+                    .map_err(err)?;
+                chart
+                    .draw_series(
+                        panel
+                            .points
+                            .iter()
+                            .filter(|p| p[0].abs() <= r && p[1].abs() <= r)
+                            .map(|p| Circle::new((p[0], p[1]), 1, PALETTE[0].mix(0.5).filled())),
+                    )
+                    .map_err(err)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One panel of arrows: from each origin, the displacement `delta` (scaled by `scale`).
+#[derive(Debug, Clone)]
+pub struct ArrowPanel {
+    /// The panel's title.
+    pub title: String,
+    /// Where the arrows start.
+    pub origins: Vec<[f32; 2]>,
+    /// The displacement at each origin.
+    pub deltas: Vec<[f32; 2]>,
+}
+
+/// Panels of arrows on common axes, e.g. the drift mu(x, t) - x of a reverse kernel.
+#[derive(Debug, Clone)]
+pub struct ArrowPanels {
+    /// The picture's title.
+    pub title: String,
+    /// The panels, left to right.
+    pub panels: Vec<ArrowPanel>,
+    /// Half-width of the axes.
+    pub range: f32,
+    /// Arrow length = scale x displacement.
+    pub scale: f32,
+}
+
+impl Picture for ArrowPanels {
+    fn size(&self) -> (u32, u32) {
+        (
+            self.panels.len().max(1) as u32 * 2 * PANEL,
+            TITLE_H + 2 * PANEL,
+        )
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+        let body = split_title(root, &self.title)?;
+        let r = self.range;
+        for (panel, cell) in self
+            .panels
+            .iter()
+            .zip(body.split_evenly((1, self.panels.len().max(1))))
+        {
+            let mut chart = ChartBuilder::on(&cell)
+                .caption(&panel.title, (FAMILY, 16))
+                .margin(6)
+                .x_label_area_size(22)
+                .y_label_area_size(30)
+                .build_cartesian_2d(-r..r, -r..r)
+                .map_err(err)?;
+            chart
+                .configure_mesh()
+                .disable_mesh()
+                .label_style((FAMILY, 11))
+                .draw()
+                .map_err(err)?;
+            let color = PALETTE[1];
+            for (o, d) in panel.origins.iter().zip(&panel.deltas) {
+                let end = (o[0] + self.scale * d[0], o[1] + self.scale * d[1]);
+                chart
+                    .draw_series(LineSeries::new([(o[0], o[1]), end], color.stroke_width(1)))
+                    .map_err(err)?;
+                chart
+                    .draw_series([Circle::new(end, 2, color.filled())])
+                    .map_err(err)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A named curve.
+#[derive(Debug, Clone)]
+pub struct Series {
+    /// The legend entry.
+    pub label: String,
+    /// (x, y) points in order of x.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Curves on one chart with a legend.
+#[derive(Debug, Clone)]
+pub struct LineChart {
+    /// The chart's title.
+    pub title: String,
+    /// The x axis' label.
+    pub x_label: String,
+    /// The y axis' label.
+    pub y_label: String,
+    /// The curves.
+    pub series: Vec<Series>,
+}
+
+fn bounds(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
+    let (lo, hi) = values
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
+    if lo > hi {
+        return None;
+    }
+    let pad = ((hi - lo) * 0.05).max(1e-9);
+    Some((lo - pad, hi + pad))
+}
+
+impl Picture for LineChart {
+    fn size(&self) -> (u32, u32) {
+        (900, 560)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+        root.fill(&WHITE).map_err(err)?;
+        let all = || self.series.iter().flat_map(|s| s.points.iter());
+        let (x0, x1) = bounds(all().map(|p| p.0)).ok_or("no finite points to draw")?;
+        let (y0, y1) = bounds(all().map(|p| p.1)).ok_or("no finite points to draw")?;
+        let mut chart = ChartBuilder::on(root)
+            .caption(&self.title, (FAMILY, 22))
+            .margin(12)
+            .x_label_area_size(45)
+            .y_label_area_size(70)
+            .build_cartesian_2d(x0..x1, y0..y1)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc(&self.x_label)
+            .y_desc(&self.y_label)
+            .label_style((FAMILY, 13))
+            .axis_desc_style((FAMILY, 15))
+            .draw()
+            .map_err(err)?;
+        for (i, s) in self.series.iter().enumerate() {
+            let color = PALETTE[i % PALETTE.len()];
+            chart
+                .draw_series(LineSeries::new(
+                    s.points.iter().copied().filter(|p| p.1.is_finite()),
+                    color.stroke_width(2),
+                ))
+                .map_err(err)?
+                .label(&s.label)
+                .legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .label_font((FAMILY, 14))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(err)?;
+        Ok(())
+    }
+}
+
+/// A panel of binary rows (1 = black).
+#[derive(Debug, Clone)]
+pub struct RasterPanel {
+    /// The panel's title.
+    pub title: String,
+    /// The rows, each of the same length.
+    pub rows: Vec<Vec<bool>>,
+}
+
+/// Raster panels side by side, e.g. heartbeat samples, or the data noised at a few steps.
+#[derive(Debug, Clone)]
+pub struct RasterPanels {
+    /// The picture's title.
+    pub title: String,
+    /// The panels.
+    pub panels: Vec<RasterPanel>,
+}
+
+const CELL: u32 = 8;
+
+impl RasterPanels {
+    fn grid(&self) -> (u32, u32) {
+        let cols = self
+            .panels
+            .iter()
+            .flat_map(|p| p.rows.iter().map(Vec::len))
+            .max()
+            .unwrap_or(1) as u32;
+        let rows = self.panels.iter().map(|p| p.rows.len()).max().unwrap_or(1) as u32;
+        (cols.max(1), rows.max(1))
+    }
+}
+
+impl Picture for RasterPanels {
+    fn size(&self) -> (u32, u32) {
+        let (cols, rows) = self.grid();
+        let panel_w = cols * CELL + 40;
+        (
+            (self.panels.len().max(1) as u32 * panel_w).max(360),
+            TITLE_H + 30 + rows * CELL + 20,
+        )
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+        let body = split_title(root, &self.title)?;
+        for (panel, cell) in self
+            .panels
+            .iter()
+            .zip(body.split_evenly((1, self.panels.len().max(1))))
+        {
+            cell.draw_text(&panel.title, &(FAMILY, 15).into_text_style(&cell), (20, 6))
+                .map_err(err)?;
+            for (r, row) in panel.rows.iter().enumerate() {
+                for (c, &bit) in row.iter().enumerate() {
+                    let x = 20 + (c as u32 * CELL) as i32;
+                    let y = 30 + (r as u32 * CELL) as i32;
+                    let fill = if bit { BLACK } else { RGBColor(235, 235, 235) };
+                    cell.draw(&Rectangle::new(
+                        [(x, y), (x + CELL as i32 - 1, y + CELL as i32 - 1)],
+                        fill.filled(),
+                    ))
+                    .map_err(err)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Rotates each row left so that its first 1 is in column 0 (rows without a 1 stay).
+pub fn align_first_pulse(rows: &mut [Vec<bool>]) {
+    for row in rows {
+        if let Some(i) = row.iter().position(|&b| b) {
+            row.rotate_left(i);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bundled_font_loads() {
+        assert!(plotters::style::register_font(FAMILY, FontStyle::Normal, FONT).is_ok());
+    }
+
+    #[test]
+    fn rows_align_on_their_first_pulse() {
+        let mut rows = vec![
+            vec![false, false, true, false],
+            vec![true, false, false, true],
+            vec![false; 4],
+        ];
+        align_first_pulse(&mut rows);
+        assert_eq!(rows[0], [true, false, false, false]);
+        assert_eq!(rows[1], [true, false, false, true]);
+        assert_eq!(rows[2], [false; 4]);
+    }
+
+    #[test]
+    fn bounds_pad_and_skip_non_finite() {
+        let (lo, hi) = bounds([1.0, f64::NAN, 3.0].into_iter()).unwrap();
+        assert!((lo - 0.9).abs() < 1e-12 && (hi - 3.1).abs() < 1e-12);
+        assert!(bounds([f64::NAN].into_iter()).is_none());
+    }
+}
