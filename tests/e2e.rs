@@ -366,26 +366,6 @@ fn a_corrupt_model_file_is_reported() {
     fails(&["evaluate", "--run", s(&out)], "model.bpk");
 }
 
-const TINY_HEARTBEAT: &str = r#"
-[diffusion]
-process = "binomial"
-steps = 40
-schedule = { kind = "reciprocal" }
-parametrization = "paper"
-[data]
-kind = "heartbeat"
-length = 10
-period = 5
-[model]
-hidden = [32, 32]
-time = "embedding"
-[train]
-steps = 1500
-batch_size = 128
-log_every = 500
-optimizer = { kind = "adam", lr = 3e-3 }
-"#;
-
 #[test]
 fn binomial_heartbeat_through_the_cli() {
     let dir = workdir("heartbeat");

@@ -71,3 +71,24 @@ pub fn json(out: &Output) -> serde_json::Value {
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// A tiny binomial heartbeat run (10 bits, period 5, T = 40).
+pub const TINY_HEARTBEAT: &str = r#"
+[diffusion]
+process = "binomial"
+steps = 40
+schedule = { kind = "reciprocal" }
+parametrization = "paper"
+[data]
+kind = "heartbeat"
+length = 10
+period = 5
+[model]
+hidden = [32, 32]
+time = "embedding"
+[train]
+steps = 1500
+batch_size = 128
+log_every = 500
+optimizer = { kind = "adam", lr = 3e-3 }
+"#;

@@ -3,6 +3,14 @@
 //! - `cargo xtask train [--backend flex|ndarray|wgpu] [CLI args...]`: builds the `diffusion`
 //!   binary in release mode with the backend's cargo feature and runs `diffusion train`.
 //! - `cargo xtask test`: what CI runs: the whole test suite in release mode.
+//! - `cargo xtask experiments [--suite presentation|quick] [--only NAME,...]`: the
+//!   presentation's comparisons, trained, evaluated and written up in
+//!   `reports/<suite>/report.md`.
+//! - `cargo xtask bench [--backends flex,ndarray,wgpu] [--no-pytorch] [--quick]`: throughput
+//!   and peak memory beside the PyTorch reference, into BENCHMARKS.md.
+
+mod bench;
+mod experiments;
 
 use std::process::{Command, ExitCode};
 
@@ -28,6 +36,32 @@ enum Task {
         /// Arguments passed to `diffusion train` (default: --config configs/swiss_roll.toml).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Train, evaluate and plot the presentation's comparisons (configs/experiments/) and write
+    /// reports/<suite>/report.md.
+    Experiments {
+        /// `presentation` (the configs as written) or `quick` (200 steps each, a smoke test).
+        #[arg(long, default_value = "presentation")]
+        suite: String,
+        /// Only these comparisons (folder names under configs/experiments), comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
+    /// Time training, sampling and evaluation on each backend and on the PyTorch reference, and
+    /// write BENCHMARKS.md.
+    Bench {
+        /// Backends to time, comma-separated (each one not flex is built as a cargo feature).
+        #[arg(long, value_delimiter = ',', default_value = "flex")]
+        backends: Vec<String>,
+        /// Skip the PyTorch reference.
+        #[arg(long)]
+        no_pytorch: bool,
+        /// A tenth of the steps and points (a smoke test).
+        #[arg(long)]
+        quick: bool,
+        /// Where to write the table.
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        out: std::path::PathBuf,
     },
     /// Run the test suite as CI does (release mode, all workspace crates).
     Test {
@@ -72,6 +106,40 @@ fn main() -> ExitCode {
             }
             cmd.args(["--", "train", "--backend", &backend]).args(&args);
             status(cmd)
+        }
+        Task::Experiments { suite, only } => {
+            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .expect("xtask sits in the workspace");
+            match experiments::run(root, &suite, &only) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Task::Bench {
+            backends,
+            no_pytorch,
+            quick,
+            out,
+        } => {
+            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .expect("xtask sits in the workspace");
+            let out = if out.is_absolute() {
+                out
+            } else {
+                root.join(out)
+            };
+            match bench::run(root, &backends, !no_pytorch, quick, &out) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Task::Test { args } => {
             let mut cmd = cargo();

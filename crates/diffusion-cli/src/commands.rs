@@ -35,6 +35,8 @@ enum Command {
     Sample(SampleArgs),
     /// Draw a run's pictures (PNG and SVG): trajectories, drift, loss curves, rasters.
     Plot(crate::plot::PlotArgs),
+    /// Time one workload (training, sampling or evaluation) and print a JSON line.
+    Bench(crate::bench::BenchArgs),
     /// Generate a data set.
     #[command(subcommand)]
     Data(DataCommand),
@@ -48,7 +50,7 @@ pub struct BackendArg {
 }
 
 impl BackendArg {
-    fn resolve(&self) -> Result<(Backend, burn::tensor::Device), String> {
+    pub fn resolve(&self) -> Result<(Backend, burn::tensor::Device), String> {
         let b = match self.backend {
             Some(b) => b,
             None => Backend::default_compiled()?,
@@ -184,6 +186,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
         Command::Evaluate(a) => cmd_evaluate(a),
         Command::Sample(a) => cmd_sample(a),
         Command::Plot(a) => crate::plot::cmd_plot(a),
+        Command::Bench(a) => crate::bench::cmd_bench(a),
         Command::Data(DataCommand::SwissRoll {
             n,
             out,
@@ -240,7 +243,7 @@ fn check_count(n: usize) -> Result<(), String> {
     }
 }
 
-fn read_config(path: &Path) -> Result<RunConfig, String> {
+pub fn read_config(path: &Path) -> Result<RunConfig, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
     RunConfig::from_toml(&text).map_err(|e| format!("config {}: {e}", path.display()))

@@ -1,6 +1,7 @@
 //! `diffusion`: train, evaluate and sample diffusion probabilistic models, and generate data.
 
 mod backend;
+mod bench;
 mod commands;
 mod plot;
 

@@ -1,0 +1,160 @@
+//! `diffusion bench`: one timed workload on one backend, printed as a JSON line. `cargo xtask
+//! bench` runs each workload in its own process (so the peak resident memory is that workload's)
+//! and collects the lines into BENCHMARKS.md beside the PyTorch reference's.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::{Args, ValueEnum};
+use diffusion_data::{Heartbeat, SwissRoll};
+use diffusion_models::training::streams;
+use diffusion_models::{DataConfig, RunDir, RunManifest, TrainingData, train};
+use serde_json::json;
+
+use crate::commands::{BackendArg, read_config};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// What to time.
+    #[arg(long, value_enum)]
+    workload: Workload,
+    /// The run configuration whose model and diffusion are timed.
+    #[arg(long)]
+    config: PathBuf,
+    /// Training: examples per step [default: the config's].
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Training: optimizer steps timed (after 10 untimed ones).
+    #[arg(long, default_value_t = 200)]
+    steps: usize,
+    /// Sampling and evaluation: points.
+    #[arg(short = 'n', long = "n", default_value_t = 10_000)]
+    n: usize,
+    #[command(flatten)]
+    backend: BackendArg,
+}
+
+/// A timed workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Workload {
+    /// Training steps (data, noising, forward, backward, Adam): steps/s and examples/s.
+    Train,
+    /// The reverse chain from x_T to x_0 for n points: points x steps per second.
+    Sample,
+    /// The full-sum bound over every t for n points: rows (point, t) per second.
+    Evaluate,
+}
+
+/// Peak resident memory of this process so far, MiB (Linux; None elsewhere).
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+pub fn cmd_bench(a: BenchArgs) -> Result<(), String> {
+    let mut config = read_config(&a.config)?;
+    if let Some(b) = a.batch_size {
+        config.train.batch_size = b;
+    }
+    config.train.checkpoint_every = 0;
+    config.train.log_every = usize::MAX;
+    let binary = config.diffusion.process == diffusion_models::config::ProcessKind::Binomial;
+    if binary && config.diffusion.pi.is_none() {
+        config.diffusion.pi = Some(0.5);
+    }
+    config
+        .validate()
+        .map_err(|e| format!("config {}: {e}", a.config.display()))?;
+    if a.steps == 0 || a.n == 0 {
+        return Err("--steps and -n must be at least 1".into());
+    }
+    let (backend, device) = a.backend.resolve()?;
+    let (data, dim) = match &config.data {
+        DataConfig::SwissRoll { noise } => (
+            TrainingData::swiss_roll(SwissRoll::new(*noise).map_err(|e| e.to_string())?, 0),
+            2,
+        ),
+        DataConfig::Heartbeat { length, period } => (
+            TrainingData::heartbeat(
+                Heartbeat::new(*length, *period).map_err(|e| e.to_string())?,
+                0,
+            ),
+            *length,
+        ),
+        DataConfig::File { .. } => return Err("bench needs generator data, not a file".into()),
+    };
+    let manifest = RunManifest::new(config.clone(), dim, backend.name());
+    manifest.check_model_size()?;
+    let bound = manifest.bound()?;
+    let steps_t = bound.steps();
+    let batch = config.train.batch_size;
+    let mut out = json!({
+        "workload": format!("{:?}", a.workload).to_lowercase(),
+        "config": a.config.display().to_string(),
+        "backend": backend.name(),
+        "steps_t": steps_t,
+        "threads": std::thread::available_parallelism().map_or(1, |n| n.get()),
+    });
+    match a.workload {
+        Workload::Train => {
+            let dir = std::env::temp_dir().join(format!("diffusion-bench-{}", std::process::id()));
+            let run = RunDir::create(&dir, true).map_err(|e| e.to_string())?;
+            // 10 untimed steps first (allocator, thread pool), then a fresh run of the timed ones.
+            let mut warm = manifest.clone();
+            warm.config.train.steps = 10;
+            train(&warm, data.clone(), &device, &run, None, &mut |_| {})
+                .map_err(|e| e.to_string())?;
+            let mut timed = manifest.clone();
+            timed.config.train.steps = a.steps;
+            let start = Instant::now();
+            let (_, summary) =
+                train(&timed, data, &device, &run, None, &mut |_| {}).map_err(|e| e.to_string())?;
+            let seconds = start.elapsed().as_secs_f64();
+            let _ = std::fs::remove_dir_all(&dir);
+            out["batch"] = json!(batch);
+            out["steps"] = json!(a.steps);
+            out["seconds"] = json!(seconds);
+            out["loop_seconds"] = json!(summary.wall_time_s);
+            out["steps_per_s"] = json!(a.steps as f64 / summary.wall_time_s);
+            out["examples_per_s"] = json!((a.steps * batch) as f64 / summary.wall_time_s);
+        }
+        Workload::Sample => {
+            let model = manifest.init_model(&device)?;
+            let mut rng = diffusion_data::rng(0, streams::SAMPLE);
+            let start = Instant::now();
+            let drawn = bound.sample(&model, a.n, &mut rng, &device, 65_536);
+            let seconds = start.elapsed().as_secs_f64();
+            if drawn.iter().any(|v| !v.is_finite()) {
+                return Err("sampling produced non-finite values".into());
+            }
+            out["n"] = json!(a.n);
+            out["seconds"] = json!(seconds);
+            out["point_steps_per_s"] = json!((a.n * steps_t) as f64 / seconds);
+        }
+        Workload::Evaluate => {
+            let model = manifest.init_model(&device)?;
+            let mut source = data;
+            *source.rng_mut() = diffusion_data::rng(0, streams::HELDOUT);
+            let points = source.next_batch(a.n);
+            let mut rng = diffusion_data::rng(0, streams::EVAL_NOISE);
+            let start = Instant::now();
+            let k = bound.bound_bits_per_point(
+                &model,
+                &points,
+                &mut rng,
+                &device,
+                diffusion_models::evaluate::CHUNK_ROWS,
+            );
+            let seconds = start.elapsed().as_secs_f64();
+            out["n"] = json!(a.n);
+            out["seconds"] = json!(seconds);
+            out["rows_per_s"] = json!((a.n * (steps_t - 1)) as f64 / seconds);
+            out["k_bits"] = json!(k.iter().sum::<f64>() / k.len() as f64);
+        }
+    }
+    out["peak_rss_mib"] = json!(peak_rss_mib());
+    println!("{out}");
+    Ok(())
+}

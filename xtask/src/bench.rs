@@ -1,0 +1,319 @@
+//! `cargo xtask bench`: times training, sampling and evaluation on every requested backend and
+//! on the PyTorch reference (`bench/pytorch/`, same models, losses, sizes and thread count), each
+//! workload in its own process, and writes BENCHMARKS.md.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+/// One workload: the `diffusion bench` arguments and the PyTorch script's.
+struct Workload {
+    label: &'static str,
+    size: String,
+    metric: &'static str,
+    unit: &'static str,
+    ours: Vec<String>,
+    torch: Vec<String>,
+}
+
+fn workloads(quick: bool) -> Vec<Workload> {
+    let roll = "configs/swiss_roll_presentation.toml";
+    let beat = "configs/heartbeat_paper_model.toml";
+    let scale = |n: usize| if quick { (n / 10).max(5) } else { n };
+    let mut v = Vec::new();
+    for (batch, steps) in [(128, 1000), (1024, 200), (4096, 60)] {
+        let steps = scale(steps);
+        v.push(Workload {
+            label: "train Swiss roll (2-128-128-4, T = 100)",
+            size: format!("batch {batch}"),
+            metric: "examples_per_s",
+            unit: "examples/s",
+            ours: vec![
+                "--workload".into(),
+                "train".into(),
+                "--config".into(),
+                roll.into(),
+                "--batch-size".into(),
+                batch.to_string(),
+                "--steps".into(),
+                steps.to_string(),
+            ],
+            torch: vec![
+                "--workload".into(),
+                "train".into(),
+                "--model".into(),
+                "roll".into(),
+                "--batch-size".into(),
+                batch.to_string(),
+                "--steps".into(),
+                steps.to_string(),
+            ],
+        });
+    }
+    let steps = scale(200);
+    v.push(Workload {
+        label: "train heartbeat paper model (T = 2000)",
+        size: "batch 256".into(),
+        metric: "examples_per_s",
+        unit: "examples/s",
+        ours: vec![
+            "--workload".into(),
+            "train".into(),
+            "--config".into(),
+            beat.into(),
+            "--batch-size".into(),
+            "256".into(),
+            "--steps".into(),
+            steps.to_string(),
+        ],
+        torch: vec![
+            "--workload".into(),
+            "train".into(),
+            "--model".into(),
+            "heartbeat".into(),
+            "--batch-size".into(),
+            "256".into(),
+            "--steps".into(),
+            steps.to_string(),
+        ],
+    });
+    for (what, metric, unit) in [
+        ("sample", "point_steps_per_s", "points x steps/s"),
+        ("evaluate", "rows_per_s", "(point, t) rows/s"),
+    ] {
+        for (model, config, n) in [("roll", roll, 10_000), ("heartbeat", beat, 500)] {
+            let n = scale(n);
+            v.push(Workload {
+                label: if what == "sample" {
+                    if model == "roll" {
+                        "sample Swiss roll (T = 100)"
+                    } else {
+                        "sample heartbeat (T = 2000)"
+                    }
+                } else if model == "roll" {
+                    "evaluate K, Swiss roll (T = 100)"
+                } else {
+                    "evaluate K, heartbeat (T = 2000)"
+                },
+                size: format!("n = {n}"),
+                metric,
+                unit,
+                ours: vec![
+                    "--workload".into(),
+                    what.into(),
+                    "--config".into(),
+                    config.into(),
+                    "--n".into(),
+                    n.to_string(),
+                ],
+                torch: vec![
+                    "--workload".into(),
+                    what.into(),
+                    "--model".into(),
+                    model.into(),
+                    "--n".into(),
+                    n.to_string(),
+                ],
+            });
+        }
+    }
+    v
+}
+
+fn json_line(output: &std::process::Output) -> Result<Value, String> {
+    let text = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        let err = String::from_utf8_lossy(&output.stderr);
+        return Err(err.lines().last().unwrap_or("failed").to_string());
+    }
+    text.lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .ok_or_else(|| "no JSON line".into())
+}
+
+/// A Python with the pinned PyTorch, installing it into a cached virtual environment if needed.
+fn python(root: &Path) -> Result<PathBuf, String> {
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+    let venv = home.join(".cache").join("diffusion-bench-venv");
+    let py = venv.join("bin").join("python");
+    let ok = |py: &Path| {
+        Command::new(py)
+            .args(["-c", "import torch, numpy"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if py.exists() && ok(&py) {
+        return Ok(py);
+    }
+    eprintln!("installing the PyTorch reference into {}", venv.display());
+    let made = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .map_err(|e| format!("cannot run python3: {e}"))?;
+    if !made.success() {
+        return Err("python3 -m venv failed".into());
+    }
+    let installed = Command::new(venv.join("bin").join("pip"))
+        .args(["install", "-q", "-r"])
+        .arg(root.join("bench/pytorch/requirements.txt"))
+        .status()
+        .map_err(|e| format!("cannot run pip: {e}"))?;
+    if !installed.success() || !ok(&py) {
+        return Err("pip install -r bench/pytorch/requirements.txt failed".into());
+    }
+    Ok(py)
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+/// Runs the benchmark; writes `out` (BENCHMARKS.md by default).
+pub fn run(
+    root: &Path,
+    backends: &[String],
+    pytorch: bool,
+    quick: bool,
+    out: &Path,
+) -> Result<(), String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let features: Vec<&str> = backends
+        .iter()
+        .map(String::as_str)
+        .filter(|b| *b != "flex")
+        .collect();
+    if let Some(b) = features.iter().find(|b| !["ndarray", "wgpu"].contains(b)) {
+        return Err(format!("unknown backend `{b}`; use flex, ndarray or wgpu"));
+    }
+    let mut build = Command::new(&cargo);
+    build
+        .current_dir(root)
+        .args(["build", "--release", "--quiet", "-p", "diffusion-cli"]);
+    if !features.is_empty() {
+        build.args(["--features", &features.join(",")]);
+    }
+    if !build.status().is_ok_and(|s| s.success()) {
+        return Err("building diffusion-cli failed".into());
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let bin = if target.is_absolute() {
+        target
+    } else {
+        root.join(target)
+    }
+    .join("release")
+    .join("diffusion");
+    let py = if pytorch { Some(python(root)?) } else { None };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+
+    let mut columns: Vec<String> = backends.to_vec();
+    if py.is_some() {
+        columns.push("pytorch".into());
+    }
+    let mut md = format!(
+        "# Benchmarks\n\nMade by `cargo xtask bench --backends {}{}` on {} with {threads} threads \
+         (Burn's rayon pool and `torch.set_num_threads({threads})`). Each cell is one process: \
+         training times 10 untimed steps, then the timed ones (data, noising, forward, backward, \
+         Adam, and reading the loss every step, in both); sampling runs the whole reverse chain; \
+         evaluation the full sum over t in chunks of 16,384 rows. Peak memory is the process's \
+         peak resident set (VmHWM / ru_maxrss). The ratio is flex / PyTorch: above 1, flex is \
+         faster.\n\n",
+        backends.join(","),
+        if quick { " --quick" } else { "" },
+        cpu_model()
+    );
+    let mut header = String::from("| workload | size | unit |");
+    let mut rule = String::from("|---|---|---|");
+    for c in &columns {
+        let _ = write!(header, " {c} |");
+        rule.push_str("---|");
+    }
+    if py.is_some() && backends.iter().any(|b| b == "flex") {
+        header.push_str(" flex / pytorch |");
+        rule.push_str("---|");
+    }
+    for c in &columns {
+        let _ = write!(header, " peak MiB {c} |");
+        rule.push_str("---|");
+    }
+    let _ = writeln!(md, "{header}\n{rule}");
+
+    for w in workloads(quick) {
+        eprintln!("{} ({})", w.label, w.size);
+        let mut values: Vec<Result<Value, String>> = Vec::new();
+        for b in backends {
+            let output = Command::new(&bin)
+                .current_dir(root)
+                .arg("bench")
+                .args(&w.ours)
+                .args(["--backend", b])
+                .output()
+                .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+            values.push(json_line(&output));
+        }
+        if let Some(py) = &py {
+            let output = Command::new(py)
+                .current_dir(root)
+                .arg("bench/pytorch/bench.py")
+                .args(&w.torch)
+                .args(["--threads", &threads.to_string()])
+                .output()
+                .map_err(|e| format!("cannot run {}: {e}", py.display()))?;
+            values.push(json_line(&output));
+        }
+        let metric = |v: &Result<Value, String>| v.as_ref().ok()?.get(w.metric)?.as_f64();
+        let mut row = format!("| {} | {} | {} |", w.label, w.size, w.unit);
+        for v in &values {
+            match (v, metric(v)) {
+                (_, Some(m)) => {
+                    let _ = write!(row, " {m:.0} |");
+                }
+                (Err(e), _) => {
+                    let _ = write!(row, " failed: {e} |");
+                }
+                _ => row.push_str(" – |"),
+            }
+        }
+        if py.is_some()
+            && let Some(i) = backends.iter().position(|b| b == "flex")
+        {
+            match (metric(&values[i]), metric(values.last().unwrap())) {
+                (Some(a), Some(b)) if b > 0.0 => {
+                    let _ = write!(row, " {:.2}x |", a / b);
+                }
+                _ => row.push_str(" – |"),
+            }
+        }
+        for v in &values {
+            match v
+                .as_ref()
+                .ok()
+                .and_then(|v| v.get("peak_rss_mib")?.as_f64())
+            {
+                Some(m) => {
+                    let _ = write!(row, " {m:.0} |");
+                }
+                None => row.push_str(" – |"),
+            }
+        }
+        eprintln!("  {row}");
+        let _ = writeln!(md, "{row}");
+    }
+    std::fs::write(out, md).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    println!("{}", out.display());
+    Ok(())
+}
