@@ -90,6 +90,12 @@ fn train_evaluate_sample_through_the_cli() {
         k1 > k0 + 3.0 * (se0 * se0 + se1 * se1).sqrt(),
         "untrained {k0}, trained {k1}"
     );
+    // The samples moved towards the data: a smaller energy distance than the untrained
+    // model's, which is far above the floor of two data sets.
+    let energy = |e: &serde_json::Value| e["energy_distance"].as_f64().unwrap();
+    let floor = e1["energy_distance_floor"].as_f64().unwrap();
+    assert!(energy(&e1) < energy(&e0), "{e0} {e1}");
+    assert!(floor >= 0.0 && floor < energy(&e0) / 5.0, "{e0}");
     let ceiling = e1["neg_data_entropy_bits"].as_f64().unwrap();
     assert!((ceiling - -1.948).abs() < 0.05, "{ceiling}");
     assert!(k1 < ceiling + 3.0 * se1, "K {k1} above -H(data) {ceiling}");

@@ -10,12 +10,30 @@ use serde_json::Value;
 
 /// One workload: the `diffusion bench` arguments and the PyTorch script's.
 struct Workload {
-    label: &'static str,
+    label: String,
     size: String,
     metric: &'static str,
     unit: &'static str,
     ours: Vec<String>,
     torch: Vec<String>,
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| a.to_string()).collect()
+}
+
+/// A training workload: `config` on our side, `model` in the PyTorch script.
+fn train_workload(label: &str, config: &str, model: &str, batch: usize, steps: usize) -> Workload {
+    let (batch, steps) = (batch.to_string(), steps.to_string());
+    let common = ["--batch-size", batch.as_str(), "--steps", steps.as_str()];
+    Workload {
+        label: label.to_string(),
+        size: format!("batch {batch}"),
+        metric: "examples_per_s",
+        unit: "examples/s",
+        ours: strings(&[&["--workload", "train", "--config", config][..], &common].concat()),
+        torch: strings(&[&["--workload", "train", "--model", model][..], &common].concat()),
+    }
 }
 
 fn workloads(quick: bool) -> Vec<Workload> {
@@ -24,98 +42,37 @@ fn workloads(quick: bool) -> Vec<Workload> {
     let scale = |n: usize| if quick { (n / 10).max(5) } else { n };
     let mut v = Vec::new();
     for (batch, steps) in [(128, 1000), (1024, 200), (4096, 60)] {
-        let steps = scale(steps);
-        v.push(Workload {
-            label: "train Swiss roll (2-128-128-4, T = 100)",
-            size: format!("batch {batch}"),
-            metric: "examples_per_s",
-            unit: "examples/s",
-            ours: vec![
-                "--workload".into(),
-                "train".into(),
-                "--config".into(),
-                roll.into(),
-                "--batch-size".into(),
-                batch.to_string(),
-                "--steps".into(),
-                steps.to_string(),
-            ],
-            torch: vec![
-                "--workload".into(),
-                "train".into(),
-                "--model".into(),
-                "roll".into(),
-                "--batch-size".into(),
-                batch.to_string(),
-                "--steps".into(),
-                steps.to_string(),
-            ],
-        });
+        v.push(train_workload(
+            "train Swiss roll (2-128-128-4, T = 100)",
+            roll,
+            "roll",
+            batch,
+            scale(steps),
+        ));
     }
-    let steps = scale(200);
-    v.push(Workload {
-        label: "train heartbeat paper model (T = 2000)",
-        size: "batch 256".into(),
-        metric: "examples_per_s",
-        unit: "examples/s",
-        ours: vec![
-            "--workload".into(),
-            "train".into(),
-            "--config".into(),
-            beat.into(),
-            "--batch-size".into(),
-            "256".into(),
-            "--steps".into(),
-            steps.to_string(),
-        ],
-        torch: vec![
-            "--workload".into(),
-            "train".into(),
-            "--model".into(),
-            "heartbeat".into(),
-            "--batch-size".into(),
-            "256".into(),
-            "--steps".into(),
-            steps.to_string(),
-        ],
-    });
+    v.push(train_workload(
+        "train heartbeat paper model (T = 2000)",
+        beat,
+        "heartbeat",
+        256,
+        scale(200),
+    ));
     for (what, metric, unit) in [
         ("sample", "point_steps_per_s", "points x steps/s"),
         ("evaluate", "rows_per_s", "(point, t) rows/s"),
     ] {
-        for (model, config, n) in [("roll", roll, 10_000), ("heartbeat", beat, 500)] {
-            let n = scale(n);
+        for (model, config, n, name) in [
+            ("roll", roll, 10_000, "Swiss roll (T = 100)"),
+            ("heartbeat", beat, 500, "heartbeat (T = 2000)"),
+        ] {
+            let n = scale(n).to_string();
             v.push(Workload {
-                label: if what == "sample" {
-                    if model == "roll" {
-                        "sample Swiss roll (T = 100)"
-                    } else {
-                        "sample heartbeat (T = 2000)"
-                    }
-                } else if model == "roll" {
-                    "evaluate K, Swiss roll (T = 100)"
-                } else {
-                    "evaluate K, heartbeat (T = 2000)"
-                },
+                label: format!("{what} {name}"),
                 size: format!("n = {n}"),
                 metric,
                 unit,
-                ours: vec![
-                    "--workload".into(),
-                    what.into(),
-                    "--config".into(),
-                    config.into(),
-                    "--n".into(),
-                    n.to_string(),
-                ],
-                torch: vec![
-                    "--workload".into(),
-                    what.into(),
-                    "--model".into(),
-                    model.into(),
-                    "--n".into(),
-                    n.to_string(),
-                ],
+                ours: strings(&["--workload", what, "--config", config, "--n", &n]),
+                torch: strings(&["--workload", what, "--model", model, "--n", &n]),
             });
         }
     }
@@ -166,18 +123,6 @@ fn python(root: &Path) -> Result<PathBuf, String> {
         return Err("pip install -r bench/pytorch/requirements.txt failed".into());
     }
     Ok(py)
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
 }
 
 /// Runs the benchmark; writes `out` (BENCHMARKS.md by default).
@@ -234,7 +179,7 @@ pub fn run(
          faster.\n\n",
         backends.join(","),
         if quick { " --quick" } else { "" },
-        cpu_model()
+        crate::cpu_model()
     );
     let mut header = String::from("| workload | size | unit |");
     let mut rule = String::from("|---|---|---|");

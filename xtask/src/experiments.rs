@@ -73,12 +73,12 @@ fn fmt(v: Option<f64>, digits: usize) -> String {
 
 fn table(outcomes: &[Outcome]) -> String {
     let mut t = String::from(
-        "| run | K (bits) | ± s.e. | K − L_null | gap −H(data) − K | valid | steps | wall time (s) |\n\
-         |---|---|---|---|---|---|---|---|\n",
+        "| run | K (bits) | ± s.e. | K − L_null | gap −H(data) − K | energy distance (floor) | valid | steps | wall time (s) |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
     );
     for o in outcomes {
         if let Some(e) = &o.error {
-            let _ = writeln!(t, "| `{}` | failed: {e} | | | | | | |", o.name);
+            let _ = writeln!(t, "| `{}` | failed: {e} | | | | | | | |", o.name);
             continue;
         }
         let steps = o
@@ -94,9 +94,14 @@ fn table(outcomes: &[Outcome]) -> String {
         let valid = o
             .num("valid_fraction")
             .map_or("–".into(), |v| format!("{v:.3}"));
+        let energy = match (o.num("energy_distance"), o.num("energy_distance_floor")) {
+            (Some(e), Some(f)) => format!("{e:.4} ({f:.4})"),
+            (Some(e), None) => format!("{e:.4}"),
+            _ => "–".into(),
+        };
         let _ = writeln!(
             t,
-            "| `{}` | {} | {} | {} | {} | {valid} | {steps} | {wall} |",
+            "| `{}` | {} | {} | {} | {} | {energy} | {valid} | {steps} | {wall} |",
             o.name,
             fmt(o.num("k_bits"), 3),
             o.num("k_stderr_bits")
@@ -152,20 +157,8 @@ fn verdict(outcomes: &[Outcome]) -> String {
     }
 }
 
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
-}
-
 /// Runs the suite; returns an error line when the suite could not run at all.
-pub fn run(root: &Path, suite: &str, only: &[String]) -> Result<(), String> {
+pub fn run(root: &Path, suite: &str, only: &[String], report_only: bool) -> Result<(), String> {
     let quick = match suite {
         "quick" => true,
         "presentation" => false,
@@ -231,7 +224,7 @@ pub fn run(root: &Path, suite: &str, only: &[String]) -> Result<(), String> {
          the heartbeat), and draws the pictures beside the table. K − L_null is the gain over the \
          null model; the gap is −H(data) − K, the distance to the best possible bound. The run \
          folders are in `runs/`, each with its config, metrics, model and evaluation.\n\n",
-        cpu_model(),
+        crate::cpu_model(),
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         if quick {
             ", cut to 200 steps at batch 128 with small evaluations (a smoke test of the \
@@ -257,6 +250,19 @@ pub fn run(root: &Path, suite: &str, only: &[String]) -> Result<(), String> {
         for config in &runs {
             let name = config.file_stem().unwrap().to_string_lossy().into_owned();
             let dir = out.join("runs").join(&cname).join(&name);
+            if report_only {
+                let error = (!dir.join("evaluation.json").is_file())
+                    .then(|| "no finished run to report".to_string());
+                failures += usize::from(error.is_some());
+                outcomes.push(Outcome {
+                    eval: read_json(&dir.join("evaluation.json")),
+                    summary: read_json(&dir.join("summary.json")),
+                    name,
+                    dir,
+                    error,
+                });
+                continue;
+            }
             eprintln!(
                 "[{:>6.0} s] {cname}/{name}",
                 started.elapsed().as_secs_f64()

@@ -46,6 +46,9 @@ enum Task {
         /// Only these comparisons (folder names under configs/experiments), comma-separated.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+        /// Redraw the pictures and rewrite the report from the finished runs, training nothing.
+        #[arg(long)]
+        report_only: bool,
     },
     /// Time training, sampling and evaluation on each backend and on the PyTorch reference, and
     /// write BENCHMARKS.md.
@@ -69,6 +72,19 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+}
+
+/// The CPU's model name, from /proc/cpuinfo.
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
 }
 
 fn cargo() -> Command {
@@ -107,11 +123,15 @@ fn main() -> ExitCode {
             cmd.args(["--", "train", "--backend", &backend]).args(&args);
             status(cmd)
         }
-        Task::Experiments { suite, only } => {
+        Task::Experiments {
+            suite,
+            only,
+            report_only,
+        } => {
             let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
                 .parent()
                 .expect("xtask sits in the workspace");
-            match experiments::run(root, &suite, &only) {
+            match experiments::run(root, &suite, &only, report_only) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e}");

@@ -585,6 +585,14 @@ fn print_evaluation(e: &Evaluation) {
         }
         _ => println!("-H(data)   = unknown (data from a file)"),
     }
+    if let (Some(ed), Some(n)) = (e.energy_distance, e.samples) {
+        match e.energy_distance_floor {
+            Some(floor) => println!(
+                "energy     = {ed:.4} between {n} samples and fresh data (two data sets: {floor:.4})"
+            ),
+            None => println!("energy     = {ed:.4} between {n} samples and held-out data"),
+        }
+    }
     if let (Some(v), Some(p), Some(n)) = (e.valid_fraction, &e.phase_fractions, e.samples) {
         let phases: Vec<String> = p.iter().map(|f| format!("{:.3}", f)).collect();
         println!(

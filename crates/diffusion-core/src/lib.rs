@@ -37,7 +37,7 @@ pub use binomial::{
 pub use gaussian::{BoundConstants, GaussianDiffusion, kl_diag_gaussian, kl_diag_gaussian_scalar};
 pub use parametrization::{ReverseParametrization, StepCoefficients};
 pub use schedule::{BetaSchedule, ScheduleError};
-pub use stats::MeanStderr;
+pub use stats::{MeanStderr, energy_distance};
 
 /// Nats per bit: divide a value in nats by this to get bits.
 pub const LN_2: f64 = std::f64::consts::LN_2;

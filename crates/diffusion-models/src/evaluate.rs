@@ -11,6 +11,9 @@ use crate::model::ReverseMlp;
 use crate::run::{RunDir, RunError, RunManifest};
 use crate::training::streams;
 
+/// The most samples (and data points) the energy distance compares: O(n^2) pairs.
+pub const ENERGY_POINTS: usize = 4_000;
+
 /// Rows per evaluation chunk (bounds memory whatever n and T are).
 pub const CHUNK_ROWS: usize = 16_384;
 
@@ -42,7 +45,15 @@ pub struct Evaluation {
     /// Heartbeat data: the share of samples with each phase (first pulse at bin 0, 1, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase_fractions: Option<Vec<f64>>,
-    /// Heartbeat data: how many samples those shares are of.
+    /// Continuous data: the energy distance (see `diffusion_core::energy_distance`) between
+    /// samples and as many held-out or fresh data points.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy_distance: Option<f64>,
+    /// Generator data: the same figure between two fresh data sets of that size, the value a
+    /// perfect model would reach up to noise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy_distance_floor: Option<f64>,
+    /// How many samples the sample metrics are of.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub samples: Option<usize>,
 }
@@ -151,6 +162,35 @@ pub fn evaluate(
         }
         DataConfig::File { .. } => None,
     };
+    let (mut energy, mut energy_floor) = (None, None);
+    if let (crate::bound::Diffusion::Gaussian(_), true) = (&bound, samples > 0) {
+        let m = samples.min(ENERGY_POINTS);
+        let mut rng = diffusion_data::rng(seed, streams::SAMPLE);
+        let drawn = bound.sample(model, m, &mut rng, device, CHUNK_ROWS);
+        match &manifest.config.data {
+            DataConfig::SwissRoll { noise } => {
+                if let Ok(roll) = SwissRoll::new(*noise) {
+                    let fresh = |stream| {
+                        roll.stream_with(diffusion_data::rng(seed, stream))
+                            .next_batch(m)
+                    };
+                    let (a, b) = (fresh(streams::METRIC_A), fresh(streams::METRIC_B));
+                    energy = Some(diffusion_core::energy_distance(&drawn, &a, d));
+                    energy_floor = Some(diffusion_core::energy_distance(&b, &a, d));
+                }
+            }
+            _ => {
+                let held = heldout_points(manifest, run, m)?;
+                let rows = held.len() / d;
+                energy = Some(diffusion_core::energy_distance(
+                    &drawn[..rows * d],
+                    &held,
+                    d,
+                ));
+            }
+        }
+        sample_count = Some(m);
+    }
     Ok(Evaluation {
         k_bits: k.mean,
         k_stderr_bits: k.stderr,
@@ -164,5 +204,7 @@ pub fn evaluate(
         valid_fraction,
         phase_fractions,
         samples: sample_count,
+        energy_distance: energy,
+        energy_distance_floor: energy_floor,
     })
 }

@@ -126,6 +126,10 @@ pub mod streams {
     pub const EVAL_NOISE: u64 = 3;
     /// The reverse chain when sampling.
     pub const SAMPLE: u64 = 4;
+    /// Fresh data for the sample metrics, and a second set for their noise floor.
+    pub const METRIC_A: u64 = 6;
+    /// See [`METRIC_A`].
+    pub const METRIC_B: u64 = 7;
 }
 
 /// One progress report.

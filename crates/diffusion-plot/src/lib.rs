@@ -306,8 +306,19 @@ impl Picture for LineChart {
         let all = || self.series.iter().flat_map(|s| s.points.iter());
         let (x0, x1) = bounds(all().map(|p| p.0)).ok_or("no finite points to draw")?;
         let (y0, y1) = bounds(all().map(|p| p.1)).ok_or("no finite points to draw")?;
+        // A few early or diverged values would flatten every other curve: cap the axis at the
+        // 90th percentile plus half the spread below it, and say so in the title.
+        let mut ys: Vec<f64> = all().map(|p| p.1).filter(|v| v.is_finite()).collect();
+        ys.sort_by(f64::total_cmp);
+        let p90 = ys[(ys.len() - 1) * 9 / 10];
+        let cap = p90 + 0.5 * (p90 - ys[0]).max(1e-9);
+        let (y1, title) = if y1 > cap {
+            (cap, format!("{} (y axis cut at {cap:.3})", self.title))
+        } else {
+            (y1, self.title.clone())
+        };
         let mut chart = ChartBuilder::on(root)
-            .caption(&self.title, (FAMILY, 22))
+            .caption(&title, (FAMILY, 20))
             .margin(12)
             .x_label_area_size(45)
             .y_label_area_size(70)
@@ -325,7 +336,11 @@ impl Picture for LineChart {
             let color = PALETTE[i % PALETTE.len()];
             chart
                 .draw_series(LineSeries::new(
-                    s.points.iter().copied().filter(|p| p.1.is_finite()),
+                    s.points
+                        .iter()
+                        .copied()
+                        .filter(|p| p.1.is_finite())
+                        .map(|(x, y)| (x, y.min(y1))),
                     color.stroke_width(2),
                 ))
                 .map_err(err)?
