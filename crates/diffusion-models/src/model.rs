@@ -33,10 +33,18 @@ pub enum Activation {
     Silu,
 }
 
+/// softplus(x) = ln(1 + e^x), computed as max(x, 0) + ln(1 + e^-|x|): no overflow and no
+/// masks, and `ln` of a value in (1, 2] is as accurate (absolute error below 1e-7) as `ln_1p`
+/// there, but several times cheaper per element on the CPU than the `log1p` that Burn's
+/// `softplus` uses (measured: `log1pf` was a quarter of a training step's time).
+pub fn softplus(x: Tensor<2>) -> Tensor<2> {
+    x.clone().clamp_min(0.0) + (x.abs().neg().exp() + 1.0).log()
+}
+
 impl Activation {
     fn apply(&self, x: Tensor<2>) -> Tensor<2> {
         match self {
-            Self::Softplus => activation::softplus(x, 1.0),
+            Self::Softplus => softplus(x),
             Self::Relu => activation::relu(x),
             Self::Tanh => activation::tanh(x),
             Self::Sigmoid => activation::sigmoid(x),
@@ -253,6 +261,37 @@ impl ReverseMlp {
 mod tests {
     use super::*;
     use burn::module::Module;
+    use burn::tensor::TensorData;
+
+    /// Our softplus is Burn's to within f32 rounding, and its gradient is the sigmoid, from the
+    /// far negative tail (where ln 1p matters) to the far positive one (where exp overflows).
+    #[test]
+    fn softplus_matches_the_definition_and_its_gradient_is_the_sigmoid() {
+        let device = Device::flex().autodiff();
+        let xs: Vec<f32> = vec![
+            -100.0, -30.0, -17.0, -5.0, -1.0, -1e-3, 1e-3, 0.5, 3.0, 16.0, 40.0, 100.0,
+        ];
+        let n = xs.len();
+        let x = Tensor::<2>::from_data(TensorData::new(xs.clone(), [1, n]), &device).require_grad();
+        let y = softplus(x.clone());
+        let grads = y.clone().sum().backward();
+        let grad = x.grad(&grads).unwrap().into_data().convert::<f32>();
+        let grad = grad.as_slice::<f32>().unwrap();
+        let y = y.into_data().convert::<f32>();
+        for ((&v, &got), &g) in xs.iter().zip(y.as_slice::<f32>().unwrap()).zip(grad) {
+            let v64 = v as f64;
+            let exact = v64.max(0.0) + (-v64.abs()).exp().ln_1p();
+            assert!(
+                (got as f64 - exact).abs() <= 1.2e-7 * exact.max(1.0),
+                "softplus({v}) = {got}, not {exact}"
+            );
+            let sigmoid = 1.0 / (1.0 + (-v64).exp());
+            assert!(
+                (g as f64 - sigmoid).abs() < 1e-6,
+                "softplus'({v}) = {g}, not {sigmoid}"
+            );
+        }
+    }
 
     #[test]
     fn parameter_count_matches_the_built_network() {
