@@ -98,12 +98,13 @@ fn every_picture_has_its_size() {
         "0,20,40",
         "--align",
     ]);
-    check(&rasters, "samples", (360, 40 + 30 + 40 * 8 + 20));
-    check(
-        &rasters,
-        "noising",
-        (3 * (10 * 8 + 40), 40 + 30 + 40 * 8 + 20),
-    );
+    // Narrow rasters are as wide as their titles (11 px a character, 20 px of margin).
+    let height = 40 + 30 + 40 * 8 + 20;
+    let title = "beat: data and samples, aligned on the first pulse";
+    check(&rasters, "samples", (11 * title.len() as u32 + 20, height));
+    let title = "beat: data noised by q(x_t | x_0)";
+    assert!(11 * title.len() as u32 + 20 > 3 * (10 * 8 + 40));
+    check(&rasters, "noising", (11 * title.len() as u32 + 20, height));
     check(&rasters, "loss", (900, 560));
 
     // The same picture twice is the same file (fixed sizes, seeded draws).

@@ -234,6 +234,7 @@ pub fn run(root: &Path, suite: &str, only: &[String], report_only: bool) -> Resu
         }
     );
     let mut failures = 0;
+    let mut training_s = 0.0;
     for comparison in &comparisons {
         let cname = comparison
             .file_name()
@@ -311,6 +312,10 @@ pub fn run(root: &Path, suite: &str, only: &[String], report_only: bool) -> Resu
             });
         }
 
+        training_s += outcomes
+            .iter()
+            .filter_map(|o| o.summary.as_ref()?.get("wall_time_s")?.as_f64())
+            .sum::<f64>();
         let pictures = out.join(&cname);
         let _ = std::fs::create_dir_all(&pictures);
         let finished: Vec<&Outcome> = outcomes.iter().filter(|o| o.error.is_none()).collect();
@@ -378,8 +383,15 @@ pub fn run(root: &Path, suite: &str, only: &[String], report_only: bool) -> Resu
     }
     let _ = writeln!(
         report,
-        "The whole suite took {:.0} s.",
-        started.elapsed().as_secs_f64()
+        "Training took {training_s:.0} s in all (the sum of the runs' wall times){}.",
+        if report_only {
+            "; this report was redrawn from the finished runs by `--report-only`".to_string()
+        } else {
+            format!(
+                "; the whole suite, with evaluations and pictures, {:.0} s",
+                started.elapsed().as_secs_f64()
+            )
+        }
     );
     let path = out.join("report.md");
     std::fs::write(&path, report).map_err(|e| format!("cannot write {}: {e}", path.display()))?;

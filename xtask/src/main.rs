@@ -62,6 +62,9 @@ enum Task {
         /// A tenth of the steps and points (a smoke test).
         #[arg(long)]
         quick: bool,
+        /// Processes per cell; the table keeps the best.
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
         /// Where to write the table.
         #[arg(long, default_value = "BENCHMARKS.md")]
         out: std::path::PathBuf,
@@ -143,6 +146,7 @@ fn main() -> ExitCode {
             backends,
             no_pytorch,
             quick,
+            repeat,
             out,
         } => {
             let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -153,7 +157,7 @@ fn main() -> ExitCode {
             } else {
                 root.join(out)
             };
-            match bench::run(root, &backends, !no_pytorch, quick, &out) {
+            match bench::run(root, &backends, !no_pytorch, quick, repeat, &out) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e}");

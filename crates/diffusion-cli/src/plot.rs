@@ -3,9 +3,10 @@
 use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
-use diffusion_models::RunManifest;
 use diffusion_models::bound::Diffusion;
+use diffusion_models::config::LossKind;
 use diffusion_models::evaluate::heldout_points;
+use diffusion_models::{RunDir, RunManifest};
 use diffusion_plot::{
     ArrowPanel, ArrowPanels, LineChart, RasterPanel, RasterPanels, ScatterGrid, ScatterPanel,
     Series, align_first_pulse, save,
@@ -129,10 +130,16 @@ fn loss_series(run: &Path) -> Result<Series, String> {
     if points.is_empty() {
         return Err(format!("{} has no rows yet", path.display()));
     }
-    let label = run
+    let mut label = run
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| run.display().to_string());
+    let mse = RunDir::open(run)
+        .and_then(|r| r.manifest())
+        .is_ok_and(|m| m.config.train.loss == LossKind::Mse);
+    if mse {
+        label.push_str(" (noise MSE, not bits)");
+    }
     Ok(Series { label, points })
 }
 

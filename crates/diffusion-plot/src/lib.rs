@@ -398,8 +398,10 @@ impl Picture for RasterPanels {
     fn size(&self) -> (u32, u32) {
         let (cols, rows) = self.grid();
         let panel_w = cols * CELL + 40;
+        // wide enough for the title (about 11 px a character at the title's size)
+        let title_w = 11 * self.title.chars().count() as u32 + 20;
         (
-            (self.panels.len().max(1) as u32 * panel_w).max(360),
+            (self.panels.len().max(1) as u32 * panel_w).max(title_w),
             TITLE_H + 30 + rows * CELL + 20,
         )
     }
