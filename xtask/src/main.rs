@@ -38,7 +38,7 @@ enum Task {
         args: Vec<String>,
     },
     /// Train, evaluate and plot the presentation's comparisons (configs/experiments/) and write
-    /// reports/<suite>/report.md.
+    /// `reports/<suite>/report.md`.
     Experiments {
         /// `presentation` (the configs as written) or `quick` (200 steps each, a smoke test).
         #[arg(long, default_value = "presentation")]

@@ -7,7 +7,7 @@
 //! builds the host side of each step (data, t, x_t, posteriors) on a second thread, a couple of
 //! batches ahead, while the network runs.
 //!
-//! Every `checkpoint_every` steps (and at the end) it writes a [checkpoint](crate::checkpoint);
+//! Every `checkpoint_every` steps (and at the end) it writes a checkpoint ([`crate::checkpoint`]);
 //! [`train`] given one continues from it and ends with the same weights, bit for bit, as a run
 //! that was never interrupted (on the CPU backends).
 
