@@ -56,6 +56,7 @@ optimizer = { kind = "adam", lr = 1e-2 }
         TrainingData::swiss_roll(roll, 0),
         &flex,
         &run,
+        None,
         &mut |_| {},
     )
     .unwrap();
@@ -131,6 +132,7 @@ optimizer = { kind = "adam", lr = 1e-2 }
         TrainingData::swiss_roll(roll, 0),
         &wgpu,
         &run,
+        None,
         &mut |_| {},
     )
     .unwrap();
