@@ -271,8 +271,11 @@ fn parse_npy(bytes: &[u8], path: &str) -> Result<Array2, DataError> {
         return Err(fail("Fortran order is not supported"));
     }
     let shape_text = field("shape").ok_or_else(|| fail("no shape"))?;
-    let close = shape_text.find(')').ok_or_else(|| fail("bad shape"))?;
-    let dims: Result<Vec<usize>, _> = shape_text[1..close]
+    let inner = shape_text
+        .strip_prefix('(')
+        .ok_or_else(|| fail("bad shape"))?;
+    let close = inner.find(')').ok_or_else(|| fail("bad shape"))?;
+    let dims: Result<Vec<usize>, _> = inner[..close]
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
@@ -286,6 +289,7 @@ fn parse_npy(bytes: &[u8], path: &str) -> Result<Array2, DataError> {
     };
     let count = rows
         .checked_mul(cols)
+        .filter(|c| c.checked_mul(width).is_some())
         .ok_or_else(|| fail("shape too large"))?;
     let body = &bytes[end..];
     if body.len() != count * width {
@@ -368,5 +372,24 @@ mod tests {
         let err = read(&dir.join("trunc.npy")).unwrap_err().to_string();
         assert!(err.contains("expected 16 bytes"), "{err}");
         assert!(read(&dir.join("a.txt")).is_err());
+    }
+
+    /// Found by tests/fuzz_io.rs: a `)` before the shape's `(` made the parser slice `[1..0]`
+    /// and panic; a shape whose byte count overflows must not panic either.
+    #[test]
+    fn malformed_shapes_are_errors() {
+        let npy = to_npy(&Array2::new(3, 1, vec![0.0; 3]).unwrap());
+        let text = String::from_utf8_lossy(&npy[10..]).into_owned();
+        for (from, to) in [
+            ("'shape': (", "'shape': )("),
+            ("(3, 1)", "(4611686018427387904, 1)"),
+        ] {
+            let header = text.replacen(from, to, 1);
+            let mut bad = npy[..8].to_vec();
+            bad.extend_from_slice(&(header.len() as u16).to_le_bytes());
+            bad.extend_from_slice(header.as_bytes());
+            let err = parse(&bad, Path::new("f.npy")).unwrap_err().to_string();
+            assert!(err.contains("shape"), "{to}: {err}");
+        }
     }
 }
