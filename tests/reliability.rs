@@ -257,23 +257,10 @@ fn same_seed_same_run() {
             "--eval-n",
             "10",
         ]);
-        let samples = dir.join(format!("{name}.csv"));
-        run(&[
-            "sample",
-            "--run",
-            s(&out),
-            "-n",
-            "300",
-            "--out",
-            s(&samples),
-        ]);
-        let metrics = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
-        // step, loss, lr: everything but the wall time
-        let losses: Vec<String> = metrics
-            .lines()
-            .map(|l| l.rsplit_once(',').unwrap().0.to_string())
-            .collect();
-        (losses, std::fs::read(samples).unwrap())
+        (
+            losses(&out),
+            samples(&out, &dir.join(format!("{name}.csv"))),
+        )
     };
     let (loss_a, samples_a) = train_and_sample("a", "7");
     let (loss_b, samples_b) = train_and_sample("b", "7");

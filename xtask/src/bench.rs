@@ -134,7 +134,6 @@ pub fn run(
     repeat: usize,
     out: &Path,
 ) -> Result<(), String> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let features: Vec<&str> = backends
         .iter()
         .map(String::as_str)
@@ -143,26 +142,7 @@ pub fn run(
     if let Some(b) = features.iter().find(|b| !["ndarray", "wgpu"].contains(b)) {
         return Err(format!("unknown backend `{b}`; use flex, ndarray or wgpu"));
     }
-    let mut build = Command::new(&cargo);
-    build
-        .current_dir(root)
-        .args(["build", "--release", "--quiet", "-p", "diffusion-cli"]);
-    if !features.is_empty() {
-        build.args(["--features", &features.join(",")]);
-    }
-    if !build.status().is_ok_and(|s| s.success()) {
-        return Err("building diffusion-cli failed".into());
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let bin = if target.is_absolute() {
-        target
-    } else {
-        root.join(target)
-    }
-    .join("release")
-    .join("diffusion");
+    let bin = crate::build_cli(root, &features)?;
     let py = if pytorch { Some(python(root)?) } else { None };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
 

@@ -157,6 +157,51 @@ fn verdict(outcomes: &[Outcome]) -> String {
     }
 }
 
+/// Trains and evaluates one config into `dir`, keeping its output in `log`; returns the run's
+/// error line if it failed.
+fn train(
+    bin: &Path,
+    root: &Path,
+    config: &Path,
+    dir: &Path,
+    quick: bool,
+    log: &Path,
+) -> Result<Option<String>, String> {
+    let mut cmd = Command::new(bin);
+    cmd.current_dir(root)
+        .arg("train")
+        .arg("--config")
+        .arg(config)
+        .arg("--out")
+        .arg(dir)
+        .arg("--overwrite");
+    if quick {
+        cmd.args([
+            "--steps",
+            "200",
+            "--batch-size",
+            "128",
+            "--eval-n",
+            "100",
+            "--eval-samples",
+            "200",
+        ]);
+    }
+    let result = cmd
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+    let mut text = String::from_utf8_lossy(&result.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&result.stderr));
+    let _ = std::fs::write(log, &text);
+    Ok((!result.status.success()).then(|| {
+        text.lines()
+            .rev()
+            .find(|l| l.starts_with("error:"))
+            .unwrap_or("training failed")
+            .to_string()
+    }))
+}
+
 /// Runs the suite; returns an error line when the suite could not run at all.
 pub fn run(root: &Path, suite: &str, only: &[String], report_only: bool) -> Result<(), String> {
     let quick = match suite {
@@ -168,24 +213,7 @@ pub fn run(root: &Path, suite: &str, only: &[String], report_only: bool) -> Resu
             ));
         }
     };
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let built = Command::new(&cargo)
-        .current_dir(root)
-        .args(["build", "--release", "--quiet", "-p", "diffusion-cli"])
-        .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !built.success() {
-        return Err("building diffusion-cli failed".into());
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let target = if target.is_absolute() {
-        target
-    } else {
-        root.join(target)
-    };
-    let bin = target.join("release").join("diffusion");
+    let bin = crate::build_cli(root, &[])?;
 
     let configs = root.join("configs").join("experiments");
     let mut comparisons: Vec<PathBuf> = std::fs::read_dir(&configs)
@@ -251,58 +279,18 @@ pub fn run(root: &Path, suite: &str, only: &[String], report_only: bool) -> Resu
         for config in &runs {
             let name = config.file_stem().unwrap().to_string_lossy().into_owned();
             let dir = out.join("runs").join(&cname).join(&name);
-            if report_only {
-                let error = (!dir.join("evaluation.json").is_file())
-                    .then(|| "no finished run to report".to_string());
-                failures += usize::from(error.is_some());
-                outcomes.push(Outcome {
-                    eval: read_json(&dir.join("evaluation.json")),
-                    summary: read_json(&dir.join("summary.json")),
-                    name,
-                    dir,
-                    error,
-                });
-                continue;
-            }
-            eprintln!(
-                "[{:>6.0} s] {cname}/{name}",
-                started.elapsed().as_secs_f64()
-            );
-            let mut cmd = Command::new(&bin);
-            cmd.current_dir(root)
-                .arg("train")
-                .arg("--config")
-                .arg(config)
-                .arg("--out")
-                .arg(&dir)
-                .arg("--overwrite");
-            if quick {
-                cmd.args([
-                    "--steps",
-                    "200",
-                    "--batch-size",
-                    "128",
-                    "--eval-n",
-                    "100",
-                    "--eval-samples",
-                    "200",
-                ]);
-            }
-            let result = cmd
-                .output()
-                .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
-            let log = out.join("logs").join(format!("{cname}-{name}.log"));
-            let mut text = String::from_utf8_lossy(&result.stdout).into_owned();
-            text.push_str(&String::from_utf8_lossy(&result.stderr));
-            let _ = std::fs::write(&log, &text);
-            let error = (!result.status.success()).then(|| {
-                failures += 1;
-                text.lines()
-                    .rev()
-                    .find(|l| l.starts_with("error:"))
-                    .unwrap_or("training failed")
-                    .to_string()
-            });
+            let error = if report_only {
+                (!dir.join("evaluation.json").is_file())
+                    .then(|| "no finished run to report".to_string())
+            } else {
+                eprintln!(
+                    "[{:>6.0} s] {cname}/{name}",
+                    started.elapsed().as_secs_f64()
+                );
+                let log = out.join("logs").join(format!("{cname}-{name}.log"));
+                train(&bin, root, config, &dir, quick, &log)?
+            };
+            failures += usize::from(error.is_some());
             outcomes.push(Outcome {
                 eval: read_json(&dir.join("evaluation.json")),
                 summary: read_json(&dir.join("summary.json")),

@@ -90,6 +90,30 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown CPU".into())
 }
 
+/// Builds the `diffusion` binary in release mode with the cargo `features` (none: flex only) and
+/// returns its path.
+fn build_cli(root: &std::path::Path, features: &[&str]) -> Result<std::path::PathBuf, String> {
+    let mut build = cargo();
+    build
+        .current_dir(root)
+        .args(["build", "--release", "--quiet", "-p", "diffusion-cli"]);
+    if !features.is_empty() {
+        build.args(["--features", &features.join(",")]);
+    }
+    if !build.status().is_ok_and(|s| s.success()) {
+        return Err("building diffusion-cli failed".into());
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let target = if target.is_absolute() {
+        target
+    } else {
+        root.join(target)
+    };
+    Ok(target.join("release").join("diffusion"))
+}
+
 fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }

@@ -6,9 +6,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::{Args, ValueEnum};
-use diffusion_data::{Heartbeat, SwissRoll};
 use diffusion_models::training::streams;
-use diffusion_models::{DataConfig, RunDir, RunManifest, TrainingData, train};
+use diffusion_models::{RunDir, RunManifest, TrainingData, train};
 use serde_json::json;
 
 use crate::commands::{BackendArg, read_config};
@@ -71,20 +70,10 @@ pub fn cmd_bench(a: BenchArgs) -> Result<(), String> {
         return Err("--steps and -n must be at least 1".into());
     }
     let (backend, device) = a.backend.resolve()?;
-    let (data, dim) = match &config.data {
-        DataConfig::SwissRoll { noise } => (
-            TrainingData::swiss_roll(SwissRoll::new(*noise).map_err(|e| e.to_string())?, 0),
-            2,
-        ),
-        DataConfig::Heartbeat { length, period } => (
-            TrainingData::heartbeat(
-                Heartbeat::new(*length, *period).map_err(|e| e.to_string())?,
-                0,
-            ),
-            *length,
-        ),
-        DataConfig::File { .. } => return Err("bench needs generator data, not a file".into()),
-    };
+    let (data, dim) =
+        TrainingData::generator(&config.data, diffusion_data::rng(0, streams::TRAIN_DATA))
+            .map_err(|e| e.to_string())?
+            .ok_or("bench needs generator data, not a file")?;
     let manifest = RunManifest::new(config.clone(), dim, backend.name());
     manifest.check_model_size()?;
     let bound = manifest.bound()?;

@@ -356,27 +356,23 @@ fn resume_run(
             )
         })?;
     let seed = manifest.config.train.seed;
-    let data = match &manifest.config.data {
-        DataConfig::SwissRoll { noise } => {
-            TrainingData::swiss_roll(SwissRoll::new(*noise).map_err(|e| e.to_string())?, seed)
-        }
-        DataConfig::Heartbeat { length, period } => TrainingData::heartbeat(
-            Heartbeat::new(*length, *period).map_err(|e| e.to_string())?,
-            seed,
-        ),
-        DataConfig::File { .. } => {
-            let rows = io::read(&run.file(TRAIN_ROWS)).map_err(|e| format!("run {e}"))?;
-            if rows.cols != manifest.data_dim {
-                return Err(format!(
-                    "{}: {} columns where the run has {}",
-                    run.file(TRAIN_ROWS).display(),
-                    rows.cols,
-                    manifest.data_dim
-                ));
+    let stream = diffusion_data::rng(seed, streams::TRAIN_DATA);
+    let data =
+        match TrainingData::generator(&manifest.config.data, stream).map_err(|e| e.to_string())? {
+            Some((data, _)) => data,
+            None => {
+                let rows = io::read(&run.file(TRAIN_ROWS)).map_err(|e| format!("run {e}"))?;
+                if rows.cols != manifest.data_dim {
+                    return Err(format!(
+                        "{}: {} columns where the run has {}",
+                        run.file(TRAIN_ROWS).display(),
+                        rows.cols,
+                        manifest.data_dim
+                    ));
+                }
+                TrainingData::points(rows, seed)
             }
-            TrainingData::points(rows, seed)
-        }
-    };
+        };
     Ok((
         Prepared {
             run,

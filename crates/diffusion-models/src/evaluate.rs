@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::DataConfig;
 use crate::model::ReverseMlp;
 use crate::run::{RunDir, RunError, RunManifest};
-use crate::training::streams;
+use crate::training::{TrainingData, streams};
 
 /// The most samples (and data points) the energy distance compares: O(n^2) pairs.
 pub const ENERGY_POINTS: usize = 4_000;
@@ -64,43 +64,29 @@ pub fn heldout_points(
     run: &RunDir,
     n: usize,
 ) -> Result<Vec<f32>, RunError> {
-    match &manifest.config.data {
-        DataConfig::SwissRoll { noise } => {
-            let roll = SwissRoll::new(*noise).map_err(|e| RunError::Corrupt {
-                path: run.file("config.json").display().to_string(),
-                message: e.to_string(),
-            })?;
-            let seed = manifest.config.train.seed;
-            Ok(roll
-                .stream_with(diffusion_data::rng(seed, streams::HELDOUT))
-                .next_batch(n))
-        }
-        DataConfig::Heartbeat { length, period } => {
-            let beat = Heartbeat::new(*length, *period).map_err(|e| RunError::Corrupt {
-                path: run.file("config.json").display().to_string(),
-                message: e.to_string(),
-            })?;
-            let seed = manifest.config.train.seed;
-            Ok(beat
-                .stream_with(diffusion_data::rng(seed, streams::HELDOUT))
-                .next_batch(n))
-        }
-        DataConfig::File { .. } => {
-            let p = run.file("heldout.npy");
-            let a = diffusion_data::io::read(&p).map_err(|e| RunError::Corrupt {
-                path: p.display().to_string(),
-                message: e.to_string(),
-            })?;
-            if a.cols != manifest.data_dim {
-                return Err(RunError::Corrupt {
-                    path: p.display().to_string(),
-                    message: format!("{} columns, the run has {}", a.cols, manifest.data_dim),
-                });
-            }
-            let rows = n.min(a.rows);
-            Ok(a.data[..rows * a.cols].to_vec())
-        }
+    let rng = diffusion_data::rng(manifest.config.train.seed, streams::HELDOUT);
+    let generator =
+        TrainingData::generator(&manifest.config.data, rng).map_err(|e| RunError::Corrupt {
+            path: run.file("config.json").display().to_string(),
+            message: e.to_string(),
+        })?;
+    if let Some((mut stream, _)) = generator {
+        return Ok(stream.next_batch(n));
     }
+    // File data: the held-out rows the run kept.
+    let p = run.file("heldout.npy");
+    let a = diffusion_data::io::read(&p).map_err(|e| RunError::Corrupt {
+        path: p.display().to_string(),
+        message: e.to_string(),
+    })?;
+    if a.cols != manifest.data_dim {
+        return Err(RunError::Corrupt {
+            path: p.display().to_string(),
+            message: format!("{} columns, the run has {}", a.cols, manifest.data_dim),
+        });
+    }
+    let rows = n.min(a.rows);
+    Ok(a.data[..rows * a.cols].to_vec())
 }
 
 /// Evaluates `model` on the run's held-out points: K from the full sum over t = 2..T (one draw of

@@ -22,13 +22,15 @@ use burn::optim::{
     momentum::MomentumConfig,
 };
 use burn::tensor::Device;
-use diffusion_data::{Array2, Heartbeat, HeartbeatStream, Rng, SwissRoll, SwissRollStream};
+use diffusion_data::{
+    Array2, DataError, Heartbeat, HeartbeatStream, Rng, SwissRoll, SwissRollStream,
+};
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 
 use crate::bound::TrainingBatch;
 use crate::checkpoint::{self, Checkpoint, CheckpointState, FileDigest};
-use crate::config::{LossKind, OptimizerConfig, OptimizerKind, TrainConfig};
+use crate::config::{DataConfig, LossKind, OptimizerConfig, OptimizerKind, TrainConfig};
 use crate::model::ReverseMlp;
 use crate::run::{RunDir, RunError, RunManifest};
 
@@ -70,6 +72,21 @@ pub enum TrainingData {
 }
 
 impl TrainingData {
+    /// The generator stream of a data config, drawing from `rng`, with the data dimension;
+    /// `None` for file data (its rows come from the file).
+    pub fn generator(data: &DataConfig, rng: Rng) -> Result<Option<(Self, usize)>, DataError> {
+        Ok(match data {
+            DataConfig::SwissRoll { noise } => {
+                Some((Self::SwissRoll(SwissRoll::new(*noise)?.stream_with(rng)), 2))
+            }
+            DataConfig::Heartbeat { length, period } => Some((
+                Self::Heartbeat(Heartbeat::new(*length, *period)?.stream_with(rng)),
+                *length,
+            )),
+            DataConfig::File { .. } => None,
+        })
+    }
+
     /// The Swiss-roll stream of a run seed.
     pub fn swiss_roll(roll: SwissRoll, seed: u64) -> Self {
         Self::SwissRoll(roll.stream_with(diffusion_data::rng(seed, streams::TRAIN_DATA)))
