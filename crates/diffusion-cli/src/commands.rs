@@ -557,7 +557,7 @@ fn cmd_sample(a: SampleArgs) -> Result<(), String> {
     check_count(a.n)?;
     io::check_extension(&a.out).map_err(|e| e.to_string())?;
     let (_, manifest, model, device) = load_run(&a.run, &a.backend)?;
-    let bound = manifest.bound()?;
+    let bound = manifest.bound_of(&model)?;
     let mut rng = diffusion_data::rng(a.seed, streams::SAMPLE);
     let data = bound.sample(&model, a.n, &mut rng, &device, 65_536);
     write_rows(&a.out, a.n, manifest.data_dim, data, "samples")

@@ -148,7 +148,7 @@ pub fn cmd_plot(a: PlotArgs) -> Result<(), String> {
         return Err("-n and --rows must be at least 1".into());
     }
     let (run, manifest, model, device) = load_run(&a.run[0], &a.backend)?;
-    let bound = manifest.bound()?;
+    let bound = manifest.bound_of(&model)?;
     let steps_t = bound.steps();
     let fits = fitting(&manifest, &bound);
     let what = if a.what.is_empty() {

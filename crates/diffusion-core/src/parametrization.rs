@@ -2,7 +2,7 @@
 //! `z_mu`, `z_sigma` become the mean and log-variance of `p(x_{t-1} | x_t)`.
 
 use burn::tensor::Tensor;
-use burn::tensor::activation::log_sigmoid;
+use burn::tensor::activation::{log_sigmoid, sigmoid};
 use serde::{Deserialize, Serialize};
 
 use crate::GaussianDiffusion;
@@ -17,11 +17,24 @@ pub enum ReverseParametrization {
     /// `sigma^2 = sigmoid(z_sigma + logit(b_t))`. With `z = 0` it is the forward kernel.
     #[default]
     Paper,
-    /// Noise prediction (Ho et al. 2020): `z_mu` predicts the noise eps of
+    /// Noise prediction with a learned variance (SPEC section 1; Nichol and Dhariwal 2021's
+    /// "learned range"): `z_mu` predicts the noise eps of
     /// `x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps`, `mu = (x_t - b_t / sqrt(1 - abar_t) z_mu)
-    /// / sqrt(1 - b_t)`, and the variance is fixed at the posterior's b~_t (`z_sigma` unused).
-    /// Gaussian diffusion only; trained with the bound or with `loss = "mse"`.
+    /// / sqrt(1 - b_t)`, and `log sigma^2 = v ln b_t + (1 - v) ln b~_t` with
+    /// `v = sigmoid(z_sigma)`, so the variance stays strictly inside [b~_t, b_t] (their
+    /// geometric mean for the untrained network). Gaussian diffusion only; trained with the bound
+    /// or with `loss = "hybrid"`.
     Epsilon,
+    /// Noise prediction with the variance fixed at the posterior's b~_t (Ho et al. 2020;
+    /// `z_sigma` unused). Gaussian diffusion only; trained with the bound or `loss = "mse"`.
+    EpsilonFixed,
+}
+
+impl ReverseParametrization {
+    /// Whether the network predicts the noise (`epsilon` or `epsilon-fixed`).
+    pub fn predicts_noise(&self) -> bool {
+        matches!(self, Self::Epsilon | Self::EpsilonFixed)
+    }
 }
 
 /// Per-row step coefficients, each `[n, 1]`, that the parametrizations need.
@@ -35,16 +48,19 @@ pub struct StepCoefficients {
     pub logit_beta: Tensor<2>,
     /// b_t / sqrt(1 - abar_t), the noise's weight in the `epsilon` mean.
     pub eps_weight: Tensor<2>,
-    /// ln b~_t, the posterior's log-variance (the `epsilon` kernel's fixed variance).
+    /// ln b~_t, the posterior's log-variance (the `epsilon-fixed` kernel's variance and the
+    /// lower end of the `epsilon` kernel's range).
     pub log_posterior_variance: Tensor<2>,
+    /// ln b_t (the upper end of the `epsilon` kernel's range).
+    pub log_beta: Tensor<2>,
 }
 
 /// How many per-row coefficients [`StepCoefficients::host_values`] gives.
-pub const COEFFICIENTS: usize = 5;
+pub const COEFFICIENTS: usize = 6;
 
 impl StepCoefficients {
-    /// The host-side values of sqrt(1 - b_t), sqrt(b_t), logit(b_t), b_t / sqrt(1 - abar_t)
-    /// and ln b~_t for one step t >= 2, as f32 (the field order).
+    /// The host-side values of sqrt(1 - b_t), sqrt(b_t), logit(b_t), b_t / sqrt(1 - abar_t),
+    /// ln b~_t and ln b_t for one step t >= 2, as f32 (the field order).
     pub fn host_values(diffusion: &GaussianDiffusion, t: usize) -> [f32; COEFFICIENTS] {
         let b = diffusion.beta(t);
         let (_, _, posterior_variance) = diffusion.posterior_coefficients(t);
@@ -54,6 +70,7 @@ impl StepCoefficients {
             (b / (1.0 - b)).ln() as f32,
             (b / (1.0 - diffusion.alpha_bar(t)).sqrt()) as f32,
             posterior_variance.ln() as f32,
+            b.ln() as f32,
         ]
     }
 }
@@ -79,10 +96,16 @@ impl ReverseParametrization {
                 let log_var = log_sigmoid(z_sigma + coefficients.logit_beta.clone());
                 (mean, log_var)
             }
-            Self::Epsilon => {
+            Self::Epsilon | Self::EpsilonFixed => {
                 let mean = (x_t - z_mu * coefficients.eps_weight.clone())
                     / coefficients.sqrt_alpha.clone();
-                let log_var = coefficients.log_posterior_variance.clone().expand([n, d]);
+                let low = coefficients.log_posterior_variance.clone();
+                let log_var = if *self == Self::Epsilon {
+                    let v = sigmoid(z_sigma);
+                    (v * (coefficients.log_beta.clone() - low.clone())) + low
+                } else {
+                    low.expand([n, d])
+                };
                 (mean, log_var)
             }
         }

@@ -76,6 +76,19 @@ pub enum BetaSchedule {
     /// the original signal, abar_t = (T - t)/T, and b_T = 1 so x_T is exactly the stationary
     /// distribution. For binomial diffusion only (b_T = 1 is refused for a Gaussian process).
     Reciprocal,
+    /// Learned (paper section 2.4.1): b_2..b_T are trained by gradient on K together with the
+    /// network, b_1 stays fixed; they start from `init` (default `paper`). Each learned beta is
+    /// `sigmoid(w_t)` of a free parameter, so it stays in (0, 1). The trained values live in the
+    /// model record; [`betas`](Self::betas) gives the starting ones. Gaussian diffusion only.
+    Learned {
+        /// The schedule training starts from (not itself `learned`).
+        #[serde(default = "default_learned_init")]
+        init: Box<BetaSchedule>,
+    },
+}
+
+fn default_learned_init() -> Box<BetaSchedule> {
+    Box::new(BetaSchedule::paper())
 }
 
 fn default_cosine_s() -> f64 {
@@ -140,6 +153,14 @@ impl BetaSchedule {
     pub fn raw_betas(&self, steps: usize) -> Result<Vec<f64>, ScheduleError> {
         if steps < 2 {
             return Err(ScheduleError::TooShort(steps));
+        }
+        if let Self::Learned { init } = self {
+            if matches!(**init, Self::Learned { .. }) {
+                return Err(ScheduleError::InvalidParameter(
+                    "a learned schedule's init must be a fixed schedule".into(),
+                ));
+            }
+            return init.raw_betas(steps);
         }
         let t_count = steps as f64;
         let betas = match *self {
@@ -206,6 +227,7 @@ impl BetaSchedule {
                     .collect()
             }
             Self::Reciprocal => (1..=steps).map(|t| 1.0 / (steps - t + 1) as f64).collect(),
+            Self::Learned { .. } => unreachable!("handled above"),
         };
         Ok(betas)
     }

@@ -17,7 +17,8 @@ use diffusion_data::Rng;
 use rand::Rng as _;
 use rand_distr::StandardNormal;
 
-use crate::model::ReverseMlp;
+use crate::config::LossKind;
+use crate::model::{LearnedBetas, ReverseMlp};
 
 /// A Gaussian diffusion with its reverse parametrization.
 #[derive(Debug, Clone)]
@@ -73,7 +74,7 @@ fn coefficient_columns(diffusion: &GaussianDiffusion, ts: &[usize]) -> [Vec<f32>
 }
 
 fn upload_coefficients(cols: [Vec<f32>; COEFFICIENTS], device: &Device) -> StepCoefficients {
-    let [a, b, c, e, v] = cols;
+    let [a, b, c, e, v, lb] = cols;
     let n = a.len();
     StepCoefficients {
         sqrt_alpha: tensor2(a, n, 1, device),
@@ -81,6 +82,7 @@ fn upload_coefficients(cols: [Vec<f32>; COEFFICIENTS], device: &Device) -> StepC
         logit_beta: tensor2(c, n, 1, device),
         eps_weight: tensor2(e, n, 1, device),
         log_posterior_variance: tensor2(v, n, 1, device),
+        log_beta: tensor2(lb, n, 1, device),
     }
 }
 
@@ -95,6 +97,7 @@ fn coefficients(diffusion: &GaussianDiffusion, ts: &[usize], device: &Device) ->
 pub struct GaussianRows {
     d: usize,
     ts: Vec<usize>,
+    x0: Vec<f32>,
     x_t: Vec<f32>,
     mean: Vec<f32>,
     var: Vec<f32>,
@@ -152,6 +155,7 @@ impl GaussianBound {
         GaussianRows {
             d,
             ts: ts.to_vec(),
+            x0: x0.to_vec(),
             x_t,
             mean,
             var,
@@ -176,6 +180,81 @@ impl GaussianBound {
         (diff.clone() * diff).sum_dim(1).reshape([n])
     }
 
+    /// The KL terms (nats, `[n]`) of rows under the network's own trainable betas (the
+    /// `learned` schedule), differentiable in them, and the constant part of K in bits (`[1]`,
+    /// differentiable through H_q(X_T | X_0)). x_t is recomputed on the device from the rows'
+    /// x_0 and noise (the reparametrisation x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps), so
+    /// the gradient reaches the betas through x_t and the posterior alike. 1 - abar_t is summed
+    /// as sum_{s <= t} b_s abar_{s-1} rather than subtracted, which keeps it accurate in f32
+    /// where it is small.
+    pub fn learned_kl_rows(
+        &self,
+        model: &ReverseMlp,
+        schedule: &LearnedBetas,
+        rows: GaussianRows,
+        device: &Device,
+    ) -> (Tensor<1>, Tensor<1>) {
+        let n = rows.ts.len();
+        let d = rows.d;
+        let steps = self.steps();
+        let t = steps_tensor(&rows.ts, device);
+        let index: Vec<usize> = rows.ts.iter().map(|&t| t - 1).collect();
+        let index = steps_tensor(&index, device);
+        let x0 = tensor2(rows.x0, n, d, device);
+        let eps = tensor2(rows.noise, n, d, device);
+        let betas = schedule.betas();
+        let log_one_minus = schedule.log_one_minus_betas();
+        let log_abar = log_one_minus.clone().cumsum(0); // ln abar_t, t = 1..T
+        let zero = Tensor::<1>::zeros([1], device);
+        let log_abar_prev =
+            Tensor::cat(vec![zero.clone(), log_abar.clone().slice(0..steps - 1)], 0);
+        let one_minus_abar = (betas.clone() * log_abar_prev.clone().exp()).cumsum(0);
+        let one_minus_abar_prev =
+            Tensor::cat(vec![zero, one_minus_abar.clone().slice(0..steps - 1)], 0);
+        let at =
+            |v: &Tensor<1>| -> Tensor<2> { v.clone().select(0, index.clone()).reshape([n, 1]) };
+        let b = at(&betas);
+        let log_b = b.clone().log();
+        let la = at(&log_abar);
+        let la_prev = at(&log_abar_prev);
+        let om = at(&one_minus_abar);
+        let om_prev = at(&one_minus_abar_prev);
+        let sqrt_alpha = (at(&log_one_minus) * 0.5).exp();
+        let sqrt_om = om.clone().sqrt();
+        let x_t = x0.clone() * (la * 0.5).exp() + eps * sqrt_om.clone();
+        let c0 = (la_prev * 0.5).exp() * b.clone() / om.clone();
+        let ct = sqrt_alpha.clone() * om_prev.clone() / om.clone();
+        let log_var = om_prev.log() - om.log() + log_b.clone();
+        let mean_q = x0 * c0 + x_t.clone() * ct;
+        let coefficients = StepCoefficients {
+            sqrt_alpha,
+            sqrt_beta: b.clone().sqrt(),
+            logit_beta: at(&schedule.logit_betas()),
+            eps_weight: b / sqrt_om,
+            log_posterior_variance: log_var.clone(),
+            log_beta: log_b,
+        };
+        let z = model.forward(x_t.clone(), t);
+        let (mean_p, log_var_p) = self
+            .parametrization
+            .mean_log_variance(z, x_t, &coefficients);
+        let kl = diffusion_core::kl_diag_gaussian(
+            mean_q,
+            log_var.clone().exp(),
+            log_var,
+            mean_p,
+            log_var_p,
+        );
+        // H_q(X_T|X_0) - H_q(X_1|X_0) - H_p(X_T), the first through 1 - abar_T
+        let fixed = self.diffusion.bound_constants();
+        let half_d = d as f64 / 2.0;
+        let h_xt = (one_minus_abar.slice(steps - 1..steps).log() * half_d
+            + half_d * (1.0 + (2.0 * std::f64::consts::PI).ln()))
+            / LN_2;
+        let constant = h_xt - fixed.h_q_x1_given_x0 - fixed.h_p_xt;
+        (kl, constant)
+    }
+
     /// KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)) per row, in nats, `[n]`.
     pub fn kl_rows(&self, model: &ReverseMlp, batch: BoundBatch) -> Tensor<1> {
         let z = model.forward(batch.x_t.clone(), batch.t);
@@ -189,6 +268,30 @@ impl GaussianBound {
             mean,
             log_var,
         )
+    }
+
+    /// The hybrid loss's two parts per row, `[n]` each: the noise error ||eps - z_mu||^2 and
+    /// the KL term (nats) with the mean held fixed, so that its gradient reaches only the
+    /// variance (Nichol and Dhariwal 2021, section 3.1).
+    pub fn hybrid_rows(&self, model: &ReverseMlp, batch: BoundBatch) -> (Tensor<1>, Tensor<1>) {
+        let z = model.forward(batch.x_t.clone(), batch.t);
+        let [n, two_d] = z.dims();
+        let d = two_d / 2;
+        let z_mu = z.clone().slice([0..n, 0..d]);
+        let diff = z_mu.clone() - batch.noise;
+        let mse = (diff.clone() * diff).sum_dim(1).reshape([n]);
+        let held = Tensor::cat(vec![z_mu.detach(), z.slice([0..n, d..two_d])], 1);
+        let (mean, log_var) =
+            self.parametrization
+                .mean_log_variance(held, batch.x_t, &batch.coefficients);
+        let kl = diffusion_core::kl_diag_gaussian(
+            batch.posterior_mean,
+            batch.posterior_variance,
+            batch.posterior_log_variance,
+            mean,
+            log_var,
+        );
+        (mse, kl)
     }
 
     /// Runs the reverse chain for `n` points from x_T ~ N(0, I): the network's kernel for
@@ -377,7 +480,7 @@ impl BinomialBound {
         match self.parametrization {
             ReverseParametrization::Paper => z + kernel_logit,
             // `epsilon` is refused for binary data by config validation.
-            ReverseParametrization::Direct | ReverseParametrization::Epsilon => z,
+            _ => z,
         }
     }
 
@@ -451,11 +554,30 @@ pub enum Rows {
     Binomial(BinomialRows),
 }
 
-/// One training step's host data: the rows and the batch mean of K's constant part (bits).
+/// One training step's host data: the rows, their steps, the batch mean of K's constant part
+/// (bits) and, for importance-sampled steps, each row's weight 1 / ((T - 1) p(t)).
 #[derive(Debug, Clone)]
 pub struct TrainingBatch {
     rows: Rows,
+    ts: Vec<usize>,
     constant_bits: f64,
+    weights: Option<Vec<f32>>,
+}
+
+impl TrainingBatch {
+    /// The rows' steps t.
+    pub fn steps(&self) -> &[usize] {
+        &self.ts
+    }
+}
+
+/// One training step's loss and, when it has them, the rows' KL terms.
+#[derive(Debug, Clone)]
+pub struct StepLoss {
+    /// The scalar to minimise, `[1]`.
+    pub loss: Tensor<1>,
+    /// Each row's KL term in nats, `[n]` (not for the MSE loss).
+    pub kl: Option<Tensor<1>>,
 }
 
 /// A diffusion process with its reverse parametrization: what training, evaluation and sampling
@@ -542,10 +664,23 @@ impl Diffusion {
     /// constant part of K is averaged. Independent of the network, so it can be built ahead on
     /// another thread.
     pub fn training_batch(&self, x0: &[f32], rng: &mut Rng) -> TrainingBatch {
-        let d = self.dim();
-        let n = x0.len() / d;
+        let n = x0.len() / self.dim();
         let steps = self.steps();
         let ts: Vec<usize> = (0..n).map(|_| rng.random_range(2..=steps)).collect();
+        self.training_batch_at(x0, ts, None, rng)
+    }
+
+    /// [`training_batch`](Self::training_batch) with given steps and, for importance sampling,
+    /// each row's weight 1 / ((T - 1) p(t)).
+    pub fn training_batch_at(
+        &self,
+        x0: &[f32],
+        ts: Vec<usize>,
+        weights: Option<Vec<f32>>,
+        rng: &mut Rng,
+    ) -> TrainingBatch {
+        let d = self.dim();
+        let n = x0.len() / d;
         let constant_bits = x0
             .chunks_exact(d)
             .map(|row| self.bound_constant_bits(row))
@@ -553,7 +688,9 @@ impl Diffusion {
             / n as f64;
         TrainingBatch {
             rows: self.prepare_rows(x0, &ts, rng),
+            ts,
             constant_bits,
+            weights,
         }
     }
 
@@ -566,23 +703,66 @@ impl Diffusion {
         batch: TrainingBatch,
         device: &Device,
     ) -> Tensor<1> {
-        let weight = (self.steps() - 1) as f64 / LN_2;
-        self.kl_of(model, batch.rows, device).mean() * weight - batch.constant_bits
+        self.step_loss(model, batch, LossKind::Bound, 0.0, device)
+            .loss
     }
 
-    /// The mean squared noise-prediction error of a prepared batch (Gaussian diffusion with
-    /// the `epsilon` parametrization; see [`GaussianBound::noise_error_rows`]).
-    pub fn noise_loss_of(
+    /// The loss of one training step on a prepared batch:
+    /// - `bound`: minus the Monte-Carlo K in bits per point, each row's KL weighted by T - 1
+    ///   (uniform t) or by 1 / p(t) (importance-sampled t): an unbiased estimate of the sum over
+    ///   t = 2..T. With the `learned` schedule it is differentiable in the betas too.
+    /// - `mse`: the mean squared noise-prediction error (Gaussian, `epsilon-fixed`).
+    /// - `hybrid`: that error plus `hybrid_weight` times the bound loss with the mean held fixed.
+    pub fn step_loss(
         &self,
         model: &ReverseMlp,
         batch: TrainingBatch,
+        loss: LossKind,
+        hybrid_weight: f64,
         device: &Device,
-    ) -> Option<Tensor<1>> {
-        match (self, batch.rows) {
-            (Self::Gaussian(g), Rows::Gaussian(r)) => {
-                Some(g.noise_error_rows(model, r.upload(device)).mean())
+    ) -> StepLoss {
+        let t_weight = (self.steps() - 1) as f64 / LN_2;
+        let weights = batch
+            .weights
+            .map(|w| Tensor::<1>::from_data(TensorData::new(w, [batch.ts.len()]), device));
+        let weighted_mean = |kl: Tensor<1>| match &weights {
+            Some(w) => (kl * w.clone()).mean(),
+            None => kl.mean(),
+        };
+        match (self, batch.rows, loss) {
+            (Self::Gaussian(g), Rows::Gaussian(rows), LossKind::Bound) => {
+                if let Some(schedule) = model.learned_schedule() {
+                    let (kl, constant) = g.learned_kl_rows(model, schedule, rows, device);
+                    let loss = weighted_mean(kl.clone()) * t_weight - constant;
+                    return StepLoss { loss, kl: Some(kl) };
+                }
+                let kl = g.kl_rows(model, rows.upload(device));
+                StepLoss {
+                    loss: weighted_mean(kl.clone()) * t_weight - batch.constant_bits,
+                    kl: Some(kl),
+                }
             }
-            _ => None,
+            (Self::Gaussian(g), Rows::Gaussian(rows), LossKind::Mse) => StepLoss {
+                loss: g.noise_error_rows(model, rows.upload(device)).mean(),
+                kl: None,
+            },
+            (Self::Gaussian(g), Rows::Gaussian(rows), LossKind::Hybrid) => {
+                let (mse, kl) = g.hybrid_rows(model, rows.upload(device));
+                let bound = weighted_mean(kl.clone()) * t_weight - batch.constant_bits;
+                StepLoss {
+                    loss: mse.mean() + bound * hybrid_weight,
+                    kl: Some(kl),
+                }
+            }
+            (Self::Binomial(b), Rows::Binomial(rows), _) => {
+                // config validation allows only the bound for binary data
+                let kl = b.kl_rows(model, rows.upload(device));
+                StepLoss {
+                    loss: weighted_mean(kl.clone()) * t_weight - batch.constant_bits,
+                    kl: Some(kl),
+                }
+            }
+            _ => panic!("rows prepared by another kind of diffusion"),
         }
     }
 
@@ -746,8 +926,8 @@ mod tests {
         }
     }
 
-    /// The `epsilon` parametrization given the true noise is the exact posterior: its mean is
-    /// mu~_t(x_t, x_0) and its variance b~_t, at every step.
+    /// The `epsilon-fixed` parametrization given the true noise is the exact posterior: its mean
+    /// is mu~_t(x_t, x_0) and its variance b~_t, at every step.
     #[test]
     fn epsilon_with_the_true_noise_is_the_posterior() {
         let device = Device::flex();
@@ -758,7 +938,7 @@ mod tests {
                 2,
             )
             .unwrap(),
-            parametrization: ReverseParametrization::Epsilon,
+            parametrization: ReverseParametrization::EpsilonFixed,
         };
         let n = 200;
         let x0 = standard_normal_points(n, 2, 11);
@@ -775,6 +955,128 @@ mod tests {
         assert!(max_diff(mean, batch.posterior_mean.clone()) < 2e-5);
         let expected = batch.posterior_log_variance.clone().expand([n, 2]);
         assert!(max_diff(log_var, expected) < 1e-6);
+    }
+
+    /// The `epsilon` parametrization's variance runs over [b~_t, b_t]: ln b~_t as z_sigma goes
+    /// to -inf, ln b_t as it goes to +inf, their mean at 0; its mean is `epsilon-fixed`'s.
+    #[test]
+    fn epsilon_variance_spans_the_posterior_to_the_forward_variance() {
+        let device = Device::flex();
+        let steps = 50;
+        let diffusion =
+            GaussianDiffusion::new(BetaSchedule::linear(1e-3, 0.2).betas(steps).unwrap(), 2)
+                .unwrap();
+        let n = 98;
+        let x0 = standard_normal_points(n, 2, 13);
+        let ts: Vec<usize> = (0..n).map(|i| 2 + i % (steps - 1)).collect();
+        let mut rng = diffusion_data::rng(14, 0);
+        let bound = GaussianBound {
+            diffusion: diffusion.clone(),
+            parametrization: ReverseParametrization::Epsilon,
+        };
+        let batch = bound.prepare(&x0, &ts, &mut rng, &device);
+        let host_log = |t: usize, end: f64| -> f64 {
+            let (_, _, post) = diffusion.posterior_coefficients(t);
+            let (lo, hi) = (post.ln(), diffusion.beta(t).ln());
+            lo + end * (hi - lo)
+        };
+        for (z_sigma, end) in [(-40.0f32, 0.0), (0.0, 0.5), (40.0, 1.0)] {
+            let z = Tensor::cat(
+                vec![batch.noise.clone(), batch.noise.clone() * 0.0 + z_sigma],
+                1,
+            );
+            let (mean, log_var) =
+                bound
+                    .parametrization
+                    .mean_log_variance(z, batch.x_t.clone(), &batch.coefficients);
+            let diff = (mean - batch.posterior_mean.clone())
+                .abs()
+                .max()
+                .into_scalar::<f32>();
+            assert!(diff < 2e-5, "{diff}");
+            let log_var = host(log_var);
+            for (i, &t) in ts.iter().enumerate() {
+                let want = host_log(t, end);
+                assert!(
+                    (log_var[2 * i] as f64 - want).abs() < 2e-5 * want.abs().max(1.0),
+                    "t = {t}, z_sigma = {z_sigma}: {} vs {want}",
+                    log_var[2 * i]
+                );
+            }
+        }
+    }
+
+    /// The `learned` schedule's device-side bound, at its starting betas, is the fixed schedule's
+    /// host-side one: the same KL terms for the same x_0, noise and t, and the same constant;
+    /// and it has a gradient for the betas.
+    #[test]
+    fn learned_schedule_bound_equals_the_fixed_one_at_its_start() {
+        let steps = 40;
+        let betas = BetaSchedule::paper().betas(steps).unwrap();
+        let bound = GaussianBound {
+            diffusion: GaussianDiffusion::new(betas.clone(), 2).unwrap(),
+            parametrization: ReverseParametrization::Paper,
+        };
+        let device = Device::flex().autodiff();
+        let model = ModelConfig::default()
+            .init(2, 4, steps, &device)
+            .with_learned_schedule(&betas, &device);
+        let n = 390;
+        let x0: Vec<f32> = standard_normal_points(n, 2, 21)
+            .into_iter()
+            .map(|v| 0.5 * v + 0.3)
+            .collect();
+        let ts: Vec<usize> = (0..n).map(|i| 2 + i % (steps - 1)).collect();
+        let mut rng = diffusion_data::rng(22, 0);
+        let rows = bound.prepare_rows(&x0, &ts, &mut rng);
+        let fixed = host(bound.kl_rows(&model, rows.clone().upload(&device)));
+        let schedule = model.learned_schedule().unwrap();
+        let (kl, constant) = bound.learned_kl_rows(&model, schedule, rows, &device);
+        let learned = host(kl.clone());
+        for (i, (a, b)) in fixed.iter().zip(&learned).enumerate() {
+            assert!(
+                (a - b).abs() < 2e-3 * a.abs().max(1.0),
+                "row {i}, t = {}: {a} vs {b}",
+                ts[i]
+            );
+        }
+        let c = constant.clone().into_scalar::<f32>() as f64;
+        let want = bound.diffusion.bound_constants().sum_bits();
+        assert!((c - want).abs() < 1e-4, "{c} vs {want}");
+        let grads = (kl.mean() - constant).backward();
+        let g = host(schedule.logits_grad(&grads).unwrap());
+        assert_eq!(g.len(), steps - 1);
+        assert!(g.iter().all(|v| v.is_finite()) && g.iter().any(|&v| v != 0.0));
+        let host_betas = schedule.host_betas();
+        for (a, b) in host_betas.iter().zip(&betas) {
+            assert!((a - b).abs() < 1e-6 * b.max(1e-3), "{a} vs {b}");
+        }
+    }
+
+    /// The hybrid loss's KL terms are the bound's, and its noise error is `noise_error_rows`'.
+    #[test]
+    fn hybrid_parts_are_the_noise_error_and_the_kl() {
+        let device = Device::flex();
+        let steps = 30;
+        let bound = GaussianBound {
+            diffusion: GaussianDiffusion::new(
+                BetaSchedule::linear(1e-3, 0.2).betas(steps).unwrap(),
+                2,
+            )
+            .unwrap(),
+            parametrization: ReverseParametrization::Epsilon,
+        };
+        let model = ModelConfig::default().init(2, 4, steps, &device);
+        let n = 100;
+        let x0 = standard_normal_points(n, 2, 31);
+        let ts: Vec<usize> = (0..n).map(|i| 2 + i % (steps - 1)).collect();
+        let mut rng = diffusion_data::rng(32, 0);
+        let batch = bound.prepare(&x0, &ts, &mut rng, &device);
+        let (mse, kl) = bound.hybrid_rows(&model, batch.clone());
+        let want_mse = host(bound.noise_error_rows(&model, batch.clone()));
+        let want_kl = host(bound.kl_rows(&model, batch));
+        assert_eq!(host(mse), want_mse);
+        assert_eq!(host(kl), want_kl);
     }
 
     /// The Monte-Carlo training estimate is unbiased for the full sum: on the same model, the

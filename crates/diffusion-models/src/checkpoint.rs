@@ -53,6 +53,9 @@ pub struct CheckpointState {
     pub interval_steps: usize,
     /// The mean loss of the last metrics row.
     pub last_loss_bits: Option<f64>,
+    /// The importance sampler of the steps t (`t_sampling = "importance"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_sampler: Option<crate::importance::StepSampler>,
     /// The run configuration the checkpoint belongs to.
     pub config: RunConfig,
     /// Length and FNV-1a hash of `model.bpk`.

@@ -101,10 +101,12 @@ pub fn evaluate(
     samples: usize,
     seed: u64,
 ) -> Result<Evaluation, RunError> {
-    let bound = manifest.bound().map_err(|message| RunError::Corrupt {
-        path: run.file("config.json").display().to_string(),
-        message,
-    })?;
+    let bound = manifest
+        .bound_of(model)
+        .map_err(|message| RunError::Corrupt {
+            path: run.file("config.json").display().to_string(),
+            message,
+        })?;
     let points = heldout_points(manifest, run, n)?;
     let mut rng = diffusion_data::rng(seed, streams::EVAL_NOISE);
     let per_point = bound.bound_bits_per_point(model, &points, &mut rng, device, CHUNK_ROWS);

@@ -7,13 +7,20 @@
 //! - `readout`: hidden layers shared across time and a separate readout per step (the paper's
 //!   models: the heartbeat MLP 20 -> 50 -> 50 -> 50 with sigmoid units).
 //!
+//! With `kind = "rbf"` the hidden layer is instead the paper's Swiss-roll network: a normalised
+//! radial-basis-function layer (one layer of `hidden[0]` units, 16 in the paper, shared across
+//! time), with a readout per step.
+//!
 //! The output is `[z_mu, z_sigma]` (2d values) for Gaussian diffusion and one logit per bit (d
 //! values) for binomial diffusion.
+//!
+//! A run with the `learned` beta schedule keeps its trainable betas in the network's record too
+//! ([`LearnedBetas`]), so that one optimizer and one checkpoint cover both.
 
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
 use burn::tensor::activation;
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 /// The hidden-unit nonlinearity.
@@ -69,6 +76,20 @@ pub enum TimeConditioning {
     Sinusoidal,
 }
 
+/// The kind of hidden layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelKind {
+    /// Affine layers with the `activation`.
+    #[default]
+    Mlp,
+    /// The paper's Swiss-roll network: one normalised radial-basis-function layer of
+    /// `hidden[0]` units, `h_j(x) = exp(-|x - c_j|^2 / (2 s_j^2)) / sum_k exp(-|x - c_k|^2 /
+    /// (2 s_k^2))`, with learned centres c_j and widths s_j, shared across time; needs
+    /// `time = "readout"` (a readout per step) and one hidden width.
+    Rbf,
+}
+
 /// Number of sinusoidal frequencies (each gives a sine and a cosine feature).
 const FREQUENCIES: usize = 16;
 
@@ -85,6 +106,9 @@ pub struct ModelConfig {
     /// How the step t enters.
     #[serde(default)]
     pub time: TimeConditioning,
+    /// Affine-and-activation layers or the paper's radial-basis-function layer.
+    #[serde(default)]
+    pub kind: ModelKind,
 }
 
 fn default_hidden() -> Vec<usize> {
@@ -97,9 +121,13 @@ impl Default for ModelConfig {
             hidden: default_hidden(),
             activation: Activation::default(),
             time: TimeConditioning::default(),
+            kind: ModelKind::default(),
         }
     }
 }
+
+/// The initial width s_j of every radial basis function (data have unit variance per coordinate).
+const RBF_INITIAL_WIDTH: f64 = 0.5;
 
 impl ModelConfig {
     /// The number of parameters of [`init`](Self::init)'s network, computed without building it.
@@ -109,6 +137,7 @@ impl ModelConfig {
         let mut count = 0u128;
         for &h in &self.hidden {
             let h = h as u128;
+            // an affine layer's weights and biases, or the RBF layer's centres and widths
             count += width * h + h;
             count += match self.time {
                 TimeConditioning::Embedding => steps * h,
@@ -132,7 +161,24 @@ impl ModelConfig {
         let mut time_embeddings = Vec::with_capacity(self.hidden.len());
         let mut time_projections = Vec::with_capacity(self.hidden.len());
         let mut width = dim_in;
+        let mut rbf = None;
         for &h in &self.hidden {
+            if self.kind == ModelKind::Rbf && rbf.is_none() {
+                rbf = Some(RbfLayer {
+                    centers: Param::from_tensor(Tensor::random(
+                        [h, dim_in],
+                        Distribution::Normal(0.0, 1.0),
+                        device,
+                    )),
+                    log_width: Param::from_tensor(Tensor::full(
+                        [h],
+                        RBF_INITIAL_WIDTH.ln(),
+                        device,
+                    )),
+                });
+                width = h;
+                continue;
+            }
             layers.push(LinearConfig::new(width, h).init(device));
             if self.time == TimeConditioning::Embedding {
                 time_embeddings.push(
@@ -176,6 +222,8 @@ impl ModelConfig {
             })
             .collect();
         ReverseMlp {
+            rbf,
+            schedule: None,
             layers,
             time_embeddings,
             time_projections,
@@ -211,9 +259,95 @@ impl StepReadout {
     }
 }
 
-/// The reverse network: `h_l = act(W_l h_{l-1} + b_l [+ E_l[t]])`, then the readout.
+/// A normalised radial-basis-function layer: `h = softmax_j(-|x - c_j|^2 / (2 s_j^2))`.
+#[derive(Module, Debug)]
+pub struct RbfLayer {
+    /// The centres c_j, `[units, d]`.
+    centers: Param<Tensor<2>>,
+    /// ln s_j, `[units]`.
+    log_width: Param<Tensor<1>>,
+}
+
+impl RbfLayer {
+    /// `[n, d]` to `[n, units]`, each row summing to 1.
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let c = self.centers.val();
+        let [units, _] = c.dims();
+        let inv_var = (self.log_width.val() * -2.0).exp().reshape([1, units]);
+        let x2 = (x.clone() * x.clone()).sum_dim(1);
+        let c2 = (c.clone() * c.clone()).sum_dim(1).reshape([1, units]);
+        let squared = (x2 + c2 - x.matmul(c.transpose()) * 2.0).clamp_min(0.0);
+        activation::softmax(squared * inv_var * -0.5, 1)
+    }
+}
+
+/// The trainable betas of the `learned` schedule: b_1 fixed, b_t = sigmoid(w_t) for t = 2..T.
+#[derive(Module, Debug)]
+pub struct LearnedBetas {
+    /// w_2..w_T, `[T - 1]`.
+    logits: Param<Tensor<1>>,
+    /// b_1.
+    #[module(skip)]
+    beta_1: f64,
+}
+
+impl LearnedBetas {
+    /// Starts from `betas` (b_1..b_T, each in (0, 1)).
+    pub fn new(betas: &[f64], device: &Device) -> Self {
+        let logits: Vec<f32> = betas[1..]
+            .iter()
+            .map(|&b| (b / (1.0 - b)).ln() as f32)
+            .collect();
+        let n = logits.len();
+        Self {
+            logits: Param::from_tensor(Tensor::from_data(TensorData::new(logits, [n]), device)),
+            beta_1: betas[0],
+        }
+    }
+
+    /// b_1..b_T, `[T]`.
+    pub fn betas(&self) -> Tensor<1> {
+        let logits = self.logits.val();
+        let first = Tensor::<1>::from_floats([self.beta_1 as f32], &logits.device());
+        Tensor::cat(vec![first, activation::sigmoid(logits)], 0)
+    }
+
+    /// ln(1 - b_t) for t = 1..T, `[T]` (computed as log_sigmoid(-w_t): exact for small b_t).
+    pub fn log_one_minus_betas(&self) -> Tensor<1> {
+        let logits = self.logits.val();
+        let first = Tensor::<1>::from_floats([(1.0 - self.beta_1).ln() as f32], &logits.device());
+        Tensor::cat(vec![first, activation::log_sigmoid(logits.neg())], 0)
+    }
+
+    /// logit(b_t) for t = 1..T, `[T]`.
+    pub fn logit_betas(&self) -> Tensor<1> {
+        let logits = self.logits.val();
+        let b1 = self.beta_1;
+        let first = Tensor::<1>::from_floats([(b1 / (1.0 - b1)).ln() as f32], &logits.device());
+        Tensor::cat(vec![first, logits], 0)
+    }
+
+    /// The gradient of the free parameters w_2..w_T, `[T - 1]`, from an autodiff backward pass.
+    pub fn logits_grad(&self, grads: &burn::tensor::Gradients) -> Option<Tensor<1>> {
+        self.logits.val().grad(grads)
+    }
+
+    /// The current b_1..b_T on the host, in f64 (b_t computed from w_t in f64).
+    pub fn host_betas(&self) -> Vec<f64> {
+        let data = self.logits.val().into_data().convert::<f32>();
+        let logits = data.as_slice::<f32>().expect("f32 data");
+        std::iter::once(self.beta_1)
+            .chain(logits.iter().map(|&w| 1.0 / (1.0 + (-(w as f64)).exp())))
+            .collect()
+    }
+}
+
+/// The reverse network: `h_l = act(W_l h_{l-1} + b_l [+ E_l[t]])` (or the RBF layer), then the
+/// readout.
 #[derive(Module, Debug)]
 pub struct ReverseMlp {
+    rbf: Option<RbfLayer>,
+    schedule: Option<LearnedBetas>,
     layers: Vec<Linear>,
     time_embeddings: Vec<Embedding>,
     time_projections: Vec<Linear>,
@@ -226,6 +360,17 @@ pub struct ReverseMlp {
 }
 
 impl ReverseMlp {
+    /// Adds trainable betas starting from `betas` (the `learned` schedule).
+    pub fn with_learned_schedule(mut self, betas: &[f64], device: &Device) -> Self {
+        self.schedule = Some(LearnedBetas::new(betas, device));
+        self
+    }
+
+    /// The learned betas, when the run learns its schedule.
+    pub fn learned_schedule(&self) -> Option<&LearnedBetas> {
+        self.schedule.as_ref()
+    }
+
     /// `x_t` is `[n, d]`, `t` is `[n]` (1-based steps); returns `[n, dim_out]`.
     pub fn forward(&self, x_t: Tensor<2>, t: Tensor<1, Int>) -> Tensor<2> {
         let [n, _] = x_t.dims();
@@ -237,7 +382,10 @@ impl ReverseMlp {
             let angles = t2.clone().float() * freqs;
             Tensor::cat(vec![angles.clone().sin(), angles.cos()], 1)
         });
-        let mut h = x_t;
+        let mut h = match &self.rbf {
+            Some(rbf) => rbf.forward(x_t),
+            None => x_t,
+        };
         for (i, layer) in self.layers.iter().enumerate() {
             let mut pre = layer.forward(h);
             if let Some(embedding) = self.time_embeddings.get(i) {
@@ -312,6 +460,62 @@ mod tests {
                 model.num_params() as u128,
                 "{time:?}"
             );
+        }
+        let rbf = ModelConfig {
+            hidden: vec![16],
+            time: TimeConditioning::Readout,
+            kind: ModelKind::Rbf,
+            ..ModelConfig::default()
+        };
+        // 16 centres of 2 coordinates, 16 widths, 41 readouts of 16 x 4 + 4
+        assert_eq!(rbf.parameter_count(2, 4, 40), 32 + 16 + 41 * 68);
+        assert_eq!(rbf.init(2, 4, 40, &device).num_params(), 32 + 16 + 41 * 68);
+    }
+
+    /// The RBF layer is the normalised Gaussian bumps of its definition, computed here in f64.
+    #[test]
+    fn rbf_layer_is_the_normalised_gaussian_bumps() {
+        let device = Device::flex();
+        let centers = [[0.0f32, 0.0], [1.0, -1.0], [-2.0, 0.5]];
+        let widths = [0.5f32, 1.5, 0.8];
+        let layer = RbfLayer {
+            centers: Param::from_tensor(Tensor::from_data(
+                TensorData::new(centers.concat(), [3, 2]),
+                &device,
+            )),
+            log_width: Param::from_tensor(Tensor::from_data(
+                TensorData::new(widths.iter().map(|w| w.ln()).collect::<Vec<_>>(), [3]),
+                &device,
+            )),
+        };
+        let xs = [[0.1f32, 0.2], [3.0, -2.0], [-1.0, 1.0], [-9.0, 9.0]];
+        let h = layer
+            .forward(Tensor::from_data(
+                TensorData::new(xs.concat(), [4, 2]),
+                &device,
+            ))
+            .into_data()
+            .convert::<f32>();
+        let h = h.as_slice::<f32>().unwrap();
+        for (i, x) in xs.iter().enumerate() {
+            let bumps: Vec<f64> = centers
+                .iter()
+                .zip(widths)
+                .map(|(c, w)| {
+                    let d2 = (x[0] - c[0]).powi(2) as f64 + (x[1] - c[1]).powi(2) as f64;
+                    -d2 / (2.0 * (w as f64).powi(2))
+                })
+                .collect();
+            let top = bumps.iter().cloned().fold(f64::MIN, f64::max);
+            let total: f64 = bumps.iter().map(|b| (b - top).exp()).sum();
+            for (j, b) in bumps.iter().enumerate() {
+                let want = (b - top).exp() / total;
+                let got = h[3 * i + j] as f64;
+                assert!(
+                    (got - want).abs() < 1e-5,
+                    "x {i}, unit {j}: {got} vs {want}"
+                );
+            }
         }
     }
 }

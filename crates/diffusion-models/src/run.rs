@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use burn::module::Module;
 use burn::store::ModuleRecord;
 use burn::tensor::{Bytes, Device};
-use diffusion_core::{BinomialDiffusion, GaussianDiffusion};
+use diffusion_core::{BetaSchedule, BinomialDiffusion, GaussianDiffusion};
 use diffusion_data::io::write_atomic;
 use serde::{Deserialize, Serialize};
 
@@ -99,10 +99,16 @@ impl RunManifest {
     /// Refuses networks too large to train here: more than [`MAX_PARAMETERS`] parameters.
     pub fn check_model_size(&self) -> Result<(), String> {
         let out = self.bound()?.output_dim();
+        let d = &self.config.diffusion;
+        let learned = match d.schedule {
+            BetaSchedule::Learned { .. } => d.steps as u128 - 1,
+            _ => 0,
+        };
         let n = self
             .config
             .model
-            .parameter_count(self.data_dim, out, self.config.diffusion.steps);
+            .parameter_count(self.data_dim, out, d.steps)
+            + learned;
         if n > MAX_PARAMETERS {
             return Err(format!(
                 "the network would have {n} parameters (more than {MAX_PARAMETERS}); \
@@ -115,11 +121,33 @@ impl RunManifest {
     /// A freshly initialised network of this run's shape.
     pub fn init_model(&self, device: &Device) -> Result<ReverseMlp, String> {
         self.check_model_size()?;
-        let out = self.bound()?.output_dim();
-        Ok(self
-            .config
-            .model
-            .init(self.data_dim, out, self.config.diffusion.steps, device))
+        let bound = self.bound()?;
+        let model = self.config.model.init(
+            self.data_dim,
+            bound.output_dim(),
+            self.config.diffusion.steps,
+            device,
+        );
+        Ok(match (&self.config.diffusion.schedule, &bound) {
+            (BetaSchedule::Learned { .. }, Diffusion::Gaussian(g)) => {
+                model.with_learned_schedule(g.diffusion.betas(), device)
+            }
+            _ => model,
+        })
+    }
+
+    /// The diffusion of a trained network: [`bound`](Self::bound) with the network's own betas
+    /// when it learned its schedule.
+    pub fn bound_of(&self, model: &ReverseMlp) -> Result<Diffusion, String> {
+        let bound = self.bound()?;
+        Ok(match (bound, model.learned_schedule()) {
+            (Diffusion::Gaussian(g), Some(schedule)) => Diffusion::Gaussian(GaussianBound {
+                diffusion: GaussianDiffusion::new(schedule.host_betas(), self.data_dim)
+                    .map_err(|e| format!("the learned schedule: {e}"))?,
+                parametrization: g.parametrization,
+            }),
+            (bound, _) => bound,
+        })
     }
 }
 

@@ -30,7 +30,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::bound::TrainingBatch;
 use crate::checkpoint::{self, Checkpoint, CheckpointState, FileDigest};
-use crate::config::{DataConfig, LossKind, OptimizerConfig, OptimizerKind, TrainConfig};
+use crate::config::{DataConfig, OptimizerConfig, OptimizerKind, TSampling, TrainConfig};
+use crate::importance::StepSampler;
 use crate::model::ReverseMlp;
 use crate::run::{RunDir, RunError, RunManifest};
 
@@ -274,6 +275,8 @@ pub fn train(
     let (mut interval_sum, mut interval_count) = (0.0f64, 0usize);
     let mut last_loss = None;
     let mut kept: Option<(usize, std::path::PathBuf)> = None;
+    let mut sampler = (config.t_sampling == TSampling::Importance)
+        .then(|| StepSampler::new(manifest.config.diffusion.steps));
     if let Some(ck) = resume {
         (model, optim) = ck.restore(model, optim)?;
         data.rng_mut().set_word_pos(ck.data_word_pos()?);
@@ -284,6 +287,14 @@ pub fn train(
         (interval_sum, interval_count) = (s.interval_loss_sum, s.interval_steps);
         last_loss = s.last_loss_bits;
         kept = Some((s.step, ck.path.clone()));
+        if sampler.is_some() {
+            sampler = Some(s.step_sampler.clone().ok_or_else(|| {
+                TrainError::Config(format!(
+                    "the checkpoint in {} has no importance-sampler state",
+                    ck.path.display()
+                ))
+            })?);
+        }
         truncate_metrics(run, s.step)?;
     } else {
         run.write("metrics.csv", format!("{METRICS_HEADER}\n").as_bytes())?;
@@ -303,30 +314,37 @@ pub fn train(
     let steps = config.steps;
     let bound_ref = &bound;
     let batch_size = config.batch_size;
-    let mut draw = move || {
+    let mut draw = move |sampler: Option<&StepSampler>| {
         let x0 = data.next_batch(batch_size);
-        let batch = bound_ref.training_batch(&x0, &mut rng);
+        let batch = match sampler {
+            Some(s) => {
+                let (ts, weights) = s.draw(batch_size, &mut rng);
+                bound_ref.training_batch_at(&x0, ts, weights, &mut rng)
+            }
+            None => bound_ref.training_batch(&x0, &mut rng),
+        };
         Prepared {
             batch,
             data_pos: data.rng_mut().get_word_pos(),
             noise_pos: rng.get_word_pos(),
         }
     };
-    // Small batches are cheaper to build in line than to hand over between threads.
-    let threaded = batch_size * manifest.data_dim >= PREFETCH_MIN_VALUES;
+    // Small batches are cheaper to build in line than to hand over between threads; importance
+    // sampling draws each batch's steps from the previous step's terms, so in line too.
+    let threaded = batch_size * manifest.data_dim >= PREFETCH_MIN_VALUES && sampler.is_none();
     let start = Instant::now();
     let result = std::thread::scope(|scope| -> Result<ReverseMlp, TrainError> {
         let mut model = model;
         let (tx, rx) = mpsc::sync_channel::<Prepared>(PREFETCH);
-        let mut next: Box<dyn FnMut() -> Prepared> = if threaded {
+        let mut next: Box<dyn FnMut(Option<&StepSampler>) -> Prepared> = if threaded {
             scope.spawn(move || {
                 for _ in first_step..steps {
-                    if tx.send(draw()).is_err() {
+                    if tx.send(draw(None)).is_err() {
                         break;
                     }
                 }
             });
-            Box::new(move || {
+            Box::new(move |_| {
                 rx.recv()
                     .expect("the batch thread runs until the last step")
             })
@@ -335,16 +353,21 @@ pub fn train(
         };
         for step in first_step..steps {
             let lr = config.lr_schedule.rate(config.optimizer.lr, step, steps);
-            let prepared = next();
-            let loss = match config.loss {
-                LossKind::Bound => bound.training_loss_of(&model, prepared.batch, &ad_device),
-                LossKind::Mse => bound
-                    .noise_loss_of(&model, prepared.batch, &ad_device)
-                    .ok_or_else(|| {
-                        TrainError::Config("train.loss = \"mse\" needs Gaussian diffusion".into())
-                    })?,
-            };
+            let prepared = next(sampler.as_ref());
+            let ts = sampler.as_ref().map(|_| prepared.batch.steps().to_vec());
+            let step_loss = bound.step_loss(
+                &model,
+                prepared.batch,
+                config.loss,
+                config.hybrid_weight,
+                &ad_device,
+            );
+            let loss = step_loss.loss;
             let value = loss.clone().into_scalar::<f32>() as f64;
+            if let (Some(s), Some(ts), Some(kl)) = (sampler.as_mut(), ts, step_loss.kl) {
+                let kl = kl.into_data().convert::<f32>();
+                s.update(&ts, kl.as_slice::<f32>().expect("f32 data"));
+            }
             let done = step + 1;
             if !value.is_finite() {
                 return Err(TrainError::NonFinite {
@@ -391,6 +414,7 @@ pub fn train(
                     interval_loss_sum: interval_sum,
                     interval_steps: interval_count,
                     last_loss_bits: last_loss,
+                    step_sampler: sampler.clone(),
                     config: manifest.config.clone(),
                     model_file: FileDigest::of(&[]),
                     optimizer_file: FileDigest::of(&[]),
