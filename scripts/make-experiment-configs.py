@@ -48,8 +48,10 @@ COMPARISONS = {
     }),
     "loss": (ROLL, {
         "bound_paper": {},
-        "bound_epsilon": {"parametrization": "epsilon"},
-        "mse_epsilon": {"parametrization": "epsilon", "loss": "mse"},
+        "bound_epsilon": {"parametrization": "epsilon-fixed"},
+        "mse_epsilon": {"parametrization": "epsilon-fixed", "loss": "mse"},
+        "bound_epsilon_range": {"parametrization": "epsilon"},
+        "hybrid_epsilon_range": {"parametrization": "epsilon", "loss": "hybrid"},
     }),
     "trajectory_length": (ROLL, {
         "t40": {"steps": 40, "schedule": '{ kind = "paper" }'},

@@ -490,3 +490,191 @@ fn binomial_heartbeat_through_the_cli() {
     );
     assert!(!never.exists());
 }
+
+/// Issue 5's options through the command line: the paper's RBF network, the learned schedule
+/// (its betas written out and used by `evaluate`), the epsilon parametrization with a learned
+/// variance under the hybrid loss, and `gradient-variance`.
+#[test]
+fn paper_rbf_learned_schedule_hybrid_and_gradient_variance() {
+    let dir = workdir("issue5");
+    let eval = |run: &Path| {
+        json(&common::run(&[
+            "evaluate",
+            "--run",
+            s(run),
+            "--n",
+            "2000",
+            "--json",
+        ]))
+    };
+
+    // The RBF network at T = 40 with the paper's schedule: well above the null model.
+    let rbf = dir.join("rbf.toml");
+    std::fs::write(
+        &rbf,
+        TINY.replace("steps = 20", "steps = 40")
+            .replace(
+                "{ kind = \"linear\", start = 1e-3, end = 0.3 }",
+                "{ kind = \"paper\" }",
+            )
+            .replace(
+                "hidden = [64, 64]",
+                "kind = \"rbf\"\nhidden = [16]\ntime = \"readout\"",
+            )
+            .replace("steps = 1500", "steps = 3000"),
+    )
+    .unwrap();
+    let rbf_run = dir.join("rbf");
+    run(&[
+        "train",
+        "--config",
+        s(&rbf),
+        "--out",
+        s(&rbf_run),
+        "--eval-n",
+        "500",
+    ]);
+    let e = eval(&rbf_run);
+    let gain = e["k_minus_l_null_bits"].as_f64().unwrap();
+    assert!(gain > 0.3, "RBF: K - L_null = {gain}");
+    // an RBF network needs one width and a readout per step
+    let bad = dir.join("bad_rbf.toml");
+    std::fs::write(
+        &bad,
+        TINY.replace("hidden = [64, 64]", "kind = \"rbf\"\nhidden = [16]"),
+    )
+    .unwrap();
+    fails(
+        &["train", "--config", s(&bad), "--out", s(&dir.join("x"))],
+        "time = \"readout\"",
+    );
+
+    // The learned schedule: b_1 kept, the others moved, all in (0, 1); evaluate uses them.
+    let learned = dir.join("learned.toml");
+    std::fs::write(
+        &learned,
+        TINY.replace(
+            "schedule = { kind = \"linear\", start = 1e-3, end = 0.3 }",
+            "schedule = { kind = \"learned\", init = { kind = \"linear\", start = 1e-3, end = 0.3 } }",
+        ),
+    )
+    .unwrap();
+    let learned_run = dir.join("learned");
+    run(&[
+        "train",
+        "--config",
+        s(&learned),
+        "--out",
+        s(&learned_run),
+        "--eval-n",
+        "500",
+    ]);
+    let text = std::fs::read_to_string(learned_run.join("betas.csv")).unwrap();
+    let betas: Vec<f64> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split_once(',').unwrap().1.parse().unwrap())
+        .collect();
+    assert_eq!(betas.len(), 20);
+    assert_eq!(betas[0], 1e-3);
+    assert!(betas.iter().all(|&b| b > 0.0 && b < 1.0));
+    let init: Vec<f64> = (0..20)
+        .map(|i| 1e-3 + (0.3 - 1e-3) * i as f64 / 19.0)
+        .collect();
+    let moved = betas
+        .iter()
+        .zip(&init)
+        .skip(1)
+        .filter(|(b, i)| ((*b - *i) / *i).abs() > 0.01)
+        .count();
+    assert!(
+        moved >= 10,
+        "{moved} of 19 betas moved by more than 1 %: {betas:?}"
+    );
+    let k_learned = eval(&learned_run)["k_bits"].as_f64().unwrap();
+    let summary = json_file(&learned_run.join("evaluation.json"));
+    assert!(
+        (k_learned - summary["k_bits"].as_f64().unwrap()).abs() < 0.1,
+        "evaluate and the end of training agree on the learned schedule's K"
+    );
+    // a learned schedule is for Gaussian diffusion, trained on the bound
+    let bad = dir.join("bad_learned.toml");
+    let text = std::fs::read_to_string(&learned).unwrap();
+    std::fs::write(&bad, text + "loss = \"hybrid\"\n").unwrap();
+    fails(
+        &["train", "--config", s(&bad), "--out", s(&dir.join("y"))],
+        "loss",
+    );
+
+    // epsilon with its variance in [b~_t, b_t], trained with the hybrid loss
+    let hybrid = dir.join("hybrid.toml");
+    std::fs::write(
+        &hybrid,
+        TINY.replace(
+            "parametrization = \"paper\"",
+            "parametrization = \"epsilon\"",
+        )
+        .replace("batch_size = 256", "batch_size = 256\nloss = \"hybrid\""),
+    )
+    .unwrap();
+    let hybrid_run = dir.join("hybrid");
+    run(&[
+        "train",
+        "--config",
+        s(&hybrid),
+        "--out",
+        s(&hybrid_run),
+        "--eval-n",
+        "500",
+    ]);
+    let e = eval(&hybrid_run);
+    let gain = e["k_minus_l_null_bits"].as_f64().unwrap();
+    assert!(
+        gain > 0.0 && e["energy_distance"].as_f64().unwrap() < 0.05,
+        "{e}"
+    );
+    let mse_on_epsilon = dir.join("mse.toml");
+    std::fs::write(
+        &mse_on_epsilon,
+        std::fs::read_to_string(&hybrid)
+            .unwrap()
+            .replace("\"hybrid\"", "\"mse\""),
+    )
+    .unwrap();
+    fails(
+        &[
+            "train",
+            "--config",
+            s(&mse_on_epsilon),
+            "--out",
+            s(&dir.join("z")),
+        ],
+        "epsilon-fixed",
+    );
+
+    // importance sampling lowers the variance of the loss and of its gradient
+    let g = json(&common::run(&[
+        "gradient-variance",
+        "--run",
+        s(&rbf_run),
+        "--batches",
+        "100",
+        "--batch-size",
+        "128",
+        "--json",
+    ]));
+    let (u, i) = (&g["uniform"], &g["importance"]);
+    assert!(
+        u["loss_variance"].as_f64().unwrap() > 1.5 * i["loss_variance"].as_f64().unwrap(),
+        "{g}"
+    );
+    assert!(g["gradient_variance_ratio"].as_f64().unwrap() > 1.0, "{g}");
+    fails(
+        &["gradient-variance", "--run", s(&rbf_run), "--batches", "1"],
+        "at least 2",
+    );
+}
+
+fn json_file(p: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+}

@@ -271,3 +271,52 @@ fn same_seed_same_run() {
     assert_ne!(loss_a, loss_c);
     assert_ne!(samples_a, samples_c);
 }
+
+/// The importance sampler's state and the learned betas are part of the checkpoint: a killed
+/// and resumed run with both ends where the uninterrupted one does.
+#[test]
+fn importance_sampling_and_a_learned_schedule_resume_exactly() {
+    let dir = workdir("resume-importance");
+    let config = dir.join("importance.toml");
+    std::fs::write(
+        &config,
+        TINY.replace(
+            "schedule = { kind = \"linear\", start = 1e-3, end = 0.3 }",
+            "schedule = { kind = \"learned\", init = { kind = \"linear\", start = 1e-3, end = 0.3 } }",
+        )
+        .replace("steps = 1500", "steps = 1200\ncheckpoint_every = 400\nt_sampling = \"importance\"")
+        .replace("log_every = 500", "log_every = 100"),
+    )
+    .unwrap();
+    let whole = dir.join("whole");
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "train",
+            "--config",
+            s(&config),
+            "--out",
+            s(out),
+            "--eval-n",
+            "100",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let whole_args = args(&whole);
+    run(&whole_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let cut = dir.join("cut");
+    let cut_args = args(&cut);
+    train_and_kill(
+        &cut_args.iter().map(String::as_str).collect::<Vec<_>>(),
+        || cut.join("checkpoints/step-000000400").exists(),
+    );
+    assert!(!cut.join("model.bpk").exists(), "killed before the end");
+    run(&["train", "--resume", s(&cut), "--eval-n", "100"]);
+    assert_eq!(losses(&whole), losses(&cut));
+    let betas = |run: &Path| std::fs::read_to_string(run.join("betas.csv")).unwrap();
+    assert_eq!(betas(&whole), betas(&cut));
+    assert_eq!(
+        samples(&whole, &dir.join("whole.csv")),
+        samples(&cut, &dir.join("cut.csv"))
+    );
+}

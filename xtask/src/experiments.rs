@@ -26,8 +26,10 @@ const QUESTIONS: [(&str, &str); 8] = [
         "loss",
         "The bound K against the noise-prediction MSE of Ho et al. (2020): `bound_paper` trains K \
          with the paper's parametrization, `bound_epsilon` trains K with the epsilon \
-         parametrization, `mse_epsilon` trains the MSE with the epsilon parametrization and the \
-         fixed posterior variance. All are evaluated by K.",
+         parametrization and the fixed posterior variance, `mse_epsilon` trains the MSE with \
+         that parametrization; `bound_epsilon_range` trains K with the variance learned inside \
+         [b~_t, b_t], `hybrid_epsilon_range` trains the MSE plus 0.001 K (the bound's gradient \
+         reaching only the variance). All are evaluated by K.",
     ),
     (
         "trajectory_length",

@@ -35,6 +35,8 @@ enum Command {
     Sample(SampleArgs),
     /// Draw a run's pictures (PNG and SVG): trajectories, drift, loss curves, rasters.
     Plot(crate::plot::PlotArgs),
+    /// How noisy the training gradient is with uniform and with importance-sampled steps t.
+    GradientVariance(GradientVarianceArgs),
     /// Time one workload (training, sampling or evaluation) and print a JSON line.
     Bench(crate::bench::BenchArgs),
     /// Generate a data set.
@@ -125,6 +127,27 @@ struct EvaluateArgs {
 }
 
 #[derive(Debug, Args)]
+struct GradientVarianceArgs {
+    /// The run folder.
+    #[arg(long)]
+    run: PathBuf,
+    /// Independent batches per estimator (at least 2).
+    #[arg(long, default_value_t = 200)]
+    batches: usize,
+    /// Examples per batch [default: the run's train.batch_size].
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Seed of the batches, steps and noise.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    backend: BackendArg,
+}
+
+#[derive(Debug, Args)]
 struct SampleArgs {
     /// The run folder.
     #[arg(long)]
@@ -187,6 +210,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
         Command::Sample(a) => cmd_sample(a),
         Command::Plot(a) => crate::plot::cmd_plot(a),
         Command::Bench(a) => crate::bench::cmd_bench(a),
+        Command::GradientVariance(a) => cmd_gradient_variance(a),
         Command::Data(DataCommand::SwissRoll {
             n,
             out,
@@ -550,6 +574,41 @@ fn cmd_evaluate(a: EvaluateArgs) -> Result<(), String> {
     } else {
         print_evaluation(&eval);
     }
+    Ok(())
+}
+
+fn cmd_gradient_variance(a: GradientVarianceArgs) -> Result<(), String> {
+    if a.batches < 2 {
+        return Err("--batches must be at least 2".into());
+    }
+    let run = RunDir::open(&a.run).map_err(|e| e.to_string())?;
+    let manifest = run.manifest().map_err(|e| e.to_string())?;
+    let batch_size = a.batch_size.unwrap_or(manifest.config.train.batch_size);
+    check_count(batch_size).map_err(|_| "--batch-size must be at least 1".to_string())?;
+    let (_, device) = a.backend.resolve()?;
+    let g = diffusion_models::gradient_variance::gradient_variance(
+        &manifest, &run, &device, a.batches, batch_size, a.seed,
+    )
+    .map_err(|e| e.to_string())?;
+    if a.json {
+        println!("{}", serde_json::to_string(&g).expect("serialisable"));
+        return Ok(());
+    }
+    println!(
+        "{} batches of {} per estimator (minus the Monte-Carlo K, bits per point)",
+        g.batches, g.batch_size
+    );
+    for (name, s) in [("uniform t", &g.uniform), ("importance t", &g.importance)] {
+        println!(
+            "{name:<13} loss {:+.4} (variance {:.4e})  gradient variance {:.4e}",
+            s.loss_mean, s.loss_variance, s.gradient_variance
+        );
+    }
+    println!(
+        "importance sampling divides the gradient variance by {:.2} and the loss variance by {:.2}",
+        g.gradient_variance_ratio,
+        g.uniform.loss_variance / g.importance.loss_variance
+    );
     Ok(())
 }
 

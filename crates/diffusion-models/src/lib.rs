@@ -24,6 +24,7 @@ pub mod bound;
 pub mod checkpoint;
 pub mod config;
 pub mod evaluate;
+pub mod gradient_variance;
 pub mod importance;
 pub mod model;
 pub mod run;

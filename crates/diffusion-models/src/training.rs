@@ -7,6 +7,8 @@
 //! builds the host side of each step (data, t, x_t, posteriors) on a second thread, a couple of
 //! batches ahead, while the network runs.
 //!
+//! A run with the `learned` schedule also writes its trained betas as `betas.csv` (`t,beta`).
+//!
 //! Every `checkpoint_every` steps (and at the end) it writes a checkpoint ([`crate::checkpoint`]);
 //! [`train`] given one continues from it and ends with the same weights, bit for bit, as a run
 //! that was never interrupted (on the CPU backends).
@@ -428,6 +430,13 @@ pub fn train(
     let model = result?;
     let wall = wall_before + start.elapsed().as_secs_f64();
     run.save_model(&model)?;
+    if let Some(schedule) = model.learned_schedule() {
+        let mut text = String::from("t,beta\n");
+        for (t, b) in schedule.host_betas().iter().enumerate() {
+            text.push_str(&format!("{},{b:e}\n", t + 1));
+        }
+        run.write("betas.csv", text.as_bytes())?;
+    }
     let summary = TrainSummary {
         steps,
         batch_size: config.batch_size,
