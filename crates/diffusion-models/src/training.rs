@@ -224,6 +224,9 @@ struct Prepared {
     noise_pos: u128,
 }
 
+/// Gives the next step's host data (drawing its steps t from the sampler, when there is one).
+type NextBatch<'a> = dyn FnMut(Option<&StepSampler>) -> Prepared + 'a;
+
 /// Keeps the metrics rows of steps up to `step` (a resumed run rewrites the rest).
 fn truncate_metrics(run: &RunDir, step: usize) -> Result<(), RunError> {
     let path = run.file("metrics.csv");
@@ -338,7 +341,7 @@ pub fn train(
     let result = std::thread::scope(|scope| -> Result<ReverseMlp, TrainError> {
         let mut model = model;
         let (tx, rx) = mpsc::sync_channel::<Prepared>(PREFETCH);
-        let mut next: Box<dyn FnMut(Option<&StepSampler>) -> Prepared> = if threaded {
+        let mut next: Box<NextBatch> = if threaded {
             scope.spawn(move || {
                 for _ in first_step..steps {
                     if tx.send(draw(None)).is_err() {
