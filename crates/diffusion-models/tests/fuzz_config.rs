@@ -6,8 +6,12 @@
 use diffusion_models::{DataConfig, RunConfig, RunManifest};
 use proptest::prelude::*;
 
-const SHIPPED: [&str; 5] = [
+const SHIPPED: [&str; 9] = [
     include_str!("../../../configs/swiss_roll.toml"),
+    include_str!("../../../configs/swiss_roll_thin.toml"),
+    include_str!("../../../configs/swiss_roll_learned.toml"),
+    include_str!("../../../configs/swiss_roll_epsilon.toml"),
+    include_str!("../../../configs/swiss_roll_paper_thin.toml"),
     include_str!("../../../configs/swiss_roll_presentation.toml"),
     include_str!("../../../configs/swiss_roll_paper.toml"),
     include_str!("../../../configs/heartbeat.toml"),
