@@ -31,8 +31,7 @@ fn exp_core(x: f32) -> f32 {
     let n = (x * LOG2E + ROUNDER) - ROUNDER;
     let r = x - n * LN2_HI - n * LN2_LO;
     let z = r * r;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
-        * r
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 1.666_666_5e-1)
         * r
         + 5.000_000_1e-1;
@@ -172,7 +171,8 @@ mod tests {
     use alloc::vec::Vec;
 
     fn ulps(a: f32, b: f32) -> f64 {
-        ((a as f64) - (b as f64)).abs() / (b.abs() as f64 * f32::EPSILON as f64).max(f64::MIN_POSITIVE)
+        ((a as f64) - (b as f64)).abs()
+            / (b.abs() as f64 * f32::EPSILON as f64).max(f64::MIN_POSITIVE)
     }
 
     /// Every kernel against f64 `exp`/`ln` rounded to f32, over a dense sweep of each domain,
@@ -182,7 +182,9 @@ mod tests {
         let mut xs: Vec<f32> = (0..200_001)
             .map(|i| -87.0 + 175.0 * i as f32 / 200_000.0)
             .collect();
-        xs.extend([0.0, -0.0, 1e-30, -1e-30, 88.5, 88.7, 89.0, -87.3, -100.0, -104.0, -200.0]);
+        xs.extend([
+            0.0, -0.0, 1e-30, -1e-30, 88.5, 88.7, 89.0, -87.3, -100.0, -104.0, -200.0,
+        ]);
         xs.extend([f32::INFINITY, f32::NEG_INFINITY, f32::NAN]);
         for kernel_exp in [exp_serial as fn(&mut [f32]), kernel(true), exp_inplace] {
             let mut ys = xs.clone();
@@ -202,7 +204,16 @@ mod tests {
             .map(|i| 2f32.powf(-125.0 + 252.0 * i as f32 / 200_000.0))
             .collect();
         xs.extend((0..20_001).map(|i| 0.5 + i as f32 / 20_000.0));
-        xs.extend([1.0, 0.0, -0.0, -1.0, 1e-40, f32::MAX, f32::INFINITY, f32::NAN]);
+        xs.extend([
+            1.0,
+            0.0,
+            -0.0,
+            -1.0,
+            1e-40,
+            f32::MAX,
+            f32::INFINITY,
+            f32::NAN,
+        ]);
         for kernel_ln in [ln_serial as fn(&mut [f32]), kernel(false), ln_inplace] {
             let mut ys = xs.clone();
             kernel_ln(&mut ys);
