@@ -28,7 +28,10 @@ const EXP_HI: f32 = 88.0;
 /// e^x for x in [EXP_LO, EXP_HI] (Cephes `expf`).
 #[inline(always)]
 fn exp_core(x: f32) -> f32 {
-    let n = (x * LOG2E + ROUNDER) - ROUNDER;
+    // t = 1.5 2^23 + n exactly, so n is also in t's low bits (integer arithmetic on the bits
+    // vectorises, where a saturating `as i32` cast does not)
+    let t = x * LOG2E + ROUNDER;
+    let n = t - ROUNDER;
     let r = x - n * LN2_HI - n * LN2_LO;
     let z = r * r;
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
@@ -37,7 +40,12 @@ fn exp_core(x: f32) -> f32 {
         + 5.000_000_1e-1;
     let y = p * z + r + 1.0;
     // 2^n from its exponent bits (n in [-126, 127] on this domain)
-    let scale = f32::from_bits((((n as i32) + 127) as u32) << 23);
+    let scale = f32::from_bits(
+        t.to_bits()
+            .wrapping_sub(ROUNDER.to_bits())
+            .wrapping_add(127)
+            << 23,
+    );
     y * scale
 }
 

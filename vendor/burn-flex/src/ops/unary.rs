@@ -55,8 +55,8 @@ where
 /// Apply a unary operation element-wise to a tensor.
 pub fn unary_op<F32Op, F64Op>(tensor: FlexTensor, f32_op: F32Op, f64_op: F64Op) -> FlexTensor
 where
-    F32Op: Fn(f32) -> f32 + Copy,
-    F64Op: Fn(f64) -> f64 + Copy,
+    F32Op: Fn(f32) -> f32 + Copy + Sync,
+    F64Op: Fn(f64) -> f64 + Copy + Sync,
 {
     let dtype = tensor.dtype();
 
@@ -69,11 +69,34 @@ where
     }
 }
 
+/// Elements per rayon task of an elementwise map, and the length below which one thread maps
+/// everything (local patch: the maps were single-threaded).
+const MAP_TASK: usize = 8 * 1024;
+const MAP_PARALLEL_MIN: usize = 32 * 1024;
+
+/// `x = op(x)` for every element, split across rayon's pool when long.
+#[inline]
+fn map_inplace<E: Copy + Send + Sync, Op: Fn(E) -> E + Sync>(xs: &mut [E], op: &Op) {
+    #[cfg(feature = "rayon")]
+    if xs.len() >= MAP_PARALLEL_MIN {
+        use rayon::prelude::*;
+        xs.par_chunks_mut(MAP_TASK).for_each(|chunk| {
+            for x in chunk.iter_mut() {
+                *x = op(*x);
+            }
+        });
+        return;
+    }
+    for x in xs.iter_mut() {
+        *x = op(*x);
+    }
+}
+
 /// Generic unary operation for any element type.
 fn unary_op_typed<E, Op>(mut tensor: FlexTensor, op: Op) -> FlexTensor
 where
-    E: burn_backend::Element + bytemuck::Pod,
-    Op: Fn(E) -> E,
+    E: burn_backend::Element + bytemuck::Pod + Send + Sync,
+    Op: Fn(E) -> E + Sync,
 {
     let n = tensor.layout().num_elements();
 
@@ -81,9 +104,7 @@ where
     if tensor.is_unique() && tensor.layout().is_contiguous() && tensor.layout().start_offset() == 0
     {
         let storage: &mut [E] = tensor.storage_mut();
-        for x in storage[..n].iter_mut() {
-            *x = op(*x);
-        }
+        map_inplace(&mut storage[..n], &op);
         return tensor;
     }
 
@@ -98,7 +119,8 @@ where
     // Iterate in storage order (contiguous) and preserve original layout.
     // Only valid when all strides are positive.
     if !has_negative_strides && layout.start_offset() == 0 && src.len() == n {
-        let result: Vec<E> = src.iter().map(|&x| op(x)).collect();
+        let mut result: Vec<E> = src.to_vec();
+        map_inplace(&mut result, &op);
         let bytes = Bytes::from_elems(result);
         return FlexTensor::new(bytes, layout, E::dtype());
     }
