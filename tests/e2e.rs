@@ -509,10 +509,11 @@ fn paper_rbf_learned_schedule_hybrid_and_gradient_variance() {
     };
 
     // The RBF network at T = 40 with the paper's schedule: well above the null model.
-    let rbf = dir.join("rbf.toml");
-    std::fs::write(
-        &rbf,
-        TINY.replace("steps = 20", "steps = 40")
+    let rbf = write_config(
+        &dir,
+        "rbf.toml",
+        &TINY
+            .replace("steps = 20", "steps = 40")
             .replace(
                 "{ kind = \"linear\", start = 1e-3, end = 0.3 }",
                 "{ kind = \"paper\" }",
@@ -522,8 +523,7 @@ fn paper_rbf_learned_schedule_hybrid_and_gradient_variance() {
                 "kind = \"rbf\"\nhidden = [16]\ntime = \"readout\"",
             )
             .replace("steps = 1500", "steps = 3000"),
-    )
-    .unwrap();
+    );
     let rbf_run = dir.join("rbf");
     run(&[
         "train",
@@ -538,27 +538,21 @@ fn paper_rbf_learned_schedule_hybrid_and_gradient_variance() {
     let gain = e["k_minus_l_null_bits"].as_f64().unwrap();
     assert!(gain > 0.3, "RBF: K - L_null = {gain}");
     // an RBF network needs one width and a readout per step
-    let bad = dir.join("bad_rbf.toml");
-    std::fs::write(
-        &bad,
-        TINY.replace("hidden = [64, 64]", "kind = \"rbf\"\nhidden = [16]"),
-    )
-    .unwrap();
+    let bad = write_config(
+        &dir,
+        "bad_rbf.toml",
+        &TINY.replace("hidden = [64, 64]", "kind = \"rbf\"\nhidden = [16]"),
+    );
     fails(
         &["train", "--config", s(&bad), "--out", s(&dir.join("x"))],
         "time = \"readout\"",
     );
 
     // The learned schedule: b_1 kept, the others moved, all in (0, 1); evaluate uses them.
-    let learned = dir.join("learned.toml");
-    std::fs::write(
-        &learned,
-        TINY.replace(
+    let learned = write_config(&dir, "learned.toml", &TINY.replace(
             "schedule = { kind = \"linear\", start = 1e-3, end = 0.3 }",
             "schedule = { kind = \"learned\", init = { kind = \"linear\", start = 1e-3, end = 0.3 } }",
-        ),
-    )
-    .unwrap();
+        ));
     let learned_run = dir.join("learned");
     run(&[
         "train",
@@ -607,16 +601,16 @@ fn paper_rbf_learned_schedule_hybrid_and_gradient_variance() {
     );
 
     // epsilon with its variance in [b~_t, b_t], trained with the hybrid loss
-    let hybrid = dir.join("hybrid.toml");
-    std::fs::write(
-        &hybrid,
-        TINY.replace(
-            "parametrization = \"paper\"",
-            "parametrization = \"epsilon\"",
-        )
-        .replace("batch_size = 256", "batch_size = 256\nloss = \"hybrid\""),
-    )
-    .unwrap();
+    let hybrid = write_config(
+        &dir,
+        "hybrid.toml",
+        &TINY
+            .replace(
+                "parametrization = \"paper\"",
+                "parametrization = \"epsilon\"",
+            )
+            .replace("batch_size = 256", "batch_size = 256\nloss = \"hybrid\""),
+    );
     let hybrid_run = dir.join("hybrid");
     run(&[
         "train",
@@ -633,14 +627,13 @@ fn paper_rbf_learned_schedule_hybrid_and_gradient_variance() {
         gain > 0.0 && e["energy_distance"].as_f64().unwrap() < 0.05,
         "{e}"
     );
-    let mse_on_epsilon = dir.join("mse.toml");
-    std::fs::write(
-        &mse_on_epsilon,
-        std::fs::read_to_string(&hybrid)
+    let mse_on_epsilon = write_config(
+        &dir,
+        "mse.toml",
+        &std::fs::read_to_string(&hybrid)
             .unwrap()
             .replace("\"hybrid\"", "\"mse\""),
-    )
-    .unwrap();
+    );
     fails(
         &[
             "train",

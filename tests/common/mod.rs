@@ -64,6 +64,13 @@ fn fails_with(args: &[&str], want: &str, code: i32) {
     assert!(lines[0].contains(want), "{args:?}: {err}");
 }
 
+/// Writes `text` as `dir/name` and returns the path.
+pub fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 pub fn json(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("one JSON object")
 }

@@ -113,7 +113,13 @@ pub fn cmd_bench(a: BenchArgs) -> Result<(), String> {
             let model = manifest.init_model(&device)?;
             let mut rng = diffusion_data::rng(0, streams::SAMPLE);
             let start = Instant::now();
-            let drawn = bound.sample(&model, a.n, &mut rng, &device, 65_536);
+            let drawn = bound.sample(
+                &model,
+                a.n,
+                &mut rng,
+                &device,
+                diffusion_models::evaluate::SAMPLE_CHUNK_ROWS,
+            );
             let seconds = start.elapsed().as_secs_f64();
             if drawn.iter().any(|v| !v.is_finite()) {
                 return Err("sampling produced non-finite values".into());

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use diffusion_data::{Array2, Heartbeat, SwissRoll, io};
 use diffusion_models::checkpoint;
-use diffusion_models::config::ProcessKind;
+use diffusion_models::config::{LossKind, ProcessKind};
 use diffusion_models::evaluate::Evaluation;
 use diffusion_models::training::streams;
 use diffusion_models::{
@@ -338,7 +338,7 @@ fn cmd_train(a: TrainArgs) -> Result<(), String> {
         ),
     }
 
-    let mut reporter = Reporter::new(t.steps, resume.as_ref().map_or(0, |c| c.state.step));
+    let mut reporter = Reporter::new(t.steps, resume.as_ref().map_or(0, |c| c.state.step), t.loss);
     let (model, summary) = train(&manifest, data, &device, &run, resume.as_ref(), &mut |p| {
         reporter.report(p)
     })
@@ -618,7 +618,13 @@ fn cmd_sample(a: SampleArgs) -> Result<(), String> {
     let (_, manifest, model, device) = load_run(&a.run, &a.backend)?;
     let bound = manifest.bound_of(&model)?;
     let mut rng = diffusion_data::rng(a.seed, streams::SAMPLE);
-    let data = bound.sample(&model, a.n, &mut rng, &device, 65_536);
+    let data = bound.sample(
+        &model,
+        a.n,
+        &mut rng,
+        &device,
+        diffusion_models::evaluate::SAMPLE_CHUNK_ROWS,
+    );
     write_rows(&a.out, a.n, manifest.data_dim, data, "samples")
 }
 
@@ -661,10 +667,13 @@ fn print_evaluation(e: &Evaluation) {
 /// A progress bar on a terminal, plain lines otherwise.
 struct Reporter {
     bar: Option<ProgressBar>,
+    /// " bits" for the bound; nothing for the noise MSE and the hybrid loss.
+    unit: &'static str,
 }
 
 impl Reporter {
-    fn new(total: usize, done: usize) -> Self {
+    fn new(total: usize, done: usize, loss: LossKind) -> Self {
+        let unit = if loss == LossKind::Bound { " bits" } else { "" };
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new(total as u64);
             bar.set_position(done as u64);
@@ -676,14 +685,14 @@ impl Reporter {
             );
             bar
         });
-        Self { bar }
+        Self { bar, unit }
     }
 
     fn report(&mut self, p: &Progress) {
         let rate = p.step as f64 / p.elapsed_s.max(1e-9);
         let msg = format!(
-            "loss {:+.4} bits  lr {:.2e}  {rate:.1} steps/s",
-            p.loss_bits, p.lr
+            "loss {:+.4}{}  lr {:.2e}  {rate:.1} steps/s",
+            p.loss_bits, self.unit, p.lr
         );
         match &self.bar {
             Some(bar) => {

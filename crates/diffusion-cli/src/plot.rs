@@ -134,11 +134,13 @@ fn loss_series(run: &Path) -> Result<Series, String> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| run.display().to_string());
-    let mse = RunDir::open(run)
+    let loss = RunDir::open(run)
         .and_then(|r| r.manifest())
-        .is_ok_and(|m| m.config.train.loss == LossKind::Mse);
-    if mse {
-        label.push_str(" (noise MSE, not bits)");
+        .map(|m| m.config.train.loss);
+    match loss {
+        Ok(LossKind::Mse) => label.push_str(" (noise MSE, not bits)"),
+        Ok(LossKind::Hybrid) => label.push_str(" (noise MSE + weighted bound, not bits)"),
+        _ => {}
     }
     Ok(Series { label, points })
 }
@@ -288,7 +290,13 @@ pub fn cmd_plot(a: PlotArgs) -> Result<(), String> {
             }
             What::Samples => {
                 let mut data = bit_rows(&heldout(a.rows)?, d);
-                let drawn = bound.sample(&model, a.rows, &mut rng, &device, 65_536);
+                let drawn = bound.sample(
+                    &model,
+                    a.rows,
+                    &mut rng,
+                    &device,
+                    diffusion_models::evaluate::SAMPLE_CHUNK_ROWS,
+                );
                 let mut samples = bit_rows(&drawn, d);
                 if a.align {
                     align_first_pulse(&mut data);

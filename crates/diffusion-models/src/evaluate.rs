@@ -17,6 +17,12 @@ pub const ENERGY_POINTS: usize = 4_000;
 /// Rows per evaluation chunk (bounds memory whatever n and T are).
 pub const CHUNK_ROWS: usize = 16_384;
 
+/// Reverse chains run side by side when sampling: bounds memory whatever n is, and keeps a
+/// step's activations in cache (measured with the presentation's model on 2 cores, 100,000
+/// points through T = 200: 770k point-steps/s in chunks of 65,536 rows, 968k at 16,384,
+/// 1,074k at 4,096, 928k at 2,048).
+pub const SAMPLE_CHUNK_ROWS: usize = 4_096;
+
 /// The result of `diffusion evaluate`, in bits per point (per sequence for binary data).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Evaluation {
@@ -129,7 +135,7 @@ pub fn evaluate(
             let beat = Heartbeat::new(*length, *period).ok();
             if let Some(beat) = beat.filter(|_| samples > 0) {
                 let mut rng = diffusion_data::rng(seed, streams::SAMPLE);
-                let drawn = bound.sample(model, samples, &mut rng, device, CHUNK_ROWS);
+                let drawn = bound.sample(model, samples, &mut rng, device, SAMPLE_CHUNK_ROWS);
                 let mut counts = vec![0usize; beat.period()];
                 for row in drawn.chunks_exact(d) {
                     if let Some(p) = beat.phase_of(row) {
@@ -154,7 +160,7 @@ pub fn evaluate(
     if let (crate::bound::Diffusion::Gaussian(_), true) = (&bound, samples > 0) {
         let m = samples.min(ENERGY_POINTS);
         let mut rng = diffusion_data::rng(seed, streams::SAMPLE);
-        let drawn = bound.sample(model, m, &mut rng, device, CHUNK_ROWS);
+        let drawn = bound.sample(model, m, &mut rng, device, SAMPLE_CHUNK_ROWS);
         match &manifest.config.data {
             DataConfig::SwissRoll { noise } => {
                 if let Ok(roll) = SwissRoll::new(*noise) {
