@@ -1,7 +1,7 @@
 //! End to end through the `diffusion` binary: train a tiny model, evaluate, sample; and the
 //! command line's answers to bad input.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 
 mod common;
@@ -497,6 +497,20 @@ fn binomial_heartbeat_through_the_cli() {
 #[test]
 fn paper_rbf_learned_schedule_hybrid_and_gradient_variance() {
     let dir = workdir("issue5");
+    // trains `config` into dir/name with a small end-of-training evaluation
+    let train_into = |config: &Path, name: &str| -> PathBuf {
+        let out = dir.join(name);
+        run(&[
+            "train",
+            "--config",
+            s(config),
+            "--out",
+            s(&out),
+            "--eval-n",
+            "500",
+        ]);
+        out
+    };
     let eval = |run: &Path| {
         json(&common::run(&[
             "evaluate",
@@ -524,16 +538,7 @@ fn paper_rbf_learned_schedule_hybrid_and_gradient_variance() {
             )
             .replace("steps = 1500", "steps = 3000"),
     );
-    let rbf_run = dir.join("rbf");
-    run(&[
-        "train",
-        "--config",
-        s(&rbf),
-        "--out",
-        s(&rbf_run),
-        "--eval-n",
-        "500",
-    ]);
+    let rbf_run = train_into(&rbf, "rbf");
     let e = eval(&rbf_run);
     let gain = e["k_minus_l_null_bits"].as_f64().unwrap();
     assert!(gain > 0.3, "RBF: K - L_null = {gain}");
@@ -553,16 +558,7 @@ fn paper_rbf_learned_schedule_hybrid_and_gradient_variance() {
             "schedule = { kind = \"linear\", start = 1e-3, end = 0.3 }",
             "schedule = { kind = \"learned\", init = { kind = \"linear\", start = 1e-3, end = 0.3 } }",
         ));
-    let learned_run = dir.join("learned");
-    run(&[
-        "train",
-        "--config",
-        s(&learned),
-        "--out",
-        s(&learned_run),
-        "--eval-n",
-        "500",
-    ]);
+    let learned_run = train_into(&learned, "learned");
     let text = std::fs::read_to_string(learned_run.join("betas.csv")).unwrap();
     let betas: Vec<f64> = text
         .lines()
@@ -611,16 +607,7 @@ fn paper_rbf_learned_schedule_hybrid_and_gradient_variance() {
             )
             .replace("batch_size = 256", "batch_size = 256\nloss = \"hybrid\""),
     );
-    let hybrid_run = dir.join("hybrid");
-    run(&[
-        "train",
-        "--config",
-        s(&hybrid),
-        "--out",
-        s(&hybrid_run),
-        "--eval-n",
-        "500",
-    ]);
+    let hybrid_run = train_into(&hybrid, "hybrid");
     let e = eval(&hybrid_run);
     let gain = e["k_minus_l_null_bits"].as_f64().unwrap();
     assert!(
