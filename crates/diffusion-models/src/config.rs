@@ -176,7 +176,7 @@ pub enum LossKind {
     #[default]
     Bound,
     /// The noise-prediction mean squared error of Ho et al. (2020), ||eps - eps_theta||^2 summed
-    /// over coordinates (Gaussian diffusion with the `epsilon` parametrization). Its
+    /// over coordinates (Gaussian diffusion with the `epsilon-fixed` parametrization). Its
     /// `metrics.csv` loss column is that error, not bits.
     Mse,
     /// Nichol and Dhariwal (2021)'s hybrid: the noise MSE plus `hybrid_weight` times minus the
