@@ -257,7 +257,12 @@ impl GaussianBound {
 
     /// KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)) per row, in nats, `[n]`.
     pub fn kl_rows(&self, model: &ReverseMlp, batch: BoundBatch) -> Tensor<1> {
-        let z = model.forward(batch.x_t.clone(), batch.t);
+        let z = model.forward(batch.x_t.clone(), batch.t.clone());
+        self.kl_of_output(z, batch)
+    }
+
+    /// The KL terms of a batch given the network's output `z` for it.
+    fn kl_of_output(&self, z: Tensor<2>, batch: BoundBatch) -> Tensor<1> {
         let (mean, log_var) =
             self.parametrization
                 .mean_log_variance(z, batch.x_t, &batch.coefficients);
@@ -274,24 +279,14 @@ impl GaussianBound {
     /// the KL term (nats) with the mean held fixed, so that its gradient reaches only the
     /// variance (Nichol and Dhariwal 2021, section 3.1).
     pub fn hybrid_rows(&self, model: &ReverseMlp, batch: BoundBatch) -> (Tensor<1>, Tensor<1>) {
-        let z = model.forward(batch.x_t.clone(), batch.t);
+        let z = model.forward(batch.x_t.clone(), batch.t.clone());
         let [n, two_d] = z.dims();
         let d = two_d / 2;
         let z_mu = z.clone().slice([0..n, 0..d]);
-        let diff = z_mu.clone() - batch.noise;
+        let diff = z_mu.clone() - batch.noise.clone();
         let mse = (diff.clone() * diff).sum_dim(1).reshape([n]);
         let held = Tensor::cat(vec![z_mu.detach(), z.slice([0..n, d..two_d])], 1);
-        let (mean, log_var) =
-            self.parametrization
-                .mean_log_variance(held, batch.x_t, &batch.coefficients);
-        let kl = diffusion_core::kl_diag_gaussian(
-            batch.posterior_mean,
-            batch.posterior_variance,
-            batch.posterior_log_variance,
-            mean,
-            log_var,
-        );
-        (mse, kl)
+        (mse, self.kl_of_output(held, batch))
     }
 
     /// Runs the reverse chain for `n` points from x_T ~ N(0, I): the network's kernel for
@@ -725,20 +720,23 @@ impl Diffusion {
         let weights = batch
             .weights
             .map(|w| Tensor::<1>::from_data(TensorData::new(w, [batch.ts.len()]), device));
-        let weighted_mean = |kl: Tensor<1>| match &weights {
-            Some(w) => (kl * w.clone()).mean(),
-            None => kl.mean(),
+        // minus the Monte-Carlo K (bits) from the rows' KL terms, before the constant part
+        let weighted_sum = |kl: Tensor<1>| match &weights {
+            Some(w) => (kl * w.clone()).mean() * t_weight,
+            None => kl.mean() * t_weight,
         };
+        let constant_bits = batch.constant_bits;
+        let bound = |kl: &Tensor<1>| weighted_sum(kl.clone()) - constant_bits;
         match (self, batch.rows, loss) {
             (Self::Gaussian(g), Rows::Gaussian(rows), LossKind::Bound) => {
                 if let Some(schedule) = model.learned_schedule() {
                     let (kl, constant) = g.learned_kl_rows(model, schedule, rows, device);
-                    let loss = weighted_mean(kl.clone()) * t_weight - constant;
+                    let loss = weighted_sum(kl.clone()) - constant;
                     return StepLoss { loss, kl: Some(kl) };
                 }
                 let kl = g.kl_rows(model, rows.upload(device));
                 StepLoss {
-                    loss: weighted_mean(kl.clone()) * t_weight - batch.constant_bits,
+                    loss: bound(&kl),
                     kl: Some(kl),
                 }
             }
@@ -748,9 +746,8 @@ impl Diffusion {
             },
             (Self::Gaussian(g), Rows::Gaussian(rows), LossKind::Hybrid) => {
                 let (mse, kl) = g.hybrid_rows(model, rows.upload(device));
-                let bound = weighted_mean(kl.clone()) * t_weight - batch.constant_bits;
                 StepLoss {
-                    loss: mse.mean() + bound * hybrid_weight,
+                    loss: mse.mean() + bound(&kl) * hybrid_weight,
                     kl: Some(kl),
                 }
             }
@@ -758,7 +755,7 @@ impl Diffusion {
                 // config validation allows only the bound for binary data
                 let kl = b.kl_rows(model, rows.upload(device));
                 StepLoss {
-                    loss: weighted_mean(kl.clone()) * t_weight - batch.constant_bits,
+                    loss: bound(&kl),
                     kl: Some(kl),
                 }
             }

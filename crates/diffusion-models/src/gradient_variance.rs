@@ -141,8 +141,8 @@ pub fn gradient_variance(
     let profile = rows.min(PROFILE_POINTS);
     let plain = model.valid();
     let mut second_moment = vec![0.0f64; steps - 1];
+    let ts: Vec<usize> = (2..=steps).collect();
     for i in 0..profile {
-        let ts: Vec<usize> = (2..=steps).collect();
         let x0: Vec<f32> = ts
             .iter()
             .flat_map(|_| points[i * d..(i + 1) * d].iter().copied())

@@ -305,26 +305,29 @@ impl LearnedBetas {
         }
     }
 
+    /// `[first, rest...]`, `first` being b_1's value of a per-step quantity.
+    fn after_first(&self, first: f64, rest: Tensor<1>) -> Tensor<1> {
+        let first = Tensor::<1>::from_floats([first as f32], &rest.device());
+        Tensor::cat(vec![first, rest], 0)
+    }
+
     /// b_1..b_T, `[T]`.
     pub fn betas(&self) -> Tensor<1> {
-        let logits = self.logits.val();
-        let first = Tensor::<1>::from_floats([self.beta_1 as f32], &logits.device());
-        Tensor::cat(vec![first, activation::sigmoid(logits)], 0)
+        self.after_first(self.beta_1, activation::sigmoid(self.logits.val()))
     }
 
     /// ln(1 - b_t) for t = 1..T, `[T]` (computed as log_sigmoid(-w_t): exact for small b_t).
     pub fn log_one_minus_betas(&self) -> Tensor<1> {
-        let logits = self.logits.val();
-        let first = Tensor::<1>::from_floats([(1.0 - self.beta_1).ln() as f32], &logits.device());
-        Tensor::cat(vec![first, activation::log_sigmoid(logits.neg())], 0)
+        self.after_first(
+            (1.0 - self.beta_1).ln(),
+            activation::log_sigmoid(self.logits.val().neg()),
+        )
     }
 
     /// logit(b_t) for t = 1..T, `[T]`.
     pub fn logit_betas(&self) -> Tensor<1> {
-        let logits = self.logits.val();
         let b1 = self.beta_1;
-        let first = Tensor::<1>::from_floats([(b1 / (1.0 - b1)).ln() as f32], &logits.device());
-        Tensor::cat(vec![first, logits], 0)
+        self.after_first((b1 / (1.0 - b1)).ln(), self.logits.val())
     }
 
     /// The gradient of the free parameters w_2..w_T, `[T - 1]`, from an autodiff backward pass.
