@@ -16,7 +16,7 @@ use num_traits::Float;
 use num_traits::ToPrimitive;
 
 use crate::ops::binary::binary_op;
-use crate::ops::unary::unary_op;
+use crate::ops::unary::{f32_slice_op, unary_op};
 use crate::{Flex, FlexTensor, Layout};
 
 impl ActivationOps<Flex> for Flex {
@@ -133,8 +133,10 @@ impl ActivationOps<Flex> for Flex {
         // Numerically stable: -softplus(-x) = -log(1 + exp(-x))
         // For x >= 0: -log(1 + exp(-x))  (standard form, exp(-x) is small)
         // For x < 0: x - log(1 + exp(x))  (avoids exp of large positive)
-        unary_op(
+        // Contiguous f32 goes through the vectorised kernel of `fast_math`.
+        f32_slice_op(
             tensor,
+            crate::ops::fast_math::log_sigmoid_inplace,
             |x: f32| {
                 if x >= 0.0 {
                     -((-x).exp().ln_1p())
@@ -155,6 +157,31 @@ impl ActivationOps<Flex> for Flex {
     fn log_sigmoid_backward(x: FloatTensor<Flex>, grad: FloatTensor<Flex>) -> FloatTensor<Flex> {
         // d/dx[log_sigmoid(x)] = sigmoid(-x) * (-1) * (-1) = 1 - sigmoid(x) = sigmoid(-x)
         // So: grad * sigmoid(-x)
+        // Contiguous f32 of one shape: in place in `grad`'s buffer when it is not shared,
+        // through the vectorised kernel of `fast_math`.
+        if x.dtype() == DType::F32
+            && grad.dtype() == DType::F32
+            && x.layout().shape() == grad.layout().shape()
+            && let (Some((x_start, x_end)), Some((g_start, g_end))) = (
+                x.layout().contiguous_offsets(),
+                grad.layout().contiguous_offsets(),
+            )
+        {
+            let xs: &[f32] = &x.storage()[x_start..x_end];
+            if grad.is_unique() && g_start == 0 {
+                let mut grad = grad;
+                let gs: &mut [f32] = grad.storage_mut();
+                crate::ops::fast_math::log_sigmoid_backward_inplace(xs, &mut gs[..g_end]);
+                return grad;
+            }
+            let mut out = grad.storage::<f32>()[g_start..g_end].to_vec();
+            crate::ops::fast_math::log_sigmoid_backward_inplace(xs, &mut out);
+            return FlexTensor::new(
+                Bytes::from_elems(out),
+                Layout::contiguous(grad.layout().shape().clone()),
+                DType::F32,
+            );
+        }
         binary_op(
             x,
             grad,

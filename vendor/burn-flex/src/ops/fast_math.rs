@@ -113,24 +113,104 @@ fn apply_blocks(
     }
 }
 
-fn exp_serial(xs: &mut [f32]) {
-    apply_blocks(xs, exp_in_domain, exp_core, f32::exp)
+/// ln sigmoid(x) = min(x, 0) - ln(1 + e^-|x|) for |x| <= 87 (the domain of `exp_core`). The
+/// `ln(1 + e)` is Goldberg's `log1p`: ln(u) e / (u - 1) with u = 1 + e rounded, which keeps the
+/// relative accuracy where e is below f32's epsilon.
+#[inline(always)]
+fn log_sigmoid_core(x: f32) -> f32 {
+    let e = exp_core(-x.abs());
+    let u = 1.0 + e;
+    let d = u - 1.0;
+    let log1p = if d == 0.0 { e } else { ln_core(u) * (e / d) };
+    let low = if x < 0.0 { x } else { 0.0 };
+    low - log1p
 }
 
-fn ln_serial(xs: &mut [f32]) {
-    apply_blocks(xs, ln_in_domain, ln_core, f32::ln)
+/// sigmoid(-x), the derivative of ln sigmoid(x), for |x| <= 87: e / (1 + e) for x >= 0 and
+/// 1 / (1 + e) below, e = e^-|x|.
+#[inline(always)]
+fn sigmoid_neg_core(x: f32) -> f32 {
+    let e = exp_core(-x.abs());
+    let top = if x >= 0.0 { e } else { 1.0 };
+    top / (1.0 + e)
+}
+
+/// |x| <= 87; false for NaN.
+#[inline(always)]
+fn moderate(x: f32) -> bool {
+    x.abs() <= -EXP_LO
+}
+
+/// The scalar formula (libm's `exp` and `ln_1p`) for values outside [`moderate`].
+fn log_sigmoid_scalar(x: f32) -> f32 {
+    if x >= 0.0 {
+        -((-x).exp().ln_1p())
+    } else {
+        x - x.exp().ln_1p()
+    }
+}
+
+fn sigmoid_neg_scalar(x: f32) -> f32 {
+    if x >= 0.0 {
+        let e = (-x).exp();
+        e / (1.0 + e)
+    } else {
+        1.0 / (1.0 + x.exp())
+    }
+}
+
+/// `grads[i] *= core(xs[i])`, blockwise as [`apply_blocks`].
+#[inline(always)]
+fn scale_blocks(xs: &[f32], grads: &mut [f32], core: fn(f32) -> f32, fallback: fn(f32) -> f32) {
+    for (block, g) in xs.chunks(BLOCK).zip(grads.chunks_mut(BLOCK)) {
+        let inside = block.iter().fold(true, |ok, &x| ok & moderate(x));
+        if inside {
+            for (g, &x) in g.iter_mut().zip(block) {
+                *g *= core(x);
+            }
+        } else {
+            for (g, &x) in g.iter_mut().zip(block) {
+                *g *= if moderate(x) { core(x) } else { fallback(x) };
+            }
+        }
+    }
+}
+
+/// The element-wise functions with a vectorised kernel.
+#[derive(Clone, Copy)]
+enum Op {
+    Exp,
+    Ln,
+    LogSigmoid,
+}
+
+#[inline(always)]
+fn apply(xs: &mut [f32], op: Op) {
+    match op {
+        Op::Exp => apply_blocks(xs, exp_in_domain, exp_core, f32::exp),
+        Op::Ln => apply_blocks(xs, ln_in_domain, ln_core, f32::ln),
+        Op::LogSigmoid => apply_blocks(xs, moderate, log_sigmoid_core, log_sigmoid_scalar),
+    }
+}
+
+fn apply_serial(xs: &mut [f32], op: Op) {
+    apply(xs, op)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn exp_avx2(xs: &mut [f32]) {
-    apply_blocks(xs, exp_in_domain, exp_core, f32::exp)
+unsafe fn apply_avx2(xs: &mut [f32], op: Op) {
+    apply(xs, op)
+}
+
+fn sigmoid_neg_scale_serial(xs: &[f32], grads: &mut [f32]) {
+    scale_blocks(xs, grads, sigmoid_neg_core, sigmoid_neg_scalar)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn ln_avx2(xs: &mut [f32]) {
-    apply_blocks(xs, ln_in_domain, ln_core, f32::ln)
+unsafe fn sigmoid_neg_scale_avx2(xs: &[f32], grads: &mut [f32]) {
+    scale_blocks(xs, grads, sigmoid_neg_core, sigmoid_neg_scalar)
 }
 
 #[cfg(all(target_arch = "x86_64", feature = "std"))]
@@ -138,39 +218,72 @@ fn has_avx2_fma() -> bool {
     std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
 }
 
-/// The best serial kernel this CPU runs.
-fn kernel(exp: bool) -> fn(&mut [f32]) {
-    #[cfg(all(target_arch = "x86_64", feature = "std"))]
-    if has_avx2_fma() {
-        // SAFETY: the CPU supports the features these functions are compiled for.
-        return if exp {
-            |xs| unsafe { exp_avx2(xs) }
-        } else {
-            |xs| unsafe { ln_avx2(xs) }
-        };
-    }
-    if exp { exp_serial } else { ln_serial }
+#[cfg(not(all(target_arch = "x86_64", feature = "std")))]
+fn has_avx2_fma() -> bool {
+    false
 }
 
-fn run(xs: &mut [f32], exp: bool) {
-    let f = kernel(exp);
+/// `op` over `xs` with the best kernel this CPU runs, on one thread.
+fn kernel(xs: &mut [f32], op: Op) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU supports the features this function is compiled for.
+        return unsafe { apply_avx2(xs, op) };
+    }
+    apply_serial(xs, op)
+}
+
+fn run(xs: &mut [f32], op: Op) {
     #[cfg(feature = "rayon")]
     if xs.len() >= PARALLEL_MIN {
         use rayon::prelude::*;
-        xs.par_chunks_mut(TASK).for_each(f);
+        xs.par_chunks_mut(TASK).for_each(|c| kernel(c, op));
         return;
     }
-    f(xs)
+    kernel(xs, op)
+}
+
+fn sigmoid_neg_scale_kernel(xs: &[f32], grads: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU supports the features this function is compiled for.
+        return unsafe { sigmoid_neg_scale_avx2(xs, grads) };
+    }
+    sigmoid_neg_scale_serial(xs, grads)
 }
 
 /// e^x of every element, in place.
 pub fn exp_inplace(xs: &mut [f32]) {
-    run(xs, true)
+    run(xs, Op::Exp)
 }
 
 /// ln x of every element, in place.
 pub fn ln_inplace(xs: &mut [f32]) {
-    run(xs, false)
+    run(xs, Op::Ln)
+}
+
+/// ln sigmoid(x) = -ln(1 + e^-x) of every element, in place.
+pub fn log_sigmoid_inplace(xs: &mut [f32]) {
+    run(xs, Op::LogSigmoid)
+}
+
+/// `grads[i] *= sigmoid(-xs[i])`: the backward pass of ln sigmoid. The slices have one length.
+pub fn log_sigmoid_backward_inplace(xs: &[f32], grads: &mut [f32]) {
+    assert_eq!(
+        xs.len(),
+        grads.len(),
+        "log_sigmoid_backward: length mismatch"
+    );
+    #[cfg(feature = "rayon")]
+    if xs.len() >= PARALLEL_MIN {
+        use rayon::prelude::*;
+        grads
+            .par_chunks_mut(TASK)
+            .zip(xs.par_chunks(TASK))
+            .for_each(|(g, x)| sigmoid_neg_scale_kernel(x, g));
+        return;
+    }
+    sigmoid_neg_scale_kernel(xs, grads)
 }
 
 #[cfg(test)]
@@ -194,7 +307,12 @@ mod tests {
             0.0, -0.0, 1e-30, -1e-30, 88.5, 88.7, 89.0, -87.3, -100.0, -104.0, -200.0,
         ]);
         xs.extend([f32::INFINITY, f32::NEG_INFINITY, f32::NAN]);
-        for kernel_exp in [exp_serial as fn(&mut [f32]), kernel(true), exp_inplace] {
+        let kernels_exp: [fn(&mut [f32]); 3] = [
+            |xs| apply_serial(xs, Op::Exp),
+            |xs| kernel(xs, Op::Exp),
+            exp_inplace,
+        ];
+        for kernel_exp in kernels_exp {
             let mut ys = xs.clone();
             kernel_exp(&mut ys);
             for (&x, &y) in xs.iter().zip(&ys) {
@@ -222,7 +340,12 @@ mod tests {
             f32::INFINITY,
             f32::NAN,
         ]);
-        for kernel_ln in [ln_serial as fn(&mut [f32]), kernel(false), ln_inplace] {
+        let kernels_ln: [fn(&mut [f32]); 3] = [
+            |xs| apply_serial(xs, Op::Ln),
+            |xs| kernel(xs, Op::Ln),
+            ln_inplace,
+        ];
+        for kernel_ln in kernels_ln {
             let mut ys = xs.clone();
             kernel_ln(&mut ys);
             for (&x, &y) in xs.iter().zip(&ys) {
@@ -239,6 +362,70 @@ mod tests {
                         "ln({x}) = {y}, not {want}"
                     );
                 }
+            }
+        }
+    }
+
+    /// ln sigmoid and its derivative sigmoid(-x) against f64, over [-100, 100] (both tails, where
+    /// the result is tiny in relative terms or saturates), and the special values.
+    #[test]
+    fn log_sigmoid_and_its_backward_are_within_four_ulp() {
+        let mut xs: Vec<f32> = (0..400_001)
+            .map(|i| -100.0 + 200.0 * i as f32 / 400_000.0)
+            .collect();
+        xs.extend([
+            0.0, -0.0, 1e-30, -1e-30, 87.5, 104.0, -104.0, 200.0, -200.0, 1e30, -1e30,
+        ]);
+        let specials = [f32::INFINITY, f32::NEG_INFINITY, f32::NAN];
+        xs.extend(specials);
+        let exact = |x: f64| -> f64 {
+            if x >= 0.0 {
+                -(-x).exp().ln_1p()
+            } else {
+                x - x.exp().ln_1p()
+            }
+        };
+        let kernels: [fn(&mut [f32]); 3] = [
+            |xs| apply_serial(xs, Op::LogSigmoid),
+            |xs| kernel(xs, Op::LogSigmoid),
+            log_sigmoid_inplace,
+        ];
+        for log_sigmoid in kernels {
+            let mut ys = xs.clone();
+            log_sigmoid(&mut ys);
+            for (&x, &y) in xs.iter().zip(&ys) {
+                let want = exact(x as f64) as f32;
+                if x.is_nan() {
+                    assert!(y.is_nan());
+                } else if want.is_infinite() {
+                    assert_eq!(y, want, "log_sigmoid({x})");
+                } else if want == 0.0 || want.abs() < f32::MIN_POSITIVE {
+                    assert!(
+                        y.abs() < f32::MIN_POSITIVE,
+                        "log_sigmoid({x}) = {y}, not {want}"
+                    );
+                } else {
+                    assert!(ulps(y, want) <= 4.0, "log_sigmoid({x}) = {y}, not {want}");
+                }
+            }
+        }
+        let grads: Vec<f32> = (0..xs.len()).map(|i| 1.0 + (i % 7) as f32).collect();
+        let mut got = grads.clone();
+        log_sigmoid_backward_inplace(&xs, &mut got);
+        let mut serial = grads.clone();
+        sigmoid_neg_scale_serial(&xs, &mut serial);
+        for ((&x, &g), (&y, &s)) in xs.iter().zip(&grads).zip(got.iter().zip(&serial)) {
+            let want = (g as f64 / (1.0 + (x as f64).exp())) as f32;
+            if x.is_nan() {
+                assert!(y.is_nan() && s.is_nan());
+            } else if want.abs() < f32::MIN_POSITIVE {
+                assert!(
+                    y.abs() < f32::MIN_POSITIVE,
+                    "{g} sigmoid(-{x}) = {y}, not {want}"
+                );
+            } else {
+                assert!(ulps(y, want) <= 4.0, "{g} sigmoid(-{x}) = {y}, not {want}");
+                assert_eq!(y.to_bits(), s.to_bits());
             }
         }
     }

@@ -185,7 +185,7 @@ where
 
 /// An f32 operation over contiguous data through a slice kernel (vectorised, multi-threaded:
 /// see `fast_math`); other dtypes and layouts through [`unary_op`] with the scalar functions.
-fn f32_slice_op(
+pub(crate) fn f32_slice_op(
     tensor: FlexTensor,
     kernel: fn(&mut [f32]),
     f32_op: fn(f32) -> f32,
