@@ -226,6 +226,12 @@ unsafe fn apply_avx2(xs: &mut [f32], op: Op) {
     apply::<true>(xs, op)
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn apply_avx512(xs: &mut [f32], op: Op) {
+    apply::<true>(xs, op)
+}
+
 fn sigmoid_neg_scale_serial(xs: &[f32], grads: &mut [f32]) {
     scale_blocks(xs, grads, sigmoid_neg_core::<false>, sigmoid_neg_scalar)
 }
@@ -236,24 +242,49 @@ unsafe fn sigmoid_neg_scale_avx2(xs: &[f32], grads: &mut [f32]) {
     scale_blocks(xs, grads, sigmoid_neg_core::<true>, sigmoid_neg_scalar)
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn sigmoid_neg_scale_avx512(xs: &[f32], grads: &mut [f32]) {
+    scale_blocks(xs, grads, sigmoid_neg_core::<true>, sigmoid_neg_scalar)
+}
+
+/// The widest instruction set the kernels are compiled for that this CPU runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Isa {
+    Base,
+    #[cfg_attr(not(all(target_arch = "x86_64", feature = "std")), allow(dead_code))]
+    Avx2,
+    #[cfg_attr(not(all(target_arch = "x86_64", feature = "std")), allow(dead_code))]
+    Avx512,
+}
+
 #[cfg(all(target_arch = "x86_64", feature = "std"))]
-fn has_avx2_fma() -> bool {
-    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+fn isa() -> Isa {
+    use std::is_x86_feature_detected as has;
+    if !(has!("avx2") && has!("fma")) {
+        Isa::Base
+    } else if has!("avx512f") {
+        Isa::Avx512
+    } else {
+        Isa::Avx2
+    }
 }
 
 #[cfg(not(all(target_arch = "x86_64", feature = "std")))]
-fn has_avx2_fma() -> bool {
-    false
+fn isa() -> Isa {
+    Isa::Base
 }
 
 /// `op` over `xs` with the best kernel this CPU runs, on one thread.
 fn kernel(xs: &mut [f32], op: Op) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        // SAFETY: the CPU supports the features this function is compiled for.
-        return unsafe { apply_avx2(xs, op) };
+    match isa() {
+        // SAFETY (both): the CPU supports the features these functions are compiled for.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { apply_avx512(xs, op) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { apply_avx2(xs, op) },
+        _ => apply_serial(xs, op),
     }
-    apply_serial(xs, op)
 }
 
 fn run(xs: &mut [f32], op: Op) {
@@ -267,12 +298,14 @@ fn run(xs: &mut [f32], op: Op) {
 }
 
 fn sigmoid_neg_scale_kernel(xs: &[f32], grads: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        // SAFETY: the CPU supports the features this function is compiled for.
-        return unsafe { sigmoid_neg_scale_avx2(xs, grads) };
+    match isa() {
+        // SAFETY (both): the CPU supports the features these functions are compiled for.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { sigmoid_neg_scale_avx512(xs, grads) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { sigmoid_neg_scale_avx2(xs, grads) },
+        _ => sigmoid_neg_scale_serial(xs, grads),
     }
-    sigmoid_neg_scale_serial(xs, grads)
 }
 
 /// e^x of every element, in place.
@@ -314,6 +347,43 @@ mod tests {
     use super::*;
     use alloc::vec::Vec;
 
+    type Kernel = Box<dyn Fn(&mut [f32])>;
+
+    /// Every compiled kernel for `op` that this CPU runs, and the public multi-threaded entry.
+    fn kernels_for(op: Op) -> Vec<Kernel> {
+        let mut v: Vec<Kernel> = vec![Box::new(move |xs| apply_serial(xs, op))];
+        #[cfg(all(target_arch = "x86_64", feature = "std"))]
+        {
+            if isa() != Isa::Base {
+                v.push(Box::new(move |xs| unsafe { apply_avx2(xs, op) }));
+            }
+            if isa() == Isa::Avx512 {
+                v.push(Box::new(move |xs| unsafe { apply_avx512(xs, op) }));
+            }
+        }
+        v.push(Box::new(move |xs| run(xs, op)));
+        v
+    }
+
+    type BackwardKernel = Box<dyn Fn(&[f32], &mut [f32])>;
+
+    fn backward_kernels() -> Vec<BackwardKernel> {
+        let mut v: Vec<BackwardKernel> = vec![Box::new(sigmoid_neg_scale_serial)];
+        #[cfg(all(target_arch = "x86_64", feature = "std"))]
+        {
+            if isa() != Isa::Base {
+                v.push(Box::new(|xs, gs| unsafe { sigmoid_neg_scale_avx2(xs, gs) }));
+            }
+            if isa() == Isa::Avx512 {
+                v.push(Box::new(|xs, gs| unsafe {
+                    sigmoid_neg_scale_avx512(xs, gs)
+                }));
+            }
+        }
+        v.push(Box::new(log_sigmoid_backward_inplace));
+        v
+    }
+
     fn ulps(a: f32, b: f32) -> f64 {
         ((a as f64) - (b as f64)).abs()
             / (b.abs() as f64 * f32::EPSILON as f64).max(f64::MIN_POSITIVE)
@@ -330,12 +400,8 @@ mod tests {
             0.0, -0.0, 1e-30, -1e-30, 88.5, 88.7, 89.0, -87.3, -100.0, -104.0, -200.0,
         ]);
         xs.extend([f32::INFINITY, f32::NEG_INFINITY, f32::NAN]);
-        let kernels_exp: [fn(&mut [f32]); 3] = [
-            |xs| apply_serial(xs, Op::Exp),
-            |xs| kernel(xs, Op::Exp),
-            exp_inplace,
-        ];
-        for kernel_exp in kernels_exp {
+        let kernels_exp = kernels_for(Op::Exp);
+        for kernel_exp in &kernels_exp {
             let mut ys = xs.clone();
             kernel_exp(&mut ys);
             for (&x, &y) in xs.iter().zip(&ys) {
@@ -363,12 +429,8 @@ mod tests {
             f32::INFINITY,
             f32::NAN,
         ]);
-        let kernels_ln: [fn(&mut [f32]); 3] = [
-            |xs| apply_serial(xs, Op::Ln),
-            |xs| kernel(xs, Op::Ln),
-            ln_inplace,
-        ];
-        for kernel_ln in kernels_ln {
+        let kernels_ln = kernels_for(Op::Ln);
+        for kernel_ln in &kernels_ln {
             let mut ys = xs.clone();
             kernel_ln(&mut ys);
             for (&x, &y) in xs.iter().zip(&ys) {
@@ -408,12 +470,8 @@ mod tests {
                 x - x.exp().ln_1p()
             }
         };
-        let kernels: [fn(&mut [f32]); 3] = [
-            |xs| apply_serial(xs, Op::LogSigmoid),
-            |xs| kernel(xs, Op::LogSigmoid),
-            log_sigmoid_inplace,
-        ];
-        for log_sigmoid in kernels {
+        let kernels = kernels_for(Op::LogSigmoid);
+        for log_sigmoid in &kernels {
             let mut ys = xs.clone();
             log_sigmoid(&mut ys);
             for (&x, &y) in xs.iter().zip(&ys) {
@@ -433,22 +491,21 @@ mod tests {
             }
         }
         let grads: Vec<f32> = (0..xs.len()).map(|i| 1.0 + (i % 7) as f32).collect();
-        let mut got = grads.clone();
-        log_sigmoid_backward_inplace(&xs, &mut got);
-        let mut serial = grads.clone();
-        sigmoid_neg_scale_serial(&xs, &mut serial);
-        for ((&x, &g), (&y, &s)) in xs.iter().zip(&grads).zip(got.iter().zip(&serial)) {
-            let want = (g as f64 / (1.0 + (x as f64).exp())) as f32;
-            if x.is_nan() {
-                assert!(y.is_nan() && s.is_nan());
-            } else if want.abs() < f32::MIN_POSITIVE {
-                assert!(
-                    y.abs() < f32::MIN_POSITIVE,
-                    "{g} sigmoid(-{x}) = {y}, not {want}"
-                );
-            } else {
-                assert!(ulps(y, want) <= 4.0, "{g} sigmoid(-{x}) = {y}, not {want}");
-                assert!(ulps(s, want) <= 4.0, "{g} sigmoid(-{x}) = {s}, not {want}");
+        for backward in &backward_kernels() {
+            let mut got = grads.clone();
+            backward(&xs, &mut got);
+            for ((&x, &g), &y) in xs.iter().zip(&grads).zip(&got) {
+                let want = (g as f64 / (1.0 + (x as f64).exp())) as f32;
+                if x.is_nan() {
+                    assert!(y.is_nan());
+                } else if want.abs() < f32::MIN_POSITIVE {
+                    assert!(
+                        y.abs() < f32::MIN_POSITIVE,
+                        "{g} sigmoid(-{x}) = {y}, not {want}"
+                    );
+                } else {
+                    assert!(ulps(y, want) <= 4.0, "{g} sigmoid(-{x}) = {y}, not {want}");
+                }
             }
         }
     }
