@@ -37,7 +37,8 @@ impl ReverseParametrization {
     }
 }
 
-/// Per-row step coefficients, each `[n, 1]`, that the parametrizations need.
+/// Per-row step coefficients, each `[n, 1]` (or `[1, 1]`, broadcast over the rows, when every
+/// row has one step), that the parametrizations need.
 #[derive(Debug, Clone)]
 pub struct StepCoefficients {
     /// sqrt(1 - b_t).

@@ -338,7 +338,8 @@ impl GaussianBound {
         let device = x.device();
         let ts = vec![t; x.dims()[0]];
         let z = model.forward(x.clone(), steps_tensor(&ts, &device));
-        let coefficients = coefficients(&self.diffusion, &ts, &device);
+        // one row of coefficients, broadcast over the rows
+        let coefficients = coefficients(&self.diffusion, &[t], &device);
         self.parametrization.mean_log_variance(z, x, &coefficients)
     }
 }
@@ -506,27 +507,26 @@ impl BinomialBound {
                 out.push((t, x.to_vec()));
             }
         };
-        let mut x: Vec<f32> = uniform(rng)
+        let x0: Vec<f32> = uniform(rng)
             .into_iter()
             .map(|u| if (u as f64) < pi { 1.0 } else { 0.0 })
             .collect();
-        snapshot(self.steps(), &x);
+        snapshot(self.steps(), &x0);
+        // the chain stays on the device; only the uniforms go up each step
+        let mut x = tensor2(x0, n, d, device);
         for t in (2..=self.steps()).rev() {
             let ts = vec![t; n];
-            let kernel: Vec<f32> = x
-                .iter()
-                .map(|&v| logit(self.diffusion.forward_kernel(t, v as f64)) as f32)
-                .collect();
-            let logits = self.logits(
-                model,
-                tensor2(x, n, d, device),
-                steps_tensor(&ts, device),
-                tensor2(kernel, n, d, device),
-            );
+            // logit(x (1 - b_t) + pi b_t) for x in {0, 1}, selected exactly per bit
+            let [k0, k1] = [0.0, 1.0].map(|v| logit(self.diffusion.forward_kernel(t, v)) as f32);
+            let kernel = x.clone() * k1 + (x.clone().neg() + 1.0) * k0;
+            let logits = self.logits(model, x, steps_tensor(&ts, device), kernel);
             let u = tensor2(uniform(rng), n, d, device);
-            x = host(u.lower(burn::tensor::activation::sigmoid(logits)).float());
-            snapshot(t - 1, &x);
+            x = u.lower(burn::tensor::activation::sigmoid(logits)).float();
+            if keep.contains(&(t - 1)) {
+                snapshot(t - 1, &host(x.clone()));
+            }
         }
+        let mut x = host(x);
         for v in x.iter_mut() {
             let p = self.diffusion.forward_kernel(1, *v as f64);
             *v = if (rng.random::<f32>() as f64) < p {

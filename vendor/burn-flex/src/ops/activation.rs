@@ -103,7 +103,13 @@ impl ActivationOps<Flex> for Flex {
     }
 
     fn sigmoid(tensor: FloatTensor<Flex>) -> FloatTensor<Flex> {
-        unary_op(tensor, sigmoid_f32, sigmoid_f64)
+        // contiguous f32 through the vectorised kernel of `fast_math`
+        f32_slice_op(
+            tensor,
+            crate::ops::fast_math::sigmoid_inplace,
+            sigmoid_f32,
+            sigmoid_f64,
+        )
     }
 
     fn sigmoid_backward(output: FloatTensor<Flex>, grad: FloatTensor<Flex>) -> FloatTensor<Flex> {

@@ -158,6 +158,12 @@ fn sigmoid_neg_core<const F: bool>(x: f32) -> f32 {
     top / (1.0 + e)
 }
 
+/// sigmoid(x) = 1 / (1 + e^-x) for |x| <= 87.
+#[inline(always)]
+fn sigmoid_core<const F: bool>(x: f32) -> f32 {
+    sigmoid_neg_core::<F>(-x)
+}
+
 /// |x| <= 87; false for NaN.
 #[inline(always)]
 fn moderate(x: f32) -> bool {
@@ -171,6 +177,10 @@ fn log_sigmoid_scalar(x: f32) -> f32 {
     } else {
         x - x.exp().ln_1p()
     }
+}
+
+fn sigmoid_scalar(x: f32) -> f32 {
+    sigmoid_neg_scalar(-x)
 }
 
 fn sigmoid_neg_scalar(x: f32) -> f32 {
@@ -205,6 +215,7 @@ enum Op {
     Exp,
     Ln,
     LogSigmoid,
+    Sigmoid,
 }
 
 #[inline(always)]
@@ -213,6 +224,7 @@ fn apply<const F: bool>(xs: &mut [f32], op: Op) {
         Op::Exp => apply_blocks(xs, exp_in_domain, exp_core::<F>, f32::exp),
         Op::Ln => apply_blocks(xs, ln_in_domain, ln_core::<F>, f32::ln),
         Op::LogSigmoid => apply_blocks(xs, moderate, log_sigmoid_core::<F>, log_sigmoid_scalar),
+        Op::Sigmoid => apply_blocks(xs, moderate, sigmoid_core::<F>, sigmoid_scalar),
     }
 }
 
@@ -321,6 +333,11 @@ pub fn ln_inplace(xs: &mut [f32]) {
 /// ln sigmoid(x) = -ln(1 + e^-x) of every element, in place.
 pub fn log_sigmoid_inplace(xs: &mut [f32]) {
     run(xs, Op::LogSigmoid)
+}
+
+/// sigmoid(x) = 1 / (1 + e^-x) of every element, in place.
+pub fn sigmoid_inplace(xs: &mut [f32]) {
+    run(xs, Op::Sigmoid)
 }
 
 /// `grads[i] *= sigmoid(-xs[i])`: the backward pass of ln sigmoid. The slices have one length.
@@ -446,6 +463,33 @@ mod tests {
                         ulps(y, want) <= 2.0 || err <= 1.5e-8,
                         "ln({x}) = {y}, not {want}"
                     );
+                }
+            }
+        }
+    }
+
+    /// sigmoid against f64 over [-100, 100] and the special values.
+    #[test]
+    fn sigmoid_is_within_four_ulp() {
+        let mut xs: Vec<f32> = (0..400_001)
+            .map(|i| -100.0 + 200.0 * i as f32 / 400_000.0)
+            .collect();
+        xs.extend([0.0, -0.0, 87.5, -87.5, 104.0, -104.0, 1e30, -1e30]);
+        xs.extend([f32::INFINITY, f32::NEG_INFINITY, f32::NAN]);
+        for sigmoid in &kernels_for(Op::Sigmoid) {
+            let mut ys = xs.clone();
+            sigmoid(&mut ys);
+            for (&x, &y) in xs.iter().zip(&ys) {
+                let want = (1.0 / (1.0 + (-(x as f64)).exp())) as f32;
+                if x.is_nan() {
+                    assert!(y.is_nan());
+                } else if want.abs() < f32::MIN_POSITIVE {
+                    assert!(
+                        y.abs() < f32::MIN_POSITIVE,
+                        "sigmoid({x}) = {y}, not {want}"
+                    );
+                } else {
+                    assert!(ulps(y, want) <= 4.0, "sigmoid({x}) = {y}, not {want}");
                 }
             }
         }
