@@ -90,6 +90,19 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown CPU".into())
 }
 
+/// The workspace's root: from `CARGO_MANIFEST_DIR` as `cargo xtask` sets it when it runs the
+/// binary, else as it was at compile time. (Two clones sharing one cargo target dir share one
+/// `xtask` binary, whose compile-time path may be the other clone's.)
+fn workspace_root() -> std::path::PathBuf {
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_path_buf()
+}
+
 /// Builds the `diffusion` binary in release mode with the cargo `features` (none: flex only) and
 /// returns its path.
 fn build_cli(root: &std::path::Path, features: &[&str]) -> Result<std::path::PathBuf, String> {
@@ -155,9 +168,7 @@ fn main() -> ExitCode {
             only,
             report_only,
         } => {
-            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .parent()
-                .expect("xtask sits in the workspace");
+            let root = &workspace_root();
             match experiments::run(root, &suite, &only, report_only) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -173,9 +184,7 @@ fn main() -> ExitCode {
             repeat,
             out,
         } => {
-            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .parent()
-                .expect("xtask sits in the workspace");
+            let root = &workspace_root();
             let out = if out.is_absolute() {
                 out
             } else {
