@@ -18,7 +18,7 @@ use rand::Rng as _;
 use rand_distr::StandardNormal;
 
 use crate::config::LossKind;
-use crate::model::{LearnedBetas, ReverseMlp};
+use crate::model::{LearnedBetas, ReverseMlp, Steps};
 
 /// A Gaussian diffusion with its reverse parametrization.
 #[derive(Debug, Clone)]
@@ -336,8 +336,7 @@ impl GaussianBound {
         t: usize,
     ) -> (Tensor<2>, Tensor<2>) {
         let device = x.device();
-        let ts = vec![t; x.dims()[0]];
-        let z = model.forward(x.clone(), steps_tensor(&ts, &device));
+        let z = model.forward_at(x.clone(), t);
         // one row of coefficients, broadcast over the rows
         let coefficients = coefficients(&self.diffusion, &[t], &device);
         self.parametrization.mean_log_variance(z, x, &coefficients)
@@ -469,10 +468,10 @@ impl BinomialBound {
         &self,
         model: &ReverseMlp,
         x_t: Tensor<2>,
-        t: Tensor<1, Int>,
+        steps: &Steps,
         kernel_logit: Tensor<2>,
     ) -> Tensor<2> {
-        let z = model.forward(x_t, t);
+        let z = model.forward_steps(x_t, steps);
         match self.parametrization {
             ReverseParametrization::Paper => z + kernel_logit,
             // `epsilon` is refused for binary data by config validation.
@@ -482,7 +481,12 @@ impl BinomialBound {
 
     /// KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)) per row, in nats, `[n]`.
     pub fn kl_rows(&self, model: &ReverseMlp, batch: BinomialBatch) -> Tensor<1> {
-        let logits = self.logits(model, batch.x_t, batch.t, batch.kernel_logit);
+        let logits = self.logits(
+            model,
+            batch.x_t,
+            &Steps::PerRow(batch.t),
+            batch.kernel_logit,
+        );
         diffusion_core::kl_bernoulli_logits(batch.posterior, batch.posterior_entropy, logits)
     }
 
@@ -515,11 +519,10 @@ impl BinomialBound {
         // the chain stays on the device; only the uniforms go up each step
         let mut x = tensor2(x0, n, d, device);
         for t in (2..=self.steps()).rev() {
-            let ts = vec![t; n];
             // logit(x (1 - b_t) + pi b_t) for x in {0, 1}, selected exactly per bit
             let [k0, k1] = [0.0, 1.0].map(|v| logit(self.diffusion.forward_kernel(t, v)) as f32);
             let kernel = x.clone() * k1 + (x.clone().neg() + 1.0) * k0;
-            let logits = self.logits(model, x, steps_tensor(&ts, device), kernel);
+            let logits = self.logits(model, x, &Steps::All(t), kernel);
             let u = tensor2(uniform(rng), n, d, device);
             x = u.lower(burn::tensor::activation::sigmoid(logits)).float();
             if keep.contains(&(t - 1)) {

@@ -247,16 +247,40 @@ pub struct StepReadout {
 }
 
 impl StepReadout {
-    fn forward(&self, h: Tensor<2>, t: Tensor<1, Int>) -> Tensor<2> {
+    fn forward(&self, h: Tensor<2>, steps: &Steps) -> Tensor<2> {
         let [n, width] = h.dims();
-        let w: Tensor<3> = self
-            .weight
-            .val()
-            .select(0, t.clone())
-            .reshape([n, width, self.dim_out]);
-        let z: Tensor<3> = h.unsqueeze_dim::<3>(1).matmul(w);
-        z.reshape([n, self.dim_out]) + self.bias.val().select(0, t)
+        match steps {
+            Steps::PerRow(t) => {
+                let w: Tensor<3> =
+                    self.weight
+                        .val()
+                        .select(0, t.clone())
+                        .reshape([n, width, self.dim_out]);
+                let z: Tensor<3> = h.unsqueeze_dim::<3>(1).matmul(w);
+                z.reshape([n, self.dim_out]) + self.bias.val().select(0, t.clone())
+            }
+            // one matrix for every row
+            &Steps::All(t) => {
+                let w = self
+                    .weight
+                    .val()
+                    .slice([t..t + 1])
+                    .reshape([width, self.dim_out]);
+                h.matmul(w) + self.bias.val().slice([t..t + 1])
+            }
+        }
     }
+}
+
+/// The steps t of a batch of rows: one per row, or one for them all (sampling), which lets
+/// the network use each step's parameters once, broadcast over the rows, instead of
+/// gathering a copy per row.
+#[derive(Debug, Clone)]
+pub enum Steps {
+    /// `[n]`, 1-based.
+    PerRow(Tensor<1, Int>),
+    /// Every row at this step (1-based).
+    All(usize),
 }
 
 /// A normalised radial-basis-function layer: `h = softmax_j(-|x - c_j|^2 / (2 s_j^2))`.
@@ -376,13 +400,30 @@ impl ReverseMlp {
 
     /// `x_t` is `[n, d]`, `t` is `[n]` (1-based steps); returns `[n, dim_out]`.
     pub fn forward(&self, x_t: Tensor<2>, t: Tensor<1, Int>) -> Tensor<2> {
-        let [n, _] = x_t.dims();
-        let t2 = t.clone().reshape([n, 1]);
+        self.forward_steps(x_t, &Steps::PerRow(t))
+    }
+
+    /// [`forward`](Self::forward) with every row at step `t`: the same values, computed with
+    /// each per-step parameter once instead of once per row.
+    pub fn forward_at(&self, x_t: Tensor<2>, t: usize) -> Tensor<2> {
+        self.forward_steps(x_t, &Steps::All(t))
+    }
+
+    /// [`forward`](Self::forward) with the steps given either way.
+    pub fn forward_steps(&self, x_t: Tensor<2>, steps: &Steps) -> Tensor<2> {
+        let device = x_t.device();
+        // the steps as a column, `[n, 1]` or `[1, 1]`
+        let column = || match steps {
+            Steps::PerRow(t) => {
+                let n = t.dims()[0];
+                t.clone().reshape([n, 1])
+            }
+            &Steps::All(t) => Tensor::<1, Int>::from_ints([t as i64], &device).reshape([1, 1]),
+        };
         let features = (!self.time_projections.is_empty()).then(|| {
-            let device = x_t.device();
             let freqs = Tensor::<1>::from_floats(self.frequencies.as_slice(), &device)
                 .reshape([1, self.frequencies.len()]);
-            let angles = t2.clone().float() * freqs;
+            let angles = column().float() * freqs;
             Tensor::cat(vec![angles.clone().sin(), angles.cos()], 1)
         });
         let mut h = match &self.rbf {
@@ -392,7 +433,10 @@ impl ReverseMlp {
         for (i, layer) in self.layers.iter().enumerate() {
             let mut pre = layer.forward(h);
             if let Some(embedding) = self.time_embeddings.get(i) {
-                let e: Tensor<2> = embedding.forward(t2.clone()).squeeze_dim(1);
+                let e: Tensor<2> = match steps {
+                    Steps::PerRow(_) => embedding.forward(column()).squeeze_dim(1),
+                    &Steps::All(t) => embedding.weight.val().slice([t..t + 1]),
+                };
                 pre = pre + e;
             }
             if let (Some(projection), Some(f)) = (self.time_projections.get(i), &features) {
@@ -402,7 +446,7 @@ impl ReverseMlp {
         }
         match (&self.readout, &self.step_readout) {
             (Some(readout), _) => readout.forward(h),
-            (None, Some(step_readout)) => step_readout.forward(h, t),
+            (None, Some(step_readout)) => step_readout.forward(h, steps),
             (None, None) => unreachable!("a network has one readout"),
         }
     }
@@ -473,6 +517,58 @@ mod tests {
         // 16 centres of 2 coordinates, 16 widths, 41 readouts of 16 x 4 + 4
         assert_eq!(rbf.parameter_count(2, 4, 40), 32 + 16 + 41 * 68);
         assert_eq!(rbf.init(2, 4, 40, &device).num_params(), 32 + 16 + 41 * 68);
+    }
+
+    /// Every parameter replaced by N(0, 1) draws (the readouts start at zero, which would hide
+    /// a wrong per-step readout).
+    struct Randomize;
+
+    impl burn::module::ModuleMapper for Randomize {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            param.map(|t| Tensor::random(t.shape(), Distribution::Normal(0.0, 1.0), &t.device()))
+        }
+    }
+
+    /// `forward_at(x, t)` (each step's parameters once, broadcast) is `forward(x, [t; n])` (a
+    /// copy per row), for every way the network is told t.
+    #[test]
+    fn forward_at_one_step_equals_forward_with_that_step_per_row() {
+        let device = Device::flex();
+        let x = Tensor::<2>::random([9, 2], Distribution::Normal(0.0, 1.0), &device);
+        let configs = [
+            (TimeConditioning::Embedding, ModelKind::Mlp, vec![6, 5]),
+            (TimeConditioning::Readout, ModelKind::Mlp, vec![6, 5]),
+            (TimeConditioning::Sinusoidal, ModelKind::Mlp, vec![6, 5]),
+            (TimeConditioning::Readout, ModelKind::Rbf, vec![7]),
+        ];
+        for (time, kind, hidden) in configs {
+            let config = ModelConfig {
+                hidden,
+                time,
+                kind,
+                ..ModelConfig::default()
+            };
+            let model = config.init(2, 4, 10, &device).map(&mut Randomize);
+            for t in [1, 7, 10] {
+                let steps = Tensor::<1, Int>::from_ints([t as i64; 9], &device);
+                let per_row = model.forward(x.clone(), steps).into_data().convert::<f32>();
+                let once = model.forward_at(x.clone(), t).into_data().convert::<f32>();
+                let (a, b) = (
+                    per_row.as_slice::<f32>().unwrap(),
+                    once.as_slice::<f32>().unwrap(),
+                );
+                assert_eq!(a.len(), 9 * 4);
+                assert_eq!(b.len(), 9 * 4);
+                let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+                assert!(scale > 0.1, "{time:?} {kind:?} t = {t}: outputs near zero");
+                for (p, q) in a.iter().zip(b) {
+                    assert!(
+                        (p - q).abs() <= 1e-5 * scale,
+                        "{time:?} {kind:?} t = {t}: {p} vs {q}"
+                    );
+                }
+            }
+        }
     }
 
     /// The RBF layer is the normalised Gaussian bumps of its definition, computed here in f64.
