@@ -468,7 +468,7 @@ impl BinomialBound {
         &self,
         model: &ReverseMlp,
         x_t: Tensor<2>,
-        steps: &Steps,
+        steps: Steps,
         kernel_logit: Tensor<2>,
     ) -> Tensor<2> {
         let z = model.forward_steps(x_t, steps);
@@ -484,7 +484,7 @@ impl BinomialBound {
         let logits = self.logits(
             model,
             batch.x_t,
-            &Steps::PerRow(batch.t),
+            Steps::PerRow(&batch.t),
             batch.kernel_logit,
         );
         diffusion_core::kl_bernoulli_logits(batch.posterior, batch.posterior_entropy, logits)
@@ -522,7 +522,7 @@ impl BinomialBound {
             // logit(x (1 - b_t) + pi b_t) for x in {0, 1}, selected exactly per bit
             let [k0, k1] = [0.0, 1.0].map(|v| logit(self.diffusion.forward_kernel(t, v)) as f32);
             let kernel = x.clone() * k1 + (x.clone().neg() + 1.0) * k0;
-            let logits = self.logits(model, x, &Steps::All(t), kernel);
+            let logits = self.logits(model, x, Steps::All(t), kernel);
             let u = tensor2(uniform(rng), n, d, device);
             x = u.lower(burn::tensor::activation::sigmoid(logits)).float();
             if keep.contains(&(t - 1)) {

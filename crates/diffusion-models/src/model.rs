@@ -247,7 +247,7 @@ pub struct StepReadout {
 }
 
 impl StepReadout {
-    fn forward(&self, h: Tensor<2>, steps: &Steps) -> Tensor<2> {
+    fn forward(&self, h: Tensor<2>, steps: Steps) -> Tensor<2> {
         let [n, width] = h.dims();
         match steps {
             Steps::PerRow(t) => {
@@ -260,13 +260,13 @@ impl StepReadout {
                 z.reshape([n, self.dim_out]) + self.bias.val().select(0, t.clone())
             }
             // one matrix for every row
-            &Steps::All(t) => {
+            Steps::All(t) => {
                 let w = self
                     .weight
                     .val()
-                    .slice([t..t + 1])
+                    .narrow(0, t, 1)
                     .reshape([width, self.dim_out]);
-                h.matmul(w) + self.bias.val().slice([t..t + 1])
+                h.matmul(w) + self.bias.val().narrow(0, t, 1)
             }
         }
     }
@@ -275,10 +275,10 @@ impl StepReadout {
 /// The steps t of a batch of rows: one per row, or one for them all (sampling), which lets
 /// the network use each step's parameters once, broadcast over the rows, instead of
 /// gathering a copy per row.
-#[derive(Debug, Clone)]
-pub enum Steps {
+#[derive(Debug, Clone, Copy)]
+pub enum Steps<'a> {
     /// `[n]`, 1-based.
-    PerRow(Tensor<1, Int>),
+    PerRow(&'a Tensor<1, Int>),
     /// Every row at this step (1-based).
     All(usize),
 }
@@ -400,17 +400,17 @@ impl ReverseMlp {
 
     /// `x_t` is `[n, d]`, `t` is `[n]` (1-based steps); returns `[n, dim_out]`.
     pub fn forward(&self, x_t: Tensor<2>, t: Tensor<1, Int>) -> Tensor<2> {
-        self.forward_steps(x_t, &Steps::PerRow(t))
+        self.forward_steps(x_t, Steps::PerRow(&t))
     }
 
     /// [`forward`](Self::forward) with every row at step `t`: the same values, computed with
     /// each per-step parameter once instead of once per row.
     pub fn forward_at(&self, x_t: Tensor<2>, t: usize) -> Tensor<2> {
-        self.forward_steps(x_t, &Steps::All(t))
+        self.forward_steps(x_t, Steps::All(t))
     }
 
     /// [`forward`](Self::forward) with the steps given either way.
-    pub fn forward_steps(&self, x_t: Tensor<2>, steps: &Steps) -> Tensor<2> {
+    pub fn forward_steps(&self, x_t: Tensor<2>, steps: Steps) -> Tensor<2> {
         let device = x_t.device();
         // the steps as a column, `[n, 1]` or `[1, 1]`
         let column = || match steps {
@@ -418,7 +418,7 @@ impl ReverseMlp {
                 let n = t.dims()[0];
                 t.clone().reshape([n, 1])
             }
-            &Steps::All(t) => Tensor::<1, Int>::from_ints([t as i64], &device).reshape([1, 1]),
+            Steps::All(t) => Tensor::<1, Int>::from_ints([t as i64], &device).reshape([1, 1]),
         };
         let features = (!self.time_projections.is_empty()).then(|| {
             let freqs = Tensor::<1>::from_floats(self.frequencies.as_slice(), &device)
@@ -435,7 +435,7 @@ impl ReverseMlp {
             if let Some(embedding) = self.time_embeddings.get(i) {
                 let e: Tensor<2> = match steps {
                     Steps::PerRow(_) => embedding.forward(column()).squeeze_dim(1),
-                    &Steps::All(t) => embedding.weight.val().slice([t..t + 1]),
+                    Steps::All(t) => embedding.weight.val().narrow(0, t, 1),
                 };
                 pre = pre + e;
             }
