@@ -469,11 +469,11 @@ impl BinomialBound {
         model: &ReverseMlp,
         x_t: Tensor<2>,
         steps: Steps,
-        kernel_logit: Tensor<2>,
+        kernel_logit: impl FnOnce() -> Tensor<2>,
     ) -> Tensor<2> {
         let z = model.forward_steps(x_t, steps);
         match self.parametrization {
-            ReverseParametrization::Paper => z + kernel_logit,
+            ReverseParametrization::Paper => z + kernel_logit(),
             // `epsilon` is refused for binary data by config validation.
             _ => z,
         }
@@ -481,12 +481,8 @@ impl BinomialBound {
 
     /// KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)) per row, in nats, `[n]`.
     pub fn kl_rows(&self, model: &ReverseMlp, batch: BinomialBatch) -> Tensor<1> {
-        let logits = self.logits(
-            model,
-            batch.x_t,
-            Steps::PerRow(&batch.t),
-            batch.kernel_logit,
-        );
+        let kernel_logit = batch.kernel_logit;
+        let logits = self.logits(model, batch.x_t, Steps::PerRow(&batch.t), || kernel_logit);
         diffusion_core::kl_bernoulli_logits(batch.posterior, batch.posterior_entropy, logits)
     }
 
@@ -520,9 +516,12 @@ impl BinomialBound {
         let mut x = tensor2(x0, n, d, device);
         for t in (2..=self.steps()).rev() {
             // logit(x (1 - b_t) + pi b_t) for x in {0, 1}, selected exactly per bit
-            let [k0, k1] = [0.0, 1.0].map(|v| logit(self.diffusion.forward_kernel(t, v)) as f32);
-            let kernel = x.clone() * k1 + (x.clone().neg() + 1.0) * k0;
-            let logits = self.logits(model, x, Steps::All(t), kernel);
+            let kernel = || {
+                let [k0, k1] =
+                    [0.0, 1.0].map(|v| logit(self.diffusion.forward_kernel(t, v)) as f32);
+                x.clone() * k1 + (x.clone().neg() + 1.0) * k0
+            };
+            let logits = self.logits(model, x.clone(), Steps::All(t), kernel);
             let u = tensor2(uniform(rng), n, d, device);
             x = u.lower(burn::tensor::activation::sigmoid(logits)).float();
             if keep.contains(&(t - 1)) {
