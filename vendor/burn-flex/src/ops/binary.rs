@@ -116,6 +116,21 @@ where
         return rhs;
     }
 
+    // A uniquely owned dense lhs and one row broadcast over it (a bias, a per-step
+    // embedding) on a large tensor: in place, the rows split across rayon's pool. The nest
+    // below is the same single pass, but on one thread.
+    #[cfg(feature = "rayon")]
+    if let Some(simd_op) = simd_hint
+        && let Some(row_len) = shared_row_len(&lhs, &rhs)
+    {
+        let start = rhs.layout().start_offset();
+        let row: &[f32] = &rhs.storage()[start..start + row_len];
+        let total = lhs.layout().num_elements();
+        let dst: &mut [f32] = &mut lhs.storage_mut()[..total];
+        shared_row_inplace_parallel(dst, row, simd_op);
+        return lhs;
+    }
+
     // Broadcast operands fall through to `binary_op_typed`, whose
     // collapsed loop nest handles every stride pattern in a single pass
     // — reusing a uniquely owned operand as the destination when it can
@@ -127,6 +142,51 @@ where
     // read-modify-write pass, while the nest reads both operands and
     // writes the output once.
     binary_op_typed(lhs, rhs, op)
+}
+
+/// Elements from which a broadcast row is applied across rayon's pool.
+#[cfg(all(feature = "simd", feature = "rayon"))]
+const SHARED_ROW_PARALLEL_MIN: usize = 32 * 1024;
+
+/// The row length n when `lhs` is uniquely owned, contiguous from storage index 0, with at
+/// least [`SHARED_ROW_PARALLEL_MIN`] elements, and `rhs` (already broadcast to `lhs`'s shape)
+/// is one contiguous row of n values repeated over every other dimension.
+#[cfg(all(feature = "simd", feature = "rayon"))]
+fn shared_row_len(lhs: &FlexTensor, rhs: &FlexTensor) -> Option<usize> {
+    let (l, r) = (lhs.layout(), rhs.layout());
+    let dims = l.shape().num_dims();
+    if !lhs.is_unique()
+        || l.contiguous_offsets()?.0 != 0
+        || l.num_elements() < SHARED_ROW_PARALLEL_MIN
+        || dims < 2
+        || r.shape() != l.shape()
+    {
+        return None;
+    }
+    let n = l.shape()[dims - 1];
+    let strides = r.strides();
+    let row = n > 0 && strides[dims - 1] == 1 && strides[..dims - 1].iter().all(|&s| s == 0);
+    row.then_some(n)
+}
+
+/// `dst[i][j] = dst[i][j] OP row[j]` for the rows of `dst` (row-major, `row.len()` columns),
+/// split across rayon's pool.
+#[cfg(all(feature = "simd", feature = "rayon"))]
+fn shared_row_inplace_parallel(dst: &mut [f32], row: &[f32], op: BinaryOp) {
+    use rayon::prelude::*;
+    let n = row.len();
+    let rows_per_task = (8 * 1024 / n).max(1);
+    dst.par_chunks_mut(rows_per_task * n).for_each(|chunk| {
+        for r in chunk.chunks_exact_mut(n) {
+            let pairs = r.iter_mut().zip(row);
+            match op {
+                BinaryOp::Add => pairs.for_each(|(d, &s)| *d += s),
+                BinaryOp::Sub => pairs.for_each(|(d, &s)| *d -= s),
+                BinaryOp::Mul => pairs.for_each(|(d, &s)| *d *= s),
+                BinaryOp::Div => pairs.for_each(|(d, &s)| *d /= s),
+            }
+        }
+    });
 }
 
 /// Fallback when SIMD is disabled.
@@ -1219,5 +1279,53 @@ mod tests {
 
         let data = result.into_data();
         assert_eq!(data.as_slice::<f32>().unwrap(), reference.as_slice());
+    }
+
+    /// A large dense tensor and a broadcast row (the parallel in-place path) give what the
+    /// element-wise definition gives, for each of the four operations, and leave a shared lhs
+    /// untouched.
+    #[test]
+    fn large_shared_row_ops_match_the_definition() {
+        let (m, n) = (700, 64);
+        let a: Vec<f32> = (0..m * n).map(|i| (i % 97) as f32 * 0.25 - 7.0).collect();
+        let b: Vec<f32> = (0..n).map(|j| (j % 13) as f32 * 0.5 + 1.0).collect();
+        let cases: [(&str, BinaryOp, fn(f32, f32) -> f32); 4] = [
+            ("add", BinaryOp::Add, |x, y| x + y),
+            ("sub", BinaryOp::Sub, |x, y| x - y),
+            ("mul", BinaryOp::Mul, |x, y| x * y),
+            ("div", BinaryOp::Div, |x, y| x / y),
+        ];
+        for (name, op, f) in cases {
+            let lhs = FlexTensor::from_data(TensorData::new(a.clone(), vec![m, n]));
+            let rhs = FlexTensor::from_data(TensorData::new(b.clone(), vec![1, n]));
+            let kept = lhs.clone();
+            let shared = binary_op(
+                lhs,
+                rhs.clone(),
+                f,
+                |x, y| f(x as f32, y as f32) as f64,
+                Some(op),
+            );
+            let unique = binary_op(
+                FlexTensor::from_data(TensorData::new(a.clone(), vec![m, n])),
+                rhs,
+                f,
+                |x, y| f(x as f32, y as f32) as f64,
+                Some(op),
+            );
+            for out in [shared, unique] {
+                let got = out.into_data();
+                let got = got.as_slice::<f32>().unwrap();
+                for (k, &g) in got.iter().enumerate() {
+                    assert_eq!(g, f(a[k], b[k % n]), "{name} at {k}");
+                }
+            }
+            let kept = kept.into_data();
+            assert_eq!(
+                kept.as_slice::<f32>().unwrap(),
+                &a[..],
+                "{name} wrote into a shared lhs"
+            );
+        }
     }
 }
