@@ -143,13 +143,7 @@ impl ActivationOps<Flex> for Flex {
         f32_slice_op(
             tensor,
             crate::ops::fast_math::log_sigmoid_inplace,
-            |x: f32| {
-                if x >= 0.0 {
-                    -((-x).exp().ln_1p())
-                } else {
-                    x - x.exp().ln_1p()
-                }
-            },
+            log_sigmoid_f32,
             |x: f64| {
                 if x >= 0.0 {
                     -((-x).exp().ln_1p())
@@ -202,8 +196,21 @@ impl ActivationOps<Flex> for Flex {
     }
 }
 
+/// ln sigmoid(x), the scalar definition (also `fast_math`'s for values outside its kernels'
+/// domain).
 #[inline]
-fn sigmoid_f32(x: f32) -> f32 {
+pub(crate) fn log_sigmoid_f32(x: f32) -> f32 {
+    if x >= 0.0 {
+        -((-x).exp().ln_1p())
+    } else {
+        x - x.exp().ln_1p()
+    }
+}
+
+/// sigmoid(x), the scalar definition (also `fast_math`'s for values outside its kernels'
+/// domain).
+#[inline]
+pub(crate) fn sigmoid_f32(x: f32) -> f32 {
     if x >= 0.0 {
         1.0 / (1.0 + (-x).exp())
     } else {

@@ -144,12 +144,8 @@ where
     binary_op_typed(lhs, rhs, op)
 }
 
-/// Elements from which a broadcast row is applied across rayon's pool.
-#[cfg(all(feature = "simd", feature = "rayon"))]
-const SHARED_ROW_PARALLEL_MIN: usize = 32 * 1024;
-
 /// The row length n when `lhs` is uniquely owned, contiguous from storage index 0, with at
-/// least [`SHARED_ROW_PARALLEL_MIN`] elements, and `rhs` (already broadcast to `lhs`'s shape)
+/// least `fast_math::PARALLEL_MIN` elements, and `rhs` (already broadcast to `lhs`'s shape)
 /// is one contiguous row of n values repeated over every other dimension.
 #[cfg(all(feature = "simd", feature = "rayon"))]
 fn shared_row_len(lhs: &FlexTensor, rhs: &FlexTensor) -> Option<usize> {
@@ -157,7 +153,7 @@ fn shared_row_len(lhs: &FlexTensor, rhs: &FlexTensor) -> Option<usize> {
     let dims = l.shape().num_dims();
     if !lhs.is_unique()
         || l.contiguous_offsets()?.0 != 0
-        || l.num_elements() < SHARED_ROW_PARALLEL_MIN
+        || l.num_elements() < crate::ops::fast_math::PARALLEL_MIN
         || dims < 2
         || r.shape() != l.shape()
     {
@@ -175,7 +171,7 @@ fn shared_row_len(lhs: &FlexTensor, rhs: &FlexTensor) -> Option<usize> {
 fn shared_row_inplace_parallel(dst: &mut [f32], row: &[f32], op: BinaryOp) {
     use rayon::prelude::*;
     let n = row.len();
-    let rows_per_task = (8 * 1024 / n).max(1);
+    let rows_per_task = (crate::ops::fast_math::TASK / n).max(1);
     dst.par_chunks_mut(rows_per_task * n).for_each(|chunk| {
         for r in chunk.chunks_exact_mut(n) {
             let pairs = r.iter_mut().zip(row);

@@ -1,19 +1,28 @@
-//! Vectorised, multi-threaded `exp` and `ln` for contiguous f32 data.
+//! Vectorised, multi-threaded `exp`, `ln`, `sigmoid` and `log_sigmoid` (with the latter's
+//! backward) for contiguous f32 data.
 //!
 //! (Local patch, written to be offered upstream: see `vendor/README.md` of the project that
 //! carries it.) The generic unary kernel calls libm's `expf`/`logf` once per element on one
 //! thread; in MLP training with softplus those two calls were over a quarter of a step. Here the
 //! Cephes single-precision algorithms (range reduction plus a short polynomial, branch-free) run
-//! over slices, which the compiler vectorises; on x86-64 the loop is compiled a second time with
-//! AVX2 and FMA and chosen at run time. Long slices are split across rayon's pool.
+//! over slices, which the compiler vectorises; on x86-64 the loop is compiled again for AVX2 with
+//! FMA and for AVX-512, and the widest the CPU runs is chosen at run time. Long slices are split
+//! across rayon's pool.
 //!
-//! Accuracy: relative error below 2.5e-7 (about 2 ulp) for every finite input; inputs outside
-//! the polynomial's domain (exp: beyond [-87, 88]; ln: zero, negative, subnormal, infinite) and
-//! NaN go to libm, so the special values are exactly libm's.
+//! Accuracy: `exp` and `ln` within about 2 ulp for every finite input, the sigmoids within 4;
+//! inputs outside the polynomials' domains (exp: beyond [-87, 88]; ln: zero, negative,
+//! subnormal, infinite; the sigmoids: |x| > 87) and NaN go to the scalar definitions (libm's
+//! `expf`/`logf`, and the activations' own scalar sigmoids), so the special values are theirs.
 
-/// Elements per rayon task, and the length below which one thread does everything.
-const TASK: usize = 8 * 1024;
-const PARALLEL_MIN: usize = 32 * 1024;
+use crate::ops::activation::{log_sigmoid_f32, sigmoid_f32};
+
+/// Elements per rayon task, and the length below which one thread does everything: the split
+/// of every patched element-wise loop (here, the maps of `unary`, the broadcast rows of
+/// `binary`).
+#[cfg(feature = "rayon")]
+pub(crate) const TASK: usize = 8 * 1024;
+#[cfg(feature = "rayon")]
+pub(crate) const PARALLEL_MIN: usize = 32 * 1024;
 /// Elements checked for special values before each vectorised block.
 const BLOCK: usize = 512;
 
@@ -170,26 +179,9 @@ fn moderate(x: f32) -> bool {
     x.abs() <= -EXP_LO
 }
 
-/// The scalar formula (libm's `exp` and `ln_1p`) for values outside [`moderate`].
-fn log_sigmoid_scalar(x: f32) -> f32 {
-    if x >= 0.0 {
-        -((-x).exp().ln_1p())
-    } else {
-        x - x.exp().ln_1p()
-    }
-}
-
-fn sigmoid_scalar(x: f32) -> f32 {
-    sigmoid_neg_scalar(-x)
-}
-
+/// sigmoid(-x) by the activations' scalar definition, for values outside [`moderate`].
 fn sigmoid_neg_scalar(x: f32) -> f32 {
-    if x >= 0.0 {
-        let e = (-x).exp();
-        e / (1.0 + e)
-    } else {
-        1.0 / (1.0 + x.exp())
-    }
+    sigmoid_f32(-x)
 }
 
 /// `grads[i] *= core(xs[i])`, blockwise as [`apply_blocks`].
@@ -223,8 +215,8 @@ fn apply<const F: bool>(xs: &mut [f32], op: Op) {
     match op {
         Op::Exp => apply_blocks(xs, exp_in_domain, exp_core::<F>, f32::exp),
         Op::Ln => apply_blocks(xs, ln_in_domain, ln_core::<F>, f32::ln),
-        Op::LogSigmoid => apply_blocks(xs, moderate, log_sigmoid_core::<F>, log_sigmoid_scalar),
-        Op::Sigmoid => apply_blocks(xs, moderate, sigmoid_core::<F>, sigmoid_scalar),
+        Op::LogSigmoid => apply_blocks(xs, moderate, log_sigmoid_core::<F>, log_sigmoid_f32),
+        Op::Sigmoid => apply_blocks(xs, moderate, sigmoid_core::<F>, sigmoid_f32),
     }
 }
 

@@ -69,22 +69,19 @@ where
     }
 }
 
-/// Elements per rayon task of an elementwise map, and the length below which one thread maps
-/// everything (local patch: the maps were single-threaded).
-const MAP_TASK: usize = 8 * 1024;
-const MAP_PARALLEL_MIN: usize = 32 * 1024;
-
-/// `x = op(x)` for every element, split across rayon's pool when long.
+/// `x = op(x)` for every element, split across rayon's pool when long (local patch: the maps
+/// were single-threaded).
 #[inline]
 fn map_inplace<E: Copy + Send + Sync, Op: Fn(E) -> E + Sync>(xs: &mut [E], op: &Op) {
     #[cfg(feature = "rayon")]
-    if xs.len() >= MAP_PARALLEL_MIN {
+    if xs.len() >= crate::ops::fast_math::PARALLEL_MIN {
         use rayon::prelude::*;
-        xs.par_chunks_mut(MAP_TASK).for_each(|chunk| {
-            for x in chunk.iter_mut() {
-                *x = op(*x);
-            }
-        });
+        xs.par_chunks_mut(crate::ops::fast_math::TASK)
+            .for_each(|chunk| {
+                for x in chunk.iter_mut() {
+                    *x = op(*x);
+                }
+            });
         return;
     }
     for x in xs.iter_mut() {
