@@ -34,8 +34,8 @@ fn same_weights_and_inputs_give_the_same_bound_on_wgpu_and_flex() {
     });
     // A model trained briefly on flex, so its outputs are not the forward kernel's, then loaded
     // from the same file onto both devices.
-    let dir = std::env::temp_dir().join(format!("wgpu-parity-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
     let toml = r#"
 [diffusion]
 steps = 20
@@ -96,7 +96,6 @@ optimizer = { kind = "adam", lr = 1e-2 }
     );
     assert!(kl_err < 1e-3, "KL rows differ by {kl_err}");
     assert!(k_err < 1e-3, "bounds differ by {k_err} bits");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// With the `direct` parametrization the untrained network (mean 0, log-variance 0) is far from
@@ -104,8 +103,8 @@ optimizer = { kind = "adam", lr = 1e-2 }
 #[test]
 fn a_short_run_on_wgpu_lowers_the_bound() {
     let wgpu = Device::wgpu(Default::default());
-    let dir = std::env::temp_dir().join(format!("wgpu-train-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
     let toml = r#"
 [diffusion]
 steps = 10
@@ -146,5 +145,4 @@ optimizer = { kind = "adam", lr = 1e-2 }
         after.k_bits > before.k_bits + 3.0 * se,
         "{before:?} -> {after:?}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -26,11 +26,29 @@ pub fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_diffusion"))
 }
 
-pub fn workdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("diffusion-e2e-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A fresh temporary folder (`tempfile`), removed when the test ends.
+pub struct WorkDir(tempfile::TempDir);
+
+impl std::ops::Deref for WorkDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl AsRef<Path> for WorkDir {
+    fn as_ref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+pub fn workdir(name: &str) -> WorkDir {
+    WorkDir(
+        tempfile::Builder::new()
+            .prefix(&format!("diffusion-e2e-{name}-"))
+            .tempdir()
+            .unwrap(),
+    )
 }
 
 pub fn run(args: &[&str]) -> Output {

@@ -106,10 +106,24 @@ fn workspace_root() -> std::path::PathBuf {
 /// Builds the `diffusion` binary in release mode with the cargo `features` (none: flex only) and
 /// returns its path.
 fn build_cli(root: &std::path::Path, features: &[&str]) -> Result<std::path::PathBuf, String> {
+    let what = if features.is_empty() {
+        "flex".to_string()
+    } else {
+        features.join(", ")
+    };
+    let first_time = if features.contains(&"wgpu") {
+        "about 25 minutes"
+    } else {
+        "about 10 minutes"
+    };
+    eprintln!(
+        "building the diffusion CLI (release, backends: {what}); the first build compiles Burn \
+         and takes {first_time} on 2 cores, later ones seconds"
+    );
     let mut build = cargo();
     build
         .current_dir(root)
-        .args(["build", "--release", "--quiet", "-p", "diffusion-cli"]);
+        .args(["build", "--release", "-p", "diffusion-cli"]);
     if !features.is_empty() {
         build.args(["--features", &features.join(",")]);
     }
@@ -125,6 +139,45 @@ fn build_cli(root: &std::path::Path, features: &[&str]) -> Result<std::path::Pat
         root.join(target)
     };
     Ok(target.join("release").join("diffusion"))
+}
+
+/// Before the long wgpu build on Linux: is there any Vulkan driver (an ICD manifest) for it to
+/// use? `diffusion` itself checks for real adapters when it starts; this only saves the user a
+/// 25-minute build that cannot run. `DIFFUSION_SKIP_DRIVER_CHECK=1` skips it.
+fn vulkan_driver_check() -> Result<(), String> {
+    if !cfg!(target_os = "linux") || std::env::var_os("DIFFUSION_SKIP_DRIVER_CHECK").is_some() {
+        return Ok(());
+    }
+    let missing = "the wgpu backend needs a Vulkan driver and none is installed (no ICD \
+                   manifest in /usr/share/vulkan/icd.d or /etc/vulkan/icd.d): install your GPU \
+                   vendor's driver, or `apt-get install mesa-vulkan-drivers` for a software one \
+                   (slow); set DIFFUSION_SKIP_DRIVER_CHECK=1 to build anyway";
+    for var in ["VK_DRIVER_FILES", "VK_ICD_FILENAMES"] {
+        if let Some(list) = std::env::var_os(var) {
+            let found = std::env::split_paths(&list).any(|p| p.is_file());
+            return if found {
+                Ok(())
+            } else {
+                Err(format!("{var} names no existing file, so {missing}"))
+            };
+        }
+    }
+    let mut dirs: Vec<std::path::PathBuf> = ["/etc/vulkan/icd.d", "/usr/share/vulkan/icd.d"]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .collect();
+    for var in ["XDG_DATA_DIRS", "XDG_CONFIG_DIRS"] {
+        if let Some(list) = std::env::var_os(var) {
+            dirs.extend(std::env::split_paths(&list).map(|p| p.join("vulkan/icd.d")));
+        }
+    }
+    dirs.push("/usr/local/share/vulkan/icd.d".into());
+    let any = dirs.iter().any(|d| {
+        std::fs::read_dir(d).is_ok_and(|mut entries| {
+            entries.any(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == "json")))
+        })
+    });
+    if any { Ok(()) } else { Err(missing.into()) }
 }
 
 fn cargo() -> Command {
@@ -155,12 +208,27 @@ fn main() -> ExitCode {
             {
                 args.extend(["--config".into(), "configs/swiss_roll.toml".into()]);
             }
-            let mut cmd = cargo();
-            cmd.args(["run", "--release", "--quiet", "-p", "diffusion-cli"]);
-            if backend != "flex" {
-                cmd.args(["--features", &backend]);
+            if backend == "wgpu"
+                && let Err(e) = vulkan_driver_check()
+            {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
             }
-            cmd.args(["--", "train", "--backend", &backend]).args(&args);
+            let root = &workspace_root();
+            let features: Vec<&str> = if backend == "flex" {
+                vec![]
+            } else {
+                vec![backend.as_str()]
+            };
+            let bin = match build_cli(root, &features) {
+                Ok(bin) => bin,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let mut cmd = Command::new(bin);
+            cmd.args(["train", "--backend", &backend]).args(&args);
             status(cmd)
         }
         Task::Experiments {

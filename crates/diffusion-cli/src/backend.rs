@@ -47,8 +47,15 @@ impl Backend {
             .ok_or_else(|| "no backend is compiled in; build with --features flex".to_string())
     }
 
-    /// The device of this backend, or an error naming the feature to enable.
-    pub fn device(self) -> Result<Device, String> {
+    /// The device of this backend, or an error naming the feature to enable. `adapter` picks a
+    /// wgpu adapter by its number in `diffusion devices` (wgpu only).
+    pub fn device(self, adapter: Option<usize>) -> Result<Device, String> {
+        if adapter.is_some() && self != Self::Wgpu {
+            return Err(format!(
+                "--device picks a wgpu adapter; backend `{}` has one device",
+                self.name()
+            ));
+        }
         let missing = || {
             Err(format!(
                 "backend `{0}` is not compiled into this binary; rebuild with `--features {0}` \
@@ -72,10 +79,59 @@ impl Backend {
             }
             Self::Wgpu => {
                 #[cfg(feature = "wgpu")]
-                return Ok(Device::wgpu(Default::default()));
+                return crate::gpu::device(adapter);
                 #[cfg(not(feature = "wgpu"))]
                 return missing();
             }
         }
     }
+}
+
+/// `diffusion devices`: the backends compiled in and, for wgpu, the adapters found.
+pub fn list_devices() -> Result<(), String> {
+    let all = [Backend::Flex, Backend::Ndarray, Backend::Wgpu];
+    let compiled = Backend::compiled();
+    println!("backends:");
+    for b in all {
+        let state = if compiled.contains(&b) {
+            "compiled in"
+        } else {
+            "not compiled in (cargo feature)"
+        };
+        let what = match b {
+            Backend::Flex => "Burn's CPU backend (the default)",
+            Backend::Ndarray => "the NdArray CPU backend (deprecated upstream)",
+            Backend::Wgpu => "GPUs through Vulkan, Metal or DX12",
+        };
+        println!("  {:<8} {state}: {what}", b.name());
+    }
+    #[cfg(feature = "wgpu")]
+    {
+        let (api, adapters) = crate::gpu::adapters();
+        if adapters.is_empty() {
+            println!("wgpu adapters: none ({})", crate::gpu::NO_ADAPTER);
+        } else {
+            println!("wgpu adapters (--backend wgpu --device N):");
+            let mut n = 0;
+            for a in &adapters {
+                let index = if Some(a.api) == api {
+                    n += 1;
+                    format!("{:>3}", n - 1)
+                } else {
+                    "  -".to_string()
+                };
+                println!(
+                    "  {index}  {} [{}, {:?}] {}",
+                    a.name,
+                    a.kind_name(),
+                    a.api,
+                    a.driver
+                );
+            }
+            if adapters.iter().any(|a| Some(a.api) != api) {
+                println!("  (-: on another graphics API than the one runs use)");
+            }
+        }
+    }
+    Ok(())
 }

@@ -88,8 +88,11 @@ pub fn cmd_bench(a: BenchArgs) -> Result<(), String> {
     });
     match a.workload {
         Workload::Train => {
-            let dir = std::env::temp_dir().join(format!("diffusion-bench-{}", std::process::id()));
-            let run = RunDir::create(&dir, true).map_err(|e| e.to_string())?;
+            let dir = tempfile::Builder::new()
+                .prefix("diffusion-bench-")
+                .tempdir()
+                .map_err(|e| format!("cannot make a temporary run folder: {e}"))?;
+            let run = RunDir::create(dir.path(), true).map_err(|e| e.to_string())?;
             // 10 untimed steps first (allocator, thread pool), then a fresh run of the timed ones.
             let mut warm = manifest.clone();
             warm.config.train.steps = 10;
@@ -101,7 +104,7 @@ pub fn cmd_bench(a: BenchArgs) -> Result<(), String> {
             let (_, summary) =
                 train(&timed, data, &device, &run, None, &mut |_| {}).map_err(|e| e.to_string())?;
             let seconds = start.elapsed().as_secs_f64();
-            let _ = std::fs::remove_dir_all(&dir);
+            drop(dir);
             out["batch"] = json!(batch);
             out["steps"] = json!(a.steps);
             out["seconds"] = json!(seconds);

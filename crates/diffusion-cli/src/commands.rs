@@ -42,6 +42,8 @@ enum Command {
     /// Generate a data set.
     #[command(subcommand)]
     Data(DataCommand),
+    /// The backends compiled into this binary and the GPU adapters wgpu finds.
+    Devices,
 }
 
 #[derive(Debug, Args)]
@@ -49,6 +51,9 @@ pub struct BackendArg {
     /// Compute backend (must be compiled in: cargo features flex, ndarray, wgpu).
     #[arg(long, value_enum)]
     backend: Option<Backend>,
+    /// The wgpu adapter to use, by its number in `diffusion devices` (default: the best one).
+    #[arg(long, value_name = "N")]
+    device: Option<usize>,
 }
 
 impl BackendArg {
@@ -57,7 +62,7 @@ impl BackendArg {
             Some(b) => b,
             None => Backend::default_compiled()?,
         };
-        Ok((b, b.device()?))
+        Ok((b, b.device(self.device)?))
     }
 }
 
@@ -211,6 +216,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
         Command::Plot(a) => crate::plot::cmd_plot(a),
         Command::Bench(a) => crate::bench::cmd_bench(a),
         Command::GradientVariance(a) => cmd_gradient_variance(a),
+        Command::Devices => crate::backend::list_devices(),
         Command::Data(DataCommand::SwissRoll {
             n,
             out,
@@ -364,12 +370,13 @@ fn resume_run(
 ) -> Result<(Prepared, Backend, burn::tensor::Device), String> {
     let run = RunDir::open(dir).map_err(|e| e.to_string())?;
     let manifest = run.manifest().map_err(|e| e.to_string())?;
+    let adapter = backend.device;
     let backend = match backend.backend {
         Some(b) => b,
         None => Backend::from_str(&manifest.backend, true)
             .map_err(|_| format!("{}: unknown backend {:?}", dir.display(), manifest.backend))?,
     };
-    let device = backend.device()?;
+    let device = backend.device(adapter)?;
     let resume = checkpoint::latest(&run, &manifest.config)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| {

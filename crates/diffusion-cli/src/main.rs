@@ -3,6 +3,8 @@
 mod backend;
 mod bench;
 mod commands;
+#[cfg(feature = "wgpu")]
+mod gpu;
 mod plot;
 
 use std::process::ExitCode;

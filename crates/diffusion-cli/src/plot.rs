@@ -105,28 +105,12 @@ fn bit_rows(values: &[f32], d: usize) -> Vec<Vec<bool>> {
 
 /// Reads `metrics.csv` of a run as (step, loss) points.
 fn loss_series(run: &Path) -> Result<Series, String> {
-    let path = run.join("metrics.csv");
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let mut points = Vec::new();
-    for (i, line) in text.lines().enumerate().skip(1) {
-        let mut fields = line.split(',');
-        let (Some(step), Some(loss)) = (fields.next(), fields.next()) else {
-            return Err(format!(
-                "{}: line {} is not a metrics row",
-                path.display(),
-                i + 1
-            ));
-        };
-        let (Ok(step), Ok(loss)) = (step.parse::<f64>(), loss.parse::<f64>()) else {
-            return Err(format!(
-                "{}: line {} is not a metrics row",
-                path.display(),
-                i + 1
-            ));
-        };
-        points.push((step, loss));
-    }
+    let path = run.join(diffusion_models::metrics::FILE);
+    let points: Vec<(f64, f64)> = diffusion_models::metrics::read(&path)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|r| (r.step as f64, r.loss_bits))
+        .collect();
     if points.is_empty() {
         return Err(format!("{} has no rows yet", path.display()));
     }
@@ -236,37 +220,32 @@ pub fn cmd_plot(a: PlotArgs) -> Result<(), String> {
                 let mut ts = vec![steps_t, steps_t / 2, (steps_t / 10).max(2)];
                 ts.retain(|&t| t >= 2);
                 ts.dedup();
+                let spacing = 2.0 * r / (k - 1) as f32;
+                let background = pairs(&heldout(a.n.min(2000))?);
                 let mut panels = Vec::new();
                 for &t in &ts {
                     let x = diffusion_models::bound::tensor2(grid.clone(), k * k, 2, &device);
                     let (mean, _) = g.mean_log_variance(&model, x.clone(), t);
                     let delta = (mean - x).into_data().convert::<f32>();
-                    let delta = delta.as_slice::<f32>().map_err(|e| format!("{e:?}"))?;
+                    let deltas = pairs(delta.as_slice::<f32>().map_err(|e| format!("{e:?}"))?);
+                    // Each panel on its own scale: the longest arrow 0.9 grid spacings.
+                    let scale = ArrowPanel::scale_to(&deltas, 0.9 * spacing);
+                    eprintln!("drift at t = {t}: arrows drawn x{scale:.2}");
                     panels.push(ArrowPanel {
-                        title: format!("t = {t}"),
+                        title: format!("t = {t} (arrows x{scale:.2})"),
                         origins: pairs(&grid),
-                        deltas: pairs(delta),
+                        deltas,
+                        scale,
+                        background: background.clone(),
                     });
                 }
-                let longest = panels
-                    .iter()
-                    .flat_map(|p| p.deltas.iter())
-                    .map(|v| (v[0] * v[0] + v[1] * v[1]).sqrt())
-                    .fold(0.0f32, f32::max);
-                let spacing = 2.0 * r / (k - 1) as f32;
-                let scale = if longest > 0.0 {
-                    0.9 * spacing / longest
-                } else {
-                    1.0
-                };
                 keep(save(
                     &ArrowPanels {
                         title: format!(
-                            "{name}: drift mu(x, t) - x of the reverse kernel, arrows x{scale:.1}"
+                            "{name}: drift mu(x, t) - x of the reverse kernel over the data"
                         ),
                         panels,
                         range: 3.0,
-                        scale,
                     },
                     &stem,
                 ))?;

@@ -1,5 +1,6 @@
-//! Reading and writing 2-D arrays of points as CSV or NumPy `.npy` (little-endian `<f4`/`<f8`,
-//! C order). The format is chosen by the file extension.
+//! Reading and writing 2-D arrays of points as CSV (through the `csv` crate) or NumPy `.npy`
+//! (through `npyz`; little-endian `<f4`/`<f8`, C order). The format is chosen by the file
+//! extension.
 
 use std::fs;
 use std::io::Write;
@@ -126,46 +127,40 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<Array2, DataError> {
 /// Writes an array to a .csv (with a header `x0,x1,...`) or .npy file, through a temporary file
 /// renamed into place so that a failed write leaves no partial file.
 pub fn write(path: &Path, array: &Array2) -> Result<(), DataError> {
-    let bytes = match format_of(path)? {
-        Format::Csv => to_csv(array),
-        Format::Npy => to_npy(array),
-    };
-    write_atomic(path, &bytes).map_err(|source| DataError::Io {
+    let io_err = |source| DataError::Io {
         path: path.display().to_string(),
         source,
-    })
+    };
+    let bytes = match format_of(path)? {
+        Format::Csv => to_csv(array).map_err(io_err)?,
+        Format::Npy => to_npy(array).map_err(io_err)?,
+    };
+    write_atomic(path, &bytes).map_err(io_err)
 }
 
-/// Writes `bytes` to `path` via a temporary file in the same folder, fsync, then rename.
+/// Writes `bytes` to `path` through a temporary file in the same folder (`tempfile`), `fsync`ed
+/// and then renamed over `path`, so a reader sees the old file or the new one, never a part.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
-    let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".diffusion-")
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map(|_| ()).map_err(|e| e.error)
 }
 
-fn to_csv(a: &Array2) -> Vec<u8> {
-    let mut s = String::with_capacity(a.data.len() * 12);
-    let header: Vec<String> = (0..a.cols).map(|j| format!("x{j}")).collect();
-    s.push_str(&header.join(","));
-    s.push('\n');
+fn to_csv(a: &Array2) -> std::io::Result<Vec<u8>> {
+    let mut w = csv::Writer::from_writer(Vec::with_capacity(a.data.len() * 12));
+    w.write_record((0..a.cols).map(|j| format!("x{j}")))?;
     for i in 0..a.rows {
-        let row: Vec<String> = a.row(i).iter().map(|v| v.to_string()).collect();
-        s.push_str(&row.join(","));
-        s.push('\n');
+        w.write_record(a.row(i).iter().map(|v| v.to_string()))?;
     }
-    s.into_bytes()
+    w.into_inner().map_err(|e| e.into_error())
 }
 
 fn parse_csv(bytes: &[u8], path: &str) -> Result<Array2, DataError> {
@@ -173,36 +168,54 @@ fn parse_csv(bytes: &[u8], path: &str) -> Result<Array2, DataError> {
         path: path.into(),
         message,
     };
-    let text = std::str::from_utf8(bytes).map_err(|_| fail("not UTF-8 text".into()))?;
-    let mut data = Vec::new();
-    let mut cols = None;
-    let mut rows = 0;
-    for (lineno, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .comment(Some(b'#'))
+        .trim(csv::Trim::All)
+        .from_reader(bytes);
+    let (mut data, mut cols, mut rows) = (Vec::new(), None, 0usize);
+    let mut record = csv::StringRecord::new();
+    loop {
+        match reader.read_record(&mut record) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => {
+                let line = e.position().map_or(0, |p| p.line());
+                return Err(fail(match e.kind() {
+                    csv::ErrorKind::Utf8 { .. } => format!("line {line}: not UTF-8 text"),
+                    _ => format!("line {line}: {e}"),
+                }));
+            }
+        }
+        let line = record.position().map_or(0, |p| p.line());
+        if record.iter().all(str::is_empty) {
             continue;
         }
-        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
-        let parsed: Result<Vec<f32>, _> = fields.iter().map(|f| f.parse::<f32>()).collect();
+        let parsed: Result<Vec<f32>, _> = record.iter().map(str::parse::<f32>).collect();
         let values = match parsed {
             Ok(v) => v,
             // A header line is allowed first.
             Err(_) if rows == 0 && cols.is_none() => {
-                cols = Some(fields.len());
+                cols = Some(record.len());
                 continue;
             }
             Err(_) => {
+                let text = record.iter().collect::<Vec<_>>().join(",");
+                let hint = if text.contains(';') || text.contains('\t') {
+                    " (fields must be separated by commas)"
+                } else {
+                    ""
+                };
                 return Err(fail(format!(
-                    "line {}: not a list of numbers: {line:?}",
-                    lineno + 1
+                    "line {line}: not a list of numbers: {text:?}{hint}"
                 )));
             }
         };
         match cols {
             Some(c) if c != values.len() => {
                 return Err(fail(format!(
-                    "line {}: {} columns, expected {c}",
-                    lineno + 1,
+                    "line {line}: {} columns, expected {c}",
                     values.len()
                 )));
             }
@@ -214,23 +227,17 @@ fn parse_csv(bytes: &[u8], path: &str) -> Result<Array2, DataError> {
     Array2::new(rows, cols.unwrap_or(0), data).map_err(|e| fail(e.to_string()))
 }
 
-fn to_npy(a: &Array2) -> Vec<u8> {
-    let dict = format!(
-        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {}), }}",
-        a.rows, a.cols
-    );
-    // magic (6) + version (2) + header length (2) + dict + padding + '\n', a multiple of 64
-    let unpadded = 10 + dict.len() + 1;
-    let pad = (64 - unpadded % 64) % 64;
-    let header = format!("{dict}{}\n", " ".repeat(pad));
-    let mut out = Vec::with_capacity(10 + header.len() + 4 * a.data.len());
-    out.extend_from_slice(b"\x93NUMPY\x01\x00");
-    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    out.extend_from_slice(header.as_bytes());
-    for v in &a.data {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-    out
+fn to_npy(a: &Array2) -> std::io::Result<Vec<u8>> {
+    use npyz::WriterBuilder;
+    let mut out = Vec::with_capacity(128 + 4 * a.data.len());
+    let mut w = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(&[a.rows as u64, a.cols as u64])
+        .writer(&mut out)
+        .begin_nd()?;
+    w.extend(a.data.iter().copied())?;
+    w.finish()?;
+    Ok(out)
 }
 
 fn parse_npy(bytes: &[u8], path: &str) -> Result<Array2, DataError> {
@@ -241,57 +248,39 @@ fn parse_npy(bytes: &[u8], path: &str) -> Result<Array2, DataError> {
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Err(fail("missing magic string"));
     }
-    let (header_len, start): (usize, usize) = match bytes[6] {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (
-            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
-            12,
-        ),
-        _ => return Err(fail("unsupported version")),
+    let mut body = bytes;
+    let header = npyz::NpyHeader::from_reader(&mut body).map_err(|e| {
+        let text = e.to_string();
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            fail("truncated header")
+        } else if text.contains("shape") {
+            fail(&format!("bad shape ({text})"))
+        } else {
+            fail(&text)
+        }
+    })?;
+    let width = match header.dtype() {
+        npyz::DType::Plain(t) if t.to_string() == "<f4" => 4,
+        npyz::DType::Plain(t) if t.to_string() == "<f8" => 8,
+        _ => return Err(fail("dtype must be little-endian float32 or float64")),
     };
-    let end = start
-        .checked_add(header_len)
-        .filter(|&e| e <= bytes.len())
-        .ok_or_else(|| fail("truncated header"))?;
-    let header = std::str::from_utf8(&bytes[start..end]).map_err(|_| fail("header not text"))?;
-    let field = |key: &str| -> Option<&str> {
-        let i = header.find(&format!("'{key}'"))?;
-        let rest = header[i + key.len() + 2..].trim_start().strip_prefix(':')?;
-        Some(rest.trim_start())
-    };
-    let descr = field("descr").ok_or_else(|| fail("no descr"))?;
-    let width = if descr.starts_with("'<f4'") {
-        4
-    } else if descr.starts_with("'<f8'") {
-        8
-    } else {
-        return Err(fail("dtype must be little-endian float32 or float64"));
-    };
-    if !field("fortran_order").is_some_and(|f| f.starts_with("False")) {
+    if header.order() != npyz::Order::C {
         return Err(fail("Fortran order is not supported"));
     }
-    let shape_text = field("shape").ok_or_else(|| fail("no shape"))?;
-    let inner = shape_text
-        .strip_prefix('(')
-        .ok_or_else(|| fail("bad shape"))?;
-    let close = inner.find(')').ok_or_else(|| fail("bad shape"))?;
-    let dims: Result<Vec<usize>, _> = inner[..close]
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::parse::<usize>)
-        .collect();
-    let dims = dims.map_err(|_| fail("bad shape"))?;
+    let dims = header.shape();
     let (rows, cols) = match dims[..] {
         [n] => (n, 1),
         [n, d] => (n, d),
         _ => return Err(fail("array must be 1-D or 2-D")),
     };
+    let (rows, cols) = (
+        usize::try_from(rows).map_err(|_| fail("shape too large"))?,
+        usize::try_from(cols).map_err(|_| fail("shape too large"))?,
+    );
     let count = rows
         .checked_mul(cols)
         .filter(|c| c.checked_mul(width).is_some())
         .ok_or_else(|| fail("shape too large"))?;
-    let body = &bytes[end..];
     if body.len() != count * width {
         return Err(fail(&format!(
             "expected {} bytes of data for shape [{rows}, {cols}], found {}",
@@ -299,15 +288,14 @@ fn parse_npy(bytes: &[u8], path: &str) -> Result<Array2, DataError> {
             body.len()
         )));
     }
+    let npy = npyz::NpyFile::with_header(header, body);
     let data = if width == 4 {
-        body.chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect()
+        npy.into_vec::<f32>()
     } else {
-        body.chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
-            .collect()
-    };
+        npy.into_vec::<f64>()
+            .map(|v| v.into_iter().map(|x| x as f32).collect())
+    }
+    .map_err(|e| fail(&e.to_string()))?;
     Array2::new(rows, cols, data).map_err(|e| fail(&e.to_string()))
 }
 
@@ -315,15 +303,14 @@ fn parse_npy(bytes: &[u8], path: &str) -> Result<Array2, DataError> {
 mod tests {
     use super::*;
 
-    fn tmpdir(name: &str) -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("diffusion-data-{name}-{}", std::process::id()));
-        fs::create_dir_all(&d).unwrap();
-        d
+    fn tmpdir() -> tempfile::TempDir {
+        tempfile::tempdir().unwrap()
     }
 
     #[test]
     fn csv_and_npy_round_trip() {
-        let dir = tmpdir("rt");
+        let tmp = tmpdir();
+        let dir = tmp.path();
         let a = Array2::new(3, 2, vec![1.5, -2.0, 0.25, 3.0e-7, -1e6, 7.0]).unwrap();
         for name in ["a.csv", "a.npy"] {
             let p = dir.join(name);
@@ -339,7 +326,8 @@ mod tests {
 
     #[test]
     fn bad_files_are_refused_with_a_reason() {
-        let dir = tmpdir("bad");
+        let tmp = tmpdir();
+        let dir = tmp.path();
         let cases: [(&str, &[u8], &str); 6] = [
             (
                 "nan.csv",
@@ -366,7 +354,7 @@ mod tests {
             let err = read(&p).unwrap_err().to_string();
             assert!(err.contains(want), "{name}: {err}");
         }
-        let mut npy = to_npy(&Array2::new(2, 2, vec![1.0; 4]).unwrap());
+        let mut npy = to_npy(&Array2::new(2, 2, vec![1.0; 4]).unwrap()).unwrap();
         npy.truncate(npy.len() - 3);
         fs::write(dir.join("trunc.npy"), &npy).unwrap();
         let err = read(&dir.join("trunc.npy")).unwrap_err().to_string();
@@ -374,11 +362,27 @@ mod tests {
         assert!(read(&dir.join("a.txt")).is_err());
     }
 
+    #[test]
+    fn csv_with_a_byte_order_mark_header_and_comments_is_read() {
+        let text = "\u{feff}x,y\r\n# a comment\r\n1, 2.5\r\n\r\n-3,4e-2\r\n";
+        let a = parse(text.as_bytes(), Path::new("f.csv")).unwrap();
+        assert_eq!(a, Array2::new(2, 2, vec![1.0, 2.5, -3.0, 0.04]).unwrap());
+        let b = parse("\u{feff}1,2\n3,4\n".as_bytes(), Path::new("f.csv")).unwrap();
+        assert_eq!(b, Array2::new(2, 2, vec![1.0, 2.0, 3.0, 4.0]).unwrap());
+        let err = parse(b"1;2\n3;4\n", Path::new("f.csv"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 2") && err.contains("separated by commas"),
+            "{err}"
+        );
+    }
+
     /// Found by tests/fuzz_io.rs: a `)` before the shape's `(` made the parser slice `[1..0]`
     /// and panic; a shape whose byte count overflows must not panic either.
     #[test]
     fn malformed_shapes_are_errors() {
-        let npy = to_npy(&Array2::new(3, 1, vec![0.0; 3]).unwrap());
+        let npy = to_npy(&Array2::new(3, 1, vec![0.0; 3]).unwrap()).unwrap();
         let text = String::from_utf8_lossy(&npy[10..]).into_owned();
         for (from, to) in [
             ("'shape': (", "'shape': )("),

@@ -1,4 +1,4 @@
-//! Property tests (fuzzing) of the data-file parsers: whatever the bytes, `io::parse` returns an
+//! Property tests (fuzzing) of the data-file readers (our use of the `csv` and `npyz` crates): whatever the bytes, `io::parse` returns an
 //! array or an error, never panics; what `io::write` writes parses back to the same array.
 
 use std::path::Path;
@@ -15,16 +15,10 @@ fn arrays() -> impl Strategy<Value = Array2> {
 
 /// The bytes io::write produces for `array` as `ext`.
 fn written(array: &Array2, ext: &str) -> Vec<u8> {
-    let dir = std::env::temp_dir().join(format!("diffusion-fuzz-io-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    // a file per call: the tests run in parallel
-    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let path = dir.join(format!("a{n}.{ext}"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(format!("a.{ext}"));
     io::write(&path, array).unwrap();
-    let bytes = std::fs::read(&path).unwrap();
-    std::fs::remove_file(&path).unwrap();
-    bytes
+    std::fs::read(&path).unwrap()
 }
 
 /// Text made of the characters a CSV parser cares about.

@@ -5,7 +5,7 @@
 //! - `optimizer.bpk`: the optimizer state (Adam's moments, momentum buffers), keyed by those ids;
 //! - `state.json`: the step, the positions of the run's two random streams (training data, and
 //!   the t and noise draws), the wall time and the loss interval so far, the configuration it
-//!   belongs to, and the length and FNV-1a hash of each `.bpk` file.
+//!   belongs to, and the length and SHA-256 digest of each `.bpk` file.
 //!
 //! The learning rate needs no state: it is a function of the step. A checkpoint is written into
 //! `checkpoints/.partial/` file by file (each `fsync`ed), then renamed to its final name and the
@@ -26,7 +26,7 @@ use crate::model::ReverseMlp;
 use crate::run::{RunDir, RunError};
 
 /// The `format` of a checkpoint's `state.json`.
-pub const CHECKPOINT_FORMAT: &str = "diffusion-checkpoint/1";
+pub const CHECKPOINT_FORMAT: &str = "diffusion-checkpoint/2";
 
 /// How many checkpoints a run keeps (the newest ones).
 pub const KEEP: usize = 2;
@@ -58,33 +58,31 @@ pub struct CheckpointState {
     pub step_sampler: Option<crate::importance::StepSampler>,
     /// The run configuration the checkpoint belongs to.
     pub config: RunConfig,
-    /// Length and FNV-1a hash of `model.bpk`.
+    /// Length and SHA-256 of `model.bpk`.
     pub model_file: FileDigest,
-    /// Length and FNV-1a hash of `optimizer.bpk`.
+    /// Length and SHA-256 of `optimizer.bpk`.
     pub optimizer_file: FileDigest,
 }
 
-/// Length and 64-bit FNV-1a hash of a file, to tell a whole file from a truncated or altered one.
+/// Length and SHA-256 (the `sha2` crate) of a file, to tell a whole file from a truncated or
+/// altered one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileDigest {
     /// Bytes.
     pub len: u64,
-    /// FNV-1a 64 of the bytes, hex.
-    pub fnv1a64: String,
+    /// SHA-256 of the bytes, lower-case hex.
+    pub sha256: String,
 }
 
 impl FileDigest {
     /// The digest of `bytes`.
     pub fn of(bytes: &[u8]) -> Self {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for &b in bytes {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        use sha2::Digest;
+        let hash = sha2::Sha256::digest(bytes);
         Self {
             len: bytes.len() as u64,
-            fnv1a64: format!("{h:016x}"),
+            sha256: hash.iter().map(|b| format!("{b:02x}")).collect(),
         }
     }
 }
@@ -182,11 +180,19 @@ pub fn save(
 ) -> Result<PathBuf, RunError> {
     let dir = folder(run);
     fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-    let partial = dir.join(PARTIAL);
-    if partial.exists() {
-        fs::remove_dir_all(&partial).map_err(io_err(&partial))?;
+    // What a killed process left half-written.
+    for entry in fs::read_dir(&dir).map_err(io_err(&dir))?.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(PARTIAL) {
+            let p = entry.path();
+            fs::remove_dir_all(&p).map_err(io_err(&p))?;
+        }
     }
-    fs::create_dir(&partial).map_err(io_err(&partial))?;
+    // Removed on any error below; kept (and renamed) once whole.
+    let partial_dir = tempfile::Builder::new()
+        .prefix(PARTIAL)
+        .tempdir_in(&dir)
+        .map_err(io_err(&dir))?;
+    let partial = partial_dir.path().to_path_buf();
 
     let model_bytes = model
         .clone()
@@ -209,7 +215,7 @@ pub fn save(
     if final_path.exists() {
         fs::remove_dir_all(&final_path).map_err(io_err(&final_path))?;
     }
-    fs::rename(&partial, &final_path).map_err(io_err(&final_path))?;
+    fs::rename(partial_dir.keep(), &final_path).map_err(io_err(&final_path))?;
     sync_dir(&dir)?;
 
     let all = list(run)?;
@@ -227,14 +233,17 @@ pub fn latest(run: &RunDir, config: &RunConfig) -> Result<Option<Checkpoint>, Ru
     };
     let state_path = path.join("state.json");
     let text = fs::read_to_string(&state_path).map_err(io_err(&state_path))?;
-    let state: CheckpointState = serde_json::from_str(&text)
+    let value: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| corrupt(&state_path, format!("not a checkpoint state ({e})")))?;
-    if state.format != CHECKPOINT_FORMAT {
+    let format = value.get("format").and_then(|f| f.as_str()).unwrap_or("");
+    if format != CHECKPOINT_FORMAT {
         return Err(corrupt(
             &state_path,
-            format!("format {:?} is not {CHECKPOINT_FORMAT:?}", state.format),
+            format!("format {format:?} is not {CHECKPOINT_FORMAT:?}"),
         ));
     }
+    let state: CheckpointState = serde_json::from_value(value)
+        .map_err(|e| corrupt(&state_path, format!("not a checkpoint state ({e})")))?;
     if state.step != step {
         return Err(corrupt(
             &state_path,

@@ -26,6 +26,7 @@ pub mod config;
 pub mod evaluate;
 pub mod gradient_variance;
 pub mod importance;
+pub mod metrics;
 pub mod model;
 pub mod run;
 pub mod training;

@@ -13,8 +13,6 @@
 //! [`train`] given one continues from it and ends with the same weights, bit for bit, as a run
 //! that was never interrupted (on the CPU backends).
 
-use std::fs;
-use std::io::Write;
 use std::sync::mpsc;
 use std::time::Instant;
 
@@ -34,6 +32,7 @@ use crate::bound::TrainingBatch;
 use crate::checkpoint::{self, Checkpoint, CheckpointState, FileDigest};
 use crate::config::{DataConfig, OptimizerConfig, OptimizerKind, TSampling, TrainConfig};
 use crate::importance::StepSampler;
+use crate::metrics::{MetricsRow, MetricsWriter};
 use crate::model::ReverseMlp;
 use crate::run::{RunDir, RunError, RunManifest};
 
@@ -227,27 +226,6 @@ struct Prepared {
 /// Gives the next step's host data (drawing its steps t from the sampler, when there is one).
 type NextBatch<'a> = dyn FnMut(Option<&StepSampler>) -> Prepared + 'a;
 
-/// Keeps the metrics rows of steps up to `step` (a resumed run rewrites the rest).
-fn truncate_metrics(run: &RunDir, step: usize) -> Result<(), RunError> {
-    let path = run.file("metrics.csv");
-    let text = fs::read_to_string(&path).unwrap_or_default();
-    let mut out = String::from(METRICS_HEADER);
-    out.push('\n');
-    for line in text.lines().skip(1) {
-        let fields: Vec<&str> = line.split(',').collect();
-        if fields.len() == 4
-            && let Ok(s) = fields[0].parse::<usize>()
-            && s <= step
-        {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    run.write("metrics.csv", out.as_bytes())
-}
-
-const METRICS_HEADER: &str = "step,loss_bits,lr,wall_time_s";
-
 /// Trains the network of `manifest` on `data`, writing `metrics.csv`, checkpoints, `model.bpk`
 /// and `summary.json` into `run`. `device` is the plain device; autodiff is added here. With
 /// `resume`, the network, optimizer, streams and metrics continue from that checkpoint (`data`
@@ -270,11 +248,6 @@ pub fn train(
     let mut optim = optimizer(&config.optimizer);
     let mut rng = diffusion_data::rng(config.seed, streams::TRAIN_NOISE);
 
-    let metrics_path = run.file("metrics.csv");
-    let io = |source| RunError::Io {
-        path: metrics_path.display().to_string(),
-        source,
-    };
     let mut first_step = 0;
     let mut wall_before = 0.0;
     let (mut interval_sum, mut interval_count) = (0.0f64, 0usize);
@@ -300,14 +273,8 @@ pub fn train(
                 ))
             })?);
         }
-        truncate_metrics(run, s.step)?;
-    } else {
-        run.write("metrics.csv", format!("{METRICS_HEADER}\n").as_bytes())?;
     }
-    let mut metrics = fs::OpenOptions::new()
-        .append(true)
-        .open(&metrics_path)
-        .map_err(io)?;
+    let mut metrics = MetricsWriter::open(run, resume.map(|ck| ck.state.step))?;
 
     let kept_note = |kept: &Option<(usize, std::path::PathBuf)>| match kept {
         Some((step, path)) => format!(
@@ -388,8 +355,12 @@ pub fn train(
             let elapsed = wall_before + start.elapsed().as_secs_f64();
             if done % config.log_every == 0 || done == steps {
                 let mean = interval_sum / interval_count as f64;
-                writeln!(metrics, "{done},{mean},{lr},{elapsed:.3}").map_err(io)?;
-                metrics.flush().map_err(io)?;
+                metrics.append(MetricsRow {
+                    step: done,
+                    loss_bits: mean,
+                    lr,
+                    wall_time_s: elapsed,
+                })?;
                 on_progress(&Progress {
                     step: done,
                     total: steps,
@@ -409,7 +380,7 @@ pub fn train(
                         kept: kept_note(&kept),
                     });
                 }
-                metrics.sync_data().map_err(io)?;
+                metrics.sync()?;
                 let state = CheckpointState {
                     format: checkpoint::CHECKPOINT_FORMAT.into(),
                     step: done,

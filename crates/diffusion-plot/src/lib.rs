@@ -193,7 +193,8 @@ impl Picture for ScatterGrid {
     }
 }
 
-/// One panel of arrows: from each origin, the displacement `delta` (scaled by `scale`).
+/// One panel of arrows: from each origin, the displacement `delta` times the panel's `scale`,
+/// over faint background points (the data, say).
 #[derive(Debug, Clone)]
 pub struct ArrowPanel {
     /// The panel's title.
@@ -202,6 +203,21 @@ pub struct ArrowPanel {
     pub origins: Vec<[f32; 2]>,
     /// The displacement at each origin.
     pub deltas: Vec<[f32; 2]>,
+    /// Arrow length = scale x displacement (each panel its own, as the paper's Figure 1).
+    pub scale: f32,
+    /// Points drawn faintly behind the arrows.
+    pub background: Vec<[f32; 2]>,
+}
+
+impl ArrowPanel {
+    /// The scale at which this panel's longest arrow is `longest` long (1 if every arrow is 0).
+    pub fn scale_to(deltas: &[[f32; 2]], longest: f32) -> f32 {
+        let max = deltas
+            .iter()
+            .map(|v| (v[0] * v[0] + v[1] * v[1]).sqrt())
+            .fold(0.0f32, f32::max);
+        if max > 0.0 { longest / max } else { 1.0 }
+    }
 }
 
 /// Panels of arrows on common axes, e.g. the drift mu(x, t) - x of a reverse kernel.
@@ -213,8 +229,6 @@ pub struct ArrowPanels {
     pub panels: Vec<ArrowPanel>,
     /// Half-width of the axes.
     pub range: f32,
-    /// Arrow length = scale x displacement.
-    pub scale: f32,
 }
 
 impl Picture for ArrowPanels {
@@ -246,9 +260,18 @@ impl Picture for ArrowPanels {
                 .label_style((FAMILY, 11))
                 .draw()
                 .map_err(err)?;
+            chart
+                .draw_series(
+                    panel
+                        .background
+                        .iter()
+                        .filter(|p| p[0].abs() <= r && p[1].abs() <= r)
+                        .map(|p| Circle::new((p[0], p[1]), 1, PALETTE[0].mix(0.25).filled())),
+                )
+                .map_err(err)?;
             let color = PALETTE[1];
             for (o, d) in panel.origins.iter().zip(&panel.deltas) {
-                let end = (o[0] + self.scale * d[0], o[1] + self.scale * d[1]);
+                let end = (o[0] + panel.scale * d[0], o[1] + panel.scale * d[1]);
                 chart
                     .draw_series(LineSeries::new([(o[0], o[1]), end], color.stroke_width(1)))
                     .map_err(err)?;
