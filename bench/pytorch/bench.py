@@ -169,9 +169,16 @@ def main():
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--n", type=int, default=10000)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda for a GPU")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    torch.set_default_device(a.device)
     torch.manual_seed(0)
+
+    def sync():
+        if a.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
     problem = Roll() if a.model == "roll" else Beat()
     out = {
         "workload": a.workload,
@@ -179,6 +186,7 @@ def main():
         "backend": f"pytorch {torch.__version__}",
         "steps_t": problem.steps,
         "threads": a.threads,
+        "device": torch.cuda.get_device_name() if a.device.startswith("cuda") else "CPU",
     }
     if a.workload == "train":
         opt = torch.optim.Adam(problem.model.parameters(), lr=1e-3)
@@ -207,6 +215,7 @@ def main():
         with torch.no_grad():
             start = time.perf_counter()
             x = problem.sample(a.n)
+            sync()
             seconds = time.perf_counter() - start
         assert torch.isfinite(x).all()
         out.update(n=a.n, seconds=seconds, point_steps_per_s=a.n * problem.steps / seconds)

@@ -125,6 +125,152 @@ fn python(root: &Path) -> Result<PathBuf, String> {
     Ok(py)
 }
 
+/// The intro of BENCHMARKS.md; one `## <CPU model>` section per machine follows it.
+const INTRO: &str = "# Benchmarks\n\nOne table per CPU model, each made by `cargo xtask bench` \
+on that machine (the command is under its heading), and apart from it one per other set of \
+backends measured there; a new run replaces its own section and keeps the others. Each cell is the best of several processes, the columns run in turn: \
+training times 10 untimed steps, then the timed ones (data, noising, forward, backward, Adam, \
+and reading the loss every step, in both); sampling runs the whole reverse chain; evaluation the \
+full sum over t in chunks of 16,384 rows. Peak memory is the process's peak resident set \
+(VmHWM / ru_maxrss). The ratio is flex / PyTorch: above 1, flex is faster. A wgpu column names \
+the adapter it ran on; a CPU (software driver) adapter is Mesa's lavapipe emulating a GPU on \
+the CPU, there to show the backend works, not how fast a GPU is.\n";
+
+/// `old` (BENCHMARKS.md) with the section headed `## {cpu}` replaced by `section` (or added),
+/// every other CPU's section kept as it was.
+fn merge_section(old: &str, cpu: &str, section: &str) -> String {
+    let mut sections: Vec<String> = Vec::new();
+    let mut current: Option<String> = None;
+    for line in old.lines() {
+        if line.starts_with("## ") {
+            if let Some(s) = current.take() {
+                sections.push(s);
+            }
+            current = Some(String::new());
+        }
+        if let Some(s) = current.as_mut() {
+            s.push_str(line);
+            s.push('\n');
+        }
+    }
+    if let Some(s) = current {
+        sections.push(s);
+    }
+    let heading = format!("## {cpu}\n");
+    let mut replaced = false;
+    for s in sections.iter_mut() {
+        if s.starts_with(&heading) {
+            *s = section.to_string();
+            replaced = true;
+        }
+    }
+    if !replaced {
+        sections.push(section.to_string());
+    }
+    let mut md = String::from(INTRO);
+    for s in sections {
+        md.push('\n');
+        md.push_str(s.trim_end());
+        md.push('\n');
+    }
+    md
+}
+
+/// The vector extensions of this CPU that the kernels can use, from /proc/cpuinfo.
+fn vector_extensions() -> String {
+    let flags = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("flags"))
+                .map(|l| l.to_string())
+        })
+        .unwrap_or_default();
+    let has = |f: &str| flags.split_whitespace().any(|x| x == f);
+    let mut v: Vec<&str> = Vec::new();
+    if has("avx512f") {
+        v.push("AVX-512 (flex's element-wise kernels use it)");
+    }
+    if has("avx2") && has("fma") {
+        v.push("AVX2 + FMA");
+    }
+    if has("amx_tile") {
+        v.push("AMX");
+    }
+    if v.is_empty() {
+        "none beyond SSE".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+/// One table row: the metric of each column, the flex / PyTorch ratio, peak memory.
+fn table_row(
+    w: &Workload,
+    values: &[Result<Value, String>],
+    backends: &[String],
+    pytorch: bool,
+) -> String {
+    let metric = |v: &Result<Value, String>| v.as_ref().ok()?.get(w.metric)?.as_f64();
+    let mut row = format!("| {} | {} | {} |", w.label, w.size, w.unit);
+    for v in values {
+        match (v, metric(v)) {
+            (_, Some(m)) => {
+                let _ = write!(row, " {m:.0} |");
+            }
+            (Err(e), _) => {
+                let _ = write!(row, " failed: {e} |");
+            }
+            _ => row.push_str(" – |"),
+        }
+    }
+    if pytorch && let Some(i) = backends.iter().position(|b| b == "flex") {
+        match (metric(&values[i]), metric(values.last().expect("a column"))) {
+            (Some(a), Some(b)) if b > 0.0 => {
+                let _ = write!(row, " {:.2}x |", a / b);
+            }
+            _ => row.push_str(" – |"),
+        }
+    }
+    for v in values {
+        match v
+            .as_ref()
+            .ok()
+            .and_then(|v| v.get("peak_rss_mib")?.as_f64())
+        {
+            Some(m) => {
+                let _ = write!(row, " {m:.0} |");
+            }
+            None => row.push_str(" – |"),
+        }
+    }
+    row
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_run_replaces_its_own_cpus_table_and_keeps_the_others() {
+        let old = format!("{INTRO}\n## CPU A\n\ntable a\n\n## CPU B\n\ntable b\n");
+        let md = merge_section(&old, "CPU A", "## CPU A\n\nnew a\n");
+        assert_eq!(
+            md,
+            format!("{INTRO}\n## CPU A\n\nnew a\n\n## CPU B\n\ntable b\n")
+        );
+        let md = merge_section(&md, "CPU C", "## CPU C\n\nc\n");
+        assert!(
+            md.ends_with("## CPU B\n\ntable b\n\n## CPU C\n\nc\n"),
+            "{md}"
+        );
+        assert_eq!(
+            merge_section("", "X", "## X\n\nx\n"),
+            format!("{INTRO}\n## X\n\nx\n")
+        );
+    }
+}
+
 /// Runs the benchmark; writes `out` (BENCHMARKS.md by default).
 pub fn run(
     root: &Path,
@@ -150,35 +296,27 @@ pub fn run(
     if py.is_some() {
         columns.push("pytorch".into());
     }
-    let mut md = format!(
-        "# Benchmarks\n\nMade by `cargo xtask bench --backends {}{}` on {} with {threads} threads \
-         (Burn's rayon pool and `torch.set_num_threads({threads})`). Each cell is the best of {repeat} \
-         processes, the columns run in turn: \
-         training times 10 untimed steps, then the timed ones (data, noising, forward, backward, \
-         Adam, and reading the loss every step, in both); sampling runs the whole reverse chain; \
-         evaluation the full sum over t in chunks of 16,384 rows. Peak memory is the process's \
-         peak resident set (VmHWM / ru_maxrss). The ratio is flex / PyTorch: above 1, flex is \
-         faster.\n\n",
+    // One section per CPU, and apart from it one per other set of backends (or --quick run),
+    // so a run of the GPU or the deprecated backends leaves the CPU's main table in place.
+    let mut cpu = crate::cpu_model();
+    if backends != ["flex"] {
+        let _ = write!(cpu, ": {}", backends.join(", "));
+    }
+    if quick {
+        cpu.push_str(" (--quick)");
+    }
+    let mut section = format!(
+        "## {cpu}\n\n`cargo xtask bench --backends {}{}{}`, {threads} threads (Burn's rayon pool \
+         and `torch.set_num_threads({threads})`), best of {repeat} processes per cell; vector \
+         extensions: {}.\n\n",
         backends.join(","),
+        if py.is_none() { " --no-pytorch" } else { "" },
         if quick { " --quick" } else { "" },
-        crate::cpu_model()
+        vector_extensions()
     );
-    let mut header = String::from("| workload | size | unit |");
-    let mut rule = String::from("|---|---|---|");
-    for c in &columns {
-        let _ = write!(header, " {c} |");
-        rule.push_str("---|");
-    }
-    if py.is_some() && backends.iter().any(|b| b == "flex") {
-        header.push_str(" flex / pytorch |");
-        rule.push_str("---|");
-    }
-    for c in &columns {
-        let _ = write!(header, " peak MiB {c} |");
-        rule.push_str("---|");
-    }
-    let _ = writeln!(md, "{header}\n{rule}");
-
+    let mut rows = Vec::new();
+    // What each column ran on, from the first answer that says (wgpu: the adapter).
+    let mut devices: Vec<Option<String>> = vec![None; columns.len()];
     let mut torch_version: Option<String> = None;
     for w in workloads(quick) {
         eprintln!("{} ({})", w.label, w.size);
@@ -215,62 +353,54 @@ pub fn run(
                 }
             }
         }
+        for (label, v) in devices.iter_mut().zip(&values) {
+            if label.is_none()
+                && let Ok(v) = v
+                && let Some(d) = v.get("device").and_then(Value::as_str)
+            {
+                *label = Some(d.to_string());
+            }
+        }
         if py.is_some()
             && let Some(Ok(v)) = values.last()
             && let Some(b) = v.get("backend").and_then(Value::as_str)
         {
             torch_version = Some(b.trim_start_matches("pytorch ").to_string());
         }
-        let metric = |v: &Result<Value, String>| v.as_ref().ok()?.get(w.metric)?.as_f64();
-        let mut row = format!("| {} | {} | {} |", w.label, w.size, w.unit);
-        for v in &values {
-            match (v, metric(v)) {
-                (_, Some(m)) => {
-                    let _ = write!(row, " {m:.0} |");
-                }
-                (Err(e), _) => {
-                    let _ = write!(row, " failed: {e} |");
-                }
-                _ => row.push_str(" – |"),
-            }
-        }
-        if py.is_some()
-            && let Some(i) = backends.iter().position(|b| b == "flex")
-        {
-            match (metric(&values[i]), metric(values.last().unwrap())) {
-                (Some(a), Some(b)) if b > 0.0 => {
-                    let _ = write!(row, " {:.2}x |", a / b);
-                }
-                _ => row.push_str(" – |"),
-            }
-        }
-        for v in &values {
-            match v
-                .as_ref()
-                .ok()
-                .and_then(|v| v.get("peak_rss_mib")?.as_f64())
-            {
-                Some(m) => {
-                    let _ = write!(row, " {m:.0} |");
-                }
-                None => row.push_str(" – |"),
-            }
-        }
+        let row = table_row(&w, &values, backends, py.is_some());
         eprintln!("  {row}");
-        let _ = writeln!(md, "{row}");
+        rows.push(row);
     }
-    let commit = Command::new("git")
-        .current_dir(root)
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    let _ = write!(
-        md,
-        "\nCommit {commit}; PyTorch: {}.\n",
-        torch_version.unwrap_or_else(|| "not run".into())
-    );
+    let mut header = String::from("| workload | size | unit |");
+    let mut rule = String::from("|---|---|---|");
+    for (c, device) in columns.iter().zip(&devices) {
+        match device {
+            Some(d) if c == "wgpu" => {
+                let _ = write!(header, " wgpu on {d} |");
+            }
+            _ => {
+                let _ = write!(header, " {c} |");
+            }
+        }
+        rule.push_str("---|");
+    }
+    if py.is_some() && backends.iter().any(|b| b == "flex") {
+        header.push_str(" flex / pytorch |");
+        rule.push_str("---|");
+    }
+    for c in &columns {
+        let _ = write!(header, " peak MiB {c} |");
+        rule.push_str("---|");
+    }
+    let _ = writeln!(section, "{header}\n{rule}");
+    for row in rows {
+        let _ = writeln!(section, "{row}");
+    }
+    if let Some(v) = torch_version {
+        let _ = writeln!(section, "\nPyTorch {v}.");
+    }
+    let old = std::fs::read_to_string(out).unwrap_or_default();
+    let md = merge_section(&old, &cpu, &section);
     std::fs::write(out, md).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
     println!("{}", out.display());
     Ok(())

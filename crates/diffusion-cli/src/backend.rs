@@ -87,6 +87,32 @@ impl Backend {
     }
 }
 
+/// What a backend runs on, for benchmark tables: "CPU", or the wgpu adapter's name and kind
+/// (a software driver says so).
+pub fn describe(backend: Backend, adapter: Option<usize>) -> String {
+    match backend {
+        Backend::Flex | Backend::Ndarray => "CPU".into(),
+        Backend::Wgpu => {
+            #[cfg(feature = "wgpu")]
+            {
+                let usable = crate::gpu::usable();
+                let chosen = match adapter {
+                    Some(i) => usable.get(i),
+                    None => usable
+                        .iter()
+                        .find(|a| a.kind != burn::tensor::wgpu::wgpu::DeviceType::Cpu)
+                        .or(usable.first()),
+                };
+                if let Some(a) = chosen {
+                    return format!("{} ({})", a.name, a.kind_name());
+                }
+            }
+            let _ = adapter;
+            "no adapter".into()
+        }
+    }
+}
+
 /// `diffusion devices`: the backends compiled in and, for wgpu, the adapters found.
 pub fn list_devices() -> Result<(), String> {
     let all = [Backend::Flex, Backend::Ndarray, Backend::Wgpu];

@@ -83,6 +83,7 @@ pub fn cmd_bench(a: BenchArgs) -> Result<(), String> {
         "workload": format!("{:?}", a.workload).to_lowercase(),
         "config": a.config.display().to_string(),
         "backend": backend.name(),
+        "device": crate::backend::describe(backend, a.backend.adapter()),
         "steps_t": steps_t,
         "threads": std::thread::available_parallelism().map_or(1, |n| n.get()),
     });

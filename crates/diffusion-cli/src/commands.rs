@@ -57,6 +57,11 @@ pub struct BackendArg {
 }
 
 impl BackendArg {
+    /// The `--device` given, if any.
+    pub fn adapter(&self) -> Option<usize> {
+        self.device
+    }
+
     pub fn resolve(&self) -> Result<(Backend, burn::tensor::Device), String> {
         let b = match self.backend {
             Some(b) => b,

@@ -27,6 +27,23 @@ fn main() -> ExitCode {
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown panic".into());
         let msg = msg.lines().next().unwrap_or_default().to_string();
+        // A GPU that goes away (or a graphics context that cannot be had) leaves Burn's wgpu
+        // runtime waiting on it from other threads: end the process here rather than hang.
+        let gpu_gone = [
+            "device lost",
+            "Device lost",
+            "adapter context",
+            "Parent device is lost",
+        ]
+        .iter()
+        .any(|m| msg.contains(m));
+        if gpu_gone {
+            eprintln!(
+                "error: the GPU stopped answering ({msg}); checkpoints written so far are kept \
+                 (resume with `diffusion train --resume DIR`)"
+            );
+            std::process::exit(1);
+        }
         eprintln!("error: internal error: {msg}");
     }));
     let cli = match commands::Cli::try_parse() {
