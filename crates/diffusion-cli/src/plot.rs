@@ -228,21 +228,25 @@ pub fn cmd_plot(a: PlotArgs) -> Result<(), String> {
                     let (mean, _) = g.mean_log_variance(&model, x.clone(), t);
                     let delta = (mean - x).into_data().convert::<f32>();
                     let deltas = pairs(delta.as_slice::<f32>().map_err(|e| format!("{e:?}"))?);
-                    // Each panel on its own scale: the longest arrow 0.9 grid spacings.
-                    let scale = ArrowPanel::scale_to(&deltas, 0.9 * spacing);
-                    eprintln!("drift at t = {t}: arrows drawn x{scale:.2}");
+                    // Each panel on its own scale: the median arrow 0.8 grid
+                    // spacings long, none drawn longer than 1.5.
+                    let scale = ArrowPanel::scale_to(&deltas, 0.5, 0.8 * spacing);
+                    eprintln!(
+                        "drift at t = {t}: arrows drawn x{scale:.2} (at most 1.5 grid spacings)"
+                    );
                     panels.push(ArrowPanel {
                         title: format!("t = {t} (arrows x{scale:.2})"),
                         origins: pairs(&grid),
                         deltas,
                         scale,
                         background: background.clone(),
+                        max_length: 1.5 * spacing,
                     });
                 }
                 keep(save(
                     &ArrowPanels {
                         title: format!(
-                            "{name}: drift mu(x, t) - x of the reverse kernel over the data"
+                            "{name}: drift mu(x, t) - x of the reverse kernel over the data (each panel its own scale, long arrows capped)"
                         ),
                         panels,
                         range: 3.0,

@@ -207,16 +207,26 @@ pub struct ArrowPanel {
     pub scale: f32,
     /// Points drawn faintly behind the arrows.
     pub background: Vec<[f32; 2]>,
+    /// Arrows are drawn at most this long (axis units), keeping their direction.
+    pub max_length: f32,
 }
 
 impl ArrowPanel {
-    /// The scale at which this panel's longest arrow is `longest` long (1 if every arrow is 0).
-    pub fn scale_to(deltas: &[[f32; 2]], longest: f32) -> f32 {
-        let max = deltas
+    /// The scale at which the `q`-quantile (0..=1) of the arrows' lengths is `length` long (1 if
+    /// they are all 0). A quantile rather than the longest keeps a few long arrows far from the
+    /// data from shrinking the rest to dots.
+    pub fn scale_to(deltas: &[[f32; 2]], q: f32, length: f32) -> f32 {
+        let mut lengths: Vec<f32> = deltas
             .iter()
             .map(|v| (v[0] * v[0] + v[1] * v[1]).sqrt())
-            .fold(0.0f32, f32::max);
-        if max > 0.0 { longest / max } else { 1.0 }
+            .filter(|l| l.is_finite())
+            .collect();
+        lengths.sort_by(f32::total_cmp);
+        let at = match lengths.len() {
+            0 => 0.0,
+            n => lengths[((n - 1) as f32 * q.clamp(0.0, 1.0)).round() as usize],
+        };
+        if at > 0.0 { length / at } else { 1.0 }
     }
 }
 
@@ -271,7 +281,12 @@ impl Picture for ArrowPanels {
                 .map_err(err)?;
             let color = PALETTE[1];
             for (o, d) in panel.origins.iter().zip(&panel.deltas) {
-                let end = (o[0] + panel.scale * d[0], o[1] + panel.scale * d[1]);
+                let (mut dx, mut dy) = (panel.scale * d[0], panel.scale * d[1]);
+                let len = (dx * dx + dy * dy).sqrt();
+                if len > panel.max_length {
+                    (dx, dy) = (dx * panel.max_length / len, dy * panel.max_length / len);
+                }
+                let end = (o[0] + dx, o[1] + dy);
                 chart
                     .draw_series(LineSeries::new([(o[0], o[1]), end], color.stroke_width(1)))
                     .map_err(err)?;
@@ -467,6 +482,15 @@ pub fn align_first_pulse(rows: &mut [Vec<bool>]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn arrows_scale_to_a_quantile_of_their_lengths() {
+        let deltas: Vec<[f32; 2]> = (1..=5).map(|i| [0.0, i as f32]).collect();
+        assert_eq!(ArrowPanel::scale_to(&deltas, 0.5, 1.5), 0.5);
+        assert_eq!(ArrowPanel::scale_to(&deltas, 1.0, 10.0), 2.0);
+        assert_eq!(ArrowPanel::scale_to(&[[0.0, 0.0]], 0.5, 1.0), 1.0);
+        assert_eq!(ArrowPanel::scale_to(&[], 0.5, 1.0), 1.0);
+    }
 
     #[test]
     fn the_bundled_font_loads() {
