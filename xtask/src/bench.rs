@@ -247,30 +247,6 @@ fn table_row(
     row
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_new_run_replaces_its_own_cpus_table_and_keeps_the_others() {
-        let old = format!("{INTRO}\n## CPU A\n\ntable a\n\n## CPU B\n\ntable b\n");
-        let md = merge_section(&old, "CPU A", "## CPU A\n\nnew a\n");
-        assert_eq!(
-            md,
-            format!("{INTRO}\n## CPU A\n\nnew a\n\n## CPU B\n\ntable b\n")
-        );
-        let md = merge_section(&md, "CPU C", "## CPU C\n\nc\n");
-        assert!(
-            md.ends_with("## CPU B\n\ntable b\n\n## CPU C\n\nc\n"),
-            "{md}"
-        );
-        assert_eq!(
-            merge_section("", "X", "## X\n\nx\n"),
-            format!("{INTRO}\n## X\n\nx\n")
-        );
-    }
-}
-
 /// Runs the benchmark; writes `out` (BENCHMARKS.md by default).
 pub fn run(
     root: &Path,
@@ -404,4 +380,28 @@ pub fn run(
     std::fs::write(out, md).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
     println!("{}", out.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_run_replaces_its_own_cpus_table_and_keeps_the_others() {
+        let old = format!("{INTRO}\n## CPU A\n\ntable a\n\n## CPU B\n\ntable b\n");
+        let md = merge_section(&old, "CPU A", "## CPU A\n\nnew a\n");
+        assert_eq!(
+            md,
+            format!("{INTRO}\n## CPU A\n\nnew a\n\n## CPU B\n\ntable b\n")
+        );
+        let md = merge_section(&md, "CPU C", "## CPU C\n\nc\n");
+        assert!(
+            md.ends_with("## CPU B\n\ntable b\n\n## CPU C\n\nc\n"),
+            "{md}"
+        );
+        assert_eq!(
+            merge_section("", "X", "## X\n\nx\n"),
+            format!("{INTRO}\n## X\n\nx\n")
+        );
+    }
 }
