@@ -281,13 +281,24 @@ pub fn run(
     if quick {
         cpu.push_str(" (--quick)");
     }
+    let mut command = format!("cargo xtask bench --backends {}", backends.join(","));
+    if py.is_none() {
+        command.push_str(" --no-pytorch");
+    }
+    if quick {
+        command.push_str(" --quick");
+    }
+    if repeat != 3 {
+        let _ = write!(command, " --repeat {repeat}");
+    }
+    let pools = if py.is_some() {
+        format!("Burn's rayon pool and `torch.set_num_threads({threads})`")
+    } else {
+        "Burn's rayon pool".to_string()
+    };
     let mut section = format!(
-        "## {cpu}\n\n`cargo xtask bench --backends {}{}{}`, {threads} threads (Burn's rayon pool \
-         and `torch.set_num_threads({threads})`), best of {repeat} processes per cell; vector \
-         extensions: {}.\n\n",
-        backends.join(","),
-        if py.is_none() { " --no-pytorch" } else { "" },
-        if quick { " --quick" } else { "" },
+        "## {cpu}\n\n`{command}`, {threads} threads ({pools}), best of {repeat} process(es) per \
+         cell; vector extensions: {}.\n\n",
         vector_extensions()
     );
     let mut rows = Vec::new();

@@ -106,11 +106,10 @@ fn workspace_root() -> std::path::PathBuf {
 /// Builds the `diffusion` binary in release mode with the cargo `features` (none: flex only) and
 /// returns its path.
 fn build_cli(root: &std::path::Path, features: &[&str]) -> Result<std::path::PathBuf, String> {
-    let what = if features.is_empty() {
-        "flex".to_string()
-    } else {
-        features.join(", ")
-    };
+    let what = std::iter::once("flex")
+        .chain(features.iter().copied())
+        .collect::<Vec<_>>()
+        .join(", ");
     let first_time = if features.contains(&"wgpu") {
         "about 25 minutes"
     } else {
