@@ -56,7 +56,9 @@ impl Backend {
                 self.name()
             ));
         }
-        let missing = || {
+        // Unused when every backend is compiled in.
+        #[allow(unused_variables)]
+        let missing = || -> Result<Device, String> {
             Err(format!(
                 "backend `{0}` is not compiled into this binary; rebuild with `--features {0}` \
                  (e.g. `cargo xtask train --backend {0}`)",

@@ -9,7 +9,7 @@ use diffusion_models::evaluate::heldout_points;
 use diffusion_models::{RunDir, RunManifest};
 use diffusion_plot::{
     ArrowPanel, ArrowPanels, LineChart, RasterPanel, RasterPanels, ScatterGrid, ScatterPanel,
-    Series, align_first_pulse, save,
+    Series, align_first_pulse, first_pulses, rotate_rows, save,
 };
 
 use crate::commands::{BackendArg, load_run};
@@ -309,12 +309,14 @@ pub fn cmd_plot(a: PlotArgs) -> Result<(), String> {
             }
             What::Noising => {
                 let data = heldout(a.rows)?;
+                // Each noised row turns with the data row it came from.
+                let shifts = first_pulses(&bit_rows(&data, d));
                 let panels = steps
                     .iter()
                     .map(|&t| {
                         let mut rows = bit_rows(&bound.forward_sample(&data, t, &mut rng), d);
                         if a.align {
-                            align_first_pulse(&mut rows);
+                            rotate_rows(&mut rows, &shifts);
                         }
                         RasterPanel {
                             title: format!("t = {t}"),

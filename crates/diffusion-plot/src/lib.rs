@@ -472,9 +472,24 @@ impl Picture for RasterPanels {
 
 /// Rotates each row left so that its first 1 is in column 0 (rows without a 1 stay).
 pub fn align_first_pulse(rows: &mut [Vec<bool>]) {
-    for row in rows {
-        if let Some(i) = row.iter().position(|&b| b) {
-            row.rotate_left(i);
+    let shifts = first_pulses(rows);
+    rotate_rows(rows, &shifts);
+}
+
+/// The column of each row's first 1 (0 for a row of zeros).
+pub fn first_pulses(rows: &[Vec<bool>]) -> Vec<usize> {
+    rows.iter()
+        .map(|row| row.iter().position(|&b| b).unwrap_or(0))
+        .collect()
+}
+
+/// Rotates row i left by `shifts[i]`: e.g. noised sequences by the first pulse of the data they
+/// came from, so the picture shows the noise, not a realignment on it.
+pub fn rotate_rows(rows: &mut [Vec<bool>], shifts: &[usize]) {
+    for (row, &k) in rows.iter_mut().zip(shifts) {
+        if !row.is_empty() {
+            let k = k % row.len();
+            row.rotate_left(k);
         }
     }
 }
@@ -482,6 +497,21 @@ pub fn align_first_pulse(rows: &mut [Vec<bool>]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn noised_rows_rotate_with_their_data() {
+        let data = vec![vec![false, true, false], vec![false, false, true]];
+        let mut noised = vec![vec![true, true, false], vec![true, false, false]];
+        rotate_rows(&mut noised, &first_pulses(&data));
+        // row 0 turns left by 1, row 1 by 2
+        assert_eq!(
+            noised,
+            vec![vec![true, false, true], vec![false, true, false]]
+        );
+        let mut d = data.clone();
+        align_first_pulse(&mut d);
+        assert_eq!(d, vec![vec![true, false, false], vec![true, false, false]]);
+    }
 
     #[test]
     fn arrows_scale_to_a_quantile_of_their_lengths() {
