@@ -94,21 +94,10 @@ impl Backend {
 pub fn describe(backend: Backend, adapter: Option<usize>) -> String {
     match backend {
         Backend::Flex | Backend::Ndarray => "CPU".into(),
+        #[cfg(feature = "wgpu")]
+        Backend::Wgpu => crate::gpu::describe(adapter),
+        #[cfg(not(feature = "wgpu"))]
         Backend::Wgpu => {
-            #[cfg(feature = "wgpu")]
-            {
-                let usable = crate::gpu::usable();
-                let chosen = match adapter {
-                    Some(i) => usable.get(i),
-                    None => usable
-                        .iter()
-                        .find(|a| a.kind != burn::tensor::wgpu::wgpu::DeviceType::Cpu)
-                        .or(usable.first()),
-                };
-                if let Some(a) = chosen {
-                    return format!("{} ({})", a.name, a.kind_name());
-                }
-            }
             let _ = adapter;
             "no adapter".into()
         }

@@ -32,7 +32,7 @@ pub struct Adapter {
 }
 
 impl Adapter {
-    /// "discrete GPU", "CPU (software)", ...
+    /// "discrete GPU", "CPU (software driver)", ...
     pub fn kind_name(&self) -> &'static str {
         match self.kind {
             wgpu::DeviceType::DiscreteGpu => "discrete GPU",
@@ -119,6 +119,23 @@ pub fn adapters() -> (Option<wgpu::Backend>, Vec<Adapter>) {
 pub fn usable() -> Vec<Adapter> {
     let (api, all) = adapters();
     all.into_iter().filter(|a| Some(a.api) == api).collect()
+}
+
+/// The adapter a run on `--device index` gets, as "name (kind)": that one, or with none the
+/// first that is not a software driver (Burn's default device prefers a real GPU).
+pub fn describe(index: Option<usize>) -> String {
+    let usable = usable();
+    let chosen = match index {
+        Some(i) => usable.get(i),
+        None => usable
+            .iter()
+            .find(|a| a.kind != wgpu::DeviceType::Cpu)
+            .or(usable.first()),
+    };
+    chosen.map_or_else(
+        || "no adapter".into(),
+        |a| format!("{} ({})", a.name, a.kind_name()),
+    )
 }
 
 /// The Burn device on adapter `index` of [`usable`] (none: the API's best adapter), or one line

@@ -8,7 +8,8 @@
 //!   belongs to, and the length and SHA-256 digest of each `.bpk` file.
 //!
 //! The learning rate needs no state: it is a function of the step. A checkpoint is written into
-//! `checkpoints/.partial/` file by file (each `fsync`ed), then renamed to its final name and the
+//! a fresh `checkpoints/.partial*` folder file by file (each `fsync`ed; what a killed process
+//! left there is removed first), then renamed to its final name and the
 //! parent folder `fsync`ed, so a crash at any moment leaves either the old set of checkpoints or
 //! the new one, never a half-written one under a final name. The two newest are kept.
 

@@ -11,6 +11,9 @@ use crate::run::{RunDir, RunError};
 /// The file's name in a run folder.
 pub const FILE: &str = "metrics.csv";
 
+/// Its header line's fields, [`MetricsRow`]'s fields in order.
+const HEADER: [&str; 4] = ["step", "loss_bits", "lr", "wall_time_s"];
+
 /// One row of `metrics.csv`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct MetricsRow {
@@ -47,7 +50,7 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<Vec<MetricsRow>, RunError> {
     let header = reader
         .headers()
         .map_err(|e| corrupt(path, format!("not a metrics file: {e}")))?;
-    if header.iter().collect::<Vec<_>>() != ["step", "loss_bits", "lr", "wall_time_s"] {
+    if header.iter().ne(HEADER) {
         return Err(corrupt(path, "not a metrics file (wrong header)".into()));
     }
     reader
@@ -64,8 +67,7 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<Vec<MetricsRow>, RunError> {
 fn to_bytes(rows: &[MetricsRow]) -> Vec<u8> {
     let mut w = csv::Writer::from_writer(Vec::new());
     if rows.is_empty() {
-        w.write_record(["step", "loss_bits", "lr", "wall_time_s"])
-            .expect("writing to memory");
+        w.write_record(HEADER).expect("writing to memory");
     }
     for row in rows {
         w.serialize(row).expect("writing to memory");

@@ -94,6 +94,28 @@ fn err<E: std::fmt::Display>(e: E) -> String {
     e.to_string()
 }
 
+/// 2-D points inside the square of half-width `r` as small dots of the first colour, `alpha`
+/// opaque (scatter panels, and the data behind arrows).
+fn draw_points<DB: DrawingBackend>(
+    chart: &mut ChartContext<
+        DB,
+        Cartesian2d<plotters::coord::types::RangedCoordf32, plotters::coord::types::RangedCoordf32>,
+    >,
+    points: &[[f32; 2]],
+    r: f32,
+    alpha: f64,
+) -> Result<(), String> {
+    chart
+        .draw_series(
+            points
+                .iter()
+                .filter(|p| p[0].abs() <= r && p[1].abs() <= r)
+                .map(|p| Circle::new((p[0], p[1]), 1, PALETTE[0].mix(alpha).filled())),
+        )
+        .map(|_| ())
+        .map_err(err)
+}
+
 /// Colours of the series, in order (colour-blind safe, Okabe-Ito).
 pub const PALETTE: [RGBColor; 8] = [
     RGBColor(0, 114, 178),
@@ -178,15 +200,7 @@ impl Picture for ScatterGrid {
                     .label_style((FAMILY, 10))
                     .draw()
                     .map_err(err)?;
-                chart
-                    .draw_series(
-                        panel
-                            .points
-                            .iter()
-                            .filter(|p| p[0].abs() <= r && p[1].abs() <= r)
-                            .map(|p| Circle::new((p[0], p[1]), 1, PALETTE[0].mix(0.5).filled())),
-                    )
-                    .map_err(err)?;
+                draw_points(&mut chart, &panel.points, r, 0.5)?;
             }
         }
         Ok(())
@@ -270,15 +284,7 @@ impl Picture for ArrowPanels {
                 .label_style((FAMILY, 11))
                 .draw()
                 .map_err(err)?;
-            chart
-                .draw_series(
-                    panel
-                        .background
-                        .iter()
-                        .filter(|p| p[0].abs() <= r && p[1].abs() <= r)
-                        .map(|p| Circle::new((p[0], p[1]), 1, PALETTE[0].mix(0.25).filled())),
-                )
-                .map_err(err)?;
+            draw_points(&mut chart, &panel.background, r, 0.25)?;
             let color = PALETTE[1];
             for (o, d) in panel.origins.iter().zip(&panel.deltas) {
                 let (mut dx, mut dy) = (panel.scale * d[0], panel.scale * d[1]);
