@@ -118,7 +118,7 @@ pub fn cmd_bench(a: BenchArgs) -> Result<(), String> {
             let mut rng = diffusion_data::rng(0, streams::SAMPLE);
             let start = Instant::now();
             let drawn = bound.sample(
-                &model,
+                &model.network,
                 a.n,
                 &mut rng,
                 &device,
@@ -140,7 +140,7 @@ pub fn cmd_bench(a: BenchArgs) -> Result<(), String> {
             let mut rng = diffusion_data::rng(0, streams::EVAL_NOISE);
             let start = Instant::now();
             let k = bound.bound_bits_per_point(
-                &model,
+                &model.network,
                 &points,
                 &mut rng,
                 &device,

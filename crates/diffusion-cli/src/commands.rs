@@ -506,7 +506,7 @@ fn new_run(a: &TrainArgs) -> Result<(Prepared, Backend, burn::tensor::Device), S
     check.check_model_size()?;
     let bound_check = check.bound()?;
     if let diffusion_models::bound::Diffusion::Gaussian(g) = &bound_check {
-        let abar_t = g.diffusion.alpha_bar(g.steps());
+        let abar_t = g.diffusion.alpha_bar(g.diffusion.steps());
         if abar_t > 0.1 {
             eprintln!(
                 "warning: abar_T = {abar_t:.3}: the forward process does not reach near N(0, I); \
@@ -560,7 +560,7 @@ pub fn load_run(
     (
         RunDir,
         RunManifest,
-        diffusion_models::ReverseMlp,
+        diffusion_models::ReverseModel<diffusion_models::Network>,
         burn::tensor::Device,
     ),
     String,
@@ -631,7 +631,7 @@ fn cmd_sample(a: SampleArgs) -> Result<(), String> {
     let bound = manifest.bound_of(&model)?;
     let mut rng = diffusion_data::rng(a.seed, streams::SAMPLE);
     let data = bound.sample(
-        &model,
+        &model.network,
         a.n,
         &mut rng,
         &device,

@@ -6,7 +6,7 @@ use clap::{Args, ValueEnum};
 use diffusion_models::bound::Diffusion;
 use diffusion_models::config::LossKind;
 use diffusion_models::evaluate::heldout_points;
-use diffusion_models::{RunDir, RunManifest};
+use diffusion_models::{Process, RunDir, RunManifest};
 use diffusion_plot::{
     ArrowPanel, ArrowPanels, LineChart, RasterPanel, RasterPanels, ScatterGrid, ScatterPanel,
     Series, align_first_pulse, first_pulses, rotate_rows, save,
@@ -186,7 +186,7 @@ pub fn cmd_plot(a: PlotArgs) -> Result<(), String> {
                     })
                     .collect();
                 let n = data.len() / d;
-                let mut reverse = bound.trajectory(&model, n, &steps, &mut rng, &device);
+                let mut reverse = bound.trajectory(&model.network, n, &steps, &mut rng, &device);
                 reverse.sort_by_key(|(t, _)| *t);
                 let reverse = reverse
                     .into_iter()
@@ -223,9 +223,10 @@ pub fn cmd_plot(a: PlotArgs) -> Result<(), String> {
                 let spacing = 2.0 * r / (k - 1) as f32;
                 let background = pairs(&heldout(a.n.min(2000))?);
                 let mut panels = Vec::new();
+                let tables = g.tables(&device);
                 for &t in &ts {
-                    let x = diffusion_models::bound::tensor2(grid.clone(), k * k, 2, &device);
-                    let (mean, _) = g.mean_log_variance(&model, x.clone(), t);
+                    let x = diffusion_models::process::tensor2(grid.clone(), k * k, 2, &device);
+                    let (mean, _) = g.mean_log_variance(&model.network, &tables, x.clone(), t);
                     let delta = (mean - x).into_data().convert::<f32>();
                     let deltas = pairs(delta.as_slice::<f32>().map_err(|e| format!("{e:?}"))?);
                     // Each panel on its own scale: the median arrow 0.8 grid
@@ -274,7 +275,7 @@ pub fn cmd_plot(a: PlotArgs) -> Result<(), String> {
             What::Samples => {
                 let mut data = bit_rows(&heldout(a.rows)?, d);
                 let drawn = bound.sample(
-                    &model,
+                    &model.network,
                     a.rows,
                     &mut rng,
                     &device,

@@ -3,6 +3,7 @@
 //!
 //! Probabilities here are of a bit being 1.
 
+#[cfg(feature = "burn")]
 use burn::tensor::Tensor;
 
 use crate::schedule::ScheduleError;
@@ -36,6 +37,7 @@ pub fn kl_bernoulli_scalar(q: f64, p: f64) -> f64 {
 /// `q` and the constant `q_entropy_nats` (the sum over bits of -q ln q - (1-q) ln(1-q), `[n, 1]`)
 /// come from the posterior; `logit_p` is the network's `[n, d]`. Written with log-sigmoids so it
 /// stays finite for saturated logits: KL = -H(q) - sum[q log s(l) + (1-q) log s(-l)].
+#[cfg(feature = "burn")]
 pub fn kl_bernoulli_logits(
     q: Tensor<2>,
     q_entropy_nats: Tensor<1>,

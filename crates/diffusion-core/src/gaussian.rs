@@ -2,6 +2,7 @@
 //! `q(x_{t-1} | x_t, x_0)`, the KL of diagonal Gaussians, the entropy terms and the constants of
 //! the bound `K`.
 
+#[cfg(feature = "burn")]
 use burn::tensor::Tensor;
 
 use crate::LN_2;
@@ -140,6 +141,7 @@ pub fn kl_diag_gaussian_scalar(mu_q: f64, var_q: f64, mu_p: f64, logvar_p: f64) 
 ///
 /// Shapes: `mu_q`, `mu_p`, `logvar_p` are `[n, d]`; `var_q` and `logvar_q` are `[n, 1]`
 /// (the posterior variance is isotropic) and broadcast. Returns `[n]`.
+#[cfg(feature = "burn")]
 pub fn kl_diag_gaussian(
     mu_q: Tensor<2>,
     var_q: Tensor<2>,

@@ -8,7 +8,9 @@
 //!
 //! Every schedule and every derived array is computed in `f64` and only cast at the edge. The
 //! scalar functions here need no backend; the few tensor functions (the KL of diagonal Gaussians
-//! and the reverse parametrizations) take Burn tensors on whatever device they live on.
+//! and the reverse parametrizations) take Burn tensors on whatever device they live on, and sit
+//! behind the default `burn` feature: with `default-features = false` the crate builds without
+//! Burn.
 //!
 //! ```
 //! use diffusion_core::{BetaSchedule, GaussianDiffusion};
@@ -25,17 +27,23 @@
 //! # let _ = mean;
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod binomial;
 pub mod gaussian;
 pub mod parametrization;
 pub mod schedule;
 pub mod stats;
 
-pub use binomial::{
-    BinomialDiffusion, binary_entropy_bits, kl_bernoulli_logits, kl_bernoulli_scalar,
-};
-pub use gaussian::{BoundConstants, GaussianDiffusion, kl_diag_gaussian, kl_diag_gaussian_scalar};
-pub use parametrization::{ReverseParametrization, StepCoefficients};
+#[cfg(feature = "burn")]
+pub use binomial::kl_bernoulli_logits;
+pub use binomial::{BinomialDiffusion, binary_entropy_bits, kl_bernoulli_scalar};
+#[cfg(feature = "burn")]
+pub use gaussian::kl_diag_gaussian;
+pub use gaussian::{BoundConstants, GaussianDiffusion, kl_diag_gaussian_scalar};
+pub use parametrization::ReverseParametrization;
+#[cfg(feature = "burn")]
+pub use parametrization::StepCoefficients;
 pub use schedule::{BetaSchedule, ScheduleError};
 pub use stats::{MeanStderr, energy_distance};
 

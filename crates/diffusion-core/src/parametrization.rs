@@ -1,10 +1,13 @@
 //! Reverse-process parametrizations (SPEC section 1): how the two network outputs
 //! `z_mu`, `z_sigma` become the mean and log-variance of `p(x_{t-1} | x_t)`.
 
+#[cfg(feature = "burn")]
 use burn::tensor::Tensor;
+#[cfg(feature = "burn")]
 use burn::tensor::activation::{log_sigmoid, sigmoid};
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "burn")]
 use crate::GaussianDiffusion;
 
 /// How the network's outputs map to the reverse kernel.
@@ -39,6 +42,7 @@ impl ReverseParametrization {
 
 /// Per-row step coefficients, each `[n, 1]` (or `[1, 1]`, broadcast over the rows, when every
 /// row has one step), that the parametrizations need.
+#[cfg(feature = "burn")]
 #[derive(Debug, Clone)]
 pub struct StepCoefficients {
     /// sqrt(1 - b_t).
@@ -59,6 +63,7 @@ pub struct StepCoefficients {
 /// How many per-row coefficients [`StepCoefficients::host_values`] gives.
 pub const COEFFICIENTS: usize = 6;
 
+#[cfg(feature = "burn")]
 impl StepCoefficients {
     /// The host-side values of sqrt(1 - b_t), sqrt(b_t), logit(b_t), b_t / sqrt(1 - abar_t),
     /// ln b~_t and ln b_t for one step t >= 2, as f32 (the field order).
@@ -76,6 +81,7 @@ impl StepCoefficients {
     }
 }
 
+#[cfg(feature = "burn")]
 impl ReverseParametrization {
     /// Mean and log-variance, each `[n, d]`, from the network output `z = [z_mu, z_sigma]`
     /// (`[n, 2d]`) and the current point `x_t` (`[n, d]`).

@@ -6,7 +6,8 @@
 //!   variance with exact (analytic) constants, so batches can be streamed without materialising a
 //!   data set; with its exact log-density and the data entropy `H(data)` by quadrature.
 //! - [`Heartbeat`]: the binary heartbeat sequences of the paper, with their exact entropy.
-//! - [`io`]: reading and writing `[rows, cols]` arrays as CSV or NumPy `.npy`.
+//! - [`io`]: reading and writing `[rows, cols]` arrays as CSV or NumPy `.npy`;
+//! - [`split`]: the seeded held-out split of a data file.
 //!
 //! ```
 //! use diffusion_data::SwissRoll;
@@ -17,12 +18,16 @@
 //! assert_eq!(batch.len(), 2000);
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod heartbeat;
 pub mod io;
+mod split;
 pub mod swiss_roll;
 
 pub use heartbeat::{Heartbeat, HeartbeatStream};
 pub use io::{Array2, DataError};
+pub use split::split;
 pub use swiss_roll::{SwissRoll, SwissRollStream};
 
 /// A seeded random generator, the same on every platform (ChaCha8).

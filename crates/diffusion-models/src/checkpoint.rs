@@ -23,7 +23,6 @@ use burn::tensor::{Bytes, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::config::RunConfig;
-use crate::model::ReverseMlp;
 use crate::run::{RunDir, RunError};
 
 /// The `format` of a checkpoint's `state.json`.
@@ -151,7 +150,7 @@ pub fn list(run: &RunDir) -> Result<Vec<(usize, PathBuf)>, RunError> {
 }
 
 /// Raises an error naming the first non-finite parameter, if any.
-pub fn check_finite(model: &ReverseMlp) -> Result<(), String> {
+pub fn check_finite<M: Module>(model: &M) -> Result<(), String> {
     struct Finite(Option<usize>);
     impl ModuleVisitor for Finite {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
@@ -173,9 +172,9 @@ pub fn check_finite(model: &ReverseMlp) -> Result<(), String> {
 
 /// Writes a checkpoint of `model` and `optim` at `state.step` atomically, then removes all but
 /// the [`KEEP`] newest.
-pub fn save(
+pub fn save<M: Module>(
     run: &RunDir,
-    model: &ReverseMlp,
+    model: &M,
     optim: &ModuleOptimizer,
     mut state: CheckpointState,
 ) -> Result<PathBuf, RunError> {
@@ -287,11 +286,11 @@ fn read_checked(path: &Path, digest: &FileDigest) -> Result<Vec<u8>, RunError> {
 impl Checkpoint {
     /// Loads the network and the optimizer state into `model` (a network of the run's shape)
     /// and `optim`.
-    pub fn restore(
+    pub fn restore<M: Module>(
         &self,
-        model: ReverseMlp,
+        model: M,
         optim: ModuleOptimizer,
-    ) -> Result<(ReverseMlp, ModuleOptimizer), RunError> {
+    ) -> Result<(M, ModuleOptimizer), RunError> {
         let model_path = self.path.join("model.bpk");
         let bytes = read_checked(&model_path, &self.state.model_file)?;
         let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes))

@@ -7,7 +7,7 @@ use diffusion_data::{Heartbeat, SwissRoll};
 use serde::{Deserialize, Serialize};
 
 use crate::config::DataConfig;
-use crate::model::ReverseMlp;
+use crate::network::{ReverseModel, ReverseNetwork};
 use crate::run::{RunDir, RunError, RunManifest};
 use crate::training::{TrainingData, streams};
 
@@ -98,10 +98,10 @@ pub fn heldout_points(
 /// Evaluates `model` on the run's held-out points: K from the full sum over t = 2..T (one draw of
 /// x_t per point and step, seeded by `seed`), L_null, and -H(data) for generator data. For
 /// heartbeat data it also draws `samples` sequences and reports the valid share and the phases.
-pub fn evaluate(
+pub fn evaluate<N: ReverseNetwork>(
     manifest: &RunManifest,
     run: &RunDir,
-    model: &ReverseMlp,
+    model: &ReverseModel<N>,
     device: &Device,
     n: usize,
     samples: usize,
@@ -115,7 +115,8 @@ pub fn evaluate(
         })?;
     let points = heldout_points(manifest, run, n)?;
     let mut rng = diffusion_data::rng(seed, streams::EVAL_NOISE);
-    let per_point = bound.bound_bits_per_point(model, &points, &mut rng, device, CHUNK_ROWS);
+    let per_point =
+        bound.bound_bits_per_point(&model.network, &points, &mut rng, device, CHUNK_ROWS);
     let k = MeanStderr::of(&per_point).ok_or_else(|| RunError::Corrupt {
         path: run.path().display().to_string(),
         message: "no held-out points".into(),
@@ -135,7 +136,8 @@ pub fn evaluate(
             let beat = Heartbeat::new(*length, *period).ok();
             if let Some(beat) = beat.filter(|_| samples > 0) {
                 let mut rng = diffusion_data::rng(seed, streams::SAMPLE);
-                let drawn = bound.sample(model, samples, &mut rng, device, SAMPLE_CHUNK_ROWS);
+                let drawn =
+                    bound.sample(&model.network, samples, &mut rng, device, SAMPLE_CHUNK_ROWS);
                 let mut counts = vec![0usize; beat.period()];
                 for row in drawn.chunks_exact(d) {
                     if let Some(p) = beat.phase_of(row) {
@@ -160,7 +162,7 @@ pub fn evaluate(
     if let (crate::bound::Diffusion::Gaussian(_), true) = (&bound, samples > 0) {
         let m = samples.min(ENERGY_POINTS);
         let mut rng = diffusion_data::rng(seed, streams::SAMPLE);
-        let drawn = bound.sample(model, m, &mut rng, device, SAMPLE_CHUNK_ROWS);
+        let drawn = bound.sample(&model.network, m, &mut rng, device, SAMPLE_CHUNK_ROWS);
         match &manifest.config.data {
             DataConfig::SwissRoll { noise } => {
                 if let Ok(roll) = SwissRoll::new(*noise) {

@@ -10,8 +10,11 @@ use burn::tensor::{Device, Gradients, Tensor};
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 
+use crate::bound::Diffusion;
 use crate::evaluate::heldout_points;
 use crate::importance::StepSampler;
+use crate::network::{ReverseModel, ReverseNetwork};
+use crate::process::{Objective, Process, training_batch_at};
 use crate::run::{RunDir, RunError, RunManifest};
 use crate::training::streams;
 
@@ -114,7 +117,8 @@ fn flat_gradient(model: &impl Module, grads: &Gradients) -> Vec<f32> {
 /// Held-out points whose every step's KL term sets the importance sampler's p(t).
 pub const PROFILE_POINTS: usize = 256;
 
-/// Measures both estimators on `batches` batches of `batch_size` held-out rows each.
+/// Measures both estimators on `batches` batches of `batch_size` held-out rows each, for a
+/// trained run.
 pub fn gradient_variance(
     manifest: &RunManifest,
     run: &RunDir,
@@ -123,67 +127,108 @@ pub fn gradient_variance(
     batch_size: usize,
     seed: u64,
 ) -> Result<GradientVariance, RunError> {
-    let ad = device.clone().autodiff();
-    let model = run.load_model(manifest, &ad)?;
+    let model = run.load_model(manifest, &device.clone().autodiff())?;
     let bound = manifest
         .bound_of(&model)
         .map_err(|message| RunError::Corrupt {
             path: run.file("config.json").display().to_string(),
             message,
         })?;
-    let d = manifest.data_dim;
-    let steps = bound.steps();
     let points = heldout_points(manifest, run, 10_000)?;
-    let rows = points.len() / d;
-    let mut rng = diffusion_data::rng(seed, streams::EVAL_NOISE);
-
-    // each step's mean squared KL term over the first PROFILE_POINTS points
-    let profile = rows.min(PROFILE_POINTS);
-    let plain = model.valid();
-    let mut second_moment = vec![0.0f64; steps - 1];
-    let ts: Vec<usize> = (2..=steps).collect();
-    for i in 0..profile {
-        let x0: Vec<f32> = ts
-            .iter()
-            .flat_map(|_| points[i * d..(i + 1) * d].iter().copied())
-            .collect();
-        let kl = bound
-            .kl_rows(&plain, &x0, &ts, &mut rng, device)
-            .into_data()
-            .convert::<f32>();
-        for (m, &l) in second_moment
-            .iter_mut()
-            .zip(kl.as_slice::<f32>().expect("f32 data"))
-        {
-            *m += (l as f64) * (l as f64) / profile as f64;
-        }
-    }
-    let samplers = [
-        StepSampler::new(steps),
-        StepSampler::from_second_moments(second_moment),
-    ];
-    let mut moments = [Moments::new(), Moments::new()];
-    for _ in 0..batches {
-        let mut x0 = Vec::with_capacity(batch_size * d);
-        for _ in 0..batch_size {
-            let i = rng.random_range(0..rows);
-            x0.extend_from_slice(&points[i * d..(i + 1) * d]);
-        }
-        for (sampler, m) in samplers.iter().zip(&mut moments) {
-            let (ts, weights) = sampler.draw(batch_size, &mut rng);
-            let batch = bound.training_batch_at(&x0, ts, weights, &mut rng);
-            let loss = bound.training_loss_of(&model, batch, &ad);
-            let value = loss.clone().into_scalar::<f32>() as f64;
-            let grads = loss.backward();
-            m.add(&flat_gradient(&model, &grads), value);
-        }
-    }
-    let [uniform, importance] = moments.map(|m| m.spread());
-    Ok(GradientVariance {
+    let probe = Probe {
+        points: &points,
+        device,
         batches,
         batch_size,
-        gradient_variance_ratio: uniform.gradient_variance / importance.gradient_variance,
-        uniform,
-        importance,
+        seed,
+    };
+    Ok(match bound {
+        Diffusion::Gaussian(g) => probe.measure(&g, &model),
+        Diffusion::Binomial(b) => probe.measure(&b, &model),
     })
+}
+
+/// The batches a gradient-variance measurement draws from.
+#[derive(Debug, Clone, Copy)]
+pub struct Probe<'a> {
+    /// The data rows, row-major `[n, d]`.
+    pub points: &'a [f32],
+    /// The plain device (the model lives on its autodiff twin).
+    pub device: &'a Device,
+    /// Independent batches per estimator (at least 2).
+    pub batches: usize,
+    /// Rows per batch.
+    pub batch_size: usize,
+    /// Seed of the batches, steps and noise.
+    pub seed: u64,
+}
+
+impl Probe<'_> {
+    /// Both estimators' spread for `model` (on `device.autodiff()`) of `process`.
+    pub fn measure<P: Process, N: ReverseNetwork>(
+        &self,
+        process: &P,
+        model: &ReverseModel<N>,
+    ) -> GradientVariance {
+        let (d, steps, device) = (process.dim(), process.steps(), self.device);
+        let ad = device.clone().autodiff();
+        let (points, batch_size) = (self.points, self.batch_size);
+        let rows = points.len() / d;
+        let mut rng = diffusion_data::rng(self.seed, streams::EVAL_NOISE);
+
+        // each step's mean squared KL term over the first PROFILE_POINTS points
+        let profile = rows.min(PROFILE_POINTS);
+        let plain = model.network.valid();
+        let tables = process.tables(device);
+        let mut second_moment = vec![0.0f64; steps - 1];
+        let ts: Vec<usize> = (2..=steps).collect();
+        for i in 0..profile {
+            let x0: Vec<f32> = ts
+                .iter()
+                .flat_map(|_| points[i * d..(i + 1) * d].iter().copied())
+                .collect();
+            let prepared = process.prepare_rows(&x0, &ts, &mut rng);
+            let kl = process
+                .kl_rows(&tables, &plain, prepared, device)
+                .into_data()
+                .convert::<f32>();
+            for (m, &l) in second_moment
+                .iter_mut()
+                .zip(kl.as_slice::<f32>().expect("f32 data"))
+            {
+                *m += (l as f64) * (l as f64) / profile as f64;
+            }
+        }
+        let samplers = [
+            StepSampler::new(steps),
+            StepSampler::from_second_moments(second_moment),
+        ];
+        let ad_tables = process.tables(&ad);
+        let mut moments = [Moments::new(), Moments::new()];
+        for _ in 0..self.batches {
+            let mut x0 = Vec::with_capacity(batch_size * d);
+            for _ in 0..batch_size {
+                let i = rng.random_range(0..rows);
+                x0.extend_from_slice(&points[i * d..(i + 1) * d]);
+            }
+            for (sampler, m) in samplers.iter().zip(&mut moments) {
+                let (ts, weights) = sampler.draw(batch_size, &mut rng);
+                let batch = training_batch_at(process, &x0, ts, weights, &mut rng);
+                let loss = process
+                    .step_loss(&ad_tables, model, batch, Objective::BOUND, &ad)
+                    .loss;
+                let value = loss.clone().into_scalar::<f32>() as f64;
+                let grads = loss.backward();
+                m.add(&flat_gradient(model, &grads), value);
+            }
+        }
+        let [uniform, importance] = moments.map(|m| m.spread());
+        GradientVariance {
+            batches: self.batches,
+            batch_size,
+            gradient_variance_ratio: uniform.gradient_variance / importance.gradient_variance,
+            uniform,
+            importance,
+        }
+    }
 }

@@ -14,14 +14,16 @@
 //! The output is `[z_mu, z_sigma]` (2d values) for Gaussian diffusion and one logit per bit (d
 //! values) for binomial diffusion.
 //!
-//! A run with the `learned` beta schedule keeps its trainable betas in the network's record too
-//! ([`LearnedBetas`]), so that one optimizer and one checkpoint cover both.
+//! Each is its own [`ReverseNetwork`] type ([`Mlp`], [`ReadoutMlp`], [`RbfNet`]);
+//! [`ModelConfig::init`] builds the one a config describes as a [`Network`].
 
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
 use burn::tensor::activation;
-use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+use burn::tensor::{Device, Distribution, Int, Tensor};
 use serde::{Deserialize, Serialize};
+
+use crate::network::ReverseNetwork;
 
 /// The hidden-unit nonlinearity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -156,81 +158,94 @@ impl ModelConfig {
     /// A network from `dim_in` inputs to `dim_out` outputs for steps `t = 1..=steps`. The
     /// readout starts at zero, so with the `paper` parametrizations the untrained model is the
     /// forward kernel.
-    pub fn init(&self, dim_in: usize, dim_out: usize, steps: usize, device: &Device) -> ReverseMlp {
+    pub fn init(&self, dim_in: usize, dim_out: usize, steps: usize, device: &Device) -> Network {
+        if self.kind == ModelKind::Rbf {
+            let units = self.hidden.first().copied().unwrap_or(16);
+            return Network::Rbf(RbfNet {
+                rbf: RbfLayer::new(units, dim_in, device),
+                readout: StepReadout::zeros(steps, units, dim_out, device),
+            });
+        }
         let mut layers = Vec::with_capacity(self.hidden.len());
-        let mut time_embeddings = Vec::with_capacity(self.hidden.len());
-        let mut time_projections = Vec::with_capacity(self.hidden.len());
+        let mut embeddings = Vec::new();
+        let mut projections = Vec::new();
         let mut width = dim_in;
-        let mut rbf = None;
+        // each layer's time input is drawn right after its weights (the seed fixes both)
         for &h in &self.hidden {
-            if self.kind == ModelKind::Rbf && rbf.is_none() {
-                rbf = Some(RbfLayer {
-                    centers: Param::from_tensor(Tensor::random(
-                        [h, dim_in],
-                        Distribution::Normal(0.0, 1.0),
-                        device,
-                    )),
-                    log_width: Param::from_tensor(Tensor::full(
-                        [h],
-                        RBF_INITIAL_WIDTH.ln(),
-                        device,
-                    )),
-                });
-                width = h;
-                continue;
-            }
             layers.push(LinearConfig::new(width, h).init(device));
-            if self.time == TimeConditioning::Embedding {
-                time_embeddings.push(
+            match self.time {
+                TimeConditioning::Embedding => embeddings.push(
                     EmbeddingConfig::new(steps + 1, h)
                         .with_initializer(Initializer::Normal {
                             mean: 0.0,
                             std: 0.1,
                         })
                         .init(device),
-                );
-            }
-            if self.time == TimeConditioning::Sinusoidal {
-                time_projections.push(LinearConfig::new(2 * FREQUENCIES, h).init(device));
+                ),
+                TimeConditioning::Sinusoidal => {
+                    projections.push(LinearConfig::new(2 * FREQUENCIES, h).init(device))
+                }
+                TimeConditioning::Readout => {}
             }
             width = h;
         }
-        let (readout, step_readout) = match self.time {
-            TimeConditioning::Embedding | TimeConditioning::Sinusoidal => (
-                Some(
-                    LinearConfig::new(width, dim_out)
-                        .with_initializer(Initializer::Zeros)
-                        .init(device),
-                ),
-                None,
-            ),
-            TimeConditioning::Readout => (
-                None,
-                Some(StepReadout {
-                    weight: Param::from_tensor(Tensor::zeros([steps + 1, width * dim_out], device)),
-                    bias: Param::from_tensor(Tensor::zeros([steps + 1, dim_out], device)),
-                    dim_out,
-                }),
-            ),
+        let activation = self.activation;
+        let time = match self.time {
+            TimeConditioning::Readout => {
+                return Network::Readout(ReadoutMlp {
+                    layers,
+                    readout: StepReadout::zeros(steps, width, dim_out, device),
+                    activation,
+                });
+            }
+            TimeConditioning::Embedding => TimeInput::Embedding(embeddings),
+            TimeConditioning::Sinusoidal => TimeInput::Sinusoidal(SinusoidalTime {
+                projections,
+                frequencies: sinusoidal_frequencies(steps),
+            }),
         };
-        // angular frequencies 2 pi f / T with f geometric from 1 to T/2
-        let top = (steps as f64 / 2.0).max(1.0);
-        let frequencies: Vec<f32> = (0..FREQUENCIES)
-            .map(|k| {
-                let f = top.powf(k as f64 / (FREQUENCIES - 1) as f64);
-                (2.0 * std::f64::consts::PI * f / steps as f64) as f32
-            })
-            .collect();
-        ReverseMlp {
-            rbf,
-            schedule: None,
+        Network::Mlp(Mlp {
             layers,
-            time_embeddings,
-            time_projections,
-            frequencies,
-            readout,
-            step_readout,
-            activation: self.activation,
+            time,
+            readout: LinearConfig::new(width, dim_out)
+                .with_initializer(Initializer::Zeros)
+                .init(device),
+            activation,
+        })
+    }
+}
+
+/// Angular frequencies 2 pi f / T with f geometric from 1 to T/2.
+fn sinusoidal_frequencies(steps: usize) -> Vec<f32> {
+    let top = (steps as f64 / 2.0).max(1.0);
+    (0..FREQUENCIES)
+        .map(|k| {
+            let f = top.powf(k as f64 / (FREQUENCIES - 1) as f64);
+            (2.0 * std::f64::consts::PI * f / steps as f64) as f32
+        })
+        .collect()
+}
+
+/// The steps t of a batch of rows: one per row, or one for them all (sampling), which lets
+/// the network use each step's parameters once, broadcast over the rows, instead of
+/// gathering a copy per row.
+#[derive(Debug, Clone, Copy)]
+enum Steps<'a> {
+    /// `[n]`, 1-based.
+    PerRow(&'a Tensor<1, Int>),
+    /// Every row at this step (1-based).
+    All(usize),
+}
+
+impl Steps<'_> {
+    /// The steps as a column, `[n, 1]` or `[1, 1]`.
+    fn column(&self, device: &Device) -> Tensor<2, Int> {
+        match *self {
+            Steps::PerRow(t) => {
+                let n = t.dims()[0];
+                t.clone().reshape([n, 1])
+            }
+            Steps::All(t) => Tensor::<1, Int>::from_ints([t as i64], device).reshape([1, 1]),
         }
     }
 }
@@ -247,6 +262,15 @@ pub struct StepReadout {
 }
 
 impl StepReadout {
+    /// Readouts for steps 0..=steps, all zero.
+    pub fn zeros(steps: usize, width: usize, dim_out: usize, device: &Device) -> Self {
+        Self {
+            weight: Param::from_tensor(Tensor::zeros([steps + 1, width * dim_out], device)),
+            bias: Param::from_tensor(Tensor::zeros([steps + 1, dim_out], device)),
+            dim_out,
+        }
+    }
+
     fn forward(&self, h: Tensor<2>, steps: Steps) -> Tensor<2> {
         let [n, width] = h.dims();
         match steps {
@@ -272,17 +296,6 @@ impl StepReadout {
     }
 }
 
-/// The steps t of a batch of rows: one per row, or one for them all (sampling), which lets
-/// the network use each step's parameters once, broadcast over the rows, instead of
-/// gathering a copy per row.
-#[derive(Debug, Clone, Copy)]
-pub enum Steps<'a> {
-    /// `[n]`, 1-based.
-    PerRow(&'a Tensor<1, Int>),
-    /// Every row at this step (1-based).
-    All(usize),
-}
-
 /// A normalised radial-basis-function layer: `h = softmax_j(-|x - c_j|^2 / (2 s_j^2))`.
 #[derive(Module, Debug)]
 pub struct RbfLayer {
@@ -293,6 +306,18 @@ pub struct RbfLayer {
 }
 
 impl RbfLayer {
+    /// `units` bumps on `d` coordinates: centres drawn from N(0, I), widths 0.5.
+    pub fn new(units: usize, d: usize, device: &Device) -> Self {
+        Self {
+            centers: Param::from_tensor(Tensor::random(
+                [units, d],
+                Distribution::Normal(0.0, 1.0),
+                device,
+            )),
+            log_width: Param::from_tensor(Tensor::full([units], RBF_INITIAL_WIDTH.ln(), device)),
+        }
+    }
+
     /// `[n, d]` to `[n, units]`, each row summing to 1.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         let c = self.centers.val();
@@ -305,152 +330,159 @@ impl RbfLayer {
     }
 }
 
-/// The trainable betas of the `learned` schedule: b_1 fixed, b_t = sigmoid(w_t) for t = 2..T.
+/// Fixed sinusoidal features of t, mapped by a learned linear layer into each hidden layer.
 #[derive(Module, Debug)]
-pub struct LearnedBetas {
-    /// w_2..w_T, `[T - 1]`.
-    logits: Param<Tensor<1>>,
-    /// b_1.
-    #[module(skip)]
-    beta_1: f64,
-}
-
-impl LearnedBetas {
-    /// Starts from `betas` (b_1..b_T, each in (0, 1)).
-    pub fn new(betas: &[f64], device: &Device) -> Self {
-        let logits: Vec<f32> = betas[1..]
-            .iter()
-            .map(|&b| (b / (1.0 - b)).ln() as f32)
-            .collect();
-        let n = logits.len();
-        Self {
-            logits: Param::from_tensor(Tensor::from_data(TensorData::new(logits, [n]), device)),
-            beta_1: betas[0],
-        }
-    }
-
-    /// `[first, rest...]`, `first` being b_1's value of a per-step quantity.
-    fn after_first(&self, first: f64, rest: Tensor<1>) -> Tensor<1> {
-        let first = Tensor::<1>::from_floats([first as f32], &rest.device());
-        Tensor::cat(vec![first, rest], 0)
-    }
-
-    /// b_1..b_T, `[T]`.
-    pub fn betas(&self) -> Tensor<1> {
-        self.after_first(self.beta_1, activation::sigmoid(self.logits.val()))
-    }
-
-    /// ln(1 - b_t) for t = 1..T, `[T]` (computed as log_sigmoid(-w_t): exact for small b_t).
-    pub fn log_one_minus_betas(&self) -> Tensor<1> {
-        self.after_first(
-            (1.0 - self.beta_1).ln(),
-            activation::log_sigmoid(self.logits.val().neg()),
-        )
-    }
-
-    /// logit(b_t) for t = 1..T, `[T]`.
-    pub fn logit_betas(&self) -> Tensor<1> {
-        let b1 = self.beta_1;
-        self.after_first((b1 / (1.0 - b1)).ln(), self.logits.val())
-    }
-
-    /// The gradient of the free parameters w_2..w_T, `[T - 1]`, from an autodiff backward pass.
-    pub fn logits_grad(&self, grads: &burn::tensor::Gradients) -> Option<Tensor<1>> {
-        self.logits.val().grad(grads)
-    }
-
-    /// The current b_1..b_T on the host, in f64 (b_t computed from w_t in f64).
-    pub fn host_betas(&self) -> Vec<f64> {
-        let data = self.logits.val().into_data().convert::<f32>();
-        let logits = data.as_slice::<f32>().expect("f32 data");
-        std::iter::once(self.beta_1)
-            .chain(logits.iter().map(|&w| 1.0 / (1.0 + (-(w as f64)).exp())))
-            .collect()
-    }
-}
-
-/// The reverse network: `h_l = act(W_l h_{l-1} + b_l [+ E_l[t]])` (or the RBF layer), then the
-/// readout.
-#[derive(Module, Debug)]
-pub struct ReverseMlp {
-    rbf: Option<RbfLayer>,
-    schedule: Option<LearnedBetas>,
-    layers: Vec<Linear>,
-    time_embeddings: Vec<Embedding>,
-    time_projections: Vec<Linear>,
+pub struct SinusoidalTime {
+    /// One projection of the `2 * FREQUENCIES` features per hidden layer.
+    projections: Vec<Linear>,
     #[module(skip)]
     frequencies: Vec<f32>,
-    readout: Option<Linear>,
-    step_readout: Option<StepReadout>,
+}
+
+impl SinusoidalTime {
+    /// `[sin(w t), cos(w t)]`, `[n, 2 * FREQUENCIES]` (or `[1, ..]` for one step).
+    fn features(&self, steps: Steps, device: &Device) -> Tensor<2> {
+        let freqs = Tensor::<1>::from_floats(self.frequencies.as_slice(), device)
+            .reshape([1, self.frequencies.len()]);
+        let angles = steps.column(device).float() * freqs;
+        Tensor::cat(vec![angles.clone().sin(), angles.cos()], 1)
+    }
+}
+
+/// How [`Mlp`] adds the step t to each hidden layer's pre-activation.
+#[derive(Module, Debug)]
+pub enum TimeInput {
+    /// A learned vector per step and layer.
+    Embedding(Vec<Embedding>),
+    /// Sinusoidal features through a learned projection per layer.
+    Sinusoidal(SinusoidalTime),
+}
+
+impl TimeInput {
+    /// Layer `layer`'s term, `[n, h_l]` (or `[1, h_l]` for one step); `features` are the
+    /// sinusoidal features, when this input uses them.
+    fn term(&self, layer: usize, steps: Steps, features: Option<&Tensor<2>>) -> Tensor<2> {
+        match (self, features) {
+            (Self::Sinusoidal(s), Some(f)) => s.projections[layer].forward(f.clone()),
+            (Self::Sinusoidal(s), None) => {
+                let device = s.projections[layer].weight.val().device();
+                s.projections[layer].forward(s.features(steps, &device))
+            }
+            (Self::Embedding(embeddings), _) => {
+                let e = &embeddings[layer];
+                match steps {
+                    Steps::PerRow(_) => {
+                        let device = e.weight.val().device();
+                        e.forward(steps.column(&device)).squeeze_dim(1)
+                    }
+                    Steps::All(t) => e.weight.val().narrow(0, t, 1),
+                }
+            }
+        }
+    }
+}
+
+/// The presentation's network: `h_l = act(W_l h_{l-1} + b_l + time_l(t))`, one shared readout.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    layers: Vec<Linear>,
+    time: TimeInput,
+    readout: Linear,
     #[module(skip)]
     activation: Activation,
 }
 
-impl ReverseMlp {
-    /// Adds trainable betas starting from `betas` (the `learned` schedule).
-    pub fn with_learned_schedule(mut self, betas: &[f64], device: &Device) -> Self {
-        self.schedule = Some(LearnedBetas::new(betas, device));
-        self
-    }
-
-    /// The learned betas, when the run learns its schedule.
-    pub fn learned_schedule(&self) -> Option<&LearnedBetas> {
-        self.schedule.as_ref()
-    }
-
-    /// `x_t` is `[n, d]`, `t` is `[n]` (1-based steps); returns `[n, dim_out]`.
-    pub fn forward(&self, x_t: Tensor<2>, t: Tensor<1, Int>) -> Tensor<2> {
-        self.forward_steps(x_t, Steps::PerRow(&t))
-    }
-
-    /// [`forward`](Self::forward) with every row at step `t`: the same values, computed with
-    /// each per-step parameter once instead of once per row.
-    pub fn forward_at(&self, x_t: Tensor<2>, t: usize) -> Tensor<2> {
-        self.forward_steps(x_t, Steps::All(t))
-    }
-
-    /// [`forward`](Self::forward) with the steps given either way.
-    pub fn forward_steps(&self, x_t: Tensor<2>, steps: Steps) -> Tensor<2> {
-        let device = x_t.device();
-        // the steps as a column, `[n, 1]` or `[1, 1]`
-        let column = || match steps {
-            Steps::PerRow(t) => {
-                let n = t.dims()[0];
-                t.clone().reshape([n, 1])
-            }
-            Steps::All(t) => Tensor::<1, Int>::from_ints([t as i64], &device).reshape([1, 1]),
+impl Mlp {
+    fn forward_steps(&self, x_t: Tensor<2>, steps: Steps) -> Tensor<2> {
+        let features = match &self.time {
+            TimeInput::Sinusoidal(s) => Some(s.features(steps, &x_t.device())),
+            TimeInput::Embedding(_) => None,
         };
-        let features = (!self.time_projections.is_empty()).then(|| {
-            let freqs = Tensor::<1>::from_floats(self.frequencies.as_slice(), &device)
-                .reshape([1, self.frequencies.len()]);
-            let angles = column().float() * freqs;
-            Tensor::cat(vec![angles.clone().sin(), angles.cos()], 1)
-        });
-        let mut h = match &self.rbf {
-            Some(rbf) => rbf.forward(x_t),
-            None => x_t,
-        };
+        let mut h = x_t;
+        // Each layer's weights, then its time input: Burn initialises a parameter when it is
+        // first used, so this order is what a seed fixes.
         for (i, layer) in self.layers.iter().enumerate() {
-            let mut pre = layer.forward(h);
-            if let Some(embedding) = self.time_embeddings.get(i) {
-                let e: Tensor<2> = match steps {
-                    Steps::PerRow(_) => embedding.forward(column()).squeeze_dim(1),
-                    Steps::All(t) => embedding.weight.val().narrow(0, t, 1),
-                };
-                pre = pre + e;
-            }
-            if let (Some(projection), Some(f)) = (self.time_projections.get(i), &features) {
-                pre = pre + projection.forward(f.clone());
-            }
-            h = self.activation.apply(pre);
+            let pre = layer.forward(h);
+            h = self
+                .activation
+                .apply(pre + self.time.term(i, steps, features.as_ref()));
         }
-        match (&self.readout, &self.step_readout) {
-            (Some(readout), _) => readout.forward(h),
-            (None, Some(step_readout)) => step_readout.forward(h, steps),
-            (None, None) => unreachable!("a network has one readout"),
+        self.readout.forward(h)
+    }
+}
+
+/// The paper's heartbeat network: hidden layers shared across time, a readout per step.
+#[derive(Module, Debug)]
+pub struct ReadoutMlp {
+    layers: Vec<Linear>,
+    readout: StepReadout,
+    #[module(skip)]
+    activation: Activation,
+}
+
+impl ReadoutMlp {
+    fn forward_steps(&self, x_t: Tensor<2>, steps: Steps) -> Tensor<2> {
+        let mut h = x_t;
+        for layer in &self.layers {
+            h = self.activation.apply(layer.forward(h));
+        }
+        self.readout.forward(h, steps)
+    }
+}
+
+/// The paper's Swiss-roll network: a normalised RBF layer shared across time, a readout per step.
+#[derive(Module, Debug)]
+pub struct RbfNet {
+    rbf: RbfLayer,
+    readout: StepReadout,
+}
+
+/// The network a [`ModelConfig`] describes.
+#[derive(Module, Debug)]
+pub enum Network {
+    /// Time embeddings or sinusoidal features, one readout.
+    Mlp(Mlp),
+    /// A readout per step.
+    Readout(ReadoutMlp),
+    /// The paper's RBF network.
+    Rbf(RbfNet),
+}
+
+impl Network {
+    fn forward_steps(&self, x_t: Tensor<2>, steps: Steps) -> Tensor<2> {
+        match self {
+            Self::Mlp(m) => m.forward_steps(x_t, steps),
+            Self::Readout(m) => m.forward_steps(x_t, steps),
+            Self::Rbf(m) => m.forward_steps(x_t, steps),
         }
     }
 }
+
+/// Implements [`ReverseNetwork`] through `forward_steps`, using each step's parameters once when
+/// every row is at the same step.
+macro_rules! reverse_network {
+    ($($ty:ty),*) => {$(
+        impl ReverseNetwork for $ty {
+            fn forward(&self, x_t: Tensor<2>, t: Tensor<1, Int>) -> Tensor<2> {
+                self.forward_steps(x_t, Steps::PerRow(&t))
+            }
+
+            fn forward_at(&self, x_t: Tensor<2>, t: usize) -> Tensor<2> {
+                self.forward_steps(x_t, Steps::All(t))
+            }
+        }
+    )*};
+}
+
+reverse_network!(Mlp, ReadoutMlp, Network);
+
+impl RbfNet {
+    fn forward_steps(&self, x_t: Tensor<2>, steps: Steps) -> Tensor<2> {
+        self.readout.forward(self.rbf.forward(x_t), steps)
+    }
+}
+
+reverse_network!(RbfNet);
 
 #[cfg(test)]
 mod tests {

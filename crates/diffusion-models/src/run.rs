@@ -20,9 +20,11 @@ use diffusion_core::{BetaSchedule, BinomialDiffusion, GaussianDiffusion};
 use diffusion_data::io::write_atomic;
 use serde::{Deserialize, Serialize};
 
-use crate::bound::{BinomialBound, Diffusion, GaussianBound};
+use crate::bound::Diffusion;
 use crate::config::{ProcessKind, RunConfig};
-use crate::model::ReverseMlp;
+use crate::model::Network;
+use crate::network::{ReverseModel, ReverseNetwork};
+use crate::process::{BinomialBound, GaussianBound};
 
 /// The format tag of `config.json`.
 pub const MANIFEST_FORMAT: &str = "diffusion-run/1";
@@ -119,15 +121,15 @@ impl RunManifest {
     }
 
     /// A freshly initialised network of this run's shape.
-    pub fn init_model(&self, device: &Device) -> Result<ReverseMlp, String> {
+    pub fn init_model(&self, device: &Device) -> Result<ReverseModel<Network>, String> {
         self.check_model_size()?;
         let bound = self.bound()?;
-        let model = self.config.model.init(
+        let model = ReverseModel::new(self.config.model.init(
             self.data_dim,
             bound.output_dim(),
             self.config.diffusion.steps,
             device,
-        );
+        ));
         Ok(match (&self.config.diffusion.schedule, &bound) {
             (BetaSchedule::Learned { .. }, Diffusion::Gaussian(g)) => {
                 model.with_learned_schedule(g.diffusion.betas(), device)
@@ -138,7 +140,10 @@ impl RunManifest {
 
     /// The diffusion of a trained network: [`bound`](Self::bound) with the network's own betas
     /// when it learned its schedule.
-    pub fn bound_of(&self, model: &ReverseMlp) -> Result<Diffusion, String> {
+    pub fn bound_of<N: ReverseNetwork>(
+        &self,
+        model: &ReverseModel<N>,
+    ) -> Result<Diffusion, String> {
         let bound = self.bound()?;
         Ok(match (bound, model.learned_schedule()) {
             (Diffusion::Gaussian(g), Some(schedule)) => Diffusion::Gaussian(GaussianBound {
@@ -251,7 +256,7 @@ impl RunDir {
     }
 
     /// Saves the network as `model.bpk`.
-    pub fn save_model(&self, model: &ReverseMlp) -> Result<(), RunError> {
+    pub fn save_model<M: Module>(&self, model: &M) -> Result<(), RunError> {
         let p = self.file("model.bpk");
         let bytes = model
             .valid()
@@ -269,7 +274,7 @@ impl RunDir {
         &self,
         manifest: &RunManifest,
         device: &Device,
-    ) -> Result<ReverseMlp, RunError> {
+    ) -> Result<ReverseModel<Network>, RunError> {
         let p = self.file("model.bpk");
         let bytes = fs::read(&p).map_err(io_err(&p))?;
         let corrupt = |message: String| RunError::Corrupt {

@@ -1,26 +1,14 @@
-//! The training loop: data, forward noising, the network, the bound, the optimizer — in that
-//! order, one step at a time.
+//! Training a run into its folder: [`train`] builds the run's network and [`Trainer`] and
+//! attaches the observers that write the folder — `metrics.csv` ([`MetricsObserver`]),
+//! checkpoints ([`CheckpointObserver`]) and progress reports — then writes `model.bpk`,
+//! `summary.json` and, for the `learned` schedule, the trained betas as `betas.csv` (`t,beta`).
 //!
-//! A lean loop of our own rather than burn-train's `Learner`: the data are generated on the fly
-//! (no dataset or dataloader), one step is a handful of small matrix products, and the run folder,
-//! metrics, checkpoints and progress are this project's own. Like the `Learner`'s data loader, it
-//! builds the host side of each step (data, t, x_t, posteriors) on a second thread, a couple of
-//! batches ahead, while the network runs.
-//!
-//! A run with the `learned` schedule also writes its trained betas as `betas.csv` (`t,beta`).
-//!
-//! Every `checkpoint_every` steps (and at the end) it writes a checkpoint ([`crate::checkpoint`]);
-//! [`train`] given one continues from it and ends with the same weights, bit for bit, as a run
-//! that was never interrupted (on the CPU backends).
+//! Every `checkpoint_every` steps (and at the end) a checkpoint is written
+//! ([`crate::checkpoint`]); [`train`] given one continues from it and ends with the same
+//! weights, bit for bit, as a run that was never interrupted (on the CPU backends).
 
-use std::sync::mpsc;
-use std::time::Instant;
+use std::path::PathBuf;
 
-use burn::module::Module;
-use burn::optim::{
-    AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig, grad_clipping::GradientClippingConfig,
-    momentum::MomentumConfig,
-};
 use burn::tensor::Device;
 use diffusion_data::{
     Array2, DataError, Heartbeat, HeartbeatStream, Rng, SwissRoll, SwissRollStream,
@@ -28,26 +16,28 @@ use diffusion_data::{
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 
-use crate::bound::TrainingBatch;
+use crate::bound::Diffusion;
 use crate::checkpoint::{self, Checkpoint, CheckpointState, FileDigest};
-use crate::config::{DataConfig, OptimizerConfig, OptimizerKind, TSampling, TrainConfig};
-use crate::importance::StepSampler;
+use crate::config::DataConfig;
 use crate::metrics::{MetricsRow, MetricsWriter};
-use crate::model::ReverseMlp;
+use crate::model::Network;
+use crate::network::{ReverseModel, ReverseNetwork};
+use crate::process::Process;
 use crate::run::{RunDir, RunError, RunManifest};
+use crate::trainer::{Observer, StepReport, Trainer};
 
 /// Why training stopped early.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     /// The loss or a parameter became NaN or infinite.
-    #[error("training diverged: {what} at step {step}; {kept}")]
+    #[error("training diverged: {what} at step {step}; {}", kept_note(.kept))]
     NonFinite {
         /// What was not finite.
         what: String,
         /// The step (1-based).
         step: usize,
-        /// Which checkpoint is kept.
-        kept: String,
+        /// The newest checkpoint, which survives: its step and folder.
+        kept: Option<(usize, PathBuf)>,
     },
     /// The run folder refused a write.
     #[error(transparent)]
@@ -55,6 +45,16 @@ pub enum TrainError {
     /// The configuration is inconsistent.
     #[error("{0}")]
     Config(String),
+}
+
+fn kept_note(kept: &Option<(usize, PathBuf)>) -> String {
+    match kept {
+        Some((step, path)) => format!(
+            "the checkpoint of step {step} is kept in {}",
+            path.display()
+        ),
+        None => "no checkpoint had been written yet".to_string(),
+    }
 }
 
 /// Where training batches come from.
@@ -183,48 +183,109 @@ pub struct TrainSummary {
     pub backend: String,
 }
 
-fn optimizer(config: &OptimizerConfig) -> ModuleOptimizer {
-    let clip = config
-        .grad_clip_norm
-        .map(|c| GradientClippingConfig::Norm(c as f32));
-    match config.kind {
-        OptimizerKind::Adam => AdamConfig::new()
-            .with_beta_1(config.beta1 as f32)
-            .with_beta_2(config.beta2 as f32)
-            .with_epsilon(config.epsilon as f32)
-            .with_grad_clipping(clip)
-            .init(),
-        OptimizerKind::Sgd => {
-            let momentum = (config.momentum > 0.0).then(|| {
-                MomentumConfig::new()
-                    .with_momentum(config.momentum)
-                    .with_dampening(0.0)
-                    .with_nesterov(config.nesterov)
-            });
-            SgdConfig::new()
-                .with_momentum(momentum)
-                .with_gradient_clipping(clip)
-                .init()
+/// Writes `metrics.csv`: one row per logged interval, synced before each checkpoint.
+pub struct MetricsObserver {
+    writer: MetricsWriter,
+}
+
+impl MetricsObserver {
+    /// Opens the run's `metrics.csv`; a resumed run keeps its rows up to `resumed_at`.
+    pub fn open(run: &RunDir, resumed_at: Option<usize>) -> Result<Self, RunError> {
+        Ok(Self {
+            writer: MetricsWriter::open(run, resumed_at)?,
+        })
+    }
+}
+
+impl<P: Process, N: ReverseNetwork> Observer<P, N> for MetricsObserver {
+    fn on_step(&mut self, _: &Trainer<P, N>, report: &StepReport) -> Result<(), TrainError> {
+        if let Some(mean) = report.logged_loss_bits {
+            self.writer.append(MetricsRow {
+                step: report.step,
+                loss_bits: mean,
+                lr: report.lr,
+                wall_time_s: report.elapsed_s,
+            })?;
+        }
+        if report.checkpoint_due {
+            self.writer.sync()?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes a checkpoint whenever one is due, after checking that every parameter is finite.
+pub struct CheckpointObserver<'a> {
+    run: &'a RunDir,
+    manifest: &'a RunManifest,
+    kept: Option<(usize, PathBuf)>,
+}
+
+impl<'a> CheckpointObserver<'a> {
+    /// Checkpoints into `run`; `resumed` is the checkpoint the run continues from.
+    pub fn new(run: &'a RunDir, manifest: &'a RunManifest, resumed: Option<&Checkpoint>) -> Self {
+        Self {
+            run,
+            manifest,
+            kept: resumed.map(|ck| (ck.state.step, ck.path.clone())),
         }
     }
 }
 
-/// Batches built ahead of the step that uses them.
-const PREFETCH: usize = 2;
+impl<P: Process, N: ReverseNetwork> Observer<P, N> for CheckpointObserver<'_> {
+    fn on_step(&mut self, trainer: &Trainer<P, N>, report: &StepReport) -> Result<(), TrainError> {
+        if !report.checkpoint_due {
+            return Ok(());
+        }
+        checkpoint::check_finite(trainer.model()).map_err(|what| TrainError::NonFinite {
+            what,
+            step: report.step,
+            kept: None,
+        })?;
+        let p = trainer.progress();
+        let state = CheckpointState {
+            format: checkpoint::CHECKPOINT_FORMAT.into(),
+            step: report.step,
+            data_rng_word_pos: p.data_word_pos.to_string(),
+            noise_rng_word_pos: p.noise_word_pos.to_string(),
+            wall_time_s: report.elapsed_s,
+            interval_loss_sum: p.interval_loss_sum,
+            interval_steps: p.interval_steps,
+            last_loss_bits: p.last_loss_bits,
+            step_sampler: trainer.step_sampler().cloned(),
+            config: self.manifest.config.clone(),
+            model_file: FileDigest::of(&[]),
+            optimizer_file: FileDigest::of(&[]),
+        };
+        let path = checkpoint::save(self.run, trainer.model(), trainer.optimizer(), state)?;
+        self.kept = Some((report.step, path));
+        Ok(())
+    }
 
-/// Below this many data values per batch, batches are built on the training thread (measured
-/// on 2 cores at batch 128 x 2: a second thread cost 15-20 % of the steps/s).
-const PREFETCH_MIN_VALUES: usize = 1024;
-
-/// One step's host data, with the positions of both streams after drawing it.
-struct Prepared {
-    batch: TrainingBatch,
-    data_pos: u128,
-    noise_pos: u128,
+    fn on_divergence(&mut self, error: &mut TrainError) {
+        if let TrainError::NonFinite { kept, .. } = error {
+            *kept = self.kept.clone();
+        }
+    }
 }
 
-/// Gives the next step's host data (drawing its steps t from the sampler, when there is one).
-type NextBatch<'a> = dyn FnMut(Option<&StepSampler>) -> Prepared + 'a;
+/// Calls a function with a [`Progress`] at every logged step.
+pub struct ProgressObserver<'a>(pub &'a mut dyn FnMut(&Progress));
+
+impl<P: Process, N: ReverseNetwork> Observer<P, N> for ProgressObserver<'_> {
+    fn on_step(&mut self, _: &Trainer<P, N>, report: &StepReport) -> Result<(), TrainError> {
+        if let Some(mean) = report.logged_loss_bits {
+            (self.0)(&Progress {
+                step: report.step,
+                total: report.total,
+                loss_bits: mean,
+                lr: report.lr,
+                elapsed_s: report.elapsed_s,
+            });
+        }
+        Ok(())
+    }
+}
 
 /// Trains the network of `manifest` on `data`, writing `metrics.csv`, checkpoints, `model.bpk`
 /// and `summary.json` into `run`. `device` is the plain device; autodiff is added here. With
@@ -232,193 +293,80 @@ type NextBatch<'a> = dyn FnMut(Option<&StepSampler>) -> Prepared + 'a;
 /// must be the stream the run was started with; its position is restored here).
 pub fn train(
     manifest: &RunManifest,
-    mut data: TrainingData,
+    data: TrainingData,
     device: &Device,
     run: &RunDir,
     resume: Option<&Checkpoint>,
     on_progress: &mut dyn FnMut(&Progress),
-) -> Result<(ReverseMlp, TrainSummary), TrainError> {
-    let config: &TrainConfig = &manifest.config.train;
-    let bound = manifest.bound().map_err(TrainError::Config)?;
+) -> Result<(ReverseModel<Network>, TrainSummary), TrainError> {
     let ad_device = device.clone().autodiff();
-    ad_device.seed(config.seed);
-    let mut model = manifest
+    ad_device.seed(manifest.config.train.seed);
+    let model = manifest
         .init_model(&ad_device)
         .map_err(TrainError::Config)?;
-    let mut optim = optimizer(&config.optimizer);
-    let mut rng = diffusion_data::rng(config.seed, streams::TRAIN_NOISE);
-
-    let mut first_step = 0;
-    let mut wall_before = 0.0;
-    let (mut interval_sum, mut interval_count) = (0.0f64, 0usize);
-    let mut last_loss = None;
-    let mut kept: Option<(usize, std::path::PathBuf)> = None;
-    let mut sampler = (config.t_sampling == TSampling::Importance)
-        .then(|| StepSampler::new(manifest.config.diffusion.steps));
-    if let Some(ck) = resume {
-        (model, optim) = ck.restore(model, optim)?;
-        data.rng_mut().set_word_pos(ck.data_word_pos()?);
-        rng.set_word_pos(ck.noise_word_pos()?);
-        let s = &ck.state;
-        first_step = s.step;
-        wall_before = s.wall_time_s;
-        (interval_sum, interval_count) = (s.interval_loss_sum, s.interval_steps);
-        last_loss = s.last_loss_bits;
-        kept = Some((s.step, ck.path.clone()));
-        if sampler.is_some() {
-            sampler = Some(s.step_sampler.clone().ok_or_else(|| {
-                TrainError::Config(format!(
-                    "the checkpoint in {} has no importance-sampler state",
-                    ck.path.display()
-                ))
-            })?);
-        }
+    let files = RunFiles {
+        manifest,
+        run,
+        resume,
+        on_progress,
+    };
+    match manifest.bound().map_err(TrainError::Config)? {
+        Diffusion::Gaussian(g) => files.train(g, model, data, &ad_device),
+        Diffusion::Binomial(b) => files.train(b, model, data, &ad_device),
     }
-    let mut metrics = MetricsWriter::open(run, resume.map(|ck| ck.state.step))?;
+}
 
-    let kept_note = |kept: &Option<(usize, std::path::PathBuf)>| match kept {
-        Some((step, path)) => format!(
-            "the checkpoint of step {step} is kept in {}",
-            path.display()
-        ),
-        None => "no checkpoint had been written yet".to_string(),
-    };
-    let steps = config.steps;
-    let bound_ref = &bound;
-    let batch_size = config.batch_size;
-    let mut draw = move |sampler: Option<&StepSampler>| {
-        let x0 = data.next_batch(batch_size);
-        let batch = match sampler {
-            Some(s) => {
-                let (ts, weights) = s.draw(batch_size, &mut rng);
-                bound_ref.training_batch_at(&x0, ts, weights, &mut rng)
+/// A run folder's side of training.
+struct RunFiles<'a, 'p> {
+    manifest: &'a RunManifest,
+    run: &'a RunDir,
+    resume: Option<&'a Checkpoint>,
+    on_progress: &'p mut dyn FnMut(&Progress),
+}
+
+impl RunFiles<'_, '_> {
+    fn train<P: Process, N: ReverseNetwork>(
+        self,
+        process: P,
+        model: ReverseModel<N>,
+        data: TrainingData,
+        device: &Device,
+    ) -> Result<(ReverseModel<N>, TrainSummary), TrainError>
+    where
+        P::Rows: 'static,
+    {
+        let config = &self.manifest.config.train;
+        let mut trainer = Trainer::new(process, model, config, data, device);
+        if let Some(ck) = self.resume {
+            trainer.resume_from(ck)?;
+        }
+        let mut metrics = MetricsObserver::open(self.run, self.resume.map(|ck| ck.state.step))?;
+        let mut checkpoints = CheckpointObserver::new(self.run, self.manifest, self.resume);
+        let mut progress = ProgressObserver(self.on_progress);
+        let fitted = trainer.fit(&mut [&mut metrics, &mut progress, &mut checkpoints])?;
+        let model = fitted.model;
+        self.run.save_model(&model)?;
+        if let Some(schedule) = model.learned_schedule() {
+            let mut text = String::from("t,beta\n");
+            for (t, b) in schedule.host_betas().iter().enumerate() {
+                text.push_str(&format!("{},{b:e}\n", t + 1));
             }
-            None => bound_ref.training_batch(&x0, &mut rng),
+            self.run.write("betas.csv", text.as_bytes())?;
+        }
+        let wall = fitted.wall_time_s;
+        let summary = TrainSummary {
+            steps: config.steps,
+            batch_size: config.batch_size,
+            wall_time_s: wall,
+            steps_per_s: if wall > 0.0 {
+                config.steps as f64 / wall
+            } else {
+                0.0
+            },
+            final_loss_bits: fitted.final_loss_bits,
+            backend: self.manifest.backend.clone(),
         };
-        Prepared {
-            batch,
-            data_pos: data.rng_mut().get_word_pos(),
-            noise_pos: rng.get_word_pos(),
-        }
-    };
-    // Small batches are cheaper to build in line than to hand over between threads; importance
-    // sampling draws each batch's steps from the previous step's terms, so in line too.
-    let threaded = batch_size * manifest.data_dim >= PREFETCH_MIN_VALUES && sampler.is_none();
-    let start = Instant::now();
-    let result = std::thread::scope(|scope| -> Result<ReverseMlp, TrainError> {
-        let mut model = model;
-        let (tx, rx) = mpsc::sync_channel::<Prepared>(PREFETCH);
-        let mut next: Box<NextBatch> = if threaded {
-            scope.spawn(move || {
-                for _ in first_step..steps {
-                    if tx.send(draw(None)).is_err() {
-                        break;
-                    }
-                }
-            });
-            Box::new(move |_| {
-                rx.recv()
-                    .expect("the batch thread runs until the last step")
-            })
-        } else {
-            Box::new(draw)
-        };
-        for step in first_step..steps {
-            let lr = config.lr_schedule.rate(config.optimizer.lr, step, steps);
-            let prepared = next(sampler.as_ref());
-            let ts = sampler.as_ref().map(|_| prepared.batch.steps().to_vec());
-            let step_loss = bound.step_loss(
-                &model,
-                prepared.batch,
-                config.loss,
-                config.hybrid_weight,
-                &ad_device,
-            );
-            let loss = step_loss.loss;
-            let value = loss.clone().into_scalar::<f32>() as f64;
-            if let (Some(s), Some(ts), Some(kl)) = (sampler.as_mut(), ts, step_loss.kl) {
-                let kl = kl.into_data().convert::<f32>();
-                s.update(&ts, kl.as_slice::<f32>().expect("f32 data"));
-            }
-            let done = step + 1;
-            if !value.is_finite() {
-                return Err(TrainError::NonFinite {
-                    what: format!("the loss is {value}"),
-                    step: done,
-                    kept: kept_note(&kept),
-                });
-            }
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(lr, model, grads);
-            interval_sum += value;
-            interval_count += 1;
-            let elapsed = wall_before + start.elapsed().as_secs_f64();
-            if done % config.log_every == 0 || done == steps {
-                let mean = interval_sum / interval_count as f64;
-                metrics.append(MetricsRow {
-                    step: done,
-                    loss_bits: mean,
-                    lr,
-                    wall_time_s: elapsed,
-                })?;
-                on_progress(&Progress {
-                    step: done,
-                    total: steps,
-                    loss_bits: mean,
-                    lr,
-                    elapsed_s: elapsed,
-                });
-                last_loss = Some(mean);
-                (interval_sum, interval_count) = (0.0, 0);
-            }
-            let every = config.checkpoint_every;
-            if done == steps || (every > 0 && done % every == 0) {
-                if let Err(what) = checkpoint::check_finite(&model) {
-                    return Err(TrainError::NonFinite {
-                        what,
-                        step: done,
-                        kept: kept_note(&kept),
-                    });
-                }
-                metrics.sync()?;
-                let state = CheckpointState {
-                    format: checkpoint::CHECKPOINT_FORMAT.into(),
-                    step: done,
-                    data_rng_word_pos: prepared.data_pos.to_string(),
-                    noise_rng_word_pos: prepared.noise_pos.to_string(),
-                    wall_time_s: elapsed,
-                    interval_loss_sum: interval_sum,
-                    interval_steps: interval_count,
-                    last_loss_bits: last_loss,
-                    step_sampler: sampler.clone(),
-                    config: manifest.config.clone(),
-                    model_file: FileDigest::of(&[]),
-                    optimizer_file: FileDigest::of(&[]),
-                };
-                let path = checkpoint::save(run, &model, &optim, state)?;
-                kept = Some((done, path));
-            }
-        }
-        Ok(model)
-    });
-    let model = result?;
-    let wall = wall_before + start.elapsed().as_secs_f64();
-    run.save_model(&model)?;
-    if let Some(schedule) = model.learned_schedule() {
-        let mut text = String::from("t,beta\n");
-        for (t, b) in schedule.host_betas().iter().enumerate() {
-            text.push_str(&format!("{},{b:e}\n", t + 1));
-        }
-        run.write("betas.csv", text.as_bytes())?;
+        self.run.write_json("summary.json", &summary)?;
+        Ok((model, summary))
     }
-    let summary = TrainSummary {
-        steps,
-        batch_size: config.batch_size,
-        wall_time_s: wall,
-        steps_per_s: if wall > 0.0 { steps as f64 / wall } else { 0.0 },
-        final_loss_bits: last_loss,
-        backend: manifest.backend.clone(),
-    };
-    run.write_json("summary.json", &summary)?;
-    Ok((model.valid(), summary))
 }

@@ -1,0 +1,250 @@
+//! Binomial diffusion on bits with a reverse network: batch preparation, the KL rows of the
+//! bound, and the reverse chain.
+//!
+//! Two parametrizations: `direct` is the paper's heartbeat model, f_b = sigmoid(z); `paper` adds
+//! the forward kernel's logit, f_b = sigmoid(z + logit(x_t (1 - b_t) + pi b_t)), so that, as
+//! with the Gaussian `paper` parametrization, the untrained network (z = 0) is the forward
+//! kernel.
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use diffusion_core::{BinomialDiffusion, ReverseParametrization};
+use diffusion_data::Rng;
+use rand::Rng as _;
+
+use super::{Objective, Process, StepLoss, TrainingBatch, host, steps_tensor, tensor2};
+use crate::network::{ReverseModel, ReverseNetwork};
+
+/// A binomial diffusion with its reverse parametrization.
+#[derive(Debug, Clone)]
+pub struct BinomialBound {
+    /// The forward process.
+    pub diffusion: BinomialDiffusion,
+    /// The reverse parametrization.
+    pub parametrization: ReverseParametrization,
+}
+
+/// The device tensors of a set of binary (x_0, t) rows.
+#[derive(Debug, Clone)]
+pub struct BinomialBatch {
+    /// x_t ~ q(x_t | x_0), `[n, d]` of 0/1.
+    pub x_t: Tensor<2>,
+    /// The steps, `[n]`.
+    pub t: Tensor<1, Int>,
+    /// The posterior q(x_{t-1} = 1 | x_t, x_0), `[n, d]`.
+    pub posterior: Tensor<2>,
+    /// The posterior's entropy in nats, summed over bits, `[n]`.
+    pub posterior_entropy: Tensor<1>,
+    /// logit of the forward kernel q(x_{t-1} = 1 | x_t) as if stationary, `[n, d]` (used by the
+    /// `paper` parametrization).
+    pub kernel_logit: Tensor<2>,
+}
+
+/// The host values of a set of binary (x_0, t) rows, before upload.
+#[derive(Debug, Clone)]
+pub struct BinomialRows {
+    d: usize,
+    ts: Vec<usize>,
+    x_t: Vec<f32>,
+    posterior: Vec<f32>,
+    entropy: Vec<f32>,
+    kernel_logit: Vec<f32>,
+}
+
+impl BinomialRows {
+    /// The device tensors of these rows.
+    pub fn upload(self, device: &Device) -> BinomialBatch {
+        let n = self.ts.len();
+        BinomialBatch {
+            x_t: tensor2(self.x_t, n, self.d, device),
+            t: steps_tensor(&self.ts, device),
+            posterior: tensor2(self.posterior, n, self.d, device),
+            posterior_entropy: Tensor::from_data(TensorData::new(self.entropy, [n]), device),
+            kernel_logit: tensor2(self.kernel_logit, n, self.d, device),
+        }
+    }
+}
+
+fn logit(p: f64) -> f64 {
+    (p / (1.0 - p)).ln()
+}
+
+impl BinomialBound {
+    /// The reverse kernel's logits from the network's output `z`.
+    fn logits(&self, z: Tensor<2>, kernel_logit: impl FnOnce() -> Tensor<2>) -> Tensor<2> {
+        match self.parametrization {
+            ReverseParametrization::Paper => z + kernel_logit(),
+            // the noise-predicting parametrizations are refused for binary data by
+            // config validation; the network's outputs are then the logits themselves
+            _ => z,
+        }
+    }
+
+    /// KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)) per row, in nats, `[n]`.
+    pub fn kl_batch<N: ReverseNetwork>(&self, network: &N, batch: BinomialBatch) -> Tensor<1> {
+        let kernel_logit = batch.kernel_logit;
+        let z = network.forward(batch.x_t, batch.t);
+        let logits = self.logits(z, || kernel_logit);
+        diffusion_core::kl_bernoulli_logits(batch.posterior, batch.posterior_entropy, logits)
+    }
+}
+
+impl Process for BinomialBound {
+    type Rows = BinomialRows;
+    /// Every per-step value of a binary row depends on its bits, so it is built with the row.
+    type Tables = ();
+
+    fn steps(&self) -> usize {
+        self.diffusion.steps()
+    }
+
+    fn dim(&self) -> usize {
+        self.diffusion.dim()
+    }
+
+    fn output_dim(&self) -> usize {
+        self.diffusion.dim()
+    }
+
+    fn tables(&self, _device: &Device) {}
+
+    fn prepare_rows(&self, x0: &[f32], ts: &[usize], rng: &mut Rng) -> BinomialRows {
+        let d = self.diffusion.dim();
+        let n = ts.len();
+        let mut x_t = Vec::with_capacity(n * d);
+        let mut post = Vec::with_capacity(n * d);
+        let mut kernel = Vec::with_capacity(n * d);
+        let mut entropy = Vec::with_capacity(n);
+        for (row, &t) in x0.chunks_exact(d).zip(ts) {
+            let mut h = 0.0f64;
+            for &x in row {
+                let x = x as f64;
+                let u: f64 = rng.random();
+                let xt = if u < self.diffusion.q_one(t, x) {
+                    1.0
+                } else {
+                    0.0
+                };
+                let q = self.diffusion.posterior_one(t, x, xt);
+                if q > 0.0 && q < 1.0 {
+                    h -= q * q.ln() + (1.0 - q) * (1.0 - q).ln();
+                }
+                x_t.push(xt as f32);
+                post.push(q as f32);
+                kernel.push(logit(self.diffusion.forward_kernel(t, xt)) as f32);
+            }
+            entropy.push(h as f32);
+        }
+        BinomialRows {
+            d,
+            ts: ts.to_vec(),
+            x_t,
+            posterior: post,
+            entropy,
+            kernel_logit: kernel,
+        }
+    }
+
+    fn kl_rows<N: ReverseNetwork>(
+        &self,
+        _tables: &(),
+        network: &N,
+        rows: BinomialRows,
+        device: &Device,
+    ) -> Tensor<1> {
+        self.kl_batch(network, rows.upload(device))
+    }
+
+    /// Binary data are trained on the bound only (config validation refuses the others).
+    fn step_loss<N: ReverseNetwork>(
+        &self,
+        tables: &(),
+        model: &ReverseModel<N>,
+        batch: TrainingBatch<BinomialRows>,
+        _objective: Objective,
+        device: &Device,
+    ) -> StepLoss {
+        let (rows, weights) = batch.into_parts(self.steps(), device);
+        let kl = self.kl_rows(tables, &model.network, rows, device);
+        StepLoss {
+            loss: weights.bound_loss(&kl),
+            kl: Some(kl),
+        }
+    }
+
+    fn bound_constant_bits(&self, x0: &[f32]) -> f64 {
+        self.diffusion.bound_constant_bits(x0)
+    }
+
+    fn l_null_bits(&self, x0: &[f32]) -> f64 {
+        self.diffusion.l_null_bits(x0)
+    }
+
+    /// x_T ~ Bernoulli(pi), the network's kernel for t = T..2, then the fixed edge step
+    /// p(x_0 = 1 | x_1) = x_1 (1 - b_1) + pi b_1.
+    fn trajectory<N: ReverseNetwork>(
+        &self,
+        network: &N,
+        n: usize,
+        keep: &[usize],
+        rng: &mut Rng,
+        device: &Device,
+    ) -> Vec<(usize, Vec<f32>)> {
+        let d = self.diffusion.dim();
+        let pi = self.diffusion.pi();
+        let uniform =
+            |rng: &mut Rng| -> Vec<f32> { (0..n * d).map(|_| rng.random::<f32>()).collect() };
+        let mut out = Vec::new();
+        let mut snapshot = |t: usize, x: &[f32]| {
+            if keep.contains(&t) {
+                out.push((t, x.to_vec()));
+            }
+        };
+        let x0: Vec<f32> = uniform(rng)
+            .into_iter()
+            .map(|u| if (u as f64) < pi { 1.0 } else { 0.0 })
+            .collect();
+        snapshot(self.steps(), &x0);
+        // the chain stays on the device; only the uniforms go up each step
+        let mut x = tensor2(x0, n, d, device);
+        for t in (2..=self.steps()).rev() {
+            // logit(x (1 - b_t) + pi b_t) for x in {0, 1}, selected exactly per bit
+            let kernel = || {
+                let [k0, k1] =
+                    [0.0, 1.0].map(|v| logit(self.diffusion.forward_kernel(t, v)) as f32);
+                x.clone() * k1 + (x.clone().neg() + 1.0) * k0
+            };
+            let logits = self.logits(network.forward_at(x.clone(), t), kernel);
+            let u = tensor2(uniform(rng), n, d, device);
+            x = u.lower(burn::tensor::activation::sigmoid(logits)).float();
+            if keep.contains(&(t - 1)) {
+                snapshot(t - 1, &host(x.clone()));
+            }
+        }
+        let mut x = host(x);
+        for v in x.iter_mut() {
+            let p = self.diffusion.forward_kernel(1, *v as f64);
+            *v = if (rng.random::<f32>() as f64) < p {
+                1.0
+            } else {
+                0.0
+            };
+        }
+        snapshot(0, &x);
+        out
+    }
+
+    fn forward_sample(&self, x0: &[f32], t: usize, rng: &mut Rng) -> Vec<f32> {
+        if t == 0 {
+            return x0.to_vec();
+        }
+        x0.iter()
+            .map(|&x| {
+                if rng.random::<f64>() < self.diffusion.q_one(t, x as f64) {
+                    1.0
+                } else {
+                    0.0
+                }
+            })
+            .collect()
+    }
+}

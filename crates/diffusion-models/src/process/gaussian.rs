@@ -1,0 +1,428 @@
+//! Gaussian diffusion with a reverse network: batch preparation, the KL rows of the bound
+//! (with the `learned` schedule's differentiable variant), the noise-prediction losses, and the
+//! reverse chain.
+//!
+//! What does not depend on the network (x_t, the posterior mean) is computed on the host in f64
+//! from seeded generators; the per-step coefficients live on the device in one table per run
+//! ([`GaussianTables`]) and are gathered by t there.
+
+use burn::tensor::{Device, Int, Tensor};
+use diffusion_core::parametrization::COEFFICIENTS;
+use diffusion_core::{GaussianDiffusion, LN_2, ReverseParametrization, StepCoefficients};
+use diffusion_data::Rng;
+use rand::Rng as _;
+use rand_distr::StandardNormal;
+
+use super::{Objective, Process, StepLoss, TrainingBatch, host, steps_tensor, tensor2};
+use crate::config::LossKind;
+use crate::network::{LearnedBetas, ReverseModel, ReverseNetwork};
+
+/// A Gaussian diffusion with its reverse parametrization.
+#[derive(Debug, Clone)]
+pub struct GaussianBound {
+    /// The forward process.
+    pub diffusion: GaussianDiffusion,
+    /// The reverse parametrization.
+    pub parametrization: ReverseParametrization,
+}
+
+/// Columns of [`GaussianTables`]: the parametrization's coefficients, then b~_t and ln b~_t.
+const COLUMNS: usize = COEFFICIENTS + 2;
+
+/// The per-step coefficients of a run on one device, one `[T + 1, 1]` column each: row t holds
+/// step t's value (rows 0 and 1, which no KL term uses, repeat step 2's).
+#[derive(Debug, Clone)]
+pub struct GaussianTables {
+    /// The parametrization's coefficients, then b~_t and ln b~_t.
+    columns: [Tensor<2>; COLUMNS],
+}
+
+impl GaussianTables {
+    /// The tables of `diffusion`, uploaded once.
+    pub fn new(diffusion: &GaussianDiffusion, device: &Device) -> Self {
+        let steps = diffusion.steps();
+        let mut columns: [Vec<f32>; COLUMNS] =
+            std::array::from_fn(|_| Vec::with_capacity(steps + 1));
+        for t in 0..=steps {
+            let t = t.clamp(2, steps);
+            let (_, _, var) = diffusion.posterior_coefficients(t);
+            let coefficients = StepCoefficients::host_values(diffusion, t);
+            let values = coefficients
+                .iter()
+                .copied()
+                .chain([var as f32, var.ln() as f32]);
+            for (column, v) in columns.iter_mut().zip(values) {
+                column.push(v);
+            }
+        }
+        Self {
+            columns: columns.map(|c| tensor2(c, steps + 1, 1, device)),
+        }
+    }
+
+    /// Coefficients and posterior variance (and its log), each column gathered by `pick`.
+    fn gather(
+        &self,
+        pick: impl Fn(Tensor<2>) -> Tensor<2>,
+    ) -> (StepCoefficients, Tensor<2>, Tensor<2>) {
+        let [a, b, c, e, v, lb, var, log_var] = self.columns.clone().map(pick);
+        (
+            StepCoefficients {
+                sqrt_alpha: a,
+                sqrt_beta: b,
+                logit_beta: c,
+                eps_weight: e,
+                log_posterior_variance: v,
+                log_beta: lb,
+            },
+            var,
+            log_var,
+        )
+    }
+
+    /// Step t's coefficients as `[1, 1]` tensors, broadcast over the rows.
+    pub fn at(&self, t: usize) -> StepCoefficients {
+        self.gather(|c| c.narrow(0, t, 1)).0
+    }
+}
+
+/// The device tensors of a set of (x_0, t) rows.
+#[derive(Debug, Clone)]
+pub struct GaussianBatch {
+    /// x_t ~ q(x_t | x_0), `[n, d]`.
+    pub x_t: Tensor<2>,
+    /// The steps, `[n]`.
+    pub t: Tensor<1, Int>,
+    /// The posterior mean mu~_t, `[n, d]`.
+    pub posterior_mean: Tensor<2>,
+    /// The posterior variance b~_t, `[n, 1]`.
+    pub posterior_variance: Tensor<2>,
+    /// Its logarithm, `[n, 1]`.
+    pub posterior_log_variance: Tensor<2>,
+    /// Step coefficients for the parametrization.
+    pub coefficients: StepCoefficients,
+    /// The noise eps that made x_t from x_0, `[n, d]`.
+    pub noise: Tensor<2>,
+}
+
+/// The host values of a set of Gaussian (x_0, t) rows, before upload: built on any thread
+/// ([`Process::prepare_rows`]), uploaded on the one that runs the network
+/// ([`GaussianRows::upload`]).
+#[derive(Debug, Clone)]
+pub struct GaussianRows {
+    d: usize,
+    ts: Vec<usize>,
+    x0: Vec<f32>,
+    x_t: Vec<f32>,
+    mean: Vec<f32>,
+    noise: Vec<f32>,
+}
+
+impl GaussianRows {
+    /// The device tensors of these rows, their step coefficients gathered from `tables`.
+    pub fn upload(self, tables: &GaussianTables, device: &Device) -> GaussianBatch {
+        let n = self.ts.len();
+        let t = steps_tensor(&self.ts, device);
+        let (coefficients, posterior_variance, posterior_log_variance) =
+            tables.gather(|c| c.select(0, t.clone()));
+        GaussianBatch {
+            x_t: tensor2(self.x_t, n, self.d, device),
+            t,
+            posterior_mean: tensor2(self.mean, n, self.d, device),
+            posterior_variance,
+            posterior_log_variance,
+            coefficients,
+            noise: tensor2(self.noise, n, self.d, device),
+        }
+    }
+}
+
+impl GaussianBound {
+    /// The KL terms of a batch given the network's output `z` for it.
+    fn kl_of_output(&self, z: Tensor<2>, batch: GaussianBatch) -> Tensor<1> {
+        let (mean, log_var) =
+            self.parametrization
+                .mean_log_variance(z, batch.x_t, &batch.coefficients);
+        diffusion_core::kl_diag_gaussian(
+            batch.posterior_mean,
+            batch.posterior_variance,
+            batch.posterior_log_variance,
+            mean,
+            log_var,
+        )
+    }
+
+    /// KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)) per row, in nats, `[n]`.
+    pub fn kl_batch<N: ReverseNetwork>(&self, network: &N, batch: GaussianBatch) -> Tensor<1> {
+        let z = network.forward(batch.x_t.clone(), batch.t.clone());
+        self.kl_of_output(z, batch)
+    }
+
+    /// The noise-prediction loss of Ho et al. (2020) per row: ||eps - z_mu||^2 summed over
+    /// the d coordinates, `[n]` (the `epsilon` parametrization's first d outputs).
+    pub fn noise_error_rows<N: ReverseNetwork>(
+        &self,
+        network: &N,
+        batch: GaussianBatch,
+    ) -> Tensor<1> {
+        let z = network.forward(batch.x_t, batch.t);
+        let [n, _] = z.dims();
+        let d = self.diffusion.dim();
+        let diff = z.slice([0..n, 0..d]) - batch.noise;
+        (diff.clone() * diff).sum_dim(1).reshape([n])
+    }
+
+    /// The hybrid loss's two parts per row, `[n]` each: the noise error ||eps - z_mu||^2 and
+    /// the KL term (nats) with the mean held fixed, so that its gradient reaches only the
+    /// variance (Nichol and Dhariwal 2021, section 3.1).
+    pub fn hybrid_rows<N: ReverseNetwork>(
+        &self,
+        network: &N,
+        batch: GaussianBatch,
+    ) -> (Tensor<1>, Tensor<1>) {
+        let z = network.forward(batch.x_t.clone(), batch.t.clone());
+        let [n, two_d] = z.dims();
+        let d = two_d / 2;
+        let z_mu = z.clone().slice([0..n, 0..d]);
+        let diff = z_mu.clone() - batch.noise.clone();
+        let mse = (diff.clone() * diff).sum_dim(1).reshape([n]);
+        let held = Tensor::cat(vec![z_mu.detach(), z.slice([0..n, d..two_d])], 1);
+        (mse, self.kl_of_output(held, batch))
+    }
+
+    /// The KL terms (nats, `[n]`) of rows under the model's own trainable betas (the `learned`
+    /// schedule), differentiable in them, and the constant part of K in bits (`[1]`,
+    /// differentiable through H_q(X_T | X_0)). x_t is recomputed on the device from the rows'
+    /// x_0 and noise (the reparametrisation x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps), so
+    /// the gradient reaches the betas through x_t and the posterior alike. 1 - abar_t is summed
+    /// as sum_{s <= t} b_s abar_{s-1} rather than subtracted, which keeps it accurate in f32
+    /// where it is small.
+    pub fn learned_kl_rows<N: ReverseNetwork>(
+        &self,
+        network: &N,
+        schedule: &LearnedBetas,
+        rows: GaussianRows,
+        device: &Device,
+    ) -> (Tensor<1>, Tensor<1>) {
+        let (n, d, steps) = (rows.ts.len(), rows.d, self.diffusion.steps());
+        let t = steps_tensor(&rows.ts, device);
+        let index: Vec<usize> = rows.ts.iter().map(|&t| t - 1).collect();
+        let index = steps_tensor(&index, device);
+        let x0 = tensor2(rows.x0, n, d, device);
+        let eps = tensor2(rows.noise, n, d, device);
+        let betas = schedule.betas();
+        let log_one_minus = schedule.log_one_minus_betas();
+        let log_abar = log_one_minus.clone().cumsum(0); // ln abar_t, t = 1..T
+        let zero = Tensor::<1>::zeros([1], device);
+        let log_abar_prev =
+            Tensor::cat(vec![zero.clone(), log_abar.clone().slice(0..steps - 1)], 0);
+        let one_minus_abar = (betas.clone() * log_abar_prev.clone().exp()).cumsum(0);
+        let one_minus_abar_prev =
+            Tensor::cat(vec![zero, one_minus_abar.clone().slice(0..steps - 1)], 0);
+        let at =
+            |v: &Tensor<1>| -> Tensor<2> { v.clone().select(0, index.clone()).reshape([n, 1]) };
+        let b = at(&betas);
+        let log_b = b.clone().log();
+        let (la, la_prev) = (at(&log_abar), at(&log_abar_prev));
+        let (om, om_prev) = (at(&one_minus_abar), at(&one_minus_abar_prev));
+        let sqrt_alpha = (at(&log_one_minus) * 0.5).exp();
+        let sqrt_om = om.clone().sqrt();
+        let x_t = x0.clone() * (la * 0.5).exp() + eps * sqrt_om.clone();
+        let c0 = (la_prev * 0.5).exp() * b.clone() / om.clone();
+        let ct = sqrt_alpha.clone() * om_prev.clone() / om.clone();
+        let log_var = om_prev.log() - om.log() + log_b.clone();
+        let mean_q = x0 * c0 + x_t.clone() * ct;
+        let coefficients = StepCoefficients {
+            sqrt_alpha,
+            sqrt_beta: b.clone().sqrt(),
+            logit_beta: at(&schedule.logit_betas()),
+            eps_weight: b / sqrt_om,
+            log_posterior_variance: log_var.clone(),
+            log_beta: log_b,
+        };
+        let z = network.forward(x_t.clone(), t);
+        let (mean_p, log_var_p) = self
+            .parametrization
+            .mean_log_variance(z, x_t, &coefficients);
+        let kl = diffusion_core::kl_diag_gaussian(
+            mean_q,
+            log_var.clone().exp(),
+            log_var,
+            mean_p,
+            log_var_p,
+        );
+        // H_q(X_T|X_0) - H_q(X_1|X_0) - H_p(X_T), the first through 1 - abar_T
+        let fixed = self.diffusion.bound_constants();
+        let half_d = d as f64 / 2.0;
+        let h_xt = (one_minus_abar.slice(steps - 1..steps).log() * half_d
+            + half_d * (1.0 + (2.0 * std::f64::consts::PI).ln()))
+            / LN_2;
+        let constant = h_xt - fixed.h_q_x1_given_x0 - fixed.h_p_xt;
+        (kl, constant)
+    }
+
+    /// The reverse kernel's mean and log-variance at step `t` for the rows `x` (`[n, d]`).
+    pub fn mean_log_variance<N: ReverseNetwork>(
+        &self,
+        network: &N,
+        tables: &GaussianTables,
+        x: Tensor<2>,
+        t: usize,
+    ) -> (Tensor<2>, Tensor<2>) {
+        let z = network.forward_at(x.clone(), t);
+        self.parametrization.mean_log_variance(z, x, &tables.at(t))
+    }
+}
+
+impl Process for GaussianBound {
+    type Rows = GaussianRows;
+    type Tables = GaussianTables;
+
+    fn steps(&self) -> usize {
+        self.diffusion.steps()
+    }
+
+    fn dim(&self) -> usize {
+        self.diffusion.dim()
+    }
+
+    fn output_dim(&self) -> usize {
+        2 * self.diffusion.dim()
+    }
+
+    fn tables(&self, device: &Device) -> GaussianTables {
+        GaussianTables::new(&self.diffusion, device)
+    }
+
+    fn prepare_rows(&self, x0: &[f32], ts: &[usize], rng: &mut Rng) -> GaussianRows {
+        let d = self.diffusion.dim();
+        debug_assert_eq!(x0.len(), ts.len() * d);
+        let mut x_t = Vec::with_capacity(x0.len());
+        let mut mean = Vec::with_capacity(x0.len());
+        let mut noise = Vec::with_capacity(x0.len());
+        for (row, &t) in x0.chunks_exact(d).zip(ts) {
+            let (s, sd) = self.diffusion.q_sample_coefficients(t);
+            let (c0, ct, _) = self.diffusion.posterior_coefficients(t);
+            for &x in row {
+                let eps: f64 = rng.sample(StandardNormal);
+                noise.push(eps as f32);
+                let xt = s * x as f64 + sd * eps;
+                x_t.push(xt as f32);
+                mean.push((c0 * x as f64 + ct * xt) as f32);
+            }
+        }
+        GaussianRows {
+            d,
+            ts: ts.to_vec(),
+            x0: x0.to_vec(),
+            x_t,
+            mean,
+            noise,
+        }
+    }
+
+    fn kl_rows<N: ReverseNetwork>(
+        &self,
+        tables: &GaussianTables,
+        network: &N,
+        rows: GaussianRows,
+        device: &Device,
+    ) -> Tensor<1> {
+        self.kl_batch(network, rows.upload(tables, device))
+    }
+
+    fn step_loss<N: ReverseNetwork>(
+        &self,
+        tables: &GaussianTables,
+        model: &ReverseModel<N>,
+        batch: TrainingBatch<GaussianRows>,
+        objective: Objective,
+        device: &Device,
+    ) -> StepLoss {
+        let (rows, weights) = batch.into_parts(self.steps(), device);
+        let net = &model.network;
+        match (objective.loss, model.learned_schedule()) {
+            (LossKind::Bound, Some(schedule)) => {
+                let (kl, constant) = self.learned_kl_rows(net, schedule, rows, device);
+                let loss = weights.kl_bits(&kl) - constant;
+                StepLoss { loss, kl: Some(kl) }
+            }
+            (LossKind::Bound, None) => {
+                let kl = self.kl_rows(tables, net, rows, device);
+                StepLoss {
+                    loss: weights.bound_loss(&kl),
+                    kl: Some(kl),
+                }
+            }
+            (LossKind::Mse, _) => StepLoss {
+                loss: self
+                    .noise_error_rows(net, rows.upload(tables, device))
+                    .mean(),
+                kl: None,
+            },
+            (LossKind::Hybrid, _) => {
+                let (mse, kl) = self.hybrid_rows(net, rows.upload(tables, device));
+                StepLoss {
+                    loss: mse.mean() + weights.bound_loss(&kl) * objective.hybrid_weight,
+                    kl: Some(kl),
+                }
+            }
+        }
+    }
+
+    fn bound_constant_bits(&self, _x0: &[f32]) -> f64 {
+        self.diffusion.bound_constants().sum_bits()
+    }
+
+    fn l_null_bits(&self, _x0: &[f32]) -> f64 {
+        self.diffusion.l_null_bits()
+    }
+
+    /// x_T ~ N(0, I), the network's kernel for t = T..2, then the paper's fixed edge step
+    /// p(x_0 | x_1) = N(sqrt(1 - b_1) x_1, b_1 I).
+    fn trajectory<N: ReverseNetwork>(
+        &self,
+        network: &N,
+        n: usize,
+        keep: &[usize],
+        rng: &mut Rng,
+        device: &Device,
+    ) -> Vec<(usize, Vec<f32>)> {
+        let d = self.diffusion.dim();
+        let tables = self.tables(device);
+        let normal = |rng: &mut Rng| -> Vec<f32> {
+            (0..n * d)
+                .map(|_| rng.sample::<f64, _>(StandardNormal) as f32)
+                .collect()
+        };
+        let mut out = Vec::new();
+        let mut x = tensor2(normal(rng), n, d, device);
+        let mut snapshot = |t: usize, x: &Tensor<2>| {
+            if keep.contains(&t) {
+                out.push((t, host(x.clone())));
+            }
+        };
+        snapshot(self.steps(), &x);
+        for t in (2..=self.steps()).rev() {
+            let (mean, log_var) = self.mean_log_variance(network, &tables, x.clone(), t);
+            let eps = tensor2(normal(rng), n, d, device);
+            x = mean + (log_var * 0.5).exp() * eps;
+            snapshot(t - 1, &x);
+        }
+        let b1 = self.diffusion.beta(1);
+        let eps = tensor2(normal(rng), n, d, device);
+        x = x * (1.0 - b1).sqrt() + eps * b1.sqrt();
+        snapshot(0, &x);
+        out
+    }
+
+    fn forward_sample(&self, x0: &[f32], t: usize, rng: &mut Rng) -> Vec<f32> {
+        if t == 0 {
+            return x0.to_vec();
+        }
+        let (s, sd) = self.diffusion.q_sample_coefficients(t);
+        x0.iter()
+            .map(|&x| (s * x as f64 + sd * rng.sample::<f64, _>(StandardNormal)) as f32)
+            .collect()
+    }
+}

@@ -1,0 +1,305 @@
+//! The bound K of a diffusion with a reverse network, for either process.
+//!
+//! A [`Process`] (Gaussian: [`GaussianBound`], binomial: [`BinomialBound`]) prepares the rows
+//! (x_0, t) of a batch on the host, computes their KL terms with any [`ReverseNetwork`], and
+//! runs the reverse chain. On top of it, for any process and any network:
+//! - training draws t ~ U{2..T} per row ([`training_batch`]) and minimises minus the
+//!   Monte-Carlo K, each row's KL weighted by T - 1 ([`Process::step_loss`]);
+//! - evaluation sums the KL terms over every t = 2..T ([`bound_bits_per_point`]);
+//! - sampling runs the reverse chain ([`sample`], [`Process::trajectory`]).
+//!
+//! Both use one function for the KL terms, [`Process::kl_rows`], so the training estimate and
+//! the evaluated bound cannot drift apart.
+
+mod binomial;
+mod gaussian;
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use diffusion_core::LN_2;
+use diffusion_data::Rng;
+use rand::Rng as _;
+
+pub use binomial::{BinomialBatch, BinomialBound, BinomialRows};
+pub use gaussian::{GaussianBatch, GaussianBound, GaussianRows, GaussianTables};
+
+use crate::config::LossKind;
+use crate::network::{ReverseModel, ReverseNetwork};
+
+/// A diffusion process with its reverse parametrization: what the bound, training and sampling
+/// need of it.
+pub trait Process: Clone + Send + Sync {
+    /// The host values of a set of (x_0, t) rows, built on any thread.
+    type Rows: Send;
+    /// The per-step coefficients of a run on a device, uploaded once.
+    type Tables;
+
+    /// Trajectory length T.
+    fn steps(&self) -> usize;
+    /// Data dimension d.
+    fn dim(&self) -> usize;
+    /// Network outputs per row: 2d (Gaussian) or d (binomial).
+    fn output_dim(&self) -> usize;
+    /// The per-step tables on `device`.
+    fn tables(&self, device: &Device) -> Self::Tables;
+    /// Draws x_t ~ q(x_t | x_0) for each row (`x0` row-major `[ts.len(), d]`) and builds the
+    /// posteriors, on the host.
+    fn prepare_rows(&self, x0: &[f32], ts: &[usize], rng: &mut Rng) -> Self::Rows;
+    /// KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)) of each prepared row, in nats, `[n]`.
+    fn kl_rows<N: ReverseNetwork>(
+        &self,
+        tables: &Self::Tables,
+        network: &N,
+        rows: Self::Rows,
+        device: &Device,
+    ) -> Tensor<1>;
+    /// The loss of one training step (see [`Objective`]).
+    fn step_loss<N: ReverseNetwork>(
+        &self,
+        tables: &Self::Tables,
+        model: &ReverseModel<N>,
+        batch: TrainingBatch<Self::Rows>,
+        objective: Objective,
+        device: &Device,
+    ) -> StepLoss;
+    /// The constant part of K (entropy terms) for one point, in bits.
+    fn bound_constant_bits(&self, x0: &[f32]) -> f64;
+    /// L_null for one point, in bits.
+    fn l_null_bits(&self, x0: &[f32]) -> f64;
+    /// Runs the reverse chain for `n` rows; returns x_t (row-major `[n, d]`) for each t in
+    /// `keep`, in the order the chain reaches them (from T down to 0).
+    fn trajectory<N: ReverseNetwork>(
+        &self,
+        network: &N,
+        n: usize,
+        keep: &[usize],
+        rng: &mut Rng,
+        device: &Device,
+    ) -> Vec<(usize, Vec<f32>)>;
+    /// Draws x_t ~ q(x_t | x_0) for every row of `x0` at step `t` (t = 0 returns `x0`).
+    fn forward_sample(&self, x0: &[f32], t: usize, rng: &mut Rng) -> Vec<f32>;
+}
+
+/// What a training step minimises:
+/// - `bound`: minus the Monte-Carlo K in bits per point, each row's KL weighted by T - 1
+///   (uniform t) or by 1 / p(t) (importance-sampled t): an unbiased estimate of the sum over
+///   t = 2..T. With the `learned` schedule it is differentiable in the betas too.
+/// - `mse`: the mean squared noise-prediction error (Gaussian, `epsilon-fixed`).
+/// - `hybrid`: that error plus `hybrid_weight` times the bound loss with the mean held fixed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Objective {
+    /// Which loss.
+    pub loss: LossKind,
+    /// The bound's weight in the hybrid loss.
+    pub hybrid_weight: f64,
+}
+
+impl Objective {
+    /// Minus the Monte-Carlo bound.
+    pub const BOUND: Self = Self {
+        loss: LossKind::Bound,
+        hybrid_weight: 0.0,
+    };
+}
+
+/// One training step's host data: the rows, their steps, the batch mean of K's constant part
+/// (bits) and, for importance-sampled steps, each row's weight 1 / ((T - 1) p(t)).
+#[derive(Debug, Clone)]
+pub struct TrainingBatch<R> {
+    rows: R,
+    ts: Vec<usize>,
+    constant_bits: f64,
+    weights: Option<Vec<f32>>,
+}
+
+impl<R> TrainingBatch<R> {
+    /// The rows' steps t.
+    pub fn steps(&self) -> &[usize] {
+        &self.ts
+    }
+
+    /// The rows, and how their KL terms make the bound loss.
+    fn into_parts(self, steps: usize, device: &Device) -> (R, BoundWeights) {
+        let n = self.ts.len();
+        let weights = self
+            .weights
+            .map(|w| Tensor::<1>::from_data(TensorData::new(w, [n]), device));
+        let weights = BoundWeights {
+            t_weight: (steps - 1) as f64 / LN_2,
+            weights,
+            constant_bits: self.constant_bits,
+        };
+        (self.rows, weights)
+    }
+}
+
+/// How a batch's KL terms become minus the Monte-Carlo K in bits.
+struct BoundWeights {
+    /// (T - 1) / ln 2: the sum over t = 2..T from one t per row, in bits.
+    t_weight: f64,
+    /// Importance weights, when t was not uniform.
+    weights: Option<Tensor<1>>,
+    /// The batch mean of K's constant part, bits.
+    constant_bits: f64,
+}
+
+impl BoundWeights {
+    /// The Monte-Carlo sum of the KL terms over t, bits per point.
+    fn kl_bits(&self, kl: &Tensor<1>) -> Tensor<1> {
+        match &self.weights {
+            Some(w) => (kl.clone() * w.clone()).mean() * self.t_weight,
+            None => kl.clone().mean() * self.t_weight,
+        }
+    }
+
+    /// Minus the Monte-Carlo K, bits per point.
+    fn bound_loss(&self, kl: &Tensor<1>) -> Tensor<1> {
+        self.kl_bits(kl) - self.constant_bits
+    }
+}
+
+/// One training step's loss and, when it has them, the rows' KL terms.
+#[derive(Debug, Clone)]
+pub struct StepLoss {
+    /// The scalar to minimise, `[1]`.
+    pub loss: Tensor<1>,
+    /// Each row's KL term in nats, `[n]` (not for the MSE loss).
+    pub kl: Option<Tensor<1>>,
+}
+
+/// The host part of a training step: each row of `x0` draws t ~ U{2..T} and x_t. Independent
+/// of the network, so it can be built ahead on another thread.
+pub fn training_batch<P: Process>(
+    process: &P,
+    x0: &[f32],
+    rng: &mut Rng,
+) -> TrainingBatch<P::Rows> {
+    let n = x0.len() / process.dim();
+    let steps = process.steps();
+    let ts: Vec<usize> = (0..n).map(|_| rng.random_range(2..=steps)).collect();
+    training_batch_at(process, x0, ts, None, rng)
+}
+
+/// [`training_batch`] with given steps and, for importance sampling, each row's weight
+/// 1 / ((T - 1) p(t)).
+pub fn training_batch_at<P: Process>(
+    process: &P,
+    x0: &[f32],
+    ts: Vec<usize>,
+    weights: Option<Vec<f32>>,
+    rng: &mut Rng,
+) -> TrainingBatch<P::Rows> {
+    let d = process.dim();
+    let n = x0.len() / d;
+    let constant_bits = x0
+        .chunks_exact(d)
+        .map(|row| process.bound_constant_bits(row))
+        .sum::<f64>()
+        / n as f64;
+    TrainingBatch {
+        rows: process.prepare_rows(x0, &ts, rng),
+        ts,
+        constant_bits,
+        weights,
+    }
+}
+
+/// Minus the Monte-Carlo K in bits per point for the points `x0` (row-major `[n, d]`): one
+/// training loss, drawing t and x_t from `rng`.
+pub fn training_loss<P: Process, N: ReverseNetwork>(
+    process: &P,
+    model: &ReverseModel<N>,
+    x0: &[f32],
+    rng: &mut Rng,
+    device: &Device,
+) -> Tensor<1> {
+    let tables = process.tables(device);
+    let batch = training_batch(process, x0, rng);
+    process
+        .step_loss(&tables, model, batch, Objective::BOUND, device)
+        .loss
+}
+
+/// The full-sum bound K in bits for each point (`points` row-major `[n, d]`): every
+/// t = 2..T with one draw of x_t per (point, t), evaluated `chunk_rows` rows at a time.
+pub fn bound_bits_per_point<P: Process, N: ReverseNetwork>(
+    process: &P,
+    network: &N,
+    points: &[f32],
+    rng: &mut Rng,
+    device: &Device,
+    chunk_rows: usize,
+) -> Vec<f64> {
+    let d = process.dim();
+    let n = points.len() / d;
+    let tables = process.tables(device);
+    let per_point = process.steps() - 1;
+    let total = n * per_point;
+    let mut kl_sums = vec![0.0f64; n];
+    let mut start = 0;
+    while start < total {
+        let end = (start + chunk_rows.max(1)).min(total);
+        let rows: Vec<(usize, usize)> = (start..end)
+            .map(|r| (r / per_point, 2 + r % per_point))
+            .collect();
+        let ts: Vec<usize> = rows.iter().map(|&(_, t)| t).collect();
+        let mut x0 = Vec::with_capacity(rows.len() * d);
+        for &(i, _) in &rows {
+            x0.extend_from_slice(&points[i * d..(i + 1) * d]);
+        }
+        let prepared = process.prepare_rows(&x0, &ts, rng);
+        let kl = host(process.kl_rows(&tables, network, prepared, device));
+        for (&(i, _), &v) in rows.iter().zip(&kl) {
+            kl_sums[i] += v as f64;
+        }
+        start = end;
+    }
+    points
+        .chunks_exact(d)
+        .zip(kl_sums)
+        .map(|(row, s)| process.bound_constant_bits(row) - s / LN_2)
+        .collect()
+}
+
+/// Draws `n` samples (x_0 of the reverse chain), row-major `[n, d]`, `chunk_rows` chains
+/// at a time.
+pub fn sample<P: Process, N: ReverseNetwork>(
+    process: &P,
+    network: &N,
+    n: usize,
+    rng: &mut Rng,
+    device: &Device,
+    chunk_rows: usize,
+) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n * process.dim());
+    let mut done = 0;
+    while done < n {
+        let m = chunk_rows.max(1).min(n - done);
+        for (_, x) in process.trajectory(network, m, &[0], rng, device) {
+            out.extend_from_slice(&x);
+        }
+        done += m;
+    }
+    out
+}
+
+/// A row-major `[rows, cols]` f32 tensor from host values.
+pub fn tensor2(values: Vec<f32>, rows: usize, cols: usize, device: &Device) -> Tensor<2> {
+    Tensor::from_data(TensorData::new(values, [rows, cols]), device)
+}
+
+fn steps_tensor(ts: &[usize], device: &Device) -> Tensor<1, Int> {
+    let v: Vec<i64> = ts.iter().map(|&t| t as i64).collect();
+    Tensor::from_data(TensorData::new(v, [ts.len()]), device)
+}
+
+/// A tensor's values on the host.
+fn host<const D: usize>(x: Tensor<D>) -> Vec<f32> {
+    x.into_data()
+        .convert::<f32>()
+        .as_slice::<f32>()
+        .expect("f32 data")
+        .to_vec()
+}
+
+#[cfg(test)]
+mod tests;

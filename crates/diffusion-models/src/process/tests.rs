@@ -1,0 +1,320 @@
+//! The bound's identities: exact reversals give K = L_null, the parametrizations reach the
+//! posterior, the learned schedule's device-side bound equals the fixed one, and the Monte-Carlo
+//! training estimate is unbiased for the full sum.
+
+use burn::tensor::{Device, Tensor};
+use diffusion_core::{
+    BetaSchedule, BinomialDiffusion, GaussianDiffusion, MeanStderr, ReverseParametrization,
+};
+use rand::Rng as _;
+use rand_distr::StandardNormal;
+
+use super::*;
+use crate::bound::Diffusion;
+use crate::model::ModelConfig;
+use crate::network::ReverseModel;
+
+/// The device batch of Gaussian rows (x_0, t), x_t drawn from `rng`.
+fn prepare(
+    bound: &GaussianBound,
+    x0: &[f32],
+    ts: &[usize],
+    rng: &mut diffusion_data::Rng,
+    device: &Device,
+) -> GaussianBatch {
+    bound
+        .prepare_rows(x0, ts, rng)
+        .upload(&bound.tables(device), device)
+}
+
+fn standard_normal_points(n: usize, d: usize, seed: u64) -> Vec<f32> {
+    let mut rng = diffusion_data::rng(seed, 9);
+    (0..n * d)
+        .map(|_| rng.sample::<f64, _>(StandardNormal) as f32)
+        .collect()
+}
+
+/// SPEC section 1: for x_0 ~ N(0, I) the forward process is stationary and its exact reversal
+/// is the forward kernel, which is the `paper` parametrization with z = 0 (the untrained
+/// network, whose readout starts at zero). Then the full-sum K equals L_null in expectation.
+#[test]
+fn forward_kernel_on_standard_normal_data_has_k_equal_to_l_null() {
+    let device = Device::flex();
+    for (schedule, steps) in [
+        (BetaSchedule::linear(1e-4, 0.1), 100),
+        (BetaSchedule::paper(), 40),
+    ] {
+        let bound = Diffusion::Gaussian(GaussianBound {
+            diffusion: GaussianDiffusion::new(schedule.betas(steps).unwrap(), 2).unwrap(),
+            parametrization: ReverseParametrization::Paper,
+        });
+        let model = ModelConfig::default().init(2, 4, steps, &device);
+        let points = standard_normal_points(4000, 2, 1);
+        let mut rng = diffusion_data::rng(2, 0);
+        let k = bound.bound_bits_per_point(&model, &points, &mut rng, &device, 8192);
+        let k = MeanStderr::of(&k).unwrap();
+        let l_null = bound.l_null_bits(&[0.0, 0.0]);
+        assert!(
+            (k.mean - l_null).abs() < 3.0 * k.stderr,
+            "T = {steps}: K = {} ± {}, L_null = {l_null}",
+            k.mean,
+            k.stderr
+        );
+        // and the estimate is informative: the standard error is small
+        assert!(k.stderr < 0.05, "{}", k.stderr);
+    }
+}
+
+/// The `epsilon-fixed` parametrization given the true noise is the exact posterior: its mean
+/// is mu~_t(x_t, x_0) and its variance b~_t, at every step.
+#[test]
+fn epsilon_with_the_true_noise_is_the_posterior() {
+    let device = Device::flex();
+    let steps = 50;
+    let bound = GaussianBound {
+        diffusion: GaussianDiffusion::new(BetaSchedule::linear(1e-3, 0.2).betas(steps).unwrap(), 2)
+            .unwrap(),
+        parametrization: ReverseParametrization::EpsilonFixed,
+    };
+    let n = 200;
+    let x0 = standard_normal_points(n, 2, 11);
+    let ts: Vec<usize> = (0..n).map(|i| 2 + i % (steps - 1)).collect();
+    let mut rng = diffusion_data::rng(12, 0);
+    let batch = prepare(&bound, &x0, &ts, &mut rng, &device);
+    let z = Tensor::cat(vec![batch.noise.clone(), batch.noise.clone() * 0.0], 1);
+    let (mean, log_var) =
+        bound
+            .parametrization
+            .mean_log_variance(z, batch.x_t.clone(), &batch.coefficients);
+    let max_diff = |a: Tensor<2>, b: Tensor<2>| -> f32 { (a - b).abs().max().into_scalar::<f32>() };
+    assert!(max_diff(mean, batch.posterior_mean.clone()) < 2e-5);
+    let expected = batch.posterior_log_variance.clone().expand([n, 2]);
+    assert!(max_diff(log_var, expected) < 1e-6);
+}
+
+/// The `epsilon` parametrization's variance runs over [b~_t, b_t]: ln b~_t as z_sigma goes
+/// to -inf, ln b_t as it goes to +inf, their mean at 0; its mean is `epsilon-fixed`'s.
+#[test]
+fn epsilon_variance_spans_the_posterior_to_the_forward_variance() {
+    let device = Device::flex();
+    let steps = 50;
+    let diffusion =
+        GaussianDiffusion::new(BetaSchedule::linear(1e-3, 0.2).betas(steps).unwrap(), 2).unwrap();
+    let n = 98;
+    let x0 = standard_normal_points(n, 2, 13);
+    let ts: Vec<usize> = (0..n).map(|i| 2 + i % (steps - 1)).collect();
+    let mut rng = diffusion_data::rng(14, 0);
+    let bound = GaussianBound {
+        diffusion: diffusion.clone(),
+        parametrization: ReverseParametrization::Epsilon,
+    };
+    let batch = prepare(&bound, &x0, &ts, &mut rng, &device);
+    let host_log = |t: usize, end: f64| -> f64 {
+        let (_, _, post) = diffusion.posterior_coefficients(t);
+        let (lo, hi) = (post.ln(), diffusion.beta(t).ln());
+        lo + end * (hi - lo)
+    };
+    for (z_sigma, end) in [(-40.0f32, 0.0), (0.0, 0.5), (40.0, 1.0)] {
+        let z = Tensor::cat(
+            vec![batch.noise.clone(), batch.noise.clone() * 0.0 + z_sigma],
+            1,
+        );
+        let (mean, log_var) =
+            bound
+                .parametrization
+                .mean_log_variance(z, batch.x_t.clone(), &batch.coefficients);
+        let diff = (mean - batch.posterior_mean.clone())
+            .abs()
+            .max()
+            .into_scalar::<f32>();
+        assert!(diff < 2e-5, "{diff}");
+        let log_var = host(log_var);
+        for (i, &t) in ts.iter().enumerate() {
+            let want = host_log(t, end);
+            assert!(
+                (log_var[2 * i] as f64 - want).abs() < 2e-5 * want.abs().max(1.0),
+                "t = {t}, z_sigma = {z_sigma}: {} vs {want}",
+                log_var[2 * i]
+            );
+        }
+    }
+}
+
+/// The `learned` schedule's device-side bound, at its starting betas, is the fixed schedule's
+/// host-side one: the same KL terms for the same x_0, noise and t, and the same constant;
+/// and it has a gradient for the betas.
+#[test]
+fn learned_schedule_bound_equals_the_fixed_one_at_its_start() {
+    let steps = 40;
+    let betas = BetaSchedule::paper().betas(steps).unwrap();
+    let bound = GaussianBound {
+        diffusion: GaussianDiffusion::new(betas.clone(), 2).unwrap(),
+        parametrization: ReverseParametrization::Paper,
+    };
+    let device = Device::flex().autodiff();
+    let model = ReverseModel::new(ModelConfig::default().init(2, 4, steps, &device))
+        .with_learned_schedule(&betas, &device);
+    let n = 390;
+    let x0: Vec<f32> = standard_normal_points(n, 2, 21)
+        .into_iter()
+        .map(|v| 0.5 * v + 0.3)
+        .collect();
+    let ts: Vec<usize> = (0..n).map(|i| 2 + i % (steps - 1)).collect();
+    let mut rng = diffusion_data::rng(22, 0);
+    let rows = bound.prepare_rows(&x0, &ts, &mut rng);
+    let fixed = host(bound.kl_batch(
+        &model.network,
+        rows.clone().upload(&bound.tables(&device), &device),
+    ));
+    let schedule = model.learned_schedule().unwrap();
+    let (kl, constant) = bound.learned_kl_rows(&model.network, schedule, rows, &device);
+    let learned = host(kl.clone());
+    for (i, (a, b)) in fixed.iter().zip(&learned).enumerate() {
+        assert!(
+            (a - b).abs() < 2e-3 * a.abs().max(1.0),
+            "row {i}, t = {}: {a} vs {b}",
+            ts[i]
+        );
+    }
+    let c = constant.clone().into_scalar::<f32>() as f64;
+    let want = bound.diffusion.bound_constants().sum_bits();
+    assert!((c - want).abs() < 1e-4, "{c} vs {want}");
+    let grads = (kl.mean() - constant).backward();
+    let g = host(schedule.logits_grad(&grads).unwrap());
+    assert_eq!(g.len(), steps - 1);
+    assert!(g.iter().all(|v| v.is_finite()) && g.iter().any(|&v| v != 0.0));
+    let host_betas = schedule.host_betas();
+    for (a, b) in host_betas.iter().zip(&betas) {
+        assert!((a - b).abs() < 1e-6 * b.max(1e-3), "{a} vs {b}");
+    }
+}
+
+/// The hybrid loss's KL terms are the bound's, and its noise error is `noise_error_rows`'.
+#[test]
+fn hybrid_parts_are_the_noise_error_and_the_kl() {
+    let device = Device::flex();
+    let steps = 30;
+    let bound = GaussianBound {
+        diffusion: GaussianDiffusion::new(BetaSchedule::linear(1e-3, 0.2).betas(steps).unwrap(), 2)
+            .unwrap(),
+        parametrization: ReverseParametrization::Epsilon,
+    };
+    let model = ModelConfig::default().init(2, 4, steps, &device);
+    let n = 100;
+    let x0 = standard_normal_points(n, 2, 31);
+    let ts: Vec<usize> = (0..n).map(|i| 2 + i % (steps - 1)).collect();
+    let mut rng = diffusion_data::rng(32, 0);
+    let batch = prepare(&bound, &x0, &ts, &mut rng, &device);
+    let (mse, kl) = bound.hybrid_rows(&model, batch.clone());
+    let want_mse = host(bound.noise_error_rows(&model, batch.clone()));
+    let want_kl = host(bound.kl_batch(&model, batch));
+    assert_eq!(host(mse), want_mse);
+    assert_eq!(host(kl), want_kl);
+}
+
+/// The Monte-Carlo training estimate is unbiased for the full sum: on the same model, the
+/// mean of many training losses equals minus the full-sum K.
+#[test]
+fn monte_carlo_estimate_agrees_with_the_full_sum() {
+    let device = Device::flex();
+    let steps = 30;
+    let bound = GaussianBound {
+        diffusion: GaussianDiffusion::new(BetaSchedule::linear(1e-3, 0.2).betas(steps).unwrap(), 2)
+            .unwrap(),
+        parametrization: ReverseParametrization::Paper,
+    };
+    let model = ReverseModel::new(ModelConfig::default().init(2, 4, steps, &device));
+    // Points far from N(0, I) so the KL terms are large and vary with t.
+    let points: Vec<f32> = standard_normal_points(2000, 2, 3)
+        .into_iter()
+        .map(|v| 0.3 * v + 1.0)
+        .collect();
+    let mut rng = diffusion_data::rng(4, 0);
+    let full = bound_bits_per_point(&bound, &model.network, &points, &mut rng, &device, 8192);
+    let full = MeanStderr::of(&full).unwrap();
+    let losses: Vec<f64> = (0..50)
+        .map(|_| {
+            training_loss(&bound, &model, &points, &mut rng, &device).into_scalar::<f32>() as f64
+        })
+        .collect();
+    let mc = MeanStderr::of(&losses).unwrap();
+    let tol = 3.0 * (full.stderr.powi(2) + mc.stderr.powi(2)).sqrt();
+    assert!(
+        (-mc.mean - full.mean).abs() < tol,
+        "MC {} ± {}, full {} ± {}",
+        -mc.mean,
+        mc.stderr,
+        full.mean,
+        full.stderr
+    );
+}
+
+/// SPEC section 2: for i.i.d. Bernoulli(pi) bits the chain is stationary and reversible, so
+/// the forward kernel is the exact reversal (the `paper` parametrization at z = 0), and the
+/// full-sum K equals L_null in expectation. Checked with both ways of conditioning on t.
+#[test]
+fn forward_kernel_on_bernoulli_data_has_k_equal_to_l_null() {
+    use crate::model::TimeConditioning;
+    let device = Device::flex();
+    let (steps, pi, d) = (60, 0.3, 8);
+    let bound = Diffusion::Binomial(BinomialBound {
+        diffusion: BinomialDiffusion::new(
+            BetaSchedule::Reciprocal.raw_betas(steps).unwrap(),
+            pi,
+            d,
+        )
+        .unwrap(),
+        parametrization: ReverseParametrization::Paper,
+    });
+    let mut rng = diffusion_data::rng(5, 0);
+    let points: Vec<f32> = (0..3000 * d)
+        .map(|_| if rng.random::<f64>() < pi { 1.0 } else { 0.0 })
+        .collect();
+    for time in [TimeConditioning::Embedding, TimeConditioning::Readout] {
+        let config = ModelConfig {
+            hidden: vec![16],
+            time,
+            ..ModelConfig::default()
+        };
+        let model = config.init(d, d, steps, &device);
+        let k = bound.bound_bits_per_point(&model, &points, &mut rng, &device, 8192);
+        // K - L_null per point has expectation 0; compare the means of the paired values.
+        let diffs: Vec<f64> = k
+            .iter()
+            .zip(points.chunks(d))
+            .map(|(k, r)| k - bound.l_null_bits(r))
+            .collect();
+        let diff = MeanStderr::of(&diffs).unwrap();
+        assert!(
+            diff.mean.abs() < 3.0 * diff.stderr,
+            "{time:?}: K - L_null = {} ± {} (K = {})",
+            diff.mean,
+            diff.stderr,
+            MeanStderr::of(&k).unwrap().mean,
+        );
+        assert!(diff.stderr < 0.1, "{}", diff.stderr);
+    }
+}
+
+/// Sampling from the forward kernel on Bernoulli(pi) bits returns Bernoulli(pi) bits.
+#[test]
+fn binomial_sampling_from_the_forward_kernel_keeps_the_rate() {
+    let device = Device::flex();
+    let (steps, pi, d) = (30, 0.2, 10);
+    let bound = Diffusion::Binomial(BinomialBound {
+        diffusion: BinomialDiffusion::new(
+            BetaSchedule::Reciprocal.raw_betas(steps).unwrap(),
+            pi,
+            d,
+        )
+        .unwrap(),
+        parametrization: ReverseParametrization::Paper,
+    });
+    let model = ModelConfig::default().init(d, d, steps, &device);
+    let mut rng = diffusion_data::rng(6, 0);
+    let s = bound.sample(&model, 4000, &mut rng, &device, 1000);
+    assert!(s.iter().all(|&v| v == 0.0 || v == 1.0));
+    let rate = s.iter().map(|&v| v as f64).sum::<f64>() / s.len() as f64;
+    // s.e. of the rate over 40,000 bits is 0.002
+    assert!((rate - pi).abs() < 0.01, "{rate}");
+}
