@@ -3,9 +3,9 @@
 
 use burn::tensor::Device;
 use diffusion_core::{BetaSchedule, GaussianDiffusion, ReverseParametrization};
-use diffusion_models::bound::{Diffusion, GaussianBound};
+use diffusion_models::process::{self, GaussianBound, Process};
 use diffusion_models::training::TrainingData;
-use diffusion_models::{RunConfig, RunDir, RunManifest, evaluate, train};
+use diffusion_models::{Network, ReverseModel, RunConfig, RunDir, RunManifest, evaluate, train};
 
 /// The largest relative difference between two vectors, with an absolute floor of 1e-3.
 fn max_rel_diff(a: &[f64], b: &[f64]) -> f64 {
@@ -27,11 +27,11 @@ fn same_weights_and_inputs_give_the_same_bound_on_wgpu_and_flex() {
     let flex = Device::flex();
     let wgpu = Device::wgpu(Default::default());
     let steps = 20;
-    let bound = Diffusion::Gaussian(GaussianBound {
+    let bound = GaussianBound {
         diffusion: GaussianDiffusion::new(BetaSchedule::linear(1e-3, 0.3).betas(steps).unwrap(), 2)
             .unwrap(),
         parametrization: ReverseParametrization::Paper,
-    });
+    };
     // A model trained briefly on flex, so its outputs are not the forward kernel's, then loaded
     // from the same file onto both devices.
     let tmp = tempfile::tempdir().unwrap();
@@ -66,10 +66,11 @@ optimizer = { kind = "adam", lr = 1e-2 }
     // The network's outputs on identical inputs.
     let points = roll_points(256);
     let ts: Vec<usize> = (0..256).map(|i| 2 + i % (steps - 1)).collect();
-    let kl = |model, device: &Device| -> Vec<f64> {
+    let kl = |model: &ReverseModel<Network>, device: &Device| -> Vec<f64> {
         let mut rng = diffusion_data::rng(5, 0);
+        let rows = bound.prepare_rows(&points, &ts, &mut rng);
         let out = bound
-            .kl_rows(model, &points, &ts, &mut rng, device)
+            .kl_rows(&bound.tables(device), &model.network, rows, device)
             .into_data();
         out.convert::<f32>()
             .as_slice::<f32>()
@@ -81,9 +82,9 @@ optimizer = { kind = "adam", lr = 1e-2 }
     let (a, b) = (kl(&on_flex, &flex), kl(&on_wgpu, &wgpu));
     let kl_err = max_rel_diff(&a, &b);
     // The full-sum bound per point.
-    let per_point = |model, device: &Device| {
+    let per_point = |model: &ReverseModel<Network>, device: &Device| {
         let mut rng = diffusion_data::rng(6, 0);
-        bound.bound_bits_per_point(model, &points, &mut rng, device, 4096)
+        process::bound_bits_per_point(&bound, &model.network, &points, &mut rng, device, 4096)
     };
     let (ka, kb) = (per_point(&on_flex, &flex), per_point(&on_wgpu, &wgpu));
     let k_err = ka

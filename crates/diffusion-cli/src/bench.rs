@@ -2,47 +2,14 @@
 //! bench` runs each workload in its own process (so the peak resident memory is that workload's)
 //! and collects the lines into BENCHMARKS.md beside the PyTorch reference's.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
-use clap::{Args, ValueEnum};
 use diffusion_models::training::streams;
-use diffusion_models::{RunDir, RunManifest, TrainingData, train};
+use diffusion_models::{RunDir, RunManifest, train};
 use serde_json::json;
 
-use crate::commands::{BackendArg, read_config};
-
-#[derive(Debug, Args)]
-pub struct BenchArgs {
-    /// What to time.
-    #[arg(long, value_enum)]
-    workload: Workload,
-    /// The run configuration whose model and diffusion are timed.
-    #[arg(long)]
-    config: PathBuf,
-    /// Training: examples per step [default: the config's].
-    #[arg(long)]
-    batch_size: Option<usize>,
-    /// Training: optimizer steps timed (after 10 untimed ones).
-    #[arg(long, default_value_t = 200)]
-    steps: usize,
-    /// Sampling and evaluation: points.
-    #[arg(short = 'n', long = "n", default_value_t = 10_000)]
-    n: usize,
-    #[command(flatten)]
-    backend: BackendArg,
-}
-
-/// A timed workload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Workload {
-    /// Training steps (data, noising, forward, backward, Adam): steps/s and examples/s.
-    Train,
-    /// The reverse chain from x_T to x_0 for n points: points x steps per second.
-    Sample,
-    /// The full-sum bound over every t for n points: rows (point, t) per second.
-    Evaluate,
-}
+use crate::args::{BenchArgs, Workload};
+use crate::common::read_config;
 
 /// Peak resident memory of this process so far, MiB (Linux; None elsewhere).
 fn peak_rss_mib() -> Option<f64> {
@@ -52,6 +19,7 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// Runs `diffusion bench`.
 pub fn cmd_bench(a: BenchArgs) -> Result<(), String> {
     let mut config = read_config(&a.config)?;
     if let Some(b) = a.batch_size {
@@ -59,10 +27,6 @@ pub fn cmd_bench(a: BenchArgs) -> Result<(), String> {
     }
     config.train.checkpoint_every = 0;
     config.train.log_every = usize::MAX;
-    let binary = config.diffusion.process == diffusion_models::config::ProcessKind::Binomial;
-    if binary && config.diffusion.pi.is_none() {
-        config.diffusion.pi = Some(0.5);
-    }
     config
         .validate()
         .map_err(|e| format!("config {}: {e}", a.config.display()))?;
@@ -70,13 +34,11 @@ pub fn cmd_bench(a: BenchArgs) -> Result<(), String> {
         return Err("--steps and -n must be at least 1".into());
     }
     let (backend, device) = a.backend.resolve()?;
-    let (data, dim) =
-        TrainingData::generator(&config.data, diffusion_data::rng(0, streams::TRAIN_DATA))
-            .map_err(|e| e.to_string())?
-            .ok_or("bench needs generator data, not a file")?;
-    let manifest = RunManifest::new(config.clone(), dim, backend.name());
-    manifest.check_model_size()?;
-    let bound = manifest.bound()?;
+    // the same resolution as `diffusion train` (a binomial run's pi from the data)
+    let resolved = diffusion_models::resolve(config).map_err(|e| e.to_string())?;
+    let (config, data) = (resolved.config, resolved.data);
+    let manifest = RunManifest::new(config.clone(), resolved.dim, backend.name());
+    let bound = manifest.bound().map_err(|e| e.to_string())?;
     let steps_t = bound.steps();
     let batch = config.train.batch_size;
     let mut out = json!({
@@ -114,7 +76,7 @@ pub fn cmd_bench(a: BenchArgs) -> Result<(), String> {
             out["examples_per_s"] = json!((a.steps * batch) as f64 / summary.wall_time_s);
         }
         Workload::Sample => {
-            let model = manifest.init_model(&device)?;
+            let model = manifest.init_model(&device).map_err(|e| e.to_string())?;
             let mut rng = diffusion_data::rng(0, streams::SAMPLE);
             let start = Instant::now();
             let drawn = bound.sample(
@@ -133,7 +95,7 @@ pub fn cmd_bench(a: BenchArgs) -> Result<(), String> {
             out["point_steps_per_s"] = json!((a.n * steps_t) as f64 / seconds);
         }
         Workload::Evaluate => {
-            let model = manifest.init_model(&device)?;
+            let model = manifest.init_model(&device).map_err(|e| e.to_string())?;
             let mut source = data;
             *source.rng_mut() = diffusion_data::rng(0, streams::HELDOUT);
             let points = source.next_batch(a.n);

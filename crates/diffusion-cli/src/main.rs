@@ -1,15 +1,28 @@
 //! `diffusion`: train, evaluate and sample diffusion probabilistic models, and generate data.
+//!
+//! Argument types are in `args`; each subcommand is one file (`train`, `evaluate`, `sample`,
+//! `plot`, `gradient_variance`, `bench`, `data`); `backend` (and `gpu`) turn `--backend` into a
+//! Burn device, the only place a backend is named. Every command returns `Err(one line)` on bad
+//! input, printed here.
 
+mod args;
 mod backend;
 mod bench;
-mod commands;
+mod common;
+mod data;
+mod evaluate;
 #[cfg(feature = "wgpu")]
 mod gpu;
+mod gradient_variance;
 mod plot;
+mod sample;
+mod train;
 
 use std::process::ExitCode;
 
 use clap::Parser;
+
+use crate::args::{Cli, Command};
 
 /// mimalloc keeps freed tensor buffers for reuse; with the system allocator every step's large
 /// buffers went back to the kernel and came back as fresh zeroed pages (page faults and
@@ -46,7 +59,7 @@ fn main() -> ExitCode {
         }
         eprintln!("error: internal error: {msg}");
     }));
-    let cli = match commands::Cli::try_parse() {
+    let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // --help and --version print in full; a usage error in one line, exit code 2.
         Err(e) if !e.use_stderr() => e.exit(),
@@ -67,7 +80,7 @@ fn main() -> ExitCode {
     // per core that was a quarter of a training step at batch 1024 (wake-ups, yields and
     // context switches). RAYON_NUM_THREADS still sets the pool's size; the workers get the
     // main thread's usual 8 MiB stack.
-    let run = || std::panic::catch_unwind(|| commands::run(cli));
+    let run = || std::panic::catch_unwind(|| run(cli));
     let result = match rayon::ThreadPoolBuilder::new().stack_size(8 << 20).build() {
         Ok(pool) => pool.install(run),
         Err(_) => run(),
@@ -79,5 +92,19 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
         Err(_) => ExitCode::from(101),
+    }
+}
+
+/// Runs one command.
+pub fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Command::Train(a) => crate::train::cmd_train(a),
+        Command::Evaluate(a) => crate::evaluate::cmd_evaluate(a),
+        Command::Sample(a) => crate::sample::cmd_sample(a),
+        Command::Plot(a) => crate::plot::cmd_plot(a),
+        Command::Bench(a) => crate::bench::cmd_bench(a),
+        Command::GradientVariance(a) => crate::gradient_variance::cmd_gradient_variance(a),
+        Command::Devices => crate::backend::list_devices(),
+        Command::Data(c) => crate::data::cmd_data(c),
     }
 }

@@ -2,7 +2,6 @@
 
 use std::path::{Path, PathBuf};
 
-use clap::{Args, ValueEnum};
 use diffusion_models::bound::Diffusion;
 use diffusion_models::config::LossKind;
 use diffusion_models::evaluate::heldout_points;
@@ -12,56 +11,11 @@ use diffusion_plot::{
     Series, align_first_pulse, first_pulses, rotate_rows, save,
 };
 
-use crate::commands::{BackendArg, load_run};
+use crate::args::{PlotArgs, What};
+use crate::common::load_run;
 
 /// The random stream of the pictures' draws.
 const PLOT_STREAM: u64 = 5;
-
-#[derive(Debug, Args)]
-pub struct PlotArgs {
-    /// Run folder; give it several times to compare loss curves (the other pictures use the
-    /// first).
-    #[arg(long, required = true)]
-    run: Vec<PathBuf>,
-    /// Folder for the pictures (created if missing).
-    #[arg(long)]
-    out: PathBuf,
-    /// Pictures to draw, comma-separated [default: every one that fits the run].
-    #[arg(long, value_enum, value_delimiter = ',')]
-    what: Vec<What>,
-    /// Steps t of the trajectory and noising panels, comma-separated [default: 0, T/10, ..., T].
-    #[arg(long, value_delimiter = ',')]
-    steps: Vec<usize>,
-    /// Points per scatter panel.
-    #[arg(short = 'n', long = "n", default_value_t = 1000)]
-    n: usize,
-    /// Sequences per raster panel (binary data).
-    #[arg(long, default_value_t = 40)]
-    rows: usize,
-    /// Seed of the pictures' draws.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Rasters: rotate each sequence so that its first pulse is in column 0.
-    #[arg(long)]
-    align: bool,
-    #[command(flatten)]
-    backend: BackendArg,
-}
-
-/// A picture `diffusion plot` can draw.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum What {
-    /// q(x_t) from data above p(x_t) from the model at the same steps (2-D Gaussian runs).
-    Trajectory,
-    /// The reverse kernel's drift mu(x, t) - x as arrows at a few t (2-D Gaussian runs).
-    Drift,
-    /// Training loss against step from metrics.csv, every --run on one chart.
-    Loss,
-    /// Data and model samples as rasters of bits (binary runs).
-    Samples,
-    /// Data noised by the forward process at the chosen steps, as rasters (binary runs).
-    Noising,
-}
 
 impl What {
     fn name(self) -> &'static str {
@@ -129,12 +83,13 @@ fn loss_series(run: &Path) -> Result<Series, String> {
     Ok(Series { label, points })
 }
 
+/// Runs `diffusion plot`.
 pub fn cmd_plot(a: PlotArgs) -> Result<(), String> {
     if a.n == 0 || a.rows == 0 {
         return Err("-n and --rows must be at least 1".into());
     }
     let (run, manifest, model, device) = load_run(&a.run[0], &a.backend)?;
-    let bound = manifest.bound_of(&model)?;
+    let bound = manifest.bound_of(&model).map_err(|e| e.to_string())?;
     let steps_t = bound.steps();
     let fits = fitting(&manifest, &bound);
     let what = if a.what.is_empty() {

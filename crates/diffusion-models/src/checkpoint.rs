@@ -149,8 +149,16 @@ pub fn list(run: &RunDir) -> Result<Vec<(usize, PathBuf)>, RunError> {
     Ok(found)
 }
 
+/// A non-finite parameter.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a network parameter is not finite (entry {entry})")]
+pub struct NonFiniteParameter {
+    /// Its index within its parameter tensor.
+    pub entry: usize,
+}
+
 /// Raises an error naming the first non-finite parameter, if any.
-pub fn check_finite<M: Module>(model: &M) -> Result<(), String> {
+pub fn check_finite<M: Module>(model: &M) -> Result<(), NonFiniteParameter> {
     struct Finite(Option<usize>);
     impl ModuleVisitor for Finite {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
@@ -166,7 +174,7 @@ pub fn check_finite<M: Module>(model: &M) -> Result<(), String> {
     model.visit(&mut visitor);
     match visitor.0 {
         None => Ok(()),
-        Some(i) => Err(format!("a network parameter is not finite (entry {i})")),
+        Some(entry) => Err(NonFiniteParameter { entry }),
     }
 }
 

@@ -8,6 +8,36 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{ModelConfig, ModelKind, TimeConditioning};
 
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Not TOML, or not the configuration's shape (unknown key, wrong type): where and what.
+    #[error("{0}")]
+    Syntax(String),
+    /// A value out of range or inconsistent with another.
+    #[error("{0}")]
+    Invalid(String),
+    /// The beta schedule cannot be built.
+    #[error(transparent)]
+    Schedule(#[from] diffusion_core::ScheduleError),
+    /// A binomial run's pi has not been set or estimated from the data yet.
+    #[error("diffusion.pi is not resolved")]
+    UnresolvedPi,
+    /// The learned schedule's trained betas are not a valid schedule.
+    #[error("the learned schedule: {0}")]
+    LearnedSchedule(diffusion_core::ScheduleError),
+    /// The network would be too large to train here.
+    #[error(
+        "the network would have {parameters} parameters (more than {max}); reduce model.hidden or diffusion.steps"
+    )]
+    TooLarge {
+        /// Its parameter count.
+        parameters: u128,
+        /// The limit.
+        max: u128,
+    },
+}
+
 /// A whole run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -315,23 +345,27 @@ pub const MAX_WIDTH: usize = 1 << 16;
 
 impl RunConfig {
     /// Parses TOML text.
-    pub fn from_toml(text: &str) -> Result<Self, String> {
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         let config: Self = toml::from_str(text).map_err(|e| {
             // toml's messages span several lines; keep the first and the explanation.
             let msg = e.message().trim().to_string();
             match e.span() {
                 Some(span) => {
                     let line = text[..span.start.min(text.len())].lines().count().max(1);
-                    format!("line {line}: {msg}")
+                    ConfigError::Syntax(format!("line {line}: {msg}"))
                 }
-                None => msg,
+                None => ConfigError::Syntax(msg),
             }
         })?;
         Ok(config)
     }
 
     /// Checks the values that serde cannot: returns the first problem found.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.first_problem().map_err(ConfigError::Invalid)
+    }
+
+    fn first_problem(&self) -> Result<(), String> {
         let diffusion = &self.diffusion;
         if diffusion.steps > MAX_STEPS {
             return Err(format!(
@@ -510,13 +544,13 @@ kind = "swiss-roll"
     #[test]
     fn broken_configs_are_refused_with_a_line() {
         let unknown = format!("{MINIMAL}\n[train]\nstepz = 3\n");
-        let e = RunConfig::from_toml(&unknown).unwrap_err();
+        let e = RunConfig::from_toml(&unknown).unwrap_err().to_string();
         assert!(e.contains("unknown field `stepz`"), "{e}");
         assert!(!e.contains('\n'), "{e}");
         let wrong_type = MINIMAL.replace("steps = 40", "steps = \"forty\"");
         assert!(RunConfig::from_toml(&wrong_type).is_err());
         let zero = RunConfig::from_toml(&MINIMAL.replace("steps = 40", "steps = 0")).unwrap();
-        assert!(zero.validate().unwrap_err().contains("T = 0"));
+        assert!(zero.validate().unwrap_err().to_string().contains("T = 0"));
         let bad_beta = MINIMAL.replace(
             "{ kind = \"paper\" }",
             "{ kind = \"linear\", start = 0.0001, end = 1.5 }",
@@ -524,7 +558,8 @@ kind = "swiss-roll"
         let e = RunConfig::from_toml(&bad_beta)
             .unwrap()
             .validate()
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("end = 1.5"), "{e}");
     }
 

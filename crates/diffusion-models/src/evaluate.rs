@@ -107,12 +107,10 @@ pub fn evaluate<N: ReverseNetwork>(
     samples: usize,
     seed: u64,
 ) -> Result<Evaluation, RunError> {
-    let bound = manifest
-        .bound_of(model)
-        .map_err(|message| RunError::Corrupt {
-            path: run.file("config.json").display().to_string(),
-            message,
-        })?;
+    let bound = manifest.bound_of(model).map_err(|e| RunError::Corrupt {
+        path: run.file("config.json").display().to_string(),
+        message: e.to_string(),
+    })?;
     let points = heldout_points(manifest, run, n)?;
     let mut rng = diffusion_data::rng(seed, streams::EVAL_NOISE);
     let per_point =

@@ -128,12 +128,10 @@ pub fn gradient_variance(
     seed: u64,
 ) -> Result<GradientVariance, RunError> {
     let model = run.load_model(manifest, &device.clone().autodiff())?;
-    let bound = manifest
-        .bound_of(&model)
-        .map_err(|message| RunError::Corrupt {
-            path: run.file("config.json").display().to_string(),
-            message,
-        })?;
+    let bound = manifest.bound_of(&model).map_err(|e| RunError::Corrupt {
+        path: run.file("config.json").display().to_string(),
+        message: e.to_string(),
+    })?;
     let points = heldout_points(manifest, run, 10_000)?;
     let probe = Probe {
         points: &points,

@@ -17,11 +17,12 @@ use burn::module::Module;
 use burn::store::ModuleRecord;
 use burn::tensor::{Bytes, Device};
 use diffusion_core::{BetaSchedule, BinomialDiffusion, GaussianDiffusion};
+use diffusion_data::DataError;
 use diffusion_data::io::write_atomic;
 use serde::{Deserialize, Serialize};
 
 use crate::bound::Diffusion;
-use crate::config::{ProcessKind, RunConfig};
+use crate::config::{ConfigError, ProcessKind, RunConfig};
 use crate::model::Network;
 use crate::network::{ReverseModel, ReverseNetwork};
 use crate::process::{BinomialBound, GaussianBound};
@@ -29,13 +30,11 @@ use crate::process::{BinomialBound, GaussianBound};
 /// The format tag of `config.json`.
 pub const MANIFEST_FORMAT: &str = "diffusion-run/1";
 
-/// Why a run folder could not be used.
+/// Why a run folder could not be made, read or continued.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// The folder exists and may hold work.
-    #[error(
-        "run folder {0} already exists; pass --overwrite to replace it, or choose another --out"
-    )]
+    #[error("run folder {0} already exists and is not empty")]
     Exists(String),
     /// Not a run folder.
     #[error("{0} is not a run folder (no config.json)")]
@@ -56,6 +55,40 @@ pub enum RunError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The configuration cannot be used.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The data file cannot be read.
+    #[error("data {0}")]
+    Data(DataError),
+    /// The data cannot be split into training and held-out rows.
+    #[error(transparent)]
+    Split(DataError),
+    /// A binomial run's data file holds a value other than 0 and 1.
+    #[error(
+        "data {path}: value {value} at row {row}, column {column} is not 0 or 1, as binomial diffusion needs"
+    )]
+    NotBinary {
+        /// The file.
+        path: String,
+        /// The value.
+        value: f32,
+        /// Its row (0-based).
+        row: usize,
+        /// Its column (0-based).
+        column: usize,
+    },
+    /// A binomial run's pi, estimated from the data, is 0 or 1.
+    #[error("the data's mean activity is {0}; set diffusion.pi in (0, 1) explicitly")]
+    MeanActivity(f64),
+    /// `resume` found nothing to continue from.
+    #[error("{run} has no checkpoint to resume from (none in {folder})")]
+    NoCheckpoint {
+        /// The run folder.
+        run: String,
+        /// Its checkpoint folder.
+        folder: String,
+    },
 }
 
 /// The resolved configuration of a run.
@@ -73,25 +106,33 @@ pub struct RunManifest {
 }
 
 impl RunManifest {
+    /// The manifest of a new run.
+    pub fn new(config: RunConfig, data_dim: usize, backend: &str) -> Self {
+        Self {
+            format: MANIFEST_FORMAT.into(),
+            config,
+            data_dim,
+            backend: backend.into(),
+        }
+    }
+
     /// The diffusion and parametrization this run describes. A binomial run's `pi` must be
     /// resolved (set) by then.
-    pub fn bound(&self) -> Result<Diffusion, String> {
+    pub fn bound(&self) -> Result<Diffusion, ConfigError> {
         let d = &self.config.diffusion;
         match d.process {
-            ProcessKind::Gaussian => {
-                let betas = d.schedule.betas(d.steps).map_err(|e| e.to_string())?;
-                Ok(Diffusion::Gaussian(GaussianBound {
-                    diffusion: GaussianDiffusion::new(betas, self.data_dim)
-                        .map_err(|e| e.to_string())?,
-                    parametrization: d.parametrization,
-                }))
-            }
+            ProcessKind::Gaussian => Ok(Diffusion::Gaussian(GaussianBound {
+                diffusion: GaussianDiffusion::new(d.schedule.betas(d.steps)?, self.data_dim)?,
+                parametrization: d.parametrization,
+            })),
             ProcessKind::Binomial => {
-                let betas = d.schedule.raw_betas(d.steps).map_err(|e| e.to_string())?;
-                let pi = d.pi.ok_or("diffusion.pi is not resolved")?;
+                let pi = d.pi.ok_or(ConfigError::UnresolvedPi)?;
                 Ok(Diffusion::Binomial(BinomialBound {
-                    diffusion: BinomialDiffusion::new(betas, pi, self.data_dim)
-                        .map_err(|e| e.to_string())?,
+                    diffusion: BinomialDiffusion::new(
+                        d.schedule.raw_betas(d.steps)?,
+                        pi,
+                        self.data_dim,
+                    )?,
                     parametrization: d.parametrization,
                 }))
             }
@@ -99,29 +140,29 @@ impl RunManifest {
     }
 
     /// Refuses networks too large to train here: more than [`MAX_PARAMETERS`] parameters.
-    pub fn check_model_size(&self) -> Result<(), String> {
+    pub fn check_model_size(&self) -> Result<(), ConfigError> {
         let out = self.bound()?.output_dim();
         let d = &self.config.diffusion;
         let learned = match d.schedule {
             BetaSchedule::Learned { .. } => d.steps as u128 - 1,
             _ => 0,
         };
-        let n = self
+        let parameters = self
             .config
             .model
             .parameter_count(self.data_dim, out, d.steps)
             + learned;
-        if n > MAX_PARAMETERS {
-            return Err(format!(
-                "the network would have {n} parameters (more than {MAX_PARAMETERS}); \
-                 reduce model.hidden or diffusion.steps"
-            ));
+        if parameters > MAX_PARAMETERS {
+            return Err(ConfigError::TooLarge {
+                parameters,
+                max: MAX_PARAMETERS,
+            });
         }
         Ok(())
     }
 
     /// A freshly initialised network of this run's shape.
-    pub fn init_model(&self, device: &Device) -> Result<ReverseModel<Network>, String> {
+    pub fn init_model(&self, device: &Device) -> Result<ReverseModel<Network>, ConfigError> {
         self.check_model_size()?;
         let bound = self.bound()?;
         let model = ReverseModel::new(self.config.model.init(
@@ -143,12 +184,12 @@ impl RunManifest {
     pub fn bound_of<N: ReverseNetwork>(
         &self,
         model: &ReverseModel<N>,
-    ) -> Result<Diffusion, String> {
+    ) -> Result<Diffusion, ConfigError> {
         let bound = self.bound()?;
         Ok(match (bound, model.learned_schedule()) {
             (Diffusion::Gaussian(g), Some(schedule)) => Diffusion::Gaussian(GaussianBound {
                 diffusion: GaussianDiffusion::new(schedule.host_betas(), self.data_dim)
-                    .map_err(|e| format!("the learned schedule: {e}"))?,
+                    .map_err(ConfigError::LearnedSchedule)?,
                 parametrization: g.parametrization,
             }),
             (bound, _) => bound,
@@ -250,8 +291,8 @@ impl RunDir {
                 m.format
             )));
         }
-        m.config.validate().map_err(&corrupt)?;
-        m.bound().map_err(corrupt)?;
+        m.config.validate().map_err(|e| corrupt(e.to_string()))?;
+        m.bound().map_err(|e| corrupt(e.to_string()))?;
         Ok(m)
     }
 
@@ -285,20 +326,8 @@ impl RunDir {
             .map_err(|e| corrupt(format!("not a model record ({e})")))?;
         manifest
             .init_model(device)
-            .map_err(corrupt)?
+            .map_err(|e| corrupt(e.to_string()))?
             .try_load_record(record)
             .map_err(|e| corrupt(format!("does not match the run's model ({e})")))
-    }
-}
-
-impl RunManifest {
-    /// The manifest of a new run.
-    pub fn new(config: RunConfig, data_dim: usize, backend: &str) -> Self {
-        Self {
-            format: MANIFEST_FORMAT.into(),
-            config,
-            data_dim,
-            backend: backend.into(),
-        }
     }
 }

@@ -51,6 +51,7 @@ use crate::config::{OptimizerConfig, OptimizerKind, TSampling, TrainConfig};
 use crate::importance::StepSampler;
 use crate::network::{ReverseModel, ReverseNetwork};
 use crate::process::{Objective, Process, TrainingBatch, training_batch, training_batch_at};
+use crate::run::RunError;
 use crate::training::{TrainError, TrainingData, streams};
 
 /// One step's report to the observers.
@@ -254,11 +255,9 @@ impl<P: Process, N: ReverseNetwork> Trainer<P, N> {
             .set_word_pos(self.progress.data_word_pos);
         self.source.noise.set_word_pos(self.progress.noise_word_pos);
         if self.sampler.is_some() {
-            self.sampler = Some(s.step_sampler.clone().ok_or_else(|| {
-                TrainError::Config(format!(
-                    "the checkpoint in {} has no importance-sampler state",
-                    checkpoint.path.display()
-                ))
+            self.sampler = Some(s.step_sampler.clone().ok_or_else(|| RunError::Corrupt {
+                path: checkpoint.path.join("state.json").display().to_string(),
+                message: "no importance-sampler state".into(),
             })?);
         }
         self.started = Instant::now();

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bound::Diffusion;
 use crate::checkpoint::{self, Checkpoint, CheckpointState, FileDigest};
-use crate::config::DataConfig;
+use crate::config::{ConfigError, DataConfig};
 use crate::metrics::{MetricsRow, MetricsWriter};
 use crate::model::Network;
 use crate::network::{ReverseModel, ReverseNetwork};
@@ -43,8 +43,8 @@ pub enum TrainError {
     #[error(transparent)]
     Run(#[from] RunError),
     /// The configuration is inconsistent.
-    #[error("{0}")]
-    Config(String),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
 fn kept_note(kept: &Option<(usize, PathBuf)>) -> String {
@@ -237,8 +237,8 @@ impl<P: Process, N: ReverseNetwork> Observer<P, N> for CheckpointObserver<'_> {
         if !report.checkpoint_due {
             return Ok(());
         }
-        checkpoint::check_finite(trainer.model()).map_err(|what| TrainError::NonFinite {
-            what,
+        checkpoint::check_finite(trainer.model()).map_err(|e| TrainError::NonFinite {
+            what: e.to_string(),
             step: report.step,
             kept: None,
         })?;
@@ -301,16 +301,14 @@ pub fn train(
 ) -> Result<(ReverseModel<Network>, TrainSummary), TrainError> {
     let ad_device = device.clone().autodiff();
     ad_device.seed(manifest.config.train.seed);
-    let model = manifest
-        .init_model(&ad_device)
-        .map_err(TrainError::Config)?;
+    let model = manifest.init_model(&ad_device)?;
     let files = RunFiles {
         manifest,
         run,
         resume,
         on_progress,
     };
-    match manifest.bound().map_err(TrainError::Config)? {
+    match manifest.bound()? {
         Diffusion::Gaussian(g) => files.train(g, model, data, &ad_device),
         Diffusion::Binomial(b) => files.train(b, model, data, &ad_device),
     }

@@ -1,0 +1,60 @@
+//! What several commands share: reading a config, opening a trained run, writing rows, and
+//! the checks on counts.
+
+use std::path::Path;
+
+use burn::tensor::Device;
+use diffusion_data::{Array2, io};
+use diffusion_models::{Network, ReverseModel, RunConfig, RunDir, RunManifest};
+
+use crate::args::BackendArg;
+
+/// Reads and parses a TOML config, naming the file in any error.
+pub fn read_config(path: &Path) -> Result<RunConfig, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+    RunConfig::from_toml(&text).map_err(|e| format!("config {}: {e}", path.display()))
+}
+
+/// Opens a trained run on the backend asked for: its folder, manifest and model.
+pub fn load_run(
+    path: &Path,
+    backend: &BackendArg,
+) -> Result<(RunDir, RunManifest, ReverseModel<Network>, Device), String> {
+    let run = RunDir::open(path).map_err(|e| e.to_string())?;
+    let manifest = run.manifest().map_err(|e| e.to_string())?;
+    let (_, device) = backend.resolve()?;
+    let model = run
+        .load_model(&manifest, &device)
+        .map_err(|e| e.to_string())?;
+    Ok((run, manifest, model, device))
+}
+
+/// Writes `rows` generated rows of `cols` values to `out` (.csv or .npy) and says so.
+pub fn write_rows(
+    out: &Path,
+    rows: usize,
+    cols: usize,
+    data: Vec<f32>,
+    what: &str,
+) -> Result<(), String> {
+    let array = Array2::new(rows, cols, data).map_err(|e| e.to_string())?;
+    io::write(out, &array).map_err(|e| e.to_string())?;
+    eprintln!("wrote {rows} {what} to {}", out.display());
+    Ok(())
+}
+
+/// Held-out points for an evaluation: 10,000, or fewer when the full sum over t would exceed
+/// two million rows (at least 1,000).
+pub fn default_eval_points(steps: usize) -> usize {
+    (2_000_000 / steps.saturating_sub(1).max(1)).clamp(1_000, 10_000)
+}
+
+/// Refuses a count of zero.
+pub fn check_count(n: usize) -> Result<(), String> {
+    if n == 0 {
+        Err("-n must be at least 1".into())
+    } else {
+        Ok(())
+    }
+}

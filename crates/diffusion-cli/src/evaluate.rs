@@ -1,0 +1,60 @@
+//! `diffusion evaluate`: the bound K in bits on a run's held-out data, with L_null and -H(data).
+
+use diffusion_models::evaluate;
+use diffusion_models::evaluate::Evaluation;
+
+use crate::args::EvaluateArgs;
+use crate::common::{check_count, default_eval_points, load_run};
+
+/// Runs `diffusion evaluate`.
+pub fn cmd_evaluate(a: EvaluateArgs) -> Result<(), String> {
+    let (run, manifest, model, device) = load_run(&a.run, &a.backend)?;
+    let n =
+        a.n.unwrap_or_else(|| default_eval_points(manifest.config.diffusion.steps));
+    check_count(n).map_err(|_| "--n must be at least 1".to_string())?;
+    let eval = evaluate(&manifest, &run, &model, &device, n, a.samples, a.seed)
+        .map_err(|e| e.to_string())?;
+    if a.json {
+        println!("{}", serde_json::to_string(&eval).expect("serialisable"));
+    } else {
+        print_evaluation(&eval);
+    }
+    Ok(())
+}
+
+/// Prints an evaluation as a table.
+pub fn print_evaluation(e: &Evaluation) {
+    println!(
+        "K          = {:+.4} ± {:.4} bits/point  (n = {}, T = {})",
+        e.k_bits, e.k_stderr_bits, e.n, e.steps_t
+    );
+    println!("L_null     = {:+.4} bits/point", e.l_null_bits);
+    println!("K - L_null = {:+.4} bits/point", e.k_minus_l_null_bits);
+    match (e.neg_data_entropy_bits, e.gap_bits) {
+        (Some(h), Some(gap)) => {
+            println!(
+                "-H(data)   = {:+.4} ± {:.4} bits/point (the ceiling for K)",
+                h,
+                e.neg_data_entropy_stderr_bits.unwrap_or(0.0)
+            );
+            println!("gap        = {gap:+.4} bits/point (-H(data) - K)");
+        }
+        _ => println!("-H(data)   = unknown (data from a file)"),
+    }
+    if let (Some(ed), Some(n)) = (e.energy_distance, e.samples) {
+        match e.energy_distance_floor {
+            Some(floor) => println!(
+                "energy     = {ed:.4} between {n} samples and fresh data (two data sets: {floor:.4})"
+            ),
+            None => println!("energy     = {ed:.4} between {n} samples and held-out data"),
+        }
+    }
+    if let (Some(v), Some(p), Some(n)) = (e.valid_fraction, &e.phase_fractions, e.samples) {
+        let phases: Vec<String> = p.iter().map(|f| format!("{:.3}", f)).collect();
+        println!(
+            "valid      = {:.4} of {n} samples; phases {}",
+            v,
+            phases.join(" ")
+        );
+    }
+}

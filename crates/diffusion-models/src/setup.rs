@@ -1,0 +1,238 @@
+//! Starting and continuing runs: a configuration's data resolved ([`resolve`]), a new run
+//! folder made for it ([`Run::create`]), or a stopped run opened at its newest checkpoint
+//! ([`Run::resume`]); then [`Run::train`].
+//!
+//! ```
+//! use burn::tensor::Device;
+//! use diffusion_models::{Run, RunConfig};
+//!
+//! let config = RunConfig::from_toml(r#"
+//!     [diffusion]
+//!     steps = 20
+//!     schedule = { kind = "linear", start = 1e-3, end = 0.3 }
+//!     [data]
+//!     kind = "swiss-roll"
+//!     [model]
+//!     hidden = [16]
+//!     [train]
+//!     steps = 50
+//!     batch_size = 64
+//! "#)?;
+//! let folder = tempfile::tempdir()?;
+//! let run = Run::create(diffusion_models::resolve(config)?, folder.path(), true, "flex")?;
+//! let (model, summary) = run.train(&Device::flex(), &mut |_| {})?;
+//! assert!(folder.path().join("model.bpk").is_file());
+//! assert_eq!(summary.steps, 50);
+//! # let _ = model;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::path::Path;
+
+use burn::tensor::Device;
+use diffusion_data::{Array2, Heartbeat, SwissRoll, io};
+
+use crate::bound::Diffusion;
+use crate::checkpoint::{self, Checkpoint};
+use crate::config::{DataConfig, ProcessKind, RunConfig};
+use crate::model::Network;
+use crate::network::ReverseModel;
+use crate::run::{RunDir, RunError, RunManifest};
+use crate::training::{Progress, TrainError, TrainSummary, TrainingData, streams, train};
+
+/// The training rows of a run trained on a data file, kept in the run folder for `resume`.
+pub const TRAIN_ROWS: &str = "train.npy";
+
+/// The held-out rows of a run trained on a data file.
+pub const HELDOUT_ROWS: &str = "heldout.npy";
+
+/// A configuration with its data: the training stream, the data dimension, a binomial run's pi
+/// (from the data's mean activity unless set), and for file data the training and held-out rows.
+#[derive(Debug, Clone)]
+pub struct ResolvedData {
+    /// The configuration, pi resolved.
+    pub config: RunConfig,
+    /// The data dimension d.
+    pub dim: usize,
+    /// Where training batches come from.
+    pub data: TrainingData,
+    /// File data: (training rows, held-out rows).
+    pub files: Option<(Array2, Array2)>,
+    /// What the caller may want to tell the user (e.g. a forward process that stops far from
+    /// its stationary distribution).
+    pub warnings: Vec<String>,
+}
+
+/// Validates `config`, reads or sets up its data (the seeded held-out split for file data) and
+/// resolves what depends on the data; touches no run folder, so bad data leave no trace.
+pub fn resolve(mut config: RunConfig) -> Result<ResolvedData, RunError> {
+    config.validate()?;
+    let seed = config.train.seed;
+    let binary = config.diffusion.process == ProcessKind::Binomial;
+    let mut files = None;
+    let (data, dim, mean_activity) = match &config.data {
+        DataConfig::SwissRoll { noise } => {
+            let roll = SwissRoll::new(*noise).map_err(RunError::Data)?;
+            (TrainingData::swiss_roll(roll, seed), 2, None)
+        }
+        DataConfig::Heartbeat { length, period } => {
+            let beat = Heartbeat::new(*length, *period).map_err(RunError::Data)?;
+            let activity = beat.mean_activity();
+            (TrainingData::heartbeat(beat, seed), *length, Some(activity))
+        }
+        DataConfig::File {
+            path,
+            heldout_fraction,
+        } => {
+            let points = io::read(path).map_err(RunError::Data)?;
+            if binary && let Some(i) = points.data.iter().position(|&v| v != 0.0 && v != 1.0) {
+                return Err(RunError::NotBinary {
+                    path: path.display().to_string(),
+                    value: points.data[i],
+                    row: i / points.cols,
+                    column: i % points.cols,
+                });
+            }
+            let mut rng = diffusion_data::rng(seed, streams::HELDOUT);
+            let (train_rows, held) = diffusion_data::split(&points, *heldout_fraction, &mut rng)
+                .map_err(RunError::Split)?;
+            let activity = train_rows.data.iter().map(|&v| v as f64).sum::<f64>()
+                / train_rows.data.len() as f64;
+            let dim = points.cols;
+            files = Some((train_rows.clone(), held));
+            (TrainingData::points(train_rows, seed), dim, Some(activity))
+        }
+    };
+    if binary && config.diffusion.pi.is_none() {
+        let pi = mean_activity.unwrap_or(0.5);
+        if !(pi > 0.0 && pi < 1.0) {
+            return Err(RunError::MeanActivity(pi));
+        }
+        config.diffusion.pi = Some(pi);
+    }
+    let check = RunManifest::new(config.clone(), dim, "");
+    check.check_model_size()?;
+    let mut warnings = Vec::new();
+    if let Diffusion::Gaussian(g) = check.bound()? {
+        let abar_t = g.diffusion.alpha_bar(g.diffusion.steps());
+        if abar_t > 0.1 {
+            warnings.push(format!(
+                "abar_T = {abar_t:.3}: the forward process does not reach near N(0, I); \
+                 the bound will be loose"
+            ));
+        }
+    }
+    Ok(ResolvedData {
+        config,
+        dim,
+        data,
+        files,
+        warnings,
+    })
+}
+
+/// A run ready to train: its folder, manifest, training stream, and the checkpoint it
+/// continues from.
+#[derive(Debug)]
+pub struct Run {
+    /// The run folder.
+    pub dir: RunDir,
+    /// Its `config.json`.
+    pub manifest: RunManifest,
+    /// Where training batches come from.
+    pub data: TrainingData,
+    /// The checkpoint a resumed run continues from.
+    pub resume: Option<Checkpoint>,
+}
+
+impl Run {
+    /// Makes the folder `out` for a new run of `resolved` on `backend` and writes its
+    /// `config.json` (and, for file data, the training and held-out rows). An existing
+    /// non-empty folder is refused unless `overwrite`; then its old checkpoints are removed.
+    pub fn create(
+        resolved: ResolvedData,
+        out: &Path,
+        overwrite: bool,
+        backend: &str,
+    ) -> Result<Self, RunError> {
+        let dir = RunDir::create(out, overwrite)?;
+        if overwrite {
+            // Old checkpoints belong to the run being replaced.
+            let old = checkpoint::folder(&dir);
+            if old.exists() {
+                std::fs::remove_dir_all(&old).map_err(|source| RunError::Io {
+                    path: old.display().to_string(),
+                    source,
+                })?;
+            }
+        }
+        let manifest = RunManifest::new(resolved.config, resolved.dim, backend);
+        dir.write_json("config.json", &manifest)?;
+        if let Some((train_rows, held)) = &resolved.files {
+            for (name, rows) in [(TRAIN_ROWS, train_rows), (HELDOUT_ROWS, held)] {
+                let path = dir.file(name);
+                io::write(&path, rows).map_err(RunError::Data)?;
+            }
+        }
+        Ok(Self {
+            dir,
+            manifest,
+            data: resolved.data,
+            resume: None,
+        })
+    }
+
+    /// Opens the run folder `path` to continue it from its newest checkpoint, with the data
+    /// stream it was started with.
+    pub fn resume(path: &Path) -> Result<Self, RunError> {
+        let dir = RunDir::open(path)?;
+        let manifest = dir.manifest()?;
+        let resume =
+            checkpoint::latest(&dir, &manifest.config)?.ok_or_else(|| RunError::NoCheckpoint {
+                run: path.display().to_string(),
+                folder: checkpoint::folder(&dir).display().to_string(),
+            })?;
+        let seed = manifest.config.train.seed;
+        let stream = diffusion_data::rng(seed, streams::TRAIN_DATA);
+        let data =
+            match TrainingData::generator(&manifest.config.data, stream).map_err(RunError::Data)? {
+                Some((data, _)) => data,
+                None => {
+                    let p = dir.file(TRAIN_ROWS);
+                    let rows = io::read(&p).map_err(RunError::Data)?;
+                    if rows.cols != manifest.data_dim {
+                        return Err(RunError::Corrupt {
+                            path: p.display().to_string(),
+                            message: format!(
+                                "{} columns where the run has {}",
+                                rows.cols, manifest.data_dim
+                            ),
+                        });
+                    }
+                    TrainingData::points(rows, seed)
+                }
+            };
+        Ok(Self {
+            dir,
+            manifest,
+            data,
+            resume: Some(resume),
+        })
+    }
+
+    /// Trains the run on `device` (autodiff is added here) into its folder.
+    pub fn train(
+        self,
+        device: &Device,
+        on_progress: &mut dyn FnMut(&Progress),
+    ) -> Result<(ReverseModel<Network>, TrainSummary), TrainError> {
+        train(
+            &self.manifest,
+            self.data,
+            device,
+            &self.dir,
+            self.resume.as_ref(),
+            on_progress,
+        )
+    }
+}
