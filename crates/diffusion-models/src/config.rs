@@ -366,6 +366,15 @@ impl RunConfig {
     }
 
     fn first_problem(&self) -> Result<(), String> {
+        self.check_diffusion()?;
+        self.check_loss()?;
+        self.check_optimizer()?;
+        self.check_model()?;
+        self.check_data()
+    }
+
+    /// The process, its schedule and what the data need of it.
+    fn check_diffusion(&self) -> Result<(), String> {
         let diffusion = &self.diffusion;
         if diffusion.steps > MAX_STEPS {
             return Err(format!(
@@ -410,6 +419,12 @@ impl RunConfig {
                     .map_err(|e| format!("diffusion: {e}"))?;
             }
         }
+        Ok(())
+    }
+
+    /// The loss, how t is drawn, and the batch and logging sizes.
+    fn check_loss(&self) -> Result<(), String> {
+        let diffusion = &self.diffusion;
         let t = &self.train;
         if t.loss == LossKind::Mse
             && (diffusion.process != ProcessKind::Gaussian
@@ -441,6 +456,12 @@ impl RunConfig {
         if t.log_every == 0 {
             return Err("train.log_every must be at least 1".into());
         }
+        Ok(())
+    }
+
+    /// The optimizer, its learning-rate schedule and the batch limit.
+    fn check_optimizer(&self) -> Result<(), String> {
+        let t = &self.train;
         let o = &t.optimizer;
         if !(o.lr.is_finite() && o.lr > 0.0) {
             return Err(format!("train.optimizer.lr = {} must be > 0", o.lr));
@@ -481,6 +502,11 @@ impl RunConfig {
                 t.batch_size
             ));
         }
+        Ok(())
+    }
+
+    /// The network's shape.
+    fn check_model(&self) -> Result<(), String> {
         if self.model.hidden.is_empty() || self.model.hidden.contains(&0) {
             return Err("model.hidden must list at least one positive width".into());
         }
@@ -497,6 +523,11 @@ impl RunConfig {
                     .into(),
             );
         }
+        Ok(())
+    }
+
+    /// The data's parameters.
+    fn check_data(&self) -> Result<(), String> {
         match &self.data {
             DataConfig::SwissRoll { noise } if !(noise.is_finite() && *noise > 0.0) => {
                 Err(format!("data.noise = {noise} must be > 0"))

@@ -6,6 +6,7 @@ use diffusion_core::MeanStderr;
 use diffusion_data::{Heartbeat, SwissRoll};
 use serde::{Deserialize, Serialize};
 
+use crate::bound::Diffusion;
 use crate::config::DataConfig;
 use crate::network::{ReverseModel, ReverseNetwork};
 use crate::run::{RunDir, RunError, RunManifest};
@@ -97,7 +98,8 @@ pub fn heldout_points(
 
 /// Evaluates `model` on the run's held-out points: K from the full sum over t = 2..T (one draw of
 /// x_t per point and step, seeded by `seed`), L_null, and -H(data) for generator data. For
-/// heartbeat data it also draws `samples` sequences and reports the valid share and the phases.
+/// heartbeat data it also draws `samples` sequences and reports the valid share and the phases;
+/// for continuous data, the energy distance of as many samples (up to [`ENERGY_POINTS`]).
 pub fn evaluate<N: ReverseNetwork>(
     manifest: &RunManifest,
     run: &RunDir,
@@ -125,80 +127,107 @@ pub fn evaluate<N: ReverseNetwork>(
         .map(|row| bound.l_null_bits(row))
         .sum::<f64>()
         / k.n as f64;
-    let (mut valid_fraction, mut phase_fractions, mut sample_count) = (None, None, None);
-    let entropy = match &manifest.config.data {
-        DataConfig::SwissRoll { noise } => SwissRoll::new(*noise)
-            .ok()
-            .map(|r| r.entropy_bits(k.n.clamp(2_000, 20_000), seed)),
-        DataConfig::Heartbeat { length, period } => {
-            let beat = Heartbeat::new(*length, *period).ok();
-            if let Some(beat) = beat.filter(|_| samples > 0) {
-                let mut rng = diffusion_data::rng(seed, streams::SAMPLE);
-                let drawn =
-                    bound.sample(&model.network, samples, &mut rng, device, SAMPLE_CHUNK_ROWS);
-                let mut counts = vec![0usize; beat.period()];
-                for row in drawn.chunks_exact(d) {
-                    if let Some(p) = beat.phase_of(row) {
-                        counts[p] += 1;
-                    }
-                }
-                let valid: usize = counts.iter().sum();
-                valid_fraction = Some(valid as f64 / samples as f64);
-                phase_fractions = Some(
-                    counts
-                        .iter()
-                        .map(|&c| c as f64 / valid.max(1) as f64)
-                        .collect(),
-                );
-                sample_count = Some(samples);
-            }
-            beat.map(|b| (b.entropy_bits(), 0.0))
-        }
-        DataConfig::File { .. } => None,
-    };
-    let (mut energy, mut energy_floor) = (None, None);
-    if let (crate::bound::Diffusion::Gaussian(_), true) = (&bound, samples > 0) {
-        let m = samples.min(ENERGY_POINTS);
-        let mut rng = diffusion_data::rng(seed, streams::SAMPLE);
-        let drawn = bound.sample(&model.network, m, &mut rng, device, SAMPLE_CHUNK_ROWS);
-        match &manifest.config.data {
-            DataConfig::SwissRoll { noise } => {
-                if let Ok(roll) = SwissRoll::new(*noise) {
-                    let fresh = |stream| {
-                        roll.stream_with(diffusion_data::rng(seed, stream))
-                            .next_batch(m)
-                    };
-                    let (a, b) = (fresh(streams::METRIC_A), fresh(streams::METRIC_B));
-                    energy = Some(diffusion_core::energy_distance(&drawn, &a, d));
-                    energy_floor = Some(diffusion_core::energy_distance(&b, &a, d));
-                }
-            }
-            _ => {
-                let held = heldout_points(manifest, run, m)?;
-                let rows = held.len() / d;
-                energy = Some(diffusion_core::energy_distance(
-                    &drawn[..rows * d],
-                    &held,
-                    d,
-                ));
-            }
-        }
-        sample_count = Some(m);
-    }
-    Ok(Evaluation {
+    let mut eval = Evaluation {
         k_bits: k.mean,
         k_stderr_bits: k.stderr,
         l_null_bits: l_null,
         k_minus_l_null_bits: k.mean - l_null,
-        neg_data_entropy_bits: entropy.map(|(h, _)| -h),
-        neg_data_entropy_stderr_bits: entropy.map(|(_, se)| se),
-        gap_bits: entropy.map(|(h, _)| -h - k.mean),
+        neg_data_entropy_bits: None,
+        neg_data_entropy_stderr_bits: None,
+        gap_bits: None,
         n: k.n,
         steps_t: bound.steps(),
-        valid_fraction,
-        phase_fractions,
-        samples: sample_count,
-        energy_distance: energy,
-        energy_distance_floor: energy_floor,
-    })
+        valid_fraction: None,
+        phase_fractions: None,
+        samples: None,
+        energy_distance: None,
+        energy_distance_floor: None,
+    };
+    let draw = |m: usize| {
+        let mut rng = diffusion_data::rng(seed, streams::SAMPLE);
+        bound.sample(&model.network, m, &mut rng, device, SAMPLE_CHUNK_ROWS)
+    };
+    match &manifest.config.data {
+        DataConfig::SwissRoll { noise } => {
+            if let Ok(roll) = SwissRoll::new(*noise) {
+                eval.set_entropy(roll.entropy_bits(k.n.clamp(2_000, 20_000), seed));
+                if samples > 0 {
+                    eval.set_roll_energy(&roll, &draw, samples.min(ENERGY_POINTS), seed);
+                }
+            }
+        }
+        DataConfig::Heartbeat { length, period } => {
+            if let Ok(beat) = Heartbeat::new(*length, *period) {
+                eval.set_entropy((beat.entropy_bits(), 0.0));
+                if samples > 0 {
+                    eval.set_phases(&beat, &draw(samples));
+                }
+            }
+        }
+        DataConfig::File { .. } => {
+            if samples > 0 && matches!(bound, Diffusion::Gaussian(_)) {
+                let m = samples.min(ENERGY_POINTS);
+                let held = heldout_points(manifest, run, m)?;
+                let rows = held.len() / d;
+                let drawn = draw(m);
+                eval.energy_distance = Some(diffusion_core::energy_distance(
+                    &drawn[..rows * d],
+                    &held,
+                    d,
+                ));
+                eval.samples = Some(m);
+            }
+        }
+    }
+    Ok(eval)
+}
+
+impl Evaluation {
+    /// Records -H(data) (with its Monte-Carlo standard error) and the gap to it.
+    fn set_entropy(&mut self, (h, stderr): (f64, f64)) {
+        self.neg_data_entropy_bits = Some(-h);
+        self.neg_data_entropy_stderr_bits = Some(stderr);
+        self.gap_bits = Some(-h - self.k_bits);
+    }
+
+    /// The energy distance of `m` samples to fresh Swiss-roll points, and its floor: the same
+    /// figure between two fresh data sets.
+    fn set_roll_energy(
+        &mut self,
+        roll: &SwissRoll,
+        draw: &dyn Fn(usize) -> Vec<f32>,
+        m: usize,
+        seed: u64,
+    ) {
+        let drawn = draw(m);
+        let fresh = |stream| {
+            roll.stream_with(diffusion_data::rng(seed, stream))
+                .next_batch(m)
+        };
+        let (a, b) = (fresh(streams::METRIC_A), fresh(streams::METRIC_B));
+        self.energy_distance = Some(diffusion_core::energy_distance(&drawn, &a, 2));
+        self.energy_distance_floor = Some(diffusion_core::energy_distance(&b, &a, 2));
+        self.samples = Some(m);
+    }
+
+    /// The share of heartbeat samples that are valid sequences, and of each phase among them.
+    fn set_phases(&mut self, beat: &Heartbeat, drawn: &[f32]) {
+        let mut counts = vec![0usize; beat.period()];
+        let rows = drawn.chunks_exact(beat.length());
+        let samples = rows.len();
+        for row in rows {
+            if let Some(p) = beat.phase_of(row) {
+                counts[p] += 1;
+            }
+        }
+        let valid: usize = counts.iter().sum();
+        self.valid_fraction = Some(valid as f64 / samples as f64);
+        self.phase_fractions = Some(
+            counts
+                .iter()
+                .map(|&c| c as f64 / valid.max(1) as f64)
+                .collect(),
+        );
+        self.samples = Some(samples);
+    }
 }

@@ -24,6 +24,8 @@
 //! # Ok::<(), diffusion_plot::PlotError>(())
 //! ```
 
+#![warn(missing_docs)]
+
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
