@@ -11,7 +11,7 @@
 //!
 //! The data are plain numbers: nothing here knows about models or backends.
 //!
-//! ```no_run
+//! ```
 //! use diffusion_plot::{LineChart, Series, save};
 //!
 //! let chart = LineChart {
@@ -20,7 +20,11 @@
 //!     y_label: "-K (bits)".into(),
 //!     series: vec![Series { label: "run".into(), points: vec![(0.0, 3.0), (100.0, 2.5)] }],
 //! };
-//! let files = save(&chart, "runs/example/loss".as_ref())?;
+//! let folder = std::env::temp_dir().join(format!("diffusion-plot-doc-{}", std::process::id()));
+//! std::fs::create_dir_all(&folder).unwrap();
+//! let files = save(&chart, &folder.join("loss"))?; // loss.png and loss.svg
+//! assert!(files.iter().all(|f| f.is_file()));
+//! # std::fs::remove_dir_all(&folder).unwrap();
 //! # Ok::<(), diffusion_plot::PlotError>(())
 //! ```
 
