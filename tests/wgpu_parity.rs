@@ -4,8 +4,9 @@
 use burn::tensor::Device;
 use diffusion_core::{BetaSchedule, GaussianDiffusion, ReverseParametrization};
 use diffusion_models::process::{self, GaussianBound, Process};
-use diffusion_models::training::TrainingData;
-use diffusion_models::{Network, ReverseModel, RunConfig, RunDir, RunManifest, evaluate, train};
+use diffusion_models::{
+    Network, ReverseModel, RunConfig, RunDir, RunManifest, TrainingData, evaluate, train,
+};
 
 /// The largest relative difference between two vectors, with an absolute floor of 1e-3.
 fn max_rel_diff(a: &[f64], b: &[f64]) -> f64 {

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use diffusion_models::training::streams;
+use diffusion_models::data::streams;
 use diffusion_models::{RunDir, RunManifest, train};
 use serde_json::json;
 

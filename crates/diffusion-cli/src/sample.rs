@@ -1,7 +1,7 @@
 //! `diffusion sample`: draws from a trained run into a .csv or .npy file.
 
 use diffusion_data::io;
-use diffusion_models::training::streams;
+use diffusion_models::data::streams;
 
 use crate::args::SampleArgs;
 use crate::common::{check_count, load_run, write_rows};

@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::bound::Diffusion;
 use crate::config::DataConfig;
+use crate::data::{TrainingData, streams};
 use crate::network::{ReverseModel, ReverseNetwork};
 use crate::run::{RunDir, RunError, RunManifest};
-use crate::training::{TrainingData, streams};
 
 /// The most samples (and data points) the energy distance compares: O(n^2) pairs.
 pub const ENERGY_POINTS: usize = 4_000;

@@ -11,12 +11,12 @@ use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 
 use crate::bound::Diffusion;
+use crate::data::streams;
 use crate::evaluate::heldout_points;
 use crate::importance::StepSampler;
 use crate::network::{ReverseModel, ReverseNetwork};
 use crate::process::{Objective, Process, training_batch_at};
 use crate::run::{RunDir, RunError, RunManifest};
-use crate::training::streams;
 
 /// The spread of one estimator over the batches.
 #[derive(Debug, Clone, Serialize, Deserialize)]

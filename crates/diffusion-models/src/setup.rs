@@ -35,10 +35,12 @@ use diffusion_data::{Array2, Heartbeat, SwissRoll, io};
 use crate::bound::Diffusion;
 use crate::checkpoint::{self, Checkpoint};
 use crate::config::{DataConfig, ProcessKind, RunConfig};
+use crate::data::{TrainingData, streams};
 use crate::model::Network;
 use crate::network::ReverseModel;
 use crate::run::{RunDir, RunError, RunManifest};
-use crate::training::{Progress, TrainError, TrainSummary, TrainingData, streams, train};
+use crate::trainer::TrainError;
+use crate::training::{Progress, TrainSummary, train};
 
 /// The training rows of a run trained on a data file, kept in the run folder for `resume`.
 pub const TRAIN_ROWS: &str = "train.npy";

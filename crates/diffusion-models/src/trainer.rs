@@ -35,6 +35,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::Instant;
 
@@ -47,12 +48,44 @@ use burn::tensor::Device;
 use diffusion_data::Rng;
 
 use crate::checkpoint::Checkpoint;
+use crate::config::ConfigError;
 use crate::config::{OptimizerConfig, OptimizerKind, TSampling, TrainConfig};
+use crate::data::{TrainingData, streams};
 use crate::importance::StepSampler;
 use crate::network::{ReverseModel, ReverseNetwork};
 use crate::process::{Objective, Process, TrainingBatch, training_batch, training_batch_at};
 use crate::run::RunError;
-use crate::training::{TrainError, TrainingData, streams};
+
+/// Why training stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The loss or a parameter became NaN or infinite.
+    #[error("training diverged: {what} at step {step}; {}", kept_note(.kept))]
+    NonFinite {
+        /// What was not finite.
+        what: String,
+        /// The step (1-based).
+        step: usize,
+        /// The newest checkpoint, which survives: its step and folder.
+        kept: Option<(usize, PathBuf)>,
+    },
+    /// The run folder refused a write.
+    #[error(transparent)]
+    Run(#[from] RunError),
+    /// The configuration is inconsistent.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+fn kept_note(kept: &Option<(usize, PathBuf)>) -> String {
+    match kept {
+        Some((step, path)) => format!(
+            "the checkpoint of step {step} is kept in {}",
+            path.display()
+        ),
+        None => "no checkpoint had been written yet".to_string(),
+    }
+}
 
 /// One step's report to the observers.
 #[derive(Debug, Clone, Copy)]
