@@ -29,43 +29,36 @@ pub struct GaussianBound {
 /// Columns of [`GaussianTables`]: the parametrization's coefficients, then b~_t and ln b~_t.
 const COLUMNS: usize = COEFFICIENTS + 2;
 
-/// The per-step coefficients of a run on one device, one `[T + 1, 1]` column each: row t holds
-/// step t's value (rows 0 and 1, which no KL term uses, repeat step 2's).
+/// The per-step coefficients of a run on one device, one row per step: row t holds step t's
+/// values (rows 0 and 1, which no KL term uses, repeat step 2's), gathered for a batch with one
+/// `select`.
 #[derive(Debug, Clone)]
 pub struct GaussianTables {
-    /// The parametrization's coefficients, then b~_t and ln b~_t.
-    columns: [Tensor<2>; COLUMNS],
+    /// `[T + 1, COLUMNS]`: the parametrization's coefficients, then b~_t and ln b~_t.
+    table: Tensor<2>,
 }
 
 impl GaussianTables {
     /// The tables of `diffusion`, uploaded once.
     pub fn new(diffusion: &GaussianDiffusion, device: &Device) -> Self {
         let steps = diffusion.steps();
-        let mut columns: [Vec<f32>; COLUMNS] =
-            std::array::from_fn(|_| Vec::with_capacity(steps + 1));
+        let mut values = Vec::with_capacity((steps + 1) * COLUMNS);
         for t in 0..=steps {
             let t = t.clamp(2, steps);
             let (_, _, var) = diffusion.posterior_coefficients(t);
-            let coefficients = StepCoefficients::host_values(diffusion, t);
-            let values = coefficients
-                .iter()
-                .copied()
-                .chain([var as f32, var.ln() as f32]);
-            for (column, v) in columns.iter_mut().zip(values) {
-                column.push(v);
-            }
+            values.extend_from_slice(&StepCoefficients::host_values(diffusion, t));
+            values.extend_from_slice(&[var as f32, var.ln() as f32]);
         }
         Self {
-            columns: columns.map(|c| tensor2(c, steps + 1, 1, device)),
+            table: tensor2(values, steps + 1, COLUMNS, device),
         }
     }
 
-    /// Coefficients and posterior variance (and its log), each column gathered by `pick`.
-    fn gather(
-        &self,
-        pick: impl Fn(Tensor<2>) -> Tensor<2>,
-    ) -> (StepCoefficients, Tensor<2>, Tensor<2>) {
-        let [a, b, c, e, v, lb, var, log_var] = self.columns.clone().map(pick);
+    /// The coefficients, posterior variance and its log of gathered rows (`[n, COLUMNS]`).
+    fn columns(rows: Tensor<2>) -> (StepCoefficients, Tensor<2>, Tensor<2>) {
+        let n = rows.dims()[0];
+        let [a, b, c, e, v, lb, var, log_var] =
+            std::array::from_fn(|i| rows.clone().slice([0..n, i..i + 1]));
         (
             StepCoefficients {
                 sqrt_alpha: a,
@@ -82,7 +75,7 @@ impl GaussianTables {
 
     /// Step t's coefficients as `[1, 1]` tensors, broadcast over the rows.
     pub fn at(&self, t: usize) -> StepCoefficients {
-        self.gather(|c| c.narrow(0, t, 1)).0
+        Self::columns(self.table.clone().narrow(0, t, 1)).0
     }
 }
 
@@ -124,7 +117,7 @@ impl GaussianRows {
         let n = self.ts.len();
         let t = steps_tensor(&self.ts, device);
         let (coefficients, posterior_variance, posterior_log_variance) =
-            tables.gather(|c| c.select(0, t.clone()));
+            GaussianTables::columns(tables.table.clone().select(0, t.clone()));
         GaussianBatch {
             x_t: tensor2(self.x_t, n, self.d, device),
             t,
