@@ -37,6 +37,17 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
+/// What a plotters backend refused while a picture was drawn.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DrawError(pub String);
+
+impl From<&str> for DrawError {
+    fn from(message: &str) -> Self {
+        Self(message.into())
+    }
+}
+
 /// Why a picture was not written.
 #[derive(Debug, thiserror::Error)]
 pub enum PlotError {
@@ -70,7 +81,7 @@ pub trait Picture {
     /// Width and height in pixels.
     fn size(&self) -> (u32, u32);
     /// Draws the picture on `root`.
-    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String>;
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), DrawError>;
 }
 
 /// Writes `picture` to `stem.png` and `stem.svg`, returning both paths.
@@ -85,19 +96,19 @@ pub fn save(picture: &impl Picture, stem: &Path) -> Result<Vec<PathBuf>, PlotErr
     };
     {
         let root = BitMapBackend::new(&png, size).into_drawing_area();
-        picture.draw(&root).map_err(|m| fail(&png, m))?;
+        picture.draw(&root).map_err(|e| fail(&png, e.0))?;
         root.present().map_err(|e| fail(&png, e.to_string()))?;
     }
     {
         let root = SVGBackend::new(&svg, size).into_drawing_area();
-        picture.draw(&root).map_err(|m| fail(&svg, m))?;
+        picture.draw(&root).map_err(|e| fail(&svg, e.0))?;
         root.present().map_err(|e| fail(&svg, e.to_string()))?;
     }
     Ok(vec![png, svg])
 }
 
-fn err<E: std::fmt::Display>(e: E) -> String {
-    e.to_string()
+fn err<E: std::fmt::Display>(e: E) -> DrawError {
+    DrawError(e.to_string())
 }
 
 /// 2-D points inside the square of half-width `r` as small dots of the first colour, `alpha`
@@ -110,7 +121,7 @@ fn draw_points<DB: DrawingBackend>(
     points: &[[f32; 2]],
     r: f32,
     alpha: f64,
-) -> Result<(), String> {
+) -> Result<(), DrawError> {
     chart
         .draw_series(
             points
@@ -161,7 +172,7 @@ const LABEL_W: u32 = 90;
 fn split_title<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     title: &str,
-) -> Result<DrawingArea<DB, Shift>, String> {
+) -> Result<DrawingArea<DB, Shift>, DrawError> {
     root.fill(&WHITE).map_err(err)?;
     let (top, rest) = root.split_vertically(TITLE_H);
     top.titled(title, (FAMILY, 22)).map_err(err)?;
@@ -177,7 +188,7 @@ impl Picture for ScatterGrid {
         )
     }
 
-    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), DrawError> {
         let body = split_title(root, &self.title)?;
         let rows = body.split_evenly((self.rows.len().max(1), 1));
         let r = self.range;
@@ -269,7 +280,7 @@ impl Picture for ArrowPanels {
         )
     }
 
-    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), DrawError> {
         let body = split_title(root, &self.title)?;
         let r = self.range;
         for (panel, cell) in self
@@ -351,7 +362,7 @@ impl Picture for LineChart {
         (900, 560)
     }
 
-    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), DrawError> {
         root.fill(&WHITE).map_err(err)?;
         let all = || self.series.iter().flat_map(|s| s.points.iter());
         let (x0, x1) = bounds(all().map(|p| p.0)).ok_or("no finite points to draw")?;
@@ -456,7 +467,7 @@ impl Picture for RasterPanels {
         )
     }
 
-    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), DrawError> {
         let body = split_title(root, &self.title)?;
         for (panel, cell) in self
             .panels
