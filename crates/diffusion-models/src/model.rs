@@ -358,27 +358,14 @@ pub enum TimeInput {
     Sinusoidal(SinusoidalTime),
 }
 
-impl TimeInput {
-    /// Layer `layer`'s term, `[n, h_l]` (or `[1, h_l]` for one step); `features` are the
-    /// sinusoidal features, when this input uses them.
-    fn term(&self, layer: usize, steps: Steps, features: Option<&Tensor<2>>) -> Tensor<2> {
-        match (self, features) {
-            (Self::Sinusoidal(s), Some(f)) => s.projections[layer].forward(f.clone()),
-            (Self::Sinusoidal(s), None) => {
-                let device = s.projections[layer].weight.val().device();
-                s.projections[layer].forward(s.features(steps, &device))
-            }
-            (Self::Embedding(embeddings), _) => {
-                let e = &embeddings[layer];
-                match steps {
-                    Steps::PerRow(_) => {
-                        let device = e.weight.val().device();
-                        e.forward(steps.column(&device)).squeeze_dim(1)
-                    }
-                    Steps::All(t) => e.weight.val().narrow(0, t, 1),
-                }
-            }
+/// Step t's learned vector of one layer, `[n, h]` (or `[1, h]` for one step).
+fn embedding_term(embedding: &Embedding, steps: Steps) -> Tensor<2> {
+    match steps {
+        Steps::PerRow(_) => {
+            let device = embedding.weight.val().device();
+            embedding.forward(steps.column(&device)).squeeze_dim(1)
         }
+        Steps::All(t) => embedding.weight.val().narrow(0, t, 1),
     }
 }
 
@@ -394,18 +381,25 @@ pub struct Mlp {
 
 impl Mlp {
     fn forward_steps(&self, x_t: Tensor<2>, steps: Steps) -> Tensor<2> {
-        let features = match &self.time {
-            TimeInput::Sinusoidal(s) => Some(s.features(steps, &x_t.device())),
-            TimeInput::Embedding(_) => None,
-        };
+        match &self.time {
+            TimeInput::Embedding(embeddings) => {
+                self.layers_then_readout(x_t, |i| embedding_term(&embeddings[i], steps))
+            }
+            TimeInput::Sinusoidal(s) => {
+                let features = s.features(steps, &x_t.device());
+                self.layers_then_readout(x_t, |i| s.projections[i].forward(features.clone()))
+            }
+        }
+    }
+
+    /// The hidden layers, layer i's pre-activation plus `time(i)`, then the readout. Each
+    /// layer's weights are used before its time input: Burn initialises a parameter when it is
+    /// first used, so this order is what a seed fixes.
+    fn layers_then_readout(&self, x_t: Tensor<2>, time: impl Fn(usize) -> Tensor<2>) -> Tensor<2> {
         let mut h = x_t;
-        // Each layer's weights, then its time input: Burn initialises a parameter when it is
-        // first used, so this order is what a seed fixes.
         for (i, layer) in self.layers.iter().enumerate() {
             let pre = layer.forward(h);
-            h = self
-                .activation
-                .apply(pre + self.time.term(i, steps, features.as_ref()));
+            h = self.activation.apply(pre + time(i));
         }
         self.readout.forward(h)
     }
