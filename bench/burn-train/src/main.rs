@@ -4,13 +4,12 @@
 
 use std::time::Instant;
 
-use burn::data::dataloader::DataLoaderBuilder;
 use burn::optim::AdamConfig;
 use burn::optim::lr_scheduler::constant::ConstantLr;
 use burn::tensor::Device;
 use burn::train::metric::LossMetric;
 use burn::train::{Learner, SupervisedTraining};
-use diffusion_models::learner::{BoundBatcher, LearnerModule, rows_dataset};
+use diffusion_models::learner::{LearnerModule, rows_loader};
 use diffusion_models::{Diffusion, RunConfig, RunDir, RunManifest, TrainingData};
 
 const CONFIG: &str = include_str!("../../../configs/swiss_roll_presentation.toml");
@@ -53,13 +52,8 @@ fn main() {
     // burn-train's Learner: the same model, loss, optimizer and batch.
     let points = roll.stream(0).next_batch(steps * batch);
     let loader = |points: &[f32], stream, device: &Device| {
-        DataLoaderBuilder::new(BoundBatcher::new(
-            bound.clone(),
-            diffusion_data::rng(0, stream),
-        ))
-        .batch_size(batch)
-        .set_device(device.clone())
-        .build(rows_dataset(points, 2))
+        let rng = diffusion_data::rng(0, stream);
+        rows_loader(bound.clone(), points, 2, batch, rng, device)
     };
     let learner_run = |round: usize| {
         let ad = device.clone().autodiff();

@@ -3,14 +3,13 @@
 //! Usage: `cargo run --release -p diffusion-models --features burn-train --example learner --
 //! [batches]` (default 2,000 batches of 256).
 
-use burn::data::dataloader::DataLoaderBuilder;
 use burn::optim::AdamConfig;
 use burn::optim::lr_scheduler::constant::ConstantLr;
 use burn::tensor::Device;
 use burn::train::metric::LossMetric;
 use burn::train::{Learner, SupervisedTraining};
 use diffusion_core::{BetaSchedule, GaussianDiffusion, MeanStderr, ReverseParametrization};
-use diffusion_models::learner::{BoundBatcher, LearnerModule, rows_dataset};
+use diffusion_models::learner::{LearnerModule, rows_loader};
 use diffusion_models::{GaussianBound, ModelConfig, ReverseModel, process};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -32,13 +31,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let points = roll.stream(0).next_batch(batches * batch);
     let held = roll.stream(1).next_batch(2000);
     let loader = |points: &[f32], stream, device: &Device| {
-        DataLoaderBuilder::new(BoundBatcher::new(
-            process.clone(),
-            diffusion_data::rng(0, stream),
-        ))
-        .batch_size(batch)
-        .set_device(device.clone())
-        .build(rows_dataset(points, 2))
+        let rng = diffusion_data::rng(0, stream);
+        rows_loader(process.clone(), points, 2, batch, rng, device)
     };
     let folder = tempfile::tempdir()?;
     let result = SupervisedTraining::new(

@@ -6,16 +6,18 @@
 //!   [`crate::Trainer`]), as a `RegressionOutput` whose loss burn-train's `LossMetric` reads.
 //! - [`BoundBatcher`] turns a batch of data rows into a [`TrainingBatch`]: t ~ U{2..T} and
 //!   x_t ~ q(x_t | x_0) for each row, from its own seeded stream.
-//! - [`rows_dataset`] makes burn-train's in-memory dataset of data rows.
+//! - [`rows_dataset`] makes burn-train's in-memory dataset of data rows, and [`rows_loader`] its
+//!   data loader.
 //!
 //! What [`crate::Trainer`] gives that the Learner does not: data drawn fresh from a generator
 //! every step (the Learner iterates over a fixed dataset in epochs), importance-sampled t, the
 //! `learned` schedule, and a resume that ends bit for bit where an uninterrupted run would.
 
 use std::fmt::Debug;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use burn::data::dataloader::batcher::Batcher;
+use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
 use burn::data::dataset::InMemDataset;
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
@@ -114,4 +116,24 @@ impl<P: Process> Batcher<Vec<f32>, TrainingBatch<P::Rows>> for BoundBatcher<P> {
 /// burn-train's in-memory dataset of the rows of `points` (row-major, `d` values a row).
 pub fn rows_dataset(points: &[f32], d: usize) -> InMemDataset<Vec<f32>> {
     InMemDataset::new(points.chunks_exact(d).map(<[f32]>::to_vec).collect())
+}
+
+/// burn-train's data loader over the rows of `points` (`d` values a row): batches of
+/// `batch_size` rows, their t and x_t drawn from `rng` ([`BoundBatcher`]), for `device`.
+pub fn rows_loader<P>(
+    process: P,
+    points: &[f32],
+    d: usize,
+    batch_size: usize,
+    rng: Rng,
+    device: &Device,
+) -> Arc<dyn DataLoader<TrainingBatch<P::Rows>>>
+where
+    P: Process + 'static,
+    P::Rows: Clone + Debug + 'static,
+{
+    DataLoaderBuilder::new(BoundBatcher::new(process, rng))
+        .batch_size(batch_size)
+        .set_device(device.clone())
+        .build(rows_dataset(points, d))
 }

@@ -1,7 +1,6 @@
 //! burn-train's Learner trains our model: the full-sum bound improves, and the Learner's own
 //! inference step (minus the Monte-Carlo K) agrees with the library's evaluation of the result.
 
-use burn::data::dataloader::DataLoaderBuilder;
 use burn::data::dataloader::batcher::Batcher;
 use burn::optim::AdamConfig;
 use burn::optim::lr_scheduler::constant::ConstantLr;
@@ -12,7 +11,7 @@ use burn::train::{
     TrainingStrategy,
 };
 use diffusion_core::{BetaSchedule, GaussianDiffusion, MeanStderr, ReverseParametrization};
-use diffusion_models::learner::{BoundBatcher, LearnerModule, rows_dataset};
+use diffusion_models::learner::{BoundBatcher, LearnerModule, rows_loader};
 use diffusion_models::{GaussianBound, ModelConfig, Network, ReverseModel, process};
 
 #[test]
@@ -59,13 +58,8 @@ fn check_learner(devices: Option<Vec<Device>>, batches: usize) {
     let before = k_of(&config.init(2, 4, steps, &device));
 
     let loader = |points: &[f32], stream, device: &Device| {
-        DataLoaderBuilder::new(BoundBatcher::new(
-            process.clone(),
-            diffusion_data::rng(0, stream),
-        ))
-        .batch_size(batch)
-        .set_device(device.clone())
-        .build(rows_dataset(points, 2))
+        let rng = diffusion_data::rng(0, stream);
+        rows_loader(process.clone(), points, 2, batch, rng, device)
     };
     let folder = tempfile::tempdir().unwrap();
     let training = SupervisedTraining::new(
