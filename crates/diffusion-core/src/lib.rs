@@ -30,6 +30,7 @@
 #![warn(missing_docs)]
 
 pub mod binomial;
+pub mod condition;
 pub mod gaussian;
 pub mod parametrization;
 pub mod schedule;

@@ -28,7 +28,7 @@ pub mod swiss_roll;
 pub use heartbeat::{Heartbeat, HeartbeatStream};
 pub use io::{Array2, DataError};
 pub use split::split;
-pub use swiss_roll::{SwissRoll, SwissRollStream};
+pub use swiss_roll::{RollPosterior, SwissRoll, SwissRollStream};
 
 /// A seeded random generator, the same on every platform (ChaCha8).
 pub type Rng = rand_chacha::ChaCha8Rng;

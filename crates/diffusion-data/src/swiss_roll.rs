@@ -92,15 +92,7 @@ impl SwissRoll {
     /// rule over s: p(x) = E_s N(x; (c(s) - m)/k, (noise/k)^2 I).
     pub fn log_density(&self, points: &[f64]) -> Vec<f64> {
         let q = self.quadrature_nodes();
-        let centres: Vec<[f64; 2]> = (0..q)
-            .map(|i| {
-                let s = S_LO + (S_HI - S_LO) * (i as f64 + 0.5) / q as f64;
-                [
-                    (s * s.cos() - self.mean[0]) / self.scale,
-                    (s * s.sin() - self.mean[1]) / self.scale,
-                ]
-            })
-            .collect();
+        let centres = self.centres();
         let sigma = self.noise / self.scale;
         let inv2v = 1.0 / (2.0 * sigma * sigma);
         let log_norm = -(2.0 * PI * sigma * sigma).ln() - (q as f64).ln();
@@ -130,6 +122,164 @@ impl SwissRoll {
         let mean = lp.iter().sum::<f64>() / n;
         let var = lp.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
         (mean, (var / n).sqrt())
+    }
+}
+
+impl SwissRoll {
+    /// The quadrature nodes over s as normalised spiral centres (c(s) − m) / k.
+    fn centres(&self) -> Vec<[f64; 2]> {
+        let q = self.quadrature_nodes();
+        (0..q)
+            .map(|i| {
+                let s = S_LO + (S_HI - S_LO) * (i as f64 + 0.5) / q as f64;
+                [
+                    (s * s.cos() - self.mean[0]) / self.scale,
+                    (s * s.sin() - self.mean[1]) / self.scale,
+                ]
+            })
+            .collect()
+    }
+
+    /// The exact posterior p(x | observations) ∝ p_data(x) Π_i r_i(x_i) of a normalised point
+    /// given, per coordinate, nothing (`None`), a known value (`Some((v, 0.0))`: the conditional
+    /// of the other coordinate, inpainting) or a noisy observation `Some((y, s))` with
+    /// r_i = N(y, s²) (denoising). Computed by the same quadrature over s as the log-density:
+    /// a mixture over the nodes of products of Gaussians.
+    pub fn posterior(
+        &self,
+        observations: [Option<(f64, f64)>; 2],
+    ) -> Result<RollPosterior, DataError> {
+        for (i, o) in observations.iter().enumerate() {
+            if let Some((y, s)) = *o
+                && !(y.is_finite() && s.is_finite() && s >= 0.0)
+            {
+                return Err(DataError::Invalid(format!(
+                    "observation ({y}, noise {s}) of coordinate {i}: both must be finite, noise >= 0"
+                )));
+            }
+        }
+        let sigma2 = (self.noise / self.scale).powi(2);
+        let centres = self.centres();
+        // log weight of a node: Π_i N(y_i; c_i, sigma² + s_i²) over the observed coordinates
+        let log_w: Vec<f64> = centres
+            .iter()
+            .map(|c| {
+                (0..2)
+                    .filter_map(|i| {
+                        observations[i].map(|(y, s)| log_normal(y, c[i], sigma2 + s * s))
+                    })
+                    .sum()
+            })
+            .collect();
+        let top = log_w.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let w: Vec<f64> = log_w.iter().map(|l| (l - top).exp()).collect();
+        let total: f64 = w.iter().sum();
+        if !(total.is_finite() && total > 0.0) {
+            return Err(DataError::Invalid(
+                "the observation has no weight under the Swiss roll".into(),
+            ));
+        }
+        let mut cdf = Vec::with_capacity(w.len());
+        let mut acc = 0.0;
+        for v in &w {
+            acc += v / total;
+            cdf.push(acc);
+        }
+        // given the node, each coordinate is Gaussian: its mean and variance
+        let kernels: Vec<[(f64, f64); 2]> = centres
+            .iter()
+            .map(|c| {
+                [0, 1].map(|i| match observations[i] {
+                    None => (c[i], sigma2),
+                    Some((y, s)) if s == 0.0 => (y, 0.0),
+                    Some((y, s)) => {
+                        let s2 = s * s;
+                        (
+                            (c[i] * s2 + y * sigma2) / (sigma2 + s2),
+                            sigma2 * s2 / (sigma2 + s2),
+                        )
+                    }
+                })
+            })
+            .collect();
+        Ok(RollPosterior {
+            observations,
+            weights: w.into_iter().map(|v| v / total).collect(),
+            cdf,
+            kernels,
+        })
+    }
+}
+
+fn log_normal(x: f64, mean: f64, var: f64) -> f64 {
+    -0.5 * ((x - mean).powi(2) / var + (2.0 * PI * var).ln())
+}
+
+/// The exact posterior of a Swiss-roll point given observations of its coordinates
+/// ([`SwissRoll::posterior`]).
+#[derive(Debug, Clone)]
+pub struct RollPosterior {
+    observations: [Option<(f64, f64)>; 2],
+    weights: Vec<f64>,
+    cdf: Vec<f64>,
+    kernels: Vec<[(f64, f64); 2]>,
+}
+
+impl RollPosterior {
+    /// The coordinates that are not known exactly (the ones the density is over).
+    pub fn free(&self) -> Vec<usize> {
+        (0..2)
+            .filter(|&i| !matches!(self.observations[i], Some((_, s)) if s == 0.0))
+            .collect()
+    }
+
+    /// `n` exact draws, row-major `[n, 2]` (known coordinates at their values).
+    pub fn sample(&self, n: usize, rng: &mut Rng) -> Vec<f64> {
+        let mut out = Vec::with_capacity(2 * n);
+        for _ in 0..n {
+            let u: f64 = rng.random();
+            let node = self.cdf.partition_point(|&c| c < u).min(self.cdf.len() - 1);
+            for (m, v) in self.kernels[node] {
+                let z: f64 = rng.sample(StandardNormal);
+                out.push(m + v.sqrt() * z);
+            }
+        }
+        out
+    }
+
+    /// The posterior mean.
+    pub fn mean(&self) -> [f64; 2] {
+        let mut m = [0.0; 2];
+        for (w, k) in self.weights.iter().zip(&self.kernels) {
+            m[0] += w * k[0].0;
+            m[1] += w * k[1].0;
+        }
+        m
+    }
+
+    /// The log-density (nats) of the free coordinates ([`RollPosterior::free`]) at points
+    /// (row-major pairs; the known coordinates' entries are ignored).
+    pub fn log_density(&self, points: &[f64]) -> Vec<f64> {
+        let free = self.free();
+        points
+            .chunks_exact(2)
+            .map(|p| {
+                let terms: Vec<f64> = self
+                    .weights
+                    .iter()
+                    .zip(&self.kernels)
+                    .map(|(w, k)| {
+                        w.ln()
+                            + free
+                                .iter()
+                                .map(|&i| log_normal(p[i], k[i].0, k[i].1))
+                                .sum::<f64>()
+                    })
+                    .collect();
+                let top = terms.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                top + terms.iter().map(|t| (t - top).exp()).sum::<f64>().ln()
+            })
+            .collect()
     }
 }
 
@@ -239,6 +389,98 @@ mod tests {
         }
         let total: f64 = r.log_density(&pts).iter().map(|l| l.exp() * h * h).sum();
         assert!((total - 1.0).abs() < 2e-3, "{total}");
+    }
+
+    #[test]
+    fn inpainting_conditional_is_the_joint_over_the_marginal() {
+        // p(y | x) from the posterior against p_data(x, y) / ∫ p_data(x, y') dy', both by the
+        // roll's own log-density: integrates to 1, and agrees pointwise.
+        let r = SwissRoll::new(0.5).unwrap();
+        for x in [-1.2, 0.1, 0.9] {
+            let post = r.posterior([Some((x, 0.0)), None]).unwrap();
+            assert_eq!(post.free(), [1]);
+            let (n, lo, hi) = (1200usize, -4.0, 4.0);
+            let h = (hi - lo) / n as f64;
+            let pts: Vec<f64> = (0..n)
+                .flat_map(|j| [x, lo + h * (j as f64 + 0.5)])
+                .collect();
+            let cond: Vec<f64> = post.log_density(&pts).iter().map(|l| l.exp()).collect();
+            let joint: Vec<f64> = r.log_density(&pts).iter().map(|l| l.exp()).collect();
+            let marginal: f64 = joint.iter().sum::<f64>() * h;
+            let total: f64 = cond.iter().sum::<f64>() * h;
+            assert!((total - 1.0).abs() < 1e-6, "x = {x}: {total}");
+            for j in (0..n).step_by(37) {
+                let want = joint[j] / marginal;
+                assert!(
+                    (cond[j] - want).abs() < 1e-6 * (1.0 + want),
+                    "x = {x}, j = {j}"
+                );
+            }
+            // exact draws hold x and have the density's mean in y
+            let draws = post.sample(20_000, &mut crate::rng(9, 0));
+            assert!(draws.chunks(2).all(|p| p[0] == x));
+            let mean_y = draws.chunks(2).map(|p| p[1]).sum::<f64>() / 20_000.0;
+            let want: f64 = pts.chunks(2).zip(&cond).map(|(p, c)| p[1] * c * h).sum();
+            let sd: f64 = (pts
+                .chunks(2)
+                .zip(&cond)
+                .map(|(p, c)| (p[1] - want).powi(2) * c * h))
+            .sum::<f64>()
+            .sqrt();
+            assert!(
+                (mean_y - want).abs() < 4.0 * sd / (20_000f64).sqrt(),
+                "{mean_y} {want}"
+            );
+            assert!((post.mean()[1] - want).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn denoising_posterior_integrates_to_one() {
+        // p(x | y) ∝ p_data(x) N(y; x, s² I): the grid integral of the posterior density is 1,
+        // and its ratio to p_data(x) N(y; x, s²) is the same constant everywhere.
+        let r = SwissRoll::new(0.5).unwrap();
+        let (y, s) = ([0.4, -0.8], 0.3);
+        let post = r.posterior([Some((y[0], s)), Some((y[1], s))]).unwrap();
+        let (n, lo, hi) = (200usize, -2.0, 1.5);
+        let h = (hi - lo) / n as f64;
+        let mut pts = Vec::with_capacity(2 * n * n);
+        for i in 0..n {
+            for j in 0..n {
+                pts.push(lo + h * (i as f64 + 0.5));
+                pts.push(lo + h * (j as f64 + 0.5));
+            }
+        }
+        let lp = post.log_density(&pts);
+        let total: f64 = lp.iter().map(|l| l.exp() * h * h).sum();
+        assert!((total - 1.0).abs() < 2e-3, "{total}");
+        let data = r.log_density(&pts);
+        let ratio = |k: usize| {
+            let p = &pts[2 * k..2 * k + 2];
+            lp[k] - data[k] - log_normal(y[0], p[0], s * s) - log_normal(y[1], p[1], s * s)
+        };
+        let r0 = ratio(n * n / 2 + n / 2);
+        for k in (0..n * n).step_by(997) {
+            assert!((ratio(k) - r0).abs() < 1e-6, "{k}: {} vs {r0}", ratio(k));
+        }
+        // the draws' mean is the posterior mean
+        let draws = post.sample(20_000, &mut crate::rng(2, 0));
+        let m = post.mean();
+        for i in 0..2 {
+            let mean = draws.iter().skip(i).step_by(2).sum::<f64>() / 20_000.0;
+            assert!(
+                (mean - m[i]).abs() < 0.01,
+                "coordinate {i}: {mean} vs {}",
+                m[i]
+            );
+        }
+    }
+
+    #[test]
+    fn bad_observations_are_refused() {
+        let r = SwissRoll::new(0.5).unwrap();
+        assert!(r.posterior([Some((f64::NAN, 0.0)), None]).is_err());
+        assert!(r.posterior([Some((0.0, -1.0)), None]).is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use burn::tensor::Device;
 use diffusion_data::Rng;
 
+use crate::condition::{ConditionError, Conditioning, Variable};
 use crate::network::ReverseNetwork;
 use crate::process::{self, BinomialBound, GaussianBound, Process};
 
@@ -87,6 +88,41 @@ impl Diffusion {
         chunk_rows: usize,
     ) -> Vec<f32> {
         each!(self, p => process::sample(p, network, n, rng, device, chunk_rows))
+    }
+
+    /// [`Diffusion::trajectory`] multiplied by a condition at every step
+    /// ([`Process::trajectory_given`]).
+    pub fn trajectory_given<N: ReverseNetwork>(
+        &self,
+        network: &N,
+        n: usize,
+        keep: &[usize],
+        given: &Conditioning,
+        rng: &mut Rng,
+        device: &Device,
+    ) -> Result<Vec<(usize, Vec<f32>)>, ConditionError> {
+        each!(self, p => {
+            given.check(p.dim(), p.variable(), n)?;
+            Ok(p.trajectory_given(network, n, keep, Some(given), rng, device))
+        })
+    }
+
+    /// Draws `n` samples of the model multiplied by a condition ([`process::sample_given`]).
+    pub fn sample_given<N: ReverseNetwork>(
+        &self,
+        network: &N,
+        n: usize,
+        given: &Conditioning,
+        rng: &mut Rng,
+        device: &Device,
+        chunk_rows: usize,
+    ) -> Result<Vec<f32>, ConditionError> {
+        each!(self, p => process::sample_given(p, network, n, given, rng, device, chunk_rows))
+    }
+
+    /// The kind of values the process diffuses.
+    pub fn variable(&self) -> Variable {
+        each!(self, p => p.variable())
     }
 
     /// Draws x_t ~ q(x_t | x_0) for every row of `x0` at step `t` (t = 0 returns `x0`).

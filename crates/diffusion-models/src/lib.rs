@@ -45,6 +45,8 @@
 
 pub mod bound;
 pub mod checkpoint;
+pub mod condition;
+pub mod conditional;
 pub mod config;
 pub mod data;
 pub mod evaluate;
@@ -63,6 +65,7 @@ pub mod training;
 
 pub use bound::Diffusion;
 pub use checkpoint::Checkpoint;
+pub use condition::{Condition, ConditionMode, Conditioning, Factor};
 pub use config::{ConfigError, DataConfig, RunConfig};
 pub use data::TrainingData;
 pub use evaluate::{Evaluation, evaluate};

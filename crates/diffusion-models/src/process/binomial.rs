@@ -12,6 +12,7 @@ use diffusion_data::Rng;
 use rand::Rng as _;
 
 use super::{Objective, Process, StepLoss, TrainingBatch, host, steps_tensor, tensor2};
+use crate::condition::{ConditionMode, Conditioning, Variable};
 use crate::network::{ReverseModel, ReverseNetwork};
 
 /// A binomial diffusion with its reverse parametrization.
@@ -101,6 +102,10 @@ impl Process for BinomialBound {
         self.diffusion.dim()
     }
 
+    fn variable(&self) -> Variable {
+        Variable::Binary
+    }
+
     fn output_dim(&self) -> usize {
         self.diffusion.dim()
     }
@@ -181,32 +186,54 @@ impl Process for BinomialBound {
 
     /// x_T ~ Bernoulli(pi), the network's kernel for t = T..2, then the fixed edge step
     /// p(x_0 = 1 | x_1) = x_1 (1 - b_1) + pi b_1.
-    fn trajectory<N: ReverseNetwork>(
+    fn trajectory_given<N: ReverseNetwork>(
         &self,
         network: &N,
         n: usize,
         keep: &[usize],
+        given: Option<&Conditioning>,
         rng: &mut Rng,
         device: &Device,
     ) -> Vec<(usize, Vec<f32>)> {
         let d = self.diffusion.dim();
         let pi = self.diffusion.pi();
+        let steps = self.steps();
         let uniform =
             |rng: &mut Rng| -> Vec<f32> { (0..n * d).map(|_| rng.random::<f32>()).collect() };
+        // the factor r_k of the step that draws x_k
+        let factor = |k: usize, rng: &mut Rng| {
+            given.map(|c| c.binary_step(n, self.diffusion.alpha_bar(k), pi, rng))
+        };
+        // a draw of bits with probabilities p of a 1 on the host, times r_k
+        let draw_host = |p: &dyn Fn(usize) -> f64, k: usize, rng: &mut Rng| -> Vec<f32> {
+            let f = factor(k, rng);
+            let u = uniform(rng);
+            match f {
+                None => (0..n * d)
+                    .map(|j| if (u[j] as f64) < p(j) { 1.0 } else { 0.0 })
+                    .collect(),
+                Some(f) => {
+                    let p: Vec<f64> = (0..n * d).map(p).collect();
+                    let u: Vec<f64> = u.iter().map(|&v| v as f64).collect();
+                    f.binary_draw_host(&p, &u)
+                }
+            }
+        };
         let mut out = Vec::new();
         let mut snapshot = |t: usize, x: &[f32]| {
             if keep.contains(&t) {
                 out.push((t, x.to_vec()));
             }
         };
-        let x0: Vec<f32> = uniform(rng)
-            .into_iter()
-            .map(|u| if (u as f64) < pi { 1.0 } else { 0.0 })
-            .collect();
-        snapshot(self.steps(), &x0);
-        // the chain stays on the device; only the uniforms go up each step
-        let mut x = tensor2(x0, n, d, device);
-        for t in (2..=self.steps()).rev() {
+        // x_T ~ Bernoulli(pi), times r_T
+        let x_top = draw_host(&|_| pi, steps, rng);
+        snapshot(steps, &x_top);
+        // the chain stays on the device; only the uniforms (and factors) go up each step
+        let mut x = tensor2(x_top, n, d, device);
+        let constant = given
+            .filter(|c| c.mode() == ConditionMode::Constant)
+            .map(|c| c.binary_step(n, 1.0, pi, rng).upload(n, d, device));
+        for t in (2..=steps).rev() {
             // logit(x (1 - b_t) + pi b_t) for x in {0, 1}, selected exactly per bit
             let kernel = || {
                 let [k0, k1] =
@@ -214,22 +241,27 @@ impl Process for BinomialBound {
                 x.clone() * k1 + (x.clone().neg() + 1.0) * k0
             };
             let logits = self.logits(network.forward_at(x.clone(), t), kernel);
+            let f = match &constant {
+                Some(f) => Some(f.clone()),
+                None => factor(t - 1, rng).map(|f| f.upload(n, d, device)),
+            };
+            let logits = match &f {
+                Some(f) => f.binary_logits(logits),
+                None => logits,
+            };
             let u = tensor2(uniform(rng), n, d, device);
             x = u.lower(burn::tensor::activation::sigmoid(logits)).float();
+            if let Some(f) = &f {
+                x = f.put_known(x);
+            }
             if keep.contains(&(t - 1)) {
                 snapshot(t - 1, &host(x.clone()));
             }
         }
-        let mut x = host(x);
-        for v in x.iter_mut() {
-            let p = self.diffusion.forward_kernel(1, *v as f64);
-            *v = if (rng.random::<f32>() as f64) < p {
-                1.0
-            } else {
-                0.0
-            };
-        }
-        snapshot(0, &x);
+        // the fixed edge step q(x_0 | x_1), times r_0
+        let x1 = host(x);
+        let x0 = draw_host(&|j| self.diffusion.forward_kernel(1, x1[j] as f64), 0, rng);
+        snapshot(0, &x0);
         out
     }
 

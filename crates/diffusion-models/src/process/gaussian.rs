@@ -14,6 +14,7 @@ use rand::Rng as _;
 use rand_distr::StandardNormal;
 
 use super::{Objective, Process, StepLoss, TrainingBatch, host, steps_tensor, tensor2};
+use crate::condition::{ConditionMode, Conditioning, Variable};
 use crate::config::LossKind;
 use crate::network::{LearnedBetas, ReverseModel, ReverseNetwork};
 
@@ -279,6 +280,10 @@ impl Process for GaussianBound {
         self.diffusion.dim()
     }
 
+    fn variable(&self) -> Variable {
+        Variable::Continuous
+    }
+
     fn output_dim(&self) -> usize {
         2 * self.diffusion.dim()
     }
@@ -373,38 +378,66 @@ impl Process for GaussianBound {
 
     /// x_T ~ N(0, I), the network's kernel for t = T..2, then the paper's fixed edge step
     /// p(x_0 | x_1) = N(sqrt(1 - b_1) x_1, b_1 I).
-    fn trajectory<N: ReverseNetwork>(
+    fn trajectory_given<N: ReverseNetwork>(
         &self,
         network: &N,
         n: usize,
         keep: &[usize],
+        given: Option<&Conditioning>,
         rng: &mut Rng,
         device: &Device,
     ) -> Vec<(usize, Vec<f32>)> {
         let d = self.diffusion.dim();
+        let steps = self.steps();
         let tables = self.tables(device);
         let normal = |rng: &mut Rng| -> Vec<f32> {
             (0..n * d)
                 .map(|_| rng.sample::<f64, _>(StandardNormal) as f32)
                 .collect()
         };
+        // the factor r_k of the step that draws x_k (constant mode: one for every step)
+        let constant = given
+            .filter(|c| c.mode() == ConditionMode::Constant)
+            .map(|c| c.gaussian_step(n, 1.0, rng).upload(n, d, device));
+        let factor = |k: usize, rng: &mut Rng| {
+            given.map(|c| match &constant {
+                Some(f) => f.clone(),
+                None => c
+                    .gaussian_step(n, self.diffusion.alpha_bar(k), rng)
+                    .upload(n, d, device),
+            })
+        };
         let mut out = Vec::new();
-        let mut x = tensor2(normal(rng), n, d, device);
         let mut snapshot = |t: usize, x: &Tensor<2>| {
             if keep.contains(&t) {
                 out.push((t, host(x.clone())));
             }
         };
-        snapshot(self.steps(), &x);
-        for t in (2..=self.steps()).rev() {
+        // x_T ~ N(0, I), times r_T
+        let mut x = tensor2(normal(rng), n, d, device);
+        if let Some(f) = factor(steps, rng) {
+            x = f.gaussian_draw(x.zeros_like(), x.ones_like(), x);
+        }
+        snapshot(steps, &x);
+        for t in (2..=steps).rev() {
             let (mean, log_var) = self.mean_log_variance(network, &tables, x.clone(), t);
             let eps = tensor2(normal(rng), n, d, device);
-            x = mean + (log_var * 0.5).exp() * eps;
+            x = match factor(t - 1, rng) {
+                None => mean + (log_var * 0.5).exp() * eps,
+                Some(f) => f.gaussian_draw(mean, log_var.exp(), eps),
+            };
             snapshot(t - 1, &x);
         }
+        // the fixed edge step: N(sqrt(1 - b_1) x_1, b_1)
         let b1 = self.diffusion.beta(1);
         let eps = tensor2(normal(rng), n, d, device);
-        x = x * (1.0 - b1).sqrt() + eps * b1.sqrt();
+        x = match factor(0, rng) {
+            None => x * (1.0 - b1).sqrt() + eps * b1.sqrt(),
+            Some(f) => {
+                let var = x.ones_like() * b1;
+                f.gaussian_draw(x * (1.0 - b1).sqrt(), var, eps)
+            }
+        };
         snapshot(0, &x);
         out
     }

@@ -22,6 +22,7 @@ use rand::Rng as _;
 pub use binomial::{BinomialBatch, BinomialBound, BinomialRows};
 pub use gaussian::{GaussianBatch, GaussianBound, GaussianRows, GaussianTables};
 
+use crate::condition::{ConditionError, Conditioning, Variable};
 use crate::config::LossKind;
 use crate::network::{ReverseModel, ReverseNetwork};
 
@@ -39,6 +40,8 @@ pub trait Process: Clone + Send + Sync {
     fn dim(&self) -> usize;
     /// Network outputs per row: 2d (Gaussian) or d (binomial).
     fn output_dim(&self) -> usize;
+    /// The kind of values the process diffuses: real coordinates or bits.
+    fn variable(&self) -> Variable;
     /// The per-step tables on `device`.
     fn tables(&self, device: &Device) -> Self::Tables;
     /// Draws x_t ~ q(x_t | x_0) for each row (`x0` row-major `[ts.len(), d]`) and builds the
@@ -72,6 +75,21 @@ pub trait Process: Clone + Send + Sync {
         network: &N,
         n: usize,
         keep: &[usize],
+        rng: &mut Rng,
+        device: &Device,
+    ) -> Vec<(usize, Vec<f32>)> {
+        self.trajectory_given(network, n, keep, None, rng, device)
+    }
+    /// [`Process::trajectory`] multiplied by a condition at every step (paper section 2.5; see
+    /// [`crate::condition`]); `given` holds one condition for all `n` rows or one per row, of
+    /// this process's kind and dimension (see [`Conditioning::check`]). Without one it is the
+    /// unconditioned chain, draw for draw.
+    fn trajectory_given<N: ReverseNetwork>(
+        &self,
+        network: &N,
+        n: usize,
+        keep: &[usize],
+        given: Option<&Conditioning>,
         rng: &mut Rng,
         device: &Device,
     ) -> Vec<(usize, Vec<f32>)>;
@@ -270,11 +288,48 @@ pub fn sample<P: Process, N: ReverseNetwork>(
     device: &Device,
     chunk_rows: usize,
 ) -> Vec<f32> {
+    run_chains(process, network, n, None, rng, device, chunk_rows)
+}
+
+/// [`sample`] from the product of the model with a condition (see [`crate::condition`]): one
+/// condition for all `n` samples or one per sample, for data of this process's kind and
+/// dimension.
+pub fn sample_given<P: Process, N: ReverseNetwork>(
+    process: &P,
+    network: &N,
+    n: usize,
+    given: &Conditioning,
+    rng: &mut Rng,
+    device: &Device,
+    chunk_rows: usize,
+) -> Result<Vec<f32>, ConditionError> {
+    given.check(process.dim(), process.variable(), n)?;
+    Ok(run_chains(
+        process,
+        network,
+        n,
+        Some(given),
+        rng,
+        device,
+        chunk_rows,
+    ))
+}
+
+fn run_chains<P: Process, N: ReverseNetwork>(
+    process: &P,
+    network: &N,
+    n: usize,
+    given: Option<&Conditioning>,
+    rng: &mut Rng,
+    device: &Device,
+    chunk_rows: usize,
+) -> Vec<f32> {
     let mut out = Vec::with_capacity(n * process.dim());
     let mut done = 0;
     while done < n {
         let m = chunk_rows.max(1).min(n - done);
-        for (_, x) in process.trajectory(network, m, &[0], rng, device) {
+        let chunk = given.map(|c| c.chunk(done, m));
+        for (_, x) in process.trajectory_given(network, m, &[0], chunk.as_ref(), rng, device) {
             out.extend_from_slice(&x);
         }
         done += m;
@@ -301,5 +356,7 @@ fn host<const D: usize>(x: Tensor<D>) -> Vec<f32> {
         .to_vec()
 }
 
+#[cfg(test)]
+mod condition_tests;
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,326 @@
+//! How good the paper's conditional samples are: conditioned samples of a trained run (see
+//! [`crate::condition`]) against the exact conditional of the data set, which this project knows
+//! for its generated data.
+//!
+//! - Heartbeat: the exact distribution over the phases given the known or noisy bits
+//!   ([`diffusion_data::Heartbeat::phase_posterior`]); reported are the share of samples that are
+//!   valid sequences consistent with the known bits, and the total-variation distance between
+//!   the samples' phase frequencies (invalid samples a category of their own, of exact
+//!   probability 0) and the exact conditional.
+//! - Swiss roll: exact draws of the posterior ([`diffusion_data::SwissRoll::posterior`]);
+//!   reported is the energy distance between the conditional samples and exact draws, beside
+//!   the same figure between two sets of exact draws (its floor).
+
+use burn::tensor::Device;
+use diffusion_data::{DataError, Heartbeat, Rng, RollPosterior, SwissRoll};
+use serde::{Deserialize, Serialize};
+
+use crate::condition::{Cell, ConditionError, ConditionMode, Conditioning};
+use crate::config::{ConfigError, DataConfig};
+use crate::data::streams;
+use crate::evaluate::{ENERGY_POINTS, SAMPLE_CHUNK_ROWS};
+use crate::network::{ReverseModel, ReverseNetwork};
+use crate::run::RunManifest;
+
+/// Why a conditional evaluation cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConditionalError {
+    /// The condition does not fit the run.
+    #[error(transparent)]
+    Condition(#[from] ConditionError),
+    /// The data set refuses the observation (e.g. known bits no sequence has).
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// The run's process cannot be rebuilt.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The run's data are a file, whose exact conditional is unknown.
+    #[error(
+        "the exact conditional is known for generated data only (swiss-roll, heartbeat), this run was trained on a file"
+    )]
+    NoReference,
+    /// One condition per sample: the exact reference is for one shared condition.
+    #[error(
+        "the exact conditional is for one condition shared by every sample, not one per sample"
+    )]
+    PerSample,
+}
+
+/// The exact conditional of a generated data set given one condition.
+#[derive(Debug, Clone)]
+pub enum Exact {
+    /// The heartbeat: the distribution over phases.
+    Heartbeat {
+        /// The data set.
+        beat: Heartbeat,
+        /// P(phase | condition).
+        phases: Vec<f64>,
+    },
+    /// The Swiss roll's posterior.
+    SwissRoll(RollPosterior),
+}
+
+impl Exact {
+    /// The exact conditional of the run's data given `given` (one shared condition).
+    pub fn of(data: &DataConfig, given: &Conditioning) -> Result<Self, ConditionalError> {
+        if given.rows() != 1 {
+            return Err(ConditionalError::PerSample);
+        }
+        match data {
+            DataConfig::Heartbeat { length, period } => {
+                let beat = Heartbeat::new(*length, *period)?;
+                let observations: Vec<(usize, bool, f64)> = (0..given.dim())
+                    .filter_map(|i| match given.cell(0, i) {
+                        Cell::Free => None,
+                        Cell::Known(v) => Some((i, v >= 0.5, 0.0)),
+                        Cell::Observed(y, e) => Some((i, y >= 0.5, e)),
+                    })
+                    .collect();
+                let phases = beat.phase_posterior(&observations)?;
+                Ok(Self::Heartbeat { beat, phases })
+            }
+            DataConfig::SwissRoll { noise } => {
+                let roll = SwissRoll::new(*noise)?;
+                let obs = [0, 1].map(|i| match given.cell(0, i) {
+                    Cell::Free => None,
+                    Cell::Known(v) => Some((v as f64, 0.0)),
+                    Cell::Observed(y, s) => Some((y as f64, s)),
+                });
+                Ok(Self::SwissRoll(roll.posterior(obs)?))
+            }
+            DataConfig::File { .. } => Err(ConditionalError::NoReference),
+        }
+    }
+
+    /// `n` exact draws, row-major `[n, d]`.
+    pub fn sample(&self, n: usize, rng: &mut Rng) -> Vec<f32> {
+        match self {
+            Self::Heartbeat { beat, phases } => {
+                let mut out = Vec::with_capacity(n * beat.length());
+                for _ in 0..n {
+                    let u: f64 = rand::Rng::random(rng);
+                    let mut acc = 0.0;
+                    let mut phase = phases.len() - 1;
+                    for (p, w) in phases.iter().enumerate() {
+                        acc += w;
+                        if u < acc {
+                            phase = p;
+                            break;
+                        }
+                    }
+                    out.extend(beat.sequence(phase));
+                }
+                out
+            }
+            Self::SwissRoll(post) => post.sample(n, rng).into_iter().map(|v| v as f32).collect(),
+        }
+    }
+}
+
+/// The result of `diffusion evaluate-conditional`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConditionalEvaluation {
+    /// Conditional samples drawn.
+    pub samples: usize,
+    /// `constant` (the paper's product) or `forward` (the observation through q).
+    pub mode: String,
+    /// Heartbeat: the share of samples that are valid sequences agreeing with every known bit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_consistent_fraction: Option<f64>,
+    /// Heartbeat: each phase's share of the samples (invalid samples in none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase_fractions: Option<Vec<f64>>,
+    /// Heartbeat: the exact P(phase | condition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact_phases: Option<Vec<f64>>,
+    /// Heartbeat: the total-variation distance between the samples' distribution over
+    /// {phases, invalid} and the exact conditional.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_variation: Option<f64>,
+    /// Swiss roll: the energy distance between (up to [`ENERGY_POINTS`]) conditional samples and
+    /// as many exact posterior draws.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy_distance: Option<f64>,
+    /// Swiss roll: the same figure between two sets of exact draws.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy_distance_floor: Option<f64>,
+    /// Swiss roll: the mean of the conditional samples.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_mean: Option<Vec<f64>>,
+    /// Swiss roll: the exact posterior mean.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact_mean: Option<Vec<f64>>,
+}
+
+/// Draws `n` samples of `model` conditioned by `given` (one shared condition) and compares them
+/// with the exact conditional of the run's data. `seed` seeds the samples and the exact draws.
+pub fn evaluate_conditional<N: ReverseNetwork>(
+    manifest: &RunManifest,
+    model: &ReverseModel<N>,
+    given: &Conditioning,
+    n: usize,
+    seed: u64,
+    device: &Device,
+) -> Result<ConditionalEvaluation, ConditionalError> {
+    let exact = Exact::of(&manifest.config.data, given)?;
+    let bound = manifest.bound_of(model)?;
+    let mut rng = diffusion_data::rng(seed, streams::SAMPLE);
+    let drawn = bound.sample_given(
+        &model.network,
+        n,
+        given,
+        &mut rng,
+        device,
+        SAMPLE_CHUNK_ROWS,
+    )?;
+    let mut eval = ConditionalEvaluation {
+        samples: n,
+        mode: match given.mode() {
+            ConditionMode::Constant => "constant",
+            ConditionMode::Forward => "forward",
+        }
+        .into(),
+        valid_consistent_fraction: None,
+        phase_fractions: None,
+        exact_phases: None,
+        total_variation: None,
+        energy_distance: None,
+        energy_distance_floor: None,
+        sample_mean: None,
+        exact_mean: None,
+    };
+    match &exact {
+        Exact::Heartbeat { beat, phases } => {
+            let (consistent, fractions) = phase_shares(beat, given, &drawn);
+            eval.valid_consistent_fraction = Some(consistent);
+            eval.total_variation = Some(total_variation(&fractions, phases));
+            eval.phase_fractions = Some(fractions);
+            eval.exact_phases = Some(phases.clone());
+        }
+        Exact::SwissRoll(post) => {
+            let m = n.min(ENERGY_POINTS);
+            let d = 2;
+            let draws = |stream| exact.sample(m, &mut diffusion_data::rng(seed, stream));
+            let (a, b) = (draws(streams::METRIC_A), draws(streams::METRIC_B));
+            let ours = &drawn[..m * d];
+            eval.energy_distance = Some(diffusion_core::energy_distance(ours, &a, d));
+            eval.energy_distance_floor = Some(diffusion_core::energy_distance(&b, &a, d));
+            eval.sample_mean = Some(
+                (0..d)
+                    .map(|i| {
+                        drawn
+                            .iter()
+                            .skip(i)
+                            .step_by(d)
+                            .map(|&v| v as f64)
+                            .sum::<f64>()
+                            / n as f64
+                    })
+                    .collect(),
+            );
+            eval.exact_mean = Some(post.mean().to_vec());
+        }
+    }
+    Ok(eval)
+}
+
+/// The share of valid sequences agreeing with every known bit, and each phase's share of all
+/// samples.
+fn phase_shares(beat: &Heartbeat, given: &Conditioning, drawn: &[f32]) -> (f64, Vec<f64>) {
+    let mut counts = vec![0usize; beat.period()];
+    let mut consistent = 0usize;
+    let rows = drawn.chunks_exact(beat.length());
+    let n = rows.len();
+    for row in rows {
+        if let Some(p) = beat.phase_of(row) {
+            counts[p] += 1;
+            let agrees = (0..beat.length()).all(|i| match given.cell(0, i) {
+                Cell::Known(v) => (row[i] >= 0.5) == (v >= 0.5),
+                _ => true,
+            });
+            consistent += agrees as usize;
+        }
+    }
+    let fractions = counts.iter().map(|&c| c as f64 / n.max(1) as f64).collect();
+    (consistent as f64 / n.max(1) as f64, fractions)
+}
+
+/// ½ Σ |f − p| over the phases plus ½ the invalid share (whose exact probability is 0).
+fn total_variation(fractions: &[f64], exact: &[f64]) -> f64 {
+    let invalid = 1.0 - fractions.iter().sum::<f64>();
+    0.5 * (fractions
+        .iter()
+        .zip(exact)
+        .map(|(f, p)| (f - p).abs())
+        .sum::<f64>()
+        + invalid.max(0.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::condition::{Condition, Variable};
+
+    #[test]
+    fn total_variation_counts_invalid_samples() {
+        // a perfect match
+        assert!(total_variation(&[0.5, 0.5], &[0.5, 0.5]).abs() < 1e-15);
+        // 10 % invalid, the rest right in proportion: 0.5 (0.05 + 0.05 + 0.1)
+        assert!((total_variation(&[0.45, 0.45], &[0.5, 0.5]) - 0.1).abs() < 1e-12);
+        // all on the wrong phase
+        assert!((total_variation(&[0.0, 1.0], &[1.0, 0.0]) - 1.0).abs() < 1e-15);
+    }
+
+    #[test]
+    fn exact_heartbeat_draws_follow_the_phase_posterior() {
+        let data = DataConfig::Heartbeat {
+            length: 20,
+            period: 5,
+        };
+        let c = Condition::new().known(0, 0.0).known(6, 0.0);
+        let given = Conditioning::new(&[c], 20, Variable::Binary, ConditionMode::Constant).unwrap();
+        let exact = Exact::of(&data, &given).unwrap();
+        let draws = exact.sample(30_000, &mut diffusion_data::rng(1, 0));
+        let Exact::Heartbeat { beat, phases } = &exact else {
+            panic!("a heartbeat reference")
+        };
+        let (consistent, fractions) = phase_shares(beat, &given, &draws);
+        assert_eq!(consistent, 1.0);
+        // 3 sd of a share of 1/3 at n = 30,000 is 0.008
+        assert!(total_variation(&fractions, phases) < 0.012, "{fractions:?}");
+        assert_eq!(fractions[0], 0.0);
+        assert_eq!(fractions[1], 0.0);
+    }
+
+    #[test]
+    fn file_data_and_per_sample_conditions_have_no_reference() {
+        let c = Condition::new().known(0, 0.5);
+        let one = Conditioning::new(
+            &[c.clone()],
+            2,
+            Variable::Continuous,
+            ConditionMode::Constant,
+        )
+        .unwrap();
+        let file = DataConfig::File {
+            path: "x.csv".into(),
+            heldout_fraction: 0.1,
+        };
+        assert!(matches!(
+            Exact::of(&file, &one),
+            Err(ConditionalError::NoReference)
+        ));
+        let two = Conditioning::new(
+            &[c.clone(), c],
+            2,
+            Variable::Continuous,
+            ConditionMode::Constant,
+        )
+        .unwrap();
+        let roll = DataConfig::SwissRoll { noise: 0.5 };
+        assert!(matches!(
+            Exact::of(&roll, &two),
+            Err(ConditionalError::PerSample)
+        ));
+    }
+}

@@ -1,0 +1,378 @@
+//! Conditioned reverse chains (paper section 2.5) against closed forms: the device product of
+//! Gaussians against the host formula, and whole chains of a linear kernel (the forward kernel,
+//! `paper` parametrization at z = 0) against the exact recursion of their mean and variance
+//! (Gaussian) or of P(x = 1) (binomial).
+
+use burn::tensor::Device;
+use diffusion_core::condition::bernoulli_product;
+use diffusion_core::{BetaSchedule, BinomialDiffusion, GaussianDiffusion, ReverseParametrization};
+use rand::Rng as _;
+use rand_distr::StandardNormal;
+
+use super::*;
+use crate::condition::{Condition, ConditionError, ConditionMode, Conditioning, Variable};
+use crate::model::ModelConfig;
+
+fn gaussian(steps: usize, d: usize) -> GaussianBound {
+    GaussianBound {
+        diffusion: GaussianDiffusion::new(BetaSchedule::paper().betas(steps).unwrap(), d).unwrap(),
+        parametrization: ReverseParametrization::Paper,
+    }
+}
+
+fn binomial(steps: usize, pi: f64, d: usize) -> BinomialBound {
+    BinomialBound {
+        diffusion: BinomialDiffusion::new(
+            BetaSchedule::Reciprocal.raw_betas(steps).unwrap(),
+            pi,
+            d,
+        )
+        .unwrap(),
+        parametrization: ReverseParametrization::Paper,
+    }
+}
+
+fn mean_var(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let v: Vec<f64> = values.collect();
+    let n = v.len() as f64;
+    let m = v.iter().sum::<f64>() / n;
+    (
+        m,
+        v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0),
+    )
+}
+
+#[test]
+fn device_product_matches_the_host_closed_form() {
+    let device = Device::flex();
+    let (m, d) = (3, 4);
+    let rows = [
+        Condition::new().known(1, 0.25).observed(2, -1.0, 0.5),
+        Condition::new().observed(0, 2.0, 0.1).observed(0, 1.0, 0.2),
+        Condition::new(),
+    ];
+    let given = Conditioning::new(&rows, d, Variable::Continuous, ConditionMode::Constant).unwrap();
+    let mut rng = diffusion_data::rng(1, 0);
+    let mut draw = |scale: f64| -> Vec<f64> {
+        (0..m * d)
+            .map(|_| scale * rng.sample::<f64, _>(StandardNormal))
+            .collect()
+    };
+    let mean = draw(1.0);
+    let var: Vec<f64> = draw(1.0).iter().map(|v| 0.05 + v * v).collect();
+    let eps = draw(1.0);
+    let factor = given.gaussian_step(m, 1.0, &mut rng);
+    let host = factor.gaussian_draw_host(&mean, &var, &eps);
+    let t = |v: &[f64]| tensor2(v.iter().map(|&x| x as f32).collect(), m, d, &device);
+    let dev = super::host(
+        factor
+            .upload(m, d, &device)
+            .gaussian_draw(t(&mean), t(&var), t(&eps)),
+    );
+    for j in 0..m * d {
+        assert!(
+            (host[j] - dev[j]).abs() < 1e-5,
+            "{j}: {} vs {}",
+            host[j],
+            dev[j]
+        );
+    }
+    // the known value exactly, and the free row untouched
+    assert_eq!(dev[1], 0.25);
+    for j in 2 * d..3 * d {
+        let want = (mean[j] + var[j].sqrt() * eps[j]) as f32;
+        assert!((dev[j] - want).abs() < 1e-5);
+    }
+    // two observations of one coordinate act as their product: precision 1/0.01 + 1/0.04
+    let (y, s2) = (
+        (2.0 / 0.01 + 1.0 / 0.04) / (1.0 / 0.01 + 1.0 / 0.04),
+        1.0 / (1.0 / 0.01 + 1.0 / 0.04),
+    );
+    let (pm, pv) = diffusion_core::condition::gaussian_product(mean[d], var[d], y, s2);
+    assert!((host[d] as f64 - (pm + pv.sqrt() * eps[d])).abs() < 1e-5);
+}
+
+/// The recursion of a conditioned linear Gaussian chain, x_{k} = N(a x_{k+1}, b) r_k, for one
+/// coordinate observed as (y, s) (s = 0: known): the mean and variance of x_0.
+fn linear_chain_moments(g: &GaussianDiffusion, y: f64, s: f64, mode: ConditionMode) -> (f64, f64) {
+    let steps = g.steps();
+    let step = |(m, v): (f64, f64), a: f64, b: f64, k: usize| {
+        let abar = g.alpha_bar(k);
+        // r_k = N(y_k, s_k²), with y_k = sqrt(abar) y + sqrt(1 - abar) e in forward mode
+        let (y_mean, y_var, s2) = match mode {
+            ConditionMode::Constant => (y, 0.0, s * s),
+            ConditionMode::Forward => (abar.sqrt() * y, 1.0 - abar, abar * s * s),
+        };
+        let w = if s2 == 0.0 { 1.0 } else { b / (b + s2) };
+        (
+            (1.0 - w) * a * m + w * y_mean,
+            ((1.0 - w) * a).powi(2) * v + w * w * y_var + b * (1.0 - w),
+        )
+    };
+    // x_T from the prior N(0, 1), then the learned steps, then the edge step
+    let mut mv = step((0.0, 0.0), 0.0, 1.0, steps);
+    for t in (2..=steps).rev() {
+        let b = g.beta(t);
+        mv = step(mv, (1.0 - b).sqrt(), b, t - 1);
+    }
+    let b1 = g.beta(1);
+    step(mv, (1.0 - b1).sqrt(), b1, 0)
+}
+
+#[test]
+fn conditioned_gaussian_chains_match_their_recursion() {
+    let device = Device::flex();
+    let steps = 40;
+    let bound = gaussian(steps, 2);
+    // z = 0: the `paper` parametrization's kernel is the forward kernel N(sqrt(1 - b) x, b)
+    let model = ModelConfig::default().init(2, 4, steps, &device);
+    let n = 20_000;
+    for mode in [ConditionMode::Constant, ConditionMode::Forward] {
+        let c = Condition::new().observed(0, 1.5, 0.5).known(1, -0.3);
+        let given = Conditioning::new(&[c], 2, Variable::Continuous, mode).unwrap();
+        let mut rng = diffusion_data::rng(3, 0);
+        let x = sample_given(&bound, &model, n, &given, &mut rng, &device, 8192).unwrap();
+        if mode == ConditionMode::Constant {
+            // held at its value at every step, so exactly the value at the end
+            assert!(x.chunks(2).all(|p| p[1] == -0.3f32));
+        } else {
+            // a draw of q(x_0 | x_0 = v) is v; the bits may differ by the f32 rounding of
+            // sqrt(abar_0) v + sqrt(1 - abar_0) e = 1 v + 0 e
+            assert!(x.chunks(2).all(|p| (p[1] + 0.3).abs() < 1e-7));
+        }
+        let (m, v) = mean_var(x.chunks(2).map(|p| p[0] as f64));
+        let (want_m, want_v) = linear_chain_moments(&bound.diffusion, 1.5, 0.5, mode);
+        let se = (want_v / n as f64).sqrt();
+        assert!(
+            (m - want_m).abs() < 4.0 * se,
+            "{mode:?}: mean {m} vs {want_m}"
+        );
+        // the variance's standard error is about v sqrt(2 / n)
+        let se_v = want_v * (2.0 / n as f64).sqrt();
+        assert!(
+            (v - want_v).abs() < 4.0 * se_v,
+            "{mode:?}: var {v} vs {want_v}"
+        );
+    }
+    // the recursion itself: constant r pulls the mean further toward y than the forward variant
+    let (c, _) = linear_chain_moments(&bound.diffusion, 1.5, 0.5, ConditionMode::Constant);
+    let (f, _) = linear_chain_moments(&bound.diffusion, 1.5, 0.5, ConditionMode::Forward);
+    assert!(c > f && f > 0.0, "{c} {f}");
+}
+
+#[test]
+fn an_empty_condition_is_the_unconditioned_chain() {
+    let device = Device::flex();
+    let empty = [Condition::new()];
+    // binomial: the same draws, bit for bit
+    let bound = binomial(30, 0.2, 6);
+    let model = ModelConfig::default().init(6, 6, 30, &device);
+    for mode in [ConditionMode::Constant, ConditionMode::Forward] {
+        let given = Conditioning::new(&empty, 6, Variable::Binary, mode).unwrap();
+        let plain = sample(
+            &bound,
+            &model,
+            500,
+            &mut diffusion_data::rng(4, 0),
+            &device,
+            200,
+        );
+        let cond = sample_given(
+            &bound,
+            &model,
+            500,
+            &given,
+            &mut diffusion_data::rng(4, 0),
+            &device,
+            200,
+        )
+        .unwrap();
+        assert_eq!(plain, cond, "{mode:?}");
+    }
+    // Gaussian: the same draws; the kernel's standard deviation is sqrt(var) instead of
+    // exp(log_var / 2), equal to float rounding
+    let bound = gaussian(20, 2);
+    let model = ModelConfig::default().init(2, 4, 20, &device);
+    let given = Conditioning::new(&empty, 2, Variable::Continuous, ConditionMode::Forward).unwrap();
+    let plain = sample(
+        &bound,
+        &model,
+        300,
+        &mut diffusion_data::rng(4, 0),
+        &device,
+        100,
+    );
+    let cond = sample_given(
+        &bound,
+        &model,
+        300,
+        &given,
+        &mut diffusion_data::rng(4, 0),
+        &device,
+        100,
+    )
+    .unwrap();
+    for (a, b) in plain.iter().zip(&cond) {
+        assert!((a - b).abs() < 1e-5, "{a} {b}");
+    }
+}
+
+/// P(x_0 = 1) of one bit of a conditioned binomial chain whose kernel is the forward kernel,
+/// by the exact recursion over the two states (constant r: an observation (y, e) at every step).
+fn binary_chain_rate(b: &BinomialDiffusion, y: bool, e: f64) -> f64 {
+    let pi = b.pi();
+    let mut p = bernoulli_product(pi, y, e);
+    for t in (1..=b.steps()).rev() {
+        let one = bernoulli_product(b.forward_kernel(t, 1.0), y, e);
+        let zero = bernoulli_product(b.forward_kernel(t, 0.0), y, e);
+        p = p * one + (1.0 - p) * zero;
+    }
+    p
+}
+
+#[test]
+fn conditioned_binomial_chains_match_their_recursion() {
+    let device = Device::flex();
+    let (steps, pi, d) = (30, 0.2, 4);
+    let bound = binomial(steps, pi, d);
+    let model = ModelConfig::default().init(d, d, steps, &device);
+    let c = Condition::new()
+        .observed(0, 1.0, 0.3)
+        .observed(1, 0.0, 0.1)
+        .known(2, 1.0);
+    let given = Conditioning::new(&[c], d, Variable::Binary, ConditionMode::Constant).unwrap();
+    let n = 40_000;
+    let x = sample_given(
+        &bound,
+        &model,
+        n,
+        &given,
+        &mut diffusion_data::rng(8, 0),
+        &device,
+        8192,
+    )
+    .unwrap();
+    let rate = |i: usize| x.iter().skip(i).step_by(d).map(|&v| v as f64).sum::<f64>() / n as f64;
+    for (i, want) in [
+        (0, binary_chain_rate(&bound.diffusion, true, 0.3)),
+        (1, binary_chain_rate(&bound.diffusion, false, 0.1)),
+        (3, pi),
+    ] {
+        let se = (want * (1.0 - want) / n as f64).sqrt();
+        assert!(
+            (rate(i) - want).abs() < 4.0 * se,
+            "bit {i}: {} vs {want}",
+            rate(i)
+        );
+    }
+    assert_eq!(rate(2), 1.0);
+    // the forward variant holds known bits at the end too
+    let c = Condition::new().known(2, 1.0).known(3, 0.0);
+    let given = Conditioning::new(&[c], d, Variable::Binary, ConditionMode::Forward).unwrap();
+    let x = sample_given(
+        &bound,
+        &model,
+        2000,
+        &given,
+        &mut diffusion_data::rng(8, 1),
+        &device,
+        512,
+    )
+    .unwrap();
+    assert!(x.chunks(d).all(|r| r[2] == 1.0 && r[3] == 0.0));
+}
+
+#[test]
+fn one_condition_per_sample() {
+    let device = Device::flex();
+    let bound = gaussian(10, 2);
+    let model = ModelConfig::default().init(2, 4, 10, &device);
+    let rows: Vec<Condition> = (0..5)
+        .map(|i| Condition::new().known(0, i as f32))
+        .collect();
+    let given = Conditioning::new(&rows, 2, Variable::Continuous, ConditionMode::Constant).unwrap();
+    // chunks of 2 rows: each chain keeps its own row's value
+    let x = sample_given(
+        &bound,
+        &model,
+        5,
+        &given,
+        &mut diffusion_data::rng(1, 0),
+        &device,
+        2,
+    )
+    .unwrap();
+    let firsts: Vec<f32> = x.chunks(2).map(|p| p[0]).collect();
+    assert_eq!(firsts, [0.0, 1.0, 2.0, 3.0, 4.0]);
+    // five conditions cannot drive six chains
+    let err = sample_given(
+        &bound,
+        &model,
+        6,
+        &given,
+        &mut diffusion_data::rng(1, 0),
+        &device,
+        2,
+    );
+    assert_eq!(
+        err.unwrap_err(),
+        ConditionError::Rows {
+            given: 5,
+            chains: 6
+        }
+    );
+}
+
+#[test]
+fn bad_conditions_are_refused() {
+    let c = |cond: Condition, variable| {
+        Conditioning::new(&[cond], 3, variable, ConditionMode::Constant).map(|_| ())
+    };
+    use Variable::{Binary, Continuous};
+    assert!(matches!(
+        c(Condition::new().known(3, 0.0), Continuous),
+        Err(ConditionError::Index { index: 3, dim: 3 })
+    ));
+    assert!(matches!(
+        c(Condition::new().known(0, 1.0).known(0, 2.0), Continuous),
+        Err(ConditionError::Conflict { .. })
+    ));
+    assert!(c(Condition::new().known(0, 1.0).known(0, 1.0), Continuous).is_ok());
+    assert!(matches!(
+        c(Condition::new().known(1, 0.5), Binary),
+        Err(ConditionError::Value { .. })
+    ));
+    assert!(matches!(
+        c(Condition::new().known(1, f32::NAN), Continuous),
+        Err(ConditionError::Value { .. })
+    ));
+    assert!(matches!(
+        c(Condition::new().observed(1, 0.0, -0.1), Continuous),
+        Err(ConditionError::Noise { .. })
+    ));
+    assert!(matches!(
+        c(Condition::new().observed(1, 1.0, 1.0), Binary),
+        Err(ConditionError::Noise { .. })
+    ));
+    // a condition for other data than the run's
+    let device = Device::flex();
+    let bound = gaussian(10, 2);
+    let model = ModelConfig::default().init(2, 4, 10, &device);
+    let given = Conditioning::new(
+        &[Condition::new().known(0, 1.0)],
+        3,
+        Continuous,
+        ConditionMode::Constant,
+    )
+    .unwrap();
+    let r = sample_given(
+        &bound,
+        &model,
+        4,
+        &given,
+        &mut diffusion_data::rng(1, 0),
+        &device,
+        2,
+    );
+    assert!(matches!(r, Err(ConditionError::Process { .. })));
+}
