@@ -21,8 +21,10 @@ pub enum Command {
     Train(TrainArgs),
     /// The bound K in bits on a run's held-out data, with L_null and -H(data).
     Evaluate(EvaluateArgs),
-    /// Draw samples from a trained run.
+    /// Draw samples from a trained run, optionally conditioned (--known, --observe).
     Sample(SampleArgs),
+    /// Conditioned samples against the exact conditional of the run's data (generated data).
+    EvaluateConditional(EvaluateConditionalArgs),
     /// Draw a run's pictures (PNG and SVG): trajectories, drift, loss curves, rasters.
     Plot(PlotArgs),
     /// How noisy the training gradient is with uniform and with importance-sampled steps t.
@@ -162,6 +164,76 @@ pub struct SampleArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[command(flatten)]
+    pub condition: ConditionArgs,
+    #[command(flatten)]
+    pub backend: BackendArg,
+}
+
+/// A condition on the samples (paper section 2.5): the model multiplied by known values and
+/// noisy observations at every reverse step.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ConditionArgs {
+    /// Known values, comma-separated I=V: 0-based coordinate I held at value V (inpainting).
+    #[arg(long, value_name = "I=V,...", allow_hyphen_values = true)]
+    pub known: Option<String>,
+    /// One noisy observation of every coordinate, comma-separated (bits for binary runs; `nan`
+    /// or nothing for a coordinate not observed), or I=V,... for some coordinates, with
+    /// --observe-noise (denoising).
+    #[arg(long, value_name = "V1,V2,... | I=V,...", allow_hyphen_values = true)]
+    pub observe: Option<String>,
+    /// The observations' noise: a standard deviation (Gaussian runs, in the data's units) or
+    /// the probability that an observed bit is flipped (binary runs).
+    #[arg(long, value_name = "S")]
+    pub observe_noise: Option<f64>,
+    /// Known values per sample: a .csv or .npy with one column per coordinate and one row for
+    /// all samples or one per sample; NaN (nan) where a value is not known.
+    #[arg(long, value_name = "FILE")]
+    pub known_file: Option<PathBuf>,
+    /// Observations per sample, as --known-file, with --observe-noise.
+    #[arg(long, value_name = "FILE")]
+    pub observe_file: Option<PathBuf>,
+    /// How the factor follows the step: `constant` multiplies every step by the same r (the
+    /// paper's; known values held), `forward` passes r through the forward process q(x_t | x_0),
+    /// `likelihood` uses the observation's likelihood given x_t for standard-normal data.
+    #[arg(long, value_enum, default_value_t = Mode::Constant)]
+    pub condition_mode: Mode,
+    /// Run the constant-r chains as a particle system: weigh each chain by how well the model's
+    /// kernel agrees with r and resample (sequential Monte Carlo), so that the samples tend to
+    /// the model's own p(x_0) r(x_0). One condition for all samples.
+    #[arg(long)]
+    pub resample: bool,
+}
+
+/// `--condition-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum Mode {
+    /// r_t = r at every step.
+    #[default]
+    Constant,
+    /// r_t = r passed through the forward process to step t.
+    Forward,
+    /// r_t(x_t) = the observation's likelihood given x_t for standard-normal (or i.i.d.
+    /// Bernoulli) data: N(y; sqrt(abar_t) x_t, 1 - abar_t + s²).
+    Likelihood,
+}
+
+#[derive(Debug, Args)]
+pub struct EvaluateConditionalArgs {
+    /// The run folder (trained on generated data: swiss-roll or heartbeat).
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Conditional samples to draw (the energy distance uses up to 4,000 of them).
+    #[arg(short = 'n', long = "n", default_value_t = 10_000)]
+    pub n: usize,
+    /// Seed of the samples and of the exact draws.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub condition: ConditionArgs,
+    #[command(flatten)]
     pub backend: BackendArg,
 }
 
@@ -229,6 +301,9 @@ pub struct PlotArgs {
     /// Rasters: rotate each sequence so that its first pulse is in column 0.
     #[arg(long)]
     pub align: bool,
+    /// The condition of `--what conditional`.
+    #[command(flatten)]
+    pub condition: ConditionArgs,
     #[command(flatten)]
     pub backend: BackendArg,
 }
@@ -246,6 +321,9 @@ pub enum What {
     Samples,
     /// Data noised by the forward process at the chosen steps, as rasters (binary runs).
     Noising,
+    /// Samples conditioned by --known / --observe beside exact draws of the true conditional
+    /// (generated data; drawn only when asked for).
+    Conditional,
 }
 
 #[derive(Debug, Args)]

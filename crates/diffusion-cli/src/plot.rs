@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use diffusion_models::bound::Diffusion;
+use diffusion_models::conditional::Exact;
 use diffusion_models::config::LossKind;
+use diffusion_models::evaluate::SAMPLE_CHUNK_ROWS;
 use diffusion_models::evaluate::heldout_points;
 use diffusion_models::{Process, RunDir, RunManifest};
 use diffusion_plot::{
@@ -25,6 +27,7 @@ impl What {
             Self::Loss => "loss",
             Self::Samples => "samples",
             Self::Noising => "noising",
+            Self::Conditional => "conditional",
         }
     }
 }
@@ -97,8 +100,16 @@ pub fn cmd_plot(a: PlotArgs) -> Result<(), String> {
     } else {
         a.what.clone()
     };
-    if let Some(w) = what.iter().find(|w| !fits.contains(w)) {
-        let names: Vec<&str> = fits.iter().map(|w| w.name()).collect();
+    // conditional samples are drawn when asked for, for the runs whose pictures they fit
+    let mut allowed = fits.clone();
+    if manifest.data_dim == 2 || matches!(bound, Diffusion::Binomial(_)) {
+        allowed.push(What::Conditional);
+    }
+    if what.contains(&What::Conditional) && !a.condition.is_set() {
+        return Err("--what conditional needs a condition: --known, --observe, or their files".into());
+    }
+    if let Some(w) = what.iter().find(|w| !allowed.contains(w)) {
+        let names: Vec<&str> = allowed.iter().map(|w| w.name()).collect();
         return Err(format!(
             "--what {} does not fit {} (it can draw: {})",
             w.name(),
@@ -262,6 +273,63 @@ pub fn cmd_plot(a: PlotArgs) -> Result<(), String> {
                     },
                     &stem,
                 ))?;
+            }
+            What::Conditional => {
+                let m = if d == 2 { a.n } else { a.rows };
+                let given = a
+                    .condition
+                    .resolve(d, bound.variable(), m)?
+                    .ok_or("--what conditional needs a condition")?;
+                let exact = Exact::of(&manifest.config.data, &given).map_err(|e| e.to_string())?;
+                let drawn = bound
+                    .sample_given(&model.network, m, &given, &mut rng, &device, SAMPLE_CHUNK_ROWS)
+                    .map_err(|e| e.to_string())?;
+                let truth = exact.sample(m, &mut rng);
+                let mode = given.mode().name().to_string()
+                    + if given.resamples() { ", resampled" } else { "" };
+                let title = format!("{name}: samples of p(x_0) r(x_0), {mode} r, beside the exact conditional");
+                if d == 2 {
+                    let panel = |title: &str, values: &[f32]| ScatterPanel {
+                        title: title.into(),
+                        points: pairs(values),
+                    };
+                    let panels = vec![
+                        panel("data", &heldout(m)?),
+                        panel("exact conditional", &truth),
+                        panel(&format!("model, {mode} r"), &drawn),
+                    ];
+                    keep(save(
+                        &ScatterGrid {
+                            title,
+                            rows: vec![("x_0".into(), panels)],
+                            range: 3.0,
+                        },
+                        &stem,
+                    ))?;
+                } else {
+                    let mut truth = bit_rows(&truth, d);
+                    let mut samples = bit_rows(&drawn, d);
+                    if a.align {
+                        align_first_pulse(&mut truth);
+                        align_first_pulse(&mut samples);
+                    }
+                    keep(save(
+                        &RasterPanels {
+                            title,
+                            panels: vec![
+                                RasterPanel {
+                                    title: "exact conditional".into(),
+                                    rows: truth,
+                                },
+                                RasterPanel {
+                                    title: format!("model, {mode} r"),
+                                    rows: samples,
+                                },
+                            ],
+                        },
+                        &stem,
+                    ))?;
+                }
             }
             What::Noising => {
                 let data = heldout(a.rows)?;

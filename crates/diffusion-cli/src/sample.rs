@@ -1,7 +1,9 @@
-//! `diffusion sample`: draws from a trained run into a .csv or .npy file.
+//! `diffusion sample`: draws from a trained run into a .csv or .npy file, optionally
+//! conditioned by known values and noisy observations (paper section 2.5).
 
 use diffusion_data::io;
 use diffusion_models::data::streams;
+use diffusion_models::evaluate::SAMPLE_CHUNK_ROWS;
 
 use crate::args::SampleArgs;
 use crate::common::{check_count, load_run, write_rows};
@@ -12,13 +14,15 @@ pub fn cmd_sample(a: SampleArgs) -> Result<(), String> {
     io::check_extension(&a.out).map_err(|e| e.to_string())?;
     let (_, manifest, model, device) = load_run(&a.run, &a.backend)?;
     let bound = manifest.bound_of(&model).map_err(|e| e.to_string())?;
+    let given = a
+        .condition
+        .resolve(manifest.data_dim, bound.variable(), a.n)?;
     let mut rng = diffusion_data::rng(a.seed, streams::SAMPLE);
-    let data = bound.sample(
-        &model.network,
-        a.n,
-        &mut rng,
-        &device,
-        diffusion_models::evaluate::SAMPLE_CHUNK_ROWS,
-    );
+    let data = match &given {
+        None => bound.sample(&model.network, a.n, &mut rng, &device, SAMPLE_CHUNK_ROWS),
+        Some(given) => bound
+            .sample_given(&model.network, a.n, given, &mut rng, &device, SAMPLE_CHUNK_ROWS)
+            .map_err(|e| e.to_string())?,
+    };
     write_rows(&a.out, a.n, manifest.data_dim, data, "samples")
 }

@@ -110,17 +110,44 @@ pub fn read(path: &Path) -> Result<Array2, DataError> {
 /// refusing empty arrays and non-finite values. Never panics, whatever the bytes.
 pub fn parse(bytes: &[u8], path: &Path) -> Result<Array2, DataError> {
     let shown = path.display().to_string();
+    let array = parse_any(bytes, path, &shown)?;
+    array.check_finite(&shown)?;
+    Ok(array)
+}
+
+/// Reads an array from a .csv or .npy file in which NaN (`nan` in a CSV) marks a missing value,
+/// as in a file of conditions; infinities are refused.
+pub fn read_with_gaps(path: &Path) -> Result<Array2, DataError> {
+    let bytes = fs::read(path).map_err(|source| DataError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let shown = path.display().to_string();
+    let array = parse_any(&bytes, path, &shown)?;
+    if let Some(i) = array.data.iter().position(|v| v.is_infinite()) {
+        return Err(DataError::Format {
+            path: shown,
+            message: format!(
+                "infinite value at row {}, column {}",
+                i / array.cols.max(1),
+                i % array.cols.max(1)
+            ),
+        });
+    }
+    Ok(array)
+}
+
+fn parse_any(bytes: &[u8], path: &Path, shown: &str) -> Result<Array2, DataError> {
     let array = match format_of(path)? {
-        Format::Csv => parse_csv(bytes, &shown)?,
-        Format::Npy => parse_npy(bytes, &shown)?,
+        Format::Csv => parse_csv(bytes, shown)?,
+        Format::Npy => parse_npy(bytes, shown)?,
     };
     if array.rows == 0 {
         return Err(DataError::Format {
-            path: shown,
+            path: shown.into(),
             message: "no data rows".into(),
         });
     }
-    array.check_finite(&shown)?;
     Ok(array)
 }
 
@@ -322,6 +349,21 @@ mod tests {
         let header_len = u16::from_le_bytes([npy[8], npy[9]]) as usize;
         assert_eq!((10 + header_len) % 64, 0);
         assert_eq!(npy.len(), 10 + header_len + 24);
+    }
+
+    #[test]
+    fn gaps_are_read_where_asked_for() {
+        let tmp = tmpdir();
+        let p = tmp.path().join("known.csv");
+        fs::write(&p, "x0,x1\nnan,0.5\n1.0,NaN\n").unwrap();
+        let a = read_with_gaps(&p).unwrap();
+        assert_eq!((a.rows, a.cols), (2, 2));
+        assert!(a.data[0].is_nan() && a.data[3].is_nan());
+        assert_eq!((a.data[1], a.data[2]), (0.5, 1.0));
+        // the plain reader still refuses them, and neither takes infinities
+        assert!(read(&p).is_err());
+        fs::write(&p, "1.0,inf\n").unwrap();
+        assert!(read_with_gaps(&p).unwrap_err().to_string().contains("infinite"));
     }
 
     #[test]

@@ -12,8 +12,14 @@
 //! - [`ConditionMode::Forward`]: the observation passed through the forward process, as if it
 //!   shared x_t's noise. At step t a known value v becomes a draw of q(x_t | x_0 = v); a Gaussian
 //!   observation (y, s²) becomes (sqrt(abar_t) y + sqrt(1 - abar_t) ε, abar_t s²); an observed bit
-//!   (y, e) becomes a draw y_t of q(y_t | y_0 = y) with flip probability abar_t e. At t = 0 both
-//!   modes are r itself.
+//!   (y, e) becomes a draw y_t of q(y_t | y_0 = y) with flip probability abar_t e;
+//! - [`ConditionMode::Likelihood`]: r_t(x_t) is the observation's likelihood given x_t for
+//!   standard-normal (or i.i.d. Bernoulli(pi)) data, N(y; sqrt(abar_t) x_t, 1 - abar_t + s²):
+//!   weak where x_t is mostly noise.
+//!
+//! At t = 0 every mode is r itself. [`Conditioning::resampled`] adds sequential Monte Carlo on
+//! top of the constant or likelihood mode: the chains are weighted and resampled so that their
+//! draws tend to the model's own p(x_0) r(x_0).
 //!
 //! Several factors on one coordinate are multiplied into one (`diffusion_core::condition`); a
 //! known value absorbs any observation of its coordinate.
@@ -97,6 +103,22 @@ pub enum ConditionMode {
     Constant,
     /// r_t is r passed through the forward process to step t.
     Forward,
+    /// r_t(x_t) is the likelihood of the observation given x_t if the data were N(0, I)
+    /// (Gaussian) or i.i.d. Bernoulli(pi) bits (binomial): N(y; sqrt(abar_t) x_t,
+    /// 1 - abar_t + s²), exact for such data and r itself at t = 0. It tempers r where x_t
+    /// says little about x_0; a known value is a factor of variance 1 - abar_t.
+    Likelihood,
+}
+
+impl ConditionMode {
+    /// The mode's name on the command line: `constant`, `forward` or `likelihood`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Constant => "constant",
+            Self::Forward => "forward",
+            Self::Likelihood => "likelihood",
+        }
+    }
 }
 
 /// The kind of values a condition is about.
@@ -163,6 +185,9 @@ pub enum ConditionError {
         /// The process's kind of values.
         process_variable: Variable,
     },
+    /// Resampling asked for where it does not apply.
+    #[error("{0}")]
+    Resampling(&'static str),
     /// Neither one condition for all chains nor one per chain.
     #[error("{given} conditions for {chains} samples: give one for all, or one per sample")]
     Rows {
@@ -192,6 +217,7 @@ pub struct Conditioning {
     rows: usize,
     variable: Variable,
     mode: ConditionMode,
+    resample: bool,
     cells: Vec<Cell>,
 }
 
@@ -213,8 +239,39 @@ impl Conditioning {
             rows: conditions.len(),
             variable,
             mode,
+            resample: false,
             cells,
         })
+    }
+
+    /// Turns the chains into a particle system (sequential Monte Carlo): before each step every
+    /// chain is weighted by Z_t(x_t) / r(x_t), where Z_t(x_t) = ∫ p(x_{t-1} | x_t) r(x_{t-1}) is
+    /// how well the model's kernel agrees with the factor (a twisted proposal, as in Wu et al.
+    /// 2023, "Practical and asymptotically exact conditional sampling in diffusion models"), and the chains are resampled when the
+    /// effective sample size falls under half (and always before the last step). The constant-r
+    /// chain is then the proposal of a sampler whose draws tend to p(x_0) r(x_0) of the model
+    /// itself as the number of chains grows (samples within one chunk of chains are dependent).
+    /// With [`ConditionMode::Likelihood`] the weights are Z_t(x_t) / r_t(x_t), Z_t the integral
+    /// of the kernel against r_{t-1}. Needs the constant or likelihood mode and one condition
+    /// shared by every chain.
+    pub fn resampled(mut self) -> Result<Self, ConditionError> {
+        if self.mode == ConditionMode::Forward {
+            return Err(ConditionError::Resampling(
+                "resampling needs the constant or likelihood mode (the forward mode's r_t is random)",
+            ));
+        }
+        if self.rows != 1 {
+            return Err(ConditionError::Resampling(
+                "resampling needs one condition shared by every sample",
+            ));
+        }
+        self.resample = true;
+        Ok(self)
+    }
+
+    /// Whether the chains are resampled ([`Conditioning::resampled`]).
+    pub fn resamples(&self) -> bool {
+        self.resample
     }
 
     /// Data dimension d.
@@ -285,30 +342,27 @@ impl Conditioning {
     /// (drawing the forward-process noise in [`ConditionMode::Forward`]).
     pub(crate) fn gaussian_step(&self, m: usize, abar: f64, rng: &mut Rng) -> StepFactor {
         let mut f = StepFactor::empty(m * self.dim, 1.0);
-        let forward = self.mode == ConditionMode::Forward;
         let (a, b) = (abar.sqrt(), (1.0 - abar).max(0.0).sqrt());
         for j in 0..m * self.dim {
-            let cell = self.cell(j / self.dim, j % self.dim);
-            let mut transported = |v: f32| {
-                if forward {
-                    let e: f64 = rng.sample(StandardNormal);
-                    (a * v as f64 + b * e) as f32
-                } else {
-                    v
-                }
+            // (value, variance) of the factor on this coordinate; variance 0 is a known value
+            let (y, s2) = match self.cell(j / self.dim, j % self.dim) {
+                Cell::Free => continue,
+                Cell::Known(v) => (v as f64, 0.0),
+                Cell::Observed(y, s) => (y as f64, s * s),
             };
-            match cell {
-                Cell::Free => {}
-                Cell::Known(v) => f.set_known(j, transported(v)),
-                Cell::Observed(y, s) => {
-                    let y = transported(y);
-                    let s2 = if forward { abar * s * s } else { s * s };
-                    if s2 > 0.0 {
-                        f.set_soft(j, y, s2 as f32);
-                    } else {
-                        f.set_known(j, y);
-                    }
+            let (value, var) = match self.mode {
+                ConditionMode::Constant => (y, s2),
+                ConditionMode::Forward => {
+                    let e: f64 = rng.sample(StandardNormal);
+                    (a * y + b * e, abar * s2)
                 }
+                // N(y; a x, 1 - abar + s²) as a factor in x: N(x; y / a, (1 - abar + s²) / abar)
+                ConditionMode::Likelihood => (y / a, ((1.0 - abar) + s2) / abar),
+            };
+            if var > 0.0 {
+                f.set_soft(j, value as f32, var as f32);
+            } else {
+                f.set_known(j, value as f32);
             }
         }
         f
@@ -318,28 +372,32 @@ impl Conditioning {
     /// stationary rate `pi`: the soft part as log-likelihood ratios.
     pub(crate) fn binary_step(&self, m: usize, abar: f64, pi: f64, rng: &mut Rng) -> StepFactor {
         let mut f = StepFactor::empty(m * self.dim, 0.0);
-        let forward = self.mode == ConditionMode::Forward;
         for j in 0..m * self.dim {
-            let cell = self.cell(j / self.dim, j % self.dim);
-            let mut transported = |v: f32| {
-                if forward && rng.random::<f64>() >= abar {
-                    // redrawn from Bernoulli(pi) by the forward process
-                    if rng.random::<f64>() < pi { 1.0 } else { 0.0 }
-                } else {
-                    v
-                }
+            // (bit, flip probability) of the factor on this coordinate; 0 is a known bit
+            let (y, e) = match self.cell(j / self.dim, j % self.dim) {
+                Cell::Free => continue,
+                Cell::Known(v) => (v >= 0.5, 0.0),
+                Cell::Observed(y, e) => (y >= 0.5, e),
             };
-            match cell {
-                Cell::Free => {}
-                Cell::Known(v) => f.set_known(j, transported(v)),
-                Cell::Observed(y, e) => {
-                    let y = transported(y);
-                    let e = if forward { abar * e } else { e };
-                    if e > 0.0 {
-                        f.set_soft(j, 0.0, bit_log_ratio(y >= 0.5, e) as f32);
+            match self.mode {
+                ConditionMode::Constant => f.set_bit(j, y, e),
+                ConditionMode::Forward => {
+                    // y_t ~ q(y_t | y_0 = y): kept with probability abar, else redrawn
+                    let y = if rng.random::<f64>() >= abar {
+                        rng.random::<f64>() < pi
                     } else {
-                        f.set_known(j, y);
-                    }
+                        y
+                    };
+                    f.set_bit(j, y, abar * e)
+                }
+                ConditionMode::Likelihood if abar >= 1.0 => f.set_bit(j, y, e),
+                ConditionMode::Likelihood => {
+                    // P(x_0 = 1 | x_t) for i.i.d. Bernoulli(pi) bits, then P(y | x_t)
+                    let p1 = abar + pi * (1.0 - abar);
+                    let p0 = pi * (1.0 - abar);
+                    let r1 = if y { 1.0 - e } else { e };
+                    let h = |p: f64| p * r1 + (1.0 - p) * (1.0 - r1);
+                    f.set_soft(j, 0.0, (h(p1) / h(p0)).ln() as f32);
                 }
             }
         }
@@ -454,6 +512,16 @@ impl StepFactor {
         self.known_value[j] = v;
     }
 
+    /// A bit `y` seen with flip probability `e` (0: known).
+    fn set_bit(&mut self, j: usize, y: bool, e: f64) {
+        let v = if y { 1.0 } else { 0.0 };
+        if e > 0.0 {
+            self.set_soft(j, v, bit_log_ratio(y, e) as f32);
+        } else {
+            self.set_known(j, v);
+        }
+    }
+
     fn set_soft(&mut self, j: usize, y: f32, param: f32) {
         self.soft[j] = 1.0;
         self.soft_value[j] = y;
@@ -543,6 +611,63 @@ impl DeviceFactor {
         self.put_known(x)
     }
 
+    /// ln Z_t(x_t) − ln r_t(x_t) per chain for a Gaussian kernel N(mean, var) at x_t, where this
+    /// factor is r_{t-1} and `prev` is r_t (the one x_t was drawn with; see
+    /// [`Conditioning::resampled`]): N(v; mean, var) for a known value (held at v, r = 1 there),
+    /// N(y; mean, var + s²) for a soft factor, over N(y_t; x_t, s_t²) of `prev`'s soft factor.
+    pub(crate) fn gaussian_log_weight(
+        &self,
+        mean: &Tensor<2>,
+        var: &Tensor<2>,
+        x_t: &Tensor<2>,
+        prev: &DeviceFactor,
+    ) -> Tensor<1> {
+        let log_normal = |x: Tensor<2>, m: Tensor<2>, v: Tensor<2>| {
+            ((x - m).powi_scalar(2) / v.clone() + (v * (2.0 * std::f64::consts::PI)).log())
+                * -0.5
+        };
+        let known = self.keep.clone().neg() + 1.0;
+        let known_term = log_normal(self.known_value.clone(), mean.clone(), var.clone()) * known;
+        let z_term = log_normal(
+            self.soft_value.clone(),
+            mean.clone(),
+            var.clone() + self.soft_param.clone(),
+        ) * self.soft.clone();
+        let h_term = log_normal(
+            prev.soft_value.clone(),
+            x_t.clone(),
+            prev.soft_param.clone(),
+        ) * prev.soft.clone();
+        (known_term + z_term - h_term).sum_dim(1).squeeze_dim(1)
+    }
+
+    /// ln Z_t(x_t) − ln r_t(x_t) per chain for a Bernoulli kernel with `logits` at x_t (this
+    /// factor r_{t-1}, `prev` r_t): f or 1 − f for a known bit, f r(1) + (1 − f) r(0) for a soft
+    /// one, over `prev`'s r(x_t); each soft r normalised, L its log-ratio: ln Z = softplus(l + L)
+    /// − softplus(l) − softplus(L) and ln r(x) = −softplus(∓L).
+    pub(crate) fn binary_log_weight(
+        &self,
+        logits: &Tensor<2>,
+        x_t: &Tensor<2>,
+        prev: &DeviceFactor,
+    ) -> Tensor<1> {
+        use burn::tensor::activation::softplus;
+        let sp = |x: Tensor<2>| softplus(x, 1.0);
+        let known = self.keep.clone().neg() + 1.0;
+        let v = self.known_value.clone();
+        let known_term =
+            (v.clone() * sp(logits.clone().neg()) + (v.neg() + 1.0) * sp(logits.clone())).neg()
+                * known;
+        let l = self.soft_param.clone();
+        let z_term =
+            (sp(logits.clone() + l.clone()) - sp(logits.clone()) - sp(l)) * self.soft.clone();
+        let lp = prev.soft_param.clone();
+        let h_term = (x_t.clone() * sp(lp.clone().neg()) + (x_t.clone().neg() + 1.0) * sp(lp))
+            .neg()
+            * prev.soft.clone();
+        (known_term + z_term - h_term).sum_dim(1).squeeze_dim(1)
+    }
+
     /// The logits of the kernel times the binary factor.
     pub(crate) fn binary_logits(&self, logits: Tensor<2>) -> Tensor<2> {
         logits + self.soft_param.clone()
@@ -552,4 +677,66 @@ impl DeviceFactor {
     pub(crate) fn put_known(&self, x: Tensor<2>) -> Tensor<2> {
         x * self.keep.clone() + self.known_value.clone()
     }
+}
+
+/// The weights of a particle system of chains ([`Conditioning::resampled`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Particles {
+    log_w: Vec<f64>,
+}
+
+impl Particles {
+    /// `m` chains of equal weight.
+    pub(crate) fn new(m: usize) -> Self {
+        Self {
+            log_w: vec![0.0; m],
+        }
+    }
+
+    /// Multiplies the weights by a step's (`log_weight`, per chain); returns the chains to carry
+    /// on with, by systematic resampling, when the effective sample size is under half the
+    /// chains or `last` is set (then every weight is equal again).
+    pub(crate) fn reweigh(&mut self, log_weight: &[f32], last: bool, rng: &mut Rng) -> Option<Vec<usize>> {
+        for (w, &l) in self.log_w.iter_mut().zip(log_weight) {
+            // a NaN weight (a kernel that broke) counts as zero
+            *w += if l.is_nan() { f64::NEG_INFINITY } else { l as f64 };
+        }
+        let top = self.log_w.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        if !top.is_finite() {
+            // every chain at weight zero: nothing to prefer, carry on as we are
+            self.log_w.iter_mut().for_each(|w| *w = 0.0);
+            return None;
+        }
+        let w: Vec<f64> = self.log_w.iter().map(|l| (l - top).exp()).collect();
+        let (sum, sum2) = w.iter().fold((0.0, 0.0), |(a, b), v| (a + v, b + v * v));
+        let m = w.len();
+        if !last && sum * sum / sum2 >= 0.5 * m as f64 {
+            return None;
+        }
+        let u: f64 = rng.random();
+        let mut picks = Vec::with_capacity(m);
+        let mut acc = w[0] / sum;
+        let mut i = 0;
+        for k in 0..m {
+            let target = (k as f64 + u) / m as f64;
+            while acc < target && i + 1 < m {
+                i += 1;
+                acc += w[i] / sum;
+            }
+            picks.push(i);
+        }
+        self.log_w.iter_mut().for_each(|w| *w = 0.0);
+        Some(picks)
+    }
+}
+
+/// The rows `picks` of `x`.
+pub(crate) fn pick_rows(x: Tensor<2>, picks: &[usize]) -> Tensor<2> {
+    let device = x.device();
+    let idx: Vec<i64> = picks.iter().map(|&i| i as i64).collect();
+    let idx = Tensor::<1, burn::tensor::Int>::from_data(
+        burn::tensor::TensorData::new(idx, [picks.len()]),
+        &device,
+    );
+    x.select(0, idx)
 }

@@ -15,7 +15,9 @@ use burn::tensor::Device;
 use diffusion_data::{DataError, Heartbeat, Rng, RollPosterior, SwissRoll};
 use serde::{Deserialize, Serialize};
 
-use crate::condition::{Cell, ConditionError, ConditionMode, Conditioning};
+use crate::condition::{Cell, ConditionError, Conditioning};
+#[cfg(doc)]
+use crate::condition::ConditionMode;
 use crate::config::{ConfigError, DataConfig};
 use crate::data::streams;
 use crate::evaluate::{ENERGY_POINTS, SAMPLE_CHUNK_ROWS};
@@ -122,8 +124,11 @@ impl Exact {
 pub struct ConditionalEvaluation {
     /// Conditional samples drawn.
     pub samples: usize,
-    /// `constant` (the paper's product) or `forward` (the observation through q).
+    /// `constant` (the paper's product), `forward` (the observation through q) or
+    /// `likelihood` (see [`ConditionMode`]).
     pub mode: String,
+    /// Whether the chains were resampled (sequential Monte Carlo).
+    pub resampled: bool,
     /// Heartbeat: the share of samples that are valid sequences agreeing with every known bit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub valid_consistent_fraction: Option<f64>,
@@ -175,11 +180,8 @@ pub fn evaluate_conditional<N: ReverseNetwork>(
     )?;
     let mut eval = ConditionalEvaluation {
         samples: n,
-        mode: match given.mode() {
-            ConditionMode::Constant => "constant",
-            ConditionMode::Forward => "forward",
-        }
-        .into(),
+        mode: given.mode().name().into(),
+        resampled: given.resamples(),
         valid_consistent_fraction: None,
         phase_fractions: None,
         exact_phases: None,
@@ -259,7 +261,7 @@ fn total_variation(fractions: &[f64], exact: &[f64]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::condition::{Condition, Variable};
+    use crate::condition::{Condition, ConditionMode, Variable};
 
     #[test]
     fn total_variation_counts_invalid_samples() {

@@ -12,7 +12,9 @@ use diffusion_data::Rng;
 use rand::Rng as _;
 
 use super::{Objective, Process, StepLoss, TrainingBatch, host, steps_tensor, tensor2};
-use crate::condition::{ConditionMode, Conditioning, Variable};
+use crate::condition::{
+    ConditionMode, Conditioning, Particles, StepFactor, Variable, pick_rows,
+};
 use crate::network::{ReverseModel, ReverseNetwork};
 
 /// A binomial diffusion with its reverse parametrization.
@@ -204,9 +206,8 @@ impl Process for BinomialBound {
         let factor = |k: usize, rng: &mut Rng| {
             given.map(|c| c.binary_step(n, self.diffusion.alpha_bar(k), pi, rng))
         };
-        // a draw of bits with probabilities p of a 1 on the host, times r_k
-        let draw_host = |p: &dyn Fn(usize) -> f64, k: usize, rng: &mut Rng| -> Vec<f32> {
-            let f = factor(k, rng);
+        // a draw of bits with probabilities p of a 1 on the host, times the factor
+        let draw_host = |p: &dyn Fn(usize) -> f64, f: Option<&StepFactor>, rng: &mut Rng| {
             let u = uniform(rng);
             match f {
                 None => (0..n * d)
@@ -226,13 +227,18 @@ impl Process for BinomialBound {
             }
         };
         // x_T ~ Bernoulli(pi), times r_T
-        let x_top = draw_host(&|_| pi, steps, rng);
+        let top = factor(steps, rng);
+        let x_top = draw_host(&|_| pi, top.as_ref(), rng);
         snapshot(steps, &x_top);
         // the chain stays on the device; only the uniforms (and factors) go up each step
         let mut x = tensor2(x_top, n, d, device);
+        let mut prev = top.map(|f| f.upload(n, d, device));
         let constant = given
             .filter(|c| c.mode() == ConditionMode::Constant)
-            .map(|c| c.binary_step(n, 1.0, pi, rng).upload(n, d, device));
+            .and(prev.clone());
+        // with resampling, each step first weighs the chains by Z_t(x_t) / r_t(x_t) and may
+        // resample them (then the kernel's rows go with their chains)
+        let mut particles = given.filter(|c| c.resamples()).map(|_| Particles::new(n));
         for t in (2..=steps).rev() {
             // logit(x (1 - b_t) + pi b_t) for x in {0, 1}, selected exactly per bit
             let kernel = || {
@@ -240,27 +246,49 @@ impl Process for BinomialBound {
                     [0.0, 1.0].map(|v| logit(self.diffusion.forward_kernel(t, v)) as f32);
                 x.clone() * k1 + (x.clone().neg() + 1.0) * k0
             };
-            let logits = self.logits(network.forward_at(x.clone(), t), kernel);
+            let mut logits = self.logits(network.forward_at(x.clone(), t), kernel);
             let f = match &constant {
                 Some(f) => Some(f.clone()),
                 None => factor(t - 1, rng).map(|f| f.upload(n, d, device)),
             };
-            let logits = match &f {
-                Some(f) => f.binary_logits(logits),
-                None => logits,
-            };
+            if let Some(f) = &f {
+                if let (Some(p), Some(h)) = (particles.as_mut(), &prev) {
+                    let lw = host(f.binary_log_weight(&logits, &x, h));
+                    if let Some(picks) = p.reweigh(&lw, false, rng) {
+                        logits = pick_rows(logits, &picks);
+                    }
+                }
+                logits = f.binary_logits(logits);
+            }
             let u = tensor2(uniform(rng), n, d, device);
             x = u.lower(burn::tensor::activation::sigmoid(logits)).float();
-            if let Some(f) = &f {
+            if let Some(f) = f {
                 x = f.put_known(x);
+                prev = Some(f);
             }
             if keep.contains(&(t - 1)) {
                 snapshot(t - 1, &host(x.clone()));
             }
         }
         // the fixed edge step q(x_0 | x_1), times r_0
+        let bottom = factor(0, rng);
+        if let (Some(p), Some(f), Some(h)) = (particles.as_mut(), &bottom, &prev) {
+            let logits: Vec<f32> = host(x.clone())
+                .iter()
+                .map(|&v| logit(self.diffusion.forward_kernel(1, v as f64)) as f32)
+                .collect();
+            let f = f.clone().upload(n, d, device);
+            let lw = host(f.binary_log_weight(&tensor2(logits, n, d, device), &x, h));
+            if let Some(picks) = p.reweigh(&lw, true, rng) {
+                x = pick_rows(x, &picks);
+            }
+        }
         let x1 = host(x);
-        let x0 = draw_host(&|j| self.diffusion.forward_kernel(1, x1[j] as f64), 0, rng);
+        let x0 = draw_host(
+            &|j| self.diffusion.forward_kernel(1, x1[j] as f64),
+            bottom.as_ref(),
+            rng,
+        );
         snapshot(0, &x0);
         out
     }

@@ -14,7 +14,9 @@ use rand::Rng as _;
 use rand_distr::StandardNormal;
 
 use super::{Objective, Process, StepLoss, TrainingBatch, host, steps_tensor, tensor2};
-use crate::condition::{ConditionMode, Conditioning, Variable};
+use crate::condition::{
+    ConditionMode, Conditioning, DeviceFactor, Particles, Variable, pick_rows,
+};
 use crate::config::LossKind;
 use crate::network::{LearnedBetas, ReverseModel, ReverseNetwork};
 
@@ -415,16 +417,42 @@ impl Process for GaussianBound {
         };
         // x_T ~ N(0, I), times r_T
         let mut x = tensor2(normal(rng), n, d, device);
-        if let Some(f) = factor(steps, rng) {
+        let mut prev = factor(steps, rng);
+        if let Some(f) = &prev {
             x = f.gaussian_draw(x.zeros_like(), x.ones_like(), x);
         }
         snapshot(steps, &x);
+        // with resampling, each step first weighs the chains by Z_t(x_t) / r_t(x_t) and may
+        // resample them (then the kernel's rows go with their chains)
+        let mut particles = given.filter(|c| c.resamples()).map(|_| Particles::new(n));
+        let mut step = |mean: Tensor<2>,
+                        var: Tensor<2>,
+                        x: &Tensor<2>,
+                        f: &DeviceFactor,
+                        h: Option<&DeviceFactor>,
+                        last: bool,
+                        rng: &mut Rng| {
+            let (Some(p), Some(h)) = (particles.as_mut(), h) else {
+                return (mean, var);
+            };
+            let lw = host(f.gaussian_log_weight(&mean, &var, x, h));
+            match p.reweigh(&lw, last, rng) {
+                Some(picks) => (pick_rows(mean, &picks), pick_rows(var, &picks)),
+                None => (mean, var),
+            }
+        };
         for t in (2..=steps).rev() {
             let (mean, log_var) = self.mean_log_variance(network, &tables, x.clone(), t);
             let eps = tensor2(normal(rng), n, d, device);
             x = match factor(t - 1, rng) {
                 None => mean + (log_var * 0.5).exp() * eps,
-                Some(f) => f.gaussian_draw(mean, log_var.exp(), eps),
+                Some(f) => {
+                    let (mean, var) =
+                        step(mean, log_var.exp(), &x, &f, prev.as_ref(), false, rng);
+                    let next = f.gaussian_draw(mean, var, eps);
+                    prev = Some(f);
+                    next
+                }
             };
             snapshot(t - 1, &x);
         }
@@ -435,7 +463,9 @@ impl Process for GaussianBound {
             None => x * (1.0 - b1).sqrt() + eps * b1.sqrt(),
             Some(f) => {
                 let var = x.ones_like() * b1;
-                f.gaussian_draw(x * (1.0 - b1).sqrt(), var, eps)
+                let mean = x.clone() * (1.0 - b1).sqrt();
+                let (mean, var) = step(mean, var, &x, &f, prev.as_ref(), true, rng);
+                f.gaussian_draw(mean, var, eps)
             }
         };
         snapshot(0, &x);

@@ -1,0 +1,290 @@
+//! The condition options (`--known`, `--observe`, their files, `--condition-mode`) as the
+//! library's [`Conditioning`].
+
+use std::path::Path;
+
+use diffusion_data::io;
+use diffusion_models::condition::Variable;
+use diffusion_models::{Condition, ConditionMode, Conditioning, Factor};
+
+use crate::args::{ConditionArgs, Mode};
+
+/// One source of factors: the same for every sample, or one row per sample.
+struct Rows(Vec<Condition>);
+
+impl ConditionArgs {
+    /// Whether any condition was asked for.
+    pub fn is_set(&self) -> bool {
+        self.known.is_some()
+            || self.observe.is_some()
+            || self.known_file.is_some()
+            || self.observe_file.is_some()
+    }
+
+    /// The conditions for `n` samples of data with `dim` coordinates, or `None` when no option
+    /// asks for one.
+    pub fn resolve(
+        &self,
+        dim: usize,
+        variable: Variable,
+        n: usize,
+    ) -> Result<Option<Conditioning>, String> {
+        let observing = self.observe.is_some() || self.observe_file.is_some();
+        if self.observe_noise.is_some() && !observing {
+            return Err("--observe-noise needs --observe or --observe-file".into());
+        }
+        if !self.is_set() {
+            return Ok(None);
+        }
+        let noise = match (observing, self.observe_noise) {
+            (true, None) => {
+                return Err("--observe and --observe-file need --observe-noise".into());
+            }
+            (_, noise) => noise.unwrap_or(0.0),
+        };
+        let mut sources = Vec::new();
+        if let Some(text) = &self.known {
+            sources.push(Rows(vec![parse_known(text)?]));
+        }
+        if let Some(text) = &self.observe {
+            sources.push(Rows(vec![parse_observe(text, dim, noise)?]));
+        }
+        if let Some(path) = &self.known_file {
+            sources.push(file_rows(path, dim, n, None)?);
+        }
+        if let Some(path) = &self.observe_file {
+            sources.push(file_rows(path, dim, n, Some(noise))?);
+        }
+        let rows = sources.iter().map(|s| s.0.len()).max().unwrap_or(1);
+        let conditions: Vec<Condition> = (0..rows)
+            .map(|r| {
+                let mut c = Condition::new();
+                for s in &sources {
+                    let row = &s.0[if s.0.len() == 1 { 0 } else { r }];
+                    for f in row.factors() {
+                        c = c.with(*f);
+                    }
+                }
+                c
+            })
+            .collect();
+        let mode = match self.condition_mode {
+            Mode::Constant => ConditionMode::Constant,
+            Mode::Forward => ConditionMode::Forward,
+            Mode::Likelihood => ConditionMode::Likelihood,
+        };
+        let mut given =
+            Conditioning::new(&conditions, dim, variable, mode).map_err(|e| e.to_string())?;
+        if self.resample {
+            given = given.resampled().map_err(|e| format!("--resample: {e}"))?;
+        }
+        given.check(dim, variable, n).map_err(|e| e.to_string())?;
+        Ok(Some(given))
+    }
+}
+
+/// `I=V,I=V,...`.
+fn parse_known(text: &str) -> Result<Condition, String> {
+    let mut c = Condition::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let bad = || format!("--known {item:?}: expected I=V (0-based coordinate = value)");
+        let (i, v) = item.split_once('=').ok_or_else(bad)?;
+        let i: usize = i.trim().parse().map_err(|_| bad())?;
+        let v: f32 = v.trim().parse().map_err(|_| bad())?;
+        c = c.known(i, v);
+    }
+    if c.factors().is_empty() {
+        return Err("--known needs at least one I=V".into());
+    }
+    Ok(c)
+}
+
+/// `V1,V2,...`, one value per coordinate (`nan` or nothing between the commas where a coordinate
+/// is not observed), or `I=V,...` for some coordinates.
+fn parse_observe(text: &str, dim: usize, noise: f64) -> Result<Condition, String> {
+    if text.contains('=') {
+        let c = parse_known(text).map_err(|e| e.replace("--known", "--observe"))?;
+        return Ok(c.factors().iter().fold(Condition::new(), |o, f| match *f {
+            Factor::Known { index, value } | Factor::Observed { index, value, .. } => {
+                o.observed(index, value, noise)
+            }
+        }));
+    }
+    let values: Vec<f32> = text
+        .split(',')
+        .map(|v| match v.trim() {
+            "" => Ok(f32::NAN),
+            v => v
+                .parse::<f32>()
+                .map_err(|_| format!("--observe: {v:?} is not a number")),
+        })
+        .collect::<Result<_, _>>()?;
+    if values.len() != dim {
+        return Err(format!(
+            "--observe has {} values, the run's data have {dim} coordinates (or give I=V,...)",
+            values.len()
+        ));
+    }
+    Ok(values
+        .into_iter()
+        .enumerate()
+        .filter(|(_, v)| !v.is_nan())
+        .fold(Condition::new(), |c, (i, v)| c.observed(i, v, noise)))
+}
+
+/// A file of known values (`noise` None) or observations: one row for all samples or one per
+/// sample, NaN where a coordinate has no factor.
+fn file_rows(path: &Path, dim: usize, n: usize, noise: Option<f64>) -> Result<Rows, String> {
+    let a = io::read_with_gaps(path).map_err(|e| e.to_string())?;
+    if a.cols != dim {
+        return Err(format!(
+            "{}: {} columns, the run's data have {dim}",
+            path.display(),
+            a.cols
+        ));
+    }
+    if a.rows != 1 && a.rows != n {
+        return Err(format!(
+            "{}: {} rows for {n} samples: give one row for all, or one per sample",
+            path.display(),
+            a.rows
+        ));
+    }
+    Ok(Rows(
+        (0..a.rows)
+            .map(|r| {
+                a.row(r)
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| !v.is_nan())
+                    .fold(Condition::new(), |c, (i, &v)| match noise {
+                        None => c.known(i, v),
+                        Some(s) => c.observed(i, v, s),
+                    })
+            })
+            .collect(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diffusion_models::condition::Cell;
+
+    fn args() -> ConditionArgs {
+        ConditionArgs::default()
+    }
+
+    #[test]
+    fn options_become_conditions() {
+        let a = ConditionArgs {
+            known: Some("1=-0.5, 0=2".into()),
+            ..args()
+        };
+        let c = a.resolve(3, Variable::Continuous, 10).unwrap().unwrap();
+        assert_eq!(c.rows(), 1);
+        assert_eq!(c.cell(7, 0), Cell::Known(2.0));
+        assert_eq!(c.cell(7, 1), Cell::Known(-0.5));
+        assert_eq!(c.cell(7, 2), Cell::Free);
+        let a = ConditionArgs {
+            observe: Some("1,0,1".into()),
+            observe_noise: Some(0.1),
+            known: Some("1=1".into()),
+            ..args()
+        };
+        let c = a.resolve(3, Variable::Binary, 4).unwrap().unwrap();
+        assert_eq!(c.cell(0, 0), Cell::Observed(1.0, 0.1));
+        // the known value absorbs the observation of its coordinate
+        assert_eq!(c.cell(0, 1), Cell::Known(1.0));
+        assert!(args().resolve(3, Variable::Binary, 4).unwrap().is_none());
+        // some coordinates: I=V pairs, or gaps in the list
+        for text in ["2=1,0=0", "0,,1", "0,nan,1"] {
+            let a = ConditionArgs {
+                observe: Some(text.into()),
+                observe_noise: Some(0.2),
+                ..args()
+            };
+            let c = a.resolve(3, Variable::Binary, 4).unwrap().unwrap();
+            assert_eq!(c.cell(0, 0), Cell::Observed(0.0, 0.2), "{text}");
+            assert_eq!(c.cell(0, 1), Cell::Free, "{text}");
+            assert_eq!(c.cell(0, 2), Cell::Observed(1.0, 0.2), "{text}");
+        }
+    }
+
+    #[test]
+    fn files_give_a_condition_per_sample() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("known.csv");
+        std::fs::write(&p, "x0,x1\n0.5,nan\nnan,nan\n-1,2\n").unwrap();
+        let a = ConditionArgs {
+            known_file: Some(p.clone()),
+            observe: Some("0,0".into()),
+            observe_noise: Some(0.3),
+            ..args()
+        };
+        let c = a.resolve(2, Variable::Continuous, 3).unwrap().unwrap();
+        assert_eq!(c.rows(), 3);
+        assert_eq!(c.cell(0, 0), Cell::Known(0.5));
+        assert_eq!(c.cell(0, 1), Cell::Observed(0.0, 0.3));
+        assert_eq!(c.cell(1, 0), Cell::Observed(0.0, 0.3));
+        assert_eq!(c.cell(2, 1), Cell::Known(2.0));
+        // three rows cannot condition four samples
+        let err = a.resolve(2, Variable::Continuous, 4).unwrap_err();
+        assert!(err.contains("3 rows for 4 samples"), "{err}");
+    }
+
+    #[test]
+    fn bad_options_are_one_line_errors() {
+        let cases = [
+            (
+                ConditionArgs {
+                    known: Some("3".into()),
+                    ..args()
+                },
+                "expected I=V",
+            ),
+            (
+                ConditionArgs {
+                    known: Some("5=1".into()),
+                    ..args()
+                },
+                "coordinate 5",
+            ),
+            (
+                ConditionArgs {
+                    observe: Some("1,2".into()),
+                    ..args()
+                },
+                "need --observe-noise",
+            ),
+            (
+                ConditionArgs {
+                    observe: Some("1".into()),
+                    observe_noise: Some(0.1),
+                    ..args()
+                },
+                "has 1 values",
+            ),
+            (
+                ConditionArgs {
+                    observe_noise: Some(0.1),
+                    ..args()
+                },
+                "needs --observe",
+            ),
+            (
+                ConditionArgs {
+                    observe: Some("1,x".into()),
+                    observe_noise: Some(0.1),
+                    ..args()
+                },
+                "not a number",
+            ),
+        ];
+        for (a, want) in cases {
+            let err = a.resolve(2, Variable::Continuous, 1).unwrap_err();
+            assert!(err.contains(want), "{err} (wanted {want})");
+            assert!(!err.contains('\n'));
+        }
+    }
+}
