@@ -10,7 +10,9 @@ use crate::common::{check_count, load_run};
 pub fn cmd_evaluate_conditional(a: EvaluateConditionalArgs) -> Result<(), String> {
     check_count(a.n)?;
     if !a.condition.is_set() {
-        return Err("evaluate-conditional needs a condition: --known, --observe, or their files".into());
+        return Err(
+            "evaluate-conditional needs a condition: --known, --observe, or their files".into(),
+        );
     }
     let (_, manifest, model, device) = load_run(&a.run, &a.backend)?;
     let bound = manifest.bound_of(&model).map_err(|e| e.to_string())?;
@@ -43,7 +45,9 @@ fn print(e: &ConditionalEvaluation) {
         &e.phase_fractions,
         &e.exact_phases,
     ) {
-        println!("valid      = {c:.4} of the samples are valid sequences that agree with the known bits");
+        println!(
+            "valid      = {c:.4} of the samples are valid sequences that agree with the known bits"
+        );
         println!("phases     = {} (samples)", list(f));
         println!("exact      = {} (the true conditional)", list(p));
         println!("TV         = {tv:.4} (total-variation distance, invalid samples counted)");

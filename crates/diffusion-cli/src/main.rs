@@ -103,9 +103,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
         Command::Train(a) => crate::train::cmd_train(a),
         Command::Evaluate(a) => crate::evaluate::cmd_evaluate(a),
         Command::Sample(a) => crate::sample::cmd_sample(a),
-        Command::EvaluateConditional(a) => {
-            crate::evaluate_conditional::cmd_evaluate_conditional(a)
-        }
+        Command::EvaluateConditional(a) => crate::evaluate_conditional::cmd_evaluate_conditional(a),
         Command::Plot(a) => crate::plot::cmd_plot(a),
         Command::Bench(a) => crate::bench::cmd_bench(a),
         Command::GradientVariance(a) => crate::gradient_variance::cmd_gradient_variance(a),

@@ -106,7 +106,9 @@ pub fn cmd_plot(a: PlotArgs) -> Result<(), String> {
         allowed.push(What::Conditional);
     }
     if what.contains(&What::Conditional) && !a.condition.is_set() {
-        return Err("--what conditional needs a condition: --known, --observe, or their files".into());
+        return Err(
+            "--what conditional needs a condition: --known, --observe, or their files".into(),
+        );
     }
     if let Some(w) = what.iter().find(|w| !allowed.contains(w)) {
         let names: Vec<&str> = allowed.iter().map(|w| w.name()).collect();
@@ -282,12 +284,21 @@ pub fn cmd_plot(a: PlotArgs) -> Result<(), String> {
                     .ok_or("--what conditional needs a condition")?;
                 let exact = Exact::of(&manifest.config.data, &given).map_err(|e| e.to_string())?;
                 let drawn = bound
-                    .sample_given(&model.network, m, &given, &mut rng, &device, SAMPLE_CHUNK_ROWS)
+                    .sample_given(
+                        &model.network,
+                        m,
+                        &given,
+                        &mut rng,
+                        &device,
+                        SAMPLE_CHUNK_ROWS,
+                    )
                     .map_err(|e| e.to_string())?;
                 let truth = exact.sample(m, &mut rng);
                 let mode = given.mode().name().to_string()
                     + if given.resamples() { ", resampled" } else { "" };
-                let title = format!("{name}: samples of p(x_0) r(x_0), {mode} r, beside the exact conditional");
+                let title = format!(
+                    "{name}: samples of p(x_0) r(x_0), {mode} r, beside the exact conditional"
+                );
                 if d == 2 {
                     let panel = |title: &str, values: &[f32]| ScatterPanel {
                         title: title.into(),

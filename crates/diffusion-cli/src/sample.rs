@@ -21,7 +21,14 @@ pub fn cmd_sample(a: SampleArgs) -> Result<(), String> {
     let data = match &given {
         None => bound.sample(&model.network, a.n, &mut rng, &device, SAMPLE_CHUNK_ROWS),
         Some(given) => bound
-            .sample_given(&model.network, a.n, given, &mut rng, &device, SAMPLE_CHUNK_ROWS)
+            .sample_given(
+                &model.network,
+                a.n,
+                given,
+                &mut rng,
+                &device,
+                SAMPLE_CHUNK_ROWS,
+            )
             .map_err(|e| e.to_string())?,
     };
     write_rows(&a.out, a.n, manifest.data_dim, data, "samples")

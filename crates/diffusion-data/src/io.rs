@@ -363,7 +363,12 @@ mod tests {
         // the plain reader still refuses them, and neither takes infinities
         assert!(read(&p).is_err());
         fs::write(&p, "1.0,inf\n").unwrap();
-        assert!(read_with_gaps(&p).unwrap_err().to_string().contains("infinite"));
+        assert!(
+            read_with_gaps(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("infinite")
+        );
     }
 
     #[test]

@@ -623,8 +623,7 @@ impl DeviceFactor {
         prev: &DeviceFactor,
     ) -> Tensor<1> {
         let log_normal = |x: Tensor<2>, m: Tensor<2>, v: Tensor<2>| {
-            ((x - m).powi_scalar(2) / v.clone() + (v * (2.0 * std::f64::consts::PI)).log())
-                * -0.5
+            ((x - m).powi_scalar(2) / v.clone() + (v * (2.0 * std::f64::consts::PI)).log()) * -0.5
         };
         let known = self.keep.clone().neg() + 1.0;
         let known_term = log_normal(self.known_value.clone(), mean.clone(), var.clone()) * known;
@@ -696,10 +695,19 @@ impl Particles {
     /// Multiplies the weights by a step's (`log_weight`, per chain); returns the chains to carry
     /// on with, by systematic resampling, when the effective sample size is under half the
     /// chains or `last` is set (then every weight is equal again).
-    pub(crate) fn reweigh(&mut self, log_weight: &[f32], last: bool, rng: &mut Rng) -> Option<Vec<usize>> {
+    pub(crate) fn reweigh(
+        &mut self,
+        log_weight: &[f32],
+        last: bool,
+        rng: &mut Rng,
+    ) -> Option<Vec<usize>> {
         for (w, &l) in self.log_w.iter_mut().zip(log_weight) {
             // a NaN weight (a kernel that broke) counts as zero
-            *w += if l.is_nan() { f64::NEG_INFINITY } else { l as f64 };
+            *w += if l.is_nan() {
+                f64::NEG_INFINITY
+            } else {
+                l as f64
+            };
         }
         let top = self.log_w.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         if !top.is_finite() {

@@ -15,9 +15,9 @@ use burn::tensor::Device;
 use diffusion_data::{DataError, Heartbeat, Rng, RollPosterior, SwissRoll};
 use serde::{Deserialize, Serialize};
 
-use crate::condition::{Cell, ConditionError, Conditioning};
 #[cfg(doc)]
 use crate::condition::ConditionMode;
+use crate::condition::{Cell, ConditionError, Conditioning};
 use crate::config::{ConfigError, DataConfig};
 use crate::data::streams;
 use crate::evaluate::{ENERGY_POINTS, SAMPLE_CHUNK_ROWS};
@@ -298,7 +298,7 @@ mod tests {
     fn file_data_and_per_sample_conditions_have_no_reference() {
         let c = Condition::new().known(0, 0.5);
         let one = Conditioning::new(
-            &[c.clone()],
+            std::slice::from_ref(&c),
             2,
             Variable::Continuous,
             ConditionMode::Constant,

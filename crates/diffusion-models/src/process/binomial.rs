@@ -12,9 +12,7 @@ use diffusion_data::Rng;
 use rand::Rng as _;
 
 use super::{Objective, Process, StepLoss, TrainingBatch, host, steps_tensor, tensor2};
-use crate::condition::{
-    ConditionMode, Conditioning, Particles, StepFactor, Variable, pick_rows,
-};
+use crate::condition::{ConditionMode, Conditioning, Particles, StepFactor, Variable, pick_rows};
 use crate::network::{ReverseModel, ReverseNetwork};
 
 /// A binomial diffusion with its reverse parametrization.

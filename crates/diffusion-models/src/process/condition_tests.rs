@@ -411,15 +411,27 @@ fn likelihood_chains_reach_the_exact_posterior() {
     let se = (want_v / n as f64).sqrt();
     for resample in [false, true] {
         let (m, v) = run(ConditionMode::Likelihood, resample);
-        assert!((m - want_m).abs() < 4.0 * se, "resample {resample}: mean {m} vs {want_m}");
-        assert!((v - want_v).abs() < 4.0 * want_v * (2.0 / n as f64).sqrt(), "var {v}");
+        assert!(
+            (m - want_m).abs() < 4.0 * se,
+            "resample {resample}: mean {m} vs {want_m}"
+        );
+        assert!(
+            (v - want_v).abs() < 4.0 * want_v * (2.0 / n as f64).sqrt(),
+            "var {v}"
+        );
     }
     let (paper, _) = run(ConditionMode::Constant, false);
     let (rec, _) = linear_chain_moments(&bound.diffusion, y, s, ConditionMode::Constant);
-    assert!((paper - rec).abs() < 4.0 * se && (rec - want_m).abs() > 0.1, "{paper} {rec}");
+    assert!(
+        (paper - rec).abs() < 4.0 * se && (rec - want_m).abs() > 0.1,
+        "{paper} {rec}"
+    );
     let (smc, _) = run(ConditionMode::Constant, true);
     // (its weights are heavy-tailed here: closer, not yet there at 8,192 chains)
-    assert!((smc - want_m).abs() < 0.7 * (paper - want_m).abs(), "{smc} vs {paper}");
+    assert!(
+        (smc - want_m).abs() < 0.7 * (paper - want_m).abs(),
+        "{smc} vs {paper}"
+    );
 }
 
 /// The same for bits: i.i.d. Bernoulli(pi) data with their exact reversal, one bit observed
@@ -440,8 +452,16 @@ fn binomial_chains_reach_the_exact_posterior() {
         if resample {
             given = given.resampled().unwrap();
         }
-        let x = sample_given(&bound, &model, n, &given, &mut diffusion_data::rng(3, 0), &device, 8192)
-            .unwrap();
+        let x = sample_given(
+            &bound,
+            &model,
+            n,
+            &given,
+            &mut diffusion_data::rng(3, 0),
+            &device,
+            8192,
+        )
+        .unwrap();
         let rate =
             |i: usize| x.iter().skip(i).step_by(d).map(|&v| v as f64).sum::<f64>() / n as f64;
         assert_eq!(rate(1), 1.0, "{mode:?}");
@@ -455,7 +475,10 @@ fn binomial_chains_reach_the_exact_posterior() {
         (ConditionMode::Constant, true),
     ] {
         let (r, tol) = run(mode, resample);
-        assert!((r - want).abs() < tol, "{mode:?} resample {resample}: {r} vs {want}");
+        assert!(
+            (r - want).abs() < tol,
+            "{mode:?} resample {resample}: {r} vs {want}"
+        );
     }
     let (paper, _) = run(ConditionMode::Constant, false);
     assert!((paper - want).abs() > 0.1, "{paper} vs {want}");
@@ -464,11 +487,31 @@ fn binomial_chains_reach_the_exact_posterior() {
 #[test]
 fn resampling_needs_the_constant_mode_and_one_condition() {
     let c = Condition::new().known(0, 1.0);
-    let forward = Conditioning::new(&[c.clone()], 2, Variable::Continuous, ConditionMode::Forward);
-    let likelihood =
-        Conditioning::new(&[c.clone()], 2, Variable::Continuous, ConditionMode::Likelihood);
+    let forward = Conditioning::new(
+        std::slice::from_ref(&c),
+        2,
+        Variable::Continuous,
+        ConditionMode::Forward,
+    );
+    let likelihood = Conditioning::new(
+        std::slice::from_ref(&c),
+        2,
+        Variable::Continuous,
+        ConditionMode::Likelihood,
+    );
     assert!(likelihood.unwrap().resampled().is_ok());
-    assert!(matches!(forward.unwrap().resampled(), Err(ConditionError::Resampling(_))));
-    let rows = Conditioning::new(&[c.clone(), c], 2, Variable::Continuous, ConditionMode::Constant);
-    assert!(matches!(rows.unwrap().resampled(), Err(ConditionError::Resampling(_))));
+    assert!(matches!(
+        forward.unwrap().resampled(),
+        Err(ConditionError::Resampling(_))
+    ));
+    let rows = Conditioning::new(
+        &[c.clone(), c],
+        2,
+        Variable::Continuous,
+        ConditionMode::Constant,
+    );
+    assert!(matches!(
+        rows.unwrap().resampled(),
+        Err(ConditionError::Resampling(_))
+    ));
 }

@@ -14,9 +14,7 @@ use rand::Rng as _;
 use rand_distr::StandardNormal;
 
 use super::{Objective, Process, StepLoss, TrainingBatch, host, steps_tensor, tensor2};
-use crate::condition::{
-    ConditionMode, Conditioning, DeviceFactor, Particles, Variable, pick_rows,
-};
+use crate::condition::{ConditionMode, Conditioning, DeviceFactor, Particles, Variable, pick_rows};
 use crate::config::LossKind;
 use crate::network::{LearnedBetas, ReverseModel, ReverseNetwork};
 
@@ -447,8 +445,7 @@ impl Process for GaussianBound {
             x = match factor(t - 1, rng) {
                 None => mean + (log_var * 0.5).exp() * eps,
                 Some(f) => {
-                    let (mean, var) =
-                        step(mean, log_var.exp(), &x, &f, prev.as_ref(), false, rng);
+                    let (mean, var) = step(mean, log_var.exp(), &x, &f, prev.as_ref(), false, rng);
                     let next = f.gaussian_draw(mean, var, eps);
                     prev = Some(f);
                     next
