@@ -134,7 +134,13 @@ fn heartbeat_inpainting_and_denoising() {
         "20",
     ]);
     assert!(String::from_utf8_lossy(&listed.stdout).contains("conditional.png"));
-    assert!(pictures.join("conditional.svg").is_file());
+    // two raster panels of 20 rows, as wide as the title
+    let title = "beat: samples of p(x_0) r(x_0), constant r, beside the exact conditional";
+    check_picture(
+        &pictures,
+        "conditional",
+        (11 * title.len() as u32 + 20, 40 + 30 + 20 * 8 + 20),
+    );
 
     // bad conditions: one line each
     fails(
@@ -299,7 +305,8 @@ fn swiss_roll_inpainting_and_denoising() {
         "-n",
         "200",
     ]);
-    assert!(pictures.join("conditional.png").is_file());
+    // one row of three scatter panels: the data, the exact conditional, the samples
+    check_picture(&pictures, "conditional", (90 + 3 * 200, 40 + 200));
     fails(
         &[
             "plot",

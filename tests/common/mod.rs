@@ -117,3 +117,41 @@ batch_size = 128
 log_every = 500
 optimizer = { kind = "adam", lr = 3e-3 }
 "#;
+
+/// Width and height from a PNG's IHDR chunk, after checking the signature.
+pub fn png_size(path: &Path) -> (u32, u32) {
+    let bytes = std::fs::read(path).unwrap();
+    assert!(bytes.len() > 1000, "{} is nearly empty", path.display());
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{}", path.display());
+    assert_eq!(&bytes[12..16], b"IHDR");
+    let be = |i: usize| u32::from_be_bytes(bytes[i..i + 4].try_into().unwrap());
+    (be(16), be(20))
+}
+
+/// Width and height of an SVG's root element, after checking it is one closed document.
+pub fn svg_size(path: &Path) -> (u32, u32) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let root = &text[text.find("<svg").expect("an <svg> element")..];
+    assert!(text.trim_end().ends_with("</svg>"), "{}", path.display());
+    let attr = |name: &str| -> u32 {
+        let at = root.find(&format!(" {name}=\"")).unwrap() + name.len() + 3;
+        root[at..root[at..].find('"').unwrap() + at]
+            .parse()
+            .unwrap()
+    };
+    (attr("width"), attr("height"))
+}
+
+/// Checks that `dir/name.png` and `dir/name.svg` are pictures of `size`.
+pub fn check_picture(dir: &Path, name: &str, size: (u32, u32)) {
+    assert_eq!(
+        png_size(&dir.join(format!("{name}.png"))),
+        size,
+        "{name}.png"
+    );
+    assert_eq!(
+        svg_size(&dir.join(format!("{name}.svg"))),
+        size,
+        "{name}.svg"
+    );
+}
