@@ -131,6 +131,22 @@ fn a_killed_run_resumes_to_the_same_weights() {
     };
     assert_eq!(k(&whole).to_bits(), k(&cut).to_bits());
 
+    // A run without train.ema_decay has no averaged weights to ask for.
+    fails(
+        &[
+            "sample",
+            "--run",
+            s(&whole),
+            "-n",
+            "5",
+            "--out",
+            s(&dir.join("x.csv")),
+            "--weights",
+            "ema",
+        ],
+        "has no averaged weights",
+    );
+
     // Resuming a finished run only re-evaluates it.
     run(&resume);
     assert_eq!(losses(&whole), losses(&cut));
@@ -275,7 +291,7 @@ fn same_seed_same_run() {
 /// The importance sampler's state and the learned betas are part of the checkpoint: a killed
 /// and resumed run with both ends where the uninterrupted one does.
 #[test]
-fn importance_sampling_and_a_learned_schedule_resume_exactly() {
+fn importance_sampling_a_learned_schedule_and_the_average_resume_exactly() {
     let dir = workdir("resume-importance");
     let config = dir.join("importance.toml");
     std::fs::write(
@@ -284,7 +300,10 @@ fn importance_sampling_and_a_learned_schedule_resume_exactly() {
             "schedule = { kind = \"linear\", start = 1e-3, end = 0.3 }",
             "schedule = { kind = \"learned\", init = { kind = \"linear\", start = 1e-3, end = 0.3 } }",
         )
-        .replace("steps = 1500", "steps = 1200\ncheckpoint_every = 400\nt_sampling = \"importance\"")
+        .replace(
+            "steps = 1500",
+            "steps = 1200\ncheckpoint_every = 400\nt_sampling = \"importance\"\nema_decay = 0.99",
+        )
         .replace("log_every = 500", "log_every = 100"),
     )
     .unwrap();
@@ -315,6 +334,35 @@ fn importance_sampling_and_a_learned_schedule_resume_exactly() {
     assert_eq!(losses(&whole), losses(&cut));
     let betas = |run: &Path| std::fs::read_to_string(run.join("betas.csv")).unwrap();
     assert_eq!(betas(&whole), betas(&cut));
+    // both weights, raw and averaged, give the same samples bit for bit (the default is the
+    // average; the raw weights' samples differ from it)
+    let weighted = |run: &Path, weights: &str| {
+        let out = dir.join(format!("{weights}.csv"));
+        common::run(&[
+            "sample",
+            "--run",
+            s(run),
+            "-n",
+            "300",
+            "--out",
+            s(&out),
+            "--weights",
+            weights,
+        ]);
+        std::fs::read(out).unwrap()
+    };
+    for weights in ["raw", "ema"] {
+        assert_eq!(
+            weighted(&whole, weights),
+            weighted(&cut, weights),
+            "{weights}"
+        );
+    }
+    assert_ne!(weighted(&whole, "raw"), weighted(&whole, "ema"));
+    assert_eq!(
+        weighted(&whole, "ema"),
+        samples(&whole, &dir.join("default.csv"))
+    );
     assert_eq!(
         samples(&whole, &dir.join("whole.csv")),
         samples(&cut, &dir.join("cut.csv"))

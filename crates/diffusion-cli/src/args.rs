@@ -124,6 +124,10 @@ pub struct EvaluateArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Which weights: the moving average when the run has one (train.ema_decay), `raw` for the
+    /// optimizer's, `ema` to insist on the average.
+    #[arg(long, value_enum, default_value_t = WeightsArg::Default)]
+    pub weights: WeightsArg,
     #[command(flatten)]
     pub backend: BackendArg,
 }
@@ -165,6 +169,10 @@ pub struct SampleArgs {
     pub seed: u64,
     #[command(flatten)]
     pub condition: ConditionArgs,
+    /// Which weights: the moving average when the run has one (train.ema_decay), `raw` for the
+    /// optimizer's, `ema` to insist on the average.
+    #[arg(long, value_enum, default_value_t = WeightsArg::Default)]
+    pub weights: WeightsArg,
     #[command(flatten)]
     pub backend: BackendArg,
 }
@@ -204,6 +212,18 @@ pub struct ConditionArgs {
     pub resample: bool,
 }
 
+/// `--weights`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum WeightsArg {
+    /// The moving average when the run has one, else the raw weights.
+    #[default]
+    Default,
+    /// The optimizer's weights after the last step (model.bpk).
+    Raw,
+    /// The moving average (model_ema.bpk).
+    Ema,
+}
+
 /// `--condition-mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum Mode {
@@ -233,6 +253,10 @@ pub struct EvaluateConditionalArgs {
     pub json: bool,
     #[command(flatten)]
     pub condition: ConditionArgs,
+    /// Which weights: the moving average when the run has one (train.ema_decay), `raw` for the
+    /// optimizer's, `ema` to insist on the average.
+    #[arg(long, value_enum, default_value_t = WeightsArg::Default)]
+    pub weights: WeightsArg,
     #[command(flatten)]
     pub backend: BackendArg,
 }
@@ -304,6 +328,10 @@ pub struct PlotArgs {
     /// The condition of `--what conditional`.
     #[command(flatten)]
     pub condition: ConditionArgs,
+    /// Which weights: the moving average when the run has one (train.ema_decay), `raw` for the
+    /// optimizer's, `ema` to insist on the average.
+    #[arg(long, value_enum, default_value_t = WeightsArg::Default)]
+    pub weights: WeightsArg,
     #[command(flatten)]
     pub backend: BackendArg,
 }

@@ -5,9 +5,9 @@ use std::path::Path;
 
 use burn::tensor::Device;
 use diffusion_data::{Array2, io};
-use diffusion_models::{Network, ReverseModel, RunConfig, RunDir, RunManifest};
+use diffusion_models::{Network, ReverseModel, RunConfig, RunDir, RunManifest, Weights};
 
-use crate::args::BackendArg;
+use crate::args::{BackendArg, WeightsArg};
 
 /// Reads and parses a TOML config, naming the file in any error.
 pub fn read_config(path: &Path) -> Result<RunConfig, String> {
@@ -16,17 +16,27 @@ pub fn read_config(path: &Path) -> Result<RunConfig, String> {
     RunConfig::from_toml(&text).map_err(|e| format!("config {}: {e}", path.display()))
 }
 
-/// Opens a trained run on the backend asked for: its folder, manifest and model.
+/// Opens a trained run on the backend asked for: its folder, manifest and model (the weights
+/// asked for; by default the moving average when the run has one).
 pub fn load_run(
     path: &Path,
     backend: &BackendArg,
+    weights: WeightsArg,
 ) -> Result<(RunDir, RunManifest, ReverseModel<Network>, Device), String> {
     let run = RunDir::open(path).map_err(|e| e.to_string())?;
     let manifest = run.manifest().map_err(|e| e.to_string())?;
     let (_, device) = backend.resolve()?;
-    let model = run
-        .load_model(&manifest, &device)
+    let weights = match weights {
+        WeightsArg::Default => Weights::Default,
+        WeightsArg::Raw => Weights::Raw,
+        WeightsArg::Ema => Weights::Ema,
+    };
+    let (model, used) = run
+        .load_weights(&manifest, &device, weights)
         .map_err(|e| e.to_string())?;
+    if used == Weights::Ema {
+        eprintln!("weights: the moving average (model_ema.bpk; --weights raw for the others)");
+    }
     Ok((run, manifest, model, device))
 }
 

@@ -8,7 +8,7 @@ use crate::common::{check_count, default_eval_points, load_run};
 
 /// Runs `diffusion evaluate`.
 pub fn cmd_evaluate(a: EvaluateArgs) -> Result<(), String> {
-    let (run, manifest, model, device) = load_run(&a.run, &a.backend)?;
+    let (run, manifest, model, device) = load_run(&a.run, &a.backend, a.weights)?;
     let n =
         a.n.unwrap_or_else(|| default_eval_points(manifest.config.diffusion.steps));
     check_count(n).map_err(|_| "--n must be at least 1".to_string())?;

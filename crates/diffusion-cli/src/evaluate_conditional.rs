@@ -14,7 +14,7 @@ pub fn cmd_evaluate_conditional(a: EvaluateConditionalArgs) -> Result<(), String
             "evaluate-conditional needs a condition: --known, --observe, or their files".into(),
         );
     }
-    let (_, manifest, model, device) = load_run(&a.run, &a.backend)?;
+    let (_, manifest, model, device) = load_run(&a.run, &a.backend, a.weights)?;
     let bound = manifest.bound_of(&model).map_err(|e| e.to_string())?;
     let given = a
         .condition

@@ -91,7 +91,7 @@ pub fn cmd_plot(a: PlotArgs) -> Result<(), String> {
     if a.n == 0 || a.rows == 0 {
         return Err("-n and --rows must be at least 1".into());
     }
-    let (run, manifest, model, device) = load_run(&a.run[0], &a.backend)?;
+    let (run, manifest, model, device) = load_run(&a.run[0], &a.backend, a.weights)?;
     let bound = manifest.bound_of(&model).map_err(|e| e.to_string())?;
     let steps_t = bound.steps();
     let fits = fitting(&manifest, &bound);

@@ -12,7 +12,7 @@ use crate::common::{check_count, load_run, write_rows};
 pub fn cmd_sample(a: SampleArgs) -> Result<(), String> {
     check_count(a.n)?;
     io::check_extension(&a.out).map_err(|e| e.to_string())?;
-    let (_, manifest, model, device) = load_run(&a.run, &a.backend)?;
+    let (_, manifest, model, device) = load_run(&a.run, &a.backend, a.weights)?;
     let bound = manifest.bound_of(&model).map_err(|e| e.to_string())?;
     let given = a
         .condition

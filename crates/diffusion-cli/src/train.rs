@@ -58,6 +58,9 @@ pub fn cmd_train(a: TrainArgs) -> Result<(), String> {
         "trained {} steps in {:.1} s ({:.1} steps/s)",
         summary.steps, summary.wall_time_s, summary.steps_per_s
     );
+    if manifest.config.train.ema_decay.is_some() {
+        eprintln!("evaluating the moving average of the weights (model_ema.bpk)");
+    }
     let eval = evaluate(&manifest, &dir, &model, &device, eval_n, a.eval_samples, 0)
         .map_err(|e| e.to_string())?;
     dir.write_json("evaluation.json", &eval)

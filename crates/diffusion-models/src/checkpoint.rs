@@ -3,6 +3,7 @@
 //! A checkpoint is a folder `checkpoints/step-NNNNNNNNN/` in the run folder holding
 //! - `model.bpk`: the network (Burn's burnpack record, parameter ids included);
 //! - `optimizer.bpk`: the optimizer state (Adam's moments, momentum buffers), keyed by those ids;
+//! - `model_ema.bpk`: the moving average of the weights, with `train.ema_decay`;
 //! - `state.json`: the step, the positions of the run's two random streams (training data, and
 //!   the t and noise draws), the wall time and the loss interval so far, the configuration it
 //!   belongs to, and the length and SHA-256 digest of each `.bpk` file.
@@ -33,6 +34,9 @@ pub const KEEP: usize = 2;
 
 const PARTIAL: &str = ".partial";
 
+/// The moving average of the weights, in a checkpoint and in a run folder.
+pub const EMA_FILE: &str = "model_ema.bpk";
+
 /// What `state.json` holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -62,6 +66,10 @@ pub struct CheckpointState {
     pub model_file: FileDigest,
     /// Length and SHA-256 of `optimizer.bpk`.
     pub optimizer_file: FileDigest,
+    /// Length and SHA-256 of `model_ema.bpk`, the moving average of the weights
+    /// (`train.ema_decay`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema_file: Option<FileDigest>,
 }
 
 /// Length and SHA-256 (the `sha2` crate) of a file, to tell a whole file from a truncated or
@@ -184,6 +192,7 @@ pub fn save<M: Module>(
     run: &RunDir,
     model: &M,
     optim: &ModuleOptimizer,
+    ema: Option<&M>,
     mut state: CheckpointState,
 ) -> Result<PathBuf, RunError> {
     let dir = folder(run);
@@ -215,6 +224,17 @@ pub fn save<M: Module>(
     state.optimizer_file = FileDigest::of(&optim_bytes);
     write_synced(&partial.join("model.bpk"), &model_bytes)?;
     write_synced(&partial.join("optimizer.bpk"), &optim_bytes)?;
+    state.ema_file = None;
+    if let Some(ema) = ema {
+        let bytes = ema.clone().into_record().into_bytes().map_err(|e| {
+            corrupt(
+                &partial,
+                format!("cannot serialise the averaged weights: {e}"),
+            )
+        })?;
+        state.ema_file = Some(FileDigest::of(&bytes));
+        write_synced(&partial.join(EMA_FILE), &bytes)?;
+    }
     let json = serde_json::to_string_pretty(&state).expect("serialisable");
     write_synced(&partial.join("state.json"), format!("{json}\n").as_bytes())?;
     sync_dir(&partial)?;
@@ -267,6 +287,9 @@ pub fn latest(run: &RunDir, config: &RunConfig) -> Result<Option<Checkpoint>, Ru
     // Both files whole: a resumed run must not start before finding out it cannot.
     read_checked(&path.join("model.bpk"), &state.model_file)?;
     read_checked(&path.join("optimizer.bpk"), &state.optimizer_file)?;
+    if let Some(digest) = &state.ema_file {
+        read_checked(&path.join(EMA_FILE), digest)?;
+    }
     Ok(Some(Checkpoint { path, state }))
 }
 
@@ -312,6 +335,22 @@ impl Checkpoint {
             .from_bytes(Bytes::from_bytes_vec(bytes))
             .map_err(|e| corrupt(&optim_path, format!("not an optimizer record ({e})")))?;
         Ok((model, optim))
+    }
+
+    /// Loads the moving average of the weights, when the checkpoint has one, into `template`
+    /// (a network of the run's shape on the plain device).
+    pub fn restore_ema<M: Module>(&self, template: M) -> Result<Option<M>, RunError> {
+        let Some(digest) = &self.state.ema_file else {
+            return Ok(None);
+        };
+        let path = self.path.join(EMA_FILE);
+        let bytes = read_checked(&path, digest)?;
+        let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes))
+            .map_err(|e| corrupt(&path, format!("not a model record ({e})")))?;
+        template
+            .try_load_record(record)
+            .map(Some)
+            .map_err(|e| corrupt(&path, format!("does not match the run's model ({e})")))
     }
 
     /// The saved position of the training-data stream.

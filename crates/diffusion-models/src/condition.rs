@@ -465,6 +465,11 @@ fn resolve_one(
     Ok((0..dim)
         .map(|i| match known[i] {
             Some(v) => Cell::Known(v),
+            // one observation as given (combining one would round its noise)
+            None if observed[i].len() == 1 => {
+                let (y, noise) = observed[i][0];
+                Cell::Observed(y as f32, noise)
+            }
             None => match variable {
                 Variable::Continuous => {
                     let factors: Vec<(f64, f64)> =

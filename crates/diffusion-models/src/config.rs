@@ -163,6 +163,12 @@ pub struct TrainConfig {
     /// The learning-rate schedule.
     #[serde(default)]
     pub lr_schedule: LrSchedule,
+    /// Keep an exponential moving average of the weights with this decay (e.g. 0.999; in
+    /// (0, 1)): ema ← d ema + (1 − d) θ after every step, from the weights after the first.
+    /// Saved beside the raw weights (`model_ema.bpk`) and in checkpoints; `evaluate`, `sample`
+    /// and `plot` use it when present (`--weights raw` for the others). Off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema_decay: Option<f64>,
 }
 
 fn default_steps() -> usize {
@@ -194,6 +200,7 @@ impl Default for TrainConfig {
             t_sampling: TSampling::default(),
             optimizer: OptimizerConfig::default(),
             lr_schedule: LrSchedule::default(),
+            ema_decay: None,
         }
     }
 }
@@ -455,6 +462,11 @@ impl RunConfig {
         }
         if t.log_every == 0 {
             return Err("train.log_every must be at least 1".into());
+        }
+        if let Some(d) = t.ema_decay
+            && !(d > 0.0 && d < 1.0)
+        {
+            return Err(format!("train.ema_decay = {d} must lie in (0, 1)"));
         }
         Ok(())
     }

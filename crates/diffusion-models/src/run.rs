@@ -3,6 +3,8 @@
 //! - `config.json`: the resolved [`RunManifest`] (config after command-line overrides, data
 //!   dimension), written before training starts;
 //! - `model.bpk`: the trained network (Burn's burnpack record);
+//! - `model_ema.bpk`: the moving average of its weights, with `train.ema_decay` (what
+//!   [`RunDir::load_model`] loads when it is there; [`Weights`]);
 //! - `metrics.csv`: `step,loss_bits,lr,wall_time_s` every `log_every` steps;
 //! - `summary.json`: steps, wall time and throughput of the finished run;
 //! - `heldout.npy`: the held-out points when training on a file.
@@ -81,6 +83,12 @@ pub enum RunError {
     /// A binomial run's pi, estimated from the data, is 0 or 1.
     #[error("the data's mean activity is {0}; set diffusion.pi in (0, 1) explicitly")]
     MeanActivity(f64),
+    /// `--weights ema` on a run trained without `train.ema_decay`.
+    #[error("{path} has no averaged weights (model_ema.bpk; train with train.ema_decay)")]
+    NoAverage {
+        /// The run folder.
+        path: String,
+    },
     /// `resume` found nothing to continue from.
     #[error("{run} has no checkpoint to resume from (none in {folder})")]
     NoCheckpoint {
@@ -298,7 +306,14 @@ impl RunDir {
 
     /// Saves the network as `model.bpk`.
     pub fn save_model<M: Module>(&self, model: &M) -> Result<(), RunError> {
-        let p = self.file("model.bpk");
+        self.save_weights(model, Weights::Raw)
+    }
+
+    /// Saves the network as `model.bpk` (raw weights) or `model_ema.bpk` (their moving
+    /// average).
+    pub fn save_weights<M: Module>(&self, model: &M, weights: Weights) -> Result<(), RunError> {
+        let name = weights.file().unwrap_or("model.bpk");
+        let p = self.file(name);
         let bytes = model
             .valid()
             .into_record()
@@ -307,16 +322,48 @@ impl RunDir {
                 path: p.display().to_string(),
                 message: e.to_string(),
             })?;
-        self.write("model.bpk", &bytes)
+        self.write(name, &bytes)
     }
 
-    /// Loads `model.bpk` into a network of the manifest's shape on `device`.
+    /// Loads the run's default weights (the moving average when the run has one, else
+    /// `model.bpk`) into a network of the manifest's shape on `device`.
     pub fn load_model(
         &self,
         manifest: &RunManifest,
         device: &Device,
     ) -> Result<ReverseModel<Network>, RunError> {
-        let p = self.file("model.bpk");
+        self.load_weights(manifest, device, Weights::Default)
+            .map(|(model, _)| model)
+    }
+
+    /// Which weights [`Weights::Default`] means for this run.
+    pub fn default_weights(&self) -> Weights {
+        if self.file(crate::checkpoint::EMA_FILE).is_file() {
+            Weights::Ema
+        } else {
+            Weights::Raw
+        }
+    }
+
+    /// Loads `weights` into a network of the manifest's shape on `device`; returns which
+    /// weights were loaded ([`Weights::Default`] resolved).
+    pub fn load_weights(
+        &self,
+        manifest: &RunManifest,
+        device: &Device,
+        weights: Weights,
+    ) -> Result<(ReverseModel<Network>, Weights), RunError> {
+        let weights = match weights {
+            Weights::Default => self.default_weights(),
+            w => w,
+        };
+        let name = weights.file().unwrap_or("model.bpk");
+        let p = self.file(name);
+        if weights == Weights::Ema && !p.is_file() {
+            return Err(RunError::NoAverage {
+                path: self.path().display().to_string(),
+            });
+        }
         let bytes = fs::read(&p).map_err(io_err(&p))?;
         let corrupt = |message: String| RunError::Corrupt {
             path: p.display().to_string(),
@@ -324,10 +371,44 @@ impl RunDir {
         };
         let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes))
             .map_err(|e| corrupt(format!("not a model record ({e})")))?;
-        manifest
+        let model = manifest
             .init_model(device)
             .map_err(|e| corrupt(e.to_string()))?
             .try_load_record(record)
-            .map_err(|e| corrupt(format!("does not match the run's model ({e})")))
+            .map_err(|e| corrupt(format!("does not match the run's model ({e})")))?;
+        Ok((model, weights))
+    }
+}
+
+/// Which of a run's weights to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Weights {
+    /// The moving average when the run has one (`train.ema_decay`), else the raw weights.
+    #[default]
+    Default,
+    /// The optimizer's weights after the last step (`model.bpk`).
+    Raw,
+    /// Their moving average (`model_ema.bpk`).
+    Ema,
+}
+
+impl Weights {
+    /// The file these weights live in (`None` for [`Weights::Default`], which depends on the
+    /// run).
+    pub fn file(self) -> Option<&'static str> {
+        match self {
+            Self::Default => None,
+            Self::Raw => Some("model.bpk"),
+            Self::Ema => Some(crate::checkpoint::EMA_FILE),
+        }
+    }
+
+    /// `raw`, `ema` or `default`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Default => "default",
+            Self::Raw => "raw",
+            Self::Ema => "ema",
+        }
     }
 }

@@ -222,7 +222,8 @@ impl Run {
         })
     }
 
-    /// Trains the run on `device` (autodiff is added here) into its folder.
+    /// Trains the run on `device` (autodiff is added here) into its folder; returns the weights
+    /// evaluation and sampling use by default (the moving average, with `train.ema_decay`).
     pub fn train(
         self,
         device: &Device,

@@ -139,6 +139,8 @@ pub struct TrainProgress {
 pub struct Fitted<N: ReverseNetwork> {
     /// The trained model, on the plain (inference) device.
     pub model: ReverseModel<N>,
+    /// The moving average of its weights, when `train.ema_decay` asks for one.
+    pub ema: Option<ReverseModel<N>>,
     /// Training seconds, including those before a resume.
     pub wall_time_s: f64,
     /// The mean loss of the last logged interval.
@@ -197,6 +199,8 @@ pub struct Trainer<P: Process, N: ReverseNetwork> {
     config: TrainConfig,
     device: Device,
     model: Option<ReverseModel<N>>,
+    /// The moving average of the weights (`train.ema_decay`), on the plain device.
+    ema: Option<ReverseModel<N>>,
     optim: ModuleOptimizer,
     sampler: Option<StepSampler>,
     progress: TrainProgress,
@@ -253,6 +257,7 @@ impl<P: Process, N: ReverseNetwork> Trainer<P, N> {
             config: config.clone(),
             device: device.clone(),
             model: Some(model),
+            ema: None,
             optim: optimizer(&config.optimizer),
             sampler,
             progress: TrainProgress::default(),
@@ -271,6 +276,14 @@ impl<P: Process, N: ReverseNetwork> Trainer<P, N> {
         let model = self.take_model();
         let optim = std::mem::replace(&mut self.optim, optimizer(&self.config.optimizer));
         let (model, optim) = checkpoint.restore(model, optim)?;
+        self.ema = checkpoint.restore_ema(model.valid())?;
+        if self.config.ema_decay.is_some() != self.ema.is_some() && checkpoint.state.step > 0 {
+            return Err(RunError::Corrupt {
+                path: checkpoint.path.join("state.json").display().to_string(),
+                message: "the averaged weights do not match train.ema_decay".into(),
+            }
+            .into());
+        }
         (self.model, self.optim) = (Some(model), optim);
         let s = &checkpoint.state;
         self.progress = TrainProgress {
@@ -308,6 +321,12 @@ impl<P: Process, N: ReverseNetwork> Trainer<P, N> {
         self.model
             .take()
             .expect("the trainer holds its model between steps")
+    }
+
+    /// The moving average of the weights, when `train.ema_decay` asks for one (from the first
+    /// step on).
+    pub fn ema(&self) -> Option<&ReverseModel<N>> {
+        self.ema.as_ref()
     }
 
     /// The optimizer and its state.
@@ -376,7 +395,15 @@ impl<P: Process, N: ReverseNetwork> Trainer<P, N> {
             });
         }
         let grads = GradientsParams::from_grads(loss.backward(), &model);
-        self.model = Some(self.optim.step(lr, model, grads));
+        let model = self.optim.step(lr, model, grads);
+        if let Some(decay) = self.config.ema_decay {
+            let current = model.valid();
+            self.ema = Some(match self.ema.take() {
+                None => current,
+                Some(ema) => crate::ema::update(ema, &current, decay),
+            });
+        }
+        self.model = Some(model);
         let p = &mut self.progress;
         p.step = done;
         (p.data_word_pos, p.noise_word_pos) = (prepared.data_pos, prepared.noise_pos);
@@ -415,6 +442,7 @@ impl<P: Process, N: ReverseNetwork> Trainer<P, N> {
         Ok(Fitted {
             wall_time_s: self.progress.wall_before_s + self.started.elapsed().as_secs_f64(),
             final_loss_bits: self.progress.last_loss_bits,
+            ema: self.ema.take(),
             model: self.take_model().valid(),
         })
     }
@@ -537,5 +565,72 @@ mod tests {
                 assert!(a != b, "{time:?} {kind:?}: parameter {i} did not move");
             }
         }
+    }
+
+    /// With `ema_decay`, the average after k steps is w_1 after the first, then d e + (1 - d) w_k,
+    /// over the raw weights w_k after each step; without it there is none.
+    #[test]
+    fn the_moving_average_follows_the_raw_weights() {
+        let steps = 10;
+        let process = GaussianBound {
+            diffusion: GaussianDiffusion::new(BetaSchedule::paper().betas(steps).unwrap(), 2)
+                .unwrap(),
+            parametrization: ReverseParametrization::Paper,
+        };
+        let device = Device::flex().autodiff();
+        let d = 0.8;
+        let config = ModelConfig {
+            hidden: vec![8],
+            ..ModelConfig::default()
+        };
+        let train = TrainConfig {
+            steps: 4,
+            batch_size: 64,
+            ema_decay: Some(d),
+            ..TrainConfig::default()
+        };
+        let data = || TrainingData::swiss_roll(diffusion_data::SwissRoll::new(0.5).unwrap(), 0);
+        let start = ReverseModel::new(config.init(2, 4, steps, &device));
+        // reading the weights initialises them, so both trainers start from the same ones
+        parameters(&start);
+        let mut trainer = Trainer::new(process.clone(), start.clone(), &train, data(), &device);
+        assert!(trainer.ema().is_none());
+        let mut want: Option<Vec<Vec<f32>>> = None;
+        for _ in 0..4 {
+            trainer.step().unwrap();
+            let raw = parameters(trainer.model());
+            want = Some(match want {
+                None => raw,
+                Some(e) => e
+                    .iter()
+                    .zip(&raw)
+                    .map(|(e, w)| {
+                        e.iter()
+                            .zip(w)
+                            .map(|(&e, &w)| (d * e as f64 + (1.0 - d) * w as f64) as f32)
+                            .collect()
+                    })
+                    .collect(),
+            });
+            let got = parameters(trainer.ema().unwrap());
+            for (g, w) in got.iter().flatten().zip(want.iter().flatten().flatten()) {
+                assert!((g - w).abs() < 1e-6, "{g} vs {w}");
+            }
+        }
+        // the average is not the raw weights, and training itself does not depend on it
+        assert_ne!(
+            parameters(trainer.ema().unwrap()),
+            parameters(trainer.model())
+        );
+        let plain = TrainConfig {
+            ema_decay: None,
+            ..train
+        };
+        let mut other = Trainer::new(process, start, &plain, data(), &device);
+        for _ in 0..4 {
+            other.step().unwrap();
+        }
+        assert!(other.ema().is_none());
+        assert_eq!(parameters(other.model()), parameters(trainer.model()));
     }
 }

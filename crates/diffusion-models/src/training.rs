@@ -19,7 +19,7 @@ use crate::metrics::{MetricsRow, MetricsWriter};
 use crate::model::Network;
 use crate::network::{ReverseModel, ReverseNetwork};
 use crate::process::Process;
-use crate::run::{RunDir, RunError, RunManifest};
+use crate::run::{RunDir, RunError, RunManifest, Weights};
 use crate::trainer::{Observer, StepReport, TrainError, Trainer};
 
 /// One progress report.
@@ -127,8 +127,15 @@ impl<P: Process, N: ReverseNetwork> Observer<P, N> for CheckpointObserver<'_> {
             config: self.manifest.config.clone(),
             model_file: FileDigest::of(&[]),
             optimizer_file: FileDigest::of(&[]),
+            ema_file: None,
         };
-        let path = checkpoint::save(self.run, trainer.model(), trainer.optimizer(), state)?;
+        let path = checkpoint::save(
+            self.run,
+            trainer.model(),
+            trainer.optimizer(),
+            trainer.ema(),
+            state,
+        )?;
         self.kept = Some((report.step, path));
         Ok(())
     }
@@ -159,9 +166,11 @@ impl<P: Process, N: ReverseNetwork> Observer<P, N> for ProgressObserver<'_> {
 }
 
 /// Trains the network of `manifest` on `data`, writing `metrics.csv`, checkpoints, `model.bpk`
-/// and `summary.json` into `run`. `device` is the plain device; autodiff is added here. With
-/// `resume`, the network, optimizer, streams and metrics continue from that checkpoint (`data`
-/// must be the stream the run was started with; its position is restored here).
+/// (and `model_ema.bpk` with `train.ema_decay`) and `summary.json` into `run`. `device` is the
+/// plain device; autodiff is added here. With `resume`, the network, optimizer, average, streams
+/// and metrics continue from that checkpoint (`data` must be the stream the run was started
+/// with; its position is restored here). Returns the weights evaluation uses by default: the
+/// average when there is one.
 pub fn train(
     manifest: &RunManifest,
     data: TrainingData,
@@ -213,8 +222,12 @@ impl RunFiles<'_, '_> {
         let mut checkpoints = CheckpointObserver::new(self.run, self.manifest, self.resume);
         let mut progress = ProgressObserver(self.on_progress);
         let fitted = trainer.fit(&mut [&mut metrics, &mut progress, &mut checkpoints])?;
-        let model = fitted.model;
-        self.run.save_model(&model)?;
+        self.run.save_model(&fitted.model)?;
+        if let Some(ema) = &fitted.ema {
+            self.run.save_weights(ema, Weights::Ema)?;
+        }
+        // the weights evaluation and sampling use by default: the average, when there is one
+        let model = fitted.ema.unwrap_or(fitted.model);
         if let Some(schedule) = model.learned_schedule() {
             let mut text = String::from("t,beta\n");
             for (t, b) in schedule.host_betas().iter().enumerate() {
