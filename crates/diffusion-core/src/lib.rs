@@ -33,6 +33,7 @@ pub mod binomial;
 pub mod condition;
 pub mod gaussian;
 pub mod parametrization;
+pub mod respace;
 pub mod schedule;
 pub mod stats;
 
@@ -45,6 +46,7 @@ pub use gaussian::{BoundConstants, GaussianDiffusion, kl_diag_gaussian_scalar};
 pub use parametrization::ReverseParametrization;
 #[cfg(feature = "burn")]
 pub use parametrization::StepCoefficients;
+pub use respace::{Ddim, PredictionType, Respacing, TimestepSpacing};
 pub use schedule::{BetaSchedule, ScheduleError};
 pub use stats::{MeanStderr, energy_distance};
 
