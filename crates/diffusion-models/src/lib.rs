@@ -60,6 +60,7 @@ pub mod model;
 pub mod network;
 pub mod process;
 pub mod run;
+pub mod sampling;
 pub mod setup;
 pub mod trainer;
 pub mod training;

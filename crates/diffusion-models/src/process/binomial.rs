@@ -71,7 +71,11 @@ fn logit(p: f64) -> f64 {
 
 impl BinomialBound {
     /// The reverse kernel's logits from the network's output `z`.
-    fn logits(&self, z: Tensor<2>, kernel_logit: impl FnOnce() -> Tensor<2>) -> Tensor<2> {
+    pub(crate) fn logits(
+        &self,
+        z: Tensor<2>,
+        kernel_logit: impl FnOnce() -> Tensor<2>,
+    ) -> Tensor<2> {
         match self.parametrization {
             ReverseParametrization::Paper => z + kernel_logit(),
             // the noise-predicting parametrizations are refused for binary data by

@@ -348,7 +348,7 @@ fn steps_tensor(ts: &[usize], device: &Device) -> Tensor<1, Int> {
 }
 
 /// A tensor's values on the host.
-fn host<const D: usize>(x: Tensor<D>) -> Vec<f32> {
+pub(crate) fn host<const D: usize>(x: Tensor<D>) -> Vec<f32> {
     x.into_data()
         .convert::<f32>()
         .as_slice::<f32>()

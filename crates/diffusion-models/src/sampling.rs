@@ -1,0 +1,685 @@
+//! Shorter reverse chains for a trained model: respaced chains (Nichol and Dhariwal 2021,
+//! section 4) for both processes and DDIM (Song, Meng and Ermon 2021) for Gaussian ones
+//! (`diffusion_core::respace` has the schedules and the DDIM step's arithmetic).
+//!
+//! **How the model's output maps onto a shorter chain.** The network is called at the original
+//! step t = s_k. Its kernel for t → t − 1 implies an x_0: for Gaussian runs, inverting the
+//! posterior mean μ = c_0 x̂_0 + c_t x_t of the original chain, x̂_0 = (μ − c_t x_t) / c_0 (for
+//! the noise-predicting parametrizations this is the usual x̂_0 of ε̂); its log-variance sits at
+//! a fraction v of the way from ln b~_t to ln b_t. The respaced kernel for s_k → s_{k−1} is the
+//! respaced chain's posterior mean at x̂_0 with the log-variance at the same fraction v of its own
+//! [ln b~'_k, ln b'_k]. For binomial runs the kernel's probability f of a 1 is a mixture
+//! f = p̂ q(1 | x_t, x_0 = 1) + (1 − p̂) q(1 | x_t, x_0 = 0); the implied p̂ = P(x_0 = 1 | x_t)
+//! (clamped to [0, 1]) mixes the respaced chain's posteriors instead. A kept step whose
+//! predecessor is kept too is the original step, unchanged, so keeping every step is the
+//! ancestral sampler draw for draw.
+
+use burn::tensor::{Device, Tensor};
+use diffusion_core::{
+    BinomialDiffusion, Ddim, GaussianDiffusion, PredictionType, Respacing, ScheduleError,
+};
+use diffusion_data::Rng;
+use rand::Rng as _;
+use rand_distr::StandardNormal;
+
+use crate::network::ReverseNetwork;
+use crate::process::{BinomialBound, GaussianBound, Process, host, tensor2};
+
+fn normal(rng: &mut Rng, n: usize, d: usize, device: &Device) -> Tensor<2> {
+    let v: Vec<f32> = (0..n * d)
+        .map(|_| rng.sample::<f64, _>(StandardNormal) as f32)
+        .collect();
+    tensor2(v, n, d, device)
+}
+
+/// The respaced Gaussian chain of `g` on the kept steps of `r`.
+pub fn respaced_gaussian(
+    g: &GaussianDiffusion,
+    r: &Respacing,
+) -> Result<GaussianDiffusion, ScheduleError> {
+    GaussianDiffusion::new(r.betas(|t| g.alpha_bar(t)), g.dim())
+}
+
+/// The respaced binomial chain of `b` on the kept steps of `r`.
+pub fn respaced_binomial(
+    b: &BinomialDiffusion,
+    r: &Respacing,
+) -> Result<BinomialDiffusion, ScheduleError> {
+    BinomialDiffusion::new(r.betas(|t| b.alpha_bar(t)), b.pi(), b.dim())
+}
+
+impl GaussianBound {
+    /// The respaced kernel's mean and log-variance for s_k → s_{k−1} (`k` ≥ 2, 1-based in the
+    /// respaced chain `short`) from the network at the original step s_k, for rows `x`.
+    pub fn respaced_kernel<N: ReverseNetwork>(
+        &self,
+        network: &N,
+        tables: &<Self as Process>::Tables,
+        short: &GaussianDiffusion,
+        r: &Respacing,
+        k: usize,
+        x: Tensor<2>,
+    ) -> (Tensor<2>, Tensor<2>) {
+        let (t, prev) = (r.kept()[k - 1], r.kept()[k - 2]);
+        let (mean, log_var) = self.mean_log_variance(network, tables, x.clone(), t);
+        if prev + 1 == t {
+            return (mean, log_var);
+        }
+        let g = &self.diffusion;
+        let (c0, ct, post_var) = g.posterior_coefficients(t);
+        let x0 = (mean - x.clone() * ct) / c0;
+        let (lo, hi) = (post_var.ln(), g.beta(t).ln());
+        let v = (log_var - lo) / (hi - lo);
+        let (c0, ct, post_var) = short.posterior_coefficients(k);
+        let (lo, hi) = (post_var.ln(), short.beta(k).ln());
+        (x0 * c0 + x * ct, v.clone() * hi + (v.neg() + 1.0) * lo)
+    }
+
+    /// Draws `n` samples through the respaced chain on the kept steps of `r`.
+    pub fn sample_respaced<N: ReverseNetwork>(
+        &self,
+        network: &N,
+        r: &Respacing,
+        n: usize,
+        rng: &mut Rng,
+        device: &Device,
+    ) -> Result<Vec<f32>, ScheduleError> {
+        let short = respaced_gaussian(&self.diffusion, r)?;
+        let d = self.diffusion.dim();
+        let tables = self.tables(device);
+        let mut x = normal(rng, n, d, device);
+        for k in (2..=r.kept().len()).rev() {
+            let (mean, log_var) = self.respaced_kernel(network, &tables, &short, r, k, x.clone());
+            x = mean + (log_var * 0.5).exp() * normal(rng, n, d, device);
+        }
+        // the fixed edge step from s_1 to 0 (the original one when s_1 = 1)
+        let b1 = if r.kept()[0] == 1 {
+            self.diffusion.beta(1)
+        } else {
+            short.beta(1)
+        };
+        let eps = normal(rng, n, d, device);
+        Ok(host(x * (1.0 - b1).sqrt() + eps * b1.sqrt()))
+    }
+
+    /// The model's prediction of x_0 at the original step `t` for rows `x` (the edge kernel's
+    /// mean at t = 1).
+    pub fn predict_x0<N: ReverseNetwork>(
+        &self,
+        network: &N,
+        tables: &<Self as Process>::Tables,
+        x: Tensor<2>,
+        t: usize,
+    ) -> Tensor<2> {
+        if t == 1 {
+            return x * (1.0 - self.diffusion.beta(1)).sqrt();
+        }
+        let (mean, _) = self.mean_log_variance(network, tables, x.clone(), t);
+        let (c0, ct, _) = self.diffusion.posterior_coefficients(t);
+        (mean - x * ct) / c0
+    }
+
+    /// The DDIM sampler of this chain with the given options (its `alphas_cumprod` filled in).
+    pub fn ddim(&self, mut options: Ddim) -> Ddim {
+        options.alphas_cumprod = (1..=self.diffusion.steps())
+            .map(|t| self.diffusion.alpha_bar(t))
+            .collect();
+        options
+    }
+
+    /// The network as a DDIM model: its output at 0-based `timestep` (step t = timestep + 1),
+    /// as ε̂ or x̂_0 by `prediction`.
+    pub fn ddim_output<N: ReverseNetwork>(
+        &self,
+        network: &N,
+        tables: &<Self as Process>::Tables,
+        x: &Tensor<2>,
+        timestep: usize,
+        prediction: PredictionType,
+    ) -> Tensor<2> {
+        let t = timestep + 1;
+        let x0 = self.predict_x0(network, tables, x.clone(), t);
+        match prediction {
+            PredictionType::Sample => x0,
+            PredictionType::Epsilon => {
+                let abar = self.diffusion.alpha_bar(t);
+                (x.clone() - x0 * abar.sqrt()) / (1.0 - abar).sqrt()
+            }
+        }
+    }
+
+    /// Draws `n` samples by DDIM (`ddim` from [`GaussianBound::ddim`]).
+    pub fn sample_ddim<N: ReverseNetwork>(
+        &self,
+        network: &N,
+        ddim: &Ddim,
+        n: usize,
+        rng: &mut Rng,
+        device: &Device,
+    ) -> Vec<f32> {
+        let d = self.diffusion.dim();
+        let tables = self.tables(device);
+        let x = normal(rng, n, d, device);
+        let x = ddim_loop(
+            ddim,
+            x,
+            |x, i| self.ddim_output(network, &tables, x, i, ddim.prediction_type),
+            |rng: &mut Rng| normal(rng, n, d, device),
+            rng,
+        );
+        host(x)
+    }
+
+    /// DDIM with eta = 0 run backwards: from x_0 (rows `x`) up to x at the noisiest timestep,
+    /// each step solved for the x whose deterministic step lands on the current one (fixed-point
+    /// iteration, to `tolerance` or 50 iterations).
+    pub fn ddim_encode<N: ReverseNetwork>(
+        &self,
+        network: &N,
+        ddim: &Ddim,
+        mut x: Tensor<2>,
+        device: &Device,
+        tolerance: f32,
+    ) -> Tensor<2> {
+        let tables = self.tables(device);
+        for &i in ddim.timesteps().iter().rev() {
+            let target = x.clone();
+            let mut guess = x.clone();
+            for _ in 0..50 {
+                let out = self.ddim_output(network, &tables, &guess, i, ddim.prediction_type);
+                let next = ddim_step(ddim, &guess, i, out, None);
+                // x_prev = a x̂_0(x) + b ε̂(x) is solved for x through the x̂_0 term, whose
+                // coefficient in x is a / sqrt(abar_t)
+                let (a, _, _, abar) = ddim.coefficients(i);
+                let scale = a / abar.sqrt();
+                let moved = (target.clone() - next) / scale;
+                let change = moved.clone().abs().max().into_scalar::<f32>();
+                guess = guess + moved;
+                if change < tolerance {
+                    break;
+                }
+            }
+            x = guess;
+        }
+        x
+    }
+}
+
+/// One DDIM step on a device: x at 0-based `timestep`, the model's `output` there, standard
+/// normals `noise` (used when eta > 0). The arithmetic of [`Ddim::step`].
+pub fn ddim_step(
+    ddim: &Ddim,
+    x: &Tensor<2>,
+    timestep: usize,
+    output: Tensor<2>,
+    noise: Option<Tensor<2>>,
+) -> Tensor<2> {
+    let (a, b, sigma, abar) = ddim.coefficients(timestep);
+    let (x0, eps) = match ddim.prediction_type {
+        PredictionType::Epsilon => (
+            (x.clone() - output.clone() * (1.0 - abar).sqrt()) / abar.sqrt(),
+            output,
+        ),
+        PredictionType::Sample => (
+            output.clone(),
+            (x.clone() - output * abar.sqrt()) / (1.0 - abar).sqrt(),
+        ),
+    };
+    let x0 = if ddim.clip_sample {
+        x0.clamp(-ddim.clip_sample_range, ddim.clip_sample_range)
+    } else {
+        x0
+    };
+    let next = x0 * a + eps * b;
+    match noise {
+        Some(z) if ddim.eta > 0.0 => next + z * sigma,
+        _ => next,
+    }
+}
+
+/// The DDIM chain on a device from x_T: `model(x, timestep)` gives the model's output,
+/// `noise(rng)` standard normals for eta > 0.
+pub fn ddim_loop(
+    ddim: &Ddim,
+    mut x: Tensor<2>,
+    mut model: impl FnMut(&Tensor<2>, usize) -> Tensor<2>,
+    mut noise: impl FnMut(&mut Rng) -> Tensor<2>,
+    rng: &mut Rng,
+) -> Tensor<2> {
+    for i in ddim.timesteps() {
+        let out = model(&x, i);
+        let z = (ddim.eta > 0.0).then(|| noise(rng));
+        x = ddim_step(ddim, &x, i, out, z);
+    }
+    x
+}
+
+impl BinomialBound {
+    /// The logits of the respaced kernel for s_k → s_{k−1} (`k` ≥ 2, in the respaced chain
+    /// `short`) from the network at the original step s_k, for bits `x`.
+    pub fn respaced_logits<N: ReverseNetwork>(
+        &self,
+        network: &N,
+        short: &BinomialDiffusion,
+        r: &Respacing,
+        k: usize,
+        x: &Tensor<2>,
+    ) -> Tensor<2> {
+        let (t, prev) = (r.kept()[k - 1], r.kept()[k - 2]);
+        // a per-bit value chosen by x in {0, 1}: v1 where x = 1, v0 where x = 0
+        let by_bit = |v0: f64, v1: f64| x.clone() * v1 as f32 + (x.clone().neg() + 1.0) * v0 as f32;
+        let kernel = || {
+            let [k0, k1] = [0.0, 1.0].map(|v| {
+                let p = self.diffusion.forward_kernel(t, v);
+                (p / (1.0 - p)).ln()
+            });
+            by_bit(k0, k1)
+        };
+        let logits = self.logits(network.forward_at(x.clone(), t), kernel);
+        if prev + 1 == t {
+            return logits;
+        }
+        // P(x_0 = 1 | x_t) implied by the kernel, then the respaced posteriors
+        let f = burn::tensor::activation::sigmoid(logits);
+        let q = |x0: f64, chain: &BinomialDiffusion, step: usize| {
+            by_bit(
+                chain.posterior_one(step, x0, 0.0),
+                chain.posterior_one(step, x0, 1.0),
+            )
+        };
+        let (q1, q0) = (q(1.0, &self.diffusion, t), q(0.0, &self.diffusion, t));
+        let p_hat = ((f - q0.clone()) / (q1 - q0)).clamp(0.0, 1.0);
+        let p = p_hat.clone() * q(1.0, short, k) + (p_hat.neg() + 1.0) * q(0.0, short, k);
+        let p = p.clamp(1e-7, 1.0 - 1e-7);
+        (p.clone() / (p.neg() + 1.0)).log()
+    }
+
+    /// Draws `n` samples through the respaced chain on the kept steps of `r`.
+    pub fn sample_respaced<N: ReverseNetwork>(
+        &self,
+        network: &N,
+        r: &Respacing,
+        n: usize,
+        rng: &mut Rng,
+        device: &Device,
+    ) -> Result<Vec<f32>, ScheduleError> {
+        let short = respaced_binomial(&self.diffusion, r)?;
+        let d = self.diffusion.dim();
+        let pi = self.diffusion.pi();
+        let uniform = |rng: &mut Rng| -> Tensor<2> {
+            let v: Vec<f32> = (0..n * d).map(|_| rng.random::<f32>()).collect();
+            tensor2(v, n, d, device)
+        };
+        let top: Vec<f32> = (0..n * d)
+            .map(|_| {
+                if (rng.random::<f32>() as f64) < pi {
+                    1.0
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mut x = tensor2(top, n, d, device);
+        for k in (2..=r.kept().len()).rev() {
+            let logits = self.respaced_logits(network, &short, r, k, &x);
+            x = uniform(rng)
+                .lower(burn::tensor::activation::sigmoid(logits))
+                .float();
+        }
+        // the fixed edge step from s_1 to 0
+        let chain = if r.kept()[0] == 1 {
+            &self.diffusion
+        } else {
+            &short
+        };
+        let x1 = host(x);
+        Ok(x1
+            .iter()
+            .map(|&v| {
+                let p = chain.forward_kernel(1, v as f64);
+                if (rng.random::<f32>() as f64) < p {
+                    1.0
+                } else {
+                    0.0
+                }
+            })
+            .collect())
+    }
+}
+
+/// The full-sum bound K of the respaced chain on the kept steps of `r`, in bits, for each point
+/// of `points` (row-major `[n, d]`): every kept step k = 2..K with one draw of x_{s_k} per
+/// point, the network mapped onto the shorter chain as [`GaussianBound::respaced_kernel`]
+/// does, and the shorter chain's own entropy terms (its edge step b'_1 = 1 − abar_{s_1}).
+pub fn respaced_bound_bits_gaussian<N: ReverseNetwork>(
+    g: &GaussianBound,
+    network: &N,
+    r: &Respacing,
+    points: &[f32],
+    rng: &mut Rng,
+    device: &Device,
+) -> Result<Vec<f64>, ScheduleError> {
+    let short = respaced_gaussian(&g.diffusion, r)?;
+    let d = g.diffusion.dim();
+    let n = points.len() / d;
+    let tables = g.tables(device);
+    let x0 = tensor2(points.to_vec(), n, d, device);
+    let mut kl = vec![0.0f64; n];
+    for k in 2..=r.kept().len() {
+        let t = r.kept()[k - 1];
+        let xt = tensor2(g.forward_sample(points, t, rng), n, d, device);
+        let (c0, ct, var) = short.posterior_coefficients(k);
+        let mean_q = x0.clone() * c0 + xt.clone() * ct;
+        let var_q = Tensor::<2>::ones([n, 1], device) * var;
+        let (mean_p, log_var_p) = g.respaced_kernel(network, &tables, &short, r, k, xt);
+        let rows =
+            diffusion_core::kl_diag_gaussian(mean_q, var_q.clone(), var_q.log(), mean_p, log_var_p);
+        for (s, v) in kl.iter_mut().zip(host(rows)) {
+            *s += v as f64;
+        }
+    }
+    let constant = short.bound_constants().sum_bits();
+    Ok(kl
+        .into_iter()
+        .map(|s| constant - s / diffusion_core::LN_2)
+        .collect())
+}
+
+/// [`respaced_bound_bits_gaussian`] for a binomial run: the respaced chain's Bernoulli
+/// posteriors against the kernel mapped as [`BinomialBound::sample_respaced`] does.
+pub fn respaced_bound_bits_binomial<N: ReverseNetwork>(
+    b: &BinomialBound,
+    network: &N,
+    r: &Respacing,
+    points: &[f32],
+    rng: &mut Rng,
+    device: &Device,
+) -> Result<Vec<f64>, ScheduleError> {
+    let short = respaced_binomial(&b.diffusion, r)?;
+    let d = b.diffusion.dim();
+    let n = points.len() / d;
+    let mut kl = vec![0.0f64; n];
+    for k in 2..=r.kept().len() {
+        let t = r.kept()[k - 1];
+        let xt_host = b.forward_sample(points, t, rng);
+        let xt = tensor2(xt_host.clone(), n, d, device);
+        let logits = b.respaced_logits(network, &short, r, k, &xt);
+        // the respaced posterior q(x_{s_{k-1}} = 1 | x_{s_k}, x_0) and its entropy
+        let mut q = Vec::with_capacity(n * d);
+        let mut entropy = vec![0.0f32; n];
+        for (j, (&x0, &x)) in points.iter().zip(&xt_host).enumerate() {
+            let p = short.posterior_one(k, x0 as f64, x as f64);
+            q.push(p as f32);
+            let h = |v: f64| if v <= 0.0 { 0.0 } else { -v * v.ln() };
+            entropy[j / d] += (h(p) + h(1.0 - p)) as f32;
+        }
+        let rows = diffusion_core::kl_bernoulli_logits(
+            tensor2(q, n, d, device),
+            Tensor::from_data(burn::tensor::TensorData::new(entropy, [n]), device),
+            logits,
+        );
+        for (s, v) in kl.iter_mut().zip(host(rows)) {
+            *s += v as f64;
+        }
+    }
+    Ok(points
+        .chunks_exact(d)
+        .zip(kl)
+        .map(|(row, s)| short.bound_constant_bits(row) - s / diffusion_core::LN_2)
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use diffusion_core::{BetaSchedule, MeanStderr, ReverseParametrization, TimestepSpacing};
+
+    use super::*;
+    use crate::config::TrainConfig;
+    use crate::data::TrainingData;
+    use crate::model::{ModelConfig, Network};
+    use crate::network::ReverseModel;
+    use crate::process;
+    use crate::trainer::Trainer;
+
+    /// A network trained briefly (300 steps) on the Swiss roll or the heartbeat, so that its
+    /// outputs depend on x and t as a real model's do.
+    fn trained<P: Process>(process: P, d: usize, steps: usize) -> Network
+    where
+        P::Rows: 'static,
+    {
+        let device = Device::flex().autodiff();
+        device.seed(7);
+        let out = process.output_dim();
+        let config = ModelConfig {
+            hidden: vec![32, 32],
+            ..ModelConfig::default()
+        };
+        let model = ReverseModel::new(config.init(d, out, steps, &device));
+        let train = TrainConfig {
+            steps: 300,
+            batch_size: 256,
+            ..TrainConfig::default()
+        };
+        let data = if d == 2 {
+            TrainingData::swiss_roll(diffusion_data::SwissRoll::new(0.5).unwrap(), 0)
+        } else {
+            TrainingData::heartbeat(diffusion_data::Heartbeat::new(d, 5).unwrap(), 0)
+        };
+        Trainer::new(process, model, &train, data, &device)
+            .fit(&mut [])
+            .unwrap()
+            .model
+            .network
+    }
+
+    fn gaussian(steps: usize, parametrization: ReverseParametrization) -> GaussianBound {
+        GaussianBound {
+            diffusion: GaussianDiffusion::new(
+                BetaSchedule::linear(1e-4, 0.05).betas(steps).unwrap(),
+                2,
+            )
+            .unwrap(),
+            parametrization,
+        }
+    }
+
+    fn ddim(g: &GaussianBound, steps: usize, eta: f64) -> Ddim {
+        g.ddim(Ddim {
+            alphas_cumprod: Vec::new(),
+            steps,
+            eta,
+            timestep_spacing: TimestepSpacing::Leading,
+            clip_sample: false,
+            clip_sample_range: 1.0,
+            set_alpha_to_one: true,
+            prediction_type: PredictionType::Epsilon,
+        })
+    }
+
+    #[test]
+    fn keeping_every_step_is_the_ancestral_sampler() {
+        let device = Device::flex();
+        for parametrization in [
+            ReverseParametrization::Direct,
+            ReverseParametrization::Paper,
+            ReverseParametrization::Epsilon,
+        ] {
+            let g = gaussian(30, parametrization);
+            let net = trained(g.clone(), 2, 30);
+            let all = Respacing::even(30, 30).unwrap();
+            let plain =
+                process::sample(&g, &net, 200, &mut diffusion_data::rng(1, 0), &device, 200);
+            let respaced = g
+                .sample_respaced(&net, &all, 200, &mut diffusion_data::rng(1, 0), &device)
+                .unwrap();
+            assert_eq!(plain, respaced, "{parametrization:?}");
+        }
+        let b = BinomialBound {
+            diffusion: BinomialDiffusion::new(
+                BetaSchedule::Reciprocal.raw_betas(40).unwrap(),
+                0.2,
+                10,
+            )
+            .unwrap(),
+            parametrization: ReverseParametrization::Paper,
+        };
+        let net = trained(b.clone(), 10, 40);
+        let all = Respacing::even(40, 40).unwrap();
+        let plain = process::sample(&b, &net, 300, &mut diffusion_data::rng(2, 0), &device, 300);
+        let respaced = b
+            .sample_respaced(&net, &all, 300, &mut diffusion_data::rng(2, 0), &device)
+            .unwrap();
+        assert_eq!(plain, respaced);
+    }
+
+    #[test]
+    fn ddim_with_eta_one_is_the_ancestral_kernel() {
+        // epsilon-fixed: the ancestral kernel is the posterior at x̂_0 with variance b~_t,
+        // which DDIM at eta = 1 over every step reproduces (Song et al. 2021, section 4.1)
+        let device = Device::flex();
+        let steps = 50;
+        let g = gaussian(steps, ReverseParametrization::EpsilonFixed);
+        let net = trained(g.clone(), 2, steps);
+        let tables = g.tables(&device);
+        let dd = ddim(&g, steps, 1.0);
+        let x = normal(&mut diffusion_data::rng(3, 0), 64, 2, &device);
+        for t in [2, 3, 10, 49, 50] {
+            let (mean, log_var) = g.mean_log_variance(&net, &tables, x.clone(), t);
+            let i = t - 1;
+            let eps = g.ddim_output(&net, &tables, &x, i, PredictionType::Epsilon);
+            let (a, b, sigma, abar) = dd.coefficients(i);
+            let x0 = (x.clone() - eps.clone() * (1.0 - abar).sqrt()) / abar.sqrt();
+            let ddim_mean = host(x0 * a + eps * b);
+            for (m, w) in ddim_mean.iter().zip(host(mean)) {
+                assert!((m - w).abs() < 1e-4, "t = {t}: {m} vs {w}");
+            }
+            for lv in host(log_var) {
+                let var = (lv as f64).exp();
+                assert!(
+                    (sigma * sigma / var - 1.0).abs() < 1e-4,
+                    "t = {t}: {} vs {var}",
+                    sigma * sigma
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn ddim_with_eta_zero_is_deterministic_and_invertible() {
+        let device = Device::flex();
+        let steps = 100;
+        let g = gaussian(steps, ReverseParametrization::Epsilon);
+        let net = trained(g.clone(), 2, steps);
+        let tables = g.tables(&device);
+        let dd = ddim(&g, 20, 0.0);
+        let x_t = normal(&mut diffusion_data::rng(4, 0), 128, 2, &device);
+        let run = |x: Tensor<2>, seed: u64| {
+            ddim_loop(
+                &dd,
+                x,
+                |x, i| g.ddim_output(&net, &tables, x, i, PredictionType::Epsilon),
+                |rng: &mut Rng| normal(rng, 128, 2, &device),
+                &mut diffusion_data::rng(seed, 9),
+            )
+        };
+        let x0 = run(x_t.clone(), 1);
+        // no randomness: another generator gives the same x_0
+        assert_eq!(host(x0.clone()), host(run(x_t.clone(), 2)));
+        // and x_0 encodes back to x_T
+        let back = g.ddim_encode(&net, &dd, x0, &device, 1e-6);
+        let err = host((back - x_t.clone()).abs().max());
+        let scale = host(x_t.abs().max());
+        assert!(
+            err[0] < 1e-4 * scale[0],
+            "{} (|x_T| up to {})",
+            err[0],
+            scale[0]
+        );
+    }
+
+    #[test]
+    fn the_respaced_bound_with_every_step_kept_is_the_bound() {
+        let device = Device::flex();
+        let steps = 40;
+        let g = gaussian(steps, ReverseParametrization::Paper);
+        let net = trained(g.clone(), 2, steps);
+        let roll = diffusion_data::SwissRoll::new(0.5).unwrap();
+        let points = roll.stream(3).next_batch(3000);
+        let full = process::bound_bits_per_point(
+            &g,
+            &net,
+            &points,
+            &mut diffusion_data::rng(5, 0),
+            &device,
+            16384,
+        );
+        let all = Respacing::even(steps, steps).unwrap();
+        let respaced = respaced_bound_bits_gaussian(
+            &g,
+            &net,
+            &all,
+            &points,
+            &mut diffusion_data::rng(6, 0),
+            &device,
+        )
+        .unwrap();
+        let (a, b) = (
+            MeanStderr::of(&full).unwrap(),
+            MeanStderr::of(&respaced).unwrap(),
+        );
+        assert!(
+            (a.mean - b.mean).abs() < 4.0 * (a.stderr.powi(2) + b.stderr.powi(2)).sqrt(),
+            "{a:?} {b:?}"
+        );
+        // a shorter chain has its own, different bound
+        let short = Respacing::even(steps, 8).unwrap();
+        let k8 = respaced_bound_bits_gaussian(
+            &g,
+            &net,
+            &short,
+            &points,
+            &mut diffusion_data::rng(6, 0),
+            &device,
+        )
+        .unwrap();
+        assert!(MeanStderr::of(&k8).unwrap().mean.is_finite());
+        // the binomial one too
+        let bb = BinomialBound {
+            diffusion: BinomialDiffusion::new(
+                BetaSchedule::Reciprocal.raw_betas(30).unwrap(),
+                0.2,
+                10,
+            )
+            .unwrap(),
+            parametrization: ReverseParametrization::Paper,
+        };
+        let bnet = trained(bb.clone(), 10, 30);
+        let beat = diffusion_data::Heartbeat::new(10, 5).unwrap();
+        let seqs = beat.stream_with(diffusion_data::rng(1, 0)).next_batch(2000);
+        let full = process::bound_bits_per_point(
+            &bb,
+            &bnet,
+            &seqs,
+            &mut diffusion_data::rng(5, 0),
+            &device,
+            16384,
+        );
+        let respaced = respaced_bound_bits_binomial(
+            &bb,
+            &bnet,
+            &Respacing::even(30, 30).unwrap(),
+            &seqs,
+            &mut diffusion_data::rng(6, 0),
+            &device,
+        )
+        .unwrap();
+        let (a, b) = (
+            MeanStderr::of(&full).unwrap(),
+            MeanStderr::of(&respaced).unwrap(),
+        );
+        assert!(
+            (a.mean - b.mean).abs() < 4.0 * (a.stderr.powi(2) + b.stderr.powi(2)).sqrt(),
+            "{a:?} {b:?}"
+        );
+    }
+}
