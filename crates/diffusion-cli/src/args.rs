@@ -129,6 +129,8 @@ pub struct EvaluateArgs {
     #[arg(long, value_enum, default_value_t = WeightsArg::Default)]
     pub weights: WeightsArg,
     #[command(flatten)]
+    pub sampler: SamplerArgs,
+    #[command(flatten)]
     pub backend: BackendArg,
 }
 
@@ -174,6 +176,8 @@ pub struct SampleArgs {
     #[arg(long, value_enum, default_value_t = WeightsArg::Default)]
     pub weights: WeightsArg,
     #[command(flatten)]
+    pub sampler: SamplerArgs,
+    #[command(flatten)]
     pub backend: BackendArg,
 }
 
@@ -210,6 +214,70 @@ pub struct ConditionArgs {
     /// the model's own p(x_0) r(x_0). One condition for all samples.
     #[arg(long)]
     pub resample: bool,
+}
+
+/// A shorter reverse chain: respaced steps or DDIM (options named as diffusers'
+/// `DDIMScheduler` names them).
+#[derive(Debug, Clone, Args)]
+pub struct SamplerArgs {
+    /// The reverse chain: every step (`ancestral`), a respaced chain on --sample-steps steps, or
+    /// DDIM (Gaussian runs).
+    #[arg(long, value_enum, default_value_t = SamplerKind::Ancestral)]
+    pub sampler: SamplerKind,
+    /// Steps of the respaced or DDIM chain.
+    #[arg(long, value_name = "K")]
+    pub sample_steps: Option<usize>,
+    /// DDIM: 0 is deterministic, 1 has DDPM's posterior variance.
+    #[arg(long, default_value_t = 0.0)]
+    pub eta: f64,
+    /// DDIM: how the timesteps are spread.
+    #[arg(long, value_enum, default_value_t = Spacing::Leading)]
+    pub timestep_spacing: Spacing,
+    /// DDIM: clip the predicted x_0 to [-R, R] (off by default: the data's normalised units
+    /// often pass 1).
+    #[arg(long)]
+    pub clip_sample: bool,
+    /// DDIM: R of --clip-sample.
+    #[arg(long, default_value_t = 1.0, value_name = "R")]
+    pub clip_sample_range: f64,
+    /// DDIM: the last step goes to abar = 1 (else to abar_1).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub set_alpha_to_one: bool,
+    /// DDIM: what the model's output is read as (both are derived from the network's implied
+    /// x_0; they differ under --clip-sample).
+    #[arg(long, value_enum, default_value_t = Prediction::Epsilon)]
+    pub prediction_type: Prediction,
+}
+
+/// `--sampler`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SamplerKind {
+    /// Every step.
+    Ancestral,
+    /// The respaced chain.
+    Respaced,
+    /// DDIM.
+    Ddim,
+}
+
+/// `--timestep-spacing`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Spacing {
+    /// (0..K) * (T / K).
+    Leading,
+    /// From T - 1 down in steps of T / K.
+    Trailing,
+    /// round(linspace(0, T - 1, K)).
+    Linspace,
+}
+
+/// `--prediction-type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Prediction {
+    /// The noise.
+    Epsilon,
+    /// x_0.
+    Sample,
 }
 
 /// `--weights`.
@@ -352,6 +420,10 @@ pub enum What {
     /// Samples conditioned by --known / --observe beside exact draws of the true conditional
     /// (generated data; drawn only when asked for).
     Conditional,
+    /// Sample quality (energy distance, or the valid share) and the respaced chain's bound K
+    /// against the number of sampling steps K = 10, 20, 50, 100, ..., T, for respaced and DDIM
+    /// chains (drawn only when asked for).
+    SamplingSteps,
 }
 
 #[derive(Debug, Args)]

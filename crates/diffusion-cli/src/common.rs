@@ -7,7 +7,10 @@ use burn::tensor::Device;
 use diffusion_data::{Array2, io};
 use diffusion_models::{Network, ReverseModel, RunConfig, RunDir, RunManifest, Weights};
 
-use crate::args::{BackendArg, WeightsArg};
+use diffusion_core::{Ddim, PredictionType, TimestepSpacing};
+use diffusion_models::sampling::Sampler;
+
+use crate::args::{BackendArg, Prediction, SamplerArgs, SamplerKind, Spacing, WeightsArg};
 
 /// Reads and parses a TOML config, naming the file in any error.
 pub fn read_config(path: &Path) -> Result<RunConfig, String> {
@@ -66,5 +69,41 @@ pub fn check_count(n: usize) -> Result<(), String> {
         Err("-n must be at least 1".into())
     } else {
         Ok(())
+    }
+}
+
+impl SamplerArgs {
+    /// The library's [`Sampler`] these options describe.
+    pub fn sampler(&self) -> Result<Sampler, String> {
+        let steps = || {
+            self.sample_steps
+                .ok_or_else(|| "--sampler respaced and ddim need --sample-steps K".to_string())
+        };
+        Ok(match self.sampler {
+            SamplerKind::Ancestral => {
+                if self.sample_steps.is_some() {
+                    return Err("--sample-steps needs --sampler respaced or ddim".into());
+                }
+                Sampler::Ancestral
+            }
+            SamplerKind::Respaced => Sampler::Respaced(steps()?),
+            SamplerKind::Ddim => Sampler::Ddim(Ddim {
+                alphas_cumprod: Vec::new(),
+                steps: steps()?,
+                eta: self.eta,
+                timestep_spacing: match self.timestep_spacing {
+                    Spacing::Leading => TimestepSpacing::Leading,
+                    Spacing::Trailing => TimestepSpacing::Trailing,
+                    Spacing::Linspace => TimestepSpacing::Linspace,
+                },
+                clip_sample: self.clip_sample,
+                clip_sample_range: self.clip_sample_range,
+                set_alpha_to_one: self.set_alpha_to_one,
+                prediction_type: match self.prediction_type {
+                    Prediction::Epsilon => PredictionType::Epsilon,
+                    Prediction::Sample => PredictionType::Sample,
+                },
+            }),
+        })
     }
 }

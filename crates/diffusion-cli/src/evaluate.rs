@@ -1,7 +1,7 @@
 //! `diffusion evaluate`: the bound K in bits on a run's held-out data, with L_null and -H(data).
 
-use diffusion_models::evaluate;
 use diffusion_models::evaluate::Evaluation;
+use diffusion_models::evaluate::evaluate_with;
 
 use crate::args::EvaluateArgs;
 use crate::common::{check_count, default_eval_points, load_run};
@@ -12,8 +12,11 @@ pub fn cmd_evaluate(a: EvaluateArgs) -> Result<(), String> {
     let n =
         a.n.unwrap_or_else(|| default_eval_points(manifest.config.diffusion.steps));
     check_count(n).map_err(|_| "--n must be at least 1".to_string())?;
-    let eval = evaluate(&manifest, &run, &model, &device, n, a.samples, a.seed)
-        .map_err(|e| e.to_string())?;
+    let sampler = a.sampler.sampler()?;
+    let eval = evaluate_with(
+        &manifest, &run, &model, &device, n, a.samples, a.seed, &sampler,
+    )
+    .map_err(|e| e.to_string())?;
     if a.json {
         println!("{}", serde_json::to_string(&eval).expect("serialisable"));
     } else {
@@ -24,8 +27,13 @@ pub fn cmd_evaluate(a: EvaluateArgs) -> Result<(), String> {
 
 /// Prints an evaluation as a table.
 pub fn print_evaluation(e: &Evaluation) {
+    let chain = e
+        .sampler
+        .as_ref()
+        .map(|s| format!(", {s}"))
+        .unwrap_or_default();
     println!(
-        "K          = {:+.4} ± {:.4} bits/point  (n = {}, T = {})",
+        "K          = {:+.4} ± {:.4} bits/point  (n = {}, T = {}{chain})",
         e.k_bits, e.k_stderr_bits, e.n, e.steps_t
     );
     println!("L_null     = {:+.4} bits/point", e.l_null_bits);

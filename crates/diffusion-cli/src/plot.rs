@@ -2,11 +2,13 @@
 
 use std::path::{Path, PathBuf};
 
+use diffusion_core::{Ddim, PredictionType, TimestepSpacing};
 use diffusion_models::bound::Diffusion;
 use diffusion_models::conditional::Exact;
 use diffusion_models::config::LossKind;
 use diffusion_models::evaluate::SAMPLE_CHUNK_ROWS;
-use diffusion_models::evaluate::heldout_points;
+use diffusion_models::evaluate::{evaluate_with, heldout_points};
+use diffusion_models::sampling::Sampler;
 use diffusion_models::{Process, RunDir, RunManifest};
 use diffusion_plot::{
     ArrowPanel, ArrowPanels, LineChart, RasterPanel, RasterPanels, ScatterGrid, ScatterPanel,
@@ -28,6 +30,7 @@ impl What {
             Self::Samples => "samples",
             Self::Noising => "noising",
             Self::Conditional => "conditional",
+            Self::SamplingSteps => "sampling-steps",
         }
     }
 }
@@ -105,6 +108,7 @@ pub fn cmd_plot(a: PlotArgs) -> Result<(), String> {
     if manifest.data_dim == 2 || matches!(bound, Diffusion::Binomial(_)) {
         allowed.push(What::Conditional);
     }
+    allowed.push(What::SamplingSteps);
     if what.contains(&What::Conditional) && !a.condition.is_set() {
         return Err(
             "--what conditional needs a condition: --known, --observe, or their files".into(),
@@ -342,6 +346,38 @@ pub fn cmd_plot(a: PlotArgs) -> Result<(), String> {
                     ))?;
                 }
             }
+            What::SamplingSteps => {
+                let (quality, bound_k) =
+                    sampling_steps(&manifest, &run, &model, &device, a.n, a.seed)?;
+                let binary = matches!(bound, Diffusion::Binomial(_));
+                let y = if binary {
+                    "share of valid samples"
+                } else {
+                    "energy distance to fresh or held-out data"
+                };
+                keep(save(
+                    &LineChart {
+                        title: format!(
+                            "{name}: sample quality against sampling steps K (T = {steps_t})"
+                        ),
+                        x_label: "sampling steps K".into(),
+                        y_label: y.into(),
+                        series: quality,
+                    },
+                    &stem,
+                ))?;
+                keep(save(
+                    &LineChart {
+                        title: format!(
+                            "{name}: the bound K of the respaced chain against its steps"
+                        ),
+                        x_label: "sampling steps K".into(),
+                        y_label: "K (bits per point)".into(),
+                        series: vec![bound_k],
+                    },
+                    &a.out.join("sampling-steps-bound"),
+                ))?;
+            }
             What::Noising => {
                 let data = heldout(a.rows)?;
                 // Each noised row turns with the data row it came from.
@@ -373,4 +409,82 @@ pub fn cmd_plot(a: PlotArgs) -> Result<(), String> {
         println!("{}", f.display());
     }
     Ok(())
+}
+
+/// The step counts K the sampling-steps picture visits: 10, 20, 50, 100, 200, 500, ... below T,
+/// then T.
+fn step_counts(steps: usize) -> Vec<usize> {
+    let mut ks: Vec<usize> = [1, 2, 5]
+        .iter()
+        .flat_map(|&m| (1..7).map(move |e| m * 10usize.pow(e)))
+        .filter(|&k| k < steps)
+        .collect();
+    ks.sort_unstable();
+    ks.push(steps);
+    ks
+}
+
+/// Sample quality of respaced and DDIM chains (and the data floor) and the respaced chain's K
+/// against the number of steps, each point one `evaluate_with` on `n` samples.
+fn sampling_steps(
+    manifest: &RunManifest,
+    run: &RunDir,
+    model: &diffusion_models::ReverseModel<diffusion_models::Network>,
+    device: &burn::tensor::Device,
+    n: usize,
+    seed: u64,
+) -> Result<(Vec<Series>, Series), String> {
+    let bound = manifest.bound_of(model).map_err(|e| e.to_string())?;
+    let gaussian = matches!(bound, Diffusion::Gaussian(_));
+    let points = 1000;
+    let mut respaced = Vec::new();
+    let mut ddim = Vec::new();
+    let mut floor = Vec::new();
+    let mut ks = Vec::new();
+    for k in step_counts(bound.steps()) {
+        let eval = |sampler| {
+            evaluate_with(manifest, run, model, device, points, n, seed, &sampler)
+                .map_err(|e| e.to_string())
+        };
+        let e = eval(Sampler::Respaced(k))?;
+        eprintln!("sampling steps {k}: respaced K = {:+.4} bits", e.k_bits);
+        ks.push((k as f64, e.k_bits));
+        match (e.energy_distance, e.valid_fraction) {
+            (Some(ed), _) => {
+                respaced.push((k as f64, ed));
+                if let Some(f) = e.energy_distance_floor {
+                    floor.push((k as f64, f));
+                }
+            }
+            (None, Some(v)) => respaced.push((k as f64, v)),
+            _ => {}
+        }
+        if gaussian {
+            let options = Ddim {
+                alphas_cumprod: Vec::new(),
+                steps: k,
+                eta: 0.0,
+                timestep_spacing: TimestepSpacing::Leading,
+                clip_sample: false,
+                clip_sample_range: 1.0,
+                set_alpha_to_one: true,
+                prediction_type: PredictionType::Epsilon,
+            };
+            if let Some(ed) = eval(Sampler::Ddim(options))?.energy_distance {
+                ddim.push((k as f64, ed));
+            }
+        }
+    }
+    let series = |label: &str, points: Vec<(f64, f64)>| Series {
+        label: label.into(),
+        points,
+    };
+    let mut quality = vec![series("respaced", respaced)];
+    if !ddim.is_empty() {
+        quality.push(series("DDIM, eta = 0", ddim));
+    }
+    if !floor.is_empty() {
+        quality.push(series("two data sets (floor)", floor));
+    }
+    Ok((quality, series("respaced chain's K", ks)))
 }

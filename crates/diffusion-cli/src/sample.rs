@@ -4,6 +4,7 @@
 use diffusion_data::io;
 use diffusion_models::data::streams;
 use diffusion_models::evaluate::SAMPLE_CHUNK_ROWS;
+use diffusion_models::sampling::Sampler;
 
 use crate::args::SampleArgs;
 use crate::common::{check_count, load_run, write_rows};
@@ -17,9 +18,22 @@ pub fn cmd_sample(a: SampleArgs) -> Result<(), String> {
     let given = a
         .condition
         .resolve(manifest.data_dim, bound.variable(), a.n)?;
+    let sampler = a.sampler.sampler()?;
+    if given.is_some() && sampler != Sampler::Ancestral {
+        return Err("conditioning runs the full chain: drop --sampler".into());
+    }
     let mut rng = diffusion_data::rng(a.seed, streams::SAMPLE);
     let data = match &given {
-        None => bound.sample(&model.network, a.n, &mut rng, &device, SAMPLE_CHUNK_ROWS),
+        None => bound
+            .sample_with(
+                &model.network,
+                &sampler,
+                a.n,
+                &mut rng,
+                &device,
+                SAMPLE_CHUNK_ROWS,
+            )
+            .map_err(|e| e.to_string())?,
         Some(given) => bound
             .sample_given(
                 &model.network,

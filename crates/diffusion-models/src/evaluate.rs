@@ -11,6 +11,7 @@ use crate::config::DataConfig;
 use crate::data::{TrainingData, streams};
 use crate::network::{ReverseModel, ReverseNetwork};
 use crate::run::{RunDir, RunError, RunManifest};
+use crate::sampling::Sampler;
 
 /// The most samples (and data points) the energy distance compares: O(n^2) pairs.
 pub const ENERGY_POINTS: usize = 4_000;
@@ -46,6 +47,9 @@ pub struct Evaluation {
     pub n: usize,
     /// Trajectory length T.
     pub steps_t: usize,
+    /// The shorter chain evaluated, when not the full one (`respaced, K steps` or `ddim, ...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampler: Option<String>,
     /// Heartbeat data: the share of samples that are one of the valid sequences.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub valid_fraction: Option<f64>,
@@ -109,14 +113,47 @@ pub fn evaluate<N: ReverseNetwork>(
     samples: usize,
     seed: u64,
 ) -> Result<Evaluation, RunError> {
+    evaluate_with(
+        manifest,
+        run,
+        model,
+        device,
+        n,
+        samples,
+        seed,
+        &Sampler::Ancestral,
+    )
+}
+
+/// [`evaluate`] with another sampler: K is the bound of the chain it runs (the respaced chain's
+/// for [`Sampler::Respaced`]; the full chain's for DDIM, which has none of its own) and the
+/// samples are its samples.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_with<N: ReverseNetwork>(
+    manifest: &RunManifest,
+    run: &RunDir,
+    model: &ReverseModel<N>,
+    device: &Device,
+    n: usize,
+    samples: usize,
+    seed: u64,
+    sampler: &Sampler,
+) -> Result<Evaluation, RunError> {
     let bound = manifest.bound_of(model).map_err(|e| RunError::Corrupt {
         path: run.file("config.json").display().to_string(),
         message: e.to_string(),
     })?;
+    sampler.check_for(&bound)?;
     let points = heldout_points(manifest, run, n)?;
     let mut rng = diffusion_data::rng(seed, streams::EVAL_NOISE);
-    let per_point =
-        bound.bound_bits_per_point(&model.network, &points, &mut rng, device, CHUNK_ROWS);
+    let per_point = bound.bound_bits_with(
+        &model.network,
+        sampler,
+        &points,
+        &mut rng,
+        device,
+        CHUNK_ROWS,
+    )?;
     let k = MeanStderr::of(&per_point).ok_or_else(|| RunError::Corrupt {
         path: run.path().display().to_string(),
         message: "no held-out points".into(),
@@ -137,15 +174,30 @@ pub fn evaluate<N: ReverseNetwork>(
         gap_bits: None,
         n: k.n,
         steps_t: bound.steps(),
+        sampler: match sampler {
+            Sampler::Ancestral => None,
+            Sampler::Respaced(k) => Some(format!("respaced, {k} steps")),
+            Sampler::Ddim(o) => Some(format!("ddim, {} steps, eta {}", o.steps, o.eta)),
+        },
         valid_fraction: None,
         phase_fractions: None,
         samples: None,
         energy_distance: None,
         energy_distance_floor: None,
     };
+    // checked above (check_for), so sampling cannot fail
     let draw = |m: usize| {
         let mut rng = diffusion_data::rng(seed, streams::SAMPLE);
-        bound.sample(&model.network, m, &mut rng, device, SAMPLE_CHUNK_ROWS)
+        bound
+            .sample_with(
+                &model.network,
+                sampler,
+                m,
+                &mut rng,
+                device,
+                SAMPLE_CHUNK_ROWS,
+            )
+            .expect("a sampler already checked")
     };
     match &manifest.config.data {
         DataConfig::SwissRoll { noise } => {

@@ -83,6 +83,9 @@ pub enum RunError {
     /// A binomial run's pi, estimated from the data, is 0 or 1.
     #[error("the data's mean activity is {0}; set diffusion.pi in (0, 1) explicitly")]
     MeanActivity(f64),
+    /// A shorter chain that cannot run on this run.
+    #[error(transparent)]
+    Sampler(#[from] crate::sampling::SamplerError),
     /// `--weights ema` on a run trained without `train.ema_decay`.
     #[error("{path} has no averaged weights (model_ema.bpk; train with train.ema_decay)")]
     NoAverage {

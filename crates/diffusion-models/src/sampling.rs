@@ -429,6 +429,156 @@ pub fn respaced_bound_bits_binomial<N: ReverseNetwork>(
         .collect())
 }
 
+/// How to run the reverse chain.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Sampler {
+    /// Every step, as trained.
+    Ancestral,
+    /// The respaced chain on this many steps spread evenly ([`Respacing::even`]).
+    Respaced(usize),
+    /// DDIM (Gaussian runs) with these options; `alphas_cumprod` is filled in from the run.
+    Ddim(Ddim),
+}
+
+/// Why a sampler cannot run on a run.
+#[derive(Debug, thiserror::Error)]
+pub enum SamplerError {
+    /// DDIM needs a Gaussian process.
+    #[error("DDIM is for Gaussian runs; use --sampler respaced for binary data")]
+    DdimNeedsGaussian,
+    /// A step count or schedule the shorter chain cannot have.
+    #[error(transparent)]
+    Schedule(#[from] ScheduleError),
+    /// DDIM options out of range.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Sampler {
+    /// The respacing of a [`Sampler::Respaced`] chain of T = `steps`, `None` otherwise.
+    pub fn respacing(&self, steps: usize) -> Result<Option<Respacing>, SamplerError> {
+        match self {
+            Self::Respaced(k) => Ok(Some(Respacing::even(steps, *k)?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Checks that this sampler can run on `diffusion`: the step count and DDIM's options
+    /// in range, DDIM only for Gaussian runs.
+    pub fn check_for(&self, diffusion: &crate::bound::Diffusion) -> Result<(), SamplerError> {
+        if matches!(self, Self::Ddim(_))
+            && matches!(diffusion, crate::bound::Diffusion::Binomial(_))
+        {
+            return Err(SamplerError::DdimNeedsGaussian);
+        }
+        self.check(diffusion.steps())
+    }
+
+    fn check(&self, steps: usize) -> Result<(), SamplerError> {
+        match self {
+            Self::Ancestral => Ok(()),
+            Self::Respaced(k) => Respacing::even(steps, *k).map(|_| ()).map_err(Into::into),
+            Self::Ddim(o) => {
+                if o.steps < 1 || o.steps > steps {
+                    return Err(SamplerError::Invalid(format!(
+                        "DDIM needs 1 <= --sample-steps <= T = {steps}, got {}",
+                        o.steps
+                    )));
+                }
+                if !(0.0..=1.0).contains(&o.eta) {
+                    return Err(SamplerError::Invalid(format!(
+                        "--eta {} must lie in [0, 1]",
+                        o.eta
+                    )));
+                }
+                if !(o.clip_sample_range.is_finite() && o.clip_sample_range > 0.0) {
+                    return Err(SamplerError::Invalid(format!(
+                        "--clip-sample-range {} must be > 0",
+                        o.clip_sample_range
+                    )));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl crate::bound::Diffusion {
+    /// Draws `n` samples with `sampler`, `chunk_rows` chains at a time.
+    pub fn sample_with<N: ReverseNetwork>(
+        &self,
+        network: &N,
+        sampler: &Sampler,
+        n: usize,
+        rng: &mut Rng,
+        device: &Device,
+        chunk_rows: usize,
+    ) -> Result<Vec<f32>, SamplerError> {
+        use crate::bound::Diffusion;
+        sampler.check_for(self)?;
+        if *sampler == Sampler::Ancestral {
+            return Ok(self.sample(network, n, rng, device, chunk_rows));
+        }
+        let respacing = sampler.respacing(self.steps())?;
+        let mut out = Vec::with_capacity(n * self.dim());
+        let mut done = 0;
+        while done < n {
+            let m = chunk_rows.max(1).min(n - done);
+            let chunk = match (self, sampler, &respacing) {
+                (Diffusion::Gaussian(g), _, Some(r)) => {
+                    g.sample_respaced(network, r, m, rng, device)?
+                }
+                (Diffusion::Binomial(b), _, Some(r)) => {
+                    b.sample_respaced(network, r, m, rng, device)?
+                }
+                (Diffusion::Gaussian(g), Sampler::Ddim(o), None) => {
+                    g.sample_ddim(network, &g.ddim(o.clone()), m, rng, device)
+                }
+                (Diffusion::Binomial(_), Sampler::Ddim(_), None) => {
+                    return Err(SamplerError::DdimNeedsGaussian);
+                }
+                (_, _, None) => unreachable!("ancestral returned above; respaced has a respacing"),
+            };
+            out.extend(chunk);
+            done += m;
+        }
+        Ok(out)
+    }
+
+    /// The bound K in bits per point of the chain `sampler` runs: the respaced chain's for
+    /// [`Sampler::Respaced`], the full chain's otherwise (DDIM at eta = 0 has no bound of its
+    /// own).
+    pub fn bound_bits_with<N: ReverseNetwork>(
+        &self,
+        network: &N,
+        sampler: &Sampler,
+        points: &[f32],
+        rng: &mut Rng,
+        device: &Device,
+        chunk_rows: usize,
+    ) -> Result<Vec<f64>, SamplerError> {
+        use crate::bound::Diffusion;
+        let Some(r) = sampler.respacing(self.steps())? else {
+            return Ok(self.bound_bits_per_point(network, points, rng, device, chunk_rows));
+        };
+        // chunks of points, each over every kept step
+        let d = self.dim();
+        let per = (chunk_rows / r.kept().len().max(1)).max(1);
+        let mut out = Vec::with_capacity(points.len() / d);
+        for chunk in points.chunks(per * d) {
+            out.extend(match self {
+                Diffusion::Gaussian(g) => {
+                    respaced_bound_bits_gaussian(g, network, &r, chunk, rng, device)?
+                }
+                Diffusion::Binomial(b) => {
+                    respaced_bound_bits_binomial(b, network, &r, chunk, rng, device)?
+                }
+            });
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use diffusion_core::{BetaSchedule, MeanStderr, ReverseParametrization, TimestepSpacing};
