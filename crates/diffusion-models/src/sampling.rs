@@ -60,19 +60,36 @@ impl GaussianBound {
         k: usize,
         x: Tensor<2>,
     ) -> (Tensor<2>, Tensor<2>) {
-        let (t, prev) = (r.kept()[k - 1], r.kept()[k - 2]);
+        let t = r.kept()[k - 1];
         let (mean, log_var) = self.mean_log_variance(network, tables, x.clone(), t);
+        match self.respaced_affine(short, r, k) {
+            None => (mean, log_var),
+            Some([a, b, c, d]) => (mean * a + x * b, log_var * c + d),
+        }
+    }
+
+    /// The map from the original kernel at s_k to the respaced one, when s_{k−1} < s_k − 1 (else
+    /// `None`: the kernel is the original one): with x̂_0 = (μ − c_t x) / c_0 and the log-variance
+    /// at the fraction v = (ln σ² − ln b~_t) / (ln b_t − ln b~_t), the respaced mean
+    /// c'_0 x̂_0 + c'_t x and log-variance ln b~'_k + v (ln b'_k − ln b~'_k) are
+    /// μ' = A μ + B x and ln σ'² = C ln σ² + D; returns [A, B, C, D].
+    pub fn respaced_affine(
+        &self,
+        short: &GaussianDiffusion,
+        r: &Respacing,
+        k: usize,
+    ) -> Option<[f64; 4]> {
+        let (t, prev) = (r.kept()[k - 1], r.kept()[k - 2]);
         if prev + 1 == t {
-            return (mean, log_var);
+            return None;
         }
         let g = &self.diffusion;
         let (c0, ct, post_var) = g.posterior_coefficients(t);
-        let x0 = (mean - x.clone() * ct) / c0;
         let (lo, hi) = (post_var.ln(), g.beta(t).ln());
-        let v = (log_var - lo) / (hi - lo);
-        let (c0, ct, post_var) = short.posterior_coefficients(k);
-        let (lo, hi) = (post_var.ln(), short.beta(k).ln());
-        (x0 * c0 + x * ct, v.clone() * hi + (v.neg() + 1.0) * lo)
+        let (c0s, cts, post_var_s) = short.posterior_coefficients(k);
+        let (los, his) = (post_var_s.ln(), short.beta(k).ln());
+        let c = (his - los) / (hi - lo);
+        Some([c0s / c0, cts - c0s * ct / c0, c, los - lo * c])
     }
 
     /// Draws `n` samples through the respaced chain on the kept steps of `r`.
@@ -160,6 +177,9 @@ impl GaussianBound {
         let d = self.diffusion.dim();
         let tables = self.tables(device);
         let x = normal(rng, n, d, device);
+        if ddim.eta == 0.0 && !ddim.clip_sample {
+            return host(self.ddim_deterministic(network, &tables, ddim, x));
+        }
         let x = ddim_loop(
             ddim,
             x,
@@ -168,6 +188,33 @@ impl GaussianBound {
             rng,
         );
         host(x)
+    }
+
+    /// DDIM with eta = 0 and no clipping, where each step is affine in the kernel's mean μ and
+    /// x: with x̂_0 = (μ − c_t x) / c_0, x_prev = a x̂_0 + b ε̂ = G x̂_0 + H x for
+    /// G = a − b sqrt(abar / (1 − abar)), H = b / sqrt(1 − abar): two scalings per step (the same
+    /// values as [`ddim_loop`] up to rounding, whatever the prediction type).
+    pub fn ddim_deterministic<N: ReverseNetwork>(
+        &self,
+        network: &N,
+        tables: &<Self as Process>::Tables,
+        ddim: &Ddim,
+        mut x: Tensor<2>,
+    ) -> Tensor<2> {
+        for i in ddim.timesteps() {
+            let t = i + 1;
+            let (a, b, _, abar) = ddim.coefficients(i);
+            let g = a - b * (abar / (1.0 - abar)).sqrt();
+            let h = b / (1.0 - abar).sqrt();
+            x = if t == 1 {
+                x * (g * (1.0 - self.diffusion.beta(1)).sqrt() + h)
+            } else {
+                let (mean, _) = self.mean_log_variance(network, tables, x.clone(), t);
+                let (c0, ct, _) = self.diffusion.posterior_coefficients(t);
+                mean * (g / c0) + x * (h - g * ct / c0)
+            };
+        }
+        x
     }
 
     /// DDIM with eta = 0 run backwards: from x_0 (rows `x`) up to x at the noisiest timestep,
@@ -735,6 +782,11 @@ mod tests {
         let x0 = run(x_t.clone(), 1);
         // no randomness: another generator gives the same x_0
         assert_eq!(host(x0.clone()), host(run(x_t.clone(), 2)));
+        // the affine fast path is the same chain
+        let fast = host(g.ddim_deterministic(&net, &tables, &dd, x_t.clone()));
+        for (f, w) in fast.iter().zip(host(x0.clone())) {
+            assert!((f - w).abs() < 1e-4 * (1.0 + w.abs()), "{f} vs {w}");
+        }
         // and x_0 encodes back to x_T
         let back = g.ddim_encode(&net, &dd, x0, &device, 1e-6);
         let err = host((back - x_t.clone()).abs().max());
