@@ -8,23 +8,6 @@ mod common;
 
 use common::*;
 
-fn train(config_text: &str, dir: &Path, name: &str) -> std::path::PathBuf {
-    let config = write_config(dir, &format!("{name}.toml"), config_text);
-    let out = dir.join(name);
-    run(&[
-        "train",
-        "--config",
-        s(&config),
-        "--out",
-        s(&out),
-        "--eval-n",
-        "10",
-        "--eval-samples",
-        "10",
-    ]);
-    out
-}
-
 fn read_rows(path: &Path) -> Vec<Vec<f64>> {
     std::fs::read_to_string(path)
         .unwrap()
@@ -53,7 +36,7 @@ fn total_variation(e: &serde_json::Value) -> f64 {
 #[test]
 fn heartbeat_inpainting_and_denoising() {
     let dir = workdir("cond-beat");
-    let beat = train(
+    let beat = train_quick(
         &TINY_HEARTBEAT.replace("steps = 1500", "steps = 400"),
         &dir,
         "beat",
@@ -207,7 +190,7 @@ fn heartbeat_inpainting_and_denoising() {
 #[test]
 fn swiss_roll_inpainting_and_denoising() {
     let dir = workdir("cond-roll");
-    let roll = train(&TINY.replace("steps = 1500", "steps = 300"), &dir, "roll");
+    let roll = train_quick(&TINY.replace("steps = 1500", "steps = 300"), &dir, "roll");
     let out = dir.join("s.csv");
     // a known coordinate is exact in every sample, whatever the mode
     for mode in ["constant", "likelihood"] {

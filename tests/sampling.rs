@@ -1,33 +1,14 @@
 //! Shorter chains through the binary: respaced chains and DDIM in `sample`, `evaluate` and
 //! `plot --what sampling-steps`, and their one-line errors.
 
-use std::path::Path;
-
 mod common;
 
 use common::*;
 
-fn train(config_text: &str, dir: &Path, name: &str) -> std::path::PathBuf {
-    let config = write_config(dir, &format!("{name}.toml"), config_text);
-    let out = dir.join(name);
-    run(&[
-        "train",
-        "--config",
-        s(&config),
-        "--out",
-        s(&out),
-        "--eval-n",
-        "10",
-        "--eval-samples",
-        "10",
-    ]);
-    out
-}
-
 #[test]
 fn respaced_and_ddim_chains() {
     let dir = workdir("sampling");
-    let roll = train(&TINY.replace("steps = 1500", "steps = 300"), &dir, "roll");
+    let roll = train_quick(&TINY.replace("steps = 1500", "steps = 300"), &dir, "roll");
     let draw = |name: &str, extra: &[&str]| {
         let out = dir.join(format!("{name}.csv"));
         let mut args = vec!["sample", "--run", s(&roll), "-n", "300", "--out", s(&out)];
@@ -130,7 +111,7 @@ fn respaced_and_ddim_chains() {
         ],
         "conditioning runs the full chain",
     );
-    let beat = train(
+    let beat = train_quick(
         &TINY_HEARTBEAT.replace("steps = 1500", "steps = 50"),
         &dir,
         "beat",

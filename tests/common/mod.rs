@@ -155,3 +155,22 @@ pub fn check_picture(dir: &Path, name: &str, size: (u32, u32)) {
         "{name}.svg"
     );
 }
+
+/// Writes `config_text` as `dir/name.toml` and trains it into `dir/name`, with a quick final
+/// evaluation; returns the run folder.
+pub fn train_quick(config_text: &str, dir: &Path, name: &str) -> PathBuf {
+    let config = write_config(dir, &format!("{name}.toml"), config_text);
+    let out = dir.join(name);
+    run(&[
+        "train",
+        "--config",
+        s(&config),
+        "--out",
+        s(&out),
+        "--eval-n",
+        "10",
+        "--eval-samples",
+        "10",
+    ]);
+    out
+}

@@ -315,14 +315,7 @@ impl BinomialBound {
         let (t, prev) = (r.kept()[k - 1], r.kept()[k - 2]);
         // a per-bit value chosen by x in {0, 1}: v1 where x = 1, v0 where x = 0
         let by_bit = |v0: f64, v1: f64| x.clone() * v1 as f32 + (x.clone().neg() + 1.0) * v0 as f32;
-        let kernel = || {
-            let [k0, k1] = [0.0, 1.0].map(|v| {
-                let p = self.diffusion.forward_kernel(t, v);
-                (p / (1.0 - p)).ln()
-            });
-            by_bit(k0, k1)
-        };
-        let logits = self.logits(network.forward_at(x.clone(), t), kernel);
+        let logits = self.logits_at(network, x, t);
         if prev + 1 == t {
             return logits;
         }

@@ -70,12 +70,24 @@ fn logit(p: f64) -> f64 {
 }
 
 impl BinomialBound {
-    /// The reverse kernel's logits from the network's output `z`.
-    pub(crate) fn logits(
+    /// The reverse kernel's logits at step `t` for bits `x` (`[n, d]` of 0/1): the network's
+    /// output, offset by the forward kernel's logit(x (1 - b_t) + pi b_t) (selected exactly per
+    /// bit) for the `paper` parametrization.
+    pub(crate) fn logits_at<N: ReverseNetwork>(
         &self,
-        z: Tensor<2>,
-        kernel_logit: impl FnOnce() -> Tensor<2>,
+        network: &N,
+        x: &Tensor<2>,
+        t: usize,
     ) -> Tensor<2> {
+        let kernel = || {
+            let [k0, k1] = [0.0, 1.0].map(|v| logit(self.diffusion.forward_kernel(t, v)) as f32);
+            x.clone() * k1 + (x.clone().neg() + 1.0) * k0
+        };
+        self.logits(network.forward_at(x.clone(), t), kernel)
+    }
+
+    /// The reverse kernel's logits from the network's output `z`.
+    fn logits(&self, z: Tensor<2>, kernel_logit: impl FnOnce() -> Tensor<2>) -> Tensor<2> {
         match self.parametrization {
             ReverseParametrization::Paper => z + kernel_logit(),
             // the noise-predicting parametrizations are refused for binary data by
@@ -243,12 +255,7 @@ impl Process for BinomialBound {
         let mut particles = given.filter(|c| c.resamples()).map(|_| Particles::new(n));
         for t in (2..=steps).rev() {
             // logit(x (1 - b_t) + pi b_t) for x in {0, 1}, selected exactly per bit
-            let kernel = || {
-                let [k0, k1] =
-                    [0.0, 1.0].map(|v| logit(self.diffusion.forward_kernel(t, v)) as f32);
-                x.clone() * k1 + (x.clone().neg() + 1.0) * k0
-            };
-            let mut logits = self.logits(network.forward_at(x.clone(), t), kernel);
+            let mut logits = self.logits_at(network, &x, t);
             let f = match &constant {
                 Some(f) => Some(f.clone()),
                 None => factor(t - 1, rng).map(|f| f.upload(n, d, device)),
