@@ -23,6 +23,8 @@ pub enum Command {
     Evaluate(EvaluateArgs),
     /// Draw samples from a trained run, optionally conditioned (--known, --observe).
     Sample(SampleArgs),
+    /// Simple models fitted on a file run's training rows, scored on its held-out rows.
+    Baselines(BaselinesArgs),
     /// Conditioned samples against the exact conditional of the run's data (generated data).
     EvaluateConditional(EvaluateConditionalArgs),
     /// Draw a run's pictures (PNG and SVG): trajectories, drift, loss curves, rasters.
@@ -132,6 +134,22 @@ pub struct EvaluateArgs {
     pub sampler: SamplerArgs,
     #[command(flatten)]
     pub backend: BackendArg,
+}
+
+#[derive(Debug, Args)]
+pub struct BaselinesArgs {
+    /// The run folder (trained on a data file).
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Components of the Bernoulli mixture (binary data).
+    #[arg(long, default_value_t = 20)]
+    pub components: usize,
+    /// EM steps of the mixture.
+    #[arg(long, default_value_t = 100)]
+    pub iterations: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -393,6 +411,10 @@ pub struct PlotArgs {
     /// Rasters: rotate each sequence so that its first pulse is in column 0.
     #[arg(long)]
     pub align: bool,
+    /// `--what samples`: draw each row as a WIDTHxHEIGHT image (e.g. 8x8 for the digits; the
+    /// row is the image's pixels, row by row), --rows of them, 10 a line.
+    #[arg(long, value_name = "WIDTHxHEIGHT", value_parser = parse_image)]
+    pub image: Option<(usize, usize)>,
     /// The condition of `--what conditional`.
     #[command(flatten)]
     pub condition: ConditionArgs,
@@ -404,6 +426,20 @@ pub struct PlotArgs {
     pub backend: BackendArg,
 }
 
+/// `WIDTHxHEIGHT`, both at least 1.
+fn parse_image(text: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("{text:?} is not WIDTHxHEIGHT (e.g. 8x8)");
+    let (w, h) = text.split_once(['x', 'X']).ok_or_else(bad)?;
+    let (w, h): (usize, usize) = (
+        w.trim().parse().map_err(|_| bad())?,
+        h.trim().parse().map_err(|_| bad())?,
+    );
+    if w == 0 || h == 0 {
+        return Err(bad());
+    }
+    Ok((w, h))
+}
+
 /// A picture `diffusion plot` can draw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum What {
@@ -413,7 +449,8 @@ pub enum What {
     Drift,
     /// Training loss against step from metrics.csv, every --run on one chart.
     Loss,
-    /// Data and model samples as rasters of bits (binary runs).
+    /// Data and model samples: rasters of bits (binary runs), scatter plots of coordinate
+    /// pairs (Gaussian runs of more than 2 dimensions), or images (`--image`).
     Samples,
     /// Data noised by the forward process at the chosen steps, as rasters (binary runs).
     Noising,

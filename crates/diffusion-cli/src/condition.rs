@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
-use diffusion_data::io;
+use diffusion_data::{Standardization, io};
 use diffusion_models::condition::Variable;
-use diffusion_models::{Condition, ConditionMode, Conditioning, Factor};
+use diffusion_models::{Condition, ConditionMode, Conditioning, Factor, RunManifest};
 
 use crate::args::{ConditionArgs, Mode};
 
@@ -28,6 +28,31 @@ impl ConditionArgs {
         dim: usize,
         variable: Variable,
         n: usize,
+    ) -> Result<Option<Conditioning>, String> {
+        self.resolve_in(dim, variable, n, None)
+    }
+
+    /// [`ConditionArgs::resolve`] for a run: values and noise are given in the data's own
+    /// units and mapped into the space the run's model diffuses.
+    pub fn resolve_for(
+        &self,
+        manifest: &RunManifest,
+        variable: Variable,
+        n: usize,
+    ) -> Result<Option<Conditioning>, String> {
+        let units = manifest
+            .standardization
+            .as_ref()
+            .filter(|s| !s.is_identity());
+        self.resolve_in(manifest.data_dim, variable, n, units)
+    }
+
+    fn resolve_in(
+        &self,
+        dim: usize,
+        variable: Variable,
+        n: usize,
+        units: Option<&Standardization>,
     ) -> Result<Option<Conditioning>, String> {
         let observing = self.observe.is_some() || self.observe_file.is_some();
         if self.observe_noise.is_some() && !observing {
@@ -62,7 +87,10 @@ impl ConditionArgs {
                 for s in &sources {
                     let row = &s.0[if s.0.len() == 1 { 0 } else { r }];
                     for f in row.factors() {
-                        c = c.with(*f);
+                        c = c.with(match units {
+                            Some(u) if f.index() < dim => f.standardized(u),
+                            _ => *f,
+                        });
                     }
                 }
                 c

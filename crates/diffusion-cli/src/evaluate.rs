@@ -3,7 +3,7 @@
 use diffusion_models::evaluate::Evaluation;
 use diffusion_models::evaluate::evaluate_with;
 
-use crate::args::EvaluateArgs;
+use crate::args::{BaselinesArgs, EvaluateArgs};
 use crate::common::{check_count, default_eval_points, load_run};
 
 /// Runs `diffusion evaluate`.
@@ -36,8 +36,27 @@ pub fn print_evaluation(e: &Evaluation) {
         "K          = {:+.4} ± {:.4} bits/point  (n = {}, T = {}{chain})",
         e.k_bits, e.k_stderr_bits, e.n, e.steps_t
     );
+    println!(
+        "K / d      = {:+.4} bits/dim  (d = {}{})",
+        e.k_bits_per_dim,
+        e.dim,
+        if e.dequantized {
+            "; a bound on the discrete data"
+        } else {
+            ""
+        }
+    );
     println!("L_null     = {:+.4} bits/point", e.l_null_bits);
     println!("K - L_null = {:+.4} bits/point", e.k_minus_l_null_bits);
+    if let (Some(k), Some(l), Some(j)) = (
+        e.k_bits_standardized,
+        e.l_null_bits_standardized,
+        e.log_jacobian_bits,
+    ) {
+        println!(
+            "standardised: K = {k:+.4}, L_null = {l:+.4} bits/point; the change of units adds {j:+.4}"
+        );
+    }
     match (e.neg_data_entropy_bits, e.gap_bits) {
         (Some(h), Some(gap)) => {
             println!(
@@ -65,4 +84,27 @@ pub fn print_evaluation(e: &Evaluation) {
             phases.join(" ")
         );
     }
+}
+
+/// Runs `diffusion baselines`.
+pub fn cmd_baselines(a: BaselinesArgs) -> Result<(), String> {
+    let run = diffusion_models::RunDir::open(&a.run).map_err(|e| e.to_string())?;
+    let manifest = run.manifest().map_err(|e| e.to_string())?;
+    let b = diffusion_models::baselines::baselines(&manifest, &run, a.components, a.iterations)
+        .map_err(|e| e.to_string())?;
+    if a.json {
+        println!("{}", serde_json::to_string(&b).expect("serialisable"));
+        return Ok(());
+    }
+    println!(
+        "fitted on {} training rows, scored on {} held-out rows (d = {})",
+        b.train_rows, b.heldout_rows, b.dim
+    );
+    for x in &b.baselines {
+        println!(
+            "{:+.4} ± {:.4} bits/point ({:+.4} bits/dim)  {}",
+            x.bits, x.stderr_bits, x.bits_per_dim, x.name
+        );
+    }
+    Ok(())
 }

@@ -18,7 +18,7 @@ pub fn cmd_evaluate_conditional(a: EvaluateConditionalArgs) -> Result<(), String
     let bound = manifest.bound_of(&model).map_err(|e| e.to_string())?;
     let given = a
         .condition
-        .resolve(manifest.data_dim, bound.variable(), a.n)?
+        .resolve_for(&manifest, bound.variable(), a.n)?
         .ok_or("evaluate-conditional needs a condition")?;
     let eval = evaluate_conditional(&manifest, &model, &given, a.n, a.seed, &device)
         .map_err(|e| e.to_string())?;

@@ -103,6 +103,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
         Command::Train(a) => crate::train::cmd_train(a),
         Command::Evaluate(a) => crate::evaluate::cmd_evaluate(a),
         Command::Sample(a) => crate::sample::cmd_sample(a),
+        Command::Baselines(a) => crate::evaluate::cmd_baselines(a),
         Command::EvaluateConditional(a) => crate::evaluate_conditional::cmd_evaluate_conditional(a),
         Command::Plot(a) => crate::plot::cmd_plot(a),
         Command::Bench(a) => crate::bench::cmd_bench(a),

@@ -7,12 +7,12 @@ use diffusion_models::bound::Diffusion;
 use diffusion_models::conditional::Exact;
 use diffusion_models::config::LossKind;
 use diffusion_models::evaluate::SAMPLE_CHUNK_ROWS;
-use diffusion_models::evaluate::{evaluate_with, heldout_points};
+use diffusion_models::evaluate::{evaluate_with, heldout_points, heldout_rows};
 use diffusion_models::sampling::Sampler;
 use diffusion_models::{Process, RunDir, RunManifest};
 use diffusion_plot::{
-    ArrowPanel, ArrowPanels, LineChart, RasterPanel, RasterPanels, ScatterGrid, ScatterPanel,
-    Series, align_first_pulse, first_pulses, rotate_rows, save,
+    ArrowPanel, ArrowPanels, ImagePanel, ImagePanels, LineChart, RasterPanel, RasterPanels,
+    ScatterGrid, ScatterPanel, Series, align_first_pulse, first_pulses, rotate_rows, save,
 };
 
 use crate::args::{PlotArgs, What};
@@ -41,7 +41,7 @@ fn fitting(manifest: &RunManifest, bound: &Diffusion) -> Vec<What> {
         Diffusion::Gaussian(_) if manifest.data_dim == 2 => {
             vec![What::Trajectory, What::Drift, What::Loss]
         }
-        Diffusion::Gaussian(_) => vec![What::Loss],
+        Diffusion::Gaussian(_) => vec![What::Samples, What::Loss],
         Diffusion::Binomial(_) => vec![What::Samples, What::Noising, What::Loss],
     }
 }
@@ -145,6 +145,14 @@ pub fn cmd_plot(a: PlotArgs) -> Result<(), String> {
         files.map(|f| written.extend(f)).map_err(|e| e.to_string())
     };
     let heldout = |n: usize| heldout_points(&manifest, &run, n).map_err(|e| e.to_string());
+    if let Some((w, h)) = a.image
+        && w * h != d
+    {
+        return Err(format!(
+            "--image {w}x{h} has {} pixels, the run's rows have {d} values",
+            w * h
+        ));
+    }
     for w in &what {
         let stem = a.out.join(w.name());
         match w {
@@ -244,6 +252,82 @@ pub fn cmd_plot(a: PlotArgs) -> Result<(), String> {
                     &stem,
                 ))?;
             }
+            What::Samples if a.image.is_some() => {
+                let (width, height) = a.image.expect("matched");
+                // in the data's own units: the held-out rows as read, the samples mapped back
+                let data = heldout_rows(&manifest, &run, a.rows).map_err(|e| e.to_string())?;
+                let mut drawn =
+                    bound.sample(&model.network, a.rows, &mut rng, &device, SAMPLE_CHUNK_ROWS);
+                manifest.to_data_units(&mut drawn);
+                let lo = data.iter().cloned().fold(f32::INFINITY, f32::min);
+                let hi = data.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                let images = |v: &[f32]| v.chunks_exact(d).map(<[f32]>::to_vec).collect();
+                keep(save(
+                    &ImagePanels {
+                        title: format!("{name}: held-out data and samples"),
+                        panels: vec![
+                            ImagePanel {
+                                title: "held-out data".into(),
+                                images: images(&data),
+                            },
+                            ImagePanel {
+                                title: "samples".into(),
+                                images: images(&drawn),
+                            },
+                        ],
+                        width,
+                        height,
+                        columns: 10,
+                        range: (lo, hi),
+                    },
+                    &stem,
+                ))?;
+            }
+            What::Samples if matches!(bound, Diffusion::Gaussian(_)) => {
+                // pairs of coordinates, in the space the model diffuses (standardised data)
+                let data = heldout(a.n)?;
+                let drawn = bound.sample(
+                    &model.network,
+                    data.len() / d,
+                    &mut rng,
+                    &device,
+                    SAMPLE_CHUNK_ROWS,
+                );
+                let coordinate_pairs: Vec<(usize, usize)> = if d == 1 {
+                    vec![(0, 0)]
+                } else {
+                    (0..d / 2).take(5).map(|k| (2 * k, 2 * k + 1)).collect()
+                };
+                let panels = |v: &[f32]| {
+                    coordinate_pairs
+                        .iter()
+                        .map(|&(i, j)| ScatterPanel {
+                            title: format!("x{i} against x{j}"),
+                            points: v.chunks_exact(d).map(|r| [r[i], r[j]]).collect(),
+                        })
+                        .collect::<Vec<_>>()
+                };
+                let units = if manifest
+                    .standardization
+                    .as_ref()
+                    .is_some_and(|s| !s.is_identity())
+                {
+                    " (standardised units)"
+                } else {
+                    ""
+                };
+                keep(save(
+                    &ScatterGrid {
+                        title: format!("{name}: pairs of coordinates{units}"),
+                        rows: vec![
+                            ("held-out".into(), panels(&data)),
+                            ("samples".into(), panels(&drawn)),
+                        ],
+                        range: 3.0,
+                    },
+                    &stem,
+                ))?;
+            }
             What::Samples => {
                 let mut data = bit_rows(&heldout(a.rows)?, d);
                 let drawn = bound.sample(
@@ -284,7 +368,7 @@ pub fn cmd_plot(a: PlotArgs) -> Result<(), String> {
                 let m = if d == 2 { a.n } else { a.rows };
                 let given = a
                     .condition
-                    .resolve(d, bound.variable(), m)?
+                    .resolve_for(&manifest, bound.variable(), m)?
                     .ok_or("--what conditional needs a condition")?;
                 let exact = Exact::of(&manifest.config.data, &given).map_err(|e| e.to_string())?;
                 let drawn = bound

@@ -15,15 +15,13 @@ pub fn cmd_sample(a: SampleArgs) -> Result<(), String> {
     io::check_extension(&a.out).map_err(|e| e.to_string())?;
     let (_, manifest, model, device) = load_run(&a.run, &a.backend, a.weights)?;
     let bound = manifest.bound_of(&model).map_err(|e| e.to_string())?;
-    let given = a
-        .condition
-        .resolve(manifest.data_dim, bound.variable(), a.n)?;
+    let given = a.condition.resolve_for(&manifest, bound.variable(), a.n)?;
     let sampler = a.sampler.sampler()?;
     if given.is_some() && sampler != Sampler::Ancestral {
         return Err("conditioning runs the full chain: drop --sampler".into());
     }
     let mut rng = diffusion_data::rng(a.seed, streams::SAMPLE);
-    let data = match &given {
+    let mut data = match &given {
         None => bound
             .sample_with(
                 &model.network,
@@ -45,5 +43,6 @@ pub fn cmd_sample(a: SampleArgs) -> Result<(), String> {
             )
             .map_err(|e| e.to_string())?,
     };
+    manifest.to_data_units(&mut data);
     write_rows(&a.out, a.n, manifest.data_dim, data, "samples")
 }

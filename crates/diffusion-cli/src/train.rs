@@ -95,15 +95,25 @@ fn new_run(a: &TrainArgs) -> Result<(Run, Backend, Device), String> {
     t.seed = a.seed.unwrap_or(t.seed);
     t.checkpoint_every = a.checkpoint_every.unwrap_or(t.checkpoint_every);
     if let Some(path) = &a.data {
-        let heldout_fraction = match &config.data {
+        // a file config keeps its own options; a generator config takes the defaults
+        config.data = match config.data {
             DataConfig::File {
-                heldout_fraction, ..
-            } => *heldout_fraction,
-            _ => 0.1,
-        };
-        config.data = DataConfig::File {
-            path: path.clone(),
-            heldout_fraction,
+                heldout_fraction,
+                standardize,
+                dequantize,
+                ..
+            } => DataConfig::File {
+                path: path.clone(),
+                heldout_fraction,
+                standardize,
+                dequantize,
+            },
+            _ => DataConfig::File {
+                path: path.clone(),
+                heldout_fraction: 0.1,
+                standardize: None,
+                dequantize: false,
+            },
         };
     }
     config

@@ -141,9 +141,17 @@ impl BinomialDiffusion {
 
     /// The per-sequence constants of K in bits: H_q(X_T|X_0) - H_q(X_1|X_0) - H_p(X_T) for one
     /// sequence `x0` (these depend on the data for binary diffusion).
+    ///
+    /// Exact for any data (SPEC section 6): besides eq. 14's entropies, the prior and the fixed
+    /// edge step add (b_1 + abar_T) logit(pi) sum_i (x0_i − pi) nats, which vanish when every
+    /// sequence has activity pi (as heartbeat sequences do) but not for other data.
     pub fn bound_constant_bits(&self, x0: &[f32]) -> f64 {
         let h_p = self.dim as f64 * binary_entropy_bits(self.pi);
+        let excess: f64 = x0.iter().map(|&v| v as f64 - self.pi).sum();
+        let weight = self.beta(1) + self.alpha_bar(self.steps());
+        let logit = (self.pi / (1.0 - self.pi)).ln();
         self.entropy_xt_given_x0_bits(self.steps(), x0) - self.entropy_xt_given_x0_bits(1, x0) - h_p
+            + weight * logit * excess / std::f64::consts::LN_2
     }
 
     /// H_q(X_t | X_0 = x0) in bits: the bits are independent given x0.

@@ -125,6 +125,16 @@ impl GaussianDiffusion {
         }
     }
 
+    /// The part of K that does not depend on the model, for one point `x0`, in bits: eq. 14's
+    /// entropy terms plus the exact prior and edge-step terms,
+    /// ½ (b_1 + abar_T)(d − |x0|²) nats (SPEC section 6), which vanish on average for data with
+    /// E|x0|² = d and are what make K a bound for data in any units.
+    pub fn bound_constant_bits(&self, x0: &[f32]) -> f64 {
+        let norm: f64 = x0.iter().map(|&v| (v as f64).powi(2)).sum();
+        let weight = self.beta(1) + self.alpha_bar(self.steps());
+        self.bound_constants().sum_bits() + 0.5 * weight * (self.dim as f64 - norm) / LN_2
+    }
+
     /// L_null: the log-likelihood of N(0, I) on unit-variance data, -d/2 log2(2 pi e), in bits.
     pub fn l_null_bits(&self) -> f64 {
         -(self.dim as f64) / 2.0 * (2.0 * std::f64::consts::PI * std::f64::consts::E).log2()

@@ -20,14 +20,17 @@
 
 #![warn(missing_docs)]
 
+pub mod baselines;
 pub mod heartbeat;
 pub mod io;
 mod split;
+pub mod standardize;
 pub mod swiss_roll;
 
 pub use heartbeat::{Heartbeat, HeartbeatStream};
 pub use io::{Array2, DataError};
 pub use split::split;
+pub use standardize::{Scaling, Standardization};
 pub use swiss_roll::{RollPosterior, SwissRoll, SwissRollStream};
 
 /// A seeded random generator, the same on every platform (ChaCha8).

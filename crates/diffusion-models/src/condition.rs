@@ -80,6 +80,36 @@ pub enum Factor {
     },
 }
 
+impl Factor {
+    /// The coordinate the factor is on.
+    pub fn index(&self) -> usize {
+        match self {
+            Self::Known { index, .. } | Self::Observed { index, .. } => *index,
+        }
+    }
+
+    /// The factor in the space a run's model diffuses, for one given in the data's own units:
+    /// a value v becomes (v - m_i) / s_i and a Gaussian noise s becomes s / s_i (the
+    /// standardisation's m and s; see [`diffusion_data::Standardization`]).
+    pub fn standardized(self, units: &diffusion_data::Standardization) -> Self {
+        match self {
+            Self::Known { index, value } => Self::Known {
+                index,
+                value: units.value(index, value as f64) as f32,
+            },
+            Self::Observed {
+                index,
+                value,
+                noise,
+            } => Self::Observed {
+                index,
+                value: units.value(index, value as f64) as f32,
+                noise: noise / units.scale[index],
+            },
+        }
+    }
+}
+
 /// r(x_0) for one sample: the product of its factors (none: no condition).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Condition {

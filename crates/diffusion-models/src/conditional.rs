@@ -307,6 +307,8 @@ mod tests {
         let file = DataConfig::File {
             path: "x.csv".into(),
             heldout_fraction: 0.1,
+            standardize: None,
+            dequantize: false,
         };
         assert!(matches!(
             Exact::of(&file, &one),

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use diffusion_core::{BetaSchedule, ReverseParametrization};
+use diffusion_data::Scaling;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{ModelConfig, ModelKind, TimeConditioning};
@@ -111,6 +112,15 @@ pub enum DataConfig {
         /// The share of rows held out (saved as `heldout.npy` in the run folder).
         #[serde(default = "default_heldout")]
         heldout_fraction: f64,
+        /// Gaussian runs: how the rows are standardised before training (`none`, `global`,
+        /// `per-coordinate`; per-coordinate when absent). The bound is reported in the data's
+        /// own units with the Jacobian added. Binomial runs take none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        standardize: Option<Scaling>,
+        /// Gaussian runs on integer data: add U[0, 1) noise to every value (each batch, and to
+        /// the held-out rows when evaluating), so the bound is one on the discrete data.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        dequantize: bool,
     },
 }
 
@@ -557,6 +567,19 @@ impl RunConfig {
             } if !(*heldout_fraction > 0.0 && *heldout_fraction < 1.0) => Err(format!(
                 "data.heldout_fraction = {heldout_fraction} must lie in (0, 1)"
             )),
+            DataConfig::File {
+                standardize,
+                dequantize,
+                ..
+            } if self.diffusion.process == ProcessKind::Binomial
+                && (*dequantize || standardize.is_some_and(|s| s != Scaling::None)) =>
+            {
+                Err(
+                    "data.standardize and data.dequantize are for Gaussian runs; \
+                     a binomial run takes its 0/1 values as they are"
+                        .into(),
+                )
+            }
             _ => Ok(()),
         }
     }

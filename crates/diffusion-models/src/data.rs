@@ -2,7 +2,7 @@
 //! seed ([`streams`]).
 
 use diffusion_data::{
-    Array2, DataError, Heartbeat, HeartbeatStream, Rng, SwissRoll, SwissRollStream,
+    Array2, DataError, Heartbeat, HeartbeatStream, Rng, Standardization, SwissRoll, SwissRollStream,
 };
 use rand::Rng as _;
 
@@ -15,11 +15,14 @@ pub enum TrainingData {
     SwissRoll(SwissRollStream),
     /// Fresh heartbeat sequences every batch.
     Heartbeat(HeartbeatStream),
-    /// Rows drawn uniformly (with replacement) from a fixed set.
+    /// Rows drawn uniformly (with replacement) from a fixed set, in the data's own units, and
+    /// then dequantised and standardised when the run says so.
     Points {
         /// The training rows.
         points: Array2,
-        /// The row sampler.
+        /// What is done to each batch (none for binomial runs).
+        transform: Option<Standardization>,
+        /// The row sampler (and the dequantisation noise).
         rng: Rng,
     },
 }
@@ -50,10 +53,11 @@ impl TrainingData {
         Self::Heartbeat(beat.stream_with(diffusion_data::rng(seed, streams::TRAIN_DATA)))
     }
 
-    /// Row sampling from `points` under a run seed.
-    pub fn points(points: Array2, seed: u64) -> Self {
+    /// Row sampling from `points` under a run seed, each batch put through `transform`.
+    pub fn points(points: Array2, transform: Option<Standardization>, seed: u64) -> Self {
         Self::Points {
             points,
+            transform: transform.filter(|t| !t.is_identity()),
             rng: diffusion_data::rng(seed, streams::TRAIN_DATA),
         }
     }
@@ -72,11 +76,18 @@ impl TrainingData {
         match self {
             Self::SwissRoll(s) => s.next_batch(n),
             Self::Heartbeat(s) => s.next_batch(n),
-            Self::Points { points, rng } => {
+            Self::Points {
+                points,
+                transform,
+                rng,
+            } => {
                 let mut out = Vec::with_capacity(n * points.cols);
                 for _ in 0..n {
                     let i = rng.random_range(0..points.rows);
                     out.extend_from_slice(points.row(i));
+                }
+                if let Some(t) = transform {
+                    t.apply_with(&mut out, rng);
                 }
                 out
             }
@@ -96,6 +107,8 @@ pub mod streams {
     pub const EVAL_NOISE: u64 = 3;
     /// The reverse chain when sampling.
     pub const SAMPLE: u64 = 4;
+    /// The dequantisation noise of held-out rows (file data the run dequantises).
+    pub const DEQUANTIZE: u64 = 8;
     /// Fresh data for the sample metrics, and a second set for their noise floor.
     pub const METRIC_A: u64 = 6;
     /// See [`METRIC_A`].

@@ -25,18 +25,40 @@ pub const CHUNK_ROWS: usize = 16_384;
 /// 1,074k at 4,096, 928k at 2,048).
 pub const SAMPLE_CHUNK_ROWS: usize = 4_096;
 
-/// The result of `diffusion evaluate`, in bits per point (per sequence for binary data).
+/// The result of `diffusion evaluate`, in bits per point (per sequence for binary data), in the
+/// data's own units (as read from the file, for file data).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Evaluation {
     /// The bound K (mean over held-out points of the full sum over t).
     pub k_bits: f64,
     /// Its standard error over points.
     pub k_stderr_bits: f64,
-    /// L_null: the log-likelihood of the null model, N(0, I) (-d/2 log2(2 pi e)) or i.i.d.
-    /// Bernoulli(pi) bits (averaged over the held-out points).
+    /// K / d.
+    #[serde(default)]
+    pub k_bits_per_dim: f64,
+    /// The data dimension d.
+    #[serde(default)]
+    pub dim: usize,
+    /// L_null: the log-likelihood of the null model (averaged over the held-out points). For
+    /// generator data N(0, I), -d/2 log2(2 pi e); for Gaussian file data N(m, diag s^2) with
+    /// the training rows' mean and standard deviations; for binary data i.i.d. Bernoulli(pi).
     pub l_null_bits: f64,
     /// K - L_null.
     pub k_minus_l_null_bits: f64,
+    /// File data that the run standardised: K in the standardised space (the figure training
+    /// optimises); `k_bits` is this plus `log_jacobian_bits`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k_bits_standardized: Option<f64>,
+    /// File data that the run standardised: L_null of N(0, I) in the standardised space.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l_null_bits_standardized: Option<f64>,
+    /// File data that the run standardised: -sum_i log2 s_i, what the change of units adds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_jacobian_bits: Option<f64>,
+    /// Dequantised data: the bound is one on the discrete values' log-probability
+    /// (log P(k) >= E_u log p(k + u)).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dequantized: bool,
     /// -H(data), the ceiling for K, when the data's density is known (generator data).
     pub neg_data_entropy_bits: Option<f64>,
     /// The Monte-Carlo standard error of -H(data).
@@ -69,12 +91,9 @@ pub struct Evaluation {
     pub samples: Option<usize>,
 }
 
-/// The first `n` held-out points of a run (all of them, if the held-out file has fewer).
-pub fn heldout_points(
-    manifest: &RunManifest,
-    run: &RunDir,
-    n: usize,
-) -> Result<Vec<f32>, RunError> {
+/// The first `n` held-out rows of a run (all of them, if the held-out file has fewer), in the
+/// data's own units: generator draws, or the rows of `heldout.npy` as read from the file.
+pub fn heldout_rows(manifest: &RunManifest, run: &RunDir, n: usize) -> Result<Vec<f32>, RunError> {
     let rng = diffusion_data::rng(manifest.config.train.seed, streams::HELDOUT);
     let generator =
         TrainingData::generator(&manifest.config.data, rng).map_err(|e| RunError::Corrupt {
@@ -85,7 +104,7 @@ pub fn heldout_points(
         return Ok(stream.next_batch(n));
     }
     // File data: the held-out rows the run kept.
-    let p = run.file("heldout.npy");
+    let p = run.file(crate::setup::HELDOUT_ROWS);
     let a = diffusion_data::io::read(&p).map_err(|e| RunError::Corrupt {
         path: p.display().to_string(),
         message: e.to_string(),
@@ -98,6 +117,35 @@ pub fn heldout_points(
     }
     let rows = n.min(a.rows);
     Ok(a.data[..rows * a.cols].to_vec())
+}
+
+/// The first `n` held-out rows of a run, dequantised (a seeded draw) when the run says so:
+/// still in the data's own units.
+pub fn heldout_dequantized(
+    manifest: &RunManifest,
+    run: &RunDir,
+    n: usize,
+) -> Result<Vec<f32>, RunError> {
+    let mut rows = heldout_rows(manifest, run, n)?;
+    if let Some(s) = &manifest.standardization {
+        let mut rng = diffusion_data::rng(manifest.config.train.seed, streams::DEQUANTIZE);
+        s.dequantize(&mut rows, &mut rng);
+    }
+    Ok(rows)
+}
+
+/// The first `n` held-out points of a run in the space the model diffuses: the held-out rows,
+/// dequantised and standardised when the run says so.
+pub fn heldout_points(
+    manifest: &RunManifest,
+    run: &RunDir,
+    n: usize,
+) -> Result<Vec<f32>, RunError> {
+    let mut rows = heldout_dequantized(manifest, run, n)?;
+    if let Some(s) = &manifest.standardization {
+        s.apply(&mut rows);
+    }
+    Ok(rows)
 }
 
 /// Evaluates `model` on the run's held-out points: K from the full sum over t = 2..T (one draw of
@@ -144,7 +192,11 @@ pub fn evaluate_with<N: ReverseNetwork>(
         message: e.to_string(),
     })?;
     sampler.check_for(&bound)?;
-    let points = heldout_points(manifest, run, n)?;
+    let rows = heldout_dequantized(manifest, run, n)?;
+    let mut points = rows.clone();
+    if let Some(s) = &manifest.standardization {
+        s.apply(&mut points);
+    }
     let mut rng = diffusion_data::rng(seed, streams::EVAL_NOISE);
     let per_point = bound.bound_bits_with(
         &model.network,
@@ -159,16 +211,42 @@ pub fn evaluate_with<N: ReverseNetwork>(
         message: "no held-out points".into(),
     })?;
     let d = bound.dim();
-    let l_null = points
-        .chunks_exact(d)
-        .map(|row| bound.l_null_bits(row))
-        .sum::<f64>()
-        / k.n as f64;
+    let mean_over =
+        |f: &dyn Fn(&[f32]) -> f64, x: &[f32]| x.chunks_exact(d).map(f).sum::<f64>() / k.n as f64;
+    // In the data's own units: the Jacobian of the standardisation added to K, and the null
+    // model of these data.
+    let (k_bits, l_null, standardized) = match &manifest.standardization {
+        Some(s) => {
+            let l_null = mean_over(&|row| s.null_log_likelihood_bits(row), &rows);
+            let standard_normal = mean_over(&standard_normal_bits, &points);
+            let jacobian = s.log_jacobian_bits();
+            let shown = (s.scaling != diffusion_data::Scaling::None).then_some((
+                k.mean,
+                standard_normal,
+                jacobian,
+            ));
+            (k.mean + jacobian, l_null, shown)
+        }
+        None => (
+            k.mean,
+            mean_over(&|row| bound.l_null_bits(row), &points),
+            None,
+        ),
+    };
     let mut eval = Evaluation {
-        k_bits: k.mean,
+        k_bits,
         k_stderr_bits: k.stderr,
+        k_bits_per_dim: k_bits / d as f64,
+        dim: d,
         l_null_bits: l_null,
-        k_minus_l_null_bits: k.mean - l_null,
+        k_minus_l_null_bits: k_bits - l_null,
+        k_bits_standardized: standardized.map(|s| s.0),
+        l_null_bits_standardized: standardized.map(|s| s.1),
+        log_jacobian_bits: standardized.map(|s| s.2),
+        dequantized: manifest
+            .standardization
+            .as_ref()
+            .is_some_and(|s| s.dequantize),
         neg_data_entropy_bits: None,
         neg_data_entropy_stderr_bits: None,
         gap_bits: None,
@@ -218,10 +296,12 @@ pub fn evaluate_with<N: ReverseNetwork>(
         }
         DataConfig::File { .. } => {
             if samples > 0 && matches!(bound, Diffusion::Gaussian(_)) {
+                // in the data's own units, against the (dequantised) held-out rows
                 let m = samples.min(ENERGY_POINTS);
-                let held = heldout_points(manifest, run, m)?;
+                let held = heldout_dequantized(manifest, run, m)?;
                 let rows = held.len() / d;
-                let drawn = draw(m);
+                let mut drawn = draw(m);
+                manifest.to_data_units(&mut drawn);
                 eval.energy_distance = Some(diffusion_core::energy_distance(
                     &drawn[..rows * d],
                     &held,
@@ -232,6 +312,15 @@ pub fn evaluate_with<N: ReverseNetwork>(
         }
     }
     Ok(eval)
+}
+
+/// log2 N(x; 0, I) of one row.
+fn standard_normal_bits(row: &[f32]) -> f64 {
+    let half_log_2pi = 0.5 * (2.0 * std::f64::consts::PI).ln();
+    row.iter()
+        .map(|&x| -half_log_2pi - 0.5 * (x as f64).powi(2))
+        .sum::<f64>()
+        / diffusion_core::LN_2
 }
 
 impl Evaluation {

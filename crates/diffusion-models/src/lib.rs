@@ -43,6 +43,7 @@
 
 #![warn(missing_docs)]
 
+pub mod baselines;
 pub mod bound;
 pub mod checkpoint;
 pub mod condition;

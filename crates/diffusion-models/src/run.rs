@@ -19,8 +19,8 @@ use burn::module::Module;
 use burn::store::ModuleRecord;
 use burn::tensor::{Bytes, Device};
 use diffusion_core::{BetaSchedule, BinomialDiffusion, GaussianDiffusion};
-use diffusion_data::DataError;
 use diffusion_data::io::write_atomic;
+use diffusion_data::{DataError, Standardization};
 use serde::{Deserialize, Serialize};
 
 use crate::bound::Diffusion;
@@ -92,6 +92,9 @@ pub enum RunError {
         /// The run folder.
         path: String,
     },
+    /// A request that does not fit this run.
+    #[error("{0}")]
+    Invalid(String),
     /// `resume` found nothing to continue from.
     #[error("{run} has no checkpoint to resume from (none in {folder})")]
     NoCheckpoint {
@@ -114,6 +117,10 @@ pub struct RunManifest {
     pub data_dim: usize,
     /// The backend the run was trained on.
     pub backend: String,
+    /// Gaussian runs on file data: how the rows were standardised (and dequantised), and the
+    /// null model of the data. Absent for generator data and binomial runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standardization: Option<Standardization>,
 }
 
 impl RunManifest {
@@ -124,7 +131,30 @@ impl RunManifest {
             config,
             data_dim,
             backend: backend.into(),
+            standardization: None,
         }
+    }
+
+    /// Maps rows the model drew (row-major, `data_dim` columns) back to the data's own units:
+    /// undoes the standardisation of file data; generator data are unchanged.
+    pub fn to_data_units(&self, rows: &mut [f32]) {
+        if let Some(s) = &self.standardization {
+            s.invert(rows);
+        }
+    }
+
+    /// Maps rows in the data's own units into the space the model diffuses (the inverse of
+    /// [`RunManifest::to_data_units`], without dequantising).
+    pub fn to_model_units(&self, rows: &mut [f32]) {
+        if let Some(s) = &self.standardization {
+            s.apply(rows);
+        }
+    }
+
+    /// This manifest with the standardisation of its file data.
+    pub fn with_standardization(mut self, standardization: Option<Standardization>) -> Self {
+        self.standardization = standardization;
+        self
     }
 
     /// The diffusion and parametrization this run describes. A binomial run's `pi` must be
@@ -304,6 +334,27 @@ impl RunDir {
         }
         m.config.validate().map_err(|e| corrupt(e.to_string()))?;
         m.bound().map_err(|e| corrupt(e.to_string()))?;
+        if let Some(s) = &m.standardization {
+            let d = m.data_dim;
+            let lengths = [
+                s.mean.len(),
+                s.scale.len(),
+                s.data_mean.len(),
+                s.data_sd.len(),
+            ];
+            if lengths.iter().any(|&l| l != d) {
+                return Err(corrupt(format!(
+                    "standardization has {lengths:?} values where the data have {d} columns"
+                )));
+            }
+            let positive = |v: &[f64]| v.iter().all(|x| x.is_finite() && *x > 0.0);
+            if !positive(&s.scale) || !positive(&s.data_sd) || s.mean.iter().any(|x| !x.is_finite())
+            {
+                return Err(corrupt(
+                    "standardization scales must be finite and > 0".into(),
+                ));
+            }
+        }
         Ok(m)
     }
 

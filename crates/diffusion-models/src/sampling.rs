@@ -418,10 +418,10 @@ pub fn respaced_bound_bits_gaussian<N: ReverseNetwork>(
             *s += v as f64;
         }
     }
-    let constant = short.bound_constants().sum_bits();
-    Ok(kl
-        .into_iter()
-        .map(|s| constant - s / diffusion_core::LN_2)
+    Ok(points
+        .chunks_exact(d)
+        .zip(kl)
+        .map(|(row, s)| short.bound_constant_bits(row) - s / diffusion_core::LN_2)
         .collect())
 }
 

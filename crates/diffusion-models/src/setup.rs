@@ -30,7 +30,7 @@
 use std::path::Path;
 
 use burn::tensor::Device;
-use diffusion_data::{Array2, Heartbeat, SwissRoll, io};
+use diffusion_data::{Array2, Heartbeat, Scaling, Standardization, SwissRoll, io};
 
 use crate::bound::Diffusion;
 use crate::checkpoint::{self, Checkpoint};
@@ -58,8 +58,10 @@ pub struct ResolvedData {
     pub dim: usize,
     /// Where training batches come from.
     pub data: TrainingData,
-    /// File data: (training rows, held-out rows).
+    /// File data: (training rows, held-out rows), in the data's own units.
     pub files: Option<(Array2, Array2)>,
+    /// Gaussian runs on file data: the standardisation fitted on the training rows.
+    pub standardization: Option<Standardization>,
     /// What the caller may want to tell the user (e.g. a forward process that stops far from
     /// its stationary distribution).
     pub warnings: Vec<String>,
@@ -72,6 +74,7 @@ pub fn resolve(mut config: RunConfig) -> Result<ResolvedData, RunError> {
     let seed = config.train.seed;
     let binary = config.diffusion.process == ProcessKind::Binomial;
     let mut files = None;
+    let mut standardization = None;
     let (data, dim, mean_activity) = match &config.data {
         DataConfig::SwissRoll { noise } => {
             let roll = SwissRoll::new(*noise).map_err(RunError::Data)?;
@@ -85,6 +88,8 @@ pub fn resolve(mut config: RunConfig) -> Result<ResolvedData, RunError> {
         DataConfig::File {
             path,
             heldout_fraction,
+            standardize,
+            dequantize,
         } => {
             let points = io::read(path).map_err(RunError::Data)?;
             if binary && let Some(i) = points.data.iter().position(|&v| v != 0.0 && v != 1.0) {
@@ -101,8 +106,13 @@ pub fn resolve(mut config: RunConfig) -> Result<ResolvedData, RunError> {
             let activity = train_rows.data.iter().map(|&v| v as f64).sum::<f64>()
                 / train_rows.data.len() as f64;
             let dim = points.cols;
+            if !binary {
+                let scaling = standardize.unwrap_or(Scaling::PerCoordinate);
+                standardization = Some(Standardization::fit(&train_rows, scaling, *dequantize));
+            }
             files = Some((train_rows.clone(), held));
-            (TrainingData::points(train_rows, seed), dim, Some(activity))
+            let data = TrainingData::points(train_rows, standardization.clone(), seed);
+            (data, dim, Some(activity))
         }
     };
     if binary && config.diffusion.pi.is_none() {
@@ -129,6 +139,7 @@ pub fn resolve(mut config: RunConfig) -> Result<ResolvedData, RunError> {
         dim,
         data,
         files,
+        standardization,
         warnings,
     })
 }
@@ -168,7 +179,8 @@ impl Run {
                 })?;
             }
         }
-        let manifest = RunManifest::new(resolved.config, resolved.dim, backend);
+        let manifest = RunManifest::new(resolved.config, resolved.dim, backend)
+            .with_standardization(resolved.standardization);
         dir.write_json("config.json", &manifest)?;
         if let Some((train_rows, held)) = &resolved.files {
             for (name, rows) in [(TRAIN_ROWS, train_rows), (HELDOUT_ROWS, held)] {
@@ -211,7 +223,7 @@ impl Run {
                             ),
                         });
                     }
-                    TrainingData::points(rows, seed)
+                    TrainingData::points(rows, manifest.standardization.clone(), seed)
                 }
             };
         Ok(Self {

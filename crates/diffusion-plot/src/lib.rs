@@ -7,7 +7,9 @@
 //!   (the paper's Figure 1);
 //! - [`ArrowPanels`]: a drift field, mu(x, t) - x as arrows at a few t;
 //! - [`LineChart`]: curves such as loss against step, several runs on one chart;
-//! - [`RasterPanels`]: binary sequences as rows of black and white cells (the paper's Figure 2).
+//! - [`RasterPanels`]: binary sequences as rows of black and white cells (the paper's Figure 2);
+//! - [`ImagePanels`]: rows of data read as small grey images, e.g. 8x8 digits (the paper's
+//!   Figure 3 for our data).
 //!
 //! The data are plain numbers: nothing here knows about models or backends.
 //!
@@ -487,6 +489,116 @@ impl Picture for RasterPanels {
                     ))
                     .map_err(err)?;
                 }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A panel of small images: each row of values is one `width` x `height` image, row-major.
+#[derive(Debug, Clone)]
+pub struct ImagePanel {
+    /// The panel's title.
+    pub title: String,
+    /// The images, `width * height` values each.
+    pub images: Vec<Vec<f32>>,
+}
+
+/// Image panels side by side, each a grid of `columns` images a row, drawn as grey levels from
+/// white (`range.0` or less) to black (`range.1` or more).
+#[derive(Debug, Clone)]
+pub struct ImagePanels {
+    /// The picture's title.
+    pub title: String,
+    /// The panels.
+    pub panels: Vec<ImagePanel>,
+    /// Pixels per image row.
+    pub width: usize,
+    /// Pixel rows per image.
+    pub height: usize,
+    /// Images per row of a panel.
+    pub columns: usize,
+    /// The values drawn white and black.
+    pub range: (f32, f32),
+}
+
+const PIXEL: u32 = 6;
+const IMAGE_GAP: u32 = 6;
+
+impl ImagePanels {
+    fn panel_size(&self) -> (u32, u32) {
+        let count = self
+            .panels
+            .iter()
+            .map(|p| p.images.len())
+            .max()
+            .unwrap_or(1);
+        let cols = self.columns.clamp(1, count.max(1)) as u32;
+        let rows = count.div_ceil(self.columns.max(1)).max(1) as u32;
+        let step_x = self.width as u32 * PIXEL + IMAGE_GAP;
+        let step_y = self.height as u32 * PIXEL + IMAGE_GAP;
+        (cols * step_x + 40, rows * step_y + 50)
+    }
+}
+
+impl Picture for ImagePanels {
+    fn size(&self) -> (u32, u32) {
+        let (w, h) = self.panel_size();
+        let title_w = 11 * self.title.chars().count() as u32 + 20;
+        (
+            (self.panels.len().max(1) as u32 * w).max(title_w),
+            TITLE_H + h,
+        )
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), DrawError> {
+        let body = split_title(root, &self.title)?;
+        let (lo, hi) = self.range;
+        let span = if hi > lo { hi - lo } else { 1.0 };
+        let columns = self.columns.max(1);
+        let (step_x, step_y) = (
+            (self.width as u32 * PIXEL + IMAGE_GAP) as i32,
+            (self.height as u32 * PIXEL + IMAGE_GAP) as i32,
+        );
+        for (panel, cell) in self
+            .panels
+            .iter()
+            .zip(body.split_evenly((1, self.panels.len().max(1))))
+        {
+            cell.draw_text(&panel.title, &(FAMILY, 15).into_text_style(&cell), (20, 6))
+                .map_err(err)?;
+            for (k, image) in panel.images.iter().enumerate() {
+                let (x0, y0) = (
+                    20 + (k % columns) as i32 * step_x,
+                    30 + (k / columns) as i32 * step_y,
+                );
+                for (j, &v) in image.iter().take(self.width * self.height).enumerate() {
+                    let ink = if v.is_finite() {
+                        ((v - lo) / span).clamp(0.0, 1.0)
+                    } else {
+                        0.0
+                    };
+                    let level = (255.0 * (1.0 - ink)).round() as u8;
+                    let x = x0 + ((j % self.width) as u32 * PIXEL) as i32;
+                    let y = y0 + ((j / self.width) as u32 * PIXEL) as i32;
+                    cell.draw(&Rectangle::new(
+                        [(x, y), (x + PIXEL as i32, y + PIXEL as i32)],
+                        RGBColor(level, level, level).filled(),
+                    ))
+                    .map_err(err)?;
+                }
+                // a thin frame so that white images stay visible
+                cell.draw(&Rectangle::new(
+                    [
+                        (x0 - 1, y0 - 1),
+                        (
+                            x0 + (self.width as u32 * PIXEL) as i32,
+                            y0 + (self.height as u32 * PIXEL) as i32,
+                        ),
+                    ],
+                    RGBColor(200, 200, 200),
+                ))
+                .map_err(err)?;
             }
         }
         Ok(())

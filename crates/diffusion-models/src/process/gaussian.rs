@@ -368,8 +368,8 @@ impl Process for GaussianBound {
         }
     }
 
-    fn bound_constant_bits(&self, _x0: &[f32]) -> f64 {
-        self.diffusion.bound_constants().sum_bits()
+    fn bound_constant_bits(&self, x0: &[f32]) -> f64 {
+        self.diffusion.bound_constant_bits(x0)
     }
 
     fn l_null_bits(&self, _x0: &[f32]) -> f64 {

@@ -1,0 +1,269 @@
+//! Putting a user's data into the units a diffusion model expects, and back: x' = (x - m) / s
+//! ([`Standardization`]), with optional uniform dequantisation of integer data first.
+//!
+//! A density in the standardised space is one in the data's own units up to the Jacobian:
+//! log p(x) = log p'(x') - sum_i ln s_i, so a bound K' in bits becomes K' + [`log_jacobian_bits`]
+//! (SPEC section 6). Dequantising integer data k to k + u, u ~ U[0, 1)^d, makes any density on
+//! the continuous values a bound on the discrete ones: log P(k) >= E_u log p(k + u).
+//!
+//! [`log_jacobian_bits`]: Standardization::log_jacobian_bits
+//!
+//! ```
+//! use diffusion_data::{Array2, Scaling, Standardization};
+//!
+//! let rows = Array2::new(3, 2, vec![1.0, 10.0, 2.0, 20.0, 3.0, 30.0]).unwrap();
+//! let s = Standardization::fit(&rows, Scaling::PerCoordinate, false);
+//! assert_eq!(s.mean, vec![2.0, 20.0]);
+//! let mut row = vec![3.0, 10.0];
+//! s.apply(&mut row);
+//! assert!((row[0] - 1.2247449).abs() < 1e-6 && (row[1] + 1.2247449).abs() < 1e-6);
+//! s.invert(&mut row);
+//! assert!((row[0] - 3.0).abs() < 1e-6 && (row[1] - 10.0).abs() < 1e-5);
+//! ```
+
+use std::f64::consts::LN_2;
+
+use rand::Rng as _;
+use serde::{Deserialize, Serialize};
+
+use crate::io::Array2;
+
+/// How the scale s of a [`Standardization`] is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scaling {
+    /// Neither centred nor scaled (m = 0, s = 1): the data are used as they are.
+    None,
+    /// Centred per coordinate and divided by one scale, so the mean per-coordinate variance is
+    /// 1 (as the Swiss-roll generator does).
+    Global,
+    /// Centred and scaled to unit variance per coordinate.
+    PerCoordinate,
+}
+
+impl Scaling {
+    /// The name used in configs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Global => "global",
+            Self::PerCoordinate => "per-coordinate",
+        }
+    }
+}
+
+/// x' = (x + u - m) / s per coordinate, with u ~ U[0, 1) when the data are dequantised and
+/// u = 0 otherwise; m and s are fitted on the training rows (on x + u in distribution).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Standardization {
+    /// How the scale was chosen.
+    pub scaling: Scaling,
+    /// Whether uniform noise on [0, 1) is added to every value first.
+    pub dequantize: bool,
+    /// The centre m subtracted, one per coordinate (zeros for [`Scaling::None`]).
+    pub mean: Vec<f64>,
+    /// The scale s divided by, one per coordinate (all equal for [`Scaling::Global`]).
+    pub scale: Vec<f64>,
+    /// The training rows' mean per coordinate (of x + u when dequantised), whatever the scaling.
+    pub data_mean: Vec<f64>,
+    /// Their standard deviation per coordinate: with `data_mean`, the null model
+    /// N(data_mean, diag data_sd^2) of the data.
+    pub data_sd: Vec<f64>,
+}
+
+/// A coordinate whose standard deviation is at most this is constant: it is not scaled (s = 1).
+pub const MIN_SCALE: f64 = 1e-12;
+
+fn floor(s: f64) -> f64 {
+    if s > MIN_SCALE { s } else { 1.0 }
+}
+
+impl Standardization {
+    /// Fits m and s on `rows`. When `dequantize`, the moments are those of x + u with
+    /// u ~ U[0, 1) (mean + 1/2, variance + 1/12), computed exactly rather than from a draw.
+    pub fn fit(rows: &Array2, scaling: Scaling, dequantize: bool) -> Self {
+        let d = rows.cols;
+        let n = rows.rows.max(1) as f64;
+        let mut mean = vec![0.0f64; d];
+        for i in 0..rows.rows {
+            for (m, &v) in mean.iter_mut().zip(rows.row(i)) {
+                *m += v as f64;
+            }
+        }
+        mean.iter_mut().for_each(|m| *m /= n);
+        let mut var = vec![0.0f64; d];
+        for i in 0..rows.rows {
+            for ((s, &v), m) in var.iter_mut().zip(rows.row(i)).zip(&mean) {
+                *s += (v as f64 - m).powi(2);
+            }
+        }
+        var.iter_mut().for_each(|s| *s /= n);
+        if dequantize {
+            mean.iter_mut().for_each(|m| *m += 0.5);
+            var.iter_mut().for_each(|s| *s += 1.0 / 12.0);
+        }
+        let sd: Vec<f64> = var.iter().map(|v| floor(v.sqrt())).collect();
+        let (centre, scale) = match scaling {
+            Scaling::None => (vec![0.0; d], vec![1.0; d]),
+            Scaling::Global => {
+                let s = floor((var.iter().sum::<f64>() / d.max(1) as f64).sqrt());
+                (mean.clone(), vec![s; d])
+            }
+            Scaling::PerCoordinate => (mean.clone(), sd.clone()),
+        };
+        Self {
+            scaling,
+            dequantize,
+            mean: centre,
+            scale,
+            data_mean: mean,
+            data_sd: sd,
+        }
+    }
+
+    /// The identity (no scaling, no dequantisation) for `d` coordinates with the given null
+    /// model moments.
+    pub fn identity(d: usize) -> Self {
+        Self {
+            scaling: Scaling::None,
+            dequantize: false,
+            mean: vec![0.0; d],
+            scale: vec![1.0; d],
+            data_mean: vec![0.0; d],
+            data_sd: vec![1.0; d],
+        }
+    }
+
+    /// The data dimension.
+    pub fn dim(&self) -> usize {
+        self.mean.len()
+    }
+
+    /// Whether this changes nothing (no scaling and no dequantisation).
+    pub fn is_identity(&self) -> bool {
+        !self.dequantize && self.scaling == Scaling::None
+    }
+
+    /// Standardises rows in place (row-major, `dim()` columns), without dequantising.
+    pub fn apply(&self, rows: &mut [f32]) {
+        let d = self.dim();
+        for row in rows.chunks_exact_mut(d) {
+            for ((v, m), s) in row.iter_mut().zip(&self.mean).zip(&self.scale) {
+                *v = ((*v as f64 - m) / s) as f32;
+            }
+        }
+    }
+
+    /// Adds u ~ U[0, 1) to every value in place (drawn from `rng` in row-major order) when the
+    /// data are dequantised; does nothing otherwise.
+    pub fn dequantize(&self, rows: &mut [f32], rng: &mut crate::Rng) {
+        if self.dequantize {
+            for v in rows.iter_mut() {
+                let u: f64 = rng.random();
+                *v = (*v as f64 + u) as f32;
+            }
+        }
+    }
+
+    /// Dequantises (when asked, with u drawn from `rng` in row-major order) and standardises
+    /// rows in place.
+    pub fn apply_with(&self, rows: &mut [f32], rng: &mut crate::Rng) {
+        if self.dequantize {
+            let d = self.dim();
+            for row in rows.chunks_exact_mut(d) {
+                for ((v, m), s) in row.iter_mut().zip(&self.mean).zip(&self.scale) {
+                    let u: f64 = rng.random();
+                    *v = ((*v as f64 + u - m) / s) as f32;
+                }
+            }
+        } else {
+            self.apply(rows);
+        }
+    }
+
+    /// Maps standardised rows back to the data's own units in place (continuous values: a
+    /// dequantised sample is k + u, not rounded).
+    pub fn invert(&self, rows: &mut [f32]) {
+        let d = self.dim();
+        for row in rows.chunks_exact_mut(d) {
+            for ((v, m), s) in row.iter_mut().zip(&self.mean).zip(&self.scale) {
+                *v = (*v as f64 * s + m) as f32;
+            }
+        }
+    }
+
+    /// Standardises one value of coordinate `i` (no dequantisation).
+    pub fn value(&self, i: usize, v: f64) -> f64 {
+        (v - self.mean[i]) / self.scale[i]
+    }
+
+    /// What adding the Jacobian turns a log-density in the standardised space into, in the
+    /// data's own units: -sum_i log2 s_i bits per point.
+    pub fn log_jacobian_bits(&self) -> f64 {
+        -self.scale.iter().map(|s| s.ln()).sum::<f64>() / LN_2
+    }
+
+    /// The null model's log-likelihood of one row in the data's own units, in bits:
+    /// log2 N(x; data_mean, diag data_sd^2) (x a dequantised value when the data are).
+    pub fn null_log_likelihood_bits(&self, row: &[f32]) -> f64 {
+        let half_log_2pi = 0.5 * (2.0 * std::f64::consts::PI).ln();
+        row.iter()
+            .zip(&self.data_mean)
+            .zip(&self.data_sd)
+            .map(|((&x, m), s)| -half_log_2pi - s.ln() - 0.5 * ((x as f64 - m) / s).powi(2))
+            .sum::<f64>()
+            / LN_2
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fitted_moments_and_scales() {
+        let rows = Array2::new(4, 2, vec![0.0, 5.0, 2.0, 5.0, 4.0, 5.0, 6.0, 5.0]).unwrap();
+        // column 0: mean 3, variance 5; column 1 constant
+        let p = Standardization::fit(&rows, Scaling::PerCoordinate, false);
+        assert_eq!(p.mean, vec![3.0, 5.0]);
+        assert!((p.scale[0] - 5f64.sqrt()).abs() < 1e-12);
+        assert_eq!(p.scale[1], 1.0);
+        let g = Standardization::fit(&rows, Scaling::Global, false);
+        assert!(g.scale.iter().all(|&s| (s - 2.5f64.sqrt()).abs() < 1e-12));
+        let n = Standardization::fit(&rows, Scaling::None, false);
+        assert_eq!(
+            (n.mean.clone(), n.scale.clone()),
+            (vec![0.0; 2], vec![1.0; 2])
+        );
+        assert_eq!(n.data_mean, vec![3.0, 5.0]);
+        // dequantised: + 1/2 on the mean, + 1/12 on the variance
+        let q = Standardization::fit(&rows, Scaling::PerCoordinate, true);
+        assert_eq!(q.mean, vec![3.5, 5.5]);
+        assert!((q.scale[0] - (5.0f64 + 1.0 / 12.0).sqrt()).abs() < 1e-12);
+        assert!((q.scale[1] - (1.0f64 / 12.0).sqrt()).abs() < 1e-12);
+        assert!(
+            (q.log_jacobian_bits() + q.scale.iter().map(|s| s.log2()).sum::<f64>()).abs() < 1e-12
+        );
+    }
+
+    #[test]
+    fn dequantised_rows_stay_inside_their_bins_and_invert() {
+        let rows = Array2::new(2, 3, vec![0.0, 3.0, 16.0, 1.0, 7.0, 9.0]).unwrap();
+        let s = Standardization::fit(&rows, Scaling::Global, true);
+        let mut rng = crate::rng(1, 0);
+        let mut x = rows.data.clone();
+        s.apply_with(&mut x, &mut rng);
+        s.invert(&mut x);
+        for (a, b) in x.iter().zip(&rows.data) {
+            assert!(*a >= *b - 1e-4 && *a < *b + 1.0 + 1e-4, "{a} from {b}");
+        }
+    }
+
+    #[test]
+    fn null_model_is_the_fitted_gaussian() {
+        let rows = Array2::new(2, 1, vec![1.0, 3.0]).unwrap(); // mean 2, sd 1
+        let s = Standardization::fit(&rows, Scaling::PerCoordinate, false);
+        let want = (-0.5 * (2.0 * std::f64::consts::PI).ln() - 0.5) / LN_2;
+        assert!((s.null_log_likelihood_bits(&[3.0]) - want).abs() < 1e-12);
+    }
+}
