@@ -368,3 +368,57 @@ fn importance_sampling_a_learned_schedule_and_the_average_resume_exactly() {
         samples(&cut, &dir.join("cut.csv"))
     );
 }
+
+/// A run on a data file that it standardises and dequantises resumes bit for bit: the row
+/// sampler and the dequantisation noise are one checkpointed stream.
+#[test]
+fn a_dequantised_file_run_resumes_exactly() {
+    let dir = workdir("resume-file");
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/digits.npy");
+    let config = dir.join("digits.toml");
+    std::fs::write(
+        &config,
+        TINY.replace(
+            "[data]\nkind = \"swiss-roll\"\nnoise = 0.5",
+            &format!(
+                "[data]\nkind = \"file\"\npath = \"{}\"\nstandardize = \"global\"\ndequantize = true",
+                data.display()
+            ),
+        )
+        .replace("steps = 1500", "steps = 1200\ncheckpoint_every = 400")
+        .replace("log_every = 500", "log_every = 100"),
+    )
+    .unwrap();
+    assert!(
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .contains("dequantize")
+    );
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "train",
+            "--config",
+            s(&config),
+            "--out",
+            s(out),
+            "--eval-n",
+            "50",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let whole = dir.join("whole");
+    run(&args(&whole).iter().map(String::as_str).collect::<Vec<_>>());
+    let cut = dir.join("cut");
+    train_and_kill(
+        &args(&cut).iter().map(String::as_str).collect::<Vec<_>>(),
+        || cut.join("checkpoints/step-000000400").exists(),
+    );
+    assert!(!cut.join("model.bpk").exists(), "killed before the end");
+    run(&["train", "--resume", s(&cut), "--eval-n", "50"]);
+    assert_eq!(losses(&whole), losses(&cut));
+    assert_eq!(
+        samples(&whole, &dir.join("whole.csv")),
+        samples(&cut, &dir.join("cut.csv"))
+    );
+}

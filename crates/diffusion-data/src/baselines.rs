@@ -192,7 +192,7 @@ impl PixelHistogram {
 pub fn integer_range(rows: &Array2) -> Option<u32> {
     let mut top = 0u32;
     for &v in &rows.data {
-        if !(v >= 0.0 && v <= 65535.0 && v.fract() == 0.0) {
+        if !((0.0..=65535.0).contains(&v) && v.fract() == 0.0) {
             return None;
         }
         top = top.max(v as u32);
@@ -201,7 +201,7 @@ pub fn integer_range(rows: &Array2) -> Option<u32> {
 }
 
 fn level(v: f32, max: u32) -> Result<usize, DataError> {
-    if v >= 0.0 && v <= max as f32 && v.fract() == 0.0 {
+    if (0.0..=max as f32).contains(&v) && v.fract() == 0.0 {
         Ok(v as usize)
     } else {
         Err(DataError::Invalid(format!(
