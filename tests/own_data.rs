@@ -233,6 +233,88 @@ fn dequantised_digits_report_the_bound_of_the_discrete_images() {
 }
 
 #[test]
+fn a_logit_map_adds_its_jacobian_point_by_point() {
+    let dir = workdir("digits-logit");
+    let config = GAUSSIAN.replace("PATH", &digits("digits.npy")).replace(
+        "OPTIONS",
+        "standardize = \"global\"\ndequantize = true\nlogit_alpha = 0.05",
+    );
+    let out = train_quick(&config, &dir, "run");
+    let manifest = json_file(&out.join("config.json"));
+    let logit = &manifest["standardization"]["logit"];
+    assert_eq!(
+        (logit["levels"].as_f64(), logit["alpha"].as_f64()),
+        (Some(17.0), Some(0.05))
+    );
+    let e = json(&run(&[
+        "evaluate",
+        "--run",
+        s(&out),
+        "--json",
+        "--samples",
+        "0",
+    ]));
+    let (k, ks, jac) = (
+        f(&e, "k_bits"),
+        f(&e, "k_bits_standardized"),
+        f(&e, "log_jacobian_bits"),
+    );
+    // the mean of K' + J(x) over points is the mean K' plus the mean J
+    assert!((k - (ks + jac)).abs() < 1e-9);
+    // J(x) = -64 log2 s + sum_i log2 |d logit(p_i) / dx_i| with p in [0.05, 0.95]:
+    // each pixel's derivative lies in [0.9/17/(0.5 * 0.5), 0.9/17/(0.05 * 0.95)]
+    let s0 = manifest["standardization"]["scale"][0].as_f64().unwrap();
+    let per_pixel = (jac + 64.0 * s0.log2()) / 64.0;
+    let (lo, hi) = (
+        (0.9f64 / 17.0 / 0.25).log2(),
+        (0.9f64 / 17.0 / 0.0475).log2(),
+    );
+    assert!(
+        per_pixel > lo && per_pixel < hi,
+        "{per_pixel} not in [{lo}, {hi}]"
+    );
+    // samples come back in the counts' range [0, 17)
+    let samples = dir.join("s.npy");
+    run(&[
+        "sample",
+        "--run",
+        s(&out),
+        "-n",
+        "200",
+        "--out",
+        s(&samples),
+    ]);
+    let a = io::read(&samples).unwrap();
+    assert!(
+        a.data.iter().all(|&v| v > -1.0 && v < 18.0),
+        "{:?}",
+        &a.data[..8]
+    );
+    fails(
+        &[
+            "sample",
+            "--run",
+            s(&out),
+            "-n",
+            "2",
+            "--out",
+            s(&samples),
+            "--observe",
+            "0=3",
+            "--observe-noise",
+            "1",
+        ],
+        "no fixed scale through the logit map",
+    );
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, config.replace("dequantize = true\n", "")).unwrap();
+    fails(
+        &["train", "--config", s(&bad), "--out", s(&dir.join("never"))],
+        "data.logit_alpha = 0.05 must lie in (0, 0.5), with dequantize = true",
+    );
+}
+
+#[test]
 fn samples_and_conditions_are_in_the_data_units() {
     let dir = workdir("units");
     // 3 columns far from N(0, 1), as a CSV with a header and a byte-order mark

@@ -44,6 +44,14 @@ impl ConditionArgs {
             .standardization
             .as_ref()
             .filter(|s| !s.is_identity());
+        let observing = self.observe.is_some() || self.observe_file.is_some();
+        if observing && units.is_some_and(|u| u.logit.is_some()) {
+            return Err(
+                "--observe on a run with data.logit_alpha: a Gaussian noise has no fixed scale \
+                 through the logit map; condition on --known values instead"
+                    .into(),
+            );
+        }
         self.resolve_in(manifest.data_dim, variable, n, units)
     }
 

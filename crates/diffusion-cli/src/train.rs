@@ -101,18 +101,21 @@ fn new_run(a: &TrainArgs) -> Result<(Run, Backend, Device), String> {
                 heldout_fraction,
                 standardize,
                 dequantize,
+                logit_alpha,
                 ..
             } => DataConfig::File {
                 path: path.clone(),
                 heldout_fraction,
                 standardize,
                 dequantize,
+                logit_alpha,
             },
             _ => DataConfig::File {
                 path: path.clone(),
                 heldout_fraction: 0.1,
                 standardize: None,
                 dequantize: false,
+                logit_alpha: None,
             },
         };
     }

@@ -69,6 +69,37 @@ pub struct Standardization {
     /// Their standard deviation per coordinate: with `data_mean`, the null model
     /// N(data_mean, diag data_sd^2) of the data.
     pub data_sd: Vec<f64>,
+    /// Bounded data: x mapped through y = logit(alpha + (1 - 2 alpha) x / levels) before the
+    /// centring and scaling (m and s are then of y), as flows do for images (RealNVP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logit: Option<Logit>,
+}
+
+/// The logit map of bounded data on [0, levels): y = logit(p), p = alpha + (1 - 2 alpha) x / levels.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Logit {
+    /// The upper end of the data's range (for dequantised integers 0..=max, max + 1).
+    pub levels: f64,
+    /// The margin that keeps p inside (0, 1): p lies in [alpha, 1 - alpha].
+    pub alpha: f64,
+}
+
+impl Logit {
+    fn forward(&self, x: f64) -> f64 {
+        let p = self.alpha + (1.0 - 2.0 * self.alpha) * x / self.levels;
+        (p / (1.0 - p)).ln()
+    }
+
+    fn inverse(&self, y: f64) -> f64 {
+        let p = 1.0 / (1.0 + (-y).exp());
+        (p - self.alpha) * self.levels / (1.0 - 2.0 * self.alpha)
+    }
+
+    /// ln |dy/dx| at x.
+    fn log_derivative(&self, x: f64) -> f64 {
+        let p = self.alpha + (1.0 - 2.0 * self.alpha) * x / self.levels;
+        ((1.0 - 2.0 * self.alpha) / self.levels).ln() - p.ln() - (1.0 - p).ln()
+    }
 }
 
 /// A coordinate whose standard deviation is at most this is constant: it is not scaled (s = 1).
@@ -118,7 +149,54 @@ impl Standardization {
             scale,
             data_mean: mean,
             data_sd: sd,
+            logit: None,
         }
+    }
+
+    /// [`Standardization::fit`] with the logit map of bounded data first: the null model stays
+    /// that of x (moments as `fit` computes them), while m and s are fitted on y = logit(...) of
+    /// one dequantised draw of the rows (from the generator of `seed`).
+    pub fn fit_logit(
+        rows: &Array2,
+        scaling: Scaling,
+        dequantize: bool,
+        logit: Logit,
+        seed: u64,
+    ) -> Result<Self, crate::DataError> {
+        let mut base = Self::fit(rows, scaling, dequantize);
+        let top = if dequantize {
+            logit.levels - 1.0
+        } else {
+            logit.levels
+        };
+        if let Some(v) = rows
+            .data
+            .iter()
+            .find(|&&v| !(0.0..=top).contains(&(v as f64)))
+        {
+            return Err(crate::DataError::Invalid(format!(
+                "value {v} lies outside [0, {top}], the range of the logit map (levels = {})",
+                logit.levels
+            )));
+        }
+        if !(logit.alpha > 0.0 && logit.alpha < 0.5) {
+            return Err(crate::DataError::Invalid(format!(
+                "logit alpha = {} must lie in (0, 0.5)",
+                logit.alpha
+            )));
+        }
+        let mut y = rows.data.clone();
+        let mut rng = crate::rng(seed, 0);
+        base.dequantize(&mut y, &mut rng);
+        for v in y.iter_mut() {
+            *v = logit.forward(*v as f64) as f32;
+        }
+        let mapped = Array2::new(rows.rows, rows.cols, y).expect("same shape");
+        let fitted = Self::fit(&mapped, scaling, false);
+        base.mean = fitted.mean;
+        base.scale = fitted.scale;
+        base.logit = Some(logit);
+        Ok(base)
     }
 
     /// The identity (no scaling, no dequantisation) for `d` coordinates with the given null
@@ -131,6 +209,7 @@ impl Standardization {
             scale: vec![1.0; d],
             data_mean: vec![0.0; d],
             data_sd: vec![1.0; d],
+            logit: None,
         }
     }
 
@@ -141,15 +220,15 @@ impl Standardization {
 
     /// Whether this changes nothing (no scaling and no dequantisation).
     pub fn is_identity(&self) -> bool {
-        !self.dequantize && self.scaling == Scaling::None
+        !self.dequantize && self.scaling == Scaling::None && self.logit.is_none()
     }
 
     /// Standardises rows in place (row-major, `dim()` columns), without dequantising.
     pub fn apply(&self, rows: &mut [f32]) {
         let d = self.dim();
         for row in rows.chunks_exact_mut(d) {
-            for ((v, m), s) in row.iter_mut().zip(&self.mean).zip(&self.scale) {
-                *v = ((*v as f64 - m) / s) as f32;
+            for (i, v) in row.iter_mut().enumerate() {
+                *v = self.value(i, *v as f64) as f32;
             }
         }
     }
@@ -168,17 +247,8 @@ impl Standardization {
     /// Dequantises (when asked, with u drawn from `rng` in row-major order) and standardises
     /// rows in place.
     pub fn apply_with(&self, rows: &mut [f32], rng: &mut crate::Rng) {
-        if self.dequantize {
-            let d = self.dim();
-            for row in rows.chunks_exact_mut(d) {
-                for ((v, m), s) in row.iter_mut().zip(&self.mean).zip(&self.scale) {
-                    let u: f64 = rng.random();
-                    *v = ((*v as f64 + u - m) / s) as f32;
-                }
-            }
-        } else {
-            self.apply(rows);
-        }
+        self.dequantize(rows, rng);
+        self.apply(rows);
     }
 
     /// Maps standardised rows back to the data's own units in place (continuous values: a
@@ -186,21 +256,35 @@ impl Standardization {
     pub fn invert(&self, rows: &mut [f32]) {
         let d = self.dim();
         for row in rows.chunks_exact_mut(d) {
-            for ((v, m), s) in row.iter_mut().zip(&self.mean).zip(&self.scale) {
-                *v = (*v as f64 * s + m) as f32;
+            for (i, v) in row.iter_mut().enumerate() {
+                let y = *v as f64 * self.scale[i] + self.mean[i];
+                *v = match &self.logit {
+                    Some(l) => l.inverse(y),
+                    None => y,
+                } as f32;
             }
         }
     }
 
     /// Standardises one value of coordinate `i` (no dequantisation).
     pub fn value(&self, i: usize, v: f64) -> f64 {
-        (v - self.mean[i]) / self.scale[i]
+        let y = match &self.logit {
+            Some(l) => l.forward(v),
+            None => v,
+        };
+        (y - self.mean[i]) / self.scale[i]
     }
 
     /// What adding the Jacobian turns a log-density in the standardised space into, in the
-    /// data's own units: -sum_i log2 s_i bits per point.
-    pub fn log_jacobian_bits(&self) -> f64 {
-        -self.scale.iter().map(|s| s.ln()).sum::<f64>() / LN_2
+    /// data's own units, for the point `row` (in those units, dequantised): -sum_i log2 s_i
+    /// bits, plus sum_i log2 |dy_i/dx_i| with the logit map.
+    pub fn log_jacobian_bits(&self, row: &[f32]) -> f64 {
+        let scales = -self.scale.iter().map(|s| s.ln()).sum::<f64>();
+        let map = match &self.logit {
+            Some(l) => row.iter().map(|&x| l.log_derivative(x as f64)).sum::<f64>(),
+            None => 0.0,
+        };
+        (scales + map) / LN_2
     }
 
     /// The null model's log-likelihood of one row in the data's own units, in bits:
@@ -242,7 +326,9 @@ mod tests {
         assert!((q.scale[0] - (5.0f64 + 1.0 / 12.0).sqrt()).abs() < 1e-12);
         assert!((q.scale[1] - (1.0f64 / 12.0).sqrt()).abs() < 1e-12);
         assert!(
-            (q.log_jacobian_bits() + q.scale.iter().map(|s| s.log2()).sum::<f64>()).abs() < 1e-12
+            (q.log_jacobian_bits(&[0.0, 0.0]) + q.scale.iter().map(|s| s.log2()).sum::<f64>())
+                .abs()
+                < 1e-12
         );
     }
 
@@ -265,5 +351,45 @@ mod tests {
         let s = Standardization::fit(&rows, Scaling::PerCoordinate, false);
         let want = (-0.5 * (2.0 * std::f64::consts::PI).ln() - 0.5) / LN_2;
         assert!((s.null_log_likelihood_bits(&[3.0]) - want).abs() < 1e-12);
+    }
+}
+
+#[cfg(test)]
+mod logit_tests {
+    use super::*;
+
+    #[test]
+    fn the_logit_map_inverts_and_its_jacobian_is_the_derivative() {
+        let rows = Array2::new(3, 2, vec![0.0, 16.0, 8.0, 3.0, 16.0, 0.0]).unwrap();
+        let logit = Logit {
+            levels: 17.0,
+            alpha: 0.05,
+        };
+        let s = Standardization::fit_logit(&rows, Scaling::Global, true, logit, 0).unwrap();
+        let mut rng = crate::rng(5, 0);
+        let mut x = rows.data.clone();
+        s.dequantize(&mut x, &mut rng);
+        let raw = x.clone();
+        s.apply(&mut x);
+        let mut back = x.clone();
+        s.invert(&mut back);
+        for (a, b) in back.iter().zip(&raw) {
+            assert!((a - b).abs() < 1e-3, "{a} vs {b}");
+        }
+        // the Jacobian against a central difference of the whole map, coordinate by coordinate
+        let jac = s.log_jacobian_bits(&raw[..2]);
+        let h = 1e-4f64;
+        let numeric: f64 = (0..2)
+            .map(|i| {
+                let v = raw[i] as f64;
+                ((s.value(i, v + h) - s.value(i, v - h)) / (2.0 * h))
+                    .abs()
+                    .log2()
+            })
+            .sum();
+        assert!((jac - numeric).abs() < 1e-4, "{jac} vs {numeric}");
+        // values outside the range are refused
+        let bad = Array2::new(1, 2, vec![17.0, 0.0]).unwrap();
+        assert!(Standardization::fit_logit(&bad, Scaling::Global, true, logit, 0).is_err());
     }
 }

@@ -309,6 +309,7 @@ mod tests {
             heldout_fraction: 0.1,
             standardize: None,
             dequantize: false,
+            logit_alpha: None,
         };
         assert!(matches!(
             Exact::of(&file, &one),

@@ -121,6 +121,12 @@ pub enum DataConfig {
         /// the held-out rows when evaluating), so the bound is one on the discrete data.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         dequantize: bool,
+        /// Gaussian runs on dequantised integers 0..=max: map each value x through
+        /// logit(alpha + (1 - 2 alpha) x / (max + 1)) before standardising (as flows do for
+        /// images), so bounded data become unbounded; the Jacobian is added to K point by
+        /// point. Off when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        logit_alpha: Option<f64>,
     },
 }
 
@@ -566,6 +572,14 @@ impl RunConfig {
                 heldout_fraction, ..
             } if !(*heldout_fraction > 0.0 && *heldout_fraction < 1.0) => Err(format!(
                 "data.heldout_fraction = {heldout_fraction} must lie in (0, 1)"
+            )),
+            DataConfig::File {
+                logit_alpha: Some(a),
+                dequantize,
+                ..
+            } if !*dequantize || !(*a > 0.0 && *a < 0.5) => Err(format!(
+                "data.logit_alpha = {a} must lie in (0, 0.5), with dequantize = true \
+                 (the logit map is for integer data)"
             )),
             DataConfig::File {
                 standardize,

@@ -52,7 +52,8 @@ pub struct Evaluation {
     /// File data that the run standardised: L_null of N(0, I) in the standardised space.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub l_null_bits_standardized: Option<f64>,
-    /// File data that the run standardised: -sum_i log2 s_i, what the change of units adds.
+    /// File data that the run standardised: what the change of units adds, -sum_i log2 s_i
+    /// (plus, with a logit map, its log-derivative averaged over the held-out points).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_jacobian_bits: Option<f64>,
     /// Dequantised data: the bound is one on the discrete values' log-probability
@@ -206,36 +207,42 @@ pub fn evaluate_with<N: ReverseNetwork>(
         device,
         CHUNK_ROWS,
     )?;
-    let k = MeanStderr::of(&per_point).ok_or_else(|| RunError::Corrupt {
+    let d = bound.dim();
+    let none = || RunError::Corrupt {
         path: run.path().display().to_string(),
         message: "no held-out points".into(),
-    })?;
-    let d = bound.dim();
+    };
+    // in the space the model diffuses
+    let k = MeanStderr::of(&per_point).ok_or_else(none)?;
     let mean_over =
         |f: &dyn Fn(&[f32]) -> f64, x: &[f32]| x.chunks_exact(d).map(f).sum::<f64>() / k.n as f64;
-    // In the data's own units: the Jacobian of the standardisation added to K, and the null
-    // model of these data.
-    let (k_bits, l_null, standardized) = match &manifest.standardization {
+    // In the data's own units: the Jacobian of the standardisation added to K point by point
+    // (a constant, unless a logit map makes it depend on the point), and the null model of
+    // these data.
+    let (k_own, l_null, standardized) = match &manifest.standardization {
         Some(s) => {
+            let jacobians: Vec<f64> = rows
+                .chunks_exact(d)
+                .map(|r| s.log_jacobian_bits(r))
+                .collect();
+            let own: Vec<f64> = per_point
+                .iter()
+                .zip(&jacobians)
+                .map(|(k, j)| k + j)
+                .collect();
             let l_null = mean_over(&|row| s.null_log_likelihood_bits(row), &rows);
             let standard_normal = mean_over(&standard_normal_bits, &points);
-            let jacobian = s.log_jacobian_bits();
-            let shown = (s.scaling != diffusion_data::Scaling::None).then_some((
-                k.mean,
-                standard_normal,
-                jacobian,
-            ));
-            (k.mean + jacobian, l_null, shown)
+            let jacobian = jacobians.iter().sum::<f64>() / jacobians.len().max(1) as f64;
+            let changed = s.scaling != diffusion_data::Scaling::None || s.logit.is_some();
+            let shown = changed.then_some((k.mean, standard_normal, jacobian));
+            (MeanStderr::of(&own).ok_or_else(none)?, l_null, shown)
         }
-        None => (
-            k.mean,
-            mean_over(&|row| bound.l_null_bits(row), &points),
-            None,
-        ),
+        None => (k, mean_over(&|row| bound.l_null_bits(row), &points), None),
     };
+    let k_bits = k_own.mean;
     let mut eval = Evaluation {
         k_bits,
-        k_stderr_bits: k.stderr,
+        k_stderr_bits: k_own.stderr,
         k_bits_per_dim: k_bits / d as f64,
         dim: d,
         l_null_bits: l_null,

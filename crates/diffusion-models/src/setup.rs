@@ -90,6 +90,7 @@ pub fn resolve(mut config: RunConfig) -> Result<ResolvedData, RunError> {
             heldout_fraction,
             standardize,
             dequantize,
+            logit_alpha,
         } => {
             let points = io::read(path).map_err(RunError::Data)?;
             if binary && let Some(i) = points.data.iter().position(|&v| v != 0.0 && v != 1.0) {
@@ -108,7 +109,18 @@ pub fn resolve(mut config: RunConfig) -> Result<ResolvedData, RunError> {
             let dim = points.cols;
             if !binary {
                 let scaling = standardize.unwrap_or(Scaling::PerCoordinate);
-                standardization = Some(Standardization::fit(&train_rows, scaling, *dequantize));
+                standardization = Some(match logit_alpha {
+                    None => Standardization::fit(&train_rows, scaling, *dequantize),
+                    Some(alpha) => {
+                        let top = points.data.iter().cloned().fold(0.0f32, f32::max) as f64;
+                        let logit = diffusion_data::standardize::Logit {
+                            levels: top.floor() + 1.0,
+                            alpha: *alpha,
+                        };
+                        Standardization::fit_logit(&train_rows, scaling, *dequantize, logit, seed)
+                            .map_err(RunError::Data)?
+                    }
+                });
             }
             files = Some((train_rows.clone(), held));
             let data = TrainingData::points(train_rows, standardization.clone(), seed);
