@@ -577,7 +577,7 @@ impl RunConfig {
                 logit_alpha: Some(a),
                 dequantize,
                 ..
-            } if !*dequantize || !(*a > 0.0 && *a < 0.5) => Err(format!(
+            } if !(*dequantize && *a > 0.0 && *a < 0.5) => Err(format!(
                 "data.logit_alpha = {a} must lie in (0, 0.5), with dequantize = true \
                  (the logit map is for integer data)"
             )),
