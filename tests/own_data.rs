@@ -123,7 +123,7 @@ fn binary_digits_get_bits_per_image_baselines_and_image_grids() {
         .sum::<f64>()
         / held.rows as f64;
     assert!((f(&list[0], "bits") - independent).abs() < 1e-9);
-    // the mixture of 20 models the digits' classes: tens of bits better
+    // the mixture of 20 models the digits' classes: about ten bits better
     assert!(f(&list[1], "bits") > independent + 5.0, "{b}");
 
     let pictures = dir.join("pictures");
@@ -195,19 +195,7 @@ fn dequantised_digits_report_the_bound_of_the_discrete_images() {
         / 64.0;
     assert!((s0 - var.sqrt()).abs() < 1e-9, "{s0} vs {}", var.sqrt());
 
-    let e = json(&run(&[
-        "evaluate",
-        "--run",
-        s(&out),
-        "--json",
-        "--samples",
-        "0",
-    ]));
-    let (k, ks, jac) = (
-        f(&e, "k_bits"),
-        f(&e, "k_bits_standardized"),
-        f(&e, "log_jacobian_bits"),
-    );
+    let (e, k, ks, jac) = standardized_figures(&out);
     assert!((jac + 64.0 * s0.log2()).abs() < 1e-9);
     assert!((k - (ks + jac)).abs() < 1e-9);
     assert_eq!(e["dequantized"], true);
@@ -246,19 +234,7 @@ fn a_logit_map_adds_its_jacobian_point_by_point() {
         (logit["levels"].as_f64(), logit["alpha"].as_f64()),
         (Some(17.0), Some(0.05))
     );
-    let e = json(&run(&[
-        "evaluate",
-        "--run",
-        s(&out),
-        "--json",
-        "--samples",
-        "0",
-    ]));
-    let (k, ks, jac) = (
-        f(&e, "k_bits"),
-        f(&e, "k_bits_standardized"),
-        f(&e, "log_jacobian_bits"),
-    );
+    let (_, k, ks, jac) = standardized_figures(&out);
     // the mean of K' + J(x) over points is the mean K' plus the mean J
     assert!((k - (ks + jac)).abs() < 1e-9);
     // J(x) = -64 log2 s + sum_i log2 |d logit(p_i) / dx_i| with p in [0.05, 0.95]:
@@ -429,6 +405,25 @@ fn samples_and_conditions_are_in_the_data_units() {
         ],
         "data.standardize and data.dequantize are for Gaussian runs",
     );
+}
+
+/// `evaluate --json` of a standardised run, with K, K in the standardised space and the
+/// Jacobian.
+fn standardized_figures(out: &Path) -> (serde_json::Value, f64, f64, f64) {
+    let e = json(&run(&[
+        "evaluate",
+        "--run",
+        s(out),
+        "--json",
+        "--samples",
+        "0",
+    ]));
+    let figures = (
+        f(&e, "k_bits"),
+        f(&e, "k_bits_standardized"),
+        f(&e, "log_jacobian_bits"),
+    );
+    (e, figures.0, figures.1, figures.2)
 }
 
 fn json_file(p: &Path) -> serde_json::Value {

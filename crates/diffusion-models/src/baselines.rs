@@ -6,10 +6,10 @@
 
 use diffusion_core::MeanStderr;
 use diffusion_data::baselines::{BernoulliMixture, IndependentBernoulli, PixelHistogram};
-use diffusion_data::{Array2, io};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{DataConfig, ProcessKind};
+use crate::evaluate::read_rows;
 use crate::run::{RunDir, RunError, RunManifest};
 use crate::setup::{HELDOUT_ROWS, TRAIN_ROWS};
 
@@ -56,20 +56,7 @@ pub fn baselines(
                 .into(),
         ));
     }
-    let read = |name: &str| -> Result<Array2, RunError> {
-        let p = run.file(name);
-        let a = io::read(&p).map_err(|e| RunError::Corrupt {
-            path: p.display().to_string(),
-            message: e.to_string(),
-        })?;
-        if a.cols != manifest.data_dim {
-            return Err(RunError::Corrupt {
-                path: p.display().to_string(),
-                message: format!("{} columns, the run has {}", a.cols, manifest.data_dim),
-            });
-        }
-        Ok(a)
-    };
+    let read = |name: &str| read_rows(manifest, run, name);
     let (train, held) = (read(TRAIN_ROWS)?, read(HELDOUT_ROWS)?);
     let d = manifest.data_dim;
     let score = |name: String, f: &dyn Fn(&[f32]) -> f64| {

@@ -92,6 +92,27 @@ pub struct Evaluation {
     pub samples: Option<usize>,
 }
 
+/// The rows a file run kept in its folder (`train.npy` or `heldout.npy`), checked against the
+/// run's dimension.
+pub(crate) fn read_rows(
+    manifest: &RunManifest,
+    run: &RunDir,
+    name: &str,
+) -> Result<diffusion_data::Array2, RunError> {
+    let p = run.file(name);
+    let a = diffusion_data::io::read(&p).map_err(|e| RunError::Corrupt {
+        path: p.display().to_string(),
+        message: e.to_string(),
+    })?;
+    if a.cols != manifest.data_dim {
+        return Err(RunError::Corrupt {
+            path: p.display().to_string(),
+            message: format!("{} columns, the run has {}", a.cols, manifest.data_dim),
+        });
+    }
+    Ok(a)
+}
+
 /// The first `n` held-out rows of a run (all of them, if the held-out file has fewer), in the
 /// data's own units: generator draws, or the rows of `heldout.npy` as read from the file.
 pub fn heldout_rows(manifest: &RunManifest, run: &RunDir, n: usize) -> Result<Vec<f32>, RunError> {
@@ -105,17 +126,7 @@ pub fn heldout_rows(manifest: &RunManifest, run: &RunDir, n: usize) -> Result<Ve
         return Ok(stream.next_batch(n));
     }
     // File data: the held-out rows the run kept.
-    let p = run.file(crate::setup::HELDOUT_ROWS);
-    let a = diffusion_data::io::read(&p).map_err(|e| RunError::Corrupt {
-        path: p.display().to_string(),
-        message: e.to_string(),
-    })?;
-    if a.cols != manifest.data_dim {
-        return Err(RunError::Corrupt {
-            path: p.display().to_string(),
-            message: format!("{} columns, the run has {}", a.cols, manifest.data_dim),
-        });
-    }
+    let a = read_rows(manifest, run, crate::setup::HELDOUT_ROWS)?;
     let rows = n.min(a.rows);
     Ok(a.data[..rows * a.cols].to_vec())
 }
