@@ -214,3 +214,110 @@ fn binomial_bound_is_exact_when_pi_is_not_the_activity() {
     let missing = (0.01 + abar_t) * logit * d as f64 * (0.5 - 0.2) / std::f64::consts::LN_2;
     assert!(missing.abs() > 0.3, "{missing}");
 }
+
+#[test]
+fn a_raw_unit_swiss_roll_file_gets_the_generator_runs_bound_plus_the_jacobian() {
+    // one model, trained on the generator, evaluated on its own held-out points and on the
+    // same kind of points written to a file in raw units (x c + m, shifted): after the file
+    // run's standardisation the two are one problem, and K in the file's units is the
+    // generator's K minus 2 log2 c
+    let tmp = tempfile::tempdir().unwrap();
+    let device = Device::flex();
+    let generator = RunConfig::from_toml(
+        r#"
+        [diffusion]
+        steps = 20
+        schedule = { kind = "linear", start = 1e-3, end = 0.3 }
+        parametrization = "paper"
+        [data]
+        kind = "swiss-roll"
+        [model]
+        hidden = [64, 64]
+        [train]
+        steps = 400
+        batch_size = 256
+        log_every = 1000
+        optimizer = { kind = "adam", lr = 3e-3 }
+        "#,
+    )
+    .unwrap();
+    let run = Run::create(
+        resolve(generator).unwrap(),
+        &tmp.path().join("gen"),
+        true,
+        "flex",
+    )
+    .unwrap();
+    let (model, _) = run.train(&device, &mut |_| {}).unwrap();
+    let gen_dir = diffusion_models::RunDir::open(&tmp.path().join("gen")).unwrap();
+    let gen_manifest = gen_dir.manifest().unwrap();
+    let k_gen = evaluate(&gen_manifest, &gen_dir, &model, &device, 4000, 0, 1).unwrap();
+
+    let roll = diffusion_data::SwissRoll::new(0.5).unwrap();
+    let (c, m) = (roll.scale(), roll.raw_mean());
+    let points = roll.stream(99).next_batch(20_000);
+    let raw: Vec<f32> = points
+        .chunks_exact(2)
+        .flat_map(|p| {
+            [
+                (p[0] as f64 * c + m[0] + 30.0) as f32,
+                (p[1] as f64 * c + m[1] - 20.0) as f32,
+            ]
+        })
+        .collect();
+    let file = tmp.path().join("raw.npy");
+    io::write(&file, &Array2::new(20_000, 2, raw).unwrap()).unwrap();
+    let config = RunConfig::from_toml(&format!(
+        r#"
+        [diffusion]
+        steps = 20
+        schedule = {{ kind = "linear", start = 1e-3, end = 0.3 }}
+        parametrization = "paper"
+        [data]
+        kind = "file"
+        path = "{}"
+        heldout_fraction = 0.2
+        standardize = "global"
+        [model]
+        hidden = [64, 64]
+        [train]
+        steps = 1
+        batch_size = 256
+        "#,
+        file.display()
+    ))
+    .unwrap();
+    let file_run = Run::create(
+        resolve(config).unwrap(),
+        &tmp.path().join("file"),
+        true,
+        "flex",
+    )
+    .unwrap();
+    let k_file = evaluate(
+        &file_run.manifest,
+        &file_run.dir,
+        &model,
+        &device,
+        4000,
+        0,
+        1,
+    )
+    .unwrap();
+    let want = k_gen.k_bits - 2.0 * c.log2();
+    let tolerance = 3.0 * (k_gen.k_stderr_bits.powi(2) + k_file.k_stderr_bits.powi(2)).sqrt();
+    assert!(
+        (k_file.k_bits - want).abs() < tolerance,
+        "file K = {} ± {}, generator K - 2 log2 c = {want} (± {})",
+        k_file.k_bits,
+        k_file.k_stderr_bits,
+        k_gen.k_stderr_bits
+    );
+    // and the change of units is what it says: -2 log2 of the fitted scale, close to c
+    let jac = k_file.log_jacobian_bits.unwrap();
+    assert!(
+        (jac + 2.0 * c.log2()).abs() < 0.02,
+        "{jac} vs {}",
+        -2.0 * c.log2()
+    );
+}
