@@ -11,7 +11,10 @@ Models:
              pi = 0.2, b_t = 1/(T-t+1); sigmoid MLP 20 -> 50 -> 50 -> 50 with one readout per step,
              logits offset by the forward kernel's (`paper` parametrization), Adam 1e-3.
 Workloads: train (steps/s, examples/s), sample (points x steps / s), evaluate (full sum over t,
-rows / s); peak resident memory from the kernel (ru_maxrss).
+rows / s), matmul (the f32 matrix-product rate of the BLAS, GFLOP/s: a square product of side
+--side and [4096 x 128] x [128 x 128]); peak resident memory from the kernel (ru_maxrss).
+`--compile` trains with the loss under `torch.compile` (inductor; its compilation runs in the
+untimed warm-up steps).
 """
 
 import argparse
@@ -161,10 +164,29 @@ def loss(problem, x0):
     return problem.kl_rows(x0, t).mean() * (problem.steps - 1) / LN2 - problem.constant
 
 
+def gflops(m, k, n, sync):
+    """The best rate of [m, k] x [k, n] f32 products over 3 timed rounds, GFLOP/s."""
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    flop = 2.0 * m * k * n
+    repeat = max(3, int(2e10 / flop))
+    a @ b
+    best = float("inf")
+    for _ in range(3):
+        sync()
+        start = time.perf_counter()
+        for _ in range(repeat):
+            a @ b
+        sync()
+        best = min(best, (time.perf_counter() - start) / repeat)
+    return flop / best / 1e9
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--workload", choices=["train", "sample", "evaluate"], required=True)
-    ap.add_argument("--model", choices=["roll", "heartbeat"], required=True)
+    ap.add_argument("--workload", choices=["train", "sample", "evaluate", "matmul"], required=True)
+    ap.add_argument("--model", choices=["roll", "heartbeat"], default="roll")
+    ap.add_argument("--compile", action="store_true", help="train with torch.compile of the loss")
+    ap.add_argument("--side", type=int, default=2048)
     ap.add_argument("--batch-size", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--n", type=int, default=10000)
@@ -188,11 +210,18 @@ def main():
         "threads": a.threads,
         "device": torch.cuda.get_device_name() if a.device.startswith("cuda") else "CPU",
     }
-    if a.workload == "train":
+    if a.workload == "matmul":
+        out.pop("model"), out.pop("steps_t")
+        out.update(side=a.side, square_gflops=gflops(a.side, a.side, a.side, sync),
+                   layer_gflops=gflops(4096, 128, 128, sync))
+    elif a.workload == "train":
         opt = torch.optim.Adam(problem.model.parameters(), lr=1e-3)
+        objective = torch.compile(loss) if a.compile else loss
+        if a.compile:
+            out["backend"] += " compile"
 
         def step():
-            value = loss(problem, problem.data(a.batch_size))
+            value = objective(problem, problem.data(a.batch_size))
             opt.zero_grad(set_to_none=True)
             value.backward()
             opt.step()

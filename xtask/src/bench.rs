@@ -16,6 +16,16 @@ struct Workload {
     unit: &'static str,
     ours: Vec<String>,
     torch: Vec<String>,
+    /// Training: the multiply-adds of one example's forward and backward pass, times two.
+    flop_per_example: Option<f64>,
+}
+
+/// Forward and backward flop of one example through affine layers `[k, h]`: x W forward, the
+/// weights' gradient, and the input's gradient for every layer but the first.
+fn layer_flop(layers: &[(usize, usize)]) -> f64 {
+    let mac: usize = layers.iter().map(|(k, h)| k * h).sum();
+    let first = layers.first().map_or(0, |(k, h)| k * h);
+    2.0 * (3 * mac - first) as f64
 }
 
 fn strings(args: &[&str]) -> Vec<String> {
@@ -23,7 +33,14 @@ fn strings(args: &[&str]) -> Vec<String> {
 }
 
 /// A training workload: `config` on our side, `model` in the PyTorch script.
-fn train_workload(label: &str, config: &str, model: &str, batch: usize, steps: usize) -> Workload {
+fn train_workload(
+    label: &str,
+    config: &str,
+    model: &str,
+    layers: &[(usize, usize)],
+    batch: usize,
+    steps: usize,
+) -> Workload {
     let (batch, steps) = (batch.to_string(), steps.to_string());
     let common = ["--batch-size", batch.as_str(), "--steps", steps.as_str()];
     Workload {
@@ -33,6 +50,7 @@ fn train_workload(label: &str, config: &str, model: &str, batch: usize, steps: u
         unit: "examples/s",
         ours: strings(&[&["--workload", "train", "--config", config][..], &common].concat()),
         torch: strings(&[&["--workload", "train", "--model", model][..], &common].concat()),
+        flop_per_example: Some(layer_flop(layers)),
     }
 }
 
@@ -46,6 +64,7 @@ fn workloads(quick: bool) -> Vec<Workload> {
             "train Swiss roll (2-128-128-4, T = 100)",
             roll,
             "roll",
+            &[(2, 128), (128, 128), (128, 4)],
             batch,
             scale(steps),
         ));
@@ -54,6 +73,7 @@ fn workloads(quick: bool) -> Vec<Workload> {
         "train heartbeat paper model (T = 2000)",
         beat,
         "heartbeat",
+        &[(20, 50), (50, 50), (50, 50), (50, 20)],
         256,
         scale(200),
     ));
@@ -73,6 +93,7 @@ fn workloads(quick: bool) -> Vec<Workload> {
                 unit,
                 ours: strings(&["--workload", what, "--config", config, "--n", &n]),
                 torch: strings(&["--workload", what, "--model", model, "--n", &n]),
+                flop_per_example: None,
             });
         }
     }
@@ -132,7 +153,8 @@ backends measured there; a new run replaces its own section and keeps the others
 training times 10 untimed steps, then the timed ones (data, noising, forward, backward, Adam, \
 and reading the loss every step, in both); sampling runs the whole reverse chain; evaluation the \
 full sum over t in chunks of 16,384 rows. Peak memory is the process's peak resident set \
-(VmHWM / ru_maxrss). The ratio is flex / PyTorch: above 1, flex is faster. A wgpu column names \
+(VmHWM / ru_maxrss). The ratio is flex / the faster of PyTorch eager and `torch.compile`: \
+above 1, flex is faster. A wgpu column names \
 the adapter it ran on; a CPU (software driver) adapter is Mesa's lavapipe emulating a GPU on \
 the CPU, there to show the backend works, not how fast a GPU is.\n";
 
@@ -189,7 +211,7 @@ fn vector_extensions() -> String {
     let has = |f: &str| flags.split_whitespace().any(|x| x == f);
     let mut v: Vec<&str> = Vec::new();
     if has("avx512f") {
-        v.push("AVX-512 (flex's element-wise kernels use it)");
+        v.push("AVX-512 (the fused layers and gemm's products use it)");
     }
     if has("avx2") && has("fma") {
         v.push("AVX2 + FMA");
@@ -204,12 +226,13 @@ fn vector_extensions() -> String {
     }
 }
 
-/// One table row: the metric of each column, the flex / PyTorch ratio, peak memory.
+/// One table row: the metric of each column, flex / the faster PyTorch column, flex's achieved
+/// GFLOP/s (training) against the matrix-product `ceiling`, peak memory.
 fn table_row(
     w: &Workload,
     values: &[Result<Value, String>],
-    backends: &[String],
-    pytorch: bool,
+    columns: &[String],
+    ceiling: Option<f64>,
 ) -> String {
     let metric = |v: &Result<Value, String>| v.as_ref().ok()?.get(w.metric)?.as_f64();
     let mut row = format!("| {} | {} | {} |", w.label, w.size, w.unit);
@@ -218,16 +241,35 @@ fn table_row(
             (_, Some(m)) => {
                 let _ = write!(row, " {m:.0} |");
             }
-            (Err(e), _) => {
+            (Err(e), _) if e != SKIPPED => {
                 let _ = write!(row, " failed: {e} |");
             }
             _ => row.push_str(" – |"),
         }
     }
-    if pytorch && let Some(i) = backends.iter().position(|b| b == "flex") {
-        match (metric(&values[i]), metric(values.last().expect("a column"))) {
+    let flex = columns
+        .iter()
+        .position(|c| c == "flex")
+        .and_then(|i| metric(&values[i]));
+    let peer = columns
+        .iter()
+        .zip(values)
+        .filter(|(c, _)| c.starts_with("pytorch"))
+        .filter_map(|(_, v)| metric(v))
+        .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+    if columns.iter().any(|c| c.starts_with("pytorch")) {
+        match (flex, peer) {
             (Some(a), Some(b)) if b > 0.0 => {
                 let _ = write!(row, " {:.2}x |", a / b);
+            }
+            _ => row.push_str(" – |"),
+        }
+    }
+    if let Some(ceiling) = ceiling {
+        match (flex, w.flop_per_example) {
+            (Some(rate), Some(flop)) => {
+                let g = rate * flop / 1e9;
+                let _ = write!(row, " {g:.0} ({:.0} %) |", 100.0 * g / ceiling);
             }
             _ => row.push_str(" – |"),
         }
@@ -245,6 +287,30 @@ fn table_row(
         }
     }
     row
+}
+
+/// The cell of a column that does not run a workload (torch.compile outside training).
+const SKIPPED: &str = "skipped";
+
+/// Runs `cmd`; its JSON line.
+fn run_json(cmd: &mut Command) -> Result<Result<Value, String>, String> {
+    let output = cmd
+        .output()
+        .map_err(|e| format!("cannot run {:?}: {e}", cmd.get_program()))?;
+    Ok(json_line(&output))
+}
+
+/// The best `key` over `repeat` runs of `cmd`.
+fn best_of(cmd: &mut Command, repeat: usize, key: &str) -> Result<Option<f64>, String> {
+    let mut best: Option<f64> = None;
+    for _ in 0..repeat.max(1) {
+        if let Ok(v) = run_json(cmd)?
+            && let Some(x) = v.get(key).and_then(Value::as_f64)
+        {
+            best = Some(best.map_or(x, |b: f64| b.max(x)));
+        }
+    }
+    Ok(best)
 }
 
 /// Runs the benchmark; writes `out` (BENCHMARKS.md by default).
@@ -271,6 +337,7 @@ pub fn run(
     let mut columns: Vec<String> = backends.to_vec();
     if py.is_some() {
         columns.push("pytorch".into());
+        columns.push("pytorch compile".into());
     }
     // One section per CPU, and apart from it one per other set of backends (or --quick run),
     // so a run of the GPU or the deprecated backends leaves the CPU's main table in place.
@@ -296,42 +363,93 @@ pub fn run(
     } else {
         "Burn's rayon pool".to_string()
     };
+    let torch_cmd = |args: &[String]| {
+        let mut cmd = Command::new(py.as_ref().expect("a python"));
+        cmd.current_dir(root)
+            .arg("bench/pytorch/bench.py")
+            .args(args)
+            .args(["--threads", &threads.to_string()]);
+        cmd
+    };
+    // The matrix-product ceiling: flex's product (the one the networks use) and PyTorch's BLAS.
+    let mut ceiling_line = String::new();
+    let mut ceiling: Option<f64> = None;
+    if backends.iter().any(|b| b == "flex") {
+        eprintln!("matrix-product ceiling");
+        let mut flex = Command::new(&bin);
+        flex.current_dir(root)
+            .args(["bench", "--workload", "matmul", "--backend", "flex"]);
+        let mut rates = vec![(
+            "flex",
+            best_of(&mut flex, repeat, "square_gflops")?,
+            best_of(&mut flex, 1, "layer_gflops")?,
+        )];
+        if py.is_some() {
+            let args = strings(&["--workload", "matmul"]);
+            rates.push((
+                "PyTorch",
+                best_of(&mut torch_cmd(&args), repeat, "square_gflops")?,
+                best_of(&mut torch_cmd(&args), 1, "layer_gflops")?,
+            ));
+        }
+        let shown = |v: Option<f64>| v.map_or("–".to_string(), |g| format!("{g:.0}"));
+        let parts: Vec<String> = rates
+            .iter()
+            .map(|(who, sq, layer)| {
+                format!(
+                    "{who} {} GFLOP/s (2048³), {} ([4096 × 128] · [128 × 128])",
+                    shown(*sq),
+                    shown(*layer)
+                )
+            })
+            .collect();
+        ceiling = rates.iter().filter_map(|r| r.1).reduce(f64::max);
+        ceiling_line = format!(
+            "Matrix-product ceiling, f32 on {threads} threads (`diffusion bench --workload \
+             matmul`, `bench/pytorch/bench.py --workload matmul`): {}. The GFLOP/s column is \
+             flex's training rate times the forward and backward flop of one example through \
+             the affine layers, against the faster 2048³ rate.\n\n",
+            parts.join("; ")
+        );
+    }
     let mut section = format!(
         "## {cpu}\n\n`{command}`, {threads} threads ({pools}), best of {repeat} process(es) per \
-         cell; vector extensions: {}.\n\n",
+         cell; vector extensions: {}.\n\n{ceiling_line}",
         vector_extensions()
     );
     let mut rows = Vec::new();
     // What each column ran on, from the first answer that says (wgpu: the adapter).
     let mut devices: Vec<Option<String>> = vec![None; columns.len()];
     let mut torch_version: Option<String> = None;
+    let mut kernels: Option<String> = None;
     for w in workloads(quick) {
         eprintln!("{} ({})", w.label, w.size);
         // Each cell: the best of `repeat` processes, run alternately across the columns.
-        let mut commands: Vec<Command> = Vec::new();
+        let mut commands: Vec<Option<Command>> = Vec::new();
         for b in backends {
             let mut cmd = Command::new(&bin);
             cmd.current_dir(root)
                 .arg("bench")
                 .args(&w.ours)
                 .args(["--backend", b]);
-            commands.push(cmd);
+            commands.push(Some(cmd));
         }
-        if let Some(py) = &py {
-            let mut cmd = Command::new(py);
-            cmd.current_dir(root)
-                .arg("bench/pytorch/bench.py")
-                .args(&w.torch)
-                .args(["--threads", &threads.to_string()]);
-            commands.push(cmd);
+        if py.is_some() {
+            commands.push(Some(torch_cmd(&w.torch)));
+            commands.push(w.flop_per_example.map(|_| {
+                let mut cmd = torch_cmd(&w.torch);
+                cmd.arg("--compile");
+                cmd
+            }));
         }
-        let mut values: Vec<Result<Value, String>> = vec![Err("not run".into()); commands.len()];
+        let mut values: Vec<Result<Value, String>> = commands
+            .iter()
+            .map(|c| Err(if c.is_some() { "not run" } else { SKIPPED }.into()))
+            .collect();
         for _ in 0..repeat.max(1) {
             for (cmd, best) in commands.iter_mut().zip(values.iter_mut()) {
-                let output = cmd
-                    .output()
-                    .map_err(|e| format!("cannot run {:?}: {e}", cmd.get_program()))?;
-                let value = json_line(&output);
+                let Some(cmd) = cmd else { continue };
+                let value = run_json(cmd)?;
                 let score = |v: &Result<Value, String>| {
                     v.as_ref().ok().and_then(|v| v.get(w.metric)?.as_f64())
                 };
@@ -348,13 +466,18 @@ pub fn run(
                 *label = Some(d.to_string());
             }
         }
+        if let Some(Ok(v)) = values.first()
+            && let Some(k) = v.get("kernels").and_then(Value::as_str)
+        {
+            kernels = Some(k.to_string());
+        }
         if py.is_some()
-            && let Some(Ok(v)) = values.last()
+            && let Some(Ok(v)) = values.get(backends.len())
             && let Some(b) = v.get("backend").and_then(Value::as_str)
         {
             torch_version = Some(b.trim_start_matches("pytorch ").to_string());
         }
-        let row = table_row(&w, &values, backends, py.is_some());
+        let row = table_row(&w, &values, &columns, ceiling);
         eprintln!("  {row}");
         rows.push(row);
     }
@@ -371,8 +494,12 @@ pub fn run(
         }
         rule.push_str("---|");
     }
-    if py.is_some() && backends.iter().any(|b| b == "flex") {
-        header.push_str(" flex / pytorch |");
+    if py.is_some() {
+        header.push_str(" flex / faster pytorch |");
+        rule.push_str("---|");
+    }
+    if ceiling.is_some() {
+        header.push_str(" flex GFLOP/s (of ceiling) |");
         rule.push_str("---|");
     }
     for c in &columns {
@@ -384,7 +511,16 @@ pub fn run(
         let _ = writeln!(section, "{row}");
     }
     if let Some(v) = torch_version {
-        let _ = writeln!(section, "\nPyTorch {v}.");
+        let _ = writeln!(
+            section,
+            "\nPyTorch {v}; `pytorch compile` is the loss under `torch.compile` (inductor, CPU)."
+        );
+    }
+    if let Some(k) = kernels {
+        let _ = writeln!(
+            section,
+            "\nThe fused layers (diffusion-kernels) ran their `{k}` kernels, picked at run time."
+        );
     }
     let old = std::fs::read_to_string(out).unwrap_or_default();
     let md = merge_section(&old, &cpu, &section);

@@ -468,9 +468,11 @@ pub struct BenchArgs {
     /// What to time.
     #[arg(long, value_enum)]
     pub workload: Workload,
-    /// The run configuration whose model and diffusion are timed.
-    #[arg(long)]
-    pub config: PathBuf,
+    /// The run configuration whose model and diffusion are timed (train, sample, evaluate).
+    #[arg(long, required_if_eq_any = [
+        ("workload", "train"), ("workload", "sample"), ("workload", "evaluate"),
+    ])]
+    pub config: Option<PathBuf>,
     /// Training: examples per step [default: the config's].
     #[arg(long)]
     pub batch_size: Option<usize>,
@@ -480,6 +482,9 @@ pub struct BenchArgs {
     /// Sampling and evaluation: points.
     #[arg(short = 'n', long = "n", default_value_t = 10_000)]
     pub n: usize,
+    /// Matmul: the side of the square product timed beside the layer-sized one.
+    #[arg(long, default_value_t = 2048)]
+    pub side: usize,
     #[command(flatten)]
     pub backend: BackendArg,
 }
@@ -493,4 +498,8 @@ pub enum Workload {
     Sample,
     /// The full-sum bound over every t for n points: rows (point, t) per second.
     Evaluate,
+    /// The cores' f32 matrix-product rate, GFLOP/s: a square product (--side) and a
+    /// [4096 x 128] x [128 x 128] one (a hidden layer at batch 4096), through the product the
+    /// networks use.
+    Matmul,
 }

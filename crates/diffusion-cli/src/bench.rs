@@ -19,9 +19,57 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// The best rate over `repeat` timed products `[m, k] x [k, n]` (after one untimed), GFLOP/s.
+fn product_gflops(m: usize, k: usize, n: usize, device: &burn::tensor::Device) -> f64 {
+    use burn::tensor::{Distribution, Tensor};
+    let a = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 1.0), device);
+    let b = Tensor::<2>::random([k, n], Distribution::Normal(0.0, 1.0), device);
+    let flop = 2.0 * (m * k * n) as f64;
+    // enough products for about 0.2 s at 100 GFLOP/s, at least 3
+    let repeat = ((2e10 / flop) as usize).max(3);
+    let once = || {
+        let c = diffusion_kernels::product(a.clone(), b.clone());
+        // the value read back, so that a lazy backend runs it
+        c.slice([0..1, 0..1]).into_scalar::<f32>()
+    };
+    once();
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let start = Instant::now();
+        for _ in 0..repeat {
+            once();
+        }
+        best = best.min(start.elapsed().as_secs_f64() / repeat as f64);
+    }
+    flop / best / 1e9
+}
+
 /// Runs `diffusion bench`.
 pub fn cmd_bench(a: BenchArgs) -> Result<(), String> {
-    let mut config = read_config(&a.config)?;
+    if a.workload == Workload::Matmul {
+        let (backend, device) = a.backend.resolve()?;
+        if a.side == 0 {
+            return Err("--side must be at least 1".into());
+        }
+        let out = json!({
+            "workload": "matmul",
+            "backend": backend.name(),
+            "device": crate::backend::describe(backend, a.backend.adapter()),
+            "threads": std::thread::available_parallelism().map_or(1, |n| n.get()),
+            "kernels": format!("{:?}", diffusion_kernels::Isa::detect()),
+            "side": a.side,
+            "square_gflops": product_gflops(a.side, a.side, a.side, &device),
+            "layer_gflops": product_gflops(4096, 128, 128, &device),
+            "peak_rss_mib": peak_rss_mib(),
+        });
+        println!("{out}");
+        return Ok(());
+    }
+    let config_path = a
+        .config
+        .clone()
+        .ok_or("--config is needed to time training, sampling or evaluation")?;
+    let mut config = read_config(&config_path)?;
     if let Some(b) = a.batch_size {
         config.train.batch_size = b;
     }
@@ -29,7 +77,7 @@ pub fn cmd_bench(a: BenchArgs) -> Result<(), String> {
     config.train.log_every = usize::MAX;
     config
         .validate()
-        .map_err(|e| format!("config {}: {e}", a.config.display()))?;
+        .map_err(|e| format!("config {}: {e}", config_path.display()))?;
     if a.steps == 0 || a.n == 0 {
         return Err("--steps and -n must be at least 1".into());
     }
@@ -43,7 +91,8 @@ pub fn cmd_bench(a: BenchArgs) -> Result<(), String> {
     let batch = config.train.batch_size;
     let mut out = json!({
         "workload": format!("{:?}", a.workload).to_lowercase(),
-        "config": a.config.display().to_string(),
+        "config": config_path.display().to_string(),
+        "kernels": format!("{:?}", diffusion_kernels::Isa::detect()),
         "backend": backend.name(),
         "device": crate::backend::describe(backend, a.backend.adapter()),
         "steps_t": steps_t,
@@ -94,6 +143,7 @@ pub fn cmd_bench(a: BenchArgs) -> Result<(), String> {
             out["seconds"] = json!(seconds);
             out["point_steps_per_s"] = json!((a.n * steps_t) as f64 / seconds);
         }
+        Workload::Matmul => unreachable!("timed above"),
         Workload::Evaluate => {
             let model = manifest.init_model(&device).map_err(|e| e.to_string())?;
             let mut source = data;

@@ -23,6 +23,8 @@ use burn::tensor::activation;
 use burn::tensor::{Device, Distribution, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
+use diffusion_kernels::Shift;
+
 use crate::network::ReverseNetwork;
 
 /// The hidden-unit nonlinearity.
@@ -43,21 +45,51 @@ pub enum Activation {
 }
 
 /// softplus(x) = ln(1 + e^x), computed as -ln sigmoid(-x): Burn's `log_sigmoid` is one
-/// backend op forward and one backward (no overflow for any x), and on flex it runs through
-/// the vendored vectorised kernel (`vendor/burn-flex`), where the composition
-/// max(x, 0) + ln(1 + e^-|x|) took seven element-wise passes forward and as many backward.
+/// backend op forward and one backward, with no overflow for any x.
 pub fn softplus(x: Tensor<2>) -> Tensor<2> {
-    activation::log_sigmoid(x.neg()).neg()
+    diffusion_kernels::Activation::Softplus.apply(x)
 }
 
 impl Activation {
-    fn apply(&self, x: Tensor<2>) -> Tensor<2> {
+    /// The fused layer's kernel for this activation, where it has one.
+    fn fused(&self) -> Option<diffusion_kernels::Activation> {
+        use diffusion_kernels::Activation as Fused;
         match self {
-            Self::Softplus => softplus(x),
-            Self::Relu => activation::relu(x),
-            Self::Tanh => activation::tanh(x),
-            Self::Sigmoid => activation::sigmoid(x),
-            Self::Silu => activation::silu(x),
+            Self::Softplus => Some(Fused::Softplus),
+            Self::Relu => Some(Fused::Relu),
+            Self::Tanh => Some(Fused::Tanh),
+            Self::Sigmoid => Some(Fused::Sigmoid),
+            // its derivative is not a function of its output
+            Self::Silu => None,
+        }
+    }
+
+    fn apply(&self, x: Tensor<2>) -> Tensor<2> {
+        match self.fused() {
+            Some(fused) => fused.apply(x),
+            None => activation::silu(x),
+        }
+    }
+
+    /// `act(layer(x) + shift)`, as one fused layer where the activation has a kernel
+    /// ([`diffusion_kernels::linear_activation`]: fused on flex, Burn's operations elsewhere).
+    /// The layer's weights are used before `shift` is computed (Burn initialises a parameter
+    /// when it is first used, so this order is what a seed fixes).
+    fn layer(&self, layer: &Linear, x: Tensor<2>, shift: impl FnOnce() -> Shift) -> Tensor<2> {
+        match self.fused() {
+            Some(fused) => {
+                let w = layer.weight.val();
+                let b = layer.bias.as_ref().map(|b| b.val());
+                diffusion_kernels::linear_activation(x, w, b, shift(), fused)
+            }
+            None => {
+                let pre = layer.forward(x);
+                self.apply(match shift() {
+                    Shift::None => pre,
+                    Shift::Dense(s) => pre + s,
+                    Shift::Rows { table, index } => pre + table.select(0, index),
+                })
+            }
         }
     }
 }
@@ -358,14 +390,15 @@ pub enum TimeInput {
     Sinusoidal(SinusoidalTime),
 }
 
-/// Step t's learned vector of one layer, `[n, h]` (or `[1, h]` for one step).
-fn embedding_term(embedding: &Embedding, steps: Steps) -> Tensor<2> {
+/// Step t's learned vector of one layer: the table's row t for each row (read in place by the
+/// fused layer), or the one row `[1, h]` when every row is at one step.
+fn embedding_term(embedding: &Embedding, steps: Steps) -> Shift {
     match steps {
-        Steps::PerRow(_) => {
-            let device = embedding.weight.val().device();
-            embedding.forward(steps.column(&device)).squeeze_dim(1)
-        }
-        Steps::All(t) => embedding.weight.val().narrow(0, t, 1),
+        Steps::PerRow(t) => Shift::Rows {
+            table: embedding.weight.val(),
+            index: t.clone(),
+        },
+        Steps::All(t) => Shift::Dense(embedding.weight.val().narrow(0, t, 1)),
     }
 }
 
@@ -387,7 +420,9 @@ impl Mlp {
             }
             TimeInput::Sinusoidal(s) => {
                 let features = s.features(steps, &x_t.device());
-                self.layers_then_readout(x_t, |i| s.projections[i].forward(features.clone()))
+                self.layers_then_readout(x_t, |i| {
+                    Shift::Dense(s.projections[i].forward(features.clone()))
+                })
             }
         }
     }
@@ -395,11 +430,10 @@ impl Mlp {
     /// The hidden layers, layer i's pre-activation plus `time(i)`, then the readout. Each
     /// layer's weights are used before its time input: Burn initialises a parameter when it is
     /// first used, so this order is what a seed fixes.
-    fn layers_then_readout(&self, x_t: Tensor<2>, time: impl Fn(usize) -> Tensor<2>) -> Tensor<2> {
+    fn layers_then_readout(&self, x_t: Tensor<2>, time: impl Fn(usize) -> Shift) -> Tensor<2> {
         let mut h = x_t;
         for (i, layer) in self.layers.iter().enumerate() {
-            let pre = layer.forward(h);
-            h = self.activation.apply(pre + time(i));
+            h = self.activation.layer(layer, h, || time(i));
         }
         self.readout.forward(h)
     }
@@ -418,7 +452,7 @@ impl ReadoutMlp {
     fn forward_steps(&self, x_t: Tensor<2>, steps: Steps) -> Tensor<2> {
         let mut h = x_t;
         for layer in &self.layers {
-            h = self.activation.apply(layer.forward(h));
+            h = self.activation.layer(layer, h, || Shift::None);
         }
         self.readout.forward(h, steps)
     }
@@ -552,6 +586,111 @@ mod tests {
     impl burn::module::ModuleMapper for Randomize {
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
             param.map(|t| Tensor::random(t.shape(), Distribution::Normal(0.0, 1.0), &t.device()))
+        }
+    }
+
+    /// Every parameter tracked for gradients (autodiff devices).
+    struct Track;
+
+    impl burn::module::ModuleMapper for Track {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            param.map(|t| t.require_grad())
+        }
+    }
+
+    /// The largest difference between two tensors' values, and the larger's scale.
+    fn max_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> (f32, f32) {
+        let a = a
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap();
+        let b = b
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap();
+        assert_eq!(a.len(), b.len());
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        (
+            a.iter()
+                .zip(&b)
+                .fold(0f32, |m, (p, q)| m.max((p - q).abs())),
+            scale,
+        )
+    }
+
+    /// The fused hidden layers (on flex) are Burn's composition of the same parameters, in value
+    /// and in the gradients of the first layer's weights and the per-step terms, for every
+    /// activation and time input, steps differing per row.
+    #[test]
+    fn fused_layers_equal_burns_composition_of_the_same_parameters() {
+        let device = Device::flex().autodiff();
+        let n = 300;
+        let x = Tensor::<2>::random([n, 2], Distribution::Normal(0.0, 1.0), &device);
+        let t: Vec<i64> = (0..n as i64).map(|r| 1 + (r * 7) % 10).collect();
+        let t = Tensor::<1, Int>::from_ints(t.as_slice(), &device);
+        let weights = Tensor::<2>::random([n, 4], Distribution::Normal(0.0, 1.0), &device);
+        let activations = [
+            Activation::Softplus,
+            Activation::Sigmoid,
+            Activation::Tanh,
+            Activation::Relu,
+            Activation::Silu,
+        ];
+        for activation in activations {
+            for time in [TimeConditioning::Embedding, TimeConditioning::Sinusoidal] {
+                let config = ModelConfig {
+                    hidden: vec![33, 17],
+                    activation,
+                    time,
+                    ..ModelConfig::default()
+                };
+                let model = config
+                    .init(2, 4, 10, &device)
+                    .map(&mut Randomize)
+                    .map(&mut Track);
+                let Network::Mlp(m) = model else {
+                    unreachable!("an MLP config")
+                };
+                let fused = m.forward(x.clone(), t.clone());
+                let mut h = x.clone();
+                for (i, layer) in m.layers.iter().enumerate() {
+                    let term = match &m.time {
+                        TimeInput::Embedding(e) => {
+                            e[i].forward(t.clone().reshape([n, 1])).squeeze_dim(1)
+                        }
+                        TimeInput::Sinusoidal(s) => {
+                            s.projections[i].forward(s.features(Steps::PerRow(&t), &device))
+                        }
+                    };
+                    h = activation.apply(layer.forward(h) + term);
+                }
+                let composed = m.readout.forward(h);
+                let (diff, scale) = max_diff(fused.clone(), composed.clone());
+                assert!(
+                    diff <= 2e-5 * scale.max(1.0),
+                    "{activation:?} {time:?}: {diff}"
+                );
+                let gf = (fused * weights.clone()).sum().backward();
+                let gc = (composed * weights.clone()).sum().backward();
+                let w0 = m.layers[0].weight.val();
+                let (diff, scale) = max_diff(w0.grad(&gf).unwrap(), w0.grad(&gc).unwrap());
+                assert!(
+                    diff <= 2e-5 * scale.max(1.0),
+                    "{activation:?} {time:?} dW: {diff}"
+                );
+                if let TimeInput::Embedding(e) = &m.time {
+                    let table = e[0].weight.val();
+                    let (diff, scale) =
+                        max_diff(table.grad(&gf).unwrap(), table.grad(&gc).unwrap());
+                    assert!(scale > 0.0, "{activation:?}: no gradient reached the table");
+                    assert!(
+                        diff <= 2e-5 * scale.max(1.0),
+                        "{activation:?} table: {diff}"
+                    );
+                }
+            }
         }
     }
 

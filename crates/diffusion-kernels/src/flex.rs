@@ -1,0 +1,467 @@
+//! The fused layer as a Burn backend extension for flex, with its backward pass for autodiff.
+//!
+//! Forward: one flex matrix product, then one pass over its output (bias, shift and activation,
+//! rows split across rayon's pool). Backward: one pass for `g act'(y)` from the saved output `y`
+//! (in the gradient's buffer when it is not shared), then the two products and the column sums
+//! for the bias and shift. Burn's own composition takes five element-wise passes forward and as
+//! many backward, each writing a tensor that the graph keeps.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::{Autodiff, NodeId};
+use burn::backend::flex::{Flex, FlexTensor};
+use burn::backend::ops::FloatTensorOps;
+use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::backend::{AutodiffBackend, Backend, TensorMetadata, backend_extension};
+use burn::tensor::{DType, Shape, TensorData};
+use rayon::prelude::*;
+
+use crate::Activation;
+use crate::math::{self, Isa, Rows};
+
+/// Elements per rayon task, and the size below which one thread does everything.
+const TASK: usize = 8 * 1024;
+const PARALLEL_MIN: usize = 32 * 1024;
+
+/// The fused layer's operations. Any backend can implement them; this crate does for [`Flex`]
+/// and, with a backward pass, for [`Autodiff`] over any backend that does.
+#[backend_extension(Autodiff, Flex)]
+pub trait FusedLinear: Backend {
+    /// `act(x w + bias + shift)`: `x` `[n, k]`, `w` `[k, h]`, `bias` `[h]`, `shift` `[n, h]` or
+    /// `[1, h]`.
+    fn linear_activation(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        activation: Activation,
+    ) -> FloatTensor<Self>;
+
+    /// `act(x w + bias + table[index])`: row r adds row `index[r]` of `table` (`[rows, h]`), as
+    /// a learned per-step embedding does, without gathering a copy per row.
+    fn linear_activation_rows(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        table: FloatTensor<Self>,
+        index: IntTensor<Self>,
+        activation: Activation,
+    ) -> FloatTensor<Self>;
+
+    /// `[rows, h]`: row i the sum of the rows r of `grad` (`[n, h]`) with `index[r] = i`.
+    fn scatter_rows(
+        grad: FloatTensor<Self>,
+        index: IntTensor<Self>,
+        rows: usize,
+    ) -> FloatTensor<Self>;
+
+    /// `grad act'` at the points where the activation's output is `output`.
+    fn activation_backward(
+        grad: FloatTensor<Self>,
+        output: FloatTensor<Self>,
+        activation: Activation,
+    ) -> FloatTensor<Self>;
+
+    /// The matrix product `a b` of two 2-D tensors (of any strides: the backward pass hands it
+    /// transposed views).
+    fn product(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::float_matmul(a, b)
+    }
+}
+
+/// Below this many multiply-adds a product runs on one thread (flex's own threshold).
+const PARALLEL_PRODUCT: usize = 192 * 192 * 192;
+
+/// `a b` for 2-D f32 flex tensors of any strides, by `gemm` straight into a fresh vector (flex's
+/// own product allocates its output as bytes and copies it into an aligned buffer).
+fn gemm_product(a: &FlexTensor, b: &FlexTensor) -> FlexTensor {
+    let [m, k] = a.shape().dims::<2>();
+    let [kb, n] = b.shape().dims::<2>();
+    assert_eq!(k, kb, "product: inner dimensions differ");
+    if k == 0 || m * n == 0 {
+        return FlexTensor::from_data(TensorData::new(vec![0.0f32; m * n], [m, n]));
+    }
+    // gemm writes every element of the output (`read_dst` false): no need to zero it first
+    let mut out: Vec<f32> = Vec::with_capacity(m * n);
+    let (la, lb) = (a.layout(), b.layout());
+    let (sa, sb) = (la.strides(), lb.strides());
+    let parallelism = if m.saturating_mul(n).saturating_mul(k) >= PARALLEL_PRODUCT {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    let (pa, pb) = (
+        a.storage::<f32>()[la.start_offset()..].as_ptr(),
+        b.storage::<f32>()[lb.start_offset()..].as_ptr(),
+    );
+    // SAFETY: the pointers address element (0, 0) of each operand, and every (i, j)
+    // reached through the strides lies in its storage (flex's layout invariant); `out` has
+    // room for m x n, row-major; with `read_dst` false and k > 0 gemm writes every element
+    // without reading any, so the length can then be set.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            pa,
+            sa[1],
+            sa[0],
+            pb,
+            sb[1],
+            sb[0],
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+        out.set_len(m * n);
+    }
+    FlexTensor::from_data(TensorData::new(out, [m, n]))
+}
+
+/// `t`'s values as one contiguous f32 slice (a copy only when `t` is a strided view).
+fn contiguous(t: FlexTensor) -> FlexTensor {
+    if t.as_slice::<f32>().is_some() {
+        t
+    } else {
+        t.to_contiguous()
+    }
+}
+
+/// Rows per rayon task for rows `h` wide.
+fn rows_per_task(h: usize) -> usize {
+    (TASK / h.max(1)).max(1)
+}
+
+/// The indices of a 1-D flex int tensor, each checked below `rows`.
+fn indices(index: &FlexTensor, rows: usize) -> Vec<usize> {
+    let index = contiguous(index.clone());
+    let values: Vec<i64> = match index.dtype() {
+        DType::I64 => index.as_slice::<i64>().expect("contiguous").to_vec(),
+        DType::I32 => index
+            .as_slice::<i32>()
+            .expect("contiguous")
+            .iter()
+            .map(|&i| i as i64)
+            .collect(),
+        other => panic!("row indices must be i64 or i32, not {other:?}"),
+    };
+    values
+        .into_iter()
+        .map(|i| {
+            assert!(
+                i >= 0 && (i as usize) < rows,
+                "row index {i} outside 0..{rows}"
+            );
+            i as usize
+        })
+        .collect()
+}
+
+/// `act(x w + bias + shift)` with `shift` dense or, with `index`, a table of rows.
+fn forward(
+    x: &FlexTensor,
+    w: &FlexTensor,
+    bias: FlexTensor,
+    shift: FlexTensor,
+    index: Option<&[usize]>,
+    activation: Activation,
+) -> FlexTensor {
+    assert_eq!(x.dtype(), DType::F32, "the fused flex layer is f32 only");
+    let mut out = gemm_product(x, w);
+    let [n, h] = out.shape().dims::<2>();
+    let (bias, shift) = (contiguous(bias), contiguous(shift));
+    let (bias, shift) = (
+        bias.as_slice::<f32>().expect("contiguous"),
+        shift.as_slice::<f32>().expect("contiguous"),
+    );
+    assert_eq!(bias.len(), h, "bias must be [h]");
+    match index {
+        Some(index) => assert_eq!(index.len(), n, "one table row per batch row"),
+        None => assert!(
+            shift.len() == h || shift.len() == n * h,
+            "shift must be [n, h] or [1, h]"
+        ),
+    }
+    let isa = Isa::detect();
+    let values = out.storage_mut::<f32>();
+    let rows = |row0| Rows {
+        bias,
+        shift,
+        index,
+        row0,
+    };
+    if n * h < PARALLEL_MIN {
+        math::forward_kernel(isa, rows(0), values, activation);
+    } else {
+        let per = rows_per_task(h);
+        values
+            .par_chunks_mut(per * h)
+            .enumerate()
+            .for_each(|(i, chunk)| math::forward_kernel(isa, rows(i * per), chunk, activation));
+    }
+    out
+}
+
+impl FusedLinear for Flex {
+    fn linear_activation(
+        x: FlexTensor,
+        w: FlexTensor,
+        bias: FlexTensor,
+        shift: FlexTensor,
+        activation: Activation,
+    ) -> FlexTensor {
+        forward(&x, &w, bias, shift, None, activation)
+    }
+
+    fn linear_activation_rows(
+        x: FlexTensor,
+        w: FlexTensor,
+        bias: FlexTensor,
+        table: FlexTensor,
+        index: FlexTensor,
+        activation: Activation,
+    ) -> FlexTensor {
+        let rows = table.shape().dims::<2>()[0];
+        let index = indices(&index, rows);
+        forward(&x, &w, bias, table, Some(&index), activation)
+    }
+
+    fn scatter_rows(grad: FlexTensor, index: FlexTensor, rows: usize) -> FlexTensor {
+        let grad = contiguous(grad);
+        let [n, h] = grad.shape().dims::<2>();
+        let index = indices(&index, rows);
+        assert_eq!(index.len(), n, "one index per gradient row");
+        let gs = grad.as_slice::<f32>().expect("contiguous");
+        let table = if n * h < PARALLEL_MIN {
+            let mut table = vec![0.0f32; rows * h];
+            math::scatter_rows(gs, &index, &mut table, h);
+            table
+        } else {
+            // each task sums its rows into a table of its own; the tables are then added
+            let per = rows_per_task(h).max(n.div_ceil(rayon::current_num_threads().max(1)));
+            gs.par_chunks(per * h)
+                .zip(index.par_chunks(per))
+                .map(|(g, ix)| {
+                    let mut table = vec![0.0f32; rows * h];
+                    math::scatter_rows(g, ix, &mut table, h);
+                    table
+                })
+                .reduce_with(|mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                    a
+                })
+                .unwrap_or_else(|| vec![0.0f32; rows * h])
+        };
+        FlexTensor::from_data(TensorData::new(table, [rows, h]))
+    }
+
+    fn activation_backward(
+        grad: FlexTensor,
+        output: FlexTensor,
+        activation: Activation,
+    ) -> FlexTensor {
+        let mut grad = contiguous(grad);
+        let output = contiguous(output);
+        let ys = output.as_slice::<f32>().expect("contiguous");
+        let isa = Isa::detect();
+        // copy-on-write: in place when the gradient is not shared
+        let gs = grad.storage_mut::<f32>();
+        assert_eq!(gs.len(), ys.len(), "gradient and output differ in size");
+        if gs.len() < PARALLEL_MIN {
+            math::backward_kernel(isa, ys, gs, activation);
+        } else {
+            gs.par_chunks_mut(TASK)
+                .zip(ys.par_chunks(TASK))
+                .for_each(|(g, y)| math::backward_kernel(isa, y, g, activation));
+        }
+        grad
+    }
+
+    fn product(a: FlexTensor, b: FlexTensor) -> FlexTensor {
+        if a.dtype() == DType::F32 && b.dtype() == DType::F32 {
+            gemm_product(&a, &b)
+        } else {
+            Flex::float_matmul(a, b)
+        }
+    }
+}
+
+/// Sums `grad` `[n, h]` down to `shape` (`[h]`, `[1, h]` or `[n, h]`).
+fn reduce_to<B: Backend>(grad: FloatTensor<B>, shape: &Shape) -> FloatTensor<B> {
+    let [n, h] = grad.shape().dims::<2>();
+    if shape.num_elements() == n * h {
+        return grad;
+    }
+    let sum = B::float_sum_dim(grad, 0);
+    B::float_reshape(sum, shape.clone())
+}
+
+/// How the shift's gradient is formed from the pre-activation's.
+#[derive(Clone, Debug)]
+enum ShiftGrad<B: Backend> {
+    /// Summed down to the shift's shape (`[n, h]` or `[1, h]`).
+    Dense(Shape),
+    /// Scattered back into the table's rows.
+    Rows(IntTensor<B>, usize),
+}
+
+/// The fused layer's backward pass: parents x, w, bias and the shift (or table).
+#[derive(Debug)]
+struct LinearActivationBackward;
+
+/// x and w (when the other's gradient is needed), the output, the bias's shape, the shift's
+/// gradient, the activation.
+type BackwardState<B> = (
+    Option<NodeId>,
+    Option<NodeId>,
+    FloatTensor<B>,
+    Shape,
+    ShiftGrad<B>,
+    Activation,
+);
+
+impl<B: Backend + FusedLinear> Backward<B, 4> for LinearActivationBackward {
+    type State = BackwardState<B>;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 4>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x, node_w, node_bias, node_shift] = ops.parents;
+        let (x, w, output, bias_shape, shift, activation) = ops.state;
+        let grad = grads.consume::<B>(&ops.node);
+        let pre = B::activation_backward(grad, output, activation);
+        if let Some(node) = node_bias {
+            grads.register::<B>(node.id, reduce_to::<B>(pre.clone(), &bias_shape));
+        }
+        if let Some(node) = node_shift {
+            let g = match shift {
+                ShiftGrad::Dense(shape) => reduce_to::<B>(pre.clone(), &shape),
+                ShiftGrad::Rows(index, rows) => B::scatter_rows(pre.clone(), index, rows),
+            };
+            grads.register::<B>(node.id, g);
+        }
+        if let Some(node) = node_x {
+            let w: FloatTensor<B> = checkpointer.retrieve_node_output(w.expect("w kept"));
+            grads.register::<B>(node.id, B::product(pre.clone(), B::float_transpose(w)));
+        }
+        if let Some(node) = node_w {
+            let x: FloatTensor<B> = checkpointer.retrieve_node_output(x.expect("x kept"));
+            grads.register::<B>(node.id, B::product(B::float_transpose(x), pre));
+        }
+    }
+}
+
+/// The fused layer on autodiff: `run` the inner backend's forward on x, w, bias and the shift,
+/// recording the backward pass when any of them is tracked.
+fn differentiable<B, C>(
+    [x, w, bias, shift]: [FloatTensor<Autodiff<B, C>>; 4],
+    shift_grad: ShiftGrad<B>,
+    activation: Activation,
+    run: impl FnOnce([FloatTensor<B>; 4]) -> FloatTensor<B>,
+) -> FloatTensor<Autodiff<B, C>>
+where
+    B: Backend + FusedLinear,
+    C: CheckpointStrategy,
+{
+    let (x_tracked, w_tracked) = (x.is_tracked(), w.is_tracked());
+    match LinearActivationBackward
+        .prepare::<C>([x.node(), w.node(), bias.node(), shift.node()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(mut prep) => {
+            let x_state = w_tracked.then(|| prep.checkpoint(&x));
+            let w_state = x_tracked.then(|| prep.checkpoint(&w));
+            let bias_shape = bias.primitive().shape();
+            let output = run([
+                x.into_primitive(),
+                w.into_primitive(),
+                bias.into_primitive(),
+                shift.into_primitive(),
+            ]);
+            let state = (
+                x_state,
+                w_state,
+                output.clone(),
+                bias_shape,
+                shift_grad,
+                activation,
+            );
+            prep.finish(state, output)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(run([
+            x.into_primitive(),
+            w.into_primitive(),
+            bias.into_primitive(),
+            shift.into_primitive(),
+        ])),
+    }
+}
+
+impl<B: Backend + FusedLinear, C: CheckpointStrategy> FusedLinear for Autodiff<B, C> {
+    fn linear_activation(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        activation: Activation,
+    ) -> FloatTensor<Self> {
+        let shape = shift.primitive().shape();
+        differentiable::<B, C>(
+            [x, w, bias, shift],
+            ShiftGrad::Dense(shape),
+            activation,
+            |[x, w, b, s]| B::linear_activation(x, w, b, s, activation),
+        )
+    }
+
+    fn linear_activation_rows(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        table: FloatTensor<Self>,
+        index: IntTensor<Self>,
+        activation: Activation,
+    ) -> FloatTensor<Self> {
+        let rows = table.primitive().shape().dims::<2>()[0];
+        let shift_grad = ShiftGrad::Rows(index.clone(), rows);
+        differentiable::<B, C>(
+            [x, w, bias, table],
+            shift_grad,
+            activation,
+            |[x, w, b, t]| B::linear_activation_rows(x, w, b, t, index, activation),
+        )
+    }
+
+    fn scatter_rows(
+        grad: FloatTensor<Self>,
+        index: IntTensor<Self>,
+        rows: usize,
+    ) -> FloatTensor<Self> {
+        // used inside backward passes only, on the inner backend; here it is not differentiated
+        Self::from_inner(B::scatter_rows(grad.into_primitive(), index, rows))
+    }
+
+    fn activation_backward(
+        grad: FloatTensor<Self>,
+        output: FloatTensor<Self>,
+        activation: Activation,
+    ) -> FloatTensor<Self> {
+        // used inside backward passes only, on the inner backend; here it is not differentiated
+        let grad =
+            B::activation_backward(grad.into_primitive(), output.into_primitive(), activation);
+        Self::from_inner(grad)
+    }
+}

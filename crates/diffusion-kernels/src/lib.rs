@@ -1,0 +1,180 @@
+//! A fused affine layer with its activation, `act(x W + b + s)`, for any Burn model.
+//!
+//! [`linear_activation`] takes Burn tensors on any device. On flex (Burn's pure-Rust CPU
+//! backend, with or without autodiff) and in f32 it runs as a backend extension
+//! ([`FusedLinear`], Burn's `#[backend_extension]`): the matrix product, then one vectorised,
+//! multi-threaded pass for the bias, the shift and the activation; backward, one pass for the
+//! activation's derivative from the saved output, then the products. Everywhere else (wgpu,
+//! ndarray, other dtypes) it is Burn's own operations, so a model written with it runs on every
+//! backend and gets the same values to within f32 rounding.
+//!
+//! ```
+//! use burn::tensor::{Device, Tensor};
+//! use diffusion_kernels::{Activation, Shift, linear_activation};
+//!
+//! let device = Device::flex().autodiff();
+//! let x = Tensor::<2>::from_floats([[1.0, -2.0]], &device);
+//! let w = Tensor::<2>::from_floats([[0.5, 1.0, 0.0], [0.25, 0.0, 1.0]], &device).require_grad();
+//! let b = Tensor::<1>::from_floats([0.0, 0.5, 2.0], &device);
+//! let y = linear_activation(x, w.clone(), Some(b), Shift::None, Activation::Relu);
+//! assert_eq!(y.to_data().to_vec::<f32>().unwrap(), vec![0.0, 1.5, 0.0]);
+//! let grads = y.sum().backward();
+//! // d/dw of relu(x w + b) summed: x where the unit is on, 0 elsewhere
+//! let gw = w.grad(&grads).unwrap();
+//! assert_eq!(gw.to_data().to_vec::<f32>().unwrap(), vec![0.0, 1.0, 0.0, 0.0, -2.0, 0.0]);
+//! ```
+//!
+//! The kernels' ISA is picked at run time ([`Isa::detect`]): AVX-512 where the CPU has it, else
+//! AVX2 with FMA, else the target's baseline.
+
+mod math;
+
+#[cfg(feature = "flex")]
+mod flex;
+
+#[cfg(feature = "flex")]
+pub use flex::FusedLinear;
+pub use math::Isa;
+
+use burn::tensor::{DType, Int, Tensor, activation};
+
+/// The activations the fused layer has kernels for: each derivative is a function of the output,
+/// so the backward pass keeps only the output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Activation {
+    /// ln(1 + e^x); derivative 1 - e^-y.
+    Softplus,
+    /// 1 / (1 + e^-x); derivative y (1 - y).
+    Sigmoid,
+    /// tanh(x); derivative 1 - y^2.
+    Tanh,
+    /// max(x, 0); derivative 1 where y > 0.
+    Relu,
+}
+
+impl Activation {
+    /// The activation of `x` by Burn's own operations (softplus as -ln sigmoid(-x), one
+    /// operation forward and one backward, no overflow for any x).
+    pub fn apply(self, x: Tensor<2>) -> Tensor<2> {
+        match self {
+            Self::Softplus => activation::log_sigmoid(x.neg()).neg(),
+            Self::Sigmoid => activation::sigmoid(x),
+            Self::Tanh => activation::tanh(x),
+            Self::Relu => activation::relu(x),
+        }
+    }
+}
+
+/// What a fused layer adds to `x w + bias` before the activation.
+// Built for one call and consumed by it: the size of the `Rows` variant does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, Default)]
+pub enum Shift {
+    /// Nothing.
+    #[default]
+    None,
+    /// A term per row (`[n, h]`) or one for every row (`[1, h]`).
+    Dense(Tensor<2>),
+    /// Row `index[r]` of `table` (`[rows, h]`) for row r: a learned per-step embedding, read in
+    /// place on flex (no gathered copy forward, the rows' gradients scattered straight back).
+    Rows {
+        /// `[rows, h]`.
+        table: Tensor<2>,
+        /// `[n]`, each in `0..rows`.
+        index: Tensor<1, Int>,
+    },
+}
+
+/// `act(x w + bias + shift)`: `x` `[n, k]`, `w` `[k, h]` (Burn's `Linear` layout), `bias`
+/// `[h]`. Fused on flex in f32 (see the crate's documentation), Burn's operations elsewhere.
+pub fn linear_activation(
+    x: Tensor<2>,
+    w: Tensor<2>,
+    bias: Option<Tensor<1>>,
+    shift: Shift,
+    activation: Activation,
+) -> Tensor<2> {
+    if fused_here(&x) {
+        #[cfg(feature = "flex")]
+        return fused(x, w, bias, shift, activation);
+    }
+    let mut pre = x.matmul(w);
+    if let Some(b) = bias {
+        pre = pre + b.unsqueeze_dim(0);
+    }
+    pre = match shift {
+        Shift::None => pre,
+        Shift::Dense(s) => pre + s,
+        Shift::Rows { table, index } => pre + table.select(0, index),
+    };
+    activation.apply(pre)
+}
+
+/// The matrix product `a b` of 2-D tensors: on flex in f32 by `gemm` straight into the output
+/// (the product the fused layer and its backward use), elsewhere Burn's `matmul`.
+pub fn product(a: Tensor<2>, b: Tensor<2>) -> Tensor<2> {
+    if fused_here(&a) && b.dtype() == DType::F32 {
+        #[cfg(feature = "flex")]
+        {
+            use burn::backend::Dispatch;
+            return Tensor::from_dispatch(<Dispatch as FusedLinear>::product(
+                a.into_dispatch(),
+                b.into_dispatch(),
+            ));
+        }
+    }
+    a.matmul(b)
+}
+
+/// Whether [`linear_activation`] of `x` runs the fused kernels: f32 on a flex device.
+pub fn fused_here(x: &Tensor<2>) -> bool {
+    #[cfg(feature = "flex")]
+    {
+        use burn::backend::DispatchDevice;
+        x.dtype() == DType::F32
+            && matches!(x.device().inner().as_dispatch(), DispatchDevice::Flex(_))
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = (x, DType::F32);
+        false
+    }
+}
+
+#[cfg(feature = "flex")]
+fn fused(
+    x: Tensor<2>,
+    w: Tensor<2>,
+    bias: Option<Tensor<1>>,
+    shift: Shift,
+    activation: Activation,
+) -> Tensor<2> {
+    use burn::backend::Dispatch;
+    let h = w.dims()[1];
+    let device = x.device();
+    let bias = bias.unwrap_or_else(|| Tensor::zeros([h], &device));
+    let out = match shift {
+        Shift::Rows { table, index } => <Dispatch as FusedLinear>::linear_activation_rows(
+            x.into_dispatch(),
+            w.into_dispatch(),
+            bias.into_dispatch(),
+            table.into_dispatch(),
+            index.into_dispatch(),
+            activation,
+        ),
+        shift => {
+            let shift = match shift {
+                Shift::Dense(s) => s,
+                _ => Tensor::zeros([1, h], &device),
+            };
+            <Dispatch as FusedLinear>::linear_activation(
+                x.into_dispatch(),
+                w.into_dispatch(),
+                bias.into_dispatch(),
+                shift.into_dispatch(),
+                activation,
+            )
+        }
+    };
+    Tensor::from_dispatch(out)
+}

@@ -1,0 +1,170 @@
+//! The fused layer against Burn's own operations: values and every gradient, for each
+//! activation, with a per-row, a shared, a table-row or no shift, with and without a bias, at sizes below and
+//! above the multi-threaded split.
+
+use burn::tensor::{Device, Int, Tensor};
+use diffusion_kernels::{Activation, Shift, fused_here, linear_activation};
+
+const ACTIVATIONS: [Activation; 4] = [
+    Activation::Softplus,
+    Activation::Sigmoid,
+    Activation::Tanh,
+    Activation::Relu,
+];
+
+fn max_abs_diff(a: &Tensor<2>, b: &Tensor<2>) -> (f32, f32) {
+    let a = a.to_data().try_to_vec::<f32>().unwrap();
+    let b = b.to_data().try_to_vec::<f32>().unwrap();
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let diff = a
+        .iter()
+        .zip(&b)
+        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+    (diff, scale)
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Term {
+    PerRow,
+    Shared,
+    Table,
+    None,
+}
+
+/// The layer's output and the gradients of sum(output * weights) for x, w, b and the shift.
+fn run(
+    fused: bool,
+    device: &Device,
+    n: usize,
+    act: Activation,
+    term: Term,
+    bias: bool,
+) -> Vec<Tensor<2>> {
+    let (k, h) = (13, 37);
+    // the same values on every call (splitmix64, uniform on [-3, 3])
+    let normal = |shape: [usize; 2], seed: u64| -> Tensor<2> {
+        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let values: Vec<f32> = (0..shape[0] * shape[1])
+            .map(|_| {
+                state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                let mut z = state;
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                z ^= z >> 31;
+                ((z >> 40) as f32 / (1u64 << 24) as f32) * 6.0 - 3.0
+            })
+            .collect();
+        Tensor::<1>::from_floats(values.as_slice(), device)
+            .reshape(shape)
+            .require_grad()
+    };
+    let x = normal([n, k], 1);
+    let w = normal([k, h], 2);
+    let b = normal([1, h], 3);
+    let s = match term {
+        Term::PerRow => Some(normal([n, h], 4)),
+        Term::Shared => Some(normal([1, h], 5)),
+        Term::Table => Some(normal([7, h], 7)),
+        Term::None => None,
+    };
+    // rows of the table, every one used at n = 2000, some unused at n = 5
+    let index: Vec<i64> = (0..n).map(|r| ((r * 5 + r / 3) % 7) as i64).collect();
+    let index = Tensor::<1, Int>::from_ints(index.as_slice(), device);
+    let shift = match (term, s.clone()) {
+        (Term::Table, Some(table)) => Shift::Rows {
+            table,
+            index: index.clone(),
+        },
+        (_, Some(s)) => Shift::Dense(s),
+        (_, None) => Shift::None,
+    };
+    let weights = normal([n, h], 6).detach();
+    let b1 = bias.then(|| b.clone().reshape([h]));
+    let y = if fused {
+        assert!(fused_here(&x), "expected the fused path on {device:?}");
+        linear_activation(x.clone(), w.clone(), b1, shift, act)
+    } else {
+        let mut pre = x.clone().matmul(w.clone());
+        if let Some(b) = b1 {
+            pre = pre + b.unsqueeze_dim(0);
+        }
+        pre = match shift {
+            Shift::Rows { table, index } => pre + table.select(0, index),
+            Shift::Dense(s) => pre + s,
+            Shift::None => pre,
+        };
+        act.apply(pre)
+    };
+    let grads = (y.clone() * weights).sum().backward();
+    let mut out = vec![y.detach(), x.grad(&grads).unwrap(), w.grad(&grads).unwrap()];
+    if bias {
+        out.push(b.grad(&grads).unwrap());
+    }
+    if let Some(s) = s {
+        out.push(s.grad(&grads).unwrap());
+    }
+    out
+}
+
+#[test]
+fn fused_layer_matches_burns_operations_in_value_and_every_gradient() {
+    let device = Device::flex().autodiff();
+    for n in [5, 2000] {
+        for act in ACTIVATIONS {
+            for term in [Term::PerRow, Term::Shared, Term::Table, Term::None] {
+                for bias in [true, false] {
+                    let got = run(true, &device, n, act, term, bias);
+                    let want = run(false, &device, n, act, term, bias);
+                    assert_eq!(got.len(), want.len());
+                    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                        assert_eq!(g.dims(), w.dims());
+                        let (diff, scale) = max_abs_diff(g, w);
+                        assert!(
+                            diff <= 2e-5 * scale.max(1.0),
+                            "n {n} {act:?} {term:?} bias {bias}: output {i} differs by {diff} \
+                             (scale {scale})"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Without autodiff the fused forward gives the same values.
+#[test]
+fn fused_forward_without_autodiff() {
+    let device = Device::flex();
+    let x = Tensor::<2>::from_floats([[1.0, -2.0], [0.5, 3.0]], &device);
+    let w = Tensor::<2>::from_floats([[0.5, -1.0], [0.25, 2.0]], &device);
+    let b = Tensor::<1>::from_floats([0.1, -0.2], &device);
+    let s = Tensor::<2>::from_floats([[1.0, 0.0]], &device);
+    let y = linear_activation(x, w, Some(b), Shift::Dense(s), Activation::Softplus);
+    // x w = [[0.5 - 0.5, -1 - 4], [0.25 + 0.75, -0.5 + 6]], then + b + s
+    let pre = [[0.0 + 0.1 + 1.0, -5.0 - 0.2], [1.0 + 0.1 + 1.0, 5.5 - 0.2]];
+    let want: Vec<f32> = pre
+        .iter()
+        .flatten()
+        .map(|&v: &f64| (v.max(0.0) + (-v.abs()).exp().ln_1p()) as f32)
+        .collect();
+    let got = y.to_data().try_to_vec::<f32>().unwrap();
+    for (g, w) in got.iter().zip(&want) {
+        assert!(
+            (g - w).abs() <= 2e-7 * w.abs().max(1.0),
+            "{got:?} vs {want:?}"
+        );
+    }
+}
+
+/// f64 tensors take Burn's operations (the kernels are f32).
+#[test]
+fn other_dtypes_take_burns_operations() {
+    let device = Device::flex();
+    let x = Tensor::<2>::from_floats([[1.0, 2.0]], &device).cast(burn::tensor::DType::F64);
+    assert!(!fused_here(&x));
+    let w = Tensor::<2>::from_floats([[1.0], [1.0]], &device).cast(burn::tensor::DType::F64);
+    let y = linear_activation(x, w, None, Shift::None, Activation::Tanh);
+    let got = y.to_data().try_to_vec::<f64>().unwrap();
+    assert!((got[0] - 3f64.tanh()).abs() < 1e-12, "{got:?}");
+}
