@@ -19,7 +19,7 @@ use burn::tensor::{DType, Shape, TensorData};
 use rayon::prelude::*;
 
 use crate::Activation;
-use crate::math::{self, Isa, Rows};
+use crate::math::{self, Isa, Rows, SMALL_K, Small};
 
 /// Elements per rayon task, and the size below which one thread does everything.
 const TASK: usize = 8 * 1024;
@@ -176,8 +176,21 @@ fn forward(
     activation: Activation,
 ) -> FlexTensor {
     assert_eq!(x.dtype(), DType::F32, "the fused flex layer is f32 only");
-    let mut out = gemm_product(x, w);
-    let [n, h] = out.shape().dims::<2>();
+    let [n, k] = x.shape().dims::<2>();
+    let h = w.shape().dims::<2>()[1];
+    // an input of a few columns: the product in the element-wise pass, not through gemm
+    let small = (1..=SMALL_K)
+        .contains(&k)
+        .then(|| (contiguous(x.clone()), contiguous(w.clone())));
+    let mut out = match small {
+        Some(_) => FlexTensor::from_data(TensorData::new(vec![0.0f32; n * h], [n, h])),
+        None => gemm_product(x, w),
+    };
+    let product = small.as_ref().map(|(x, w)| Small {
+        x: x.as_slice::<f32>().expect("contiguous"),
+        w: w.as_slice::<f32>().expect("contiguous"),
+        k,
+    });
     let (bias, shift) = (contiguous(bias), contiguous(shift));
     let (bias, shift) = (
         bias.as_slice::<f32>().expect("contiguous"),
@@ -197,6 +210,7 @@ fn forward(
         bias,
         shift,
         index,
+        product,
         row0,
     };
     if n * h < PARALLEL_MIN {
@@ -269,6 +283,9 @@ impl FusedLinear for Flex {
         output: FlexTensor,
         activation: Activation,
     ) -> FlexTensor {
+        if activation == Activation::Identity {
+            return grad;
+        }
         let mut grad = contiguous(grad);
         let output = contiguous(output);
         let ys = output.as_slice::<f32>().expect("contiguous");
@@ -288,11 +305,64 @@ impl FusedLinear for Flex {
 
     fn product(a: FlexTensor, b: FlexTensor) -> FlexTensor {
         if a.dtype() == DType::F32 && b.dtype() == DType::F32 {
+            let [m, k] = a.shape().dims::<2>();
+            let n = b.shape().dims::<2>()[1];
+            let few = |d: usize| (1..=SMALL_K).contains(&d);
+            let long = k >= PARALLEL_MIN / 128;
+            if few(k) {
+                // the product in the element-wise pass (as the fused layer's first layer)
+                let zeros = FlexTensor::from_data(TensorData::new(vec![0.0f32; n], [n]));
+                return forward(&a, &b, zeros.clone(), zeros, None, Activation::Identity);
+            }
+            if few(m) && long {
+                return few_rows_product(&a, &b);
+            }
+            if few(n) && long {
+                // (bᵀ aᵀ)ᵀ, as a view
+                let t = few_rows_product(&b.transpose(0, 1), &a.transpose(0, 1));
+                return t.transpose(0, 1);
+            }
             gemm_product(&a, &b)
         } else {
             Flex::float_matmul(a, b)
         }
     }
+}
+
+/// `a b` for `a` of a few rows (`[m, k]`, any strides) and a long `k`, such as the first
+/// layer's weight gradient `xᵀ g`: each task sums its own range of k into an `[m, n]` partial,
+/// the partials are then added (gemm packs for this shape and runs it on one thread).
+fn few_rows_product(a: &FlexTensor, b: &FlexTensor) -> FlexTensor {
+    let [m, k] = a.shape().dims::<2>();
+    let n = b.shape().dims::<2>()[1];
+    let b = contiguous(b.clone());
+    let bs = b.as_slice::<f32>().expect("contiguous");
+    let (la, store) = (a.layout(), a.storage::<f32>());
+    let (sa, off) = (la.strides(), la.start_offset() as isize);
+    let isa = Isa::detect();
+    let per = rows_per_task(n).max(k.div_ceil(2 * rayon::current_num_threads().max(1)));
+    let partial = |r0: usize, br: &[f32]| {
+        let len = br.len() / n;
+        // a's columns r0..r0 + len as rows [len, m]
+        let at: Vec<f32> = (r0..r0 + len)
+            .flat_map(|r| {
+                (0..m).map(move |i| store[(off + i as isize * sa[0] + r as isize * sa[1]) as usize])
+            })
+            .collect();
+        let mut out = vec![0.0f32; m * n];
+        math::accumulate_kernel(isa, &at, br, &mut out, m);
+        out
+    };
+    let out = bs
+        .par_chunks(per * n)
+        .enumerate()
+        .map(|(i, br)| partial(i * per, br))
+        .reduce_with(|mut x, y| {
+            x.iter_mut().zip(&y).for_each(|(x, y)| *x += y);
+            x
+        })
+        .unwrap_or_else(|| vec![0.0f32; m * n]);
+    FlexTensor::from_data(TensorData::new(out, [m, n]))
 }
 
 /// Sums `grad` `[n, h]` down to `shape` (`[h]`, `[1, h]` or `[n, h]`).

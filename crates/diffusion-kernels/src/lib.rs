@@ -1,4 +1,5 @@
-//! A fused affine layer with its activation, `act(x W + b + s)`, for any Burn model.
+//! A fused affine layer with its activation, `act(x W + b + s)`, for any Burn model (or none:
+//! [`Activation::Identity`] is a plain affine layer with the same products).
 //!
 //! [`linear_activation`] takes Burn tensors on any device. On flex (Burn's pure-Rust CPU
 //! backend, with or without autodiff) and in f32 it runs as a backend extension
@@ -50,6 +51,8 @@ pub enum Activation {
     Tanh,
     /// max(x, 0); derivative 1 where y > 0.
     Relu,
+    /// x: a plain affine layer (a readout); the backward pass has no element-wise step.
+    Identity,
 }
 
 impl Activation {
@@ -61,6 +64,7 @@ impl Activation {
             Self::Sigmoid => activation::sigmoid(x),
             Self::Tanh => activation::tanh(x),
             Self::Relu => activation::relu(x),
+            Self::Identity => x,
         }
     }
 }

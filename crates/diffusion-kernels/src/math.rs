@@ -18,6 +18,8 @@ use crate::Activation;
 
 /// Values checked for special values before each vectorised block.
 const BLOCK: usize = 512;
+/// Values computed together inside a block: four AVX-512 vectors.
+const GROUP: usize = 64;
 
 const LOG2E: f32 = core::f32::consts::LOG2_E;
 const LN2_HI: f32 = 0.693_359_4;
@@ -208,7 +210,17 @@ fn map_blocks(
     for block in xs.chunks_mut(BLOCK) {
         // a fold rather than `all`, so that the scan vectorises
         if block.iter().fold(true, |ok, &x| ok & domain(x)) {
-            block.iter_mut().for_each(|x| *x = core(*x));
+            // fixed-size groups, so that several vectors' polynomial chains interleave (one
+            // vector's chain alone is latency-bound)
+            let mut groups = block.chunks_exact_mut(GROUP);
+            for g in &mut groups {
+                let g: &mut [f32; GROUP] = g.try_into().expect("a group");
+                g.iter_mut().for_each(|x| *x = core(*x));
+            }
+            groups
+                .into_remainder()
+                .iter_mut()
+                .for_each(|x| *x = core(*x));
         } else {
             block
                 .iter_mut()
@@ -228,7 +240,17 @@ fn scale_blocks(
 ) {
     for (block, g) in ys.chunks(BLOCK).zip(grads.chunks_mut(BLOCK)) {
         if block.iter().fold(true, |ok, &y| ok & domain(y)) {
-            g.iter_mut().zip(block).for_each(|(g, &y)| *g *= core(y));
+            let mut groups = g.chunks_exact_mut(GROUP).zip(block.chunks_exact(GROUP));
+            for (g, y) in &mut groups {
+                let g: &mut [f32; GROUP] = g.try_into().expect("a group");
+                let y: &[f32; GROUP] = y.try_into().expect("a group");
+                g.iter_mut().zip(y).for_each(|(g, &y)| *g *= core(y));
+            }
+            let done = block.len() / GROUP * GROUP;
+            g[done..]
+                .iter_mut()
+                .zip(&block[done..])
+                .for_each(|(g, &y)| *g *= core(y));
         } else {
             g.iter_mut()
                 .zip(block)
@@ -259,6 +281,7 @@ fn activate<const F: bool>(xs: &mut [f32], act: Activation) {
         Activation::Sigmoid => map_blocks(xs, moderate, sigmoid_core::<F>, scalar::sigmoid),
         Activation::Tanh => map_blocks(xs, tanh_domain, tanh_core::<F>, scalar::tanh),
         Activation::Relu => xs.iter_mut().for_each(|x| *x = relu(*x)),
+        Activation::Identity => {}
     }
 }
 
@@ -276,6 +299,7 @@ fn derivative<const F: bool>(ys: &[f32], grads: &mut [f32], act: Activation) {
         Activation::Sigmoid => scale(ys, grads, |y| y * (1.0 - y)),
         Activation::Tanh => scale(ys, grads, |y| 1.0 - y * y),
         Activation::Relu => scale(ys, grads, |y| if y > 0.0 { 1.0 } else { 0.0 }),
+        Activation::Identity => {}
     }
 }
 
@@ -286,13 +310,57 @@ fn derivative<const F: bool>(ys: &[f32], grads: &mut [f32], act: Activation) {
 fn forward_rows<const F: bool>(rows: Rows<'_>, out: &mut [f32], act: Activation) {
     let h = rows.bias.len();
     for (i, row) in out.chunks_exact_mut(h).enumerate() {
-        let s = rows.shift_row(rows.row0 + i);
-        for ((o, &b), &s) in row.iter_mut().zip(rows.bias).zip(s) {
-            *o += b + s;
+        let r = rows.row0 + i;
+        let s = rows.shift_row(r);
+        match rows.product {
+            // the product itself, for an input of a few columns: row = sum_c x[r, c] w[c]
+            Some(Small { x, w, k }) => {
+                for ((o, &b), &s) in row.iter_mut().zip(rows.bias).zip(s) {
+                    *o = b + s;
+                }
+                for (c, &xc) in x[r * k..(r + 1) * k].iter().enumerate() {
+                    for (o, &wc) in row.iter_mut().zip(&w[c * h..(c + 1) * h]) {
+                        *o = madd::<F>(xc, wc, *o);
+                    }
+                }
+            }
+            None => {
+                for ((o, &b), &s) in row.iter_mut().zip(rows.bias).zip(s) {
+                    *o += b + s;
+                }
+            }
         }
         activate::<F>(row, act);
     }
 }
+
+/// A product `x w` with `x` `[n, k]` of a few columns, computed row by row in the element-wise
+/// pass instead of by gemm (whose packing dominates at such k).
+#[derive(Clone, Copy)]
+pub(crate) struct Small<'a> {
+    /// `[n, k]`, row-major.
+    pub x: &'a [f32],
+    /// `[k, h]`, row-major.
+    pub w: &'a [f32],
+    pub k: usize,
+}
+
+/// `out[i] += a[r, i] b[r]` over the rows r of `b` (`[len, n]`): `a` is `[len, m]`, `out`
+/// `[m, n]` (a product `aᵀ b` of few rows, summed along the long dimension).
+#[inline(always)]
+fn accumulate_rows<const F: bool>(a: &[f32], b: &[f32], out: &mut [f32], m: usize) {
+    let n = out.len() / m.max(1);
+    for (ar, br) in a.chunks_exact(m).zip(b.chunks_exact(n)) {
+        for (&ai, oi) in ar.iter().zip(out.chunks_exact_mut(n)) {
+            for (o, &bv) in oi.iter_mut().zip(br) {
+                *o = madd::<F>(ai, bv, *o);
+            }
+        }
+    }
+}
+
+/// Inputs of at most this many columns take [`Small`].
+pub(crate) const SMALL_K: usize = 8;
 
 /// What the forward pass adds to each row.
 #[derive(Clone, Copy)]
@@ -303,6 +371,9 @@ pub(crate) struct Rows<'a> {
     pub shift: &'a [f32],
     /// Which row of `shift` each batch row takes (all below its row count).
     pub index: Option<&'a [usize]>,
+    /// The product to compute here (the output then holds nothing yet), or none (the output
+    /// holds `x w`).
+    pub product: Option<Small<'a>>,
     /// The batch row of the first row handed to a kernel.
     pub row0: usize,
 }
@@ -396,6 +467,7 @@ macro_rules! dispatched {
 
 dispatched!(forward_kernel, forward_rows, (rows: Rows<'_>, out: &mut [f32], act: Activation));
 dispatched!(backward_kernel, derivative, (ys: &[f32], grads: &mut [f32], act: Activation));
+dispatched!(accumulate_kernel, accumulate_rows, (a: &[f32], b: &[f32], out: &mut [f32], m: usize));
 
 #[cfg(test)]
 mod tests {
@@ -412,6 +484,7 @@ mod tests {
             bias: &zeros,
             shift: &zeros,
             index: None,
+            product: None,
             row0: 0,
         };
         forward_kernel(isa, rows, &mut out, act);
@@ -440,6 +513,7 @@ mod tests {
             Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
             Activation::Tanh => x.tanh(),
             Activation::Relu => x.max(0.0),
+            Activation::Identity => x,
         }
     }
 
@@ -453,6 +527,7 @@ mod tests {
                 Activation::Sigmoid,
                 Activation::Tanh,
                 Activation::Relu,
+                Activation::Identity,
             ] {
                 let mut ys = vec![0.0; 0];
                 for row in xs.chunks(7) {
@@ -462,6 +537,7 @@ mod tests {
                         bias: &zeros,
                         shift: &zeros,
                         index: None,
+                        product: None,
                         row0: 0,
                     };
                     forward_kernel(isa, rows, &mut r, act);
@@ -501,6 +577,7 @@ mod tests {
                 Activation::Sigmoid,
                 Activation::Tanh,
                 Activation::Relu,
+                Activation::Identity,
             ] {
                 let ys = activated(isa, act, &xs);
                 let mut grads = vec![1.0f32; xs.len()];
@@ -513,6 +590,7 @@ mod tests {
                         Activation::Sigmoid => y * (1.0 - y),
                         Activation::Tanh => 1.0 - y * y,
                         Activation::Relu => f64::from(u8::from(y > 0.0)),
+                        Activation::Identity => 1.0,
                     };
                     let err = ulps(g, want);
                     // 1 - y^2 and y (1 - y) cancel near |y| = 1 in f32 as in f64 on the
@@ -542,6 +620,7 @@ mod tests {
                     bias: &bias,
                     shift,
                     index: None,
+                    product: None,
                     row0,
                 };
                 forward_kernel(isa, rows, &mut out, Activation::Relu);
@@ -577,6 +656,7 @@ mod tests {
                     bias: &bias,
                     shift: &table,
                     index: Some(&index),
+                    product: None,
                     row0,
                 };
                 forward_kernel(isa, rows, &mut out, Activation::Relu);
@@ -589,5 +669,38 @@ mod tests {
         let mut sums = [0.0f32; 6];
         scatter_rows(&z, &index, &mut sums, 2);
         assert_eq!(sums, [3.0, 4.0, 0.0, 0.0, 6.0, 8.0]);
+    }
+
+    /// An input of a few columns: the product computed in the pass equals the sum by hand.
+    #[test]
+    fn small_products_in_the_pass() {
+        let (n, k, h) = (5, 3, 4);
+        let x: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let w: Vec<f32> = (0..k * h).map(|i| (i as f32 * 0.71).cos()).collect();
+        let bias = [0.1f32, -0.2, 0.3, 0.0];
+        let shift = [1.0f32, 0.0, -1.0, 0.5];
+        for isa in Isa::supported() {
+            let mut out = vec![f32::NAN; n * h];
+            let rows = Rows {
+                bias: &bias,
+                shift: &shift,
+                index: None,
+                product: Some(Small { x: &x, w: &w, k }),
+                row0: 0,
+            };
+            forward_kernel(isa, rows, &mut out, Activation::Identity);
+            for r in 0..n {
+                for j in 0..h {
+                    let want = bias[j]
+                        + shift[j]
+                        + (0..k).map(|c| x[r * k + c] * w[c * h + j]).sum::<f32>();
+                    let got = out[r * h + j];
+                    assert!(
+                        (got - want).abs() <= 1e-6,
+                        "{isa:?} ({r}, {j}): {got} vs {want}"
+                    );
+                }
+            }
+        }
     }
 }

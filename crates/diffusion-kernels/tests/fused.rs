@@ -5,11 +5,12 @@
 use burn::tensor::{Device, Int, Tensor};
 use diffusion_kernels::{Activation, Shift, fused_here, linear_activation};
 
-const ACTIVATIONS: [Activation; 4] = [
+const ACTIVATIONS: [Activation; 5] = [
     Activation::Softplus,
     Activation::Sigmoid,
     Activation::Tanh,
     Activation::Relu,
+    Activation::Identity,
 ];
 
 fn max_abs_diff(a: &Tensor<2>, b: &Tensor<2>) -> (f32, f32) {
@@ -37,11 +38,12 @@ fn run(
     fused: bool,
     device: &Device,
     n: usize,
+    k: usize,
     act: Activation,
     term: Term,
     bias: bool,
 ) -> Vec<Tensor<2>> {
-    let (k, h) = (13, 37);
+    let h = 37;
     // the same values on every call (splitmix64, uniform on [-3, 3])
     let normal = |shape: [usize; 2], seed: u64| -> Tensor<2> {
         let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
@@ -110,25 +112,62 @@ fn run(
 #[test]
 fn fused_layer_matches_burns_operations_in_value_and_every_gradient() {
     let device = Device::flex().autodiff();
-    for n in [5, 2000] {
+    // k = 2: the product in the element-wise pass; k = 13: through gemm
+    for (n, k) in [(5, 13), (2000, 13), (5, 2), (2000, 2)] {
         for act in ACTIVATIONS {
             for term in [Term::PerRow, Term::Shared, Term::Table, Term::None] {
                 for bias in [true, false] {
-                    let got = run(true, &device, n, act, term, bias);
-                    let want = run(false, &device, n, act, term, bias);
+                    let got = run(true, &device, n, k, act, term, bias);
+                    let want = run(false, &device, n, k, act, term, bias);
                     assert_eq!(got.len(), want.len());
                     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                         assert_eq!(g.dims(), w.dims());
                         let (diff, scale) = max_abs_diff(g, w);
                         assert!(
                             diff <= 2e-5 * scale.max(1.0),
-                            "n {n} {act:?} {term:?} bias {bias}: output {i} differs by {diff} \
+                            "n {n} k {k} {act:?} {term:?} bias {bias}: output {i} differs by {diff} \
                              (scale {scale})"
                         );
                     }
                 }
             }
         }
+    }
+}
+
+/// Products of every shape class (few columns, few rows and a long inner dimension, few
+/// output columns, gemm's), plain and through transposed views, against Burn's `matmul`.
+#[test]
+fn products_of_every_shape_equal_burns_matmul() {
+    let device = Device::flex();
+    let value = |i: usize| ((i as f32) * 0.618).sin();
+    let tensor = |m: usize, n: usize, seed: usize| {
+        let v: Vec<f32> = (0..m * n).map(|i| value(i + 7 * seed)).collect();
+        Tensor::<1>::from_floats(v.as_slice(), &device).reshape([m, n])
+    };
+    for (m, k, n) in [
+        (600, 3, 50),
+        (3, 900, 40),
+        (40, 900, 3),
+        (70, 130, 90),
+        (1, 1, 1),
+    ] {
+        let (a, b) = (tensor(m, k, 1), tensor(k, n, 2));
+        let want = a.clone().matmul(b.clone());
+        let got = diffusion_kernels::product(a.clone(), b.clone());
+        let (diff, scale) = max_abs_diff(&got, &want);
+        assert!(
+            diff <= 1e-5 * scale.max(1.0),
+            "[{m}, {k}] x [{k}, {n}]: {diff}"
+        );
+        // the same product from transposed storage
+        let (at, bt) = (tensor(k, m, 1).transpose(), tensor(n, k, 2).transpose());
+        let want = at.clone().matmul(bt.clone());
+        let (diff, scale) = max_abs_diff(&diffusion_kernels::product(at, bt), &want);
+        assert!(
+            diff <= 1e-5 * scale.max(1.0),
+            "transposed [{m}, {k}] x [{k}, {n}]: {diff}"
+        );
     }
 }
 

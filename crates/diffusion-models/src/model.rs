@@ -435,8 +435,21 @@ impl Mlp {
         for (i, layer) in self.layers.iter().enumerate() {
             h = self.activation.layer(layer, h, || time(i));
         }
-        self.readout.forward(h)
+        affine(&self.readout, h)
     }
+}
+
+/// `layer(x)` through the fused layer's products (no element-wise step backward).
+fn affine(layer: &Linear, x: Tensor<2>) -> Tensor<2> {
+    let w = layer.weight.val();
+    let b = layer.bias.as_ref().map(|b| b.val());
+    diffusion_kernels::linear_activation(
+        x,
+        w,
+        b,
+        Shift::None,
+        diffusion_kernels::Activation::Identity,
+    )
 }
 
 /// The paper's heartbeat network: hidden layers shared across time, a readout per step.
