@@ -127,9 +127,9 @@ fn gemm_product(a: &FlexTensor, b: &FlexTensor) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(out, [m, n]))
 }
 
-/// `t`'s values as one contiguous f32 slice (a copy only when `t` is a strided view).
+/// `t` with its values in one contiguous run (a copy only when `t` is a strided view).
 fn contiguous(t: FlexTensor) -> FlexTensor {
-    if t.as_slice::<f32>().is_some() {
+    if t.layout().contiguous_offsets().is_some() {
         t
     } else {
         t.to_contiguous()

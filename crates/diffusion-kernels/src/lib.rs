@@ -56,6 +56,15 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// Every activation the fused layer has.
+    pub const ALL: [Activation; 5] = [
+        Self::Softplus,
+        Self::Sigmoid,
+        Self::Tanh,
+        Self::Relu,
+        Self::Identity,
+    ];
+
     /// The activation of `x` by Burn's own operations (softplus as -ln sigmoid(-x), one
     /// operation forward and one backward, no overflow for any x).
     pub fn apply(self, x: Tensor<2>) -> Tensor<2> {

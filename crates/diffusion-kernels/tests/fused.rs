@@ -1,17 +1,10 @@
 //! The fused layer against Burn's own operations: values and every gradient, for each
-//! activation, with a per-row, a shared, a table-row or no shift, with and without a bias, at sizes below and
-//! above the multi-threaded split.
+//! activation, with a per-row, a shared, a table-row or no shift, with and without a bias, at
+//! sizes below and above the multi-threaded split, with the product in the element-wise pass
+//! and through gemm.
 
 use burn::tensor::{Device, Int, Tensor};
 use diffusion_kernels::{Activation, Shift, fused_here, linear_activation};
-
-const ACTIVATIONS: [Activation; 5] = [
-    Activation::Softplus,
-    Activation::Sigmoid,
-    Activation::Tanh,
-    Activation::Relu,
-    Activation::Identity,
-];
 
 fn max_abs_diff(a: &Tensor<2>, b: &Tensor<2>) -> (f32, f32) {
     let a = a.to_data().try_to_vec::<f32>().unwrap();
@@ -114,7 +107,7 @@ fn fused_layer_matches_burns_operations_in_value_and_every_gradient() {
     let device = Device::flex().autodiff();
     // k = 2: the product in the element-wise pass; k = 13: through gemm
     for (n, k) in [(5, 13), (2000, 13), (5, 2), (2000, 2)] {
-        for act in ACTIVATIONS {
+        for act in Activation::ALL {
             for term in [Term::PerRow, Term::Shared, Term::Table, Term::None] {
                 for bias in [true, false] {
                     let got = run(true, &device, n, k, act, term, bias);
