@@ -300,14 +300,20 @@ fn run_json(cmd: &mut Command) -> Result<Result<Value, String>, String> {
     Ok(json_line(&output))
 }
 
-/// The best `key` over `repeat` runs of `cmd`.
-fn best_of(cmd: &mut Command, repeat: usize, key: &str) -> Result<Option<f64>, String> {
-    let mut best: Option<f64> = None;
+/// The best value of each of `keys` over `repeat` runs of `cmd`.
+fn best_of<const K: usize>(
+    cmd: &mut Command,
+    repeat: usize,
+    keys: [&str; K],
+) -> Result<[Option<f64>; K], String> {
+    let mut best = [None; K];
     for _ in 0..repeat.max(1) {
-        if let Ok(v) = run_json(cmd)?
-            && let Some(x) = v.get(key).and_then(Value::as_f64)
-        {
-            best = Some(best.map_or(x, |b: f64| b.max(x)));
+        if let Ok(v) = run_json(cmd)? {
+            for (b, key) in best.iter_mut().zip(keys) {
+                if let Some(x) = v.get(key).and_then(Value::as_f64) {
+                    *b = Some(b.map_or(x, |b: f64| b.max(x)));
+                }
+            }
         }
     }
     Ok(best)
@@ -379,18 +385,14 @@ pub fn run(
         let mut flex = Command::new(&bin);
         flex.current_dir(root)
             .args(["bench", "--workload", "matmul", "--backend", "flex"]);
-        let mut rates = vec![(
-            "flex",
-            best_of(&mut flex, repeat, "square_gflops")?,
-            best_of(&mut flex, 1, "layer_gflops")?,
-        )];
+        // each run times both products; the best of each over the runs
+        let keys = ["square_gflops", "layer_gflops"];
+        let [sq, layer] = best_of(&mut flex, repeat, keys)?;
+        let mut rates = vec![("flex", sq, layer)];
         if py.is_some() {
             let args = strings(&["--workload", "matmul"]);
-            rates.push((
-                "PyTorch",
-                best_of(&mut torch_cmd(&args), repeat, "square_gflops")?,
-                best_of(&mut torch_cmd(&args), 1, "layer_gflops")?,
-            ));
+            let [sq, layer] = best_of(&mut torch_cmd(&args), repeat, keys)?;
+            rates.push(("PyTorch", sq, layer));
         }
         let shown = |v: Option<f64>| v.map_or("–".to_string(), |g| format!("{g:.0}"));
         let parts: Vec<String> = rates

@@ -1,10 +1,12 @@
 //! The fused layer as a Burn backend extension for flex, with its backward pass for autodiff.
 //!
-//! Forward: one flex matrix product, then one pass over its output (bias, shift and activation,
-//! rows split across rayon's pool). Backward: one pass for `g act'(y)` from the saved output `y`
-//! (in the gradient's buffer when it is not shared), then the two products and the column sums
-//! for the bias and shift. Burn's own composition takes five element-wise passes forward and as
-//! many backward, each writing a tensor that the graph keeps.
+//! Forward: the product (gemm straight into the output, or inside the element-wise pass for an
+//! input of a few columns), then one pass over the output (bias, shift or table row, and the
+//! activation; rows split across rayon's pool). Backward: one pass for `g act'(y)` from the
+//! saved output `y` (in the gradient's buffer when it is not shared), then the two products,
+//! the bias's column sums and the shift's (or the table rows' scatter). Burn's own composition
+//! takes five element-wise passes forward and as many backward, each writing a tensor that the
+//! graph keeps.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -144,26 +146,39 @@ fn rows_per_task(h: usize) -> usize {
 /// The indices of a 1-D flex int tensor, each checked below `rows`.
 fn indices(index: &FlexTensor, rows: usize) -> Vec<usize> {
     let index = contiguous(index.clone());
-    let values: Vec<i64> = match index.dtype() {
-        DType::I64 => index.as_slice::<i64>().expect("contiguous").to_vec(),
+    let checked = |i: i64| {
+        assert!(
+            i >= 0 && (i as usize) < rows,
+            "row index {i} outside 0..{rows}"
+        );
+        i as usize
+    };
+    match index.dtype() {
+        DType::I64 => index
+            .as_slice::<i64>()
+            .expect("contiguous")
+            .iter()
+            .map(|&i| checked(i))
+            .collect(),
         DType::I32 => index
             .as_slice::<i32>()
             .expect("contiguous")
             .iter()
-            .map(|&i| i as i64)
+            .map(|&i| checked(i as i64))
             .collect(),
         other => panic!("row indices must be i64 or i32, not {other:?}"),
-    };
-    values
-        .into_iter()
-        .map(|i| {
-            assert!(
-                i >= 0 && (i as usize) < rows,
-                "row index {i} outside 0..{rows}"
-            );
-            i as usize
+    }
+}
+
+/// The element-wise sum of per-task partial results (`len` values each), or zeros if no task
+/// ran.
+fn sum_partials(partials: impl ParallelIterator<Item = Vec<f32>>, len: usize) -> Vec<f32> {
+    partials
+        .reduce_with(|mut a, b| {
+            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+            a
         })
-        .collect()
+        .unwrap_or_else(|| vec![0.0f32; len])
 }
 
 /// `act(x w + bias + shift)` with `shift` dense or, with `index`, a table of rows.
@@ -262,18 +277,15 @@ impl FusedLinear for Flex {
         } else {
             // each task sums its rows into a table of its own; the tables are then added
             let per = rows_per_task(h).max(n.div_ceil(rayon::current_num_threads().max(1)));
-            gs.par_chunks(per * h)
+            let partials = gs
+                .par_chunks(per * h)
                 .zip(index.par_chunks(per))
                 .map(|(g, ix)| {
                     let mut table = vec![0.0f32; rows * h];
                     math::scatter_rows(g, ix, &mut table, h);
                     table
-                })
-                .reduce_with(|mut a, b| {
-                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                    a
-                })
-                .unwrap_or_else(|| vec![0.0f32; rows * h])
+                });
+            sum_partials(partials, rows * h)
         };
         FlexTensor::from_data(TensorData::new(table, [rows, h]))
     }
@@ -353,15 +365,11 @@ fn few_rows_product(a: &FlexTensor, b: &FlexTensor) -> FlexTensor {
         math::accumulate_kernel(isa, &at, br, &mut out, m);
         out
     };
-    let out = bs
+    let partials = bs
         .par_chunks(per * n)
         .enumerate()
-        .map(|(i, br)| partial(i * per, br))
-        .reduce_with(|mut x, y| {
-            x.iter_mut().zip(&y).for_each(|(x, y)| *x += y);
-            x
-        })
-        .unwrap_or_else(|| vec![0.0f32; m * n]);
+        .map(|(i, br)| partial(i * per, br));
+    let out = sum_partials(partials, m * n);
     FlexTensor::from_data(TensorData::new(out, [m, n]))
 }
 

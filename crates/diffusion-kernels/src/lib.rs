@@ -98,6 +98,17 @@ pub enum Shift {
     },
 }
 
+impl Shift {
+    /// `pre + shift` by Burn's own operations (the table's rows gathered).
+    pub fn add_to(self, pre: Tensor<2>) -> Tensor<2> {
+        match self {
+            Self::None => pre,
+            Self::Dense(s) => pre + s,
+            Self::Rows { table, index } => pre + table.select(0, index),
+        }
+    }
+}
+
 /// `act(x w + bias + shift)`: `x` `[n, k]`, `w` `[k, h]` (Burn's `Linear` layout), `bias`
 /// `[h]`. Fused on flex in f32 (see the crate's documentation), Burn's operations elsewhere.
 pub fn linear_activation(
@@ -115,12 +126,7 @@ pub fn linear_activation(
     if let Some(b) = bias {
         pre = pre + b.unsqueeze_dim(0);
     }
-    pre = match shift {
-        Shift::None => pre,
-        Shift::Dense(s) => pre + s,
-        Shift::Rows { table, index } => pre + table.select(0, index),
-    };
-    activation.apply(pre)
+    activation.apply(shift.add_to(pre))
 }
 
 /// The matrix product `a b` of 2-D tensors: on flex in f32 by `gemm` straight into the output
@@ -166,28 +172,26 @@ fn fused(
     let h = w.dims()[1];
     let device = x.device();
     let bias = bias.unwrap_or_else(|| Tensor::zeros([h], &device));
-    let out = match shift {
-        Shift::Rows { table, index } => <Dispatch as FusedLinear>::linear_activation_rows(
-            x.into_dispatch(),
-            w.into_dispatch(),
-            bias.into_dispatch(),
-            table.into_dispatch(),
-            index.into_dispatch(),
-            activation,
-        ),
-        shift => {
-            let shift = match shift {
-                Shift::Dense(s) => s,
-                _ => Tensor::zeros([1, h], &device),
-            };
-            <Dispatch as FusedLinear>::linear_activation(
+    let shift = match shift {
+        Shift::Rows { table, index } => {
+            return Tensor::from_dispatch(<Dispatch as FusedLinear>::linear_activation_rows(
                 x.into_dispatch(),
                 w.into_dispatch(),
                 bias.into_dispatch(),
-                shift.into_dispatch(),
+                table.into_dispatch(),
+                index.into_dispatch(),
                 activation,
-            )
+            ));
         }
+        Shift::Dense(s) => s,
+        Shift::None => Tensor::zeros([1, h], &device),
     };
+    let out = <Dispatch as FusedLinear>::linear_activation(
+        x.into_dispatch(),
+        w.into_dispatch(),
+        bias.into_dispatch(),
+        shift.into_dispatch(),
+        activation,
+    );
     Tensor::from_dispatch(out)
 }

@@ -77,18 +77,10 @@ impl Activation {
     /// when it is first used, so this order is what a seed fixes).
     fn layer(&self, layer: &Linear, x: Tensor<2>, shift: impl FnOnce() -> Shift) -> Tensor<2> {
         match self.fused() {
-            Some(fused) => {
-                let w = layer.weight.val();
-                let b = layer.bias.as_ref().map(|b| b.val());
-                diffusion_kernels::linear_activation(x, w, b, shift(), fused)
-            }
+            Some(fused) => fused_layer(layer, x, shift, fused),
             None => {
                 let pre = layer.forward(x);
-                self.apply(match shift() {
-                    Shift::None => pre,
-                    Shift::Dense(s) => pre + s,
-                    Shift::Rows { table, index } => pre + table.select(0, index),
-                })
+                self.apply(shift().add_to(pre))
             }
         }
     }
@@ -439,15 +431,25 @@ impl Mlp {
     }
 }
 
-/// `layer(x)` through the fused layer's products (no element-wise step backward).
-fn affine(layer: &Linear, x: Tensor<2>) -> Tensor<2> {
+/// `act(layer(x) + shift())` through [`diffusion_kernels::linear_activation`], the layer's
+/// parameters read before `shift` is computed.
+fn fused_layer(
+    layer: &Linear,
+    x: Tensor<2>,
+    shift: impl FnOnce() -> Shift,
+    act: diffusion_kernels::Activation,
+) -> Tensor<2> {
     let w = layer.weight.val();
     let b = layer.bias.as_ref().map(|b| b.val());
-    diffusion_kernels::linear_activation(
+    diffusion_kernels::linear_activation(x, w, b, shift(), act)
+}
+
+/// `layer(x)` through the fused layer's products (no element-wise step backward).
+fn affine(layer: &Linear, x: Tensor<2>) -> Tensor<2> {
+    fused_layer(
+        layer,
         x,
-        w,
-        b,
-        Shift::None,
+        || Shift::None,
         diffusion_kernels::Activation::Identity,
     )
 }
