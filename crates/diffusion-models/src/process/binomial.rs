@@ -69,6 +69,59 @@ fn logit(p: f64) -> f64 {
     (p / (1.0 - p)).ln()
 }
 
+/// What one bit of a row contributes, given x_0, t and its draw x_t.
+#[derive(Debug, Clone, Copy)]
+struct BitValues {
+    x_t: f32,
+    /// q(x_{t-1} = 1 | x_t, x_0).
+    posterior: f32,
+    /// q ln q + (1 - q) ln(1 - q) of that posterior (0 at q = 0 or 1).
+    entropy_term: f64,
+    /// logit q(x_{t-1} = 1 | x_t) as if stationary.
+    kernel_logit: f32,
+}
+
+impl BitValues {
+    /// The values of a bit x_0 = `x` at step `t`, x_t drawn by the uniform `u`.
+    fn new(diffusion: &BinomialDiffusion, t: usize, x: f64, u: f64) -> Self {
+        let xt = if u < diffusion.q_one(t, x) { 1.0 } else { 0.0 };
+        let q = diffusion.posterior_one(t, x, xt);
+        let entropy_term = if q > 0.0 && q < 1.0 {
+            q * q.ln() + (1.0 - q) * (1.0 - q).ln()
+        } else {
+            0.0
+        };
+        Self {
+            x_t: xt as f32,
+            posterior: q as f32,
+            entropy_term,
+            kernel_logit: logit(diffusion.forward_kernel(t, xt)) as f32,
+        }
+    }
+}
+
+/// The [`BitValues`] of x_0 in {0, 1} at one step, for both draws of x_t: the same numbers
+/// [`BitValues::new`] gives, computed once per step instead of once per bit.
+#[derive(Debug, Clone, Copy)]
+struct BitTable {
+    /// q(x_t = 1 | x_0) for x_0 = 0, 1.
+    q_one: [f64; 2],
+    /// `values[x_0][x_t]`.
+    values: [[BitValues; 2]; 2],
+}
+
+impl BitTable {
+    fn new(diffusion: &BinomialDiffusion, t: usize) -> Self {
+        // a uniform of 0 draws x_t = 1 (q_one > 0), one of 1 draws x_t = 0 (q_one <= 1)
+        let at =
+            |x: f64, xt: usize| BitValues::new(diffusion, t, x, if xt == 1 { 0.0 } else { 1.0 });
+        Self {
+            q_one: [0.0, 1.0].map(|x| diffusion.q_one(t, x)),
+            values: [[at(0.0, 0), at(0.0, 1)], [at(1.0, 0), at(1.0, 1)]],
+        }
+    }
+}
+
 impl BinomialBound {
     /// The reverse kernel's logits at step `t` for bits `x` (`[n, d]` of 0/1): the network's
     /// output, offset by the forward kernel's logit(x (1 - b_t) + pi b_t) (selected exactly per
@@ -135,23 +188,29 @@ impl Process for BinomialBound {
         let mut post = Vec::with_capacity(n * d);
         let mut kernel = Vec::with_capacity(n * d);
         let mut entropy = Vec::with_capacity(n);
+        // every value of a bit depends on (t, x_0, x_t) only: one table per step in the batch
+        let mut tables: Vec<Option<BitTable>> = vec![None; self.steps() + 1];
         for (row, &t) in x0.chunks_exact(d).zip(ts) {
+            let table = *tables[t].get_or_insert_with(|| BitTable::new(&self.diffusion, t));
             let mut h = 0.0f64;
             for &x in row {
-                let x = x as f64;
                 let u: f64 = rng.random();
-                let xt = if u < self.diffusion.q_one(t, x) {
-                    1.0
-                } else {
-                    0.0
+                let bit = match x {
+                    0.0 => Some(0),
+                    1.0 => Some(1),
+                    _ => None,
                 };
-                let q = self.diffusion.posterior_one(t, x, xt);
-                if q > 0.0 && q < 1.0 {
-                    h -= q * q.ln() + (1.0 - q) * (1.0 - q).ln();
-                }
-                x_t.push(xt as f32);
-                post.push(q as f32);
-                kernel.push(logit(self.diffusion.forward_kernel(t, xt)) as f32);
+                let v = match bit {
+                    Some(b) => {
+                        let xt = usize::from(u < table.q_one[b]);
+                        table.values[b][xt]
+                    }
+                    None => BitValues::new(&self.diffusion, t, x as f64, u),
+                };
+                h -= v.entropy_term;
+                x_t.push(v.x_t);
+                post.push(v.posterior);
+                kernel.push(v.kernel_logit);
             }
             entropy.push(h as f32);
         }
@@ -315,5 +374,114 @@ impl Process for BinomialBound {
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diffusion_core::BetaSchedule;
+
+    /// The per-step tables give every bit the values its own computation gives, for the same
+    /// uniforms; bits that are not 0 or 1 take that computation.
+    #[test]
+    fn step_tables_give_each_bit_its_own_values() {
+        let (steps, pi, d) = (50, 0.2, 7);
+        let bound = BinomialBound {
+            diffusion: BinomialDiffusion::new(
+                BetaSchedule::Reciprocal.raw_betas(steps).unwrap(),
+                pi,
+                d,
+            )
+            .unwrap(),
+            parametrization: ReverseParametrization::Paper,
+        };
+        let mut rng = diffusion_data::rng(3, 1);
+        let n = 400;
+        let mut x0: Vec<f32> = (0..n * d)
+            .map(|_| f32::from(rng.random::<f64>() < 0.4))
+            .collect();
+        x0[5] = 0.5;
+        let ts: Vec<usize> = (0..n).map(|i| 1 + (i * 7) % steps).collect();
+        let mut draws = rng.clone();
+        let rows = bound.prepare_rows(&x0, &ts, &mut rng);
+        for (r, &t) in ts.iter().enumerate() {
+            let mut h = 0.0f64;
+            for j in 0..d {
+                let i = r * d + j;
+                let v = BitValues::new(&bound.diffusion, t, x0[i] as f64, draws.random());
+                assert_eq!(rows.x_t[i], v.x_t, "row {r} bit {j}");
+                assert_eq!(rows.posterior[i].to_bits(), v.posterior.to_bits());
+                assert_eq!(rows.kernel_logit[i].to_bits(), v.kernel_logit.to_bits());
+                h -= v.entropy_term;
+            }
+            assert_eq!(rows.entropy[r].to_bits(), (h as f32).to_bits(), "row {r}");
+        }
+        // both draws of x_t occur for both values of x_0
+        let count = |x: f32, xt: f32| {
+            (0..n * d)
+                .filter(|&i| x0[i] == x && rows.x_t[i] == xt)
+                .count()
+        };
+        for (x, xt) in [(0.0, 0.0), (0.0, 1.0), (1.0, 0.0), (1.0, 1.0)] {
+            assert!(count(x, xt) > 20, "x0 = {x}, x_t = {xt}: {}", count(x, xt));
+        }
+    }
+
+    /// KL(Bernoulli(q) || Bernoulli(s(l))) summed over bits, against f64 with a stable
+    /// log-sigmoid, including saturated logits; its gradient in l is s(l) - q.
+    #[test]
+    fn bernoulli_kl_of_logits_matches_f64_and_its_gradient() {
+        let device = Device::flex().autodiff();
+        let qs = [0.0f64, 1.0, 0.3, 0.9, 0.05, 0.5];
+        let ls = [0.0f64, 2.5, -4.0, 30.0, -30.0, 80.0, -80.0, 1e-3];
+        let ln_s = |x: f64| -(-x.abs()).exp().ln_1p() + x.min(0.0);
+        let (mut q, mut l) = (Vec::new(), Vec::new());
+        for &a in &qs {
+            for &b in &ls {
+                q.push(a as f32);
+                l.push(b as f32);
+            }
+        }
+        let (n, d) = (qs.len(), ls.len());
+        let entropy: Vec<f32> = qs
+            .iter()
+            .map(|&q| {
+                let h = |p: f64| if p > 0.0 { -p * p.ln() } else { 0.0 };
+                (d as f64 * (h(q) + h(1.0 - q))) as f32
+            })
+            .collect();
+        let lt = tensor2(l.clone(), n, d, &device).require_grad();
+        let kl = diffusion_core::kl_bernoulli_logits(
+            tensor2(q.clone(), n, d, &device),
+            Tensor::from_data(TensorData::new(entropy.clone(), [n]), &device),
+            lt.clone(),
+        );
+        let got = host(kl.clone());
+        for (r, &qr) in qs.iter().enumerate() {
+            let want: f64 = ls
+                .iter()
+                .map(|&l| {
+                    let ent = |p: f64| if p > 0.0 { p * p.ln() } else { 0.0 };
+                    ent(qr) + ent(1.0 - qr) - qr * ln_s(l) - (1.0 - qr) * ln_s(-l)
+                })
+                .sum();
+            let tol = 1e-5 * (1.0 + want.abs());
+            assert!(
+                (got[r] as f64 - want).abs() < tol,
+                "q = {qr}: KL {} against {want}",
+                got[r]
+            );
+        }
+        let grads = kl.sum().backward();
+        let g = host(lt.grad(&grads).unwrap());
+        for (i, (&q, &l)) in q.iter().zip(&l).enumerate() {
+            let want = 1.0 / (1.0 + (-(l as f64)).exp()) - q as f64;
+            assert!(
+                (g[i] as f64 - want).abs() < 1e-6,
+                "q = {q}, l = {l}: {}",
+                g[i]
+            );
+        }
     }
 }
