@@ -66,6 +66,32 @@ pub trait FusedLinear: Backend {
         activation: Activation,
     ) -> FloatTensor<Self>;
 
+    /// `[n, m]`: row r is `x[r] W_i + bias[i]` for i = `index[r]`, where row i of `weight`
+    /// (`[rows, k m]`) holds the `[k, m]` matrix W_i row-major and `bias` is `[rows, m]`: an
+    /// affine readout of its own for each step, read in place (no copy of W_i per row).
+    fn readout_rows(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        index: IntTensor<Self>,
+    ) -> FloatTensor<Self>;
+
+    /// `[n, k]`: row r is `grad[r] W_iᵀ` for i = `index[r]` (the readout's gradient in x).
+    fn readout_rows_grad_x(
+        grad: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        index: IntTensor<Self>,
+    ) -> FloatTensor<Self>;
+
+    /// `[rows, k m]`: row i the sum of `x[r]ᵀ grad[r]` over the rows r with `index[r] = i`
+    /// (the readout's gradient in its weights).
+    fn readout_rows_grad_weight(
+        x: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        index: IntTensor<Self>,
+        rows: usize,
+    ) -> FloatTensor<Self>;
+
     /// The matrix product `a b` of two 2-D tensors (of any strides: the backward pass hands it
     /// transposed views).
     fn product(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -315,6 +341,136 @@ impl FusedLinear for Flex {
         grad
     }
 
+    fn readout_rows(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        index: FlexTensor,
+    ) -> FlexTensor {
+        let (x, weight, bias) = (contiguous(x), contiguous(weight), contiguous(bias));
+        let [n, k] = x.shape().dims::<2>();
+        let [rows, m] = bias.shape().dims::<2>();
+        assert_eq!(
+            weight.shape().dims::<2>(),
+            [rows, k * m],
+            "readout weights must be [rows, k m]"
+        );
+        let index = indices(&index, rows);
+        assert_eq!(index.len(), n, "one readout per batch row");
+        let (xs, ws, bs) = (
+            x.as_slice::<f32>().expect("contiguous"),
+            weight.as_slice::<f32>().expect("contiguous"),
+            bias.as_slice::<f32>().expect("contiguous"),
+        );
+        let isa = Isa::detect();
+        let km = k * m;
+        // rows r0.. into `out`: the bias row, then x[r] W_i as a sum of W_i's rows
+        let run = |r0: usize, out: &mut [f32]| {
+            for (j, o) in out.chunks_exact_mut(m).enumerate() {
+                let (r, i) = (r0 + j, index[r0 + j]);
+                o.copy_from_slice(&bs[i * m..(i + 1) * m]);
+                math::accumulate_kernel(
+                    isa,
+                    &xs[r * k..(r + 1) * k],
+                    &ws[i * km..(i + 1) * km],
+                    o,
+                    1,
+                );
+            }
+        };
+        let mut out = vec![0.0f32; n * m];
+        if m > 0 {
+            if n * km < PARALLEL_MIN * 4 {
+                run(0, &mut out);
+            } else {
+                let per = (4 * TASK / km.max(1)).max(1);
+                out.par_chunks_mut(per * m)
+                    .enumerate()
+                    .for_each(|(c, chunk)| run(c * per, chunk));
+            }
+        }
+        FlexTensor::from_data(TensorData::new(out, [n, m]))
+    }
+
+    fn readout_rows_grad_x(grad: FlexTensor, weight: FlexTensor, index: FlexTensor) -> FlexTensor {
+        let (grad, weight) = (contiguous(grad), contiguous(weight));
+        let [n, m] = grad.shape().dims::<2>();
+        let [rows, km] = weight.shape().dims::<2>();
+        let k = km / m.max(1);
+        let index = indices(&index, rows);
+        assert_eq!(index.len(), n, "one readout per gradient row");
+        let (gs, ws) = (
+            grad.as_slice::<f32>().expect("contiguous"),
+            weight.as_slice::<f32>().expect("contiguous"),
+        );
+        let mut out = vec![0.0f32; n * k];
+        for ((o, g), &i) in out
+            .chunks_exact_mut(k.max(1))
+            .zip(gs.chunks_exact(m.max(1)))
+            .zip(&index)
+        {
+            for (o, w) in o.iter_mut().zip(ws[i * km..(i + 1) * km].chunks_exact(m)) {
+                *o = w.iter().zip(g).map(|(w, g)| w * g).sum();
+            }
+        }
+        FlexTensor::from_data(TensorData::new(out, [n, k]))
+    }
+
+    fn readout_rows_grad_weight(
+        x: FlexTensor,
+        grad: FlexTensor,
+        index: FlexTensor,
+        rows: usize,
+    ) -> FlexTensor {
+        let (x, grad) = (contiguous(x), contiguous(grad));
+        let [n, k] = x.shape().dims::<2>();
+        let m = grad.shape().dims::<2>()[1];
+        let index = indices(&index, rows);
+        assert_eq!(index.len(), n, "one readout per batch row");
+        let (xs, gs) = (
+            x.as_slice::<f32>().expect("contiguous"),
+            grad.as_slice::<f32>().expect("contiguous"),
+        );
+        // the batch rows of each readout, in order (a counting sort of the indices)
+        let mut start = vec![0usize; rows + 1];
+        for &i in &index {
+            start[i + 1] += 1;
+        }
+        for i in 0..rows {
+            start[i + 1] += start[i];
+        }
+        let mut order = vec![0usize; n];
+        let mut next = start.clone();
+        for (r, &i) in index.iter().enumerate() {
+            order[next[i]] = r;
+            next[i] += 1;
+        }
+        let isa = Isa::detect();
+        let km = k * m;
+        let mut table = vec![0.0f32; rows * km];
+        if km > 0 {
+            // each readout's rows summed into its own row of the table: no two tasks share one
+            table.par_chunks_mut(km).enumerate().for_each(|(i, out)| {
+                let batch = &order[start[i]..start[i + 1]];
+                if batch.is_empty() {
+                    return;
+                }
+                let a: Vec<f32> = batch
+                    .iter()
+                    .flat_map(|&r| &xs[r * k..(r + 1) * k])
+                    .copied()
+                    .collect();
+                let b: Vec<f32> = batch
+                    .iter()
+                    .flat_map(|&r| &gs[r * m..(r + 1) * m])
+                    .copied()
+                    .collect();
+                math::accumulate_kernel(isa, &a, &b, out, k);
+            });
+        }
+        FlexTensor::from_data(TensorData::new(table, [rows, km]))
+    }
+
     fn product(a: FlexTensor, b: FlexTensor) -> FlexTensor {
         if a.dtype() == DType::F32 && b.dtype() == DType::F32 {
             let [m, k] = a.shape().dims::<2>();
@@ -441,6 +597,41 @@ impl<B: Backend + FusedLinear> Backward<B, 4> for LinearActivationBackward {
     }
 }
 
+/// The per-step readout's backward pass: parents x, the weight table and the bias table.
+#[derive(Debug)]
+struct ReadoutRowsBackward;
+
+/// x and the weights (when the other's gradient is needed), the indices, the tables' rows.
+type ReadoutState<B> = (Option<NodeId>, Option<NodeId>, IntTensor<B>, usize);
+
+impl<B: Backend + FusedLinear> Backward<B, 3> for ReadoutRowsBackward {
+    type State = ReadoutState<B>;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x, node_weight, node_bias] = ops.parents;
+        let (x, weight, index, rows) = ops.state;
+        let grad = grads.consume::<B>(&ops.node);
+        if let Some(node) = node_bias {
+            let g = B::scatter_rows(grad.clone(), index.clone(), rows);
+            grads.register::<B>(node.id, g);
+        }
+        if let Some(node) = node_x {
+            let w: FloatTensor<B> = checkpointer.retrieve_node_output(weight.expect("w kept"));
+            let g = B::readout_rows_grad_x(grad.clone(), w, index.clone());
+            grads.register::<B>(node.id, g);
+        }
+        if let Some(node) = node_weight {
+            let x: FloatTensor<B> = checkpointer.retrieve_node_output(x.expect("x kept"));
+            grads.register::<B>(node.id, B::readout_rows_grad_weight(x, grad, index, rows));
+        }
+    }
+}
+
 /// The fused layer on autodiff: `run` the inner backend's forward on x, w, bias and the shift,
 /// recording the backward pass when any of them is tracked.
 fn differentiable<B, C>(
@@ -521,6 +712,60 @@ impl<B: Backend + FusedLinear, C: CheckpointStrategy> FusedLinear for Autodiff<B
             activation,
             |[x, w, b, t]| B::linear_activation_rows(x, w, b, t, index, activation),
         )
+    }
+
+    fn readout_rows(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        index: IntTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let rows = bias.primitive().shape().dims::<2>()[0];
+        let (x_tracked, w_tracked) = (x.is_tracked(), weight.is_tracked());
+        match ReadoutRowsBackward
+            .prepare::<C>([x.node(), weight.node(), bias.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let x_state = w_tracked.then(|| prep.checkpoint(&x));
+                let w_state = x_tracked.then(|| prep.checkpoint(&weight));
+                let output = B::readout_rows(
+                    x.into_primitive(),
+                    weight.into_primitive(),
+                    bias.into_primitive(),
+                    index.clone(),
+                );
+                prep.finish((x_state, w_state, index, rows), output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::readout_rows(
+                x.into_primitive(),
+                weight.into_primitive(),
+                bias.into_primitive(),
+                index,
+            )),
+        }
+    }
+
+    fn readout_rows_grad_x(
+        grad: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        index: IntTensor<Self>,
+    ) -> FloatTensor<Self> {
+        // used inside backward passes only, on the inner backend; here it is not differentiated
+        let g = B::readout_rows_grad_x(grad.into_primitive(), weight.into_primitive(), index);
+        Self::from_inner(g)
+    }
+
+    fn readout_rows_grad_weight(
+        x: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        index: IntTensor<Self>,
+        rows: usize,
+    ) -> FloatTensor<Self> {
+        // used inside backward passes only, on the inner backend; here it is not differentiated
+        let g = B::readout_rows_grad_weight(x.into_primitive(), grad.into_primitive(), index, rows);
+        Self::from_inner(g)
     }
 
     fn scatter_rows(

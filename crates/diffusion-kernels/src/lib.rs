@@ -129,6 +129,36 @@ pub fn linear_activation(
     activation.apply(shift.add_to(pre))
 }
 
+/// A separate affine readout per row: row r of the `[n, m]` result is `x[r] W_i + bias[i]` for
+/// i = `index[r]`, where row i of `weight` (`[rows, k m]`) holds the `[k, m]` matrix W_i
+/// row-major and `bias` is `[rows, m]` (as a network with one readout per diffusion step has).
+/// On flex in f32 the matrices are read in place and their gradients summed straight into the
+/// tables' rows; elsewhere Burn's operations (the rows' matrices gathered, a batched product).
+pub fn readout_rows(
+    x: Tensor<2>,
+    weight: Tensor<2>,
+    bias: Tensor<2>,
+    index: Tensor<1, Int>,
+) -> Tensor<2> {
+    if fused_here(&x) && weight.dtype() == DType::F32 && bias.dtype() == DType::F32 {
+        #[cfg(feature = "flex")]
+        {
+            use burn::backend::Dispatch;
+            return Tensor::from_dispatch(<Dispatch as FusedLinear>::readout_rows(
+                x.into_dispatch(),
+                weight.into_dispatch(),
+                bias.into_dispatch(),
+                index.into_dispatch(),
+            ));
+        }
+    }
+    let [n, k] = x.dims();
+    let m = bias.dims()[1];
+    let w: Tensor<3> = weight.select(0, index.clone()).reshape([n, k, m]);
+    let z: Tensor<3> = x.unsqueeze_dim::<3>(1).matmul(w);
+    z.reshape([n, m]) + bias.select(0, index)
+}
+
 /// The matrix product `a b` of 2-D tensors: on flex in f32 by `gemm` straight into the output
 /// (the product the fused layer and its backward use), elsewhere Burn's `matmul`.
 pub fn product(a: Tensor<2>, b: Tensor<2>) -> Tensor<2> {

@@ -200,3 +200,56 @@ fn other_dtypes_take_burns_operations() {
     let got = y.to_data().try_to_vec::<f64>().unwrap();
     assert!((got[0] - 3f64.tanh()).abs() < 1e-12, "{got:?}");
 }
+
+/// The per-row readout against Burn's composition (the rows' matrices gathered, a batched
+/// product): value and the gradients of x, the weight table and the bias table, with readouts
+/// used by many rows, by one and by none, below and above the multi-threaded split.
+#[test]
+fn readout_rows_match_burns_operations_in_value_and_every_gradient() {
+    let device = Device::flex().autodiff();
+    let value = |i: usize, seed: usize| (((i * 31 + seed * 17) as f32) * 0.618).sin() * 2.0;
+    let tensor = |m: usize, n: usize, seed: usize| {
+        let v: Vec<f32> = (0..m * n).map(|i| value(i, seed)).collect();
+        Tensor::<1>::from_floats(v.as_slice(), &device)
+            .reshape([m, n])
+            .require_grad()
+    };
+    let (rows, k, m) = (11, 13, 5);
+    for n in [6, 3000] {
+        let run = |fused: bool| {
+            let (x, w, b) = (tensor(n, k, 1), tensor(rows, k * m, 2), tensor(rows, m, 3));
+            // row 10 never used; row 0 by many
+            let index: Vec<i64> = (0..n).map(|r| ((r * 7 + r / 5) % 10) as i64).collect();
+            let index = Tensor::<1, Int>::from_ints(index.as_slice(), &device);
+            let y = if fused {
+                assert!(fused_here(&x));
+                diffusion_kernels::readout_rows(x.clone(), w.clone(), b.clone(), index)
+            } else {
+                let wr: Tensor<3> = w.clone().select(0, index.clone()).reshape([n, k, m]);
+                let z: Tensor<3> = x.clone().unsqueeze_dim::<3>(1).matmul(wr);
+                z.reshape([n, m]) + b.clone().select(0, index)
+            };
+            let weights = tensor(n, m, 4).detach();
+            let grads = (y.clone() * weights).sum().backward();
+            [
+                y.detach(),
+                x.grad(&grads).unwrap(),
+                w.grad(&grads).unwrap(),
+                b.grad(&grads).unwrap(),
+            ]
+        };
+        let (got, want) = (run(true), run(false));
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g.dims(), w.dims());
+            let (diff, scale) = max_abs_diff(g, w);
+            assert!(scale > 0.0, "n {n}: output {i} is all zero");
+            assert!(
+                diff <= 2e-5 * scale.max(1.0),
+                "n {n}: output {i} differs by {diff} (scale {scale})"
+            );
+        }
+        // the unused readout's gradients are zero
+        let gw = got[2].to_data().try_to_vec::<f32>().unwrap();
+        assert!(gw[10 * k * m..].iter().all(|&v| v == 0.0));
+    }
+}

@@ -296,16 +296,11 @@ impl StepReadout {
     }
 
     fn forward(&self, h: Tensor<2>, steps: Steps) -> Tensor<2> {
-        let [n, width] = h.dims();
+        let width = h.dims()[1];
         match steps {
+            // each row's own matrix, read in place on flex
             Steps::PerRow(t) => {
-                let w: Tensor<3> =
-                    self.weight
-                        .val()
-                        .select(0, t.clone())
-                        .reshape([n, width, self.dim_out]);
-                let z: Tensor<3> = h.unsqueeze_dim::<3>(1).matmul(w);
-                z.reshape([n, self.dim_out]) + self.bias.val().select(0, t.clone())
+                diffusion_kernels::readout_rows(h, self.weight.val(), self.bias.val(), t.clone())
             }
             // one matrix for every row
             Steps::All(t) => {
