@@ -46,6 +46,18 @@ pub fn kl_bernoulli_logits(
     use burn::tensor::activation::log_sigmoid;
     let log_p1 = log_sigmoid(logit_p.clone());
     let log_p0 = log_sigmoid(logit_p.neg());
+    kl_bernoulli_log_probs(q, q_entropy_nats, log_p1, log_p0)
+}
+
+/// [`kl_bernoulli_logits`] from the log-probabilities `log_p1` = ln p and `log_p0` = ln(1 - p)
+/// (`[n, d]` each), for a caller with its own log-sigmoid: -H(q) - sum[q log_p1 + (1-q) log_p0].
+#[cfg(feature = "burn")]
+pub fn kl_bernoulli_log_probs(
+    q: Tensor<2>,
+    q_entropy_nats: Tensor<1>,
+    log_p1: Tensor<2>,
+    log_p0: Tensor<2>,
+) -> Tensor<1> {
     let cross = q.clone() * log_p1 + (q.neg() + 1.0) * log_p0;
     cross.sum_dim(1).squeeze_dim::<1>(1).neg() - q_entropy_nats
 }

@@ -37,9 +37,9 @@ pub mod respace;
 pub mod schedule;
 pub mod stats;
 
-#[cfg(feature = "burn")]
-pub use binomial::kl_bernoulli_logits;
 pub use binomial::{BinomialDiffusion, binary_entropy_bits, kl_bernoulli_scalar};
+#[cfg(feature = "burn")]
+pub use binomial::{kl_bernoulli_log_probs, kl_bernoulli_logits};
 #[cfg(feature = "burn")]
 pub use gaussian::kl_diag_gaussian;
 pub use gaussian::{BoundConstants, GaussianDiffusion, kl_diag_gaussian_scalar};

@@ -66,6 +66,9 @@ pub trait FusedLinear: Backend {
         activation: Activation,
     ) -> FloatTensor<Self>;
 
+    /// `act(x)` element by element.
+    fn activate(x: FloatTensor<Self>, activation: Activation) -> FloatTensor<Self>;
+
     /// `[n, m]`: row r is `x[r] W_i + bias[i]` for i = `index[r]`, where row i of `weight`
     /// (`[rows, k m]`) holds the `[k, m]` matrix W_i row-major and `bias` is `[rows, m]`: an
     /// affine readout of its own for each step, read in place (no copy of W_i per row).
@@ -341,6 +344,21 @@ impl FusedLinear for Flex {
         grad
     }
 
+    fn activate(x: FlexTensor, activation: Activation) -> FlexTensor {
+        assert_eq!(x.dtype(), DType::F32, "the fused flex kernels are f32 only");
+        let mut x = contiguous(x);
+        let isa = Isa::detect();
+        // copy-on-write: in place when the input is not shared
+        let xs = x.storage_mut::<f32>();
+        if xs.len() < PARALLEL_MIN {
+            math::activate_kernel(isa, xs, activation);
+        } else {
+            xs.par_chunks_mut(TASK)
+                .for_each(|c| math::activate_kernel(isa, c, activation));
+        }
+        x
+    }
+
     fn readout_rows(
         x: FlexTensor,
         weight: FlexTensor,
@@ -597,6 +615,28 @@ impl<B: Backend + FusedLinear> Backward<B, 4> for LinearActivationBackward {
     }
 }
 
+/// An element-wise activation's backward pass, from its output.
+#[derive(Debug)]
+struct ActivateBackward;
+
+impl<B: Backend + FusedLinear> Backward<B, 1> for ActivateBackward {
+    type State = (FloatTensor<B>, Activation);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [node] = ops.parents;
+        let (output, activation) = ops.state;
+        let grad = grads.consume::<B>(&ops.node);
+        if let Some(node) = node {
+            grads.register::<B>(node.id, B::activation_backward(grad, output, activation));
+        }
+    }
+}
+
 /// The per-step readout's backward pass: parents x, the weight table and the bias table.
 #[derive(Debug)]
 struct ReadoutRowsBackward;
@@ -712,6 +752,20 @@ impl<B: Backend + FusedLinear, C: CheckpointStrategy> FusedLinear for Autodiff<B
             activation,
             |[x, w, b, t]| B::linear_activation_rows(x, w, b, t, index, activation),
         )
+    }
+
+    fn activate(x: FloatTensor<Self>, activation: Activation) -> FloatTensor<Self> {
+        match ActivateBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let output = B::activate(x.into_primitive(), activation);
+                prep.finish((output.clone(), activation), output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::activate(x.into_primitive(), activation)),
+        }
     }
 
     fn readout_rows(

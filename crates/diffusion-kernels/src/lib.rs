@@ -49,6 +49,8 @@ pub enum Activation {
     Sigmoid,
     /// tanh(x); derivative 1 - y^2.
     Tanh,
+    /// ln(1 / (1 + e^-x)) = -softplus(-x); derivative 1 - e^y.
+    LogSigmoid,
     /// max(x, 0); derivative 1 where y > 0.
     Relu,
     /// x: a plain affine layer (a readout); the backward pass has no element-wise step.
@@ -57,10 +59,11 @@ pub enum Activation {
 
 impl Activation {
     /// Every activation the fused layer has.
-    pub const ALL: [Activation; 5] = [
+    pub const ALL: [Activation; 6] = [
         Self::Softplus,
         Self::Sigmoid,
         Self::Tanh,
+        Self::LogSigmoid,
         Self::Relu,
         Self::Identity,
     ];
@@ -72,6 +75,7 @@ impl Activation {
             Self::Softplus => activation::log_sigmoid(x.neg()).neg(),
             Self::Sigmoid => activation::sigmoid(x),
             Self::Tanh => activation::tanh(x),
+            Self::LogSigmoid => activation::log_sigmoid(x),
             Self::Relu => activation::relu(x),
             Self::Identity => x,
         }
@@ -127,6 +131,22 @@ pub fn linear_activation(
         pre = pre + b.unsqueeze_dim(0);
     }
     activation.apply(shift.add_to(pre))
+}
+
+/// `act(x)` element by element: on flex in f32 the fused layer's vectorised kernel (and, with
+/// autodiff, its derivative from the output), elsewhere [`Activation::apply`].
+pub fn activate(x: Tensor<2>, activation: Activation) -> Tensor<2> {
+    if fused_here(&x) {
+        #[cfg(feature = "flex")]
+        {
+            use burn::backend::Dispatch;
+            return Tensor::from_dispatch(<Dispatch as FusedLinear>::activate(
+                x.into_dispatch(),
+                activation,
+            ));
+        }
+    }
+    activation.apply(x)
 }
 
 /// A separate affine readout per row: row r of the `[n, m]` result is `x[r] W_i + bias[i]` for

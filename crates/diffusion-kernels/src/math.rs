@@ -115,6 +115,12 @@ fn softplus_core<const F: bool>(x: f32) -> f32 {
     high + ln_1p_unit::<F>(exp_core::<F>(-x.abs()))
 }
 
+/// ln sigmoid(x) = -softplus(-x) for |x| <= 87.
+#[inline(always)]
+fn log_sigmoid_core<const F: bool>(x: f32) -> f32 {
+    -softplus_core::<F>(-x)
+}
+
 /// sigmoid(x) for |x| <= 87: 1 / (1 + e) for x >= 0 and e / (1 + e) below, e = e^-|x|.
 #[inline(always)]
 fn sigmoid_core<const F: bool>(x: f32) -> f32 {
@@ -175,6 +181,11 @@ pub(crate) mod scalar {
         } else {
             x.exp().ln_1p()
         }
+    }
+
+    /// ln(1 / (1 + e^-x)) = -softplus(-x).
+    pub fn log_sigmoid(x: f32) -> f32 {
+        -softplus(-x)
     }
 
     /// 1 / (1 + e^-x).
@@ -280,6 +291,9 @@ fn activate<const F: bool>(xs: &mut [f32], act: Activation) {
         Activation::Softplus => map_blocks(xs, moderate, softplus_core::<F>, scalar::softplus),
         Activation::Sigmoid => map_blocks(xs, moderate, sigmoid_core::<F>, scalar::sigmoid),
         Activation::Tanh => map_blocks(xs, tanh_domain, tanh_core::<F>, scalar::tanh),
+        Activation::LogSigmoid => {
+            map_blocks(xs, moderate, log_sigmoid_core::<F>, scalar::log_sigmoid)
+        }
         Activation::Relu => xs.iter_mut().for_each(|x| *x = relu(*x)),
         Activation::Identity => {}
     }
@@ -295,6 +309,14 @@ fn derivative<const F: bool>(ys: &[f32], grads: &mut [f32], act: Activation) {
             softplus_output,
             one_minus_exp_neg_core::<F>,
             scalar::one_minus_exp_neg,
+        ),
+        // 1 - e^y = 1 - e^-(-y): softplus' at -y
+        Activation::LogSigmoid => scale_blocks(
+            ys,
+            grads,
+            |y| softplus_output(-y),
+            |y| one_minus_exp_neg_core::<F>(-y),
+            |y| scalar::one_minus_exp_neg(-y),
         ),
         Activation::Sigmoid => scale(ys, grads, |y| y * (1.0 - y)),
         Activation::Tanh => scale(ys, grads, |y| 1.0 - y * y),
@@ -467,6 +489,7 @@ macro_rules! dispatched {
 
 dispatched!(forward_kernel, forward_rows, (rows: Rows<'_>, out: &mut [f32], act: Activation));
 dispatched!(backward_kernel, derivative, (ys: &[f32], grads: &mut [f32], act: Activation));
+dispatched!(activate_kernel, activate, (xs: &mut [f32], act: Activation));
 dispatched!(accumulate_kernel, accumulate_rows, (a: &[f32], b: &[f32], out: &mut [f32], m: usize));
 
 #[cfg(test)]
@@ -506,6 +529,7 @@ mod tests {
     fn exact(act: Activation, x: f64) -> f64 {
         match act {
             Activation::Softplus => x.max(0.0) + (-x.abs()).exp().ln_1p(),
+            Activation::LogSigmoid => x.min(0.0) - (-x.abs()).exp().ln_1p(),
             Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
             Activation::Tanh => x.tanh(),
             Activation::Relu => x.max(0.0),
@@ -558,6 +582,7 @@ mod tests {
                     let y = y as f64;
                     let want = match act {
                         Activation::Softplus => -(-y).exp_m1(),
+                        Activation::LogSigmoid => -y.exp_m1(),
                         Activation::Sigmoid => y * (1.0 - y),
                         Activation::Tanh => 1.0 - y * y,
                         Activation::Relu => f64::from(u8::from(y > 0.0)),

@@ -253,3 +253,40 @@ fn readout_rows_match_burns_operations_in_value_and_every_gradient() {
         assert!(gw[10 * k * m..].iter().all(|&v| v == 0.0));
     }
 }
+
+/// `activate` against Burn's operations for every activation: value and gradient, below and
+/// above the multi-threaded split, through saturated inputs.
+#[test]
+fn activate_matches_burns_operations_in_value_and_gradient() {
+    let device = Device::flex().autodiff();
+    for n in [3, 4000] {
+        let values: Vec<f32> = (0..n * 9)
+            .map(|i| ((i as f32) * 0.618).sin() * if i % 7 == 0 { 120.0 } else { 9.0 })
+            .collect();
+        for act in Activation::ALL {
+            let run = |fused: bool| {
+                let x = Tensor::<1>::from_floats(values.as_slice(), &device)
+                    .reshape([n, 9])
+                    .require_grad();
+                let y = if fused {
+                    diffusion_kernels::activate(x.clone(), act)
+                } else {
+                    act.apply(x.clone())
+                };
+                let weights = Tensor::<1>::from_floats(values.as_slice(), &device)
+                    .reshape([n, 9])
+                    .cos();
+                let grads = (y.clone() * weights).sum().backward();
+                [y.detach(), x.grad(&grads).unwrap()]
+            };
+            let (got, want) = (run(true), run(false));
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                let (diff, scale) = max_abs_diff(g, w);
+                assert!(
+                    diff <= 2e-6 * scale.max(1.0),
+                    "n {n} {act:?}: output {i} differs by {diff} (scale {scale})"
+                );
+            }
+        }
+    }
+}

@@ -453,7 +453,7 @@ pub fn respaced_bound_bits_binomial<N: ReverseNetwork>(
             let h = |v: f64| if v <= 0.0 { 0.0 } else { -v * v.ln() };
             entropy[j / d] += (h(p) + h(1.0 - p)) as f32;
         }
-        let rows = diffusion_core::kl_bernoulli_logits(
+        let rows = crate::process::binomial::kl_bernoulli_logits(
             tensor2(q, n, d, device),
             Tensor::from_data(burn::tensor::TensorData::new(entropy, [n]), device),
             logits,

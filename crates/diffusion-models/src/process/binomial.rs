@@ -69,6 +69,19 @@ fn logit(p: f64) -> f64 {
     (p / (1.0 - p)).ln()
 }
 
+/// [`diffusion_core::kl_bernoulli_logits`] with the log-sigmoids through
+/// [`diffusion_kernels::activate`] (vectorised on flex, with its derivative from the output).
+pub(crate) fn kl_bernoulli_logits(
+    q: Tensor<2>,
+    entropy: Tensor<1>,
+    logits: Tensor<2>,
+) -> Tensor<1> {
+    use diffusion_kernels::{Activation, activate};
+    let log_p1 = activate(logits.clone(), Activation::LogSigmoid);
+    let log_p0 = activate(logits.neg(), Activation::LogSigmoid);
+    diffusion_core::kl_bernoulli_log_probs(q, entropy, log_p1, log_p0)
+}
+
 /// What one bit of a row contributes, given x_0, t and its draw x_t.
 #[derive(Debug, Clone, Copy)]
 struct BitValues {
@@ -154,7 +167,7 @@ impl BinomialBound {
         let kernel_logit = batch.kernel_logit;
         let z = network.forward(batch.x_t, batch.t);
         let logits = self.logits(z, || kernel_logit);
-        diffusion_core::kl_bernoulli_logits(batch.posterior, batch.posterior_entropy, logits)
+        kl_bernoulli_logits(batch.posterior, batch.posterior_entropy, logits)
     }
 }
 
@@ -429,7 +442,8 @@ mod tests {
     }
 
     /// KL(Bernoulli(q) || Bernoulli(s(l))) summed over bits, against f64 with a stable
-    /// log-sigmoid, including saturated logits; its gradient in l is s(l) - q.
+    /// log-sigmoid, including saturated logits; its gradient in l is s(l) - q. Both Burn's
+    /// log-sigmoid (diffusion-core) and the kernels' (the bound's own rows).
     #[test]
     fn bernoulli_kl_of_logits_matches_f64_and_its_gradient() {
         let device = Device::flex().autodiff();
@@ -451,37 +465,43 @@ mod tests {
                 (d as f64 * (h(q) + h(1.0 - q))) as f32
             })
             .collect();
-        let lt = tensor2(l.clone(), n, d, &device).require_grad();
-        let kl = diffusion_core::kl_bernoulli_logits(
-            tensor2(q.clone(), n, d, &device),
-            Tensor::from_data(TensorData::new(entropy.clone(), [n]), &device),
-            lt.clone(),
-        );
-        let got = host(kl.clone());
-        for (r, &qr) in qs.iter().enumerate() {
-            let want: f64 = ls
-                .iter()
-                .map(|&l| {
-                    let ent = |p: f64| if p > 0.0 { p * p.ln() } else { 0.0 };
-                    ent(qr) + ent(1.0 - qr) - qr * ln_s(l) - (1.0 - qr) * ln_s(-l)
-                })
-                .sum();
-            let tol = 1e-5 * (1.0 + want.abs());
-            assert!(
-                (got[r] as f64 - want).abs() < tol,
-                "q = {qr}: KL {} against {want}",
-                got[r]
+        for fused in [false, true] {
+            let lt = tensor2(l.clone(), n, d, &device).require_grad();
+            let kl = if fused {
+                kl_bernoulli_logits
+            } else {
+                diffusion_core::kl_bernoulli_logits
+            }(
+                tensor2(q.clone(), n, d, &device),
+                Tensor::from_data(TensorData::new(entropy.clone(), [n]), &device),
+                lt.clone(),
             );
-        }
-        let grads = kl.sum().backward();
-        let g = host(lt.grad(&grads).unwrap());
-        for (i, (&q, &l)) in q.iter().zip(&l).enumerate() {
-            let want = 1.0 / (1.0 + (-(l as f64)).exp()) - q as f64;
-            assert!(
-                (g[i] as f64 - want).abs() < 1e-6,
-                "q = {q}, l = {l}: {}",
-                g[i]
-            );
+            let got = host(kl.clone());
+            for (r, &qr) in qs.iter().enumerate() {
+                let want: f64 = ls
+                    .iter()
+                    .map(|&l| {
+                        let ent = |p: f64| if p > 0.0 { p * p.ln() } else { 0.0 };
+                        ent(qr) + ent(1.0 - qr) - qr * ln_s(l) - (1.0 - qr) * ln_s(-l)
+                    })
+                    .sum();
+                let tol = 1e-5 * (1.0 + want.abs());
+                assert!(
+                    (got[r] as f64 - want).abs() < tol,
+                    "q = {qr}: KL {} against {want}",
+                    got[r]
+                );
+            }
+            let grads = kl.sum().backward();
+            let g = host(lt.grad(&grads).unwrap());
+            for (i, (&q, &l)) in q.iter().zip(&l).enumerate() {
+                let want = 1.0 / (1.0 + (-(l as f64)).exp()) - q as f64;
+                assert!(
+                    (g[i] as f64 - want).abs() < 1e-6,
+                    "q = {q}, l = {l}: {}",
+                    g[i]
+                );
+            }
         }
     }
 }

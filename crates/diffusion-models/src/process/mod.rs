@@ -11,7 +11,7 @@
 //! Both use one function for the KL terms, [`Process::kl_rows`], so the training estimate and
 //! the evaluated bound cannot drift apart.
 
-mod binomial;
+pub(crate) mod binomial;
 mod gaussian;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
