@@ -102,8 +102,97 @@ pub trait FusedLinear: Backend {
     }
 }
 
+/// The fused layer's whole backward pass as one operation, called by its autodiff backward on
+/// the inner backend (so not routed through Burn's dispatch). The provided method composes
+/// [`FusedLinear`]'s operations; flex runs it as one pass over blocks of rows.
+pub trait FusedLinearBackward: FusedLinear {
+    /// The fused layer's backward pass from its output's gradient `grad` and its `output`:
+    /// `(x's gradient, w's gradient, the bias's [h], the shift's)`. x's needs `w` and w's needs
+    /// `x` (each `None` when not wanted). The shift's is the pre-activation gradient summed into
+    /// row `index[r]` of a table of `shift_rows` rows or, without `index`, summed down to
+    /// `shift_rows` rows (1, or n: itself).
+    #[allow(clippy::type_complexity)]
+    fn linear_activation_backward(
+        grad: FloatTensor<Self>,
+        output: FloatTensor<Self>,
+        x: Option<FloatTensor<Self>>,
+        w: Option<FloatTensor<Self>>,
+        index: Option<IntTensor<Self>>,
+        shift_rows: usize,
+        activation: Activation,
+    ) -> (
+        Option<FloatTensor<Self>>,
+        Option<FloatTensor<Self>>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    ) {
+        let pre = Self::activation_backward(grad, output, activation);
+        let [n, h] = pre.shape().dims::<2>();
+        let bias = Self::float_reshape(Self::float_sum_dim(pre.clone(), 0), Shape::new([h]));
+        let shift = match index {
+            Some(index) => Self::scatter_rows(pre.clone(), index, shift_rows),
+            None if shift_rows == n => pre.clone(),
+            None => Self::float_sum_dim(pre.clone(), 0),
+        };
+        let gx = w.map(|w| Self::product(pre.clone(), Self::float_transpose(w)));
+        let gw = x.map(|x| Self::product(Self::float_transpose(x), pre));
+        (gx, gw, bias, shift)
+    }
+}
+
 /// Below this many multiply-adds a product runs on one thread (flex's own threshold).
 const PARALLEL_PRODUCT: usize = 192 * 192 * 192;
+
+/// `dst = lhs rhs` (or `dst += lhs rhs` with `accumulate`) on the calling thread: `dst` `[m, n]`
+/// row-major with rows `dst_rs` apart, `lhs` `[m, k]` and `rhs` `[k, n]` with the given column
+/// and row strides.
+///
+/// # Safety
+/// Every element reached through the pointers and strides lies in its buffer; without
+/// `accumulate`, `dst` may be uninitialised (gemm writes every element when k > 0).
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_serial(
+    [m, n, k]: [usize; 3],
+    dst: *mut f32,
+    dst_rs: isize,
+    lhs: (*const f32, isize, isize),
+    rhs: (*const f32, isize, isize),
+    accumulate: bool,
+) {
+    // SAFETY: the caller's
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs,
+            accumulate,
+            lhs.0,
+            lhs.1,
+            lhs.2,
+            rhs.0,
+            rhs.1,
+            rhs.2,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// Rows per task of a pass over `n` rows `h` wide that runs a product and an element-wise
+/// pass on each block: a few blocks per thread, each small enough to stay in L2 between the two.
+fn block_rows(n: usize, h: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    n.div_ceil(2 * threads)
+        .min((64 * 1024 / h.max(1)).max(1))
+        .max(1)
+}
 
 /// `a b` for 2-D f32 flex tensors of any strides, by `gemm` straight into a fresh vector (flex's
 /// own product allocates its output as bytes and copies it into an aligned buffer).
@@ -223,13 +312,7 @@ fn forward(
     let [n, k] = x.shape().dims::<2>();
     let h = w.shape().dims::<2>()[1];
     // an input of a few columns: the product in the element-wise pass, not through gemm
-    let small = (1..=SMALL_K)
-        .contains(&k)
-        .then(|| (contiguous(x.clone()), contiguous(w.clone())));
-    let mut out = match small {
-        Some(_) => FlexTensor::from_data(TensorData::new(vec![0.0f32; n * h], [n, h])),
-        None => gemm_product(x, w),
-    };
+    let small = (k <= SMALL_K).then(|| (contiguous(x.clone()), contiguous(w.clone())));
     let product = small.as_ref().map(|(x, w)| Small {
         x: x.as_slice::<f32>().expect("contiguous"),
         w: w.as_slice::<f32>().expect("contiguous"),
@@ -249,7 +332,6 @@ fn forward(
         ),
     }
     let isa = Isa::detect();
-    let values = out.storage_mut::<f32>();
     let rows = |row0| Rows {
         bias,
         shift,
@@ -257,6 +339,13 @@ fn forward(
         product,
         row0,
     };
+    if small.is_none() {
+        return product_then_pass(x, w, h, |r0, block| {
+            math::forward_kernel(isa, rows(r0), block, activation)
+        });
+    }
+    let mut out = FlexTensor::from_data(TensorData::new(vec![0.0f32; n * h], [n, h]));
+    let values = out.storage_mut::<f32>();
     if n * h < PARALLEL_MIN {
         math::forward_kernel(isa, rows(0), values, activation);
     } else {
@@ -267,6 +356,114 @@ fn forward(
             .for_each(|(i, chunk)| math::forward_kernel(isa, rows(i * per), chunk, activation));
     }
     out
+}
+
+/// `x w` (`[n, k]` · `[k, h]`, any strides, k > 0) into a fresh `[n, h]` tensor, block of rows
+/// by block of rows, each block handed to `pass` (with its first row) right after its product,
+/// while it is in cache: one parallel region instead of gemm's and the pass's.
+fn product_then_pass(
+    x: &FlexTensor,
+    w: &FlexTensor,
+    h: usize,
+    pass: impl Fn(usize, &mut [f32]) + Sync,
+) -> FlexTensor {
+    let [n, k] = x.shape().dims::<2>();
+    if h <= SMALL_K {
+        return dots_then_pass(x, w, h, pass);
+    }
+    let (lx, lw) = (x.layout(), w.layout());
+    let (sx, sw) = (lx.strides(), lw.strides());
+    let xs = &x.storage::<f32>()[lx.start_offset()..];
+    let ws = &w.storage::<f32>()[lw.start_offset()..];
+    let mut out: Vec<f32> = Vec::with_capacity(n * h);
+    let block = |r0: usize, dst: &mut [std::mem::MaybeUninit<f32>]| {
+        let len = dst.len() / h;
+        let dst = dst.as_mut_ptr().cast::<f32>();
+        // SAFETY: rows r0..r0 + len of x and all of w lie in their storage (flex's layout
+        // invariant), `dst` has room for len x h; with k > 0 gemm writes all of it, so it can
+        // then be read as initialised values.
+        let block = unsafe {
+            gemm_serial(
+                [len, h, k],
+                dst,
+                h as isize,
+                (xs.as_ptr().offset(r0 as isize * sx[0]), sx[1], sx[0]),
+                (ws.as_ptr(), sw[1], sw[0]),
+                false,
+            );
+            std::slice::from_raw_parts_mut(dst, len * h)
+        };
+        pass(r0, block);
+    };
+    let spare = &mut out.spare_capacity_mut()[..n * h];
+    if n * h < PARALLEL_MIN {
+        block(0, spare);
+    } else {
+        let per = block_rows(n, h);
+        spare
+            .par_chunks_mut(per * h)
+            .enumerate()
+            .for_each(|(i, c)| block(i * per, c));
+    }
+    // SAFETY: every block was written above
+    unsafe { out.set_len(n * h) };
+    FlexTensor::from_data(TensorData::new(out, [n, h]))
+}
+
+/// [`product_then_pass`] for a product of few output columns (`h` <= [`SMALL_K`], a readout):
+/// each row's h dot products with the columns of `w`, then the pass.
+fn dots_then_pass(
+    x: &FlexTensor,
+    w: &FlexTensor,
+    h: usize,
+    pass: impl Fn(usize, &mut [f32]) + Sync,
+) -> FlexTensor {
+    let [n, k] = x.shape().dims::<2>();
+    let x = contiguous(x.clone());
+    let wt = contiguous(w.clone().transpose(0, 1));
+    let (xs, wt) = (
+        x.as_slice::<f32>().expect("contiguous"),
+        wt.as_slice::<f32>().expect("contiguous"),
+    );
+    let isa = Isa::detect();
+    let block = |r0: usize, out: &mut [f32]| {
+        let len = out.len() / h;
+        math::dot_kernel(isa, &xs[r0 * k..(r0 + len) * k], wt, out, k);
+        pass(r0, out);
+    };
+    let mut out = vec![0.0f32; n * h];
+    if n * k < PARALLEL_MIN {
+        block(0, &mut out);
+    } else {
+        let per = block_rows(n, k);
+        out.par_chunks_mut(per * h)
+            .enumerate()
+            .for_each(|(i, c)| block(i * per, c));
+    }
+    FlexTensor::from_data(TensorData::new(out, [n, h]))
+}
+
+/// The sums a task of the fused backward pass gathers over its rows.
+struct Partial {
+    /// `[k, h]`, when the weights' gradient is wanted.
+    w: Vec<f32>,
+    /// `[h]`.
+    bias: Vec<f32>,
+    /// `[rows, h]`, when the shift is a table.
+    table: Vec<f32>,
+}
+
+impl Partial {
+    fn add(mut self, other: Partial) -> Partial {
+        for (a, b) in [
+            (&mut self.w, &other.w),
+            (&mut self.bias, &other.bias),
+            (&mut self.table, &other.table),
+        ] {
+            a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+        }
+        self
+    }
 }
 
 impl FusedLinear for Flex {
@@ -515,6 +712,150 @@ impl FusedLinear for Flex {
     }
 }
 
+impl FusedLinearBackward for Flex {
+    fn linear_activation_backward(
+        grad: FlexTensor,
+        output: FlexTensor,
+        x: Option<FlexTensor>,
+        w: Option<FlexTensor>,
+        index: Option<FlexTensor>,
+        shift_rows: usize,
+        activation: Activation,
+    ) -> (
+        Option<FlexTensor>,
+        Option<FlexTensor>,
+        FlexTensor,
+        FlexTensor,
+    ) {
+        let mut grad = contiguous(grad);
+        let output = contiguous(output);
+        let [n, h] = grad.shape().dims::<2>();
+        assert!(h > 0, "a layer of no units");
+        let index = index.map(|i| indices(&i, shift_rows));
+        if let Some(index) = &index {
+            assert_eq!(index.len(), n, "one table row per batch row");
+        }
+        let x = x.map(contiguous);
+        let k = match (&x, &w) {
+            (Some(x), _) => x.shape().dims::<2>()[1],
+            (None, Some(w)) => w.shape().dims::<2>()[0],
+            (None, None) => 0,
+        };
+        assert!(
+            k > 0 || (x.is_none() && w.is_none()),
+            "a layer of no inputs"
+        );
+        let isa = Isa::detect();
+        let ys = output.as_slice::<f32>().expect("contiguous");
+        assert_eq!(ys.len(), n * h, "gradient and output differ in size");
+        let xs = x.as_ref().map(|x| x.as_slice::<f32>().expect("contiguous"));
+        let ws = w.as_ref().map(|w| {
+            let l = w.layout();
+            let s = l.strides();
+            (&w.storage::<f32>()[l.start_offset()..], s[0], s[1])
+        });
+        let table_len = if index.is_some() { shift_rows * h } else { 0 };
+        let mut gx: Vec<f32> = Vec::with_capacity(if ws.is_some() { n * k } else { 0 });
+        // rows r0.. of the pre-activation gradient (made from `g` in place), the gradient of
+        // x in those rows, and the task's sums for w, the bias and the table
+        let task = |r0: usize, g: &mut [f32], gx: Option<&mut [std::mem::MaybeUninit<f32>]>| {
+            let len = g.len() / h;
+            let mut p = Partial {
+                w: vec![0.0; if xs.is_some() { k * h } else { 0 }],
+                bias: vec![0.0; h],
+                table: vec![0.0; table_len],
+            };
+            math::backward_kernel(isa, &ys[r0 * h..(r0 + len) * h], g, activation);
+            for row in g.chunks_exact(h) {
+                p.bias.iter_mut().zip(row).for_each(|(b, g)| *b += g);
+            }
+            if let Some(index) = &index {
+                math::scatter_rows(g, &index[r0..r0 + len], &mut p.table, h);
+            }
+            if let Some(xs) = xs {
+                let xb = &xs[r0 * k..(r0 + len) * k];
+                if k <= SMALL_K {
+                    math::accumulate_kernel(isa, xb, g, &mut p.w, k);
+                } else if h <= SMALL_K {
+                    // few output columns (a readout): summed as its transpose gᵀ x, [h, k],
+                    // so that the inner loop runs along k
+                    math::accumulate_kernel(isa, g, xb, &mut p.w, h);
+                } else {
+                    // SAFETY: xᵀ is [k, len] (columns k apart), g [len, h], p.w [k, h]
+                    unsafe {
+                        gemm_serial(
+                            [k, h, len],
+                            p.w.as_mut_ptr(),
+                            h as isize,
+                            (xb.as_ptr(), k as isize, 1),
+                            (g.as_ptr(), 1, h as isize),
+                            true,
+                        )
+                    }
+                }
+            }
+            if let (Some((ws, s0, s1)), Some(gx)) = (ws, gx) {
+                // SAFETY: g is [len, h], wᵀ [h, k] through w's strides (flex's layout
+                // invariant), gx has room for [len, k] and gemm writes all of it (h > 0)
+                unsafe {
+                    gemm_serial(
+                        [len, k, h],
+                        gx.as_mut_ptr().cast(),
+                        k as isize,
+                        (g.as_ptr(), 1, h as isize),
+                        (ws.as_ptr(), s0, s1),
+                        false,
+                    )
+                }
+            }
+            p
+        };
+        let gs = grad.storage_mut::<f32>();
+        let partial = if n * h < PARALLEL_MIN {
+            let gxc = ws.map(|_| &mut gx.spare_capacity_mut()[..n * k]);
+            task(0, gs, gxc)
+        } else {
+            let per = block_rows(n, h);
+            let chunks: Vec<&mut [f32]> = gs.chunks_mut(per * h).collect();
+            let gx_chunks: Vec<Option<&mut [std::mem::MaybeUninit<f32>]>> = if ws.is_some() {
+                gx.spare_capacity_mut()[..n * k]
+                    .chunks_mut(per * k)
+                    .map(Some)
+                    .collect()
+            } else {
+                chunks.iter().map(|_| None).collect()
+            };
+            chunks
+                .into_par_iter()
+                .zip(gx_chunks)
+                .enumerate()
+                .map(|(i, (g, gx))| task(i * per, g, gx))
+                .reduce_with(Partial::add)
+                .expect("at least one row")
+        };
+        let gx = ws.map(|_| {
+            // SAFETY: every task wrote its rows of gx
+            unsafe { gx.set_len(n * k) };
+            FlexTensor::from_data(TensorData::new(gx, [n, k]))
+        });
+        let gw = xs.map(|_| {
+            if k > SMALL_K && h <= SMALL_K {
+                // summed as [h, k]: handed back as its transposed view
+                FlexTensor::from_data(TensorData::new(partial.w, [h, k])).transpose(0, 1)
+            } else {
+                FlexTensor::from_data(TensorData::new(partial.w, [k, h]))
+            }
+        });
+        let shift = match &index {
+            Some(_) => FlexTensor::from_data(TensorData::new(partial.table, [shift_rows, h])),
+            None if shift_rows == n => grad,
+            None => FlexTensor::from_data(TensorData::new(partial.bias.clone(), [1, h])),
+        };
+        let bias = FlexTensor::from_data(TensorData::new(partial.bias, [h]));
+        (gx, gw, bias, shift)
+    }
+}
+
 /// `a b` for `a` of a few rows (`[m, k]`, any strides) and a long `k`, such as the first
 /// layer's weight gradient `xᵀ g`: each task sums its own range of k into an `[m, n]` partial,
 /// the partials are then added (gemm packs for this shape and runs it on one thread).
@@ -547,16 +888,6 @@ fn few_rows_product(a: &FlexTensor, b: &FlexTensor) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(out, [m, n]))
 }
 
-/// Sums `grad` `[n, h]` down to `shape` (`[h]`, `[1, h]` or `[n, h]`).
-fn reduce_to<B: Backend>(grad: FloatTensor<B>, shape: &Shape) -> FloatTensor<B> {
-    let [n, h] = grad.shape().dims::<2>();
-    if shape.num_elements() == n * h {
-        return grad;
-    }
-    let sum = B::float_sum_dim(grad, 0);
-    B::float_reshape(sum, shape.clone())
-}
-
 /// How the shift's gradient is formed from the pre-activation's.
 #[derive(Clone, Debug)]
 enum ShiftGrad<B: Backend> {
@@ -581,7 +912,7 @@ type BackwardState<B> = (
     Activation,
 );
 
-impl<B: Backend + FusedLinear> Backward<B, 4> for LinearActivationBackward {
+impl<B: Backend + FusedLinearBackward> Backward<B, 4> for LinearActivationBackward {
     type State = BackwardState<B>;
 
     fn backward(
@@ -593,24 +924,34 @@ impl<B: Backend + FusedLinear> Backward<B, 4> for LinearActivationBackward {
         let [node_x, node_w, node_bias, node_shift] = ops.parents;
         let (x, w, output, bias_shape, shift, activation) = ops.state;
         let grad = grads.consume::<B>(&ops.node);
-        let pre = B::activation_backward(grad, output, activation);
+        // x is kept when w is tracked (for w's gradient), w when x is
+        let x: Option<FloatTensor<B>> = node_w
+            .is_some()
+            .then(|| checkpointer.retrieve_node_output(x.expect("x kept")));
+        let w: Option<FloatTensor<B>> = node_x
+            .is_some()
+            .then(|| checkpointer.retrieve_node_output(w.expect("w kept")));
+        let (index, rows, shift_shape) = match shift {
+            ShiftGrad::Dense(shape) => (None, shape.dims::<2>()[0], Some(shape)),
+            ShiftGrad::Rows(index, rows) => (Some(index), rows, None),
+        };
+        let (gx, gw, gb, gs) =
+            B::linear_activation_backward(grad, output, x, w, index, rows, activation);
         if let Some(node) = node_bias {
-            grads.register::<B>(node.id, reduce_to::<B>(pre.clone(), &bias_shape));
+            grads.register::<B>(node.id, B::float_reshape(gb, bias_shape));
         }
         if let Some(node) = node_shift {
-            let g = match shift {
-                ShiftGrad::Dense(shape) => reduce_to::<B>(pre.clone(), &shape),
-                ShiftGrad::Rows(index, rows) => B::scatter_rows(pre.clone(), index, rows),
+            let gs = match shift_shape {
+                Some(shape) => B::float_reshape(gs, shape),
+                None => gs,
             };
+            grads.register::<B>(node.id, gs);
+        }
+        if let (Some(node), Some(g)) = (node_x, gx) {
             grads.register::<B>(node.id, g);
         }
-        if let Some(node) = node_x {
-            let w: FloatTensor<B> = checkpointer.retrieve_node_output(w.expect("w kept"));
-            grads.register::<B>(node.id, B::product(pre.clone(), B::float_transpose(w)));
-        }
-        if let Some(node) = node_w {
-            let x: FloatTensor<B> = checkpointer.retrieve_node_output(x.expect("x kept"));
-            grads.register::<B>(node.id, B::product(B::float_transpose(x), pre));
+        if let (Some(node), Some(g)) = (node_w, gw) {
+            grads.register::<B>(node.id, g);
         }
     }
 }
@@ -681,7 +1022,7 @@ fn differentiable<B, C>(
     run: impl FnOnce([FloatTensor<B>; 4]) -> FloatTensor<B>,
 ) -> FloatTensor<Autodiff<B, C>>
 where
-    B: Backend + FusedLinear,
+    B: Backend + FusedLinearBackward,
     C: CheckpointStrategy,
 {
     let (x_tracked, w_tracked) = (x.is_tracked(), w.is_tracked());
@@ -719,7 +1060,7 @@ where
     }
 }
 
-impl<B: Backend + FusedLinear, C: CheckpointStrategy> FusedLinear for Autodiff<B, C> {
+impl<B: Backend + FusedLinearBackward, C: CheckpointStrategy> FusedLinear for Autodiff<B, C> {
     fn linear_activation(
         x: FloatTensor<Self>,
         w: FloatTensor<Self>,

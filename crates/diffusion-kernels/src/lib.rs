@@ -34,7 +34,7 @@ mod math;
 mod flex;
 
 #[cfg(feature = "flex")]
-pub use flex::FusedLinear;
+pub use flex::{FusedLinear, FusedLinearBackward};
 pub use math::Isa;
 
 use burn::tensor::{DType, Int, Tensor, activation};

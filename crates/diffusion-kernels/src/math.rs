@@ -381,6 +381,42 @@ fn accumulate_rows<const F: bool>(a: &[f32], b: &[f32], out: &mut [f32], m: usiz
     }
 }
 
+/// `out[r, j] = sum_i x[r, i] wt[j, i]` for rows of `x` (`[len, k]`) and the few rows of `wt`
+/// (`[h, k]`, h <= [`SMALL_K`]): a product with few output columns (a readout), as h dot
+/// products per row summed side by side in 16 lanes each (gemm's kernels are 16 rows tall).
+#[inline(always)]
+fn dot_rows<const F: bool>(x: &[f32], wt: &[f32], out: &mut [f32], k: usize) {
+    const LANES: usize = 16;
+    let h = wt.len() / k.max(1);
+    assert!(
+        h <= SMALL_K,
+        "dot_rows takes at most {SMALL_K} output columns"
+    );
+    let chunks = k / LANES;
+    for (xr, o) in x.chunks_exact(k).zip(out.chunks_exact_mut(h.max(1))) {
+        let mut acc = [[0.0f32; LANES]; SMALL_K];
+        for c in 0..chunks {
+            let xc: &[f32; LANES] = xr[c * LANES..(c + 1) * LANES].try_into().expect("lanes");
+            for (j, a) in acc.iter_mut().enumerate().take(h) {
+                let w: &[f32; LANES] = wt[j * k + c * LANES..j * k + (c + 1) * LANES]
+                    .try_into()
+                    .expect("lanes");
+                for l in 0..LANES {
+                    a[l] = madd::<F>(xc[l], w[l], a[l]);
+                }
+            }
+        }
+        for (j, (o, a)) in o.iter_mut().zip(&acc).enumerate() {
+            // the lanes in a fixed order, then the columns past the last full chunk
+            let mut sum = a.iter().sum::<f32>();
+            for i in chunks * LANES..k {
+                sum = madd::<F>(xr[i], wt[j * k + i], sum);
+            }
+            *o = sum;
+        }
+    }
+}
+
 /// Inputs of at most this many columns take [`Small`].
 pub(crate) const SMALL_K: usize = 8;
 
@@ -489,6 +525,7 @@ macro_rules! dispatched {
 
 dispatched!(forward_kernel, forward_rows, (rows: Rows<'_>, out: &mut [f32], act: Activation));
 dispatched!(backward_kernel, derivative, (ys: &[f32], grads: &mut [f32], act: Activation));
+dispatched!(dot_kernel, dot_rows, (x: &[f32], wt: &[f32], out: &mut [f32], k: usize));
 dispatched!(activate_kernel, activate, (xs: &mut [f32], act: Activation));
 dispatched!(accumulate_kernel, accumulate_rows, (a: &[f32], b: &[f32], out: &mut [f32], m: usize));
 
@@ -564,6 +601,36 @@ mod tests {
                     exact(act, f64::NEG_INFINITY) as f32,
                     "{act:?} of -inf"
                 );
+            }
+        }
+    }
+
+    /// Dot products of rows with few columns, every compiled variant, against f64: k below,
+    /// at and past the lane width, every h up to SMALL_K.
+    #[test]
+    fn dot_rows_against_f64() {
+        let value = |i: usize| ((i as f32) * 0.377).sin();
+        for isa in Isa::supported() {
+            for k in [1, 15, 16, 37, 128] {
+                for h in 1..=SMALL_K {
+                    let len = 5;
+                    let x: Vec<f32> = (0..len * k).map(value).collect();
+                    let wt: Vec<f32> = (0..h * k).map(|i| value(i + 1000)).collect();
+                    let mut out = vec![f32::NAN; len * h];
+                    dot_kernel(isa, &x, &wt, &mut out, k);
+                    for r in 0..len {
+                        for j in 0..h {
+                            let want: f64 = (0..k)
+                                .map(|i| x[r * k + i] as f64 * wt[j * k + i] as f64)
+                                .sum();
+                            let got = out[r * h + j] as f64;
+                            assert!(
+                                (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                                "{isa:?} k {k} h {h} row {r} column {j}: {got} vs {want}"
+                            );
+                        }
+                    }
+                }
             }
         }
     }

@@ -30,13 +30,11 @@ enum Term {
 fn run(
     fused: bool,
     device: &Device,
-    n: usize,
-    k: usize,
+    [n, k, h]: [usize; 3],
     act: Activation,
     term: Term,
     bias: bool,
 ) -> Vec<Tensor<2>> {
-    let h = 37;
     // the same values on every call (splitmix64, uniform on [-3, 3])
     let normal = |shape: [usize; 2], seed: u64| -> Tensor<2> {
         let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
@@ -105,20 +103,30 @@ fn run(
 #[test]
 fn fused_layer_matches_burns_operations_in_value_and_every_gradient() {
     let device = Device::flex().autodiff();
-    // k = 2: the product in the element-wise pass; k = 13: through gemm
-    for (n, k) in [(5, 13), (2000, 13), (5, 2), (2000, 2)] {
+    // k = 2: the product in the element-wise pass; k = 13: through gemm, or with h = 4 (a
+    // readout) as dot products; n = 2000 in blocks of rows on several threads
+    for [n, k, h] in [
+        [5, 13, 37],
+        [2000, 13, 37],
+        [5, 2, 37],
+        [2000, 2, 37],
+        [5, 13, 4],
+        [2000, 13, 4],
+        [9000, 13, 4],
+        [2000, 2, 4],
+    ] {
         for act in Activation::ALL {
             for term in [Term::PerRow, Term::Shared, Term::Table, Term::None] {
                 for bias in [true, false] {
-                    let got = run(true, &device, n, k, act, term, bias);
-                    let want = run(false, &device, n, k, act, term, bias);
+                    let got = run(true, &device, [n, k, h], act, term, bias);
+                    let want = run(false, &device, [n, k, h], act, term, bias);
                     assert_eq!(got.len(), want.len());
                     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                         assert_eq!(g.dims(), w.dims());
                         let (diff, scale) = max_abs_diff(g, w);
                         assert!(
                             diff <= 2e-5 * scale.max(1.0),
-                            "n {n} k {k} {act:?} {term:?} bias {bias}: output {i} differs by {diff} \
+                            "n {n} k {k} h {h} {act:?} {term:?} bias {bias}: output {i} differs by {diff} \
                              (scale {scale})"
                         );
                     }
