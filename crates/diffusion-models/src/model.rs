@@ -309,7 +309,14 @@ impl StepReadout {
                     .val()
                     .narrow(0, t, 1)
                     .reshape([width, self.dim_out]);
-                h.matmul(w) + self.bias.val().narrow(0, t, 1)
+                let bias = self.bias.val().narrow(0, t, 1).reshape([self.dim_out]);
+                diffusion_kernels::linear_activation(
+                    h,
+                    w,
+                    Some(bias),
+                    diffusion_kernels::Shift::None,
+                    diffusion_kernels::Activation::Identity,
+                )
             }
         }
     }

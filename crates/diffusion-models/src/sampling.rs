@@ -320,7 +320,7 @@ impl BinomialBound {
             return logits;
         }
         // P(x_0 = 1 | x_t) implied by the kernel, then the respaced posteriors
-        let f = burn::tensor::activation::sigmoid(logits);
+        let f = diffusion_kernels::activate(logits, diffusion_kernels::Activation::Sigmoid);
         let q = |x0: f64, chain: &BinomialDiffusion, step: usize| {
             by_bit(
                 chain.posterior_one(step, x0, 0.0),
@@ -363,7 +363,10 @@ impl BinomialBound {
         for k in (2..=r.kept().len()).rev() {
             let logits = self.respaced_logits(network, &short, r, k, &x);
             x = uniform(rng)
-                .lower(burn::tensor::activation::sigmoid(logits))
+                .lower(diffusion_kernels::activate(
+                    logits,
+                    diffusion_kernels::Activation::Sigmoid,
+                ))
                 .float();
         }
         // the fixed edge step from s_1 to 0

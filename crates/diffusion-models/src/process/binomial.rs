@@ -342,7 +342,12 @@ impl Process for BinomialBound {
                 logits = f.binary_logits(logits);
             }
             let u = tensor2(uniform(rng), n, d, device);
-            x = u.lower(burn::tensor::activation::sigmoid(logits)).float();
+            x = u
+                .lower(diffusion_kernels::activate(
+                    logits,
+                    diffusion_kernels::Activation::Sigmoid,
+                ))
+                .float();
             if let Some(f) = f {
                 x = f.put_known(x);
                 prev = Some(f);
