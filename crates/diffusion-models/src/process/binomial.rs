@@ -398,22 +398,13 @@ impl Process for BinomialBound {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use diffusion_core::BetaSchedule;
 
     /// The per-step tables give every bit the values its own computation gives, for the same
     /// uniforms; bits that are not 0 or 1 take that computation.
     #[test]
     fn step_tables_give_each_bit_its_own_values() {
-        let (steps, pi, d) = (50, 0.2, 7);
-        let bound = BinomialBound {
-            diffusion: BinomialDiffusion::new(
-                BetaSchedule::Reciprocal.raw_betas(steps).unwrap(),
-                pi,
-                d,
-            )
-            .unwrap(),
-            parametrization: ReverseParametrization::Paper,
-        };
+        let (steps, d) = (50, 7);
+        let bound = crate::process::condition_tests::binomial(steps, 0.2, d);
         let mut rng = diffusion_data::rng(3, 1);
         let n = 400;
         let mut x0: Vec<f32> = (0..n * d)

@@ -20,7 +20,8 @@ fn gaussian(steps: usize, d: usize) -> GaussianBound {
     }
 }
 
-fn binomial(steps: usize, pi: f64, d: usize) -> BinomialBound {
+/// A binomial process on the reciprocal schedule with the `paper` parametrization.
+pub(super) fn binomial(steps: usize, pi: f64, d: usize) -> BinomialBound {
     BinomialBound {
         diffusion: BinomialDiffusion::new(
             BetaSchedule::Reciprocal.raw_betas(steps).unwrap(),

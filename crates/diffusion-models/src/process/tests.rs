@@ -3,9 +3,7 @@
 //! training estimate is unbiased for the full sum.
 
 use burn::tensor::{Device, Tensor};
-use diffusion_core::{
-    BetaSchedule, BinomialDiffusion, GaussianDiffusion, MeanStderr, ReverseParametrization,
-};
+use diffusion_core::{BetaSchedule, GaussianDiffusion, MeanStderr, ReverseParametrization};
 use rand::Rng as _;
 use rand_distr::StandardNormal;
 
@@ -257,15 +255,7 @@ fn forward_kernel_on_bernoulli_data_has_k_equal_to_l_null() {
     use crate::model::TimeConditioning;
     let device = Device::flex();
     let (steps, pi, d) = (60, 0.3, 8);
-    let bound = Diffusion::Binomial(BinomialBound {
-        diffusion: BinomialDiffusion::new(
-            BetaSchedule::Reciprocal.raw_betas(steps).unwrap(),
-            pi,
-            d,
-        )
-        .unwrap(),
-        parametrization: ReverseParametrization::Paper,
-    });
+    let bound = Diffusion::Binomial(super::condition_tests::binomial(steps, pi, d));
     let mut rng = diffusion_data::rng(5, 0);
     let points: Vec<f32> = (0..3000 * d)
         .map(|_| if rng.random::<f64>() < pi { 1.0 } else { 0.0 })
@@ -301,15 +291,7 @@ fn forward_kernel_on_bernoulli_data_has_k_equal_to_l_null() {
 fn binomial_sampling_from_the_forward_kernel_keeps_the_rate() {
     let device = Device::flex();
     let (steps, pi, d) = (30, 0.2, 10);
-    let bound = Diffusion::Binomial(BinomialBound {
-        diffusion: BinomialDiffusion::new(
-            BetaSchedule::Reciprocal.raw_betas(steps).unwrap(),
-            pi,
-            d,
-        )
-        .unwrap(),
-        parametrization: ReverseParametrization::Paper,
-    });
+    let bound = Diffusion::Binomial(super::condition_tests::binomial(steps, pi, d));
     let model = ModelConfig::default().init(d, d, steps, &device);
     let mut rng = diffusion_data::rng(6, 0);
     let s = bound.sample(&model, 4000, &mut rng, &device, 1000);
