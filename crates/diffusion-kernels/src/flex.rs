@@ -79,22 +79,6 @@ pub trait FusedLinear: Backend {
         index: IntTensor<Self>,
     ) -> FloatTensor<Self>;
 
-    /// `[n, k]`: row r is `grad[r] W_iᵀ` for i = `index[r]` (the readout's gradient in x).
-    fn readout_rows_grad_x(
-        grad: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        index: IntTensor<Self>,
-    ) -> FloatTensor<Self>;
-
-    /// `[rows, k m]`: row i the sum of `x[r]ᵀ grad[r]` over the rows r with `index[r] = i`
-    /// (the readout's gradient in its weights).
-    fn readout_rows_grad_weight(
-        x: FloatTensor<Self>,
-        grad: FloatTensor<Self>,
-        index: IntTensor<Self>,
-        rows: usize,
-    ) -> FloatTensor<Self>;
-
     /// The matrix product `a b` of two 2-D tensors (of any strides: the backward pass hands it
     /// transposed views).
     fn product(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -102,9 +86,11 @@ pub trait FusedLinear: Backend {
     }
 }
 
-/// The fused layer's whole backward pass as one operation, called by its autodiff backward on
-/// the inner backend (so not routed through Burn's dispatch). The provided method composes
-/// [`FusedLinear`]'s operations; flex runs it as one pass over blocks of rows.
+/// The whole backward passes of the fused layer and of the per-row readout, each as one
+/// operation, called by their autodiff backward on the inner backend (so not routed through
+/// Burn's dispatch). The layer's provided method composes [`FusedLinear`]'s operations; flex
+/// runs it as one pass over blocks of rows, and the readout's reads its indices once for all
+/// three gradients.
 pub trait FusedLinearBackward: FusedLinear {
     /// The fused layer's backward pass from its output's gradient `grad` and its `output`:
     /// `(x's gradient, w's gradient, the bias's [h], the shift's)`. x's needs `w` and w's needs
@@ -138,26 +124,42 @@ pub trait FusedLinearBackward: FusedLinear {
         let gw = x.map(|x| Self::product(Self::float_transpose(x), pre));
         (gx, gw, bias, shift)
     }
+
+    /// [`FusedLinear::readout_rows`]' backward pass from its output's gradient `grad` (`[n, m]`):
+    /// `(x's gradient [n, k], the weight table's [rows, k m], the bias table's [rows, m])`. x's
+    /// needs `weight` and the weights' needs `x` (each `None` when not wanted).
+    #[allow(clippy::type_complexity)]
+    fn readout_rows_backward(
+        grad: FloatTensor<Self>,
+        x: Option<FloatTensor<Self>>,
+        weight: Option<FloatTensor<Self>>,
+        index: IntTensor<Self>,
+        rows: usize,
+    ) -> (
+        Option<FloatTensor<Self>>,
+        Option<FloatTensor<Self>>,
+        FloatTensor<Self>,
+    );
 }
 
 /// Below this many multiply-adds a product runs on one thread (flex's own threshold).
 const PARALLEL_PRODUCT: usize = 192 * 192 * 192;
 
-/// `dst = lhs rhs` (or `dst += lhs rhs` with `accumulate`) on the calling thread: `dst` `[m, n]`
-/// row-major with rows `dst_rs` apart, `lhs` `[m, k]` and `rhs` `[k, n]` with the given column
-/// and row strides.
+/// `dst = lhs rhs` (or `dst += lhs rhs` with `accumulate`): `dst` `[m, n]` row-major with rows
+/// `dst_rs` apart, `lhs` `[m, k]` and `rhs` `[k, n]` as (pointer to element (0, 0), column
+/// stride, row stride).
 ///
 /// # Safety
 /// Every element reached through the pointers and strides lies in its buffer; without
 /// `accumulate`, `dst` may be uninitialised (gemm writes every element when k > 0).
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_serial(
+unsafe fn gemm_into(
     [m, n, k]: [usize; 3],
     dst: *mut f32,
     dst_rs: isize,
     lhs: (*const f32, isize, isize),
     rhs: (*const f32, isize, isize),
     accumulate: bool,
+    parallelism: gemm::Parallelism,
 ) {
     // SAFETY: the caller's
     unsafe {
@@ -180,7 +182,7 @@ unsafe fn gemm_serial(
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            parallelism,
         );
     }
 }
@@ -218,27 +220,15 @@ fn gemm_product(a: &FlexTensor, b: &FlexTensor) -> FlexTensor {
     );
     // SAFETY: the pointers address element (0, 0) of each operand, and every (i, j)
     // reached through the strides lies in its storage (flex's layout invariant); `out` has
-    // room for m x n, row-major; with `read_dst` false and k > 0 gemm writes every element
-    // without reading any, so the length can then be set.
+    // room for m x n, row-major; without accumulating and with k > 0 gemm writes every
+    // element without reading any, so the length can then be set.
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
+        gemm_into(
+            [m, n, k],
             out.as_mut_ptr(),
-            1,
             n as isize,
-            false,
-            pa,
-            sa[1],
-            sa[0],
-            pb,
-            sb[1],
-            sb[0],
-            0.0,
-            1.0,
-            false,
-            false,
+            (pa, sa[1], sa[0]),
+            (pb, sb[1], sb[0]),
             false,
             parallelism,
         );
@@ -383,13 +373,14 @@ fn product_then_pass(
         // invariant), `dst` has room for len x h; with k > 0 gemm writes all of it, so it can
         // then be read as initialised values.
         let block = unsafe {
-            gemm_serial(
+            gemm_into(
                 [len, h, k],
                 dst,
                 h as isize,
                 (xs.as_ptr().offset(r0 as isize * sx[0]), sx[1], sx[0]),
                 (ws.as_ptr(), sw[1], sw[0]),
                 false,
+                gemm::Parallelism::None,
             );
             std::slice::from_raw_parts_mut(dst, len * h)
         };
@@ -496,23 +487,7 @@ impl FusedLinear for Flex {
         let index = indices(&index, rows);
         assert_eq!(index.len(), n, "one index per gradient row");
         let gs = grad.as_slice::<f32>().expect("contiguous");
-        let table = if n * h < PARALLEL_MIN {
-            let mut table = vec![0.0f32; rows * h];
-            math::scatter_rows(gs, &index, &mut table, h);
-            table
-        } else {
-            // each task sums its rows into a table of its own; the tables are then added
-            let per = rows_per_task(h).max(n.div_ceil(rayon::current_num_threads().max(1)));
-            let partials = gs
-                .par_chunks(per * h)
-                .zip(index.par_chunks(per))
-                .map(|(g, ix)| {
-                    let mut table = vec![0.0f32; rows * h];
-                    math::scatter_rows(g, ix, &mut table, h);
-                    table
-                });
-            sum_partials(partials, rows * h)
-        };
+        let table = scatter_table(gs, &index, rows, h);
         FlexTensor::from_data(TensorData::new(table, [rows, h]))
     }
 
@@ -607,85 +582,6 @@ impl FusedLinear for Flex {
         FlexTensor::from_data(TensorData::new(out, [n, m]))
     }
 
-    fn readout_rows_grad_x(grad: FlexTensor, weight: FlexTensor, index: FlexTensor) -> FlexTensor {
-        let (grad, weight) = (contiguous(grad), contiguous(weight));
-        let [n, m] = grad.shape().dims::<2>();
-        let [rows, km] = weight.shape().dims::<2>();
-        let k = km / m.max(1);
-        let index = indices(&index, rows);
-        assert_eq!(index.len(), n, "one readout per gradient row");
-        let (gs, ws) = (
-            grad.as_slice::<f32>().expect("contiguous"),
-            weight.as_slice::<f32>().expect("contiguous"),
-        );
-        let mut out = vec![0.0f32; n * k];
-        for ((o, g), &i) in out
-            .chunks_exact_mut(k.max(1))
-            .zip(gs.chunks_exact(m.max(1)))
-            .zip(&index)
-        {
-            for (o, w) in o.iter_mut().zip(ws[i * km..(i + 1) * km].chunks_exact(m)) {
-                *o = w.iter().zip(g).map(|(w, g)| w * g).sum();
-            }
-        }
-        FlexTensor::from_data(TensorData::new(out, [n, k]))
-    }
-
-    fn readout_rows_grad_weight(
-        x: FlexTensor,
-        grad: FlexTensor,
-        index: FlexTensor,
-        rows: usize,
-    ) -> FlexTensor {
-        let (x, grad) = (contiguous(x), contiguous(grad));
-        let [n, k] = x.shape().dims::<2>();
-        let m = grad.shape().dims::<2>()[1];
-        let index = indices(&index, rows);
-        assert_eq!(index.len(), n, "one readout per batch row");
-        let (xs, gs) = (
-            x.as_slice::<f32>().expect("contiguous"),
-            grad.as_slice::<f32>().expect("contiguous"),
-        );
-        // the batch rows of each readout, in order (a counting sort of the indices)
-        let mut start = vec![0usize; rows + 1];
-        for &i in &index {
-            start[i + 1] += 1;
-        }
-        for i in 0..rows {
-            start[i + 1] += start[i];
-        }
-        let mut order = vec![0usize; n];
-        let mut next = start.clone();
-        for (r, &i) in index.iter().enumerate() {
-            order[next[i]] = r;
-            next[i] += 1;
-        }
-        let isa = Isa::detect();
-        let km = k * m;
-        let mut table = vec![0.0f32; rows * km];
-        if km > 0 {
-            // each readout's rows summed into its own row of the table: no two tasks share one
-            table.par_chunks_mut(km).enumerate().for_each(|(i, out)| {
-                let batch = &order[start[i]..start[i + 1]];
-                if batch.is_empty() {
-                    return;
-                }
-                let a: Vec<f32> = batch
-                    .iter()
-                    .flat_map(|&r| &xs[r * k..(r + 1) * k])
-                    .copied()
-                    .collect();
-                let b: Vec<f32> = batch
-                    .iter()
-                    .flat_map(|&r| &gs[r * m..(r + 1) * m])
-                    .copied()
-                    .collect();
-                math::accumulate_kernel(isa, &a, &b, out, k);
-            });
-        }
-        FlexTensor::from_data(TensorData::new(table, [rows, km]))
-    }
-
     fn product(a: FlexTensor, b: FlexTensor) -> FlexTensor {
         if a.dtype() == DType::F32 && b.dtype() == DType::F32 {
             let [m, k] = a.shape().dims::<2>();
@@ -710,6 +606,99 @@ impl FusedLinear for Flex {
             Flex::float_matmul(a, b)
         }
     }
+}
+
+/// `[rows, h]`: row i the sum of the rows r of `gs` (`[n, h]`) with `index[r] = i`.
+fn scatter_table(gs: &[f32], index: &[usize], rows: usize, h: usize) -> Vec<f32> {
+    let n = index.len();
+    if n * h < PARALLEL_MIN {
+        let mut table = vec![0.0f32; rows * h];
+        math::scatter_rows(gs, index, &mut table, h);
+        table
+    } else {
+        // each task sums its rows into a table of its own; the tables are then added
+        let per = rows_per_task(h).max(n.div_ceil(rayon::current_num_threads().max(1)));
+        let partials = gs
+            .par_chunks(per * h)
+            .zip(index.par_chunks(per))
+            .map(|(g, ix)| {
+                let mut table = vec![0.0f32; rows * h];
+                math::scatter_rows(g, ix, &mut table, h);
+                table
+            });
+        sum_partials(partials, rows * h)
+    }
+}
+
+/// `[n, k]`: row r is `gs[r] W_iᵀ` for i = `index[r]`, W_i row i of `weight` as `[k, m]`.
+fn readout_grad_x(gs: &[f32], weight: &FlexTensor, index: &[usize], m: usize) -> FlexTensor {
+    let weight = contiguous(weight.clone());
+    let km = weight.shape().dims::<2>()[1];
+    let k = km / m.max(1);
+    let ws = weight.as_slice::<f32>().expect("contiguous");
+    let mut out = vec![0.0f32; index.len() * k];
+    for ((o, g), &i) in out
+        .chunks_exact_mut(k.max(1))
+        .zip(gs.chunks_exact(m.max(1)))
+        .zip(index)
+    {
+        for (o, w) in o.iter_mut().zip(ws[i * km..(i + 1) * km].chunks_exact(m)) {
+            *o = w.iter().zip(g).map(|(w, g)| w * g).sum();
+        }
+    }
+    FlexTensor::from_data(TensorData::new(out, [index.len(), k]))
+}
+
+/// `[rows, k m]`: row i the sum of `x[r]ᵀ gs[r]` over the rows r with `index[r] = i`.
+fn readout_grad_weight(
+    x: &FlexTensor,
+    gs: &[f32],
+    index: &[usize],
+    rows: usize,
+    m: usize,
+) -> FlexTensor {
+    let x = contiguous(x.clone());
+    let [n, k] = x.shape().dims::<2>();
+    assert_eq!(index.len(), n, "one readout per batch row");
+    let xs = x.as_slice::<f32>().expect("contiguous");
+    // the batch rows of each readout, in order (a counting sort of the indices)
+    let mut start = vec![0usize; rows + 1];
+    for &i in index {
+        start[i + 1] += 1;
+    }
+    for i in 0..rows {
+        start[i + 1] += start[i];
+    }
+    let mut order = vec![0usize; n];
+    let mut next = start.clone();
+    for (r, &i) in index.iter().enumerate() {
+        order[next[i]] = r;
+        next[i] += 1;
+    }
+    let isa = Isa::detect();
+    let km = k * m;
+    let mut table = vec![0.0f32; rows * km];
+    if km > 0 {
+        // each readout's rows summed into its own row of the table: no two tasks share one
+        table.par_chunks_mut(km).enumerate().for_each(|(i, out)| {
+            let batch = &order[start[i]..start[i + 1]];
+            if batch.is_empty() {
+                return;
+            }
+            let a: Vec<f32> = batch
+                .iter()
+                .flat_map(|&r| &xs[r * k..(r + 1) * k])
+                .copied()
+                .collect();
+            let b: Vec<f32> = batch
+                .iter()
+                .flat_map(|&r| &gs[r * m..(r + 1) * m])
+                .copied()
+                .collect();
+            math::accumulate_kernel(isa, &a, &b, out, k);
+        });
+    }
+    FlexTensor::from_data(TensorData::new(table, [rows, km]))
 }
 
 impl FusedLinearBackward for Flex {
@@ -783,13 +772,14 @@ impl FusedLinearBackward for Flex {
                 } else {
                     // SAFETY: xᵀ is [k, len] (columns k apart), g [len, h], p.w [k, h]
                     unsafe {
-                        gemm_serial(
+                        gemm_into(
                             [k, h, len],
                             p.w.as_mut_ptr(),
                             h as isize,
                             (xb.as_ptr(), k as isize, 1),
                             (g.as_ptr(), 1, h as isize),
                             true,
+                            gemm::Parallelism::None,
                         )
                     }
                 }
@@ -798,13 +788,14 @@ impl FusedLinearBackward for Flex {
                 // SAFETY: g is [len, h], wᵀ [h, k] through w's strides (flex's layout
                 // invariant), gx has room for [len, k] and gemm writes all of it (h > 0)
                 unsafe {
-                    gemm_serial(
+                    gemm_into(
                         [len, k, h],
                         gx.as_mut_ptr().cast(),
                         k as isize,
                         (g.as_ptr(), 1, h as isize),
                         (ws.as_ptr(), s0, s1),
                         false,
+                        gemm::Parallelism::None,
                     )
                 }
             }
@@ -853,6 +844,29 @@ impl FusedLinearBackward for Flex {
         };
         let bias = FlexTensor::from_data(TensorData::new(partial.bias, [h]));
         (gx, gw, bias, shift)
+    }
+
+    fn readout_rows_backward(
+        grad: FlexTensor,
+        x: Option<FlexTensor>,
+        weight: Option<FlexTensor>,
+        index: FlexTensor,
+        rows: usize,
+    ) -> (Option<FlexTensor>, Option<FlexTensor>, FlexTensor) {
+        let grad = contiguous(grad);
+        let [n, m] = grad.shape().dims::<2>();
+        // the indices read and checked once for all three gradients
+        let index = indices(&index, rows);
+        assert_eq!(index.len(), n, "one readout per gradient row");
+        let gs = grad.as_slice::<f32>().expect("contiguous");
+        let gx = weight.map(|w| readout_grad_x(gs, &w, &index, m));
+        let gw = x.map(|x| readout_grad_weight(&x, gs, &index, rows, m));
+        let bias = scatter_table(gs, &index, rows, m);
+        (
+            gx,
+            gw,
+            FlexTensor::from_data(TensorData::new(bias, [rows, m])),
+        )
     }
 }
 
@@ -985,7 +999,7 @@ struct ReadoutRowsBackward;
 /// x and the weights (when the other's gradient is needed), the indices, the tables' rows.
 type ReadoutState<B> = (Option<NodeId>, Option<NodeId>, IntTensor<B>, usize);
 
-impl<B: Backend + FusedLinear> Backward<B, 3> for ReadoutRowsBackward {
+impl<B: Backend + FusedLinearBackward> Backward<B, 3> for ReadoutRowsBackward {
     type State = ReadoutState<B>;
 
     fn backward(
@@ -997,18 +1011,22 @@ impl<B: Backend + FusedLinear> Backward<B, 3> for ReadoutRowsBackward {
         let [node_x, node_weight, node_bias] = ops.parents;
         let (x, weight, index, rows) = ops.state;
         let grad = grads.consume::<B>(&ops.node);
+        // x is kept when the weights are tracked (for their gradient), the weights when x is
+        let x: Option<FloatTensor<B>> = node_weight
+            .is_some()
+            .then(|| checkpointer.retrieve_node_output(x.expect("x kept")));
+        let w: Option<FloatTensor<B>> = node_x
+            .is_some()
+            .then(|| checkpointer.retrieve_node_output(weight.expect("w kept")));
+        let (gx, gw, gb) = B::readout_rows_backward(grad, x, w, index, rows);
         if let Some(node) = node_bias {
-            let g = B::scatter_rows(grad.clone(), index.clone(), rows);
+            grads.register::<B>(node.id, gb);
+        }
+        if let (Some(node), Some(g)) = (node_x, gx) {
             grads.register::<B>(node.id, g);
         }
-        if let Some(node) = node_x {
-            let w: FloatTensor<B> = checkpointer.retrieve_node_output(weight.expect("w kept"));
-            let g = B::readout_rows_grad_x(grad.clone(), w, index.clone());
+        if let (Some(node), Some(g)) = (node_weight, gw) {
             grads.register::<B>(node.id, g);
-        }
-        if let Some(node) = node_weight {
-            let x: FloatTensor<B> = checkpointer.retrieve_node_output(x.expect("x kept"));
-            grads.register::<B>(node.id, B::readout_rows_grad_weight(x, grad, index, rows));
         }
     }
 }
@@ -1140,27 +1158,6 @@ impl<B: Backend + FusedLinearBackward, C: CheckpointStrategy> FusedLinear for Au
                 index,
             )),
         }
-    }
-
-    fn readout_rows_grad_x(
-        grad: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        index: IntTensor<Self>,
-    ) -> FloatTensor<Self> {
-        // used inside backward passes only, on the inner backend; here it is not differentiated
-        let g = B::readout_rows_grad_x(grad.into_primitive(), weight.into_primitive(), index);
-        Self::from_inner(g)
-    }
-
-    fn readout_rows_grad_weight(
-        x: FloatTensor<Self>,
-        grad: FloatTensor<Self>,
-        index: IntTensor<Self>,
-        rows: usize,
-    ) -> FloatTensor<Self> {
-        // used inside backward passes only, on the inner backend; here it is not differentiated
-        let g = B::readout_rows_grad_weight(x.into_primitive(), grad.into_primitive(), index, rows);
-        Self::from_inner(g)
     }
 
     fn scatter_rows(
