@@ -208,17 +208,11 @@ impl Process for BinomialBound {
             let mut h = 0.0f64;
             for &x in row {
                 let u: f64 = rng.random();
-                let bit = match x {
-                    0.0 => Some(0),
-                    1.0 => Some(1),
-                    _ => None,
-                };
-                let v = match bit {
-                    Some(b) => {
-                        let xt = usize::from(u < table.q_one[b]);
-                        table.values[b][xt]
-                    }
-                    None => BitValues::new(&self.diffusion, t, x as f64, u),
+                let v = if x == 0.0 || x == 1.0 {
+                    let b = usize::from(x == 1.0);
+                    table.values[b][usize::from(u < table.q_one[b])]
+                } else {
+                    BitValues::new(&self.diffusion, t, x as f64, u)
                 };
                 h -= v.entropy_term;
                 x_t.push(v.x_t);
