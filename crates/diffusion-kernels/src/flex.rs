@@ -334,18 +334,28 @@ fn forward(
             math::forward_kernel(isa, rows(r0), block, activation)
         });
     }
-    let mut out = FlexTensor::from_data(TensorData::new(vec![0.0f32; n * h], [n, h]));
-    let values = out.storage_mut::<f32>();
+    // the kernel writes every value of its rows before reading it (`Small`): the output is
+    // not zeroed first, which on one thread took as long as a tenth of the layer
+    let mut out: Vec<f32> = Vec::with_capacity(n * h);
+    let block = |r0: usize, dst: &mut [std::mem::MaybeUninit<f32>]| {
+        // SAFETY: with a `Small` product the kernel assigns each value of `dst` before it
+        // reads it, and an f32 has no invalid bit patterns
+        let dst = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast(), dst.len()) };
+        math::forward_kernel(isa, rows(r0), dst, activation);
+    };
+    let spare = &mut out.spare_capacity_mut()[..n * h];
     if n * h < PARALLEL_MIN {
-        math::forward_kernel(isa, rows(0), values, activation);
+        block(0, spare);
     } else {
         let per = rows_per_task(h);
-        values
+        spare
             .par_chunks_mut(per * h)
             .enumerate()
-            .for_each(|(i, chunk)| math::forward_kernel(isa, rows(i * per), chunk, activation));
+            .for_each(|(i, c)| block(i * per, c));
     }
-    out
+    // SAFETY: every row was written above
+    unsafe { out.set_len(n * h) };
+    FlexTensor::from_data(TensorData::new(out, [n, h]))
 }
 
 /// `x w` (`[n, k]` · `[k, h]`, any strides, k > 0) into a fresh `[n, h]` tensor, block of rows
