@@ -765,11 +765,12 @@ impl FusedLinearBackward for Flex {
                 table: vec![0.0; table_len],
             };
             math::backward_kernel(isa, &ys[r0 * h..(r0 + len) * h], g, activation);
-            for row in g.chunks_exact(h) {
-                p.bias.iter_mut().zip(row).for_each(|(b, g)| *b += g);
-            }
-            if let Some(index) = &index {
-                math::scatter_rows(g, &index[r0..r0 + len], &mut p.table, h);
+            // with a table, the bias's gradient is the sum of the table's, formed at the end
+            match &index {
+                Some(index) => {
+                    math::sum_rows_kernel(isa, g, Some(&index[r0..r0 + len]), &mut p.table, h)
+                }
+                None => math::sum_rows_kernel(isa, g, None, &mut p.bias, h),
             }
             if let Some(xs) = xs {
                 let xb = &xs[r0 * k..(r0 + len) * k];
@@ -812,7 +813,7 @@ impl FusedLinearBackward for Flex {
             p
         };
         let gs = grad.storage_mut::<f32>();
-        let partial = if n * h < PARALLEL_MIN {
+        let mut partial = if n * h < PARALLEL_MIN {
             let gxc = ws.map(|_| &mut gx.spare_capacity_mut()[..n * k]);
             task(0, gs, gxc)
         } else {
@@ -834,6 +835,9 @@ impl FusedLinearBackward for Flex {
                 .reduce_with(Partial::add)
                 .expect("at least one row")
         };
+        if index.is_some() {
+            math::sum_rows_kernel(isa, &partial.table, None, &mut partial.bias, h);
+        }
         let gx = ws.map(|_| {
             // SAFETY: every task wrote its rows of gx
             unsafe { gx.set_len(n * k) };

@@ -446,10 +446,21 @@ impl Rows<'_> {
 
 /// `table[index[r]] += grad[r]` for the rows of `grad` (`h` wide), into `table` (`[rows, h]`).
 pub(crate) fn scatter_rows(grad: &[f32], index: &[usize], table: &mut [f32], h: usize) {
-    for (g, &i) in grad.chunks_exact(h).zip(index) {
-        for (t, &g) in table[i * h..(i + 1) * h].iter_mut().zip(g) {
-            *t += g;
+    sum_rows_kernel(Isa::detect(), grad, Some(index), table, h);
+}
+
+/// The rows of `grad` (`h` wide) summed into `out`: into its row `index[r]` (`out` `[rows, h]`),
+/// or without `index` all into `out` (`[h]`).
+#[inline(always)]
+fn sum_rows<const F: bool>(grad: &[f32], index: Option<&[usize]>, out: &mut [f32], h: usize) {
+    let add = |o: &mut [f32], g: &[f32]| o.iter_mut().zip(g).for_each(|(o, &g)| *o += g);
+    match index {
+        Some(index) => {
+            for (g, &i) in grad.chunks_exact(h).zip(index) {
+                add(&mut out[i * h..(i + 1) * h], g);
+            }
         }
+        None => grad.chunks_exact(h).for_each(|g| add(out, g)),
     }
 }
 
@@ -524,6 +535,7 @@ dispatched!(backward_kernel, derivative, (ys: &[f32], grads: &mut [f32], act: Ac
 dispatched!(dot_kernel, dot_rows, (x: &[f32], wt: &[f32], out: &mut [f32], k: usize));
 dispatched!(activate_kernel, activate, (xs: &mut [f32], act: Activation));
 dispatched!(accumulate_kernel, accumulate_rows, (a: &[f32], b: &[f32], out: &mut [f32], m: usize));
+dispatched!(sum_rows_kernel, sum_rows, (grad: &[f32], index: Option<&[usize]>, out: &mut [f32], h: usize));
 
 #[cfg(test)]
 mod tests {
