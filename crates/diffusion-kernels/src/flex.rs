@@ -813,11 +813,14 @@ impl FusedLinearBackward for Flex {
             p
         };
         let gs = grad.storage_mut::<f32>();
-        let mut partial = if n * h < PARALLEL_MIN {
+        // a row's work and footprint go with the wider of its input and output (a readout's
+        // rows are 4 wide out and 128 in)
+        let wide = h.max(k);
+        let mut partial = if n * wide < PARALLEL_MIN {
             let gxc = ws.map(|_| &mut gx.spare_capacity_mut()[..n * k]);
             task(0, gs, gxc)
         } else {
-            let per = block_rows(n, h);
+            let per = block_rows(n, wide);
             let chunks: Vec<&mut [f32]> = gs.chunks_mut(per * h).collect();
             let gx_chunks: Vec<Option<&mut [std::mem::MaybeUninit<f32>]>> = if ws.is_some() {
                 gx.spare_capacity_mut()[..n * k]
