@@ -166,6 +166,39 @@ impl BinomialDiffusion {
             + weight * logit * excess / std::f64::consts::LN_2
     }
 
+    /// The mean of [`BinomialDiffusion::bound_constant_bits`] over the sequences of `x0`
+    /// (`[n, d]` row-major): the entropies of a 0 and a 1 bit at t = 1 and T are computed once,
+    /// other values each on their own.
+    pub fn mean_bound_constant_bits(&self, x0: &[f32]) -> f64 {
+        let n = x0.len() / self.dim.max(1);
+        if n == 0 {
+            return 0.0;
+        }
+        let steps = self.steps();
+        // H(X_T | x) - H(X_1 | x) for one bit x
+        let difference = |x: f64| {
+            binary_entropy_bits(self.q_one(steps, x)) - binary_entropy_bits(self.q_one(1, x))
+        };
+        let (zero, one) = (difference(0.0), difference(1.0));
+        let entropies: f64 = x0
+            .iter()
+            .map(|&v| {
+                if v == 0.0 {
+                    zero
+                } else if v == 1.0 {
+                    one
+                } else {
+                    difference(v as f64)
+                }
+            })
+            .sum();
+        let excess: f64 = x0.iter().map(|&v| v as f64 - self.pi).sum();
+        let weight = self.beta(1) + self.alpha_bar(steps);
+        let logit = (self.pi / (1.0 - self.pi)).ln();
+        (entropies + weight * logit * excess / std::f64::consts::LN_2) / n as f64
+            - self.dim as f64 * binary_entropy_bits(self.pi)
+    }
+
     /// H_q(X_t | X_0 = x0) in bits: the bits are independent given x0.
     pub fn entropy_xt_given_x0_bits(&self, t: usize, x0: &[f32]) -> f64 {
         x0.iter()
@@ -294,5 +327,26 @@ mod tests {
         assert!(BinomialDiffusion::new(vec![0.1, 0.2], 0.0, 3).is_err());
         assert!(BinomialDiffusion::new(vec![0.1, 1.2], 0.2, 3).is_err());
         assert!(BinomialDiffusion::new(vec![0.1], 0.2, 3).is_err());
+    }
+
+    /// The batch mean equals the mean of the per-sequence constants, for bits and for values
+    /// between them.
+    #[test]
+    fn mean_bound_constant_is_the_mean_over_sequences() {
+        let q = BinomialDiffusion::new(vec![0.05, 0.2, 0.1, 0.4, 0.3, 1.0], 0.35, 4).unwrap();
+        let x0: Vec<f32> = (0..4 * 7)
+            .map(|i| match i % 5 {
+                0 | 3 => 1.0,
+                4 if i > 10 => 0.3 + 0.01 * i as f32,
+                _ => 0.0,
+            })
+            .collect();
+        let per_row: f64 = x0
+            .chunks_exact(4)
+            .map(|r| q.bound_constant_bits(r))
+            .sum::<f64>()
+            / 7.0;
+        let mean = q.mean_bound_constant_bits(&x0);
+        assert!((mean - per_row).abs() < 1e-12, "{mean} vs {per_row}");
     }
 }

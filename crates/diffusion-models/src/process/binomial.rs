@@ -262,6 +262,10 @@ impl Process for BinomialBound {
         self.diffusion.bound_constant_bits(x0)
     }
 
+    fn mean_bound_constant_bits(&self, x0: &[f32]) -> f64 {
+        self.diffusion.mean_bound_constant_bits(x0)
+    }
+
     fn l_null_bits(&self, x0: &[f32]) -> f64 {
         self.diffusion.l_null_bits(x0)
     }

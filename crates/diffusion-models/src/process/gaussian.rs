@@ -372,6 +372,10 @@ impl Process for GaussianBound {
         self.diffusion.bound_constant_bits(x0)
     }
 
+    fn mean_bound_constant_bits(&self, x0: &[f32]) -> f64 {
+        self.diffusion.mean_bound_constant_bits(x0)
+    }
+
     fn l_null_bits(&self, _x0: &[f32]) -> f64 {
         self.diffusion.l_null_bits()
     }

@@ -66,6 +66,14 @@ pub trait Process: Clone + Send + Sync {
     ) -> StepLoss;
     /// The constant part of K (entropy terms) for one point, in bits.
     fn bound_constant_bits(&self, x0: &[f32]) -> f64;
+    /// The mean of [`Process::bound_constant_bits`] over the points of `x0` (row-major
+    /// `[n, d]`, n > 0).
+    fn mean_bound_constant_bits(&self, x0: &[f32]) -> f64 {
+        let d = self.dim();
+        let rows = x0.chunks_exact(d);
+        let n = rows.len();
+        rows.map(|row| self.bound_constant_bits(row)).sum::<f64>() / n as f64
+    }
     /// L_null for one point, in bits.
     fn l_null_bits(&self, x0: &[f32]) -> f64;
     /// Runs the reverse chain for `n` rows; returns x_t (row-major `[n, d]`) for each t in
@@ -206,13 +214,7 @@ pub fn training_batch_at<P: Process>(
     weights: Option<Vec<f32>>,
     rng: &mut Rng,
 ) -> TrainingBatch<P::Rows> {
-    let d = process.dim();
-    let n = x0.len() / d;
-    let constant_bits = x0
-        .chunks_exact(d)
-        .map(|row| process.bound_constant_bits(row))
-        .sum::<f64>()
-        / n as f64;
+    let constant_bits = process.mean_bound_constant_bits(x0);
     TrainingBatch {
         rows: process.prepare_rows(x0, &ts, rng),
         ts,
