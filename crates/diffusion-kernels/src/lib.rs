@@ -28,13 +28,15 @@
 //! The kernels' ISA is picked at run time ([`Isa::detect`]): AVX-512 where the CPU has it, else
 //! AVX2 with FMA, else the target's baseline.
 
+mod adam;
 mod math;
 
 #[cfg(feature = "flex")]
 mod flex;
 
+pub use adam::{AdamScalars, FusedAdam};
 #[cfg(feature = "flex")]
-pub use flex::{FusedLinear, FusedLinearBackward};
+pub use flex::{FusedAdamStep, FusedLinear, FusedLinearBackward};
 pub use math::Isa;
 
 use burn::tensor::{DType, Int, Tensor, activation};

@@ -464,6 +464,41 @@ fn sum_rows<const F: bool>(grad: &[f32], index: Option<&[usize]>, out: &mut [f32
     }
 }
 
+/// The scalars of one Adam step, as Burn's `Adam` forms them (f32 arithmetic).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamScalars {
+    /// β1 and 1 - β1.
+    pub beta_1: (f32, f32),
+    /// β2 and 1 - β2.
+    pub beta_2: (f32, f32),
+    /// sqrt(1 - β2^t) / (1 - β1^t).
+    pub combined: f32,
+    /// ε sqrt(1 - β2^t).
+    pub epsilon: f32,
+    /// The learning rate.
+    pub lr: f32,
+}
+
+/// One Adam step in place, element by element, with Burn's operations in Burn's order (each
+/// rounded to f32, no fused multiply-add): m = m β1 + g (1 - β1), v = v β2 + g² (1 - β2),
+/// p -= (m c) / (sqrt(v) + ε') lr.
+#[inline(always)]
+fn adam_rows<const F: bool>(
+    p: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    s: AdamScalars,
+) {
+    let _ = F;
+    for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+        *m = *m * s.beta_1.0 + g * s.beta_1.1;
+        *v = *v * s.beta_2.0 + (g * g) * s.beta_2.1;
+        let step = (*m * s.combined) / (v.sqrt() + s.epsilon);
+        *p -= step * s.lr;
+    }
+}
+
 /// The widest instruction set the kernels are compiled for that this CPU runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Isa {
@@ -535,6 +570,7 @@ dispatched!(backward_kernel, derivative, (ys: &[f32], grads: &mut [f32], act: Ac
 dispatched!(dot_kernel, dot_rows, (x: &[f32], wt: &[f32], out: &mut [f32], k: usize));
 dispatched!(activate_kernel, activate, (xs: &mut [f32], act: Activation));
 dispatched!(accumulate_kernel, accumulate_rows, (a: &[f32], b: &[f32], out: &mut [f32], m: usize));
+dispatched!(adam_kernel, adam_rows, (p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamScalars));
 dispatched!(sum_rows_kernel, sum_rows, (grad: &[f32], index: Option<&[usize]>, out: &mut [f32], h: usize));
 
 #[cfg(test)]
