@@ -12,7 +12,7 @@ use burn::tensor::{Device, Distribution, Int, Tensor};
 use diffusion_kernels::{Activation, Shift, activate, linear_activation, product};
 
 /// Best of five rounds of `repeats` calls, in microseconds per call.
-fn time(repeats: usize, mut f: impl FnMut()) -> f64 {
+fn time(repeats: usize, f: impl Fn()) -> f64 {
     f();
     (0..5)
         .map(|_| {
@@ -25,108 +25,88 @@ fn time(repeats: usize, mut f: impl FnMut()) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
+/// What is timed, and the call.
+type Case<'a> = (&'static str, Box<dyn Fn() + 'a>);
+
 fn run(n: usize, repeats: usize) {
     let h = 128;
     let device = Device::flex();
+    let ad = device.clone().autodiff();
     let normal = Distribution::Normal(0.0, 1.0);
-    let x2 = Tensor::<2>::random([n, 2], normal, &device);
-    let x = Tensor::<2>::random([n, h], normal, &device);
-    let w1 = Tensor::<2>::random([2, h], normal, &device);
-    let w = Tensor::<2>::random([h, h], normal, &device) / (h as f64).sqrt();
-    let b = Tensor::<1>::random([h], normal, &device);
-    let table = Tensor::<2>::random([101, h], normal, &device);
-    let steps: Vec<i64> = (0..n as i64).map(|i| i % 101).collect();
-    let index = Tensor::<1, Int>::from_ints(steps.as_slice(), &device);
-    let rows = |table: &Tensor<2>, index: &Tensor<1, Int>| Shift::Rows {
-        table: table.clone(),
-        index: index.clone(),
+    // the same values on the plain device and, tracked, on the autodiff one
+    let both = |shape: [usize; 2], scale: f64| {
+        let t = Tensor::<2>::random(shape, normal, &device) * scale;
+        let tracked = Tensor::<2>::from_data(t.to_data(), &ad).require_grad();
+        (t, tracked)
     };
-    let sp = Activation::Softplus;
-    let report = |what: &str, us: f64| println!("{what:<44} {us:>9.1} us");
-    report(
-        "first layer forward, [n,2]·[2,128] + softplus",
-        time(repeats, || {
-            let _ = linear_activation(
-                x2.clone(),
-                w1.clone(),
-                Some(b.clone()),
-                rows(&table, &index),
-                sp,
-            );
-        }),
+    let (x2, x2a) = both([n, 2], 1.0);
+    let (x, xa) = both([n, h], 1.0);
+    let (w1, w1a) = both([2, h], 1.0);
+    let (w, wa) = both([h, h], 1.0 / (h as f64).sqrt());
+    let (table, ta) = both([101, h], 1.0);
+    let b = Tensor::<1>::random([h], normal, &device);
+    let ba = Tensor::<1>::from_data(b.to_data(), &ad).require_grad();
+    let steps: Vec<i64> = (0..n as i64).map(|i| i % 101).collect();
+    let (index, ia) = (
+        Tensor::<1, Int>::from_ints(steps.as_slice(), &device),
+        Tensor::<1, Int>::from_ints(steps.as_slice(), &ad),
     );
-    report(
-        "hidden layer forward, [n,128]·[128,128] + softplus",
-        time(repeats, || {
-            let _ = linear_activation(
-                x.clone(),
-                w.clone(),
-                Some(b.clone()),
-                rows(&table, &index),
-                sp,
-            );
-        }),
-    );
-    report(
-        "product alone, [n,128]·[128,128]",
-        time(repeats, || {
-            let _ = product(x.clone(), w.clone());
-        }),
-    );
-    report(
-        "softplus alone, [n,128]",
-        time(repeats, || {
-            let _ = activate(x.clone(), sp);
-        }),
-    );
-    let ad = device.autodiff();
-    let (xa, x2a) = (
-        Tensor::<2>::from_data(x.to_data(), &ad).require_grad(),
-        Tensor::<2>::from_data(x2.to_data(), &ad),
-    );
-    let (wa, w1a, ba, ta) = (
-        Tensor::<2>::from_data(w.to_data(), &ad).require_grad(),
-        Tensor::<2>::from_data(w1.to_data(), &ad).require_grad(),
-        Tensor::<1>::from_data(b.to_data(), &ad).require_grad(),
-        Tensor::<2>::from_data(table.to_data(), &ad).require_grad(),
-    );
-    let ia = Tensor::<1, Int>::from_ints(steps.as_slice(), &ad);
     let g = Tensor::<2>::random([n, h], normal, &ad);
-    report(
-        "first layer forward + backward (autodiff)",
-        time(repeats, || {
-            let y = linear_activation(
-                x2a.clone(),
-                w1a.clone(),
-                Some(ba.clone()),
-                rows(&ta, &ia),
-                sp,
-            );
-            let _ = (y * g.clone()).sum().backward();
-        }),
-    );
-    let xc = Tensor::<2>::from_data(x.to_data(), &ad);
-    report(
-        "(y g).sum() backward alone",
-        time(repeats, || {
-            let y = xa.clone() * 1.0;
-            let _ = (y * g.clone()).sum().backward();
-        }),
-    );
-    report(
-        "hidden layer fwd + bwd, x without gradient",
-        time(repeats, || {
-            let y = linear_activation(xc.clone(), wa.clone(), Some(ba.clone()), rows(&ta, &ia), sp);
-            let _ = (y * g.clone()).sum().backward();
-        }),
-    );
-    report(
-        "hidden layer forward + backward (autodiff)",
-        time(repeats, || {
-            let y = linear_activation(xa.clone(), wa.clone(), Some(ba.clone()), rows(&ta, &ia), sp);
-            let _ = (y * g.clone()).sum().backward();
-        }),
-    );
+    let sp = Activation::Softplus;
+    // act(x w + b + table[index])
+    let layer = |x: &Tensor<2>, w: &Tensor<2>, b: &Tensor<1>, t: &Tensor<2>, i: &Tensor<1, Int>| {
+        let shift = Shift::Rows {
+            table: t.clone(),
+            index: i.clone(),
+        };
+        linear_activation(x.clone(), w.clone(), Some(b.clone()), shift, sp)
+    };
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "first layer forward, [n,2]·[2,128] + softplus",
+            Box::new(|| drop(layer(&x2, &w1, &b, &table, &index))),
+        ),
+        (
+            "hidden layer forward, [n,128]·[128,128] + softplus",
+            Box::new(|| drop(layer(&x, &w, &b, &table, &index))),
+        ),
+        (
+            "product alone, [n,128]·[128,128]",
+            Box::new(|| drop(product(x.clone(), w.clone()))),
+        ),
+        (
+            "softplus alone, [n,128]",
+            Box::new(|| drop(activate(x.clone(), sp))),
+        ),
+        (
+            "(y g).sum() and its backward alone",
+            Box::new(|| drop(((xa.clone() * 1.0) * g.clone()).sum().backward())),
+        ),
+        (
+            "first layer forward + backward (autodiff)",
+            Box::new(|| {
+                drop(
+                    (layer(&x2a.clone().detach(), &w1a, &ba, &ta, &ia) * g.clone())
+                        .sum()
+                        .backward(),
+                )
+            }),
+        ),
+        (
+            "hidden layer forward + backward (autodiff)",
+            Box::new(|| {
+                drop(
+                    (layer(&xa, &wa, &ba, &ta, &ia) * g.clone())
+                        .sum()
+                        .backward(),
+                )
+            }),
+        ),
+    ];
+    for (what, case) in &cases {
+        let us = time(repeats, case);
+        println!("{what:<52} {us:>9.1} us");
+    }
 }
 
 fn main() {
