@@ -27,6 +27,10 @@
 //!
 //! The kernels' ISA is picked at run time ([`Isa::detect`]): AVX-512 where the CPU has it, else
 //! AVX2 with FMA, else the target's baseline.
+//!
+//! Beside the layer: [`readout_rows`] (an affine readout of its own per row, read in place),
+//! [`activate`] (an activation alone), [`product`] (gemm straight into the output), and
+//! [`FusedAdam`], Burn's Adam to the bit as one pass per parameter on flex.
 
 mod adam;
 mod math;
