@@ -80,10 +80,14 @@ impl Optimizer for FusedAdam {
         grad: Tensor<D>,
         state: Option<Self::State<D>>,
     ) -> (Tensor<D>, Option<Self::State<D>>) {
-        let amsgrad = state
-            .as_ref()
-            .is_some_and(|s| s.momentum.max_moment_2.is_some());
-        if amsgrad || !fused_step_here(&tensor, &grad) {
+        // AMSGrad's state (from a record of Burn's) or moments of another dtype: Burn's step
+        let foreign = state.as_ref().is_some_and(|s| {
+            let m = &s.momentum;
+            m.max_moment_2.is_some()
+                || m.moment_1.dtype() != DType::F32
+                || m.moment_2.dtype() != DType::F32
+        });
+        if foreign || !fused_step_here(&tensor, &grad) {
             return self.burn.step(lr, tensor, grad, state);
         }
         #[cfg(feature = "flex")]
