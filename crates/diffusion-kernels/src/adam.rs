@@ -1,8 +1,6 @@
 //! [`FusedAdam`]: Burn's Adam, computed the same way, in one pass per parameter on flex.
 
-use burn::optim::{
-    Adam, AdamConfig, AdamState, AdaptiveMomentumState, LearningRate, ModuleOptimizer, Optimizer,
-};
+use burn::optim::{Adam, AdamConfig, AdamState, LearningRate, ModuleOptimizer, Optimizer};
 use burn::tensor::{DType, Device, Tensor};
 
 pub use crate::math::AdamScalars;
@@ -107,7 +105,7 @@ impl Optimizer for FusedAdam {
                 moment_2.into_dispatch(),
                 self.scalars(time, lr),
             );
-            let momentum = AdaptiveMomentumState::new(
+            let momentum = burn::optim::AdaptiveMomentumState::new(
                 time,
                 Tensor::from_dispatch(moment_1),
                 Tensor::from_dispatch(moment_2),

@@ -33,6 +33,8 @@
 //! [`FusedAdam`], Burn's Adam to the bit as one pass per parameter on flex.
 
 mod adam;
+// without flex only `Isa` and `AdamScalars` are used (the kernels run on flex alone)
+#[cfg_attr(not(feature = "flex"), allow(dead_code))]
 mod math;
 
 #[cfg(feature = "flex")]
