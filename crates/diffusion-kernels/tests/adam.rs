@@ -118,7 +118,7 @@ fn views_take_the_same_step() {
     // contiguous views at an offset, read and written in place of their storage's copy
     let line = Tensor::<1>::random([100], Distribution::Normal(0.0, 1.0), &device);
     let before = bits(&line);
-    let (param, grad) = (line.clone().slice([10..60]), line.clone().slice([40..90]));
+    let (param, grad) = (line.clone().slice(10..60), line.clone().slice(40..90));
     let (p_fused, _) = fused.step(1e-2, param.clone(), grad.clone(), None);
     let (p_burn, _) = burn.step(1e-2, param, grad, None);
     assert_eq!(bits(&p_fused), bits(&p_burn));
