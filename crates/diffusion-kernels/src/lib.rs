@@ -42,7 +42,9 @@ mod flex;
 
 pub use adam::{AdamScalars, FusedAdam};
 #[cfg(feature = "flex")]
-pub use flex::{FusedAdamStep, FusedLinear, FusedLinearBackward};
+pub use flex::{
+    FusedAdamStep, FusedGaussianKl, FusedLinear, FusedLinearBackward, GaussianKlBackward,
+};
 pub use math::Isa;
 
 use burn::tensor::{DType, Int, Tensor, activation};
@@ -201,6 +203,38 @@ pub fn product(a: Tensor<2>, b: Tensor<2>) -> Tensor<2> {
         }
     }
     a.matmul(b)
+}
+
+/// KL(N(mu_q, diag var_q) || N(mu_p, diag exp(logvar_p))) per row, in nats, summed over the d
+/// columns: `mu_q`, `mu_p`, `logvar_p` `[n, d]`; `var_q` and `logvar_q` `[n, 1]` (broadcast)
+/// or `[n, d]`. The same operations as `diffusion_core::kl_diag_gaussian`; on flex in f32 one
+/// pass forward and one backward (Burn's composition is about a dozen operations each way, each
+/// a pass and an allocation), elsewhere Burn's operations.
+pub fn kl_diag_gaussian(
+    mu_q: Tensor<2>,
+    var_q: Tensor<2>,
+    logvar_q: Tensor<2>,
+    mu_p: Tensor<2>,
+    logvar_p: Tensor<2>,
+) -> Tensor<1> {
+    let inputs = [&mu_q, &var_q, &logvar_q, &mu_p, &logvar_p];
+    if inputs.iter().all(|t| fused_here(t)) {
+        #[cfg(feature = "flex")]
+        {
+            use burn::backend::Dispatch;
+            return Tensor::from_dispatch(<Dispatch as FusedGaussianKl>::gaussian_kl(
+                mu_q.into_dispatch(),
+                var_q.into_dispatch(),
+                logvar_q.into_dispatch(),
+                mu_p.into_dispatch(),
+                logvar_p.into_dispatch(),
+            ));
+        }
+    }
+    let diff = mu_q - mu_p;
+    let ratio = (diff.clone() * diff + var_q) * logvar_p.clone().neg().exp();
+    let per_coord = (logvar_p - logvar_q + ratio - 1.0) * 0.5;
+    per_coord.sum_dim(1).squeeze_dim(1)
 }
 
 /// Whether [`linear_activation`] of `x` runs the fused kernels: f32 on a flex device.

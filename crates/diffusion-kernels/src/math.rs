@@ -464,6 +464,117 @@ fn sum_rows<const F: bool>(grad: &[f32], index: Option<&[usize]>, out: &mut [f32
     }
 }
 
+/// e^x: [`exp_core`] on its domain, libm's elsewhere.
+#[inline(always)]
+fn exp_any<const F: bool>(x: f32) -> f32 {
+    if (-87.0..=88.0).contains(&x) {
+        exp_core::<F>(x)
+    } else {
+        x.exp()
+    }
+}
+
+/// The diagonal Gaussian KL per row, `out[r] = ½ Σ_c (lvp - lvq + (vq + (mq - mp)²) e^-lvp - 1)`
+/// over rows of `d` columns, `vq` and `lvq` `qd` wide (1: one value for the row, or d), with
+/// `diffusion_core::kl_diag_gaussian`'s operations in its order.
+#[inline(always)]
+fn gaussian_kl_rows<const F: bool>(q: GaussianRows<'_>, out: &mut [f32]) {
+    let (d, qd) = (q.d, q.qd);
+    for (r, o) in out.iter_mut().enumerate() {
+        let mut sum = 0.0f32;
+        for c in 0..d {
+            let (i, j) = (r * d + c, r * qd + c.min(qd - 1));
+            let diff = q.mu_q[i] - q.mu_p[i];
+            let ratio = (diff * diff + q.var_q[j]) * exp_any::<F>(-q.logvar_p[i]);
+            sum += (q.logvar_p[i] - q.logvar_q[j] + ratio - 1.0) * 0.5;
+        }
+        *o = sum;
+    }
+}
+
+/// [`gaussian_kl_rows`]' gradients for the rows' output gradients `g`, into the buffers given
+/// (each `None` when not wanted): mu_q's and mu_p's `[n, d]`, var_q's and logvar_q's `[n, qd]`,
+/// logvar_p's `[n, d]`.
+#[inline(always)]
+fn gaussian_kl_grad_rows<const F: bool>(q: GaussianRows<'_>, g: &[f32], out: GaussianGrads<'_>) {
+    let (d, qd) = (q.d, q.qd);
+    let GaussianGrads {
+        mut mu_q,
+        mut var_q,
+        mut logvar_q,
+        mut mu_p,
+        mut logvar_p,
+    } = out;
+    for (r, &g) in g.iter().enumerate() {
+        if let Some(v) = var_q.as_deref_mut() {
+            v[r * qd..(r + 1) * qd].fill(0.0);
+        }
+        if let Some(v) = logvar_q.as_deref_mut() {
+            v[r * qd..(r + 1) * qd].fill(0.0);
+        }
+        for c in 0..d {
+            let (i, j) = (r * d + c, r * qd + c.min(qd - 1));
+            let diff = q.mu_q[i] - q.mu_p[i];
+            let e = exp_any::<F>(-q.logvar_p[i]);
+            let half = 0.5 * g;
+            let dm = (g * diff) * e;
+            if let Some(v) = mu_q.as_deref_mut() {
+                v[i] = dm;
+            }
+            if let Some(v) = mu_p.as_deref_mut() {
+                v[i] = -dm;
+            }
+            if let Some(v) = var_q.as_deref_mut() {
+                v[j] += half * e;
+            }
+            if let Some(v) = logvar_q.as_deref_mut() {
+                v[j] -= half;
+            }
+            if let Some(v) = logvar_p.as_deref_mut() {
+                // ½ g - (½ g (diff² + vq)) e: the product that can be huge taken last
+                v[i] = half - (half * (diff * diff + q.var_q[j])) * e;
+            }
+        }
+    }
+}
+
+/// Rows of the Gaussian KL's inputs (see [`gaussian_kl_rows`]).
+#[derive(Clone, Copy)]
+pub(crate) struct GaussianRows<'a> {
+    pub mu_q: &'a [f32],
+    pub var_q: &'a [f32],
+    pub logvar_q: &'a [f32],
+    pub mu_p: &'a [f32],
+    pub logvar_p: &'a [f32],
+    pub d: usize,
+    pub qd: usize,
+}
+
+impl<'a> GaussianRows<'a> {
+    /// Rows `r0..r0 + len`.
+    pub(crate) fn rows(&self, r0: usize, len: usize) -> GaussianRows<'a> {
+        let (d, qd) = (self.d, self.qd);
+        GaussianRows {
+            mu_q: &self.mu_q[r0 * d..(r0 + len) * d],
+            var_q: &self.var_q[r0 * qd..(r0 + len) * qd],
+            logvar_q: &self.logvar_q[r0 * qd..(r0 + len) * qd],
+            mu_p: &self.mu_p[r0 * d..(r0 + len) * d],
+            logvar_p: &self.logvar_p[r0 * d..(r0 + len) * d],
+            d,
+            qd,
+        }
+    }
+}
+
+/// Where [`gaussian_kl_grad_rows`] writes each input's gradient.
+pub(crate) struct GaussianGrads<'a> {
+    pub mu_q: Option<&'a mut [f32]>,
+    pub var_q: Option<&'a mut [f32]>,
+    pub logvar_q: Option<&'a mut [f32]>,
+    pub mu_p: Option<&'a mut [f32]>,
+    pub logvar_p: Option<&'a mut [f32]>,
+}
+
 /// The scalars of one Adam step, as Burn's `Adam` forms them (f32 arithmetic).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamScalars {
@@ -571,6 +682,8 @@ dispatched!(dot_kernel, dot_rows, (x: &[f32], wt: &[f32], out: &mut [f32], k: us
 dispatched!(activate_kernel, activate, (xs: &mut [f32], act: Activation));
 dispatched!(accumulate_kernel, accumulate_rows, (a: &[f32], b: &[f32], out: &mut [f32], m: usize));
 dispatched!(adam_kernel, adam_rows, (p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamScalars));
+dispatched!(gaussian_kl_kernel, gaussian_kl_rows, (q: GaussianRows<'_>, out: &mut [f32]));
+dispatched!(gaussian_kl_grad_kernel, gaussian_kl_grad_rows, (q: GaussianRows<'_>, g: &[f32], out: GaussianGrads<'_>));
 dispatched!(sum_rows_kernel, sum_rows, (grad: &[f32], index: Option<&[usize]>, out: &mut [f32], h: usize));
 
 #[cfg(test)]

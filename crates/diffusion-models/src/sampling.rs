@@ -415,8 +415,13 @@ pub fn respaced_bound_bits_gaussian<N: ReverseNetwork>(
         let mean_q = x0.clone() * c0 + xt.clone() * ct;
         let var_q = Tensor::<2>::ones([n, 1], device) * var;
         let (mean_p, log_var_p) = g.respaced_kernel(network, &tables, &short, r, k, xt);
-        let rows =
-            diffusion_core::kl_diag_gaussian(mean_q, var_q.clone(), var_q.log(), mean_p, log_var_p);
+        let rows = diffusion_kernels::kl_diag_gaussian(
+            mean_q,
+            var_q.clone(),
+            var_q.log(),
+            mean_p,
+            log_var_p,
+        );
         for (s, v) in kl.iter_mut().zip(host(rows)) {
             *s += v as f64;
         }

@@ -137,7 +137,7 @@ impl GaussianBound {
         let (mean, log_var) =
             self.parametrization
                 .mean_log_variance(z, batch.x_t, &batch.coefficients);
-        diffusion_core::kl_diag_gaussian(
+        diffusion_kernels::kl_diag_gaussian(
             batch.posterior_mean,
             batch.posterior_variance,
             batch.posterior_log_variance,
@@ -238,7 +238,7 @@ impl GaussianBound {
         let (mean_p, log_var_p) = self
             .parametrization
             .mean_log_variance(z, x_t, &coefficients);
-        let kl = diffusion_core::kl_diag_gaussian(
+        let kl = diffusion_kernels::kl_diag_gaussian(
             mean_q,
             log_var.clone().exp(),
             log_var,
