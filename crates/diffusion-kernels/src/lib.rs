@@ -29,7 +29,8 @@
 //! AVX2 with FMA, else the target's baseline.
 //!
 //! Beside the layer: [`readout_rows`] (an affine readout of its own per row, read in place),
-//! [`activate`] (an activation alone), [`product`] (gemm straight into the output), and
+//! [`activate`] (an activation alone), [`product`] (gemm straight into the output),
+//! [`kl_diag_gaussian`] (the diagonal Gaussian KL per row, one operation each way), and
 //! [`FusedAdam`], Burn's Adam to the bit as one pass per parameter on flex.
 
 mod adam;
