@@ -330,6 +330,33 @@ fn sum_partials(partials: impl ParallelIterator<Item = Vec<f32>>, len: usize) ->
         .unwrap_or_else(|| vec![0.0f32; len])
 }
 
+/// A fresh `[n, h]` tensor whose values `write(first row, block)` assigns, block by block of
+/// `per` rows, across the pool unless it is small: the output is never zeroed first.
+///
+/// # Safety
+/// `write` assigns every value of each block it is handed (an f32 has no invalid bit
+/// patterns, so they are then initialised).
+unsafe fn written_by_blocks(
+    [n, h]: [usize; 2],
+    per: usize,
+    write: impl Fn(usize, &mut [std::mem::MaybeUninit<f32>]) + Sync,
+) -> FlexTensor {
+    let per = per.max(1);
+    let mut out: Vec<f32> = Vec::with_capacity(n * h);
+    let spare = &mut out.spare_capacity_mut()[..n * h];
+    if n * h < PARALLEL_MIN {
+        write(0, spare);
+    } else {
+        spare
+            .par_chunks_mut(per * h)
+            .enumerate()
+            .for_each(|(i, c)| write(i * per, c));
+    }
+    // SAFETY: `write` assigned every value (the caller's guarantee)
+    unsafe { out.set_len(n * h) };
+    FlexTensor::from_data(TensorData::new(out, [n, h]))
+}
+
 /// `act(x w + bias + shift)` with `shift` dense or, with `index`, a table of rows.
 fn forward(
     x: &FlexTensor,
@@ -375,28 +402,14 @@ fn forward(
             math::forward_kernel(isa, rows(r0), block, activation)
         });
     }
-    // the kernel writes every value of its rows before reading it (`Small`): the output is
-    // not zeroed first, which on one thread took as long as a tenth of the layer
-    let mut out: Vec<f32> = Vec::with_capacity(n * h);
-    let block = |r0: usize, dst: &mut [std::mem::MaybeUninit<f32>]| {
-        // SAFETY: with a `Small` product the kernel assigns each value of `dst` before it
-        // reads it, and an f32 has no invalid bit patterns
-        let dst = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast(), dst.len()) };
-        math::forward_kernel(isa, rows(r0), dst, activation);
-    };
-    let spare = &mut out.spare_capacity_mut()[..n * h];
-    if n * h < PARALLEL_MIN {
-        block(0, spare);
-    } else {
-        let per = rows_per_task(h);
-        spare
-            .par_chunks_mut(per * h)
-            .enumerate()
-            .for_each(|(i, c)| block(i * per, c));
+    // SAFETY: with a `Small` product the kernel assigns each value of its rows before it reads
+    // it (so the output is not zeroed first, which on one thread took a tenth of the layer)
+    unsafe {
+        written_by_blocks([n, h], rows_per_task(h), |r0, dst| {
+            let dst = std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast(), dst.len());
+            math::forward_kernel(isa, rows(r0), dst, activation);
+        })
     }
-    // SAFETY: every row was written above
-    unsafe { out.set_len(n * h) };
-    FlexTensor::from_data(TensorData::new(out, [n, h]))
 }
 
 /// `x w` (`[n, k]` · `[k, h]`, any strides, k > 0) into a fresh `[n, h]` tensor, block of rows
@@ -416,14 +429,13 @@ fn product_then_pass(
     let (sx, sw) = (lx.strides(), lw.strides());
     let xs = &x.storage::<f32>()[lx.start_offset()..];
     let ws = &w.storage::<f32>()[lw.start_offset()..];
-    let mut out: Vec<f32> = Vec::with_capacity(n * h);
-    let block = |r0: usize, dst: &mut [std::mem::MaybeUninit<f32>]| {
-        let len = dst.len() / h;
-        let dst = dst.as_mut_ptr().cast::<f32>();
-        // SAFETY: rows r0..r0 + len of x and all of w lie in their storage (flex's layout
-        // invariant), `dst` has room for len x h; with k > 0 gemm writes all of it, so it can
-        // then be read as initialised values.
-        let block = unsafe {
+    // SAFETY: rows r0..r0 + len of x and all of w lie in their storage (flex's layout
+    // invariant), each block has room for len x h; with k > 0 gemm writes all of it, so it can
+    // then be read as initialised values (and `written_by_blocks` may take it as written).
+    unsafe {
+        written_by_blocks([n, h], block_rows(n, h), |r0, dst| {
+            let len = dst.len() / h;
+            let dst = dst.as_mut_ptr().cast::<f32>();
             gemm_into(
                 [len, h, k],
                 dst,
@@ -433,23 +445,9 @@ fn product_then_pass(
                 false,
                 gemm::Parallelism::None,
             );
-            std::slice::from_raw_parts_mut(dst, len * h)
-        };
-        pass(r0, block);
-    };
-    let spare = &mut out.spare_capacity_mut()[..n * h];
-    if n * h < PARALLEL_MIN {
-        block(0, spare);
-    } else {
-        let per = block_rows(n, h);
-        spare
-            .par_chunks_mut(per * h)
-            .enumerate()
-            .for_each(|(i, c)| block(i * per, c));
+            pass(r0, std::slice::from_raw_parts_mut(dst, len * h));
+        })
     }
-    // SAFETY: every block was written above
-    unsafe { out.set_len(n * h) };
-    FlexTensor::from_data(TensorData::new(out, [n, h]))
 }
 
 /// [`product_then_pass`] for a product of few output columns (`h` <= [`SMALL_K`], a readout):
@@ -728,22 +726,22 @@ fn readout_grad_weight(
     }
     let isa = Isa::detect();
     let km = k * m;
+    if km == 0 {
+        return FlexTensor::from_data(TensorData::new(Vec::<f32>::new(), [rows, 0]));
+    }
     // each readout's rows summed into its own row of the table (no two tasks share one), each
     // row zeroed by its task, not the whole table first on one thread (the heartbeat model's
     // is 8 MB, of which a batch writes a few hundred rows)
-    let mut table: Vec<f32> = Vec::with_capacity(rows * km);
-    if km > 0 {
-        table.spare_capacity_mut()[..rows * km]
-            .par_chunks_mut(km)
-            .enumerate()
-            .for_each(|(i, out)| {
-                out.fill(std::mem::MaybeUninit::new(0.0));
-                // SAFETY: every value was just written
-                let out: &mut [f32] =
-                    unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast(), km) };
+    // SAFETY: every row of every block is filled with zeros before anything else
+    unsafe {
+        written_by_blocks([rows, km], 1, |i0, block| {
+            block.fill(std::mem::MaybeUninit::new(0.0));
+            let block: &mut [f32] =
+                std::slice::from_raw_parts_mut(block.as_mut_ptr().cast(), block.len());
+            for (i, out) in (i0..).zip(block.chunks_exact_mut(km)) {
                 let batch = &order[start[i]..start[i + 1]];
                 if batch.is_empty() {
-                    return;
+                    continue;
                 }
                 let a: Vec<f32> = batch
                     .iter()
@@ -756,11 +754,9 @@ fn readout_grad_weight(
                     .copied()
                     .collect();
                 math::accumulate_kernel(isa, &a, &b, out, k);
-            });
+            }
+        })
     }
-    // SAFETY: every row was written above (none when km = 0, and then rows * km = 0)
-    unsafe { table.set_len(rows * km) };
-    FlexTensor::from_data(TensorData::new(table, [rows, km]))
 }
 
 impl FusedLinearBackward for Flex {
