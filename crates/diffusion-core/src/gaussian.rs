@@ -130,13 +130,13 @@ impl GaussianDiffusion {
     /// ½ (b_1 + abar_T)(d − |x0|²) nats (SPEC section 6), which vanish on average for data with
     /// E|x0|² = d and are what make K a bound for data in any units.
     pub fn bound_constant_bits(&self, x0: &[f32]) -> f64 {
-        let norm: f64 = x0.iter().map(|&v| (v as f64).powi(2)).sum();
-        let weight = self.beta(1) + self.alpha_bar(self.steps());
-        self.bound_constants().sum_bits() + 0.5 * weight * (self.dim as f64 - norm) / LN_2
+        // the mean over one point
+        self.mean_bound_constant_bits(x0)
     }
 
     /// The mean of [`GaussianDiffusion::bound_constant_bits`] over the points of `x0` (`[n, d]`
-    /// row-major), with the entropy terms computed once instead of once per point.
+    /// row-major): the entropy terms once, plus the prior and edge-step terms at the mean
+    /// squared norm (they are linear in |x0|²).
     pub fn mean_bound_constant_bits(&self, x0: &[f32]) -> f64 {
         let n = x0.len() / self.dim.max(1);
         if n == 0 {
