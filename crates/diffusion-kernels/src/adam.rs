@@ -85,7 +85,8 @@ impl Optimizer for FusedAdam {
                 || m.moment_1.dtype() != DType::F32
                 || m.moment_2.dtype() != DType::F32
         });
-        if foreign || !fused_step_here(&tensor, &grad) {
+        // its own step where the parameter and its gradient are both f32 on flex
+        if foreign || !(crate::fused_here(&tensor) && crate::fused_here(&grad)) {
             return self.burn.step(lr, tensor, grad, state);
         }
         #[cfg(feature = "flex")]
@@ -118,24 +119,5 @@ impl Optimizer for FusedAdam {
 
     fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {
         <Adam as Optimizer>::to_device(state, device)
-    }
-}
-
-/// Whether [`FusedAdam`] runs its own step for this parameter: both f32 on a flex device.
-fn fused_step_here<const D: usize>(tensor: &Tensor<D>, grad: &Tensor<D>) -> bool {
-    #[cfg(feature = "flex")]
-    {
-        use burn::backend::DispatchDevice;
-        tensor.dtype() == DType::F32
-            && grad.dtype() == DType::F32
-            && matches!(
-                tensor.device().inner().as_dispatch(),
-                DispatchDevice::Flex(_)
-            )
-    }
-    #[cfg(not(feature = "flex"))]
-    {
-        let _ = (tensor, grad, DType::F32);
-        false
     }
 }

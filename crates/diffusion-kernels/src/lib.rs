@@ -238,8 +238,9 @@ pub fn kl_diag_gaussian(
     per_coord.sum_dim(1).squeeze_dim(1)
 }
 
-/// Whether [`linear_activation`] of `x` runs the fused kernels: f32 on a flex device.
-pub fn fused_here(x: &Tensor<2>) -> bool {
+/// Whether the fused kernels run for `x` (in [`linear_activation`], [`FusedAdam`] and the
+/// rest): f32 on a flex device.
+pub fn fused_here<const D: usize>(x: &Tensor<D>) -> bool {
     #[cfg(feature = "flex")]
     {
         use burn::backend::DispatchDevice;
