@@ -1105,6 +1105,7 @@ impl GaussianKlBackward for Flex {
         let rows = gaussian_rows(&inputs, d, qd);
         let widths = [d, qd, qd, d, d];
         let mut bufs: [Option<Vec<f32>>; 5] =
+            // zeroed: the posterior variances' gradients are sums over the row
             std::array::from_fn(|i| wanted[i].then(|| vec![0.0f32; n * widths[i]]));
         let isa = Isa::detect();
         let per = if n * d < PARALLEL_MIN {

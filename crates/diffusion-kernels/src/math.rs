@@ -493,8 +493,8 @@ fn gaussian_kl_rows<const F: bool>(q: GaussianRows<'_>, out: &mut [f32]) {
 }
 
 /// [`gaussian_kl_rows`]' gradients for the rows' output gradients `g`, into the buffers given
-/// (each `None` when not wanted): mu_q's and mu_p's `[n, d]`, var_q's and logvar_q's `[n, qd]`,
-/// logvar_p's `[n, d]`.
+/// (each `None` when not wanted): mu_q's and mu_p's `[n, d]`, var_q's and logvar_q's `[n, qd]`
+/// (summed into, so they start at zero), logvar_p's `[n, d]`.
 #[inline(always)]
 fn gaussian_kl_grad_rows<const F: bool>(q: GaussianRows<'_>, g: &[f32], out: GaussianGrads<'_>) {
     let (d, qd) = (q.d, q.qd);
@@ -506,12 +506,6 @@ fn gaussian_kl_grad_rows<const F: bool>(q: GaussianRows<'_>, g: &[f32], out: Gau
         mut logvar_p,
     } = out;
     for (r, &g) in g.iter().enumerate() {
-        if let Some(v) = var_q.as_deref_mut() {
-            v[r * qd..(r + 1) * qd].fill(0.0);
-        }
-        if let Some(v) = logvar_q.as_deref_mut() {
-            v[r * qd..(r + 1) * qd].fill(0.0);
-        }
         for c in 0..d {
             let (i, j) = (r * d + c, r * qd + c.min(qd - 1));
             let diff = q.mu_q[i] - q.mu_p[i];
