@@ -41,6 +41,13 @@ fn madd<const F: bool>(a: f32, b: f32, c: f32) -> f32 {
     if F { a.mul_add(b, c) } else { a * b + c }
 }
 
+/// c[0] x^(N-1) + c[1] x^(N-2) + ... + c[N-1] by Horner's rule, one multiply-add a
+/// coefficient.
+#[inline(always)]
+fn horner<const F: bool, const N: usize>(x: f32, c: [f32; N]) -> f32 {
+    c[1..].iter().fold(c[0], |p, &ci| madd::<F>(p, x, ci))
+}
+
 /// e^x = 2^n (1 + q) for x in [-87, 88] (Cephes `expf`): x = n ln 2 + r with |r| <= ln 2 / 2,
 /// q = e^r - 1 from the polynomial (to q's relative accuracy), and 2^n.
 #[inline(always)]
@@ -51,16 +58,17 @@ fn exp_reduced<const F: bool>(x: f32) -> (f32, f32) {
     let n = t - ROUNDER;
     let r = madd::<F>(-n, LN2_LO, madd::<F>(-n, LN2_HI, x));
     let z = r * r;
-    let mut p = 1.987_569_1e-4;
-    for c in [
-        1.398_199_9e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        1.666_666_5e-1,
-        5.000_000_1e-1,
-    ] {
-        p = madd::<F>(p, r, c);
-    }
+    let p = horner::<F, _>(
+        r,
+        [
+            1.987_569_1e-4,
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            1.666_666_5e-1,
+            5.000_000_1e-1,
+        ],
+    );
     // 2^n from its exponent bits (n in [-126, 127] on this domain)
     let scale = f32::from_bits(
         t.to_bits()
@@ -85,20 +93,21 @@ fn exp_core<const F: bool>(x: f32) -> f32 {
 #[inline(always)]
 fn ln_1p_unit<const F: bool>(e: f32) -> f32 {
     let u = e - 0.5;
-    let mut p = -3.256_378_5e-3;
-    for c in [
-        5.253_458e-3,
-        -6.742_963e-3,
-        1.157_609_65e-2,
-        -2.057_159_9e-2,
-        3.663_548e-2,
-        -6.768_761e-2,
-        1.326_090_1e-1,
-        -2.885_271e-1,
-        8.109_302e-1,
-    ] {
-        p = madd::<F>(p, u, c);
-    }
+    let p = horner::<F, _>(
+        u,
+        [
+            -3.256_378_5e-3,
+            5.253_458e-3,
+            -6.742_963e-3,
+            1.157_609_65e-2,
+            -2.057_159_9e-2,
+            3.663_548e-2,
+            -6.768_761e-2,
+            1.326_090_1e-1,
+            -2.885_271e-1,
+            8.109_302e-1,
+        ],
+    );
     p * e
 }
 
@@ -135,15 +144,16 @@ fn sigmoid_core<const F: bool>(x: f32) -> f32 {
 fn tanh_core<const F: bool>(x: f32) -> f32 {
     let a = x.abs();
     let z = x * x;
-    let mut p = -5.704_988_7e-3;
-    for c in [
-        2.063_908_9e-2,
-        -5.373_971_6e-2,
-        1.333_144_2e-1,
-        -3.333_328_2e-1,
-    ] {
-        p = madd::<F>(p, z, c);
-    }
+    let p = horner::<F, _>(
+        z,
+        [
+            -5.704_988_7e-3,
+            2.063_908_9e-2,
+            -5.373_971_6e-2,
+            1.333_144_2e-1,
+            -3.333_328_2e-1,
+        ],
+    );
     let small = madd::<F>(p * z, x, x);
     let large = 1.0 - 2.0 / (exp_core::<F>(a + a) + 1.0);
     if a < TANH_POLY_BELOW {
