@@ -334,6 +334,10 @@ pub struct EvaluateConditionalArgs {
     /// Seed of the samples and of the exact draws.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Swiss roll: independent sets of (up to 4,000) samples whose energy distances to exact
+    /// draws are averaged (each more set draws 4,000 more samples).
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,

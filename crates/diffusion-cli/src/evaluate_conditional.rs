@@ -9,6 +9,9 @@ use crate::common::{check_count, load_run};
 /// Runs `diffusion evaluate-conditional`.
 pub fn cmd_evaluate_conditional(a: EvaluateConditionalArgs) -> Result<(), String> {
     check_count(a.n)?;
+    if a.repeats == 0 {
+        return Err("--repeats must be at least 1".into());
+    }
     if !a.condition.is_set() {
         return Err(
             "evaluate-conditional needs a condition: --known, --observe, or their files".into(),
@@ -20,7 +23,7 @@ pub fn cmd_evaluate_conditional(a: EvaluateConditionalArgs) -> Result<(), String
         .condition
         .resolve_for(&manifest, bound.variable(), a.n)?
         .ok_or("evaluate-conditional needs a condition")?;
-    let eval = evaluate_conditional(&manifest, &model, &given, a.n, a.seed, &device)
+    let eval = evaluate_conditional(&manifest, &model, &given, a.n, a.repeats, a.seed, &device)
         .map_err(|e| e.to_string())?;
     if a.json {
         println!("{}", serde_json::to_string(&eval).expect("serialisable"));
@@ -58,10 +61,24 @@ fn print(e: &ConditionalEvaluation) {
         &e.sample_mean,
         &e.exact_mean,
     ) {
+        let sets = e.repeats.unwrap_or(1);
         println!(
-            "energy     = {ed:.5} to exact posterior draws (two exact sets: {floor:.5}; ratio {:.2})",
-            ed / floor
+            "energy     = {ed:.5} ± {:.5} to exact posterior draws (mean of {sets} set(s))",
+            e.energy_distance_stderr.unwrap_or(0.0)
+        );
+        println!(
+            "floor      = {floor:.5} (sd {:.5}) between two exact sets, over {} pairs",
+            e.energy_distance_floor_sd.unwrap_or(0.0),
+            diffusion_models::conditional::FLOOR_PAIRS
+        );
+        println!(
+            "ratio      = {:.2} ± {:.2} (1 for exact samples)",
+            e.energy_ratio.unwrap_or(ed / floor),
+            e.energy_ratio_stderr.unwrap_or(0.0)
         );
         println!("mean       = {} (samples), {} (exact)", list(m), list(x));
+        if let (Some(s), Some(x)) = (&e.sample_sd, &e.exact_sd) {
+            println!("sd         = {} (samples), {} (exact)", list(s), list(x));
+        }
     }
 }

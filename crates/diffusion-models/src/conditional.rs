@@ -8,10 +8,15 @@
 //!   the samples' phase frequencies (invalid samples a category of their own, of exact
 //!   probability 0) and the exact conditional.
 //! - Swiss roll: exact draws of the posterior ([`diffusion_data::SwissRoll::posterior`]);
-//!   reported is the energy distance between the conditional samples and exact draws, beside
-//!   the same figure between two sets of exact draws (its floor).
+//!   reported is the energy distance between the conditional samples and exact draws, averaged
+//!   over several independent sets of samples, beside its floor: the mean (and spread) of the
+//!   same figure over [`FLOOR_PAIRS`] pairs of sets of exact draws of the same size. The energy
+//!   distance of two finite sets is positive even when both follow one distribution, and one
+//!   pair's value swings severalfold from seed to seed, so neither a single figure nor a single
+//!   floor says how far the samples are from the truth; their means, with standard errors, do.
 
 use burn::tensor::Device;
+use diffusion_core::MeanStderr;
 use diffusion_data::{DataError, Heartbeat, Rng, RollPosterior, SwissRoll};
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +28,9 @@ use crate::data::streams;
 use crate::evaluate::{ENERGY_POINTS, SAMPLE_CHUNK_ROWS};
 use crate::network::{ReverseModel, ReverseNetwork};
 use crate::run::RunManifest;
+
+/// Pairs of sets of exact draws whose energy distances make the floor (mean and spread).
+pub const FLOOR_PAIRS: usize = 32;
 
 /// Why a conditional evaluation cannot be made.
 #[derive(Debug, thiserror::Error)]
@@ -142,13 +150,35 @@ pub struct ConditionalEvaluation {
     /// {phases, invalid} and the exact conditional.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_variation: Option<f64>,
+    /// Swiss roll: sets of conditional samples compared with exact draws (`repeats`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeats: Option<usize>,
     /// Swiss roll: the energy distance between (up to [`ENERGY_POINTS`]) conditional samples and
-    /// as many exact posterior draws.
+    /// as many exact posterior draws, the mean over the `repeats` sets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub energy_distance: Option<f64>,
-    /// Swiss roll: the same figure between two sets of exact draws.
+    /// Swiss roll: the standard error of that mean (0 for one set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy_distance_stderr: Option<f64>,
+    /// Swiss roll: the floor, the mean energy distance between two sets of exact draws of the
+    /// same size, over [`FLOOR_PAIRS`] pairs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub energy_distance_floor: Option<f64>,
+    /// Swiss roll: the standard deviation of one pair's energy distance about that floor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy_distance_floor_sd: Option<f64>,
+    /// Swiss roll: `energy_distance / energy_distance_floor` (1 for exact samples).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy_ratio: Option<f64>,
+    /// Swiss roll: the ratio's standard error (both means' errors, to first order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy_ratio_stderr: Option<f64>,
+    /// Swiss roll: the standard deviation of each coordinate of the conditional samples.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_sd: Option<Vec<f64>>,
+    /// Swiss roll: the same of exact posterior draws (as many as the samples).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact_sd: Option<Vec<f64>>,
     /// Swiss roll: the mean of the conditional samples.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sample_mean: Option<Vec<f64>>,
@@ -159,11 +189,15 @@ pub struct ConditionalEvaluation {
 
 /// Draws `n` samples of `model` conditioned by `given` (one shared condition) and compares them
 /// with the exact conditional of the run's data. `seed` seeds the samples and the exact draws.
+/// For the Swiss roll, `repeats` (at least 1) sets of up to [`ENERGY_POINTS`] samples are each
+/// compared with their own exact draws (the first set is the first of the `n` samples, the
+/// others are drawn after them).
 pub fn evaluate_conditional<N: ReverseNetwork>(
     manifest: &RunManifest,
     model: &ReverseModel<N>,
     given: &Conditioning,
     n: usize,
+    repeats: usize,
     seed: u64,
     device: &Device,
 ) -> Result<ConditionalEvaluation, ConditionalError> {
@@ -186,10 +220,17 @@ pub fn evaluate_conditional<N: ReverseNetwork>(
         phase_fractions: None,
         exact_phases: None,
         total_variation: None,
+        repeats: None,
         energy_distance: None,
+        energy_distance_stderr: None,
         energy_distance_floor: None,
+        energy_distance_floor_sd: None,
+        energy_ratio: None,
+        energy_ratio_stderr: None,
         sample_mean: None,
         exact_mean: None,
+        sample_sd: None,
+        exact_sd: None,
     };
     match &exact {
         Exact::Heartbeat { beat, phases } => {
@@ -202,28 +243,75 @@ pub fn evaluate_conditional<N: ReverseNetwork>(
         Exact::SwissRoll(post) => {
             let m = n.min(ENERGY_POINTS);
             let d = 2;
-            let draws = |stream| exact.sample(m, &mut diffusion_data::rng(seed, stream));
-            let (a, b) = (draws(streams::METRIC_A), draws(streams::METRIC_B));
-            let ours = &drawn[..m * d];
-            eval.energy_distance = Some(diffusion_core::energy_distance(ours, &a, d));
-            eval.energy_distance_floor = Some(diffusion_core::energy_distance(&b, &a, d));
-            eval.sample_mean = Some(
-                (0..d)
-                    .map(|i| {
-                        drawn
-                            .iter()
-                            .skip(i)
-                            .step_by(d)
-                            .map(|&v| v as f64)
-                            .sum::<f64>()
-                            / n as f64
-                    })
-                    .collect(),
+            let repeats = repeats.max(1);
+            let mut exact_a = diffusion_data::rng(seed, streams::METRIC_A);
+            let mut exact_b = diffusion_data::rng(seed, streams::METRIC_B);
+            let mut distances = Vec::with_capacity(repeats);
+            for r in 0..repeats {
+                let more;
+                let ours = if r == 0 {
+                    &drawn[..m * d]
+                } else {
+                    more = bound.sample_given(
+                        &model.network,
+                        m,
+                        given,
+                        &mut rng,
+                        device,
+                        SAMPLE_CHUNK_ROWS,
+                    )?;
+                    &more[..]
+                };
+                let truth = exact.sample(m, &mut exact_a);
+                distances.push(diffusion_core::energy_distance(ours, &truth, d));
+            }
+            let floor: Vec<f64> = (0..FLOOR_PAIRS)
+                .map(|_| {
+                    let a = exact.sample(m, &mut exact_b);
+                    let b = exact.sample(m, &mut exact_b);
+                    diffusion_core::energy_distance(&a, &b, d)
+                })
+                .collect();
+            let ed = MeanStderr::of(&distances).expect("at least one set");
+            let fl = MeanStderr::of(&floor).expect("pairs");
+            let ratio = ed.mean / fl.mean;
+            eval.repeats = Some(repeats);
+            eval.energy_distance = Some(ed.mean);
+            eval.energy_distance_stderr = Some(ed.stderr);
+            eval.energy_distance_floor = Some(fl.mean);
+            eval.energy_distance_floor_sd = Some(fl.stderr * (FLOOR_PAIRS as f64).sqrt());
+            eval.energy_ratio = Some(ratio);
+            eval.energy_ratio_stderr = Some(
+                ratio * ((ed.stderr / ed.mean).powi(2) + (fl.stderr / fl.mean).powi(2)).sqrt(),
             );
+            let exact_draws = exact.sample(n, &mut exact_a);
+            eval.sample_mean = Some(moments(&drawn, d).0);
+            eval.sample_sd = Some(moments(&drawn, d).1);
             eval.exact_mean = Some(post.mean().to_vec());
+            eval.exact_sd = Some(moments(&exact_draws, d).1);
         }
     }
     Ok(eval)
+}
+
+/// Each coordinate's mean and standard deviation over the rows of `x` (`[n, d]`).
+fn moments(x: &[f32], d: usize) -> (Vec<f64>, Vec<f64>) {
+    let n = (x.len() / d).max(1) as f64;
+    let mean: Vec<f64> = (0..d)
+        .map(|i| x.iter().skip(i).step_by(d).map(|&v| v as f64).sum::<f64>() / n)
+        .collect();
+    let sd = (0..d)
+        .map(|i| {
+            let ss: f64 = x
+                .iter()
+                .skip(i)
+                .step_by(d)
+                .map(|&v| (v as f64 - mean[i]).powi(2))
+                .sum();
+            (ss / n).sqrt()
+        })
+        .collect();
+    (mean, sd)
 }
 
 /// The share of valid sequences agreeing with every known bit, and each phase's share of all

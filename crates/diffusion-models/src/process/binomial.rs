@@ -499,3 +499,113 @@ mod tests {
         }
     }
 }
+
+/// The heartbeat's bound through both log-sigmoid paths (the kernels' and Burn's) against f64,
+/// at the paper's setting (T = 2000, b_t = 1 / (T - t + 1), pi = 0.2, the `paper`
+/// parametrization), on batches of every range of t: the KL rows as the Monte-Carlo K uses them
+/// and their gradient in the logits.
+#[cfg(test)]
+mod heartbeat_precision {
+    use super::*;
+    use crate::process::Process;
+    use rand_distr::StandardNormal;
+
+    #[test]
+    fn heartbeat_bound_and_gradient_match_f64_on_both_log_sigmoid_paths() {
+        let steps = 2000;
+        let bound = BinomialBound {
+            diffusion: BinomialDiffusion::new(
+                diffusion_core::BetaSchedule::Reciprocal
+                    .raw_betas(steps)
+                    .unwrap(),
+                0.2,
+                20,
+            )
+            .unwrap(),
+            parametrization: ReverseParametrization::Paper,
+        };
+        let d = 20;
+        let device = Device::flex().autodiff();
+        let beat = diffusion_data::Heartbeat::new(20, 5).unwrap();
+        let n = 4096;
+        let mut rng = diffusion_data::rng(11, 0);
+        let x0 = beat.stream_with(diffusion_data::rng(11, 1)).next_batch(n);
+        let ln_s = |l: f64| {
+            if l > 0.0 {
+                -(-l).exp().ln_1p()
+            } else {
+                l - l.exp().ln_1p()
+            }
+        };
+        for (lo, hi) in [(2, 10), (10, 100), (100, 1000), (1000, steps + 1)] {
+            let ts: Vec<usize> = (0..n).map(|_| rng.random_range(lo..hi)).collect();
+            let rows = bound.prepare_rows(&x0, &ts, &mut rng);
+            // a network's output of the size a trained one gives (|logit| up to ~20)
+            let z: Vec<f32> = (0..n * d)
+                .map(|_| 3.0 * rng.sample::<f64, _>(StandardNormal) as f32)
+                .collect();
+            let logits: Vec<f32> = z
+                .iter()
+                .zip(&rows.kernel_logit)
+                .map(|(a, b)| a + b)
+                .collect();
+            let q = rows.posterior.clone();
+            let batch = rows.upload(&device);
+            let mut kl_ref = vec![0.0f64; n];
+            let mut g_ref = vec![0.0f64; n * d];
+            for i in 0..n * d {
+                let (qq, l) = (q[i] as f64, logits[i] as f64);
+                let ent = |p: f64| if p > 0.0 { p * p.ln() } else { 0.0 };
+                kl_ref[i / d] += ent(qq) + ent(1.0 - qq) - qq * ln_s(l) - (1.0 - qq) * ln_s(-l);
+                g_ref[i] = 1.0 / (1.0 + (-l).exp()) - qq;
+            }
+            let g_norm = g_ref.iter().map(|v| v * v).sum::<f64>().sqrt();
+            for fused in [true, false] {
+                let l = tensor2(logits.clone(), n, d, &device).require_grad();
+                let (post, ent) = (batch.posterior.clone(), batch.posterior_entropy.clone());
+                let kl = if fused {
+                    kl_bernoulli_logits(post, ent, l.clone())
+                } else {
+                    diffusion_core::kl_bernoulli_logits(post, ent, l.clone())
+                };
+                let grads = kl.clone().sum().backward();
+                let (kl, g) = (host(kl), host(l.grad(&grads).unwrap()));
+                // K's Monte-Carlo sum weighs a row by (T - 1) / ln 2: the mean error of a row in
+                // bits of K, against the 0.01 bits per sequence the heartbeat's figures resolve
+                let bias = kl
+                    .iter()
+                    .zip(&kl_ref)
+                    .map(|(a, b)| *a as f64 - b)
+                    .sum::<f64>()
+                    / n as f64
+                    * (steps - 1) as f64
+                    / std::f64::consts::LN_2;
+                let worst = kl
+                    .iter()
+                    .zip(&kl_ref)
+                    .map(|(a, b)| (*a as f64 - b).abs())
+                    .fold(0.0, f64::max);
+                let g_err = g
+                    .iter()
+                    .zip(&g_ref)
+                    .map(|(a, b)| (*a as f64 - b).powi(2))
+                    .sum::<f64>()
+                    .sqrt();
+                let path = if fused { "kernels" } else { "Burn" };
+                assert!(
+                    bias.abs() < 1e-3,
+                    "t in {lo}..{hi}, {path}: K off by {bias} bits"
+                );
+                assert!(
+                    worst < 1e-5,
+                    "t in {lo}..{hi}, {path}: a row off by {worst} nats"
+                );
+                assert!(
+                    g_err < 1e-5 * g_norm,
+                    "t in {lo}..{hi}, {path}: gradient off by {} relative",
+                    g_err / g_norm
+                );
+            }
+        }
+    }
+}
