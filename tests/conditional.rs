@@ -273,6 +273,76 @@ fn swiss_roll_inpainting_and_denoising() {
     ]));
     assert!((floats(&e["exact_mean"])[0] - 0.25).abs() < 1e-12, "{e}");
     assert!((floats(&e["sample_mean"])[0] - 0.25).abs() < 1e-12, "{e}");
+    // the energy distance over its floor: the mean of 5 sets (the default) over the mean of 32
+    // exact pairs, both with their spread; the known coordinate has no spread at all
+    assert_eq!(e["repeats"].as_u64(), Some(5), "{e}");
+    let (ed, floor) = (
+        e["energy_distance"].as_f64().unwrap(),
+        e["energy_distance_floor"].as_f64().unwrap(),
+    );
+    assert!(
+        (e["energy_ratio"].as_f64().unwrap() - ed / floor).abs() < 1e-12,
+        "{e}"
+    );
+    assert!(e["energy_ratio_stderr"].as_f64().unwrap() > 0.0, "{e}");
+    assert!(e["energy_distance_stderr"].as_f64().unwrap() > 0.0, "{e}");
+    assert!(e["energy_distance_floor_sd"].as_f64().unwrap() > 0.0, "{e}");
+    assert_eq!(floats(&e["sample_sd"])[0], 0.0, "{e}");
+    assert_eq!(floats(&e["exact_sd"])[0], 0.0, "{e}");
+    assert!(floats(&e["exact_sd"])[1] > 0.1, "{e}");
+    for (flag, value) in [("--repeats", "0"), ("--particles", "0")] {
+        fails(
+            &[
+                "evaluate-conditional",
+                "--run",
+                s(&roll),
+                "--known",
+                "0=0.25",
+                flag,
+                value,
+            ],
+            "must be at least 1",
+        );
+    }
+    fails(
+        &[
+            "sample",
+            "--run",
+            s(&roll),
+            "-n",
+            "4",
+            "--out",
+            s(&out),
+            "--known",
+            "0=0.25",
+            "--resample",
+            "--particles",
+            "0",
+        ],
+        "--particles must be at least 1",
+    );
+    // one system of 600 particles against two of 300 (the default chunk would be one of 600)
+    let (one, two) = (dir.join("one.csv"), dir.join("two.csv"));
+    for (path, particles) in [(&one, "600"), (&two, "300")] {
+        run(&[
+            "sample",
+            "--run",
+            s(&roll),
+            "-n",
+            "600",
+            "--out",
+            s(path),
+            "--known",
+            "0=0.25",
+            "--resample",
+            "--particles",
+            particles,
+        ]);
+    }
+    let (one, two) = (read_rows(&one), read_rows(&two));
+    assert_eq!((one.len(), two.len()), (600, 600));
+    assert!(one.iter().chain(&two).all(|r| r[0] == 0.25));
+    assert_ne!(one, two, "the particle systems differ, so do the samples");
     // scatter panels: the data, the exact conditional, the samples
     let pictures = dir.join("pictures");
     run(&[

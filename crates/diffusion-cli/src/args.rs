@@ -187,6 +187,10 @@ pub struct SampleArgs {
     /// Seed of the reverse chain.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Chains run together: with --resample, the size of one particle system (more chains, a
+    /// closer approach to the model's own conditional).
+    #[arg(long, default_value_t = diffusion_models::evaluate::SAMPLE_CHUNK_ROWS)]
+    pub particles: usize,
     #[command(flatten)]
     pub condition: ConditionArgs,
     /// Which weights: the moving average when the run has one (train.ema_decay), `raw` for the
@@ -334,10 +338,14 @@ pub struct EvaluateConditionalArgs {
     /// Seed of the samples and of the exact draws.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Swiss roll: independent sets of (up to 4,000) samples whose energy distances to exact
-    /// draws are averaged (each more set draws 4,000 more samples).
+    /// Swiss roll: independent sets of samples whose energy distances (on up to 4,000 of each)
+    /// to exact draws are averaged (each more set draws another -n samples).
     #[arg(long, default_value_t = 5)]
     pub repeats: usize,
+    /// Chains run together: with --resample, the size of one particle system (more chains, a
+    /// closer approach to the model's own conditional).
+    #[arg(long, default_value_t = diffusion_models::evaluate::SAMPLE_CHUNK_ROWS)]
+    pub particles: usize,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,

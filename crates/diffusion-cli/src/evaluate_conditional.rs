@@ -1,7 +1,9 @@
 //! `diffusion evaluate-conditional`: conditioned samples of a run against the exact conditional
 //! of its (generated) data.
 
-use diffusion_models::conditional::{ConditionalEvaluation, evaluate_conditional};
+use diffusion_models::conditional::{
+    ConditionalEvaluation, ConditionalOptions, evaluate_conditional,
+};
 
 use crate::args::EvaluateConditionalArgs;
 use crate::common::{check_count, load_run};
@@ -11,6 +13,9 @@ pub fn cmd_evaluate_conditional(a: EvaluateConditionalArgs) -> Result<(), String
     check_count(a.n)?;
     if a.repeats == 0 {
         return Err("--repeats must be at least 1".into());
+    }
+    if a.particles == 0 {
+        return Err("--particles must be at least 1".into());
     }
     if !a.condition.is_set() {
         return Err(
@@ -23,7 +28,13 @@ pub fn cmd_evaluate_conditional(a: EvaluateConditionalArgs) -> Result<(), String
         .condition
         .resolve_for(&manifest, bound.variable(), a.n)?
         .ok_or("evaluate-conditional needs a condition")?;
-    let eval = evaluate_conditional(&manifest, &model, &given, a.n, a.repeats, a.seed, &device)
+    let options = ConditionalOptions {
+        n: a.n,
+        repeats: a.repeats,
+        particles: a.particles,
+        seed: a.seed,
+    };
+    let eval = evaluate_conditional(&manifest, &model, &given, options, &device)
         .map_err(|e| e.to_string())?;
     if a.json {
         println!("{}", serde_json::to_string(&eval).expect("serialisable"));

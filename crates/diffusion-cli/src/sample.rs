@@ -12,6 +12,9 @@ use crate::common::{check_count, load_run, write_rows};
 /// Runs `diffusion sample`.
 pub fn cmd_sample(a: SampleArgs) -> Result<(), String> {
     check_count(a.n)?;
+    if a.particles == 0 {
+        return Err("--particles must be at least 1".into());
+    }
     io::check_extension(&a.out).map_err(|e| e.to_string())?;
     let (_, manifest, model, device) = load_run(&a.run, &a.backend, a.weights)?;
     let bound = manifest.bound_of(&model).map_err(|e| e.to_string())?;
@@ -33,14 +36,7 @@ pub fn cmd_sample(a: SampleArgs) -> Result<(), String> {
             )
             .map_err(|e| e.to_string())?,
         Some(given) => bound
-            .sample_given(
-                &model.network,
-                a.n,
-                given,
-                &mut rng,
-                &device,
-                SAMPLE_CHUNK_ROWS,
-            )
+            .sample_given(&model.network, a.n, given, &mut rng, &device, a.particles)
             .map_err(|e| e.to_string())?,
     };
     manifest.to_data_units(&mut data);

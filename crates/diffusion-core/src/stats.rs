@@ -71,6 +71,41 @@ mod tests {
         assert!((energy_distance(&shifted, &[8.0], 1) - 0.5).abs() < 1e-12);
     }
 
+    /// Two sets of n draws of one distribution are not at energy distance 0: the statistic's
+    /// expectation is E|X - X'| (1/n + 1/m) (the zero diagonal of each set's own mean distance),
+    /// 2 / (3 n) for U(0, 1). This is why a conditional sampler's energy distance is read against
+    /// a floor of exact sets of the same size, averaged over many pairs.
+    #[test]
+    fn energy_distance_of_one_distribution_has_the_closed_form_expectation() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut uniform = || {
+            // xorshift64*: the top 24 bits as a float in [0, 1)
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40) as f32 / (1u64 << 24) as f32
+        };
+        let (n, pairs) = (100, 2000);
+        let values: Vec<f64> = (0..pairs)
+            .map(|_| {
+                let a: Vec<f32> = (0..n).map(|_| uniform()).collect();
+                let b: Vec<f32> = (0..n).map(|_| uniform()).collect();
+                energy_distance(&a, &b, 1)
+            })
+            .collect();
+        let m = MeanStderr::of(&values).unwrap();
+        let want = 2.0 / (3.0 * n as f64);
+        assert!(
+            (m.mean - want).abs() < 4.0 * m.stderr,
+            "{} ± {} against {want}",
+            m.mean,
+            m.stderr
+        );
+        // and it is no small correction: one pair's spread is of the mean's own size
+        let sd = m.stderr * (pairs as f64).sqrt();
+        assert!(sd > 0.3 * want && sd < 3.0 * want, "sd {sd}");
+    }
+
     #[test]
     fn mean_and_stderr_of_a_small_sample() {
         let m = MeanStderr::of(&[1.0, 2.0, 3.0, 4.0]).unwrap();

@@ -187,31 +187,54 @@ pub struct ConditionalEvaluation {
     pub exact_mean: Option<Vec<f64>>,
 }
 
-/// Draws `n` samples of `model` conditioned by `given` (one shared condition) and compares them
-/// with the exact conditional of the run's data. `seed` seeds the samples and the exact draws.
-/// For the Swiss roll, `repeats` (at least 1) sets of up to [`ENERGY_POINTS`] samples are each
-/// compared with their own exact draws (the first set is the first of the `n` samples, the
-/// others are drawn after them).
+/// How many conditional samples [`evaluate_conditional`] draws, and in what systems.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConditionalOptions {
+    /// Conditional samples drawn (the Swiss roll's energy distance uses up to
+    /// [`ENERGY_POINTS`] of each set).
+    pub n: usize,
+    /// Swiss roll: sets of `n` samples, each compared with its own exact draws (at least 1).
+    pub repeats: usize,
+    /// Chains run together: with resampling, the size of one particle system.
+    pub particles: usize,
+    /// Seeds the samples and the exact draws.
+    pub seed: u64,
+}
+
+impl ConditionalOptions {
+    /// `n` samples in one set, in systems of [`SAMPLE_CHUNK_ROWS`] chains, seed 0.
+    pub fn new(n: usize) -> Self {
+        Self {
+            n,
+            repeats: 1,
+            particles: SAMPLE_CHUNK_ROWS,
+            seed: 0,
+        }
+    }
+}
+
+/// Draws samples of `model` conditioned by `given` (one shared condition) and compares them with
+/// the exact conditional of the run's data. For the Swiss roll each of `options.repeats` sets of
+/// `options.n` samples is compared with its own exact draws (the first set is the one whose
+/// mean is reported).
 pub fn evaluate_conditional<N: ReverseNetwork>(
     manifest: &RunManifest,
     model: &ReverseModel<N>,
     given: &Conditioning,
-    n: usize,
-    repeats: usize,
-    seed: u64,
+    options: ConditionalOptions,
     device: &Device,
 ) -> Result<ConditionalEvaluation, ConditionalError> {
+    let ConditionalOptions {
+        n,
+        repeats,
+        particles,
+        seed,
+    } = options;
+    let particles = particles.max(1);
     let exact = Exact::of(&manifest.config.data, given)?;
     let bound = manifest.bound_of(model)?;
     let mut rng = diffusion_data::rng(seed, streams::SAMPLE);
-    let drawn = bound.sample_given(
-        &model.network,
-        n,
-        given,
-        &mut rng,
-        device,
-        SAMPLE_CHUNK_ROWS,
-    )?;
+    let drawn = bound.sample_given(&model.network, n, given, &mut rng, device, particles)?;
     let mut eval = ConditionalEvaluation {
         samples: n,
         mode: given.mode().name().into(),
@@ -254,13 +277,13 @@ pub fn evaluate_conditional<N: ReverseNetwork>(
                 } else {
                     more = bound.sample_given(
                         &model.network,
-                        m,
+                        n,
                         given,
                         &mut rng,
                         device,
-                        SAMPLE_CHUNK_ROWS,
+                        particles,
                     )?;
-                    &more[..]
+                    &more[..m * d]
                 };
                 let truth = exact.sample(m, &mut exact_a);
                 distances.push(diffusion_core::energy_distance(ours, &truth, d));
