@@ -290,6 +290,32 @@ fn swiss_roll_inpainting_and_denoising() {
     assert_eq!(floats(&e["sample_sd"])[0], 0.0, "{e}");
     assert_eq!(floats(&e["exact_sd"])[0], 0.0, "{e}");
     assert!(floats(&e["exact_sd"])[1] > 0.1, "{e}");
+    // the model's own conditional by rejection from unconditioned samples: with a known value
+    // only, its distance to the truth and the samples' distance to it
+    let with_slice = |condition: &[&str]| {
+        let mut args = vec![
+            "evaluate-conditional",
+            "--run",
+            s(&roll),
+            "-n",
+            "300",
+            "--repeats",
+            "1",
+            "--model-slice",
+            "20000",
+            "--json",
+        ];
+        args.extend_from_slice(condition);
+        json(&run(&args))
+    };
+    let e = with_slice(&["--known", "0=0.25"]);
+    let slice = e["model_slice_samples"].as_u64().unwrap();
+    assert!(slice > 0 && slice < 20_000, "{e}");
+    assert!(e["model_slice_ratio"].as_f64().unwrap() > 0.0, "{e}");
+    assert!(e["sampler_to_model_ratio"].as_f64().unwrap() > 0.0, "{e}");
+    assert_eq!(floats(&e["model_slice_sd"])[0], 0.0, "{e}");
+    let e = with_slice(&["--observe=-1.6,0", "--observe-noise", "0.3"]);
+    assert!(e.get("model_slice_samples").is_none(), "{e}");
     for (flag, value) in [("--repeats", "0"), ("--particles", "0")] {
         fails(
             &[

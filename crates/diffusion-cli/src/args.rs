@@ -346,6 +346,11 @@ pub struct EvaluateConditionalArgs {
     /// closer approach to the model's own conditional).
     #[arg(long, default_value_t = diffusion_models::evaluate::SAMPLE_CHUNK_ROWS)]
     pub particles: usize,
+    /// Swiss roll with known values: also estimate the model's own conditional from this many
+    /// unconditioned samples (those within 0.01 of the known values), to tell the model's error
+    /// from the sampler's (e.g. 400000).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub model_slice: usize,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,

@@ -33,6 +33,7 @@ pub fn cmd_evaluate_conditional(a: EvaluateConditionalArgs) -> Result<(), String
         repeats: a.repeats,
         particles: a.particles,
         seed: a.seed,
+        model_slice: a.model_slice,
     };
     let eval = evaluate_conditional(&manifest, &model, &given, options, &device)
         .map_err(|e| e.to_string())?;
@@ -90,6 +91,24 @@ fn print(e: &ConditionalEvaluation) {
         println!("mean       = {} (samples), {} (exact)", list(m), list(x));
         if let (Some(s), Some(x)) = (&e.sample_sd, &e.exact_sd) {
             println!("sd         = {} (samples), {} (exact)", list(s), list(x));
+        }
+        if let Some(k) = e.model_slice_samples {
+            match (
+                e.model_slice_ratio,
+                e.sampler_to_model_ratio,
+                &e.model_slice_sd,
+            ) {
+                (Some(model), Some(sampler), Some(sd)) => {
+                    println!(
+                        "model      = {model:.2} (the model's own conditional, {k} unconditioned samples near the known values, against exact draws; sd {})",
+                        list(sd)
+                    );
+                    println!(
+                        "sampler    = {sampler:.2} (the samples against the model's own conditional)"
+                    );
+                }
+                _ => println!("model      = no unconditioned sample fell near the known values"),
+            }
         }
     }
 }

@@ -32,6 +32,10 @@ use crate::run::RunManifest;
 /// Pairs of sets of exact draws whose energy distances make the floor (mean and spread).
 pub const FLOOR_PAIRS: usize = 32;
 
+/// How far from a known value an unconditioned sample may lie to count towards the model's own
+/// conditional ([`ConditionalOptions::model_slice`]), in the data's units.
+pub const SLICE_HALF_WIDTH: f32 = 0.01;
+
 /// Why a conditional evaluation cannot be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ConditionalError {
@@ -173,6 +177,21 @@ pub struct ConditionalEvaluation {
     /// Swiss roll: the ratio's standard error (both means' errors, to first order).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub energy_ratio_stderr: Option<f64>,
+    /// Swiss roll, known values: unconditioned samples that fell within [`SLICE_HALF_WIDTH`] of
+    /// every known value (the model's own conditional, by rejection).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_slice_samples: Option<usize>,
+    /// The energy distance of (up to [`ENERGY_POINTS`] of) those to exact draws over the floor:
+    /// how far the model itself is from the exact conditional, whatever the sampler.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_slice_ratio: Option<f64>,
+    /// The energy distance of the first set of conditional samples to the model's slice over the
+    /// floor: how far the sampler is from the model's own conditional.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampler_to_model_ratio: Option<f64>,
+    /// The slice's standard deviation of each coordinate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_slice_sd: Option<Vec<f64>>,
     /// Swiss roll: the standard deviation of each coordinate of the conditional samples.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sample_sd: Option<Vec<f64>>,
@@ -199,6 +218,9 @@ pub struct ConditionalOptions {
     pub particles: usize,
     /// Seeds the samples and the exact draws.
     pub seed: u64,
+    /// Swiss roll with known values only: the model's own conditional estimated from this many
+    /// unconditioned samples, those within [`SLICE_HALF_WIDTH`] of every known value (0: none).
+    pub model_slice: usize,
 }
 
 impl ConditionalOptions {
@@ -209,6 +231,7 @@ impl ConditionalOptions {
             repeats: 1,
             particles: SAMPLE_CHUNK_ROWS,
             seed: 0,
+            model_slice: 0,
         }
     }
 }
@@ -229,6 +252,7 @@ pub fn evaluate_conditional<N: ReverseNetwork>(
         repeats,
         particles,
         seed,
+        model_slice,
     } = options;
     let particles = particles.max(1);
     let exact = Exact::of(&manifest.config.data, given)?;
@@ -254,6 +278,10 @@ pub fn evaluate_conditional<N: ReverseNetwork>(
         exact_mean: None,
         sample_sd: None,
         exact_sd: None,
+        model_slice_samples: None,
+        model_slice_ratio: None,
+        sampler_to_model_ratio: None,
+        model_slice_sd: None,
     };
     match &exact {
         Exact::Heartbeat { beat, phases } => {
@@ -312,6 +340,45 @@ pub fn evaluate_conditional<N: ReverseNetwork>(
             eval.sample_sd = Some(moments(&drawn, d).1);
             eval.exact_mean = Some(post.mean().to_vec());
             eval.exact_sd = Some(moments(&exact_draws, d).1);
+            let known: Vec<(usize, f32)> = (0..d)
+                .filter_map(|i| match given.cell(0, i) {
+                    Cell::Known(v) => Some((i, v)),
+                    _ => None,
+                })
+                .collect();
+            let only_known = (0..d).all(|i| !matches!(given.cell(0, i), Cell::Observed(..)));
+            if model_slice > 0 && !known.is_empty() && only_known {
+                let mut slice_rng = diffusion_data::rng(seed, streams::SAMPLE + 100);
+                let free = bound.sample(
+                    &model.network,
+                    model_slice,
+                    &mut slice_rng,
+                    device,
+                    particles,
+                );
+                let mut slice: Vec<f32> = Vec::new();
+                for row in free.chunks_exact(d) {
+                    if known
+                        .iter()
+                        .all(|&(i, v)| (row[i] - v).abs() <= SLICE_HALF_WIDTH)
+                    {
+                        let mut row = row.to_vec();
+                        known.iter().for_each(|&(i, v)| row[i] = v);
+                        slice.extend(row);
+                    }
+                }
+                let k = slice.len() / d;
+                eval.model_slice_samples = Some(k);
+                if k > 0 {
+                    let s = &slice[..k.min(m) * d];
+                    let truth = exact.sample(k.min(m), &mut exact_a);
+                    eval.model_slice_ratio =
+                        Some(diffusion_core::energy_distance(s, &truth, d) / fl.mean);
+                    eval.sampler_to_model_ratio =
+                        Some(diffusion_core::energy_distance(&drawn[..m * d], s, d) / fl.mean);
+                    eval.model_slice_sd = Some(moments(&slice, d).1);
+                }
+            }
         }
     }
     Ok(eval)
