@@ -10,6 +10,7 @@ draws over its floor (the same figure between two exact sets).
 
     cargo build --release -p diffusion-cli
     python3 scripts/conditioning-report.py                     # about 40 minutes on 2 cores
+    python3 scripts/conditioning-report.py --only roll --particles 32768   # larger systems
     python3 scripts/conditioning-report.py --roll R --beat H   # existing runs
 
 Standard library only.
@@ -60,9 +61,9 @@ def ensure_run(binary, folder, config):
         run([binary, "train", "--config", config, "--out", folder])
 
 
-def evaluate(binary, folder, n, case, mode, repeats=1):
+def evaluate(binary, folder, n, case, mode, repeats=1, extra=()):
     cmd = [binary, "evaluate-conditional", "--run", folder, "-n", str(n), "--json",
-           "--repeats", str(repeats)]
+           "--repeats", str(repeats), *extra]
     return json.loads(run(cmd + case + mode))
 
 
@@ -75,6 +76,11 @@ def main():
     p.add_argument("--n", type=int, default=10000, help="samples per heartbeat case")
     p.add_argument("--repeats", type=int, default=5,
                    help="Swiss roll: sets of 4,000 samples per cell")
+    p.add_argument("--particles", type=int, default=4096,
+                   help="Swiss roll: chains in one particle system (and samples per set)")
+    p.add_argument("--model-slice", type=int, default=400000,
+                   help="Swiss roll inpainting: unconditioned samples for the model's own "
+                        "conditional (0: none)")
     p.add_argument("--only", choices=["roll", "beat"], help="one data set")
     a = p.parse_args()
 
@@ -85,15 +91,26 @@ def main():
               "the same figure between two exact sets, 32 pairs; its sd in brackets), each "
               f"cell the mean of {a.repeats} sets ± its standard error; within 2x is the "
               "target.\n")
-        print("| case | floor (sd) | " + " | ".join(m for m, _ in MODES) + " |")
-        print("|---|---|" + "---|" * len(MODES))
+        print("| case | floor (sd) | " + " | ".join(m for m, _ in MODES)
+              + " | the model's own conditional |")
+        print("|---|---|" + "---|" * (len(MODES) + 1))
+        n = max(4000, a.particles)
+        extra = ["--particles", str(a.particles)]
         for name, case in ROLL_CASES:
             cells, floor = [], None
             for _, mode in MODES:
-                e = evaluate(a.bin, a.roll, 4000, case, mode, a.repeats)
+                e = evaluate(a.bin, a.roll, n, case, mode, a.repeats, extra)
                 floor = f"{e['energy_distance_floor']:.5f} ({e['energy_distance_floor_sd']:.5f})"
                 cells.append(f"{e['energy_ratio']:.2f}x ± {e['energy_ratio_stderr']:.2f}")
-            print(f"| {name} | {floor} | " + " | ".join(cells) + " |", flush=True)
+            model = "–"
+            if a.model_slice > 0 and "--known" in case:
+                e = evaluate(a.bin, a.roll, n, case, ["--resample"], 1,
+                             extra + ["--model-slice", str(a.model_slice)])
+                if e.get("model_slice_ratio") is not None:
+                    model = (f"{e['model_slice_ratio']:.2f}x ({e['model_slice_samples']} "
+                             f"samples; resampled constant r to it: "
+                             f"{e['sampler_to_model_ratio']:.2f}x)")
+            print(f"| {name} | {floor} | " + " | ".join(cells) + f" | {model} |", flush=True)
         print()
     if a.only != "roll":
         ensure_run(a.bin, a.beat, "configs/heartbeat.toml")

@@ -181,12 +181,13 @@ pub struct ConditionalEvaluation {
     /// every known value (the model's own conditional, by rejection).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_slice_samples: Option<usize>,
-    /// The energy distance of (up to [`ENERGY_POINTS`] of) those to exact draws over the floor:
-    /// how far the model itself is from the exact conditional, whatever the sampler.
+    /// The energy distance of (up to [`ENERGY_POINTS`] of) those to as many exact draws over the
+    /// floor (scaled to the sets' sizes, as 1/n + 1/m): how far the model itself is from the
+    /// exact conditional, whatever the sampler. One pair of sets: as noisy as one floor draw.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_slice_ratio: Option<f64>,
     /// The energy distance of the first set of conditional samples to the model's slice over the
-    /// floor: how far the sampler is from the model's own conditional.
+    /// floor (scaled likewise): how far the sampler is from the model's own conditional.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampler_to_model_ratio: Option<f64>,
     /// The slice's standard deviation of each coordinate.
@@ -370,12 +371,19 @@ pub fn evaluate_conditional<N: ReverseNetwork>(
                 let k = slice.len() / d;
                 eval.model_slice_samples = Some(k);
                 if k > 0 {
-                    let s = &slice[..k.min(m) * d];
-                    let truth = exact.sample(k.min(m), &mut exact_a);
+                    let j = k.min(m);
+                    let s = &slice[..j * d];
+                    let truth = exact.sample(j, &mut exact_a);
+                    // the floor is for two sets of m; under the null the energy distance scales
+                    // as 1/a + 1/b with the sets' sizes
+                    let floor_of = |a: usize, b: usize| {
+                        fl.mean * (1.0 / a as f64 + 1.0 / b as f64) / (2.0 / m as f64)
+                    };
                     eval.model_slice_ratio =
-                        Some(diffusion_core::energy_distance(s, &truth, d) / fl.mean);
-                    eval.sampler_to_model_ratio =
-                        Some(diffusion_core::energy_distance(&drawn[..m * d], s, d) / fl.mean);
+                        Some(diffusion_core::energy_distance(s, &truth, d) / floor_of(j, j));
+                    eval.sampler_to_model_ratio = Some(
+                        diffusion_core::energy_distance(&drawn[..m * d], s, d) / floor_of(m, j),
+                    );
                     eval.model_slice_sd = Some(moments(&slice, d).1);
                 }
             }
