@@ -1,6 +1,7 @@
 //! Reading and writing 2-D arrays of points as CSV (through the `csv` crate) or NumPy `.npy`
-//! (through `npyz`; little-endian `<f4`/`<f8`, C order). The format is chosen by the file
-//! extension.
+//! (through `npyz`; little-endian `<f4`/`<f8`, C order), and reading MNIST's IDX files of bytes
+//! (names ending `-ubyte`, `.idx`, either with `.gz`: [`crate::idx`]) as one row per item, its
+//! values flattened. The format is chosen by the file name.
 
 use std::fs;
 use std::io::Write;
@@ -79,22 +80,46 @@ impl Array2 {
 enum Format {
     Csv,
     Npy,
+    Idx,
 }
 
 fn format_of(path: &Path) -> Result<Format, DataError> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let stem = name.strip_suffix(".gz").unwrap_or(&name);
     match path.extension().and_then(|e| e.to_str()) {
         Some(e) if e.eq_ignore_ascii_case("csv") => Ok(Format::Csv),
         Some(e) if e.eq_ignore_ascii_case("npy") => Ok(Format::Npy),
+        _ if stem.ends_with("-ubyte") || stem.ends_with(".idx") => Ok(Format::Idx),
         _ => Err(DataError::Invalid(format!(
+            "{}: unknown file type; use a .csv or .npy file, or an IDX file (-ubyte or .idx, \
+             gzipped or not)",
+            path.display()
+        ))),
+    }
+}
+
+/// The format of a file to write: .csv or .npy.
+fn output_format_of(path: &Path) -> Result<Format, DataError> {
+    match format_of(path) {
+        Ok(Format::Idx) => Err(DataError::Invalid(format!(
+            "{}: IDX files are read, not written; write a .csv or .npy file",
+            path.display()
+        ))),
+        Ok(f) => Ok(f),
+        Err(_) => Err(DataError::Invalid(format!(
             "{}: unknown file type; use a .csv or .npy file",
             path.display()
         ))),
     }
 }
 
-/// Checks that `path` names a .csv or .npy file, before any work is done.
+/// Checks that `path` names a .csv or .npy file to write, before any work is done.
 pub fn check_extension(path: &Path) -> Result<(), DataError> {
-    format_of(path).map(|_| ())
+    output_format_of(path).map(|_| ())
 }
 
 /// Reads an array from a .csv or .npy file, refusing non-finite values.
@@ -141,6 +166,24 @@ fn parse_any(bytes: &[u8], path: &Path, shown: &str) -> Result<Array2, DataError
     let array = match format_of(path)? {
         Format::Csv => parse_csv(bytes, shown)?,
         Format::Npy => parse_npy(bytes, shown)?,
+        Format::Idx => {
+            let a = crate::idx::parse(bytes).map_err(|message| DataError::Format {
+                path: shown.into(),
+                message,
+            })?;
+            let cols: usize = a.dims[1..].iter().product();
+            if cols == 0 {
+                return Err(DataError::Format {
+                    path: shown.into(),
+                    message: format!("IDX dimensions {:?}: items of no values", a.dims),
+                });
+            }
+            Array2 {
+                rows: a.dims[0],
+                cols,
+                data: a.data.iter().map(|&v| v as f32).collect(),
+            }
+        }
     };
     if array.rows == 0 {
         return Err(DataError::Format {
@@ -158,9 +201,9 @@ pub fn write(path: &Path, array: &Array2) -> Result<(), DataError> {
         path: path.display().to_string(),
         source,
     };
-    let bytes = match format_of(path)? {
+    let bytes = match output_format_of(path)? {
         Format::Csv => to_csv(array).map_err(io_err)?,
-        Format::Npy => to_npy(array).map_err(io_err)?,
+        _ => to_npy(array).map_err(io_err)?,
     };
     write_atomic(path, &bytes).map_err(io_err)
 }

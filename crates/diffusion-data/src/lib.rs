@@ -22,6 +22,7 @@
 
 pub mod baselines;
 pub mod heartbeat;
+pub mod idx;
 pub mod io;
 mod split;
 pub mod standardize;

@@ -57,3 +57,67 @@ fn the_digits_are_scikit_learns_and_their_binary_copy_is_thresholded_at_8() {
         assert_eq!(*b, if *c >= 8.0 { 1.0 } else { 0.0 });
     }
 }
+
+/// datasets/mnist holds what `scripts/make_mnist.py` printed when it made the files: the
+/// counts of each label, the sum of all pixels and the first label of each split, and no digit
+/// in both.
+#[test]
+fn the_mnist_splits_are_what_the_script_made() {
+    use diffusion_data::idx;
+    let splits = [
+        (
+            "train",
+            9000,
+            [893, 1014, 899, 940, 876, 784, 899, 966, 844, 885],
+            235_878_671u64,
+            8u8,
+        ),
+        (
+            "t10k",
+            1000,
+            [108, 113, 92, 92, 104, 79, 115, 104, 100, 93],
+            26_267_929,
+            2,
+        ),
+    ];
+    let mut seen = std::collections::HashSet::new();
+    for (prefix, n, counts, pixel_sum, first) in splits {
+        let images = idx::read(&file(&format!("mnist/{prefix}-images-idx3-ubyte.gz"))).unwrap();
+        let labels = idx::read(&file(&format!("mnist/{prefix}-labels-idx1-ubyte.gz"))).unwrap();
+        assert_eq!(images.dims, vec![n, 28, 28], "{prefix}");
+        assert_eq!(labels.dims, vec![n], "{prefix}");
+        let mut got = [0usize; 10];
+        labels.data.iter().for_each(|&l| got[l as usize] += 1);
+        assert_eq!(got, counts, "{prefix}");
+        assert_eq!(labels.data[0], first, "{prefix}");
+        let sum: u64 = images.data.iter().map(|&v| v as u64).sum();
+        assert_eq!(sum, pixel_sum, "{prefix}");
+        for image in images.data.chunks_exact(784) {
+            assert!(seen.insert(image.to_vec()), "{prefix}: a digit twice");
+        }
+    }
+}
+
+/// An IDX file is also data for `--data`: one row per digit, its 784 pixels 0..255; IDX files
+/// are read, never written.
+#[test]
+fn idx_images_read_as_rows_and_are_not_an_output_format() {
+    use diffusion_data::{idx, io};
+    let path = file("mnist/t10k-images-idx3-ubyte.gz");
+    let rows = io::read(&path).unwrap();
+    let images = idx::read(&path).unwrap();
+    assert_eq!((rows.rows, rows.cols), (1000, 784));
+    assert!(
+        rows.data
+            .iter()
+            .zip(&images.data)
+            .all(|(&r, &b)| r == b as f32)
+    );
+    let err = io::check_extension(std::path::Path::new("out-ubyte.gz")).unwrap_err();
+    assert!(
+        err.to_string().contains("IDX files are read, not written"),
+        "{err}"
+    );
+    let err = io::parse(b"\x89PNG", std::path::Path::new("digits.png")).unwrap_err();
+    assert!(err.to_string().contains("unknown file type"), "{err}");
+}

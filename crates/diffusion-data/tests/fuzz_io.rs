@@ -40,6 +40,20 @@ proptest! {
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
         let _ = io::parse(&bytes, Path::new("f.csv"));
         let _ = io::parse(&bytes, Path::new("f.npy"));
+        let _ = io::parse(&bytes, Path::new("f-ubyte"));
+    }
+
+    /// IDX bytes behind a valid magic number (unsigned bytes, 1 to 4 dimensions): an array of
+    /// the header's shape, or an error.
+    #[test]
+    fn idx_like_bytes_never_panic(rank in 1u8..5, rest in prop::collection::vec(any::<u8>(), 0..300)) {
+        let mut bytes = vec![0, 0, 8, rank];
+        bytes.extend(rest);
+        if let Ok(a) = io::parse(&bytes, Path::new("f-ubyte")) {
+            prop_assert!(a.rows >= 1 && a.cols >= 1);
+            prop_assert_eq!(a.data.len(), a.rows * a.cols);
+            prop_assert!(a.data.iter().all(|v| (0.0..=255.0).contains(v)));
+        }
     }
 
     #[test]
