@@ -293,103 +293,180 @@ pub fn evaluate_conditional<N: ReverseNetwork>(
             eval.exact_phases = Some(phases.clone());
         }
         Exact::SwissRoll(post) => {
-            let m = n.min(ENERGY_POINTS);
-            let d = 2;
-            let repeats = repeats.max(1);
+            let draws = Draws {
+                bound: &bound,
+                network: &model.network,
+                given,
+                n,
+                particles,
+                device,
+            };
             let mut exact_a = diffusion_data::rng(seed, streams::METRIC_A);
-            let mut exact_b = diffusion_data::rng(seed, streams::METRIC_B);
-            let mut distances = Vec::with_capacity(repeats);
-            for r in 0..repeats {
-                let more;
-                let ours = if r == 0 {
-                    &drawn[..m * d]
-                } else {
-                    more = bound.sample_given(
-                        &model.network,
-                        n,
-                        given,
-                        &mut rng,
-                        device,
-                        particles,
-                    )?;
-                    &more[..m * d]
-                };
-                let truth = exact.sample(m, &mut exact_a);
-                distances.push(diffusion_core::energy_distance(ours, &truth, d));
-            }
-            let floor: Vec<f64> = (0..FLOOR_PAIRS)
-                .map(|_| {
-                    let a = exact.sample(m, &mut exact_b);
-                    let b = exact.sample(m, &mut exact_b);
-                    diffusion_core::energy_distance(&a, &b, d)
-                })
-                .collect();
-            let ed = MeanStderr::of(&distances).expect("at least one set");
-            let fl = MeanStderr::of(&floor).expect("pairs");
-            let ratio = ed.mean / fl.mean;
-            eval.repeats = Some(repeats);
-            eval.energy_distance = Some(ed.mean);
-            eval.energy_distance_stderr = Some(ed.stderr);
-            eval.energy_distance_floor = Some(fl.mean);
-            eval.energy_distance_floor_sd = Some(fl.stderr * (FLOOR_PAIRS as f64).sqrt());
-            eval.energy_ratio = Some(ratio);
-            eval.energy_ratio_stderr = Some(
-                ratio * ((ed.stderr / ed.mean).powi(2) + (fl.stderr / fl.mean).powi(2)).sqrt(),
-            );
+            let m = n.min(ENERGY_POINTS);
+            let floor = energy_over_floor(
+                &mut eval,
+                &exact,
+                &draws,
+                &drawn,
+                repeats,
+                seed,
+                &mut exact_a,
+                &mut rng,
+            )?;
             let exact_draws = exact.sample(n, &mut exact_a);
-            eval.sample_mean = Some(moments(&drawn, d).0);
-            eval.sample_sd = Some(moments(&drawn, d).1);
+            eval.sample_mean = Some(moments(&drawn, 2).0);
+            eval.sample_sd = Some(moments(&drawn, 2).1);
             eval.exact_mean = Some(post.mean().to_vec());
-            eval.exact_sd = Some(moments(&exact_draws, d).1);
-            let known: Vec<(usize, f32)> = (0..d)
-                .filter_map(|i| match given.cell(0, i) {
-                    Cell::Known(v) => Some((i, v)),
-                    _ => None,
-                })
-                .collect();
-            let only_known = (0..d).all(|i| !matches!(given.cell(0, i), Cell::Observed(..)));
-            if model_slice > 0 && !known.is_empty() && only_known {
+            eval.exact_sd = Some(moments(&exact_draws, 2).1);
+            if model_slice > 0 {
                 let mut slice_rng = diffusion_data::rng(seed, streams::SAMPLE + 100);
-                let free = bound.sample(
-                    &model.network,
+                let ours = &drawn[..m * 2];
+                compare_with_model_slice(
+                    &mut eval,
+                    &exact,
+                    &draws,
+                    ours,
+                    floor,
                     model_slice,
                     &mut slice_rng,
-                    device,
-                    particles,
+                    &mut exact_a,
                 );
-                let mut slice: Vec<f32> = Vec::new();
-                for row in free.chunks_exact(d) {
-                    if known
-                        .iter()
-                        .all(|&(i, v)| (row[i] - v).abs() <= SLICE_HALF_WIDTH)
-                    {
-                        let mut row = row.to_vec();
-                        known.iter().for_each(|&(i, v)| row[i] = v);
-                        slice.extend(row);
-                    }
-                }
-                let k = slice.len() / d;
-                eval.model_slice_samples = Some(k);
-                if k > 0 {
-                    let j = k.min(m);
-                    let s = &slice[..j * d];
-                    let truth = exact.sample(j, &mut exact_a);
-                    // the floor is for two sets of m; under the null the energy distance scales
-                    // as 1/a + 1/b with the sets' sizes
-                    let floor_of = |a: usize, b: usize| {
-                        fl.mean * (1.0 / a as f64 + 1.0 / b as f64) / (2.0 / m as f64)
-                    };
-                    eval.model_slice_ratio =
-                        Some(diffusion_core::energy_distance(s, &truth, d) / floor_of(j, j));
-                    eval.sampler_to_model_ratio = Some(
-                        diffusion_core::energy_distance(&drawn[..m * d], s, d) / floor_of(m, j),
-                    );
-                    eval.model_slice_sd = Some(moments(&slice, d).1);
-                }
             }
         }
     }
     Ok(eval)
+}
+
+/// How a conditional evaluation draws its samples: `n` at a time, `particles` chains together.
+struct Draws<'a, N: ReverseNetwork> {
+    bound: &'a crate::Diffusion,
+    network: &'a N,
+    given: &'a Conditioning,
+    n: usize,
+    particles: usize,
+    device: &'a Device,
+}
+
+impl<N: ReverseNetwork> Draws<'_, N> {
+    fn conditioned(&self, rng: &mut Rng) -> Result<Vec<f32>, ConditionalError> {
+        let Self {
+            bound,
+            network,
+            given,
+            n,
+            particles,
+            device,
+        } = self;
+        Ok(bound.sample_given(*network, *n, given, rng, device, *particles)?)
+    }
+}
+
+/// The Swiss roll's energy distance over its floor: `repeats` sets of samples (the first is
+/// `drawn`) each against its own exact draws, the floor over [`FLOOR_PAIRS`] pairs of exact
+/// sets; returns the floor's mean (for sets of up to [`ENERGY_POINTS`]).
+#[allow(clippy::too_many_arguments)]
+fn energy_over_floor<N: ReverseNetwork>(
+    eval: &mut ConditionalEvaluation,
+    exact: &Exact,
+    draws: &Draws<'_, N>,
+    drawn: &[f32],
+    repeats: usize,
+    seed: u64,
+    exact_a: &mut Rng,
+    rng: &mut Rng,
+) -> Result<f64, ConditionalError> {
+    let (d, m) = (2, draws.n.min(ENERGY_POINTS));
+    let repeats = repeats.max(1);
+    let mut distances = Vec::with_capacity(repeats);
+    for r in 0..repeats {
+        let more;
+        let ours = if r == 0 {
+            &drawn[..m * d]
+        } else {
+            more = draws.conditioned(rng)?;
+            &more[..m * d]
+        };
+        let truth = exact.sample(m, exact_a);
+        distances.push(diffusion_core::energy_distance(ours, &truth, d));
+    }
+    let mut exact_b = diffusion_data::rng(seed, streams::METRIC_B);
+    let floor: Vec<f64> = (0..FLOOR_PAIRS)
+        .map(|_| {
+            let a = exact.sample(m, &mut exact_b);
+            let b = exact.sample(m, &mut exact_b);
+            diffusion_core::energy_distance(&a, &b, d)
+        })
+        .collect();
+    let ed = MeanStderr::of(&distances).expect("at least one set");
+    let fl = MeanStderr::of(&floor).expect("pairs");
+    let ratio = ed.mean / fl.mean;
+    eval.repeats = Some(repeats);
+    eval.energy_distance = Some(ed.mean);
+    eval.energy_distance_stderr = Some(ed.stderr);
+    eval.energy_distance_floor = Some(fl.mean);
+    eval.energy_distance_floor_sd = Some(fl.stderr * (FLOOR_PAIRS as f64).sqrt());
+    eval.energy_ratio = Some(ratio);
+    eval.energy_ratio_stderr =
+        Some(ratio * ((ed.stderr / ed.mean).powi(2) + (fl.stderr / fl.mean).powi(2)).sqrt());
+    Ok(fl.mean)
+}
+
+/// With known values only: the model's own conditional as the unconditioned samples (of
+/// `count`) within [`SLICE_HALF_WIDTH`] of every known value, against exact draws and against
+/// `ours` (up to [`ENERGY_POINTS`] conditional samples), over `floor` (the mean for two sets of
+/// `ours`' size) scaled to the sets' sizes as 1/a + 1/b.
+#[allow(clippy::too_many_arguments)]
+fn compare_with_model_slice<N: ReverseNetwork>(
+    eval: &mut ConditionalEvaluation,
+    exact: &Exact,
+    draws: &Draws<'_, N>,
+    ours: &[f32],
+    floor: f64,
+    count: usize,
+    rng: &mut Rng,
+    exact_a: &mut Rng,
+) {
+    let d = 2;
+    let cells: Vec<Cell> = (0..d).map(|i| draws.given.cell(0, i)).collect();
+    let known: Vec<(usize, f32)> = cells
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| match c {
+            Cell::Known(v) => Some((i, *v)),
+            _ => None,
+        })
+        .collect();
+    if known.is_empty() || cells.iter().any(|c| matches!(c, Cell::Observed(..))) {
+        return;
+    }
+    let free = draws
+        .bound
+        .sample(draws.network, count, rng, draws.device, draws.particles);
+    let mut slice: Vec<f32> = Vec::new();
+    for row in free.chunks_exact(d) {
+        if known
+            .iter()
+            .all(|&(i, v)| (row[i] - v).abs() <= SLICE_HALF_WIDTH)
+        {
+            let mut row = row.to_vec();
+            known.iter().for_each(|&(i, v)| row[i] = v);
+            slice.extend(row);
+        }
+    }
+    let k = slice.len() / d;
+    eval.model_slice_samples = Some(k);
+    if k == 0 {
+        return;
+    }
+    let (m, j) = (ours.len() / d, k.min(ours.len() / d));
+    let s = &slice[..j * d];
+    let truth = exact.sample(j, exact_a);
+    let floor_of =
+        |a: usize, b: usize| floor * (1.0 / a as f64 + 1.0 / b as f64) / (2.0 / m as f64);
+    eval.model_slice_ratio = Some(diffusion_core::energy_distance(s, &truth, d) / floor_of(j, j));
+    eval.sampler_to_model_ratio =
+        Some(diffusion_core::energy_distance(ours, s, d) / floor_of(m, j));
+    eval.model_slice_sd = Some(moments(&slice, d).1);
 }
 
 /// Each coordinate's mean and standard deviation over the rows of `x` (`[n, d]`).
