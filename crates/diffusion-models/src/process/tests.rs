@@ -210,6 +210,72 @@ fn hybrid_parts_are_the_noise_error_and_the_kl() {
     assert_eq!(host(kl), want_kl);
 }
 
+/// A "network" whose output is one trainable table, so that a loss's gradient in the network's
+/// output can be read off directly.
+#[derive(burn::module::Module, Debug)]
+struct Outputs {
+    z: burn::module::Param<Tensor<2>>,
+}
+
+impl crate::network::ReverseNetwork for Outputs {
+    fn forward(&self, _x_t: Tensor<2>, _t: Tensor<1, burn::tensor::Int>) -> Tensor<2> {
+        self.z.val()
+    }
+}
+
+/// What makes the hybrid loss hybrid (Nichol and Dhariwal 2021, section 3.1): the KL part's
+/// gradient reaches only the variance outputs (the mean is held), the noise error's only the
+/// mean outputs; the bound itself reaches both.
+#[test]
+fn hybrid_kl_reaches_only_the_variance_and_the_noise_error_only_the_mean() {
+    let device = Device::flex().autodiff();
+    let steps = 30;
+    let bound = GaussianBound {
+        diffusion: GaussianDiffusion::new(BetaSchedule::linear(1e-3, 0.2).betas(steps).unwrap(), 2)
+            .unwrap(),
+        parametrization: ReverseParametrization::Epsilon,
+    };
+    let n = 64;
+    let x0 = standard_normal_points(n, 2, 41);
+    let ts: Vec<usize> = (0..n).map(|i| 2 + i % (steps - 1)).collect();
+    let mut rng = diffusion_data::rng(42, 0);
+    let batch = prepare(&bound, &x0, &ts, &mut rng, &device);
+    let z: Vec<f32> = standard_normal_points(n, 4, 43)
+        .iter()
+        .map(|v| 0.5 * v)
+        .collect();
+    let net = Outputs {
+        z: burn::module::Param::from_tensor(tensor2(z, n, 4, &device)),
+    };
+    // the gradient's largest magnitude in the mean columns (0, 1) and the variance columns (2, 3)
+    let reach = |loss: Tensor<1>| -> [f32; 2] {
+        let grads = loss.sum().backward();
+        let g = host(net.z.grad(&grads).unwrap().into());
+        let mut m = [0.0f32; 2];
+        for (i, v) in g.iter().enumerate() {
+            let c = usize::from(i % 4 >= 2);
+            m[c] = m[c].max(v.abs());
+        }
+        m
+    };
+    let (mse, kl) = bound.hybrid_rows(&net, batch.clone());
+    let [mean, var] = reach(kl);
+    assert!(
+        mean == 0.0 && var > 1e-3,
+        "KL part: mean {mean}, variance {var}"
+    );
+    let [mean, var] = reach(mse);
+    assert!(
+        mean > 1e-3 && var == 0.0,
+        "noise error: mean {mean}, variance {var}"
+    );
+    let [mean, var] = reach(bound.kl_batch(&net, batch));
+    assert!(
+        mean > 1e-3 && var > 1e-3,
+        "bound: mean {mean}, variance {var}"
+    );
+}
+
 /// The Monte-Carlo training estimate is unbiased for the full sum: on the same model, the
 /// mean of many training losses equals minus the full-sum K.
 #[test]
