@@ -250,7 +250,7 @@ fn hybrid_kl_reaches_only_the_variance_and_the_noise_error_only_the_mean() {
     // the gradient's largest magnitude in the mean columns (0, 1) and the variance columns (2, 3)
     let reach = |loss: Tensor<1>| -> [f32; 2] {
         let grads = loss.sum().backward();
-        let g = host(net.z.grad(&grads).unwrap().into());
+        let g = host(net.z.grad(&grads).unwrap());
         let mut m = [0.0f32; 2];
         for (i, v) in g.iter().enumerate() {
             let c = usize::from(i % 4 >= 2);
