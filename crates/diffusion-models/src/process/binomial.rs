@@ -396,6 +396,21 @@ impl Process for BinomialBound {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::process::Process;
+    use rand_distr::StandardNormal;
+
+    /// KL(Bernoulli(q) || Bernoulli(sigmoid(l))) of one bit in f64, with a log-sigmoid stable for
+    /// saturated logits.
+    fn kl_bit_f64(q: f64, l: f64) -> f64 {
+        let ln_s = |x: f64| -(-x.abs()).exp().ln_1p() + x.min(0.0);
+        let ent = |p: f64| if p > 0.0 { p * p.ln() } else { 0.0 };
+        ent(q) + ent(1.0 - q) - q * ln_s(l) - (1.0 - q) * ln_s(-l)
+    }
+
+    /// That KL's derivative in l: sigmoid(l) - q.
+    fn kl_bit_gradient_f64(q: f64, l: f64) -> f64 {
+        1.0 / (1.0 + (-l).exp()) - q
+    }
 
     /// The per-step tables give every bit the values its own computation gives, for the same
     /// uniforms; bits that are not 0 or 1 take that computation.
@@ -443,7 +458,6 @@ mod tests {
         let device = Device::flex().autodiff();
         let qs = [0.0f64, 1.0, 0.3, 0.9, 0.05, 0.5];
         let ls = [0.0f64, 2.5, -4.0, 30.0, -30.0, 80.0, -80.0, 1e-3];
-        let ln_s = |x: f64| -(-x.abs()).exp().ln_1p() + x.min(0.0);
         let (mut q, mut l) = (Vec::new(), Vec::new());
         for &a in &qs {
             for &b in &ls {
@@ -472,13 +486,7 @@ mod tests {
             );
             let got = host(kl.clone());
             for (r, &qr) in qs.iter().enumerate() {
-                let want: f64 = ls
-                    .iter()
-                    .map(|&l| {
-                        let ent = |p: f64| if p > 0.0 { p * p.ln() } else { 0.0 };
-                        ent(qr) + ent(1.0 - qr) - qr * ln_s(l) - (1.0 - qr) * ln_s(-l)
-                    })
-                    .sum();
+                let want: f64 = ls.iter().map(|&l| kl_bit_f64(qr, l)).sum();
                 let tol = 1e-5 * (1.0 + want.abs());
                 assert!(
                     (got[r] as f64 - want).abs() < tol,
@@ -489,7 +497,7 @@ mod tests {
             let grads = kl.sum().backward();
             let g = host(lt.grad(&grads).unwrap());
             for (i, (&q, &l)) in q.iter().zip(&l).enumerate() {
-                let want = 1.0 / (1.0 + (-(l as f64)).exp()) - q as f64;
+                let want = kl_bit_gradient_f64(q as f64, l as f64);
                 assert!(
                     (g[i] as f64 - want).abs() < 1e-6,
                     "q = {q}, l = {l}: {}",
@@ -498,45 +506,22 @@ mod tests {
             }
         }
     }
-}
 
-/// The heartbeat's bound through both log-sigmoid paths (the kernels' and Burn's) against f64,
-/// at the paper's setting (T = 2000, b_t = 1 / (T - t + 1), pi = 0.2, the `paper`
-/// parametrization), on batches of every range of t: the KL rows as the Monte-Carlo K uses them
-/// and their gradient in the logits.
-#[cfg(test)]
-mod heartbeat_precision {
-    use super::*;
-    use crate::process::Process;
-    use rand_distr::StandardNormal;
-
+    /// The heartbeat's bound through both log-sigmoid paths (the kernels' and Burn's) against f64,
+    /// at the paper's setting (T = 2000, b_t = 1 / (T - t + 1), pi = 0.2, the `paper`
+    /// parametrization), on batches of every range of t: the KL rows as the Monte-Carlo K uses them
+    /// and their gradient in the logits.
     #[test]
     fn heartbeat_bound_and_gradient_match_f64_on_both_log_sigmoid_paths() {
         let steps = 2000;
-        let bound = BinomialBound {
-            diffusion: BinomialDiffusion::new(
-                diffusion_core::BetaSchedule::Reciprocal
-                    .raw_betas(steps)
-                    .unwrap(),
-                0.2,
-                20,
-            )
-            .unwrap(),
-            parametrization: ReverseParametrization::Paper,
-        };
+        // the paper's setting: b_t = 1 / (T - t + 1), pi = 0.2, the `paper` parametrization
+        let bound = crate::process::condition_tests::binomial(steps, 0.2, 20);
         let d = 20;
         let device = Device::flex().autodiff();
         let beat = diffusion_data::Heartbeat::new(20, 5).unwrap();
         let n = 4096;
         let mut rng = diffusion_data::rng(11, 0);
         let x0 = beat.stream_with(diffusion_data::rng(11, 1)).next_batch(n);
-        let ln_s = |l: f64| {
-            if l > 0.0 {
-                -(-l).exp().ln_1p()
-            } else {
-                l - l.exp().ln_1p()
-            }
-        };
         for (lo, hi) in [(2, 10), (10, 100), (100, 1000), (1000, steps + 1)] {
             let ts: Vec<usize> = (0..n).map(|_| rng.random_range(lo..hi)).collect();
             let rows = bound.prepare_rows(&x0, &ts, &mut rng);
@@ -555,9 +540,8 @@ mod heartbeat_precision {
             let mut g_ref = vec![0.0f64; n * d];
             for i in 0..n * d {
                 let (qq, l) = (q[i] as f64, logits[i] as f64);
-                let ent = |p: f64| if p > 0.0 { p * p.ln() } else { 0.0 };
-                kl_ref[i / d] += ent(qq) + ent(1.0 - qq) - qq * ln_s(l) - (1.0 - qq) * ln_s(-l);
-                g_ref[i] = 1.0 / (1.0 + (-l).exp()) - qq;
+                kl_ref[i / d] += kl_bit_f64(qq, l);
+                g_ref[i] = kl_bit_gradient_f64(qq, l);
             }
             let g_norm = g_ref.iter().map(|v| v * v).sum::<f64>().sqrt();
             for fused in [true, false] {
