@@ -314,8 +314,9 @@ pub fn evaluate_conditional<N: ReverseNetwork>(
                 &mut rng,
             )?;
             let exact_draws = exact.sample(n, &mut exact_a);
-            eval.sample_mean = Some(moments(&drawn, 2).0);
-            eval.sample_sd = Some(moments(&drawn, 2).1);
+            let (mean, sd) = moments(&drawn, 2);
+            eval.sample_mean = Some(mean);
+            eval.sample_sd = Some(sd);
             eval.exact_mean = Some(post.mean().to_vec());
             eval.exact_sd = Some(moments(&exact_draws, 2).1);
             if model_slice > 0 {
