@@ -63,10 +63,15 @@ pub fn default_eval_points(steps: usize) -> usize {
     (2_000_000 / steps.saturating_sub(1).max(1)).clamp(1_000, 10_000)
 }
 
-/// Refuses a count of zero.
+/// Refuses a count of zero given by `-n`.
 pub fn check_count(n: usize) -> Result<(), String> {
+    check_at_least_one("-n", n)
+}
+
+/// Refuses a zero for the option `flag`.
+pub fn check_at_least_one(flag: &str, n: usize) -> Result<(), String> {
     if n == 0 {
-        Err("-n must be at least 1".into())
+        Err(format!("{flag} must be at least 1"))
     } else {
         Ok(())
     }

@@ -4,14 +4,14 @@ use diffusion_models::evaluate::Evaluation;
 use diffusion_models::evaluate::evaluate_with;
 
 use crate::args::{BaselinesArgs, EvaluateArgs};
-use crate::common::{check_count, default_eval_points, load_run};
+use crate::common::{check_at_least_one, default_eval_points, load_run};
 
 /// Runs `diffusion evaluate`.
 pub fn cmd_evaluate(a: EvaluateArgs) -> Result<(), String> {
     let (run, manifest, model, device) = load_run(&a.run, &a.backend, a.weights)?;
     let n =
         a.n.unwrap_or_else(|| default_eval_points(manifest.config.diffusion.steps));
-    check_count(n).map_err(|_| "--n must be at least 1".to_string())?;
+    check_at_least_one("--n", n)?;
     let sampler = a.sampler.sampler()?;
     let eval = evaluate_with(
         &manifest, &run, &model, &device, n, a.samples, a.seed, &sampler,

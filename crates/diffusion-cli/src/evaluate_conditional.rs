@@ -6,17 +6,13 @@ use diffusion_models::conditional::{
 };
 
 use crate::args::EvaluateConditionalArgs;
-use crate::common::{check_count, load_run};
+use crate::common::{check_at_least_one, check_count, load_run};
 
 /// Runs `diffusion evaluate-conditional`.
 pub fn cmd_evaluate_conditional(a: EvaluateConditionalArgs) -> Result<(), String> {
     check_count(a.n)?;
-    if a.repeats == 0 {
-        return Err("--repeats must be at least 1".into());
-    }
-    if a.particles == 0 {
-        return Err("--particles must be at least 1".into());
-    }
+    check_at_least_one("--repeats", a.repeats)?;
+    check_at_least_one("--particles", a.particles)?;
     if !a.condition.is_set() {
         return Err(
             "evaluate-conditional needs a condition: --known, --observe, or their files".into(),

@@ -4,7 +4,7 @@
 use diffusion_models::RunDir;
 
 use crate::args::GradientVarianceArgs;
-use crate::common::check_count;
+use crate::common::check_at_least_one;
 
 /// Runs `diffusion gradient-variance`.
 pub fn cmd_gradient_variance(a: GradientVarianceArgs) -> Result<(), String> {
@@ -14,7 +14,7 @@ pub fn cmd_gradient_variance(a: GradientVarianceArgs) -> Result<(), String> {
     let run = RunDir::open(&a.run).map_err(|e| e.to_string())?;
     let manifest = run.manifest().map_err(|e| e.to_string())?;
     let batch_size = a.batch_size.unwrap_or(manifest.config.train.batch_size);
-    check_count(batch_size).map_err(|_| "--batch-size must be at least 1".to_string())?;
+    check_at_least_one("--batch-size", batch_size)?;
     let (_, device) = a.backend.resolve()?;
     let g = diffusion_models::gradient_variance::gradient_variance(
         &manifest, &run, &device, a.batches, batch_size, a.seed,

@@ -7,14 +7,12 @@ use diffusion_models::evaluate::SAMPLE_CHUNK_ROWS;
 use diffusion_models::sampling::Sampler;
 
 use crate::args::SampleArgs;
-use crate::common::{check_count, load_run, write_rows};
+use crate::common::{check_at_least_one, check_count, load_run, write_rows};
 
 /// Runs `diffusion sample`.
 pub fn cmd_sample(a: SampleArgs) -> Result<(), String> {
     check_count(a.n)?;
-    if a.particles == 0 {
-        return Err("--particles must be at least 1".into());
-    }
+    check_at_least_one("--particles", a.particles)?;
     io::check_extension(&a.out).map_err(|e| e.to_string())?;
     let (_, manifest, model, device) = load_run(&a.run, &a.backend, a.weights)?;
     let bound = manifest.bound_of(&model).map_err(|e| e.to_string())?;

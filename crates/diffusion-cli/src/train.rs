@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::args::{BackendArg, TrainArgs};
 use crate::backend::Backend;
-use crate::common::{check_count, default_eval_points, read_config};
+use crate::common::{check_at_least_one, default_eval_points, read_config};
 use crate::evaluate::print_evaluation;
 
 /// Runs `diffusion train`.
@@ -24,7 +24,7 @@ pub fn cmd_train(a: TrainArgs) -> Result<(), String> {
     let eval_n = a
         .eval_n
         .unwrap_or_else(|| default_eval_points(run.manifest.config.diffusion.steps));
-    check_count(eval_n).map_err(|_| "--eval-n must be at least 1".to_string())?;
+    check_at_least_one("--eval-n", eval_n)?;
     let t = &run.manifest.config.train;
     match &run.resume {
         Some(ck) => eprintln!(
