@@ -96,16 +96,21 @@ pub struct TrainArgs {
     /// Override train.checkpoint_every (0: only a checkpoint at the end).
     #[arg(long)]
     pub checkpoint_every: Option<usize>,
-    /// Train on the points in this .csv or .npy file instead of the config's data.
+    /// Train on the points in this file (.csv, .npy, IDX) instead of the config's data.
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// Evaluate on the rows of this file (same columns) instead of a share held out of the
+    /// training data.
+    #[arg(long, value_name = "PATH")]
+    pub test_data: Option<PathBuf>,
     /// Held-out points for the evaluation printed at the end [default: 10,000, fewer for long
     /// trajectories: 2,000,000 / (T - 1), at least 1,000].
     #[arg(long)]
     pub eval_n: Option<usize>,
-    /// Samples drawn by that evaluation for the valid share (heartbeat data).
-    #[arg(long, default_value_t = 2_000)]
-    pub eval_samples: usize,
+    /// Samples drawn by that evaluation for the sample metrics [default: 2,000; 0 for image
+    /// runs, whose chains are long].
+    #[arg(long)]
+    pub eval_samples: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -120,9 +125,17 @@ pub struct EvaluateArgs {
     /// Seed of the x_t draws (and of the samples).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Samples to draw for the valid share and phases (heartbeat data; 0 skips them).
-    #[arg(long, default_value_t = 10_000)]
-    pub samples: usize,
+    /// Samples to draw for the sample metrics (0 skips them) [default: 10,000; 0 for image
+    /// runs].
+    #[arg(long)]
+    pub samples: Option<usize>,
+    /// Estimate K from this many steps t per point, drawn in strata of the chain (unbiased)
+    /// [default for image runs: 16], instead of the full sum over t.
+    #[arg(long, value_name = "K", conflicts_with = "full_sum")]
+    pub t_draws: Option<usize>,
+    /// Sum K over every step t, also for image runs (T network calls per point).
+    #[arg(long)]
+    pub full_sum: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,

@@ -1,7 +1,6 @@
 //! `diffusion evaluate`: the bound K in bits on a run's held-out data, with L_null and -H(data).
 
-use diffusion_models::evaluate::Evaluation;
-use diffusion_models::evaluate::evaluate_with;
+use diffusion_models::evaluate::{BoundEstimate, Evaluation, evaluate_with};
 
 use crate::args::{BaselinesArgs, EvaluateArgs};
 use crate::common::{check_at_least_one, default_eval_points, load_run};
@@ -13,8 +12,19 @@ pub fn cmd_evaluate(a: EvaluateArgs) -> Result<(), String> {
         a.n.unwrap_or_else(|| default_eval_points(manifest.config.diffusion.steps));
     check_at_least_one("--n", n)?;
     let sampler = a.sampler.sampler()?;
+    let estimate = match (a.t_draws, a.full_sum) {
+        (Some(k), _) => {
+            check_at_least_one("--t-draws", k)?;
+            BoundEstimate::Stratified(k)
+        }
+        (None, true) => BoundEstimate::FullSum,
+        (None, false) => BoundEstimate::default_for(&manifest),
+    };
+    let samples = a
+        .samples
+        .unwrap_or(if manifest.image.is_some() { 0 } else { 10_000 });
     let eval = evaluate_with(
-        &manifest, &run, &model, &device, n, a.samples, a.seed, &sampler,
+        &manifest, &run, &model, &device, n, samples, a.seed, &sampler, estimate,
     )
     .map_err(|e| e.to_string())?;
     if a.json {
@@ -32,8 +42,12 @@ pub fn print_evaluation(e: &Evaluation) {
         .as_ref()
         .map(|s| format!(", {s}"))
         .unwrap_or_default();
+    let estimate = match e.bound_estimate.as_deref() {
+        Some(s) if s != "full sum" => format!("; {s}"),
+        _ => String::new(),
+    };
     println!(
-        "K          = {:+.4} ± {:.4} bits/point  (n = {}, T = {}{chain})",
+        "K          = {:+.4} ± {:.4} bits/point  (n = {}, T = {}{chain}{estimate})",
         e.k_bits, e.k_stderr_bits, e.n, e.steps_t
     );
     println!(
@@ -46,6 +60,16 @@ pub fn print_evaluation(e: &Evaluation) {
             ""
         }
     );
+    if let Some(nll) = e.nll_bits_per_dim {
+        let histogram = e
+            .histogram_bits_per_dim
+            .map(|h| format!("  (independent histograms: {h:.4})"))
+            .unwrap_or_default();
+        println!(
+            "NLL        = {nll:.4} ± {:.4} bits/dim of the discrete data{histogram}",
+            e.nll_stderr_bits_per_dim.unwrap_or(0.0)
+        );
+    }
     println!("L_null     = {:+.4} bits/point", e.l_null_bits);
     println!("K - L_null = {:+.4} bits/point", e.k_minus_l_null_bits);
     if let (Some(k), Some(l), Some(j)) = (

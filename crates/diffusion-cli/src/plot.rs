@@ -7,7 +7,7 @@ use diffusion_models::bound::Diffusion;
 use diffusion_models::conditional::Exact;
 use diffusion_models::config::LossKind;
 use diffusion_models::evaluate::SAMPLE_CHUNK_ROWS;
-use diffusion_models::evaluate::{evaluate_with, heldout_points, heldout_rows};
+use diffusion_models::evaluate::{BoundEstimate, evaluate_with, heldout_points, heldout_rows};
 use diffusion_models::sampling::Sampler;
 use diffusion_models::{Process, RunDir, RunManifest};
 use diffusion_plot::{
@@ -40,6 +40,9 @@ fn fitting(manifest: &RunManifest, bound: &Diffusion) -> Vec<What> {
     match bound {
         Diffusion::Gaussian(_) if manifest.data_dim == 2 => {
             vec![What::Trajectory, What::Drift, What::Loss]
+        }
+        Diffusion::Gaussian(_) if manifest.image.is_some_and(|s| s.channels == 1) => {
+            vec![What::Samples, What::Trajectory, What::Loss]
         }
         Diffusion::Gaussian(_) => vec![What::Samples, What::Loss],
         Diffusion::Binomial(_) => vec![What::Samples, What::Noising, What::Loss],
@@ -145,7 +148,12 @@ pub fn cmd_plot(a: PlotArgs) -> Result<(), String> {
         files.map(|f| written.extend(f)).map_err(|e| e.to_string())
     };
     let heldout = |n: usize| heldout_points(&manifest, &run, n).map_err(|e| e.to_string());
-    if let Some((w, h)) = a.image
+    // grey images of the run's own shape unless --image says otherwise
+    let image = a.image.or(manifest
+        .image
+        .filter(|s| s.channels == 1)
+        .map(|s| (s.width, s.height)));
+    if let Some((w, h)) = image
         && w * h != d
     {
         return Err(format!(
@@ -156,6 +164,57 @@ pub fn cmd_plot(a: PlotArgs) -> Result<(), String> {
     for w in &what {
         let stem = a.out.join(w.name());
         match w {
+            What::Trajectory if manifest.image.is_some() && image.is_some() => {
+                let (width, height) = image.expect("matched");
+                let chains = a.rows.clamp(1, 10);
+                let data = heldout(chains)?;
+                let n = data.len() / d;
+                let mut forward: Vec<(usize, Vec<f32>)> = steps
+                    .iter()
+                    .map(|&t| (t, bound.forward_sample(&data, t, &mut rng)))
+                    .collect();
+                let mut reverse = bound.trajectory(&model.network, n, &steps, &mut rng, &device);
+                let (lo, hi) = pixel_range(
+                    &manifest,
+                    &heldout_rows(&manifest, &run, 100).map_err(|e| e.to_string())?,
+                );
+                let panel = |title: &str, snapshots: &mut Vec<(usize, Vec<f32>)>| {
+                    snapshots.sort_by_key(|(t, _)| *t);
+                    for (_, x) in snapshots.iter_mut() {
+                        manifest.to_data_units(x);
+                    }
+                    // one row per chain, t increasing to the right
+                    let images = (0..n)
+                        .flat_map(|c| {
+                            snapshots
+                                .iter()
+                                .map(move |(_, x)| x[c * d..(c + 1) * d].to_vec())
+                        })
+                        .collect();
+                    ImagePanel {
+                        title: title.into(),
+                        images,
+                    }
+                };
+                let ts: Vec<String> = steps.iter().map(|t| t.to_string()).collect();
+                keep(save(
+                    &ImagePanels {
+                        title: format!(
+                            "{name}: x_t for t = {} (left to right), forward from held-out images and reverse from the model",
+                            ts.join(", ")
+                        ),
+                        panels: vec![
+                            panel("forward q(x_t)", &mut forward),
+                            panel("reverse p(x_t)", &mut reverse),
+                        ],
+                        width,
+                        height,
+                        columns: steps.len(),
+                        range: (lo, hi),
+                    },
+                    &stem,
+                ))?;
+            }
             What::Trajectory => {
                 let data = heldout(a.n)?;
                 let forward: Vec<ScatterPanel> = steps
@@ -252,15 +311,20 @@ pub fn cmd_plot(a: PlotArgs) -> Result<(), String> {
                     &stem,
                 ))?;
             }
-            What::Samples if a.image.is_some() => {
-                let (width, height) = a.image.expect("matched");
+            What::Samples if image.is_some() => {
+                let (width, height) = image.expect("matched");
                 // in the data's own units: the held-out rows as read, the samples mapped back
                 let data = heldout_rows(&manifest, &run, a.rows).map_err(|e| e.to_string())?;
-                let mut drawn =
-                    bound.sample(&model.network, a.rows, &mut rng, &device, SAMPLE_CHUNK_ROWS);
+                let mut drawn = bound.sample(
+                    &model.network,
+                    a.rows,
+                    &mut rng,
+                    &device,
+                    manifest.chunk_rows(SAMPLE_CHUNK_ROWS),
+                );
                 manifest.to_data_units(&mut drawn);
-                let lo = data.iter().cloned().fold(f32::INFINITY, f32::min);
-                let hi = data.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                manifest.to_pixels(&mut drawn);
+                let (lo, hi) = pixel_range(&manifest, &data);
                 let images = |v: &[f32]| v.chunks_exact(d).map(<[f32]>::to_vec).collect();
                 keep(save(
                     &ImagePanels {
@@ -291,7 +355,7 @@ pub fn cmd_plot(a: PlotArgs) -> Result<(), String> {
                     data.len() / d,
                     &mut rng,
                     &device,
-                    SAMPLE_CHUNK_ROWS,
+                    manifest.chunk_rows(SAMPLE_CHUNK_ROWS),
                 );
                 let coordinate_pairs: Vec<(usize, usize)> = if d == 1 {
                     vec![(0, 0)]
@@ -335,7 +399,7 @@ pub fn cmd_plot(a: PlotArgs) -> Result<(), String> {
                     a.rows,
                     &mut rng,
                     &device,
-                    diffusion_models::evaluate::SAMPLE_CHUNK_ROWS,
+                    manifest.chunk_rows(diffusion_models::evaluate::SAMPLE_CHUNK_ROWS),
                 );
                 let mut samples = bit_rows(&drawn, d);
                 if a.align {
@@ -378,7 +442,7 @@ pub fn cmd_plot(a: PlotArgs) -> Result<(), String> {
                         &given,
                         &mut rng,
                         &device,
-                        SAMPLE_CHUNK_ROWS,
+                        manifest.chunk_rows(SAMPLE_CHUNK_ROWS),
                     )
                     .map_err(|e| e.to_string())?;
                 let truth = exact.sample(m, &mut rng);
@@ -527,8 +591,18 @@ fn sampling_steps(
     let mut ks = Vec::new();
     for k in step_counts(bound.steps()) {
         let eval = |sampler| {
-            evaluate_with(manifest, run, model, device, points, n, seed, &sampler)
-                .map_err(|e| e.to_string())
+            evaluate_with(
+                manifest,
+                run,
+                model,
+                device,
+                points,
+                n,
+                seed,
+                &sampler,
+                BoundEstimate::default_for(manifest),
+            )
+            .map_err(|e| e.to_string())
         };
         let e = eval(Sampler::Respaced(k))?;
         eprintln!("sampling steps {k}: respaced K = {:+.4} bits", e.k_bits);
@@ -571,4 +645,15 @@ fn sampling_steps(
         quality.push(series("two data sets (floor)", floor));
     }
     Ok((quality, series("respaced chain's K", ks)))
+}
+
+/// The values drawn white and black: 0 and 255 for 8-bit images, else the data's range.
+fn pixel_range(manifest: &diffusion_models::RunManifest, data: &[f32]) -> (f32, f32) {
+    let lo = data.iter().cloned().fold(f32::INFINITY, f32::min);
+    let hi = data.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    if manifest.image.is_some() && lo >= 0.0 && hi <= 255.0 && hi > 16.0 {
+        (0.0, 255.0)
+    } else {
+        (lo, hi)
+    }
 }

@@ -1,7 +1,7 @@
 //! `diffusion sample`: draws from a trained run into a .csv or .npy file, optionally
 //! conditioned by known values and noisy observations (paper section 2.5).
 
-use diffusion_data::io;
+use diffusion_data::{Array2, io};
 use diffusion_models::data::streams;
 use diffusion_models::evaluate::SAMPLE_CHUNK_ROWS;
 use diffusion_models::sampling::Sampler;
@@ -30,7 +30,7 @@ pub fn cmd_sample(a: SampleArgs) -> Result<(), String> {
                 a.n,
                 &mut rng,
                 &device,
-                SAMPLE_CHUNK_ROWS,
+                manifest.chunk_rows(SAMPLE_CHUNK_ROWS),
             )
             .map_err(|e| e.to_string())?,
         Some(given) => bound
@@ -38,5 +38,14 @@ pub fn cmd_sample(a: SampleArgs) -> Result<(), String> {
             .map_err(|e| e.to_string())?,
     };
     manifest.to_data_units(&mut data);
-    write_rows(&a.out, a.n, manifest.data_dim, data, "samples")
+    match manifest.image {
+        Some(shape) => {
+            manifest.to_pixels(&mut data);
+            let array = Array2::new(a.n, manifest.data_dim, data).map_err(|e| e.to_string())?;
+            io::write_images(&a.out, &array, shape).map_err(|e| e.to_string())?;
+            eprintln!("wrote {} images of {shape} to {}", a.n, a.out.display());
+            Ok(())
+        }
+        None => write_rows(&a.out, a.n, manifest.data_dim, data, "samples"),
+    }
 }

@@ -61,7 +61,10 @@ pub fn cmd_train(a: TrainArgs) -> Result<(), String> {
     if manifest.config.train.ema_decay.is_some() {
         eprintln!("evaluating the moving average of the weights (model_ema.bpk)");
     }
-    let eval = evaluate(&manifest, &dir, &model, &device, eval_n, a.eval_samples, 0)
+    let samples = a
+        .eval_samples
+        .unwrap_or(if manifest.image.is_some() { 0 } else { 2_000 });
+    let eval = evaluate(&manifest, &dir, &model, &device, eval_n, samples, 0)
         .map_err(|e| e.to_string())?;
     dir.write_json("evaluation.json", &eval)
         .map_err(|e| e.to_string())?;
@@ -106,6 +109,8 @@ fn new_run(a: &TrainArgs) -> Result<(Run, Backend, Device), String> {
             } => DataConfig::File {
                 path: path.clone(),
                 heldout_fraction,
+                // a test file belongs to the data it was given with
+                test_path: a.test_data.clone(),
                 standardize,
                 dequantize,
                 logit_alpha,
@@ -113,11 +118,21 @@ fn new_run(a: &TrainArgs) -> Result<(Run, Backend, Device), String> {
             _ => DataConfig::File {
                 path: path.clone(),
                 heldout_fraction: 0.1,
+                test_path: a.test_data.clone(),
                 standardize: None,
                 dequantize: false,
                 logit_alpha: None,
             },
         };
+    } else if let Some(test) = &a.test_data {
+        match &mut config.data {
+            DataConfig::File { test_path, .. } => *test_path = Some(test.clone()),
+            _ => {
+                return Err(
+                    "--test-data needs file data (a config with a data file, or --data)".into(),
+                );
+            }
+        }
     }
     config
         .validate()

@@ -31,6 +31,53 @@ pub enum DataError {
     Invalid(String),
 }
 
+/// The shape of one image: channels, height, width (row-major pixels, channel-first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImageShape {
+    /// Colour channels (1 for grey, 3 for RGB).
+    pub channels: usize,
+    /// Rows of pixels.
+    pub height: usize,
+    /// Pixels per row.
+    pub width: usize,
+}
+
+impl ImageShape {
+    /// The values of one image, `channels * height * width`.
+    pub fn len(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+
+    /// Whether the image has no values.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The shape of the trailing dimensions of an array, `[h, w]` or `[c, h, w]`; `None` for
+    /// any other rank.
+    pub fn of_item_dims(dims: &[usize]) -> Option<Self> {
+        match *dims {
+            [height, width] => Some(Self {
+                channels: 1,
+                height,
+                width,
+            }),
+            [channels, height, width] => Some(Self {
+                channels,
+                height,
+                width,
+            }),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ImageShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}x{}", self.channels, self.height, self.width)
+    }
+}
+
 /// A dense row-major `[rows, cols]` array of f32.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Array2 {
@@ -124,20 +171,31 @@ pub fn check_extension(path: &Path) -> Result<(), DataError> {
 
 /// Reads an array from a .csv or .npy file, refusing non-finite values.
 pub fn read(path: &Path) -> Result<Array2, DataError> {
+    read_shaped(path).map(|(a, _)| a)
+}
+
+/// [`read`], with the image shape of each row when the file has one: an IDX file of rank 3 or
+/// 4, or an `.npy` of shape `[n, h, w]` or `[n, c, h, w]` (rows flattened channel-first).
+pub fn read_shaped(path: &Path) -> Result<(Array2, Option<ImageShape>), DataError> {
     let bytes = fs::read(path).map_err(|source| DataError::Io {
         path: path.display().to_string(),
         source,
     })?;
-    parse(&bytes, path)
+    parse_shaped(&bytes, path)
 }
 
 /// Parses the bytes of a .csv or .npy file (`path` gives the format and the name in errors),
 /// refusing empty arrays and non-finite values. Never panics, whatever the bytes.
 pub fn parse(bytes: &[u8], path: &Path) -> Result<Array2, DataError> {
+    parse_shaped(bytes, path).map(|(a, _)| a)
+}
+
+/// [`parse`], with the rows' image shape where the file has one (see [`read_shaped`]).
+pub fn parse_shaped(bytes: &[u8], path: &Path) -> Result<(Array2, Option<ImageShape>), DataError> {
     let shown = path.display().to_string();
-    let array = parse_any(bytes, path, &shown)?;
+    let (array, shape) = parse_any(bytes, path, &shown)?;
     array.check_finite(&shown)?;
-    Ok(array)
+    Ok((array, shape))
 }
 
 /// Reads an array from a .csv or .npy file in which NaN (`nan` in a CSV) marks a missing value,
@@ -148,7 +206,7 @@ pub fn read_with_gaps(path: &Path) -> Result<Array2, DataError> {
         source,
     })?;
     let shown = path.display().to_string();
-    let array = parse_any(&bytes, path, &shown)?;
+    let (array, _) = parse_any(&bytes, path, &shown)?;
     if let Some(i) = array.data.iter().position(|v| v.is_infinite()) {
         return Err(DataError::Format {
             path: shown,
@@ -162,9 +220,13 @@ pub fn read_with_gaps(path: &Path) -> Result<Array2, DataError> {
     Ok(array)
 }
 
-fn parse_any(bytes: &[u8], path: &Path, shown: &str) -> Result<Array2, DataError> {
-    let array = match format_of(path)? {
-        Format::Csv => parse_csv(bytes, shown)?,
+fn parse_any(
+    bytes: &[u8],
+    path: &Path,
+    shown: &str,
+) -> Result<(Array2, Option<ImageShape>), DataError> {
+    let (array, shape) = match format_of(path)? {
+        Format::Csv => (parse_csv(bytes, shown)?, None),
         Format::Npy => parse_npy(bytes, shown)?,
         Format::Idx => {
             let a = crate::idx::parse(bytes).map_err(|message| DataError::Format {
@@ -178,11 +240,21 @@ fn parse_any(bytes: &[u8], path: &Path, shown: &str) -> Result<Array2, DataError
                     message: format!("IDX dimensions {:?}: items of no values", a.dims),
                 });
             }
-            Array2 {
+            if a.dims.len() > 4 {
+                return Err(DataError::Format {
+                    path: shown.into(),
+                    message: format!(
+                        "IDX dimensions {:?}: at most 4 (items, channels, height, width)",
+                        a.dims
+                    ),
+                });
+            }
+            let array = Array2 {
                 rows: a.dims[0],
                 cols,
                 data: a.data.iter().map(|&v| v as f32).collect(),
-            }
+            };
+            (array, ImageShape::of_item_dims(&a.dims[1..]))
         }
     };
     if array.rows == 0 {
@@ -191,7 +263,7 @@ fn parse_any(bytes: &[u8], path: &Path, shown: &str) -> Result<Array2, DataError
             message: "no data rows".into(),
         });
     }
-    Ok(array)
+    Ok((array, shape))
 }
 
 /// Writes an array to a .csv (with a header `x0,x1,...`) or .npy file, through a temporary file
@@ -297,12 +369,44 @@ fn parse_csv(bytes: &[u8], path: &str) -> Result<Array2, DataError> {
     Array2::new(rows, cols.unwrap_or(0), data).map_err(|e| fail(e.to_string()))
 }
 
+/// [`write`] for rows that are images of `shape`: an `.npy` gets the shape `[n, c, h, w]`; a
+/// CSV has one row per image, as [`write`] writes it.
+pub fn write_images(path: &Path, array: &Array2, shape: ImageShape) -> Result<(), DataError> {
+    if shape.len() != array.cols {
+        return Err(DataError::Invalid(format!(
+            "rows of {} values are not images of {shape}",
+            array.cols
+        )));
+    }
+    if output_format_of(path)? != Format::Npy {
+        return write(path, array);
+    }
+    let dims = [
+        array.rows as u64,
+        shape.channels as u64,
+        shape.height as u64,
+        shape.width as u64,
+    ];
+    let bytes = to_npy_shaped(array, &dims).map_err(|source| DataError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    write_atomic(path, &bytes).map_err(|source| DataError::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
 fn to_npy(a: &Array2) -> std::io::Result<Vec<u8>> {
+    to_npy_shaped(a, &[a.rows as u64, a.cols as u64])
+}
+
+fn to_npy_shaped(a: &Array2, dims: &[u64]) -> std::io::Result<Vec<u8>> {
     use npyz::WriterBuilder;
     let mut out = Vec::with_capacity(128 + 4 * a.data.len());
     let mut w = npyz::WriteOptions::new()
         .default_dtype()
-        .shape(&[a.rows as u64, a.cols as u64])
+        .shape(dims)
         .writer(&mut out)
         .begin_nd()?;
     w.extend(a.data.iter().copied())?;
@@ -310,7 +414,7 @@ fn to_npy(a: &Array2) -> std::io::Result<Vec<u8>> {
     Ok(out)
 }
 
-fn parse_npy(bytes: &[u8], path: &str) -> Result<Array2, DataError> {
+fn parse_npy(bytes: &[u8], path: &str) -> Result<(Array2, Option<ImageShape>), DataError> {
     let fail = |message: &str| DataError::Format {
         path: path.into(),
         message: format!("not a valid .npy file: {message}"),
@@ -332,21 +436,36 @@ fn parse_npy(bytes: &[u8], path: &str) -> Result<Array2, DataError> {
     let width = match header.dtype() {
         npyz::DType::Plain(t) if t.to_string() == "<f4" => 4,
         npyz::DType::Plain(t) if t.to_string() == "<f8" => 8,
-        _ => return Err(fail("dtype must be little-endian float32 or float64")),
+        npyz::DType::Plain(t) if ["|u1", "<u1"].contains(&t.to_string().as_str()) => 1,
+        _ => {
+            return Err(fail(
+                "dtype must be little-endian float32 or float64, or uint8",
+            ));
+        }
     };
     if header.order() != npyz::Order::C {
         return Err(fail("Fortran order is not supported"));
     }
-    let dims = header.shape();
-    let (rows, cols) = match dims[..] {
-        [n] => (n, 1),
-        [n, d] => (n, d),
-        _ => return Err(fail("array must be 1-D or 2-D")),
+    let dims = header
+        .shape()
+        .iter()
+        .map(|&d| usize::try_from(d).map_err(|_| fail("shape too large")))
+        .collect::<Result<Vec<usize>, _>>()?;
+    let (rows, image) = match dims[..] {
+        [n] => (n, None),
+        [n, _] => (n, None),
+        [n, ..] if dims.len() <= 4 => (n, ImageShape::of_item_dims(&dims[1..])),
+        _ => {
+            return Err(fail(&format!(
+                "array of {} dimensions: must be [n], [n, d], [n, h, w] or [n, c, h, w]",
+                dims.len()
+            )));
+        }
     };
-    let (rows, cols) = (
-        usize::try_from(rows).map_err(|_| fail("shape too large"))?,
-        usize::try_from(cols).map_err(|_| fail("shape too large"))?,
-    );
+    let cols = dims[1..]
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| fail("shape too large"))?;
     let count = rows
         .checked_mul(cols)
         .filter(|c| c.checked_mul(width).is_some())
@@ -359,14 +478,18 @@ fn parse_npy(bytes: &[u8], path: &str) -> Result<Array2, DataError> {
         )));
     }
     let npy = npyz::NpyFile::with_header(header, body);
-    let data = if width == 4 {
+    let data = if width == 1 {
+        npy.into_vec::<u8>()
+            .map(|v| v.into_iter().map(f32::from).collect())
+    } else if width == 4 {
         npy.into_vec::<f32>()
     } else {
         npy.into_vec::<f64>()
             .map(|v| v.into_iter().map(|x| x as f32).collect())
     }
     .map_err(|e| fail(&e.to_string()))?;
-    Array2::new(rows, cols, data).map_err(|e| fail(&e.to_string()))
+    let array = Array2::new(rows, cols, data).map_err(|e| fail(&e.to_string()))?;
+    Ok((array, image))
 }
 
 #[cfg(test)]
@@ -450,6 +573,84 @@ mod tests {
         let err = read(&dir.join("trunc.npy")).unwrap_err().to_string();
         assert!(err.contains("expected 16 bytes"), "{err}");
         assert!(read(&dir.join("a.txt")).is_err());
+    }
+
+    fn npy_of<T: npyz::AutoSerialize + Copy>(dims: &[u64], values: &[T]) -> Vec<u8> {
+        use npyz::WriterBuilder;
+        let mut out = Vec::new();
+        let mut w = npyz::WriteOptions::new()
+            .default_dtype()
+            .shape(dims)
+            .writer(&mut out)
+            .begin_nd()
+            .unwrap();
+        w.extend(values.iter().copied()).unwrap();
+        w.finish().unwrap();
+        out
+    }
+
+    /// Image arrays: `[n, h, w]` and `[n, c, h, w]` .npy files (uint8 or float) and IDX files
+    /// give one flattened row per image and its shape; a 5-D array is refused; images written
+    /// back as .npy keep their shape.
+    #[test]
+    fn image_files_keep_their_shape() {
+        let tmp = tmpdir();
+        let dir = tmp.path();
+        let pixels: Vec<u8> = (0..12).map(|v| v * 20).collect();
+        let grey = dir.join("grey.npy");
+        fs::write(&grey, npy_of(&[2, 2, 3], &pixels)).unwrap();
+        let (a, s) = read_shaped(&grey).unwrap();
+        assert_eq!((a.rows, a.cols), (2, 6));
+        assert_eq!(a.data[7], 140.0);
+        assert_eq!(
+            s,
+            Some(ImageShape {
+                channels: 1,
+                height: 2,
+                width: 3
+            })
+        );
+        let colour = dir.join("colour.npy");
+        let floats: Vec<f64> = (0..24).map(|v| v as f64 / 2.0).collect();
+        fs::write(&colour, npy_of(&[2, 3, 2, 2], &floats)).unwrap();
+        let (a, s) = read_shaped(&colour).unwrap();
+        assert_eq!((a.rows, a.cols, a.data[23]), (2, 12, 11.5));
+        let s = s.unwrap();
+        assert_eq!((s.channels, s.height, s.width, s.len()), (3, 2, 2, 12));
+        let out = dir.join("back.npy");
+        write_images(&out, &a, s).unwrap();
+        assert_eq!(read_shaped(&out).unwrap(), (a.clone(), Some(s)));
+        let wrong = ImageShape {
+            channels: 1,
+            height: 3,
+            width: 3,
+        };
+        assert!(write_images(&out, &a, wrong).is_err());
+        let deep = dir.join("deep.npy");
+        fs::write(&deep, npy_of(&[1, 1, 1, 2, 2], &[0u8; 4])).unwrap();
+        let err = read_shaped(&deep).unwrap_err().to_string();
+        assert!(err.contains("5 dimensions"), "{err}");
+        // an IDX file of 2 images of 2 x 3, and a flat 2-D .npy has no shape
+        let mut idx = vec![0, 0, 0x08, 3, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 3];
+        idx.extend(&pixels);
+        let idx_path = dir.join("images-idx3-ubyte");
+        fs::write(&idx_path, idx).unwrap();
+        let (b, t) = read_shaped(&idx_path).unwrap();
+        assert_eq!(
+            (b.rows, b.cols, t),
+            (
+                2,
+                6,
+                Some(ImageShape {
+                    channels: 1,
+                    height: 2,
+                    width: 3
+                })
+            )
+        );
+        let flat = dir.join("flat.npy");
+        write(&flat, &b).unwrap();
+        assert_eq!(read_shaped(&flat).unwrap().1, None);
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub mod standardize;
 pub mod swiss_roll;
 
 pub use heartbeat::{Heartbeat, HeartbeatStream};
-pub use io::{Array2, DataError};
+pub use io::{Array2, DataError, ImageShape};
 pub use split::split;
 pub use standardize::{Scaling, Standardization};
 pub use swiss_roll::{RollPosterior, SwissRoll, SwissRollStream};

@@ -66,6 +66,19 @@ impl Diffusion {
         each!(self, p => process::bound_bits_per_point(p, network, points, rng, device, chunk_rows))
     }
 
+    /// The stratified estimate of K in bits for each point ([`process::bound_bits_stratified`]).
+    pub fn bound_bits_stratified<N: ReverseNetwork>(
+        &self,
+        network: &N,
+        points: &[f32],
+        draws: usize,
+        rng: &mut Rng,
+        device: &Device,
+        chunk_rows: usize,
+    ) -> Vec<f64> {
+        each!(self, p => process::bound_bits_stratified(p, network, points, draws, rng, device, chunk_rows))
+    }
+
     /// x_t of the reverse chain for each t in `keep`, from T down to 0, for `n` rows.
     pub fn trajectory<N: ReverseNetwork>(
         &self,

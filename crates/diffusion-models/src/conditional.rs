@@ -571,6 +571,7 @@ mod tests {
         let file = DataConfig::File {
             path: "x.csv".into(),
             heldout_fraction: 0.1,
+            test_path: None,
             standardize: None,
             dequantize: false,
             logit_alpha: None,

@@ -109,9 +109,14 @@ pub enum DataConfig {
     File {
         /// The file.
         path: PathBuf,
-        /// The share of rows held out (saved as `heldout.npy` in the run folder).
+        /// The share of rows held out (saved as `heldout.npy` in the run folder); unused with
+        /// `test_path`.
         #[serde(default = "default_heldout")]
         heldout_fraction: f64,
+        /// A separate file of held-out rows (e.g. MNIST's test digits): every row of `path`
+        /// trains, and these are evaluated. Same columns (and image shape) as `path`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        test_path: Option<PathBuf>,
         /// Gaussian runs: how the rows are standardised before training (`none`, `global`,
         /// `per-coordinate`; per-coordinate when absent). The bound is reported in the data's
         /// own units with the Jacobian added. Binomial runs take none.
@@ -550,6 +555,24 @@ impl RunConfig {
                 "model.kind = \"rbf\" needs one hidden width (hidden = [16]) and time = \"readout\""
                     .into(),
             );
+        }
+        if self.model.kind.is_image() && !matches!(self.data, DataConfig::File { .. }) {
+            return Err(format!(
+                "model.kind = \"{}\" is an image network: it needs image data from a file \
+                 (an IDX file, a 3-D or 4-D .npy, or a folder of PNG files)",
+                if self.model.kind == ModelKind::Unet {
+                    "unet"
+                } else {
+                    "paper-conv"
+                }
+            ));
+        }
+        // the tables' own fields are checked against the image shape once the data is read
+        if let Err(e) = self.model.check_image(None)
+            && (self.model.unet.is_some() || self.model.conv.is_some())
+            && !e.0.starts_with("an image network")
+        {
+            return Err(e.0);
         }
         Ok(())
     }

@@ -90,6 +90,50 @@ pub struct Evaluation {
     /// How many samples the sample metrics are of.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub samples: Option<usize>,
+    /// How K was computed over the chain: `full sum` or `stratified, K steps per point`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound_estimate: Option<String>,
+    /// Dequantised integer data: the negative log-likelihood bound of the discrete values in bits
+    /// per dimension, -K / d (SPEC section 7: the figure image papers report).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nll_bits_per_dim: Option<f64>,
+    /// Its standard error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nll_stderr_bits_per_dim: Option<f64>,
+    /// Dequantised integer data: the same figure for independent per-coordinate histograms of the
+    /// values (one bin per integer, add-one smoothing) fitted on the training rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub histogram_bits_per_dim: Option<f64>,
+}
+
+/// How [`evaluate_with`] computes K over the chain for each point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BoundEstimate {
+    /// Every step t = 2..T ([`crate::process::bound_bits_per_point`]).
+    FullSum,
+    /// This many steps per point, drawn in strata ([`crate::process::bound_bits_stratified`]):
+    /// unbiased, for chains whose full sum would take too long (images).
+    Stratified(usize),
+}
+
+/// Steps per point of the stratified estimate that image runs use by default.
+pub const IMAGE_T_DRAWS: usize = 16;
+
+impl BoundEstimate {
+    /// The full sum, except for image runs: [`IMAGE_T_DRAWS`] stratified steps per image.
+    pub fn default_for(manifest: &RunManifest) -> Self {
+        match manifest.image {
+            Some(_) => Self::Stratified(IMAGE_T_DRAWS),
+            None => Self::FullSum,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Self::FullSum => "full sum".into(),
+            Self::Stratified(k) => format!("stratified, {k} steps per point"),
+        }
+    }
 }
 
 /// The rows a file run kept in its folder (`train.npy` or `heldout.npy`), checked against the
@@ -182,12 +226,14 @@ pub fn evaluate<N: ReverseNetwork>(
         samples,
         seed,
         &Sampler::Ancestral,
+        BoundEstimate::default_for(manifest),
     )
 }
 
 /// [`evaluate`] with another sampler: K is the bound of the chain it runs (the respaced chain's
 /// for [`Sampler::Respaced`]; the full chain's for DDIM, which has none of its own) and the
-/// samples are its samples.
+/// samples are its samples; and with K over the full chain summed or estimated (`estimate`;
+/// a respaced chain is always summed).
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate_with<N: ReverseNetwork>(
     manifest: &RunManifest,
@@ -198,6 +244,7 @@ pub fn evaluate_with<N: ReverseNetwork>(
     samples: usize,
     seed: u64,
     sampler: &Sampler,
+    estimate: BoundEstimate,
 ) -> Result<Evaluation, RunError> {
     let bound = manifest.bound_of(model).map_err(|e| RunError::Corrupt {
         path: run.file("config.json").display().to_string(),
@@ -210,14 +257,28 @@ pub fn evaluate_with<N: ReverseNetwork>(
         s.apply(&mut points);
     }
     let mut rng = diffusion_data::rng(seed, streams::EVAL_NOISE);
-    let per_point = bound.bound_bits_with(
-        &model.network,
-        sampler,
-        &points,
-        &mut rng,
-        device,
-        CHUNK_ROWS,
-    )?;
+    let estimate = match sampler {
+        Sampler::Respaced(_) => BoundEstimate::FullSum,
+        _ => estimate,
+    };
+    let per_point = match estimate {
+        BoundEstimate::Stratified(draws) => bound.bound_bits_stratified(
+            &model.network,
+            &points,
+            draws,
+            &mut rng,
+            device,
+            manifest.chunk_rows(CHUNK_ROWS),
+        ),
+        BoundEstimate::FullSum => bound.bound_bits_with(
+            &model.network,
+            sampler,
+            &points,
+            &mut rng,
+            device,
+            manifest.chunk_rows(CHUNK_ROWS),
+        )?,
+    };
     let d = bound.dim();
     let none = || RunError::Corrupt {
         path: run.path().display().to_string(),
@@ -280,7 +341,16 @@ pub fn evaluate_with<N: ReverseNetwork>(
         samples: None,
         energy_distance: None,
         energy_distance_floor: None,
+        bound_estimate: Some(estimate.describe()),
+        nll_bits_per_dim: None,
+        nll_stderr_bits_per_dim: None,
+        histogram_bits_per_dim: None,
     };
+    if eval.dequantized {
+        eval.nll_bits_per_dim = Some(-k_bits / d as f64);
+        eval.nll_stderr_bits_per_dim = Some(k_own.stderr / d as f64);
+        eval.histogram_bits_per_dim = histogram_bits_per_dim(manifest, run, n)?;
+    }
     // checked above (check_for), so sampling cannot fail
     let draw = |m: usize| {
         let mut rng = diffusion_data::rng(seed, streams::SAMPLE);
@@ -291,7 +361,7 @@ pub fn evaluate_with<N: ReverseNetwork>(
                 m,
                 &mut rng,
                 device,
-                SAMPLE_CHUNK_ROWS,
+                manifest.chunk_rows(SAMPLE_CHUNK_ROWS),
             )
             .expect("a sampler already checked")
     };
@@ -330,6 +400,40 @@ pub fn evaluate_with<N: ReverseNetwork>(
         }
     }
     Ok(eval)
+}
+
+/// The independent per-coordinate histogram's NLL in bits per dimension on the first `n`
+/// held-out rows, fitted on the training rows: over 0..=255 for 8-bit images, else over
+/// 0..=max of the training rows; `None` unless both are integers in range.
+fn histogram_bits_per_dim(
+    manifest: &RunManifest,
+    run: &RunDir,
+    n: usize,
+) -> Result<Option<f64>, RunError> {
+    use diffusion_data::baselines::{PixelHistogram, integer_range};
+    let train = read_rows(manifest, run, crate::setup::TRAIN_ROWS)?;
+    let held = heldout_rows(manifest, run, n)?;
+    let Some(top) = integer_range(&train) else {
+        return Ok(None);
+    };
+    let top = if manifest.image.is_some() && top <= 255 {
+        255
+    } else {
+        top
+    };
+    let Ok(histogram) = PixelHistogram::fit(&train, top) else {
+        return Ok(None);
+    };
+    let d = train.cols;
+    let mut total = 0.0;
+    for row in held.chunks_exact(d) {
+        match histogram.log_likelihood_bits(row) {
+            Ok(bits) => total += bits,
+            Err(_) => return Ok(None),
+        }
+    }
+    let rows = held.len() / d;
+    Ok((rows > 0).then(|| -total / (rows * d) as f64))
 }
 
 /// log2 N(x; 0, I) of one row.

@@ -53,6 +53,7 @@ pub mod data;
 pub mod ema;
 pub mod evaluate;
 pub mod gradient_variance;
+pub mod image;
 pub mod importance;
 #[cfg(feature = "burn-train")]
 pub mod learner;

@@ -25,7 +25,9 @@ use serde::{Deserialize, Serialize};
 
 use diffusion_kernels::Shift;
 
+use crate::image::{ImageConfigError, PaperConvConfig, PaperConvNet, Unet, UnetConfig};
 use crate::network::ReverseNetwork;
+use diffusion_data::ImageShape;
 
 /// The hidden-unit nonlinearity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -114,6 +116,19 @@ pub enum ModelKind {
     /// (2 s_k^2))`, with learned centres c_j and widths s_j, shared across time; needs
     /// `time = "readout"` (a readout per step) and one hidden width.
     Rbf,
+    /// Image data: the U-Net of improved diffusion ([`crate::image::Unet`]), shaped by the
+    /// `[model.unet]` table.
+    Unet,
+    /// Image data: the paper's multi-scale convolutional network
+    /// ([`crate::image::PaperConvNet`]), shaped by the `[model.conv]` table.
+    PaperConv,
+}
+
+impl ModelKind {
+    /// Whether the network is one over images (it needs the data's image shape).
+    pub fn is_image(&self) -> bool {
+        matches!(self, Self::Unet | Self::PaperConv)
+    }
 }
 
 /// Number of sinusoidal frequencies (each gives a sine and a cosine feature).
@@ -132,9 +147,16 @@ pub struct ModelConfig {
     /// How the step t enters.
     #[serde(default)]
     pub time: TimeConditioning,
-    /// Affine-and-activation layers or the paper's radial-basis-function layer.
+    /// Affine-and-activation layers, the paper's radial-basis-function layer, or an image
+    /// network.
     #[serde(default)]
     pub kind: ModelKind,
+    /// `kind = "unet"`: its shape (the defaults when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unet: Option<UnetConfig>,
+    /// `kind = "paper-conv"`: its shape (the reference code's MNIST defaults when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conv: Option<PaperConvConfig>,
 }
 
 fn default_hidden() -> Vec<usize> {
@@ -148,6 +170,8 @@ impl Default for ModelConfig {
             activation: Activation::default(),
             time: TimeConditioning::default(),
             kind: ModelKind::default(),
+            unet: None,
+            conv: None,
         }
     }
 }
@@ -156,6 +180,84 @@ impl Default for ModelConfig {
 const RBF_INITIAL_WIDTH: f64 = 0.5;
 
 impl ModelConfig {
+    /// Checks an image network's table against the data's image shape (and that the other
+    /// kinds have no image table).
+    pub fn check_image(&self, image: Option<ImageShape>) -> Result<(), ImageConfigError> {
+        let fail = |m: &str| Err(ImageConfigError(m.into()));
+        if self.unet.is_some() && self.kind != ModelKind::Unet {
+            return fail("model.unet is for kind = \"unet\"");
+        }
+        if self.conv.is_some() && self.kind != ModelKind::PaperConv {
+            return fail("model.conv is for kind = \"paper-conv\"");
+        }
+        if !self.kind.is_image() {
+            return Ok(());
+        }
+        let Some(shape) = image else {
+            return fail(
+                "an image network needs image data: an IDX file, a 3-D or 4-D .npy, or a folder \
+                 of PNG files",
+            );
+        };
+        match self.kind {
+            ModelKind::Unet => self.unet.clone().unwrap_or_default().check(shape),
+            _ => self.conv.clone().unwrap_or_default().check(shape),
+        }
+    }
+
+    /// [`parameter_count`](Self::parameter_count) for any kind: the image networks' from the
+    /// image shape.
+    pub fn parameter_count_for(
+        &self,
+        image: Option<ImageShape>,
+        dim_in: usize,
+        dim_out: usize,
+        steps: usize,
+    ) -> u128 {
+        match (self.kind, image) {
+            (ModelKind::Unet, Some(shape)) => self
+                .unet
+                .clone()
+                .unwrap_or_default()
+                .parameter_count(shape, dim_out),
+            (ModelKind::PaperConv, Some(shape)) => self
+                .conv
+                .clone()
+                .unwrap_or_default()
+                .parameter_count(shape, dim_out),
+            _ => self.parameter_count(dim_in, dim_out, steps),
+        }
+    }
+
+    /// [`init`](Self::init) for any kind: the image networks for rows of `image`'s shape
+    /// (`gaussian` tells the paper's network that its second half of outputs is `z_sigma`).
+    /// Check the shape first ([`check_image`](Self::check_image)).
+    pub fn init_for(
+        &self,
+        image: Option<ImageShape>,
+        dim_in: usize,
+        dim_out: usize,
+        steps: usize,
+        gaussian: bool,
+        device: &Device,
+    ) -> Network {
+        match (self.kind, image) {
+            (ModelKind::Unet, Some(shape)) => Network::Unet(
+                self.unet
+                    .clone()
+                    .unwrap_or_default()
+                    .init(shape, dim_out, device),
+            ),
+            (ModelKind::PaperConv, Some(shape)) => Network::PaperConv(
+                self.conv
+                    .clone()
+                    .unwrap_or_default()
+                    .init(shape, dim_out, steps, gaussian, device),
+            ),
+            _ => self.init(dim_in, dim_out, steps, device),
+        }
+    }
+
     /// The number of parameters of [`init`](Self::init)'s network, computed without building it.
     pub fn parameter_count(&self, dim_in: usize, dim_out: usize, steps: usize) -> u128 {
         let (steps, dim_out) = (steps as u128 + 1, dim_out as u128);
@@ -491,6 +593,10 @@ pub enum Network {
     Readout(ReadoutMlp),
     /// The paper's RBF network.
     Rbf(RbfNet),
+    /// The U-Net over images.
+    Unet(Unet),
+    /// The paper's convolutional network over images.
+    PaperConv(PaperConvNet),
 }
 
 impl Network {
@@ -499,7 +605,17 @@ impl Network {
             Self::Mlp(m) => m.forward_steps(x_t, steps),
             Self::Readout(m) => m.forward_steps(x_t, steps),
             Self::Rbf(m) => m.forward_steps(x_t, steps),
+            Self::Unet(m) => image_forward(m, x_t, steps),
+            Self::PaperConv(m) => image_forward(m, x_t, steps),
         }
+    }
+}
+
+/// An image network's forward pass for a batch's steps.
+fn image_forward<N: ReverseNetwork>(network: &N, x_t: Tensor<2>, steps: Steps) -> Tensor<2> {
+    match steps {
+        Steps::PerRow(t) => network.forward(x_t, t.clone()),
+        Steps::All(t) => network.forward_at(x_t, t),
     }
 }
 

@@ -20,7 +20,7 @@ use burn::store::ModuleRecord;
 use burn::tensor::{Bytes, Device};
 use diffusion_core::{BetaSchedule, BinomialDiffusion, GaussianDiffusion};
 use diffusion_data::io::write_atomic;
-use diffusion_data::{DataError, Standardization};
+use diffusion_data::{DataError, ImageShape, Standardization};
 use serde::{Deserialize, Serialize};
 
 use crate::bound::Diffusion;
@@ -105,6 +105,9 @@ pub enum RunError {
     },
 }
 
+/// Rows per device call of an image network outside training ([`RunManifest::chunk_rows`]).
+pub const IMAGE_CHUNK_ROWS: usize = 256;
+
 /// The resolved configuration of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -121,6 +124,9 @@ pub struct RunManifest {
     /// null model of the data. Absent for generator data and binomial runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub standardization: Option<Standardization>,
+    /// Image data: the shape of each row (channel-first), which image networks and plots use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageShape>,
 }
 
 impl RunManifest {
@@ -132,7 +138,24 @@ impl RunManifest {
             data_dim,
             backend: backend.into(),
             standardization: None,
+            image: None,
         }
+    }
+
+    /// Rows per device call for a batch of `base` rows of this run's data: `base`, but
+    /// [`IMAGE_CHUNK_ROWS`] for images (a convolutional network's activations are some hundred
+    /// times a row's size).
+    pub fn chunk_rows(&self, base: usize) -> usize {
+        match self.image {
+            Some(_) => base.min(IMAGE_CHUNK_ROWS),
+            None => base,
+        }
+    }
+
+    /// This manifest with the image shape of its rows.
+    pub fn with_image(mut self, image: Option<ImageShape>) -> Self {
+        self.image = image;
+        self
     }
 
     /// Maps rows the model drew (row-major, `data_dim` columns) back to the data's own units:
@@ -140,6 +163,17 @@ impl RunManifest {
     pub fn to_data_units(&self, rows: &mut [f32]) {
         if let Some(s) = &self.standardization {
             s.invert(rows);
+        }
+    }
+
+    /// Image runs on dequantised data: rows in the data's own units (k + u for pixel value k)
+    /// to the pixel values k, floored and clamped to 0..=255. Other runs are unchanged.
+    pub fn to_pixels(&self, rows: &mut [f32]) {
+        let dequantized = self.standardization.as_ref().is_some_and(|s| s.dequantize);
+        if self.image.is_some() && dequantized {
+            for v in rows {
+                *v = v.floor().clamp(0.0, 255.0);
+            }
         }
     }
 
@@ -188,11 +222,15 @@ impl RunManifest {
             BetaSchedule::Learned { .. } => d.steps as u128 - 1,
             _ => 0,
         };
-        let parameters = self
-            .config
+        self.config
             .model
-            .parameter_count(self.data_dim, out, d.steps)
-            + learned;
+            .check_image(self.image)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let parameters =
+            self.config
+                .model
+                .parameter_count_for(self.image, self.data_dim, out, d.steps)
+                + learned;
         if parameters > MAX_PARAMETERS {
             return Err(ConfigError::TooLarge {
                 parameters,
@@ -206,10 +244,12 @@ impl RunManifest {
     pub fn init_model(&self, device: &Device) -> Result<ReverseModel<Network>, ConfigError> {
         self.check_model_size()?;
         let bound = self.bound()?;
-        let model = ReverseModel::new(self.config.model.init(
+        let model = ReverseModel::new(self.config.model.init_for(
+            self.image,
             self.data_dim,
             bound.output_dim(),
             self.config.diffusion.steps,
+            matches!(bound, Diffusion::Gaussian(_)),
             device,
         ));
         Ok(match (&self.config.diffusion.schedule, &bound) {

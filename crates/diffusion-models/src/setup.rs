@@ -30,7 +30,7 @@
 use std::path::Path;
 
 use burn::tensor::Device;
-use diffusion_data::{Array2, Heartbeat, Scaling, Standardization, SwissRoll, io};
+use diffusion_data::{Array2, Heartbeat, ImageShape, Scaling, Standardization, SwissRoll, io};
 
 use crate::bound::Diffusion;
 use crate::checkpoint::{self, Checkpoint};
@@ -56,6 +56,8 @@ pub struct ResolvedData {
     pub config: RunConfig,
     /// The data dimension d.
     pub dim: usize,
+    /// Image data: the shape of each row (from an IDX file or a 3-D or 4-D `.npy`).
+    pub image: Option<ImageShape>,
     /// Where training batches come from.
     pub data: TrainingData,
     /// File data: (training rows, held-out rows), in the data's own units.
@@ -75,6 +77,7 @@ pub fn resolve(mut config: RunConfig) -> Result<ResolvedData, RunError> {
     let binary = config.diffusion.process == ProcessKind::Binomial;
     let mut files = None;
     let mut standardization = None;
+    let mut image = None;
     let (data, dim, mean_activity) = match &config.data {
         DataConfig::SwissRoll { noise } => {
             let roll = SwissRoll::new(*noise).map_err(RunError::Data)?;
@@ -88,11 +91,13 @@ pub fn resolve(mut config: RunConfig) -> Result<ResolvedData, RunError> {
         DataConfig::File {
             path,
             heldout_fraction,
+            test_path,
             standardize,
             dequantize,
             logit_alpha,
         } => {
-            let points = io::read(path).map_err(RunError::Data)?;
+            let (points, shape) = io::read_shaped(path).map_err(RunError::Data)?;
+            image = shape;
             if binary && let Some(i) = points.data.iter().position(|&v| v != 0.0 && v != 1.0) {
                 return Err(RunError::NotBinary {
                     path: path.display().to_string(),
@@ -101,9 +106,14 @@ pub fn resolve(mut config: RunConfig) -> Result<ResolvedData, RunError> {
                     column: i % points.cols,
                 });
             }
-            let mut rng = diffusion_data::rng(seed, streams::HELDOUT);
-            let (train_rows, held) = diffusion_data::split(&points, *heldout_fraction, &mut rng)
-                .map_err(RunError::Split)?;
+            let (train_rows, held) = match test_path {
+                Some(test) => (points.clone(), read_test_rows(test, &points, shape)?),
+                None => {
+                    let mut rng = diffusion_data::rng(seed, streams::HELDOUT);
+                    diffusion_data::split(&points, *heldout_fraction, &mut rng)
+                        .map_err(RunError::Split)?
+                }
+            };
             let activity = train_rows.data.iter().map(|&v| v as f64).sum::<f64>()
                 / train_rows.data.len() as f64;
             let dim = points.cols;
@@ -134,7 +144,7 @@ pub fn resolve(mut config: RunConfig) -> Result<ResolvedData, RunError> {
         }
         config.diffusion.pi = Some(pi);
     }
-    let check = RunManifest::new(config.clone(), dim, "");
+    let check = RunManifest::new(config.clone(), dim, "").with_image(image);
     check.check_model_size()?;
     let mut warnings = Vec::new();
     if let Diffusion::Gaussian(g) = check.bound()? {
@@ -149,11 +159,34 @@ pub fn resolve(mut config: RunConfig) -> Result<ResolvedData, RunError> {
     Ok(ResolvedData {
         config,
         dim,
+        image,
         data,
         files,
         standardization,
         warnings,
     })
+}
+
+/// The rows of a separate test file, which must match the training rows' columns and shape.
+fn read_test_rows(
+    path: &Path,
+    train: &Array2,
+    shape: Option<ImageShape>,
+) -> Result<Array2, RunError> {
+    let (rows, test_shape) = io::read_shaped(path).map_err(RunError::Data)?;
+    if rows.cols != train.cols || test_shape != shape {
+        let show = |cols: usize, s: Option<ImageShape>| match s {
+            Some(s) => format!("images of {s}"),
+            None => format!("{cols} columns"),
+        };
+        return Err(RunError::Data(diffusion_data::DataError::Invalid(format!(
+            "{}: {}, where the training data have {}",
+            path.display(),
+            show(rows.cols, test_shape),
+            show(train.cols, shape)
+        ))));
+    }
+    Ok(rows)
 }
 
 /// A run ready to train: its folder, manifest, training stream, and the checkpoint it
@@ -192,7 +225,8 @@ impl Run {
             }
         }
         let manifest = RunManifest::new(resolved.config, resolved.dim, backend)
-            .with_standardization(resolved.standardization);
+            .with_standardization(resolved.standardization)
+            .with_image(resolved.image);
         dir.write_json("config.json", &manifest)?;
         if let Some((train_rows, held)) = &resolved.files {
             for (name, rows) in [(TRAIN_ROWS, train_rows), (HELDOUT_ROWS, held)] {

@@ -5,7 +5,8 @@
 //! runs the reverse chain. On top of it, for any process and any network:
 //! - training draws t ~ U{2..T} per row ([`training_batch`]) and minimises minus the
 //!   Monte-Carlo K, each row's KL weighted by T - 1 ([`Process::step_loss`]);
-//! - evaluation sums the KL terms over every t = 2..T ([`bound_bits_per_point`]);
+//! - evaluation sums the KL terms over every t = 2..T ([`bound_bits_per_point`]), or estimates
+//!   that sum without bias from a few steps drawn in strata ([`bound_bits_stratified`]);
 //! - sampling runs the reverse chain ([`sample`], [`Process::trajectory`]).
 //!
 //! Both use one function for the KL terms, [`Process::kl_rows`], so the training estimate and
@@ -249,27 +250,80 @@ pub fn bound_bits_per_point<P: Process, N: ReverseNetwork>(
     device: &Device,
     chunk_rows: usize,
 ) -> Vec<f64> {
+    let per_point = process.steps() - 1;
+    let terms = |r: usize, _: &mut Rng| (r / per_point, 2 + r % per_point, 1.0);
+    bound_bits_of_terms(
+        process, network, points, per_point, terms, rng, device, chunk_rows,
+    )
+}
+
+/// An unbiased estimate of the bound K in bits for each point, for chains too long to sum: the
+/// steps t = 2..T are cut into `draws` strata of nearly equal size (at most T - 1 of them), one
+/// t is drawn uniformly in each, with a fresh x_t, and its KL term is weighted by the stratum's
+/// size. Each point's estimate is unbiased, so the mean over points has the usual standard
+/// error (the spread over points includes the draws').
+#[allow(clippy::too_many_arguments)]
+pub fn bound_bits_stratified<P: Process, N: ReverseNetwork>(
+    process: &P,
+    network: &N,
+    points: &[f32],
+    draws: usize,
+    rng: &mut Rng,
+    device: &Device,
+    chunk_rows: usize,
+) -> Vec<f64> {
+    let strata = stratify(process.steps() - 1, draws);
+    let k = strata.len();
+    let terms = |r: usize, rng: &mut Rng| {
+        let (start, size) = strata[r % k];
+        (r / k, 2 + start + rng.random_range(0..size), size as f64)
+    };
+    bound_bits_of_terms(process, network, points, k, terms, rng, device, chunk_rows)
+}
+
+/// `count` items cut into `parts` contiguous strata (at most `count`, at least 1) of sizes
+/// differing by at most one: (first item, size) each.
+pub fn stratify(count: usize, parts: usize) -> Vec<(usize, usize)> {
+    let parts = parts.clamp(1, count.max(1));
+    (0..parts)
+        .map(|s| {
+            let start = s * count / parts;
+            (start, (s + 1) * count / parts - start)
+        })
+        .collect()
+}
+
+/// K in bits for each point from `per_point` weighted KL terms: `term(r, rng)` gives the
+/// global row r's (point, t, weight).
+#[allow(clippy::too_many_arguments)]
+fn bound_bits_of_terms<P: Process, N: ReverseNetwork>(
+    process: &P,
+    network: &N,
+    points: &[f32],
+    per_point: usize,
+    mut term: impl FnMut(usize, &mut Rng) -> (usize, usize, f64),
+    rng: &mut Rng,
+    device: &Device,
+    chunk_rows: usize,
+) -> Vec<f64> {
     let d = process.dim();
     let n = points.len() / d;
     let tables = process.tables(device);
-    let per_point = process.steps() - 1;
     let total = n * per_point;
     let mut kl_sums = vec![0.0f64; n];
     let mut start = 0;
     while start < total {
         let end = (start + chunk_rows.max(1)).min(total);
-        let rows: Vec<(usize, usize)> = (start..end)
-            .map(|r| (r / per_point, 2 + r % per_point))
-            .collect();
-        let ts: Vec<usize> = rows.iter().map(|&(_, t)| t).collect();
+        let rows: Vec<(usize, usize, f64)> = (start..end).map(|r| term(r, rng)).collect();
+        let ts: Vec<usize> = rows.iter().map(|&(_, t, _)| t).collect();
         let mut x0 = Vec::with_capacity(rows.len() * d);
-        for &(i, _) in &rows {
+        for &(i, _, _) in &rows {
             x0.extend_from_slice(&points[i * d..(i + 1) * d]);
         }
         let prepared = process.prepare_rows(&x0, &ts, rng);
         let kl = host(process.kl_rows(&tables, network, prepared, device));
-        for (&(i, _), &v) in rows.iter().zip(&kl) {
-            kl_sums[i] += v as f64;
+        for (&(i, _, w), &v) in rows.iter().zip(&kl) {
+            kl_sums[i] += w * v as f64;
         }
         start = end;
     }

@@ -366,3 +366,65 @@ fn binomial_sampling_from_the_forward_kernel_keeps_the_rate() {
     // s.e. of the rate over 40,000 bits is 0.002
     assert!((rate - pi).abs() < 0.01, "{rate}");
 }
+
+/// The strata cover every step once, in contiguous runs whose sizes differ by at most one, and
+/// never number more than the steps.
+#[test]
+fn strata_partition_the_steps() {
+    for (count, parts) in [(999, 16), (99, 4), (5, 10), (7, 1)] {
+        let strata = stratify(count, parts);
+        assert_eq!(strata.len(), parts.min(count));
+        let mut next = 0;
+        for &(start, size) in &strata {
+            assert_eq!(start, next);
+            assert!(size == count / strata.len() || size == count / strata.len() + 1);
+            next += size;
+        }
+        assert_eq!(next, count);
+    }
+}
+
+/// The stratified estimate of K agrees with the full sum (within the two standard errors) on
+/// data where the untrained network's KL terms vary over t, for few strata and for one per
+/// step.
+#[test]
+fn stratified_bound_is_unbiased_for_the_full_sum() {
+    let device = Device::flex();
+    let steps = 60;
+    let bound = Diffusion::Gaussian(GaussianBound {
+        diffusion: GaussianDiffusion::new(BetaSchedule::linear(1e-3, 0.2).betas(steps).unwrap(), 2)
+            .unwrap(),
+        parametrization: ReverseParametrization::Paper,
+    });
+    let model = ModelConfig::default().init(2, 4, steps, &device);
+    // x_0 ~ N(0, 0.3^2 I): the forward kernel is not the reversal
+    let points: Vec<f32> = standard_normal_points(3000, 2, 5)
+        .iter()
+        .map(|v| 0.3 * v)
+        .collect();
+    let mut rng = diffusion_data::rng(6, 0);
+    let full =
+        MeanStderr::of(&bound.bound_bits_per_point(&model, &points, &mut rng, &device, 8192))
+            .unwrap();
+    for draws in [3, 10, steps - 1] {
+        let mut rng = diffusion_data::rng(7, draws as u64);
+        let est = bound.bound_bits_stratified(&model, &points, draws, &mut rng, &device, 4096);
+        let est = MeanStderr::of(&est).unwrap();
+        let tolerance = 4.0 * (full.stderr.powi(2) + est.stderr.powi(2)).sqrt();
+        assert!(
+            (est.mean - full.mean).abs() < tolerance,
+            "{draws} draws: {} ± {} vs the full sum {} ± {}",
+            est.mean,
+            est.stderr,
+            full.mean,
+            full.stderr
+        );
+    }
+    // the KL terms matter: K is far from the null model's figure
+    let l_null = bound.l_null_bits(&[0.0, 0.0]);
+    assert!(
+        (full.mean - l_null).abs() > 1.0,
+        "{} vs {l_null}",
+        full.mean
+    );
+}

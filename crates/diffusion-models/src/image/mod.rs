@@ -1,0 +1,84 @@
+//! Networks over images: rows of `channels * height * width` values (channel-first, row-major
+//! pixels), reshaped inside `forward`, so the processes, bound, samplers, EMA, checkpoints and
+//! backends take them as they take the MLPs.
+//!
+//! - [`Unet`]: the U-Net of improved diffusion (Nichol and Dhariwal 2021): residual blocks with
+//!   GroupNorm and SiLU, a sinusoidal embedding of t added in every block, channel multipliers
+//!   per resolution, self-attention at chosen resolutions, `2c` output channels (`[z_mu,
+//!   z_sigma]`) for a learned variance.
+//! - [`PaperConvNet`]: the paper's multi-scale convolutional network with a dense branch, per-pixel
+//!   dense layers and the temporal-basis readout (SPEC section 7; appendix D.2.1 of the paper).
+//!
+//! Both are built by [`crate::ModelConfig::init_image`] from the `[model.unet]` or
+//! `[model.conv]` table of a config with `kind = "unet"` or `kind = "paper-conv"`.
+//!
+//! ```
+//! use burn::tensor::{Device, Tensor};
+//! use diffusion_data::ImageShape;
+//! use diffusion_models::ReverseNetwork;
+//! use diffusion_models::image::UnetConfig;
+//!
+//! let device = Device::flex();
+//! let shape = ImageShape { channels: 1, height: 8, width: 8 };
+//! let config = UnetConfig { channels: 8, channel_mult: vec![1, 2], groups: 4, attention_resolutions: vec![4], ..UnetConfig::default() };
+//! let net = config.init(shape, 2 * 64, &device);
+//! let z = net.forward_at(Tensor::zeros([3, 64], &device), 5);
+//! assert_eq!(z.dims(), [3, 128]);
+//! ```
+
+mod paper;
+mod unet;
+
+use burn::tensor::{Device, Int, Tensor};
+use diffusion_data::ImageShape;
+
+pub use paper::{PaperConvConfig, PaperConvNet};
+pub use unet::{Unet, UnetConfig};
+
+/// Rows `[n, c h w]` as images `[n, c, h, w]`.
+pub(crate) fn to_images(x: Tensor<2>, shape: ImageShape) -> Tensor<4> {
+    let n = x.dims()[0];
+    x.reshape([n, shape.channels, shape.height, shape.width])
+}
+
+/// Images `[n, c, h, w]` as rows `[n, c h w]`.
+pub(crate) fn to_rows(x: Tensor<4>) -> Tensor<2> {
+    let [n, c, h, w] = x.dims();
+    x.reshape([n, c * h * w])
+}
+
+/// Mean over 2x2 blocks: `[n, c, h, w]` to `[n, c, h/2, w/2]` (h and w even).
+pub(crate) fn mean_pool2(x: Tensor<4>) -> Tensor<4> {
+    let [n, c, h, w] = x.dims();
+    x.reshape([n, c, h / 2, 2, w / 2, 2])
+        .mean_dim(5)
+        .mean_dim(3)
+        .reshape([n, c, h / 2, w / 2])
+}
+
+/// Each pixel repeated into a 2x2 block: `[n, c, h, w]` to `[n, c, 2h, 2w]`.
+pub(crate) fn repeat2(x: Tensor<4>) -> Tensor<4> {
+    let [n, c, h, w] = x.dims();
+    x.reshape([n, c, h, 1, w, 1])
+        .expand([n, c, h, 2, w, 2])
+        .reshape([n, c, 2 * h, 2 * w])
+}
+
+/// The steps of a batch as a column of floats, `[n, 1]` (one per row) or `[1, 1]`.
+pub(crate) fn step_column(t: &Tensor<1, Int>) -> Tensor<2> {
+    let n = t.dims()[0];
+    t.clone().float().reshape([n, 1])
+}
+
+/// A one-row step column for every row at step `t`.
+pub(crate) fn one_step(t: usize, device: &Device) -> Tensor<2> {
+    Tensor::<1>::from_floats([t as f32], device).reshape([1, 1])
+}
+
+/// Why an image network cannot be built for a run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ImageConfigError(pub String);
+
+#[cfg(test)]
+mod tests;

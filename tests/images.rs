@@ -1,0 +1,282 @@
+//! Images through the command line: an image file's shape recorded in the run, the U-Net and the
+//! paper's convolutional network trained on it, the bound in bits per dimension of the 8-bit
+//! data beside independent histograms, samples written as images, grids drawn without
+//! `--image`, and bad image input refused.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use diffusion_data::{ImageShape, Rng, io};
+use rand::Rng as _;
+
+const SIDE: usize = 8;
+
+/// `n` 8x8 grey images of 8-bit pixels, `[n, 8, 8]` as .npy: a bright vertical bar in the left
+/// or right half on a dark background, with some pixel noise.
+fn bars(path: &Path, n: usize, seed: u64) {
+    let mut rng: Rng = diffusion_data::rng(seed, 0);
+    let mut pixels = Vec::with_capacity(n * SIDE * SIDE);
+    for _ in 0..n {
+        let column = if rng.random_bool(0.5) { 1 } else { 5 };
+        for _row in 0..SIDE {
+            for c in 0..SIDE {
+                let on = c == column || c == column + 1;
+                let base: u8 = if on { 220 } else { 0 };
+                let jitter: u8 = if rng.random_bool(0.2) { 30 } else { 0 };
+                pixels.push(if on { base - jitter } else { jitter });
+            }
+        }
+    }
+    let mut out = Vec::new();
+    {
+        use npyz::WriterBuilder;
+        let mut w = npyz::WriteOptions::new()
+            .default_dtype()
+            .shape(&[n as u64, SIDE as u64, SIDE as u64])
+            .writer(&mut out)
+            .begin_nd()
+            .unwrap();
+        w.extend(pixels).unwrap();
+        w.finish().unwrap();
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+fn config(train: &Path, test: &Path, model: &str) -> String {
+    format!(
+        r#"
+[diffusion]
+steps = 50
+schedule = {{ kind = "cosine" }}
+parametrization = "epsilon"
+[data]
+kind = "file"
+path = "{}"
+test_path = "{}"
+standardize = "global"
+dequantize = true
+[model]
+{model}
+[train]
+steps = 120
+batch_size = 32
+log_every = 60
+loss = "hybrid"
+optimizer = {{ kind = "adam", lr = 2e-3 }}
+"#,
+        s(train),
+        s(test)
+    )
+}
+
+const UNET: &str = r#"kind = "unet"
+[model.unet]
+channels = 8
+channel_mult = [1, 2]
+attention_resolutions = [4]
+groups = 4"#;
+
+const PAPER: &str = r#"kind = "paper-conv"
+[model.conv]
+n_layers_conv = 2
+n_hidden_conv = 8
+n_scales = 2
+n_hidden_dense_lower = 32
+n_temporal_basis = 4"#;
+
+fn data(dir: &Path) -> (PathBuf, PathBuf) {
+    let (train, test) = (dir.join("train.npy"), dir.join("test.npy"));
+    bars(&train, 400, 1);
+    bars(&test, 60, 2);
+    (train, test)
+}
+
+fn f(v: &serde_json::Value, key: &str) -> f64 {
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} missing in {v}"))
+}
+
+/// The independent 256-level histograms' NLL in bits per pixel, computed here from the files.
+fn histogram_bits_per_dim(train: &Path, test: &Path) -> f64 {
+    let train = io::read(train).unwrap();
+    let test = io::read(test).unwrap();
+    let d = train.cols;
+    let mut counts = vec![[0usize; 256]; d];
+    for row in train.data.chunks(d) {
+        for (j, &v) in row.iter().enumerate() {
+            counts[j][v as usize] += 1;
+        }
+    }
+    let mut bits = 0.0;
+    for row in test.data.chunks(d) {
+        for (j, &v) in row.iter().enumerate() {
+            let p = (counts[j][v as usize] + 1) as f64 / (train.rows + 256) as f64;
+            bits -= p.log2();
+        }
+    }
+    bits / (test.rows * d) as f64
+}
+
+#[test]
+fn a_unet_trains_on_images_and_reports_bits_per_dimension() {
+    let dir = workdir("images-unet");
+    let (train, test) = data(&dir);
+    let run_dir = train_quick(&config(&train, &test, UNET), &dir, "unet");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run_dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        manifest["image"],
+        serde_json::json!({"channels": 1, "height": 8, "width": 8})
+    );
+
+    let e = json(&run(&["evaluate", "--run", s(&run_dir), "--json"]));
+    assert_eq!(e["bound_estimate"], "stratified, 16 steps per point");
+    assert_eq!(e["n"], 60, "every test image");
+    let d = 64.0;
+    assert!((f(&e, "nll_bits_per_dim") + f(&e, "k_bits") / d).abs() < 1e-9);
+    let histogram = histogram_bits_per_dim(&train, &test);
+    assert!(
+        (f(&e, "histogram_bits_per_dim") - histogram).abs() < 1e-9,
+        "{} vs {histogram}",
+        f(&e, "histogram_bits_per_dim")
+    );
+    // the full sum agrees with the estimate
+    let full = json(&run(&[
+        "evaluate",
+        "--run",
+        s(&run_dir),
+        "--json",
+        "--full-sum",
+    ]));
+    assert_eq!(full["bound_estimate"], "full sum");
+    let tolerance = 4.0 * f(&e, "k_stderr_bits").hypot(f(&full, "k_stderr_bits"));
+    assert!(
+        (f(&e, "k_bits") - f(&full, "k_bits")).abs() < tolerance,
+        "{} vs {}",
+        e["k_bits"],
+        full["k_bits"]
+    );
+
+    // samples are 8-bit images of the run's shape
+    let samples = dir.join("samples.npy");
+    run(&[
+        "sample",
+        "--run",
+        s(&run_dir),
+        "-n",
+        "6",
+        "--out",
+        s(&samples),
+    ]);
+    let (a, shape) = io::read_shaped(&samples).unwrap();
+    assert_eq!(
+        shape,
+        Some(ImageShape {
+            channels: 1,
+            height: 8,
+            width: 8
+        })
+    );
+    assert_eq!(a.rows, 6);
+    assert!(
+        a.data
+            .iter()
+            .all(|&v| (0.0..=255.0).contains(&v) && v.fract() == 0.0)
+    );
+
+    // grids drawn from the run's shape, no --image
+    let pictures = dir.join("pictures");
+    run(&[
+        "plot",
+        "--run",
+        s(&run_dir),
+        "--out",
+        s(&pictures),
+        "--what",
+        "samples,trajectory",
+        "--rows",
+        "10",
+    ]);
+    for name in ["samples", "trajectory"] {
+        assert!(
+            png_size(&pictures.join(format!("{name}.png"))).0 > 100,
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn the_papers_network_trains_on_images() {
+    let dir = workdir("images-paper");
+    let (train, test) = data(&dir);
+    let run_dir = train_quick(&config(&train, &test, PAPER), &dir, "paper");
+    let e = json(&run(&[
+        "evaluate",
+        "--run",
+        s(&run_dir),
+        "--json",
+        "--t-draws",
+        "8",
+    ]));
+    assert_eq!(e["bound_estimate"], "stratified, 8 steps per point");
+    let nll = f(&e, "nll_bits_per_dim");
+    assert!(nll.is_finite() && nll > 0.0, "{nll}");
+}
+
+#[test]
+fn bad_image_input_is_refused() {
+    let dir = workdir("images-bad");
+    let (train, _) = data(&dir);
+    // a test file of another shape
+    let other = dir.join("other.npy");
+    let mut out = Vec::new();
+    {
+        use npyz::WriterBuilder;
+        let mut w = npyz::WriteOptions::new()
+            .default_dtype()
+            .shape(&[3, 4, 16])
+            .writer(&mut out)
+            .begin_nd()
+            .unwrap();
+        w.extend(vec![0u8; 3 * 64]).unwrap();
+        w.finish().unwrap();
+    }
+    std::fs::write(&other, out).unwrap();
+    let c = write_config(&dir, "shape.toml", &config(&train, &other, UNET));
+    let o = dir.join("o");
+    fails(
+        &["train", "--config", s(&c), "--out", s(&o)],
+        "images of 1x4x16, where the training data have images of 1x8x8",
+    );
+    // an image network on rows without a shape
+    let flat = dir.join("flat.npy");
+    io::write(&flat, &io::read(&train).unwrap()).unwrap();
+    let c = write_config(&dir, "flat.toml", &config(&flat, &flat, UNET));
+    fails(
+        &["train", "--config", s(&c), "--out", s(&o)],
+        "needs image data",
+    );
+    // attention at a resolution the network does not have
+    let bad = UNET.replace("attention_resolutions = [4]", "attention_resolutions = [3]");
+    let test = dir.join("test.npy");
+    let c = write_config(&dir, "attention.toml", &config(&train, &test, &bad));
+    fails(
+        &["train", "--config", s(&c), "--out", s(&o)],
+        "attention at resolution 3",
+    );
+    // a table for another kind
+    let c = write_config(
+        &dir,
+        "table.toml",
+        &config(&train, &test, "hidden = [8]\n[model.unet]\nchannels = 8"),
+    );
+    fails(
+        &["train", "--config", s(&c), "--out", s(&o)],
+        "model.unet is for kind = \"unet\"",
+    );
+    // nothing was left behind
+    assert!(!o.exists());
+}
