@@ -224,6 +224,13 @@ fn the_papers_network_trains_on_images() {
     assert_eq!(e["bound_estimate"], "stratified, 8 steps per point");
     let nll = f(&e, "nll_bits_per_dim");
     assert!(nll.is_finite() && nll > 0.0, "{nll}");
+    // the run refers to its data files rather than copying them, and notices when one changes
+    assert!(!run_dir.join("train.npy").exists() && !run_dir.join("heldout.npy").exists());
+    bars(&train, 400, 3);
+    fails(
+        &["evaluate", "--run", s(&run_dir)],
+        "has changed since the run was made",
+    );
 }
 
 #[test]

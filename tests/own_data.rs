@@ -57,6 +57,14 @@ fn digits(name: &str) -> String {
         .to_string()
 }
 
+/// The training and held-out rows of a run with seed 0 on `path`, split here as the run splits
+/// them.
+fn split_of(path: &str, fraction: f64) -> (diffusion_data::Array2, diffusion_data::Array2) {
+    let points = io::read(Path::new(path)).unwrap();
+    let mut rng = diffusion_data::rng(0, diffusion_models::data::streams::HELDOUT);
+    diffusion_data::split(&points, fraction, &mut rng).unwrap()
+}
+
 fn f(v: &serde_json::Value, key: &str) -> f64 {
     v[key]
         .as_f64()
@@ -83,8 +91,10 @@ fn binary_digits_get_bits_per_image_baselines_and_image_grids() {
     let k = f(&e, "k_bits");
     assert!((f(&e, "k_bits_per_dim") - k / 64.0).abs() < 1e-9);
     // L_null is i.i.d. Bernoulli(pi) with pi the training rows' activity
-    let train = io::read(&out.join("train.npy")).unwrap();
-    let held = io::read(&out.join("heldout.npy")).unwrap();
+    let (train, held) = split_of(&digits("digits_binary.npy"), 0.2);
+    // the run keeps the held-out rows of that split, and no copy of the training rows
+    assert_eq!(io::read(&out.join("heldout.npy")).unwrap(), held);
+    assert!(!out.join("train.npy").exists());
     let pi = train.data.iter().map(|&v| v as f64).sum::<f64>() / train.data.len() as f64;
     let l_null = held
         .data
@@ -184,7 +194,7 @@ fn dequantised_digits_report_the_bound_of_the_discrete_images() {
         "one global scale"
     );
     // the training rows' variance per pixel plus 1/12, averaged, is s^2
-    let train = io::read(&out.join("train.npy")).unwrap();
+    let (train, _) = split_of(&digits("digits.npy"), 0.2);
     let var: f64 = (0..64)
         .map(|j| {
             let col: Vec<f64> = (0..train.rows).map(|i| train.row(i)[j] as f64).collect();

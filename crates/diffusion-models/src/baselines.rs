@@ -9,9 +9,7 @@ use diffusion_data::baselines::{BernoulliMixture, IndependentBernoulli, PixelHis
 use serde::{Deserialize, Serialize};
 
 use crate::config::{DataConfig, ProcessKind};
-use crate::evaluate::read_rows;
 use crate::run::{RunDir, RunError, RunManifest};
-use crate::setup::{HELDOUT_ROWS, TRAIN_ROWS};
 
 /// One baseline's held-out log-likelihood.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,8 +54,7 @@ pub fn baselines(
                 .into(),
         ));
     }
-    let read = |name: &str| read_rows(manifest, run, name);
-    let (train, held) = (read(TRAIN_ROWS)?, read(HELDOUT_ROWS)?);
+    let (train, held) = crate::setup::file_rows(manifest, run)?;
     let d = manifest.data_dim;
     let score = |name: String, f: &dyn Fn(&[f32]) -> f64| {
         let values: Vec<f64> = (0..held.rows).map(|i| f(held.row(i))).collect();

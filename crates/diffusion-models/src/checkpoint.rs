@@ -72,28 +72,7 @@ pub struct CheckpointState {
     pub ema_file: Option<FileDigest>,
 }
 
-/// Length and SHA-256 (the `sha2` crate) of a file, to tell a whole file from a truncated or
-/// altered one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileDigest {
-    /// Bytes.
-    pub len: u64,
-    /// SHA-256 of the bytes, lower-case hex.
-    pub sha256: String,
-}
-
-impl FileDigest {
-    /// The digest of `bytes`.
-    pub fn of(bytes: &[u8]) -> Self {
-        use sha2::Digest;
-        let hash = sha2::Sha256::digest(bytes);
-        Self {
-            len: bytes.len() as u64,
-            sha256: hash.iter().map(|b| format!("{b:02x}")).collect(),
-        }
-    }
-}
+pub use crate::source::FileDigest;
 
 /// A checkpoint found in a run folder.
 #[derive(Debug, Clone)]

@@ -136,27 +136,6 @@ impl BoundEstimate {
     }
 }
 
-/// The rows a file run kept in its folder (`train.npy` or `heldout.npy`), checked against the
-/// run's dimension.
-pub(crate) fn read_rows(
-    manifest: &RunManifest,
-    run: &RunDir,
-    name: &str,
-) -> Result<diffusion_data::Array2, RunError> {
-    let p = run.file(name);
-    let a = diffusion_data::io::read(&p).map_err(|e| RunError::Corrupt {
-        path: p.display().to_string(),
-        message: e.to_string(),
-    })?;
-    if a.cols != manifest.data_dim {
-        return Err(RunError::Corrupt {
-            path: p.display().to_string(),
-            message: format!("{} columns, the run has {}", a.cols, manifest.data_dim),
-        });
-    }
-    Ok(a)
-}
-
 /// The first `n` held-out rows of a run (all of them, if the held-out file has fewer), in the
 /// data's own units: generator draws, or the rows of `heldout.npy` as read from the file.
 pub fn heldout_rows(manifest: &RunManifest, run: &RunDir, n: usize) -> Result<Vec<f32>, RunError> {
@@ -169,8 +148,8 @@ pub fn heldout_rows(manifest: &RunManifest, run: &RunDir, n: usize) -> Result<Ve
     if let Some((mut stream, _)) = generator {
         return Ok(stream.next_batch(n));
     }
-    // File data: the held-out rows the run kept.
-    let a = read_rows(manifest, run, crate::setup::HELDOUT_ROWS)?;
+    // File data: the held-out rows of the run's split or test file.
+    let (_, a) = crate::setup::file_rows(manifest, run)?;
     let rows = n.min(a.rows);
     Ok(a.data[..rows * a.cols].to_vec())
 }
@@ -411,8 +390,8 @@ fn histogram_bits_per_dim(
     n: usize,
 ) -> Result<Option<f64>, RunError> {
     use diffusion_data::baselines::{PixelHistogram, integer_range};
-    let train = read_rows(manifest, run, crate::setup::TRAIN_ROWS)?;
-    let held = heldout_rows(manifest, run, n)?;
+    let (train, held) = crate::setup::file_rows(manifest, run)?;
+    let held = &held.data[..n.min(held.rows) * held.cols];
     let Some(top) = integer_range(&train) else {
         return Ok(None);
     };

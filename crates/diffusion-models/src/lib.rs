@@ -64,6 +64,7 @@ pub mod process;
 pub mod run;
 pub mod sampling;
 pub mod setup;
+pub mod source;
 pub mod trainer;
 pub mod training;
 

@@ -7,7 +7,9 @@
 //!   [`RunDir::load_model`] loads when it is there; [`Weights`]);
 //! - `metrics.csv`: `step,loss_bits,lr,wall_time_s` every `log_every` steps;
 //! - `summary.json`: steps, wall time and throughput of the finished run;
-//! - `heldout.npy`: the held-out points when training on a file.
+//! - `heldout.npy`: the held-out points when training on a file split by the run's seed (none
+//!   with a separate test file; the training rows are never copied: `config.json` names the
+//!   files with their SHA-256, [`crate::setup::file_rows`]).
 //!
 //! Every file is written through a temporary file and a rename, so a crash never leaves a
 //! half-written one.
@@ -28,6 +30,7 @@ use crate::config::{ConfigError, ProcessKind, RunConfig};
 use crate::model::Network;
 use crate::network::{ReverseModel, ReverseNetwork};
 use crate::process::{BinomialBound, GaussianBound};
+use crate::source::DataSource;
 
 /// The format tag of `config.json`.
 pub const MANIFEST_FORMAT: &str = "diffusion-run/1";
@@ -127,6 +130,10 @@ pub struct RunManifest {
     /// Image data: the shape of each row (channel-first), which image networks and plots use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<ImageShape>,
+    /// File data: the files the rows come from (absolute paths and digests); the run folder
+    /// keeps no copy of the training rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<DataSource>,
 }
 
 impl RunManifest {
@@ -139,6 +146,7 @@ impl RunManifest {
             backend: backend.into(),
             standardization: None,
             image: None,
+            source: None,
         }
     }
 

@@ -39,6 +39,7 @@ use crate::data::{TrainingData, streams};
 use crate::model::Network;
 use crate::network::ReverseModel;
 use crate::run::{RunDir, RunError, RunManifest};
+use crate::source::{DataSource, SourceFile};
 use crate::trainer::TrainError;
 use crate::training::{Progress, TrainSummary, train};
 
@@ -58,6 +59,8 @@ pub struct ResolvedData {
     pub dim: usize,
     /// Image data: the shape of each row (from an IDX file or a 3-D or 4-D `.npy`).
     pub image: Option<ImageShape>,
+    /// File data: the files, for the run folder to refer to.
+    pub source: Option<DataSource>,
     /// Where training batches come from.
     pub data: TrainingData,
     /// File data: (training rows, held-out rows), in the data's own units.
@@ -78,6 +81,7 @@ pub fn resolve(mut config: RunConfig) -> Result<ResolvedData, RunError> {
     let mut files = None;
     let mut standardization = None;
     let mut image = None;
+    let mut source = None;
     let (data, dim, mean_activity) = match &config.data {
         DataConfig::SwissRoll { noise } => {
             let roll = SwissRoll::new(*noise).map_err(RunError::Data)?;
@@ -98,6 +102,16 @@ pub fn resolve(mut config: RunConfig) -> Result<ResolvedData, RunError> {
         } => {
             let (points, shape) = io::read_shaped(path).map_err(RunError::Data)?;
             image = shape;
+            let record = |p: &Path| {
+                SourceFile::of(p).map_err(|source| RunError::Io {
+                    path: p.display().to_string(),
+                    source,
+                })
+            };
+            source = Some(DataSource {
+                train: record(path)?,
+                test: test_path.as_deref().map(record).transpose()?,
+            });
             if binary && let Some(i) = points.data.iter().position(|&v| v != 0.0 && v != 1.0) {
                 return Err(RunError::NotBinary {
                     path: path.display().to_string(),
@@ -160,11 +174,71 @@ pub fn resolve(mut config: RunConfig) -> Result<ResolvedData, RunError> {
         config,
         dim,
         image,
+        source,
         data,
         files,
         standardization,
         warnings,
     })
+}
+
+/// The training and held-out rows of a run on file data, in the data's own units: rebuilt from
+/// the data files the run names (each checked against its SHA-256; the seeded split redone, or
+/// the test file read), or read from the copies that runs made before kept in their folder.
+pub fn file_rows(manifest: &RunManifest, run: &RunDir) -> Result<(Array2, Array2), RunError> {
+    let check = |a: Array2, p: &Path| {
+        if a.cols != manifest.data_dim {
+            return Err(RunError::Corrupt {
+                path: p.display().to_string(),
+                message: format!("{} columns, the run has {}", a.cols, manifest.data_dim),
+            });
+        }
+        Ok(a)
+    };
+    let copy = |name: &str| -> Result<Option<Array2>, RunError> {
+        let p = run.file(name);
+        if !p.is_file() {
+            return Ok(None);
+        }
+        let a = io::read(&p).map_err(|e| RunError::Corrupt {
+            path: p.display().to_string(),
+            message: e.to_string(),
+        })?;
+        check(a, &p).map(Some)
+    };
+    if let (Some(train), Some(held)) = (copy(TRAIN_ROWS)?, copy(HELDOUT_ROWS)?) {
+        return Ok((train, held));
+    }
+    let config = run.file("config.json");
+    let Some(source) = &manifest.source else {
+        return Err(RunError::Corrupt {
+            path: config.display().to_string(),
+            message: "a run on file data that names no data files and keeps no rows".into(),
+        });
+    };
+    let read = |f: &crate::source::SourceFile| -> Result<Array2, RunError> {
+        let corrupt = |message: String| RunError::Corrupt {
+            path: config.display().to_string(),
+            message,
+        };
+        let bytes = f.read_checked().map_err(corrupt)?;
+        let a = io::parse(&bytes, &f.path).map_err(|e| corrupt(e.to_string()))?;
+        check(a, &f.path)
+    };
+    let points = read(&source.train)?;
+    match &source.test {
+        Some(test) => Ok((points, read(test)?)),
+        None => {
+            let fraction = match &manifest.config.data {
+                DataConfig::File {
+                    heldout_fraction, ..
+                } => *heldout_fraction,
+                _ => unreachable!("a data source belongs to file data"),
+            };
+            let mut rng = diffusion_data::rng(manifest.config.train.seed, streams::HELDOUT);
+            diffusion_data::split(&points, fraction, &mut rng).map_err(RunError::Split)
+        }
+    }
 }
 
 /// The rows of a separate test file, which must match the training rows' columns and shape.
@@ -227,12 +301,16 @@ impl Run {
         let manifest = RunManifest::new(resolved.config, resolved.dim, backend)
             .with_standardization(resolved.standardization)
             .with_image(resolved.image);
+        let manifest = RunManifest {
+            source: resolved.source,
+            ..manifest
+        };
         dir.write_json("config.json", &manifest)?;
-        if let Some((train_rows, held)) = &resolved.files {
-            for (name, rows) in [(TRAIN_ROWS, train_rows), (HELDOUT_ROWS, held)] {
-                let path = dir.file(name);
-                io::write(&path, rows).map_err(RunError::Data)?;
-            }
+        // the held-out rows of a seeded split, for a look at them (a test file is its own)
+        if let (Some((_, held)), Some(source)) = (&resolved.files, &manifest.source)
+            && source.test.is_none()
+        {
+            io::write(&dir.file(HELDOUT_ROWS), held).map_err(RunError::Data)?;
         }
         Ok(Self {
             dir,
@@ -258,17 +336,7 @@ impl Run {
             match TrainingData::generator(&manifest.config.data, stream).map_err(RunError::Data)? {
                 Some((data, _)) => data,
                 None => {
-                    let p = dir.file(TRAIN_ROWS);
-                    let rows = io::read(&p).map_err(RunError::Data)?;
-                    if rows.cols != manifest.data_dim {
-                        return Err(RunError::Corrupt {
-                            path: p.display().to_string(),
-                            message: format!(
-                                "{} columns where the run has {}",
-                                rows.cols, manifest.data_dim
-                            ),
-                        });
-                    }
+                    let (rows, _) = file_rows(&manifest, &dir)?;
                     TrainingData::points(rows, manifest.standardization.clone(), seed)
                 }
             };
