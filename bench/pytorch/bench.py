@@ -10,6 +10,11 @@ Models:
   heartbeat  configs/heartbeat_paper_model.toml: binomial diffusion on 20-bit heartbeats, T = 2000,
              pi = 0.2, b_t = 1/(T-t+1); sigmoid MLP 20 -> 50 -> 50 -> 50 with one readout per step,
              logits offset by the forward kernel's (`paper` parametrization), Adam 1e-3.
+  mnist      configs/mnist.toml: Gaussian diffusion on 28x28 MNIST digits (datasets/mnist), T = 1000,
+             cosine betas, improved diffusion's U-Net (16 channels, multipliers 1, 2, 2, one
+             residual block a level, attention at 7x7, GroupNorm of 8 groups, SiLU), noise
+             prediction with a learned variance (`epsilon`), the hybrid loss (noise error plus
+             0.001 x the Monte-Carlo bound with the mean held fixed), Adam.
 Workloads: train (steps/s, examples/s), sample (points x steps / s), evaluate (full sum over t,
 rows / s), matmul (the f32 matrix-product rate of the BLAS, GFLOP/s: a square product of side
 --side and [4096 x 128] x [128 x 128]); peak resident memory from the kernel (ru_maxrss).
@@ -158,7 +163,160 @@ class Beat:
         return (torch.rand(n, self.d) < x * (1 - b1) + self.pi * b1).float()
 
 
+# ---------------------------------------------------------------- images: MNIST and a U-Net
+def group_norm(c):
+    return torch.nn.GroupNorm(8, c)
+
+
+def zero(module):
+    torch.nn.init.zeros_(module.weight)
+    torch.nn.init.zeros_(module.bias)
+    return module
+
+
+class ResBlock(torch.nn.Module):
+    def __init__(self, cin, cout, emb):
+        super().__init__()
+        self.norm_in, self.conv_in = group_norm(cin), torch.nn.Conv2d(cin, cout, 3, padding=1)
+        self.time = torch.nn.Linear(emb, cout)
+        self.norm_out = group_norm(cout)
+        self.conv_out = zero(torch.nn.Conv2d(cout, cout, 3, padding=1))
+        self.skip = torch.nn.Conv2d(cin, cout, 1) if cin != cout else torch.nn.Identity()
+
+    def forward(self, x, emb):
+        h = self.conv_in(F.silu(self.norm_in(x)))
+        h = h + self.time(F.silu(emb))[:, :, None, None]
+        return self.skip(x) + self.conv_out(F.silu(self.norm_out(h)))
+
+
+class Attention(torch.nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.norm, self.qkv, self.out = group_norm(c), torch.nn.Conv2d(c, 3 * c, 1), zero(torch.nn.Conv2d(c, c, 1))
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(n, 3 * c, h * w).split(c, dim=1)
+        scale = 1 / math.sqrt(math.sqrt(c))
+        weights = torch.softmax((q * scale).transpose(1, 2) @ (k * scale), dim=2)
+        return x + self.out((v @ weights.transpose(1, 2)).reshape(n, c, h, w))
+
+
+class UNet(torch.nn.Module):
+    """The network `UnetConfig` plans in crates/diffusion-models/src/image/unet.rs."""
+
+    def __init__(self, channels=16, mult=(1, 2, 2), res_blocks=1, attention=(7,), side=28):
+        super().__init__()
+        mc, emb = channels, 4 * channels
+        self.width = mc
+        self.time = torch.nn.Sequential(torch.nn.Linear(mc, emb), torch.nn.SiLU(), torch.nn.Linear(emb, emb))
+        self.input = torch.nn.Conv2d(1, mc, 3, padding=1)
+        ch, skips, self.down = mc, [mc], torch.nn.ModuleList()
+        for level, m in enumerate(mult):
+            for _ in range(res_blocks):
+                block = torch.nn.ModuleList([ResBlock(ch, mc * m, emb)])
+                ch = mc * m
+                if side >> level in attention:
+                    block.append(Attention(ch))
+                self.down.append(block)
+                skips.append(ch)
+            if level + 1 < len(mult):
+                self.down.append(torch.nn.Conv2d(ch, ch, 3, stride=2, padding=1))
+                skips.append(ch)
+        self.middle = torch.nn.ModuleList([ResBlock(ch, ch, emb), Attention(ch), ResBlock(ch, ch, emb)])
+        self.up = torch.nn.ModuleList()
+        for level, m in reversed(list(enumerate(mult))):
+            for _ in range(res_blocks + 1):
+                block = torch.nn.ModuleList([ResBlock(ch + skips.pop(), mc * m, emb)])
+                ch = mc * m
+                if side >> level in attention:
+                    block.append(Attention(ch))
+                self.up.append(block)
+            if level > 0:
+                self.up.append(torch.nn.Sequential(torch.nn.Upsample(scale_factor=2), torch.nn.Conv2d(ch, ch, 3, padding=1)))
+        self.out_norm = group_norm(mc)
+        self.output = zero(torch.nn.Conv2d(mc, 2, 3, padding=1))
+
+    def run(self, block, h, emb):
+        if isinstance(block, torch.nn.ModuleList):
+            h = block[0](h, emb)
+            return block[1](h) if len(block) > 1 else h
+        return block(h)
+
+    def forward(self, x, t):
+        half = self.width // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half) / half)
+        angles = t.float()[:, None] * freqs[None]
+        emb = self.time(torch.cat([torch.cos(angles), torch.sin(angles)], 1))
+        h = self.input(x.reshape(-1, 1, 28, 28))
+        skips = [h]
+        for block in self.down:
+            h = self.run(block, h, emb)
+            skips.append(h)
+        h = self.middle[2](self.middle[1](self.middle[0](h, emb)), emb)
+        for block in self.up:
+            if isinstance(block, torch.nn.ModuleList):
+                h = torch.cat([h, skips.pop()], 1)
+            h = self.run(block, h, emb)
+        return self.output(F.silu(self.out_norm(h))).reshape(x.shape[0], -1)
+
+
+class Mnist:
+    steps, d = 1000, 784
+
+    def __init__(self):
+        import gzip
+        import os
+
+        root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "datasets", "mnist")
+        with gzip.open(os.path.join(root, "train-images-idx3-ubyte.gz")) as f:
+            raw = f.read()[16:]
+        pixels = torch.frombuffer(bytearray(raw), dtype=torch.uint8).reshape(-1, 784).float()
+        self.mean, self.scale = pixels.mean(), (pixels.var() + 1 / 12).sqrt()
+        self.pixels = pixels
+        T, s = self.steps, 0.008
+        f = [math.cos((k / T + s) / (1 + s) * math.pi / 2) ** 2 for k in range(T + 1)]
+        beta = torch.tensor([0.0] + [min(1 - f[k] / f[k - 1], 0.999) for k in range(1, T + 1)], dtype=torch.float64)
+        abar = torch.cumprod(1 - beta, 0)
+        abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
+        safe = (1 - abar).clamp_min(1e-300)
+        self.beta = beta.float()
+        self.log_beta = beta.clamp_min(1e-300).log().float()
+        self.sqrt_abar, self.sqrt_1m_abar = abar.sqrt().float(), (1 - abar).sqrt().float()
+        self.c0 = (abar_prev.sqrt() * beta / safe).float()
+        self.ct = ((1 - beta).sqrt() * (1 - abar_prev) / safe).float()
+        var = (beta * (1 - abar_prev) / safe).clamp_min(1e-300)
+        self.post_var, self.post_logvar = var.float(), var.log().float()
+        self.eps_weight = (beta / safe.sqrt()).float()
+        self.inv_sqrt_alpha = (1 / (1 - beta).sqrt()).float()
+        self.constant = 0.0
+        self.model = UNet()
+
+    def data(self, n):
+        x = self.pixels[torch.randint(0, self.pixels.shape[0], (n,))] + torch.rand(n, 784)
+        return (x - self.mean) / self.scale
+
+    def loss(self, x0):
+        n = x0.shape[0]
+        t = torch.randint(2, self.steps + 1, (n,))
+        eps = torch.randn_like(x0)
+        xt = self.sqrt_abar[t, None] * x0 + self.sqrt_1m_abar[t, None] * eps
+        z = self.model(xt, t)
+        z_mu, z_sigma = z[:, : self.d], z[:, self.d :]
+        mse = ((z_mu - eps) ** 2).sum(1).mean()
+        # the bound's KL with the mean held fixed: its gradient reaches only the variance
+        mu_p = (xt - self.eps_weight[t, None] * z_mu.detach()) * self.inv_sqrt_alpha[t, None]
+        v = torch.sigmoid(z_sigma)
+        logvar_p = v * self.log_beta[t, None] + (1 - v) * self.post_logvar[t, None]
+        mu_q = self.c0[t, None] * x0 + self.ct[t, None] * xt
+        ratio = ((mu_q - mu_p) ** 2 + self.post_var[t, None]) * torch.exp(-logvar_p)
+        kl = 0.5 * (logvar_p - self.post_logvar[t, None] + ratio - 1).sum(1)
+        return mse + 0.001 * kl.mean() * (self.steps - 1) / LN2
+
+
 def loss(problem, x0):
+    if hasattr(problem, "loss"):
+        return problem.loss(x0)
     n = x0.shape[0]
     t = torch.randint(2, problem.steps + 1, (n,))
     return problem.kl_rows(x0, t).mean() * (problem.steps - 1) / LN2 - problem.constant
@@ -184,7 +342,7 @@ def gflops(m, k, n, sync):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--workload", choices=["train", "sample", "evaluate", "matmul"], required=True)
-    ap.add_argument("--model", choices=["roll", "heartbeat"], default="roll")
+    ap.add_argument("--model", choices=["roll", "heartbeat", "mnist"], default="roll")
     ap.add_argument("--compile", action="store_true", help="train with torch.compile of the loss")
     ap.add_argument("--side", type=int, default=2048)
     ap.add_argument("--batch-size", type=int, default=1024)
@@ -201,7 +359,7 @@ def main():
         if a.device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    problem = Roll() if a.model == "roll" else Beat()
+    problem = {"roll": Roll, "heartbeat": Beat, "mnist": Mnist}[a.model]()
     out = {
         "workload": a.workload,
         "model": a.model,
@@ -215,7 +373,7 @@ def main():
         out.update(side=a.side, square_gflops=gflops(a.side, a.side, a.side, sync),
                    layer_gflops=gflops(4096, 128, 128, sync))
     elif a.workload == "train":
-        opt = torch.optim.Adam(problem.model.parameters(), lr=1e-3)
+        opt = torch.optim.Adam(problem.model.parameters(), lr=5e-4 if a.model == "mnist" else 1e-3)
         objective = torch.compile(loss) if a.compile else loss
         if a.compile:
             out["backend"] += " compile"

@@ -85,7 +85,8 @@ pub fn cmd_bench(a: BenchArgs) -> Result<(), String> {
     // the same resolution as `diffusion train` (a binomial run's pi from the data)
     let resolved = diffusion_models::resolve(config).map_err(|e| e.to_string())?;
     let (config, data) = (resolved.config, resolved.data);
-    let manifest = RunManifest::new(config.clone(), resolved.dim, backend.name());
+    let manifest =
+        RunManifest::new(config.clone(), resolved.dim, backend.name()).with_image(resolved.image);
     let bound = manifest.bound().map_err(|e| e.to_string())?;
     let steps_t = bound.steps();
     let batch = config.train.batch_size;
@@ -141,7 +142,7 @@ pub fn cmd_bench(a: BenchArgs) -> Result<(), String> {
                 a.n,
                 &mut rng,
                 &device,
-                diffusion_models::evaluate::SAMPLE_CHUNK_ROWS,
+                manifest.chunk_rows(diffusion_models::evaluate::SAMPLE_CHUNK_ROWS),
             );
             let seconds = start.elapsed().as_secs_f64();
             if drawn.iter().any(|v| !v.is_finite()) {
@@ -164,7 +165,7 @@ pub fn cmd_bench(a: BenchArgs) -> Result<(), String> {
                 &points,
                 &mut rng,
                 &device,
-                diffusion_models::evaluate::CHUNK_ROWS,
+                manifest.chunk_rows(diffusion_models::evaluate::CHUNK_ROWS),
             );
             let seconds = start.elapsed().as_secs_f64();
             out["n"] = json!(a.n);

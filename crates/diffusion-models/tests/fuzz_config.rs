@@ -3,11 +3,12 @@
 //! construction of the diffusion without a panic; a config that passes all of them has a
 //! diffusion of the length it asks for.
 
+use diffusion_data::ImageShape;
 use diffusion_models::{DataConfig, RunConfig, RunManifest};
 use proptest::prelude::*;
 
 /// Every config in `configs/` (checked against the folder by `every_config_is_here`).
-const SHIPPED: [(&str, &str); 13] = [
+const SHIPPED: [(&str, &str); 15] = [
     (
         "swiss_roll.toml",
         include_str!("../../../configs/swiss_roll.toml"),
@@ -57,6 +58,11 @@ const SHIPPED: [(&str, &str); 13] = [
         "digits_binary.toml",
         include_str!("../../../configs/digits_binary.toml"),
     ),
+    ("mnist.toml", include_str!("../../../configs/mnist.toml")),
+    (
+        "mnist_paper.toml",
+        include_str!("../../../configs/mnist_paper.toml"),
+    ),
 ];
 
 /// Parse, validate, size-check and build: must not panic.
@@ -67,11 +73,18 @@ fn check(text: &str) {
     if config.validate().is_err() {
         return;
     }
-    let dim = match &config.data {
-        DataConfig::Heartbeat { length, .. } => *length,
+    // image networks get MNIST's shape, other file runs 2-D rows
+    let image = config.model.kind.is_image().then_some(ImageShape {
+        channels: 1,
+        height: 28,
+        width: 28,
+    });
+    let dim = match (&config.data, image) {
+        (DataConfig::Heartbeat { length, .. }, _) => *length,
+        (_, Some(shape)) => shape.len(),
         _ => 2,
     };
-    let mut manifest = RunManifest::new(config, dim, "flex");
+    let mut manifest = RunManifest::new(config, dim, "flex").with_image(image);
     if manifest.config.diffusion.pi.is_none() {
         manifest.config.diffusion.pi = Some(0.3);
     }

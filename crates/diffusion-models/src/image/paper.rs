@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 use super::{ImageConfigError, mean_pool2, repeat2, to_images, to_rows};
 use crate::network::ReverseNetwork;
 
+/// The largest value of any of the config's sizes.
+const MAX_SIZE: usize = 1 << 14;
+
 /// The leaky ReLU's slope for negative inputs (the reference code's nonlinearity).
 const LEAKY_SLOPE: f64 = 0.05;
 
@@ -101,6 +104,19 @@ impl PaperConvConfig {
         if self.n_layers_conv == 0 || self.n_hidden_conv == 0 {
             return fail("n_layers_conv and n_hidden_conv must be at least 1".into());
         }
+        let sizes = [
+            self.n_layers_conv,
+            self.n_hidden_conv,
+            self.n_layers_dense_lower,
+            self.n_hidden_dense_lower,
+            self.n_hidden_dense_lower_output,
+            self.n_layers_dense_upper,
+            self.n_hidden_dense_upper,
+            self.n_temporal_basis,
+        ];
+        if sizes.iter().any(|&v| v > MAX_SIZE) {
+            return fail(format!("every size must be at most {MAX_SIZE}"));
+        }
         if self.n_scales == 0 || self.n_scales > 16 {
             return fail(format!("n_scales = {} must lie in 1..=16", self.n_scales));
         }
@@ -164,15 +180,15 @@ impl PaperConvConfig {
     pub fn parameter_count(&self, shape: ImageShape, dim_out: usize) -> u128 {
         let pairs = |w: &[usize]| {
             w.windows(2)
-                .map(|p| (p[0] * p[1] + p[1]) as u128)
+                .map(|p| p[0] as u128 * p[1] as u128 + p[1] as u128)
                 .sum::<u128>()
         };
         let mut count = 0u128;
-        let mut channels = shape.channels;
+        let mut channels = shape.channels as u128;
+        let hidden = self.n_hidden_conv as u128;
         for _ in 0..self.n_layers_conv {
-            count += self.n_scales as u128 * (channels * self.n_hidden_conv * 9) as u128
-                + self.n_hidden_conv as u128 * self.n_scales as u128;
-            channels = self.n_hidden_conv;
+            count += self.n_scales as u128 * (channels * hidden * 9 + hidden);
+            channels = hidden;
         }
         let per_pixel = dim_out / (shape.height * shape.width);
         count + pairs(&self.dense_widths(shape)) + pairs(&self.upper_widths(per_pixel))

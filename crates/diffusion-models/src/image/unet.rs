@@ -11,6 +11,11 @@ use serde::{Deserialize, Serialize};
 use super::{ImageConfigError, one_step, repeat2, step_column, to_images, to_rows};
 use crate::network::ReverseNetwork;
 
+/// The most channels at any level.
+const MAX_CHANNELS: usize = 1 << 14;
+/// The most residual blocks a level.
+const MAX_BLOCKS: usize = 64;
+
 /// The shape of a [`Unet`] (the `[model.unet]` table of a config).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -127,6 +132,15 @@ impl UnetConfig {
                 "attention at resolution {r}, but the levels have heights {resolutions:?}"
             ));
         }
+        if self.channels > MAX_CHANNELS
+            || self.channel_mult.iter().any(|&m| m > MAX_CHANNELS)
+            || self.res_blocks > MAX_BLOCKS
+            || self.channels * self.channel_mult.iter().max().copied().unwrap_or(1) > MAX_CHANNELS
+        {
+            return fail(format!(
+                "at most {MAX_CHANNELS} channels a level and {MAX_BLOCKS} residual blocks"
+            ));
+        }
         for m in &self.channel_mult {
             let c = self.channels * m;
             if c % self.groups != 0 {
@@ -193,9 +207,12 @@ impl UnetConfig {
 
     /// The number of parameters of [`init`](Self::init)'s network, without building it.
     pub fn parameter_count(&self, shape: ImageShape, dim_out: usize) -> u128 {
-        let conv = |i: usize, o: usize, k: usize| (i * o * k * k + o) as u128;
+        let conv = |i: usize, o: usize, k: usize| {
+            let (i, o, k) = (i as u128, o as u128, k as u128);
+            i * o * k * k + o
+        };
         let norm = |c: usize| 2 * c as u128;
-        let linear = |i: usize, o: usize| (i * o + o) as u128;
+        let linear = |i: usize, o: usize| (i as u128) * (o as u128) + o as u128;
         let mc = self.channels;
         let emb = 4 * mc;
         let res = |i: usize, o: usize, attention: bool| {
