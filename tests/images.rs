@@ -287,3 +287,42 @@ fn bad_image_input_is_refused() {
     // nothing was left behind
     assert!(!o.exists());
 }
+
+/// A folder of PNG files is image data: its shape is recorded and samples come out in it.
+#[test]
+fn a_folder_of_png_files_trains() {
+    let dir = workdir("images-png");
+    let (train, test) = data(&dir);
+    let folder = dir.join("pngs");
+    std::fs::create_dir(&folder).unwrap();
+    let rows = io::read(&train).unwrap();
+    for i in 0..100 {
+        let file = std::fs::File::create(folder.join(format!("{i:03}.png"))).unwrap();
+        let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), 8, 8);
+        encoder.set_color(png::ColorType::Grayscale);
+        encoder.set_depth(png::BitDepth::Eight);
+        let pixels: Vec<u8> = rows.row(i).iter().map(|&v| v as u8).collect();
+        encoder
+            .write_header()
+            .unwrap()
+            .write_image_data(&pixels)
+            .unwrap();
+    }
+    let text = config(&folder, &test, PAPER).replace("steps = 120", "steps = 20");
+    let run_dir = train_quick(&text, &dir, "png");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run_dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(manifest["image"]["height"], 8);
+    assert_eq!(manifest["data_dim"], 64);
+    let samples = dir.join("s.npy");
+    run(&[
+        "sample",
+        "--run",
+        s(&run_dir),
+        "-n",
+        "2",
+        "--out",
+        s(&samples),
+    ]);
+    assert_eq!(io::read_shaped(&samples).unwrap().1.unwrap().len(), 64);
+}

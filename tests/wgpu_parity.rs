@@ -148,3 +148,99 @@ optimizer = { kind = "adam", lr = 1e-2 }
         "{before:?} -> {after:?}"
     );
 }
+
+/// The image networks (a tiny U-Net with attention and the paper's multi-scale network) give
+/// the same outputs on wgpu as on flex for the same weights and inputs, at per-row steps and at
+/// one step for every row.
+#[test]
+fn image_networks_agree_on_wgpu_and_flex() {
+    use burn::module::Module;
+    use burn::tensor::{Distribution, Int, Tensor, TensorData};
+    use diffusion_data::ImageShape;
+    use diffusion_models::ReverseNetwork;
+    use diffusion_models::image::{PaperConvConfig, UnetConfig};
+
+    let flex = Device::flex();
+    let wgpu = Device::wgpu(Default::default());
+    flex.seed(9);
+    let shape = ImageShape {
+        channels: 1,
+        height: 8,
+        width: 8,
+    };
+    let d = shape.len();
+    let n = 4;
+    let x: Vec<f32> = Tensor::<2>::random([n, d], Distribution::Normal(0.0, 1.0), &flex)
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .unwrap();
+    let outputs = |net: &dyn Fn(Tensor<2>, Tensor<1, Int>) -> Tensor<2>, device: &Device| {
+        let x = Tensor::<2>::from_data(TensorData::new(x.clone(), [n, d]), device);
+        let t = Tensor::<1, Int>::from_data(TensorData::new(vec![3i64, 9, 17, 30], [n]), device);
+        net(x, t)
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(f64::from)
+            .collect::<Vec<f64>>()
+    };
+    // trained a few Adam-free steps away from the zero readout: perturb every weight on flex,
+    // then copy the record to wgpu
+    let unet = UnetConfig {
+        channels: 8,
+        channel_mult: vec![1, 2],
+        attention_resolutions: vec![4],
+        groups: 4,
+        ..UnetConfig::default()
+    }
+    .init(shape, 2 * d, &flex);
+    let unet = jitter(unet, &flex);
+    let unet_wgpu = unet.clone().to_device(&wgpu);
+    let a = outputs(&|x, t| unet.forward(x, t), &flex);
+    let b = outputs(&|x, t| unet_wgpu.forward(x, t), &wgpu);
+    assert!(
+        max_rel_diff(&a, &b) < 1e-3,
+        "U-Net: {}",
+        max_rel_diff(&a, &b)
+    );
+
+    let paper = PaperConvConfig {
+        n_layers_conv: 2,
+        n_hidden_conv: 8,
+        n_scales: 2,
+        n_hidden_dense_lower: 16,
+        n_temporal_basis: 4,
+        ..PaperConvConfig::default()
+    }
+    .init(shape, 2 * d, 40, true, &flex);
+    let paper = jitter(paper, &flex);
+    let paper_wgpu = paper.clone().to_device(&wgpu);
+    let a = outputs(&|x, t| paper.forward(x, t), &flex);
+    let b = outputs(&|x, t| paper_wgpu.forward(x, t), &wgpu);
+    assert!(
+        max_rel_diff(&a, &b) < 1e-3,
+        "paper: {}",
+        max_rel_diff(&a, &b)
+    );
+    let scale = a.iter().map(|v| v.abs()).fold(0.0, f64::max);
+    assert!(scale > 1e-2, "outputs away from zero: {scale}");
+}
+
+/// Every parameter moved by N(0, 0.1^2), so zero-initialised layers pass something through.
+fn jitter<M: burn::module::Module>(module: M, device: &Device) -> M {
+    use burn::module::{ModuleMapper, Param};
+    use burn::tensor::{Distribution, Tensor};
+    struct Jitter<'a>(&'a Device);
+    impl ModuleMapper for Jitter<'_> {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            param.map(|t| {
+                let noise = Tensor::random(t.shape(), Distribution::Normal(0.0, 0.1), self.0);
+                t + noise
+            })
+        }
+    }
+    module.map(&mut Jitter(device))
+}

@@ -175,8 +175,12 @@ pub fn read(path: &Path) -> Result<Array2, DataError> {
 }
 
 /// [`read`], with the image shape of each row when the file has one: an IDX file of rank 3 or
-/// 4, or an `.npy` of shape `[n, h, w]` or `[n, c, h, w]` (rows flattened channel-first).
+/// 4, an `.npy` of shape `[n, h, w]` or `[n, c, h, w]` (rows flattened channel-first), or a
+/// folder of PNG files ([`crate::png_folder`]).
 pub fn read_shaped(path: &Path) -> Result<(Array2, Option<ImageShape>), DataError> {
+    if path.is_dir() {
+        return crate::png_folder::read_folder(path).map(|(a, s)| (a, Some(s)));
+    }
     let bytes = fs::read(path).map_err(|source| DataError::Io {
         path: path.display().to_string(),
         source,

@@ -24,6 +24,7 @@ pub mod baselines;
 pub mod heartbeat;
 pub mod idx;
 pub mod io;
+pub mod png_folder;
 mod split;
 pub mod standardize;
 pub mod swiss_roll;

@@ -221,8 +221,8 @@ pub fn file_rows(manifest: &RunManifest, run: &RunDir) -> Result<(Array2, Array2
             path: config.display().to_string(),
             message,
         };
-        let bytes = f.read_checked().map_err(corrupt)?;
-        let a = io::parse(&bytes, &f.path).map_err(|e| corrupt(e.to_string()))?;
+        f.check().map_err(corrupt)?;
+        let (a, _) = io::read_shaped(&f.path).map_err(|e| corrupt(e.to_string()))?;
         check(a, &f.path)
     };
     let points = read(&source.train)?;

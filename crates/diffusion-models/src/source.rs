@@ -42,30 +42,58 @@ pub struct SourceFile {
 impl SourceFile {
     /// The file at `path` as it is now.
     pub fn of(path: &Path) -> std::io::Result<Self> {
-        let bytes = std::fs::read(path)?;
         Ok(Self {
             path: std::fs::canonicalize(path)?,
-            digest: FileDigest::of(&bytes),
+            digest: digest_of(path)?,
         })
     }
 
-    /// The file's bytes, if it is still the one recorded; else why not.
-    pub fn read_checked(&self) -> Result<Vec<u8>, String> {
-        let bytes = std::fs::read(&self.path).map_err(|e| {
+    /// Whether the file is still the one recorded; else why not.
+    pub fn check(&self) -> Result<(), String> {
+        let digest = digest_of(&self.path).map_err(|e| {
             format!(
-                "{}: {e} (the run's data file; its rows are not copied into the run folder)",
+                "{}: {e} (the run's data; its rows are not copied into the run folder)",
                 self.path.display()
             )
         })?;
-        if FileDigest::of(&bytes) != self.digest {
+        if digest != self.digest {
             return Err(format!(
                 "{} has changed since the run was made (its SHA-256 differs); the run's rows \
                  cannot be rebuilt from it",
                 self.path.display()
             ));
         }
-        Ok(bytes)
+        Ok(())
     }
+}
+
+/// The digest of a file's bytes, or of a folder's `.png` files: each name's and content's
+/// digests in name order, hashed.
+fn digest_of(path: &Path) -> std::io::Result<FileDigest> {
+    if !path.is_dir() {
+        return Ok(FileDigest::of(&std::fs::read(path)?));
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| e.eq_ignore_ascii_case("png"))
+        })
+        .collect();
+    files.sort();
+    let mut listing = String::new();
+    for f in &files {
+        let name = f.file_name().map(|n| n.to_string_lossy().into_owned());
+        let d = FileDigest::of(&std::fs::read(f)?);
+        listing.push_str(&format!(
+            "{} {} {}\n",
+            name.unwrap_or_default(),
+            d.len,
+            d.sha256
+        ));
+    }
+    Ok(FileDigest::of(listing.as_bytes()))
 }
 
 /// The files of a run trained on file data: the training file (split by the run's seed unless
