@@ -279,7 +279,7 @@ fn gemm_product(a: &FlexTensor, b: &FlexTensor) -> FlexTensor {
 }
 
 /// `t` with its values in one contiguous run (a copy only when `t` is a strided view).
-fn contiguous(t: FlexTensor) -> FlexTensor {
+pub(crate) fn contiguous(t: FlexTensor) -> FlexTensor {
     if t.layout().contiguous_offsets().is_some() {
         t
     } else {

@@ -39,9 +39,13 @@ mod adam;
 mod math;
 
 #[cfg(feature = "flex")]
+mod conv;
+#[cfg(feature = "flex")]
 mod flex;
 
 pub use adam::{AdamScalars, FusedAdam};
+#[cfg(feature = "flex")]
+pub use conv::{ConvBackward, ConvSpec, FusedConv};
 #[cfg(feature = "flex")]
 pub use flex::{
     FusedAdamStep, FusedGaussianKl, FusedLinear, FusedLinearBackward, GaussianKlBackward,
@@ -233,6 +237,40 @@ pub fn kl_diag_gaussian(
         }
     }
     diffusion_core::kl_diag_gaussian(mu_q, var_q, logvar_q, mu_p, logvar_p)
+}
+
+/// A 2-D convolution of `x` `[n, c_in, h, w]` with `weight` `[c_out, c_in, k, k]` (square),
+/// `stride` and `padding` on every side, no dilation, one group, plus `bias` `[c_out]`:
+/// `[n, c_out, h_out, w_out]`. On flex in f32 one matrix product per image forward and two
+/// backward ([`FusedConv`]); elsewhere Burn's `conv2d`.
+pub fn conv2d(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    stride: usize,
+    padding: usize,
+) -> Tensor<4> {
+    let [_, _, kh, kw] = weight.dims();
+    if kh == kw && fused_here(&x) && fused_here(&weight) {
+        #[cfg(feature = "flex")]
+        {
+            use burn::backend::Dispatch;
+            let c_out = weight.dims()[0];
+            let bias = bias.unwrap_or_else(|| Tensor::zeros([c_out], &x.device()));
+            return Tensor::from_dispatch(<Dispatch as FusedConv>::conv2d_fused(
+                x.into_dispatch(),
+                weight.into_dispatch(),
+                bias.into_dispatch(),
+                ConvSpec { stride, padding },
+            ));
+        }
+    }
+    burn::tensor::module::conv2d(
+        x,
+        weight,
+        bias,
+        burn::tensor::ops::ConvOptions::new([stride, stride], [padding, padding], [1, 1], 1),
+    )
 }
 
 /// Whether the fused kernels run for `x` (in [`linear_activation`], [`FusedAdam`] and the

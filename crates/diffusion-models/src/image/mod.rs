@@ -29,11 +29,31 @@
 mod paper;
 mod unet;
 
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::Conv2d;
 use burn::tensor::{Device, Int, Tensor};
 use diffusion_data::ImageShape;
 
 pub use paper::{PaperConvConfig, PaperConvNet};
 pub use unet::{Unet, UnetConfig};
+
+/// A convolution layer's forward pass through [`diffusion_kernels::conv2d`] (one matrix
+/// product per image on flex, Burn's `conv2d` elsewhere), with the layer's own weights, stride
+/// and padding (symmetric, as every layer here has).
+pub(crate) fn conv(layer: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let padding = match layer.padding {
+        PaddingConfig2d::Explicit(p, ..) => p,
+        PaddingConfig2d::Valid => 0,
+        PaddingConfig2d::Same => layer.kernel_size[0] / 2,
+    };
+    diffusion_kernels::conv2d(
+        x,
+        layer.weight.val(),
+        layer.bias.as_ref().map(|b| b.val()),
+        layer.stride[0],
+        padding,
+    )
+}
 
 /// Rows `[n, c h w]` as images `[n, c, h, w]`.
 pub(crate) fn to_images(x: Tensor<2>, shape: ImageShape) -> Tensor<4> {

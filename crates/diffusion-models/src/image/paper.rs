@@ -9,7 +9,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use diffusion_data::ImageShape;
 use serde::{Deserialize, Serialize};
 
-use super::{ImageConfigError, mean_pool2, repeat2, to_images, to_rows};
+use super::{ImageConfigError, conv, mean_pool2, repeat2, to_images, to_rows};
 use crate::network::ReverseNetwork;
 
 /// The largest value of any of the config's sizes.
@@ -298,11 +298,11 @@ impl MultiScaleConv {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let mut pooled = x;
         let mut sum: Option<Tensor<4>> = None;
-        for (s, conv) in self.scales.iter().enumerate() {
+        for (s, layer) in self.scales.iter().enumerate() {
             if s > 0 {
                 pooled = mean_pool2(pooled);
             }
-            let mut y = conv.forward(pooled.clone());
+            let mut y = conv(layer, pooled.clone());
             for _ in 0..s {
                 y = repeat2(y);
             }
@@ -367,7 +367,7 @@ impl PaperConvNet {
         }
         let last = self.upper.len() - 1;
         for (i, layer) in self.upper.iter().enumerate() {
-            y = layer.forward(y);
+            y = conv(layer, y);
             if i < last {
                 y = leaky_relu(y, LEAKY_SLOPE);
             }

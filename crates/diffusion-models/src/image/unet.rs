@@ -8,7 +8,7 @@ use burn::tensor::{Device, Int, Tensor};
 use diffusion_data::ImageShape;
 use serde::{Deserialize, Serialize};
 
-use super::{ImageConfigError, one_step, repeat2, step_column, to_images, to_rows};
+use super::{ImageConfigError, conv, one_step, repeat2, step_column, to_images, to_rows};
 use crate::network::ReverseNetwork;
 
 /// The most channels at any level.
@@ -383,12 +383,12 @@ impl ResBlock {
     }
 
     fn forward(&self, x: Tensor<4>, emb: &Tensor<2>) -> Tensor<4> {
-        let h = self.conv_in.forward(silu(self.norm_in.forward(x.clone())));
+        let h = conv(&self.conv_in, silu(self.norm_in.forward(x.clone())));
         let [m, c] = [emb.dims()[0], h.dims()[1]];
         let h = h + self.time.forward(silu(emb.clone())).reshape([m, c, 1, 1]);
-        let h = self.conv_out.forward(silu(self.norm_out.forward(h)));
+        let h = conv(&self.conv_out, silu(self.norm_out.forward(h)));
         match &self.skip {
-            Some(skip) => skip.forward(x) + h,
+            Some(skip) => conv(skip, x) + h,
             None => x + h,
         }
     }
@@ -418,7 +418,7 @@ impl Attention {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [n, c, h, w] = x.dims();
         let per_head = c / self.heads;
-        let qkv = self.qkv.forward(self.norm.forward(x.clone())).reshape([
+        let qkv = conv(&self.qkv, self.norm.forward(x.clone())).reshape([
             n * self.heads,
             3 * per_head,
             h * w,
@@ -430,7 +430,7 @@ impl Attention {
         // [B, hw (query), hw (key)]
         let weights = softmax(q.swap_dims(1, 2).matmul(k), 2);
         let a = v.matmul(weights.swap_dims(1, 2)).reshape([n, c, h, w]);
-        x + self.out.forward(a)
+        x + conv(&self.out, a)
     }
 }
 
@@ -482,12 +482,12 @@ impl Unet {
     /// `x_t` rows and the steps as a float column (`[n, 1]`, or `[1, 1]` for every row).
     fn forward_steps(&self, x_t: Tensor<2>, steps: Tensor<2>) -> Tensor<2> {
         let emb = self.time.forward(steps);
-        let mut h = self.input.forward(to_images(x_t, self.shape));
+        let mut h = conv(&self.input, to_images(x_t, self.shape));
         let mut skips = vec![h.clone()];
         for block in &self.down {
             h = match block {
                 Block::Res(r) => r.forward(h, &emb),
-                Block::Down(conv) => conv.forward(h),
+                Block::Down(layer) => conv(layer, h),
                 Block::Up(_) => unreachable!("the down path has no upsampling"),
             };
             skips.push(h.clone());
@@ -501,11 +501,11 @@ impl Unet {
                     let skip = skips.pop().expect("one skip per block");
                     r.forward(Tensor::cat(vec![h, skip], 1), &emb)
                 }
-                Block::Up(conv) => conv.forward(repeat2(h)),
+                Block::Up(layer) => conv(layer, repeat2(h)),
                 Block::Down(_) => unreachable!("the up path has no downsampling"),
             };
         }
-        to_rows(self.output.forward(silu(self.out_norm.forward(h))))
+        to_rows(conv(&self.output, silu(self.out_norm.forward(h))))
     }
 }
 

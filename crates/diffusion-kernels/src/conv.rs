@@ -1,0 +1,478 @@
+//! A 2-D convolution (square kernel, one stride and padding for both sides, no dilation, one
+//! group) as a Burn backend extension for flex, with its backward pass for autodiff.
+//!
+//! Each image is one matrix product: im2col into `[c_in k k, h_out w_out]`, then the product
+//! with the weights written straight into the image's `[c_out, h_out w_out]` output (gemm's
+//! column-major view of it, the pixels the long, contiguous side). Backward: the weights'
+//! gradient as one product per image (`col dY^T`, summed over the images each thread takes),
+//! the input's as the product `W^T dY` into a column buffer and its col2im sum, the bias's as
+//! the output gradient's sums. Images run in parallel on rayon's pool, each with its own
+//! column buffer, reused across the images of a thread. A 1x1 convolution of stride 1 reads its
+//! input as the column matrix (no copy). Burn's flex convolution instead tiles each image,
+//! transposes the input to NHWC and allocates per tile, and runs the input gradient as a
+//! scatter-based transposed convolution.
+
+use burn::backend::autodiff::Autodiff;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::{Flex, FlexTensor};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Backend, TensorMetadata, backend_extension};
+use burn::tensor::TensorData;
+use rayon::prelude::*;
+
+use crate::flex::contiguous;
+
+/// A convolution's stride and padding (both sides, both axes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConvSpec {
+    /// The step between output pixels, in input pixels.
+    pub stride: usize,
+    /// Zero pixels added on every side.
+    pub padding: usize,
+}
+
+impl ConvSpec {
+    /// The output side for an input side and kernel side.
+    pub fn output_side(&self, input: usize, kernel: usize) -> usize {
+        (input + 2 * self.padding - kernel) / self.stride + 1
+    }
+}
+
+/// The fused convolution's operation. Any backend can implement it; this crate does for
+/// [`Flex`] and, with a backward pass, for [`Autodiff`] over any backend that does.
+#[backend_extension(Autodiff, Flex)]
+pub trait FusedConv: Backend {
+    /// `x` `[n, c_in, h, w]`, `weight` `[c_out, c_in, k, k]`, `bias` `[c_out]`: the output
+    /// `[n, c_out, h_out, w_out]`.
+    fn conv2d_fused(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        spec: ConvSpec,
+    ) -> FloatTensor<Self>;
+}
+
+/// [`FusedConv`]'s backward pass on the inner backend.
+pub trait ConvBackward: FusedConv {
+    /// The gradients of `x`, `weight` and `bias` from the output's gradient `grad`, each
+    /// computed when `wanted`.
+    fn conv2d_backward(
+        grad: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        spec: ConvSpec,
+        wanted: [bool; 3],
+    ) -> [Option<FloatTensor<Self>>; 3];
+}
+
+/// The sizes of one convolution.
+#[derive(Clone, Copy, Debug)]
+struct Dims {
+    n: usize,
+    c_in: usize,
+    h: usize,
+    w: usize,
+    c_out: usize,
+    k: usize,
+    h_out: usize,
+    w_out: usize,
+    spec: ConvSpec,
+}
+
+impl Dims {
+    fn of(x: &FlexTensor, weight: &FlexTensor, spec: ConvSpec) -> Self {
+        let xs = x.shape();
+        let ws = weight.shape();
+        let (n, c_in, h, w) = (xs[0], xs[1], xs[2], xs[3]);
+        let (c_out, k) = (ws[0], ws[2]);
+        assert_eq!(ws[1], c_in, "the weights' input channels are the input's");
+        assert_eq!(ws[3], k, "a square kernel");
+        Self {
+            n,
+            c_in,
+            h,
+            w,
+            c_out,
+            k,
+            h_out: spec.output_side(h, k),
+            w_out: spec.output_side(w, k),
+            spec,
+        }
+    }
+
+    /// Pixels of an output image.
+    fn pixels(&self) -> usize {
+        self.h_out * self.w_out
+    }
+
+    /// Rows of the column matrix.
+    fn col_rows(&self) -> usize {
+        self.c_in * self.k * self.k
+    }
+
+    /// Whether the input image is the column matrix itself (a 1x1 kernel of stride 1).
+    fn direct(&self) -> bool {
+        self.k == 1 && self.spec.stride == 1 && self.spec.padding == 0
+    }
+}
+
+/// The output columns `lo..hi` whose input column `ox s + kx - p` lies in `0..w`.
+fn valid_columns(d: &Dims, kx: usize) -> (usize, usize) {
+    let (s, p) = (d.spec.stride, d.spec.padding);
+    let lo = if kx >= p { 0 } else { (p - kx).div_ceil(s) };
+    let hi = if d.w + p > kx {
+        (d.w + p - kx).div_ceil(s).min(d.w_out)
+    } else {
+        0
+    };
+    (lo.min(hi), hi)
+}
+
+/// im2col of one image `[c_in, h, w]` into `col` `[c_in k k, h_out w_out]`.
+fn im2col(d: &Dims, image: &[f32], col: &mut [f32]) {
+    let (k, s, p) = (d.k, d.spec.stride, d.spec.padding);
+    let pixels = d.pixels();
+    for c in 0..d.c_in {
+        let plane = &image[c * d.h * d.w..(c + 1) * d.h * d.w];
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = &mut col[((c * k + ky) * k + kx) * pixels..][..pixels];
+                let (lo, hi) = valid_columns(d, kx);
+                for oy in 0..d.h_out {
+                    let out = &mut row[oy * d.w_out..(oy + 1) * d.w_out];
+                    let iy = oy * s + ky;
+                    if iy < p || iy - p >= d.h || lo == hi {
+                        out.fill(0.0);
+                        continue;
+                    }
+                    let line = &plane[(iy - p) * d.w..(iy - p + 1) * d.w];
+                    out[..lo].fill(0.0);
+                    out[hi..].fill(0.0);
+                    // input column of output column ox: ox s + kx - p
+                    let first = lo * s + kx - p;
+                    if s == 1 {
+                        out[lo..hi].copy_from_slice(&line[first..first + hi - lo]);
+                    } else {
+                        for (o, i) in out[lo..hi].iter_mut().zip((first..).step_by(s)) {
+                            *o = line[i];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// col2im: the column matrix's gradient `[c_in k k, h_out w_out]` summed into the image's
+/// `[c_in, h, w]` (which it overwrites).
+fn col2im(d: &Dims, col: &[f32], image: &mut [f32]) {
+    let (k, s, p) = (d.k, d.spec.stride, d.spec.padding);
+    let pixels = d.pixels();
+    image.fill(0.0);
+    for c in 0..d.c_in {
+        let plane = &mut image[c * d.h * d.w..(c + 1) * d.h * d.w];
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = &col[((c * k + ky) * k + kx) * pixels..][..pixels];
+                let (lo, hi) = valid_columns(d, kx);
+                if lo == hi {
+                    continue;
+                }
+                let first = lo * s + kx - p;
+                for oy in 0..d.h_out {
+                    let iy = oy * s + ky;
+                    if iy < p || iy - p >= d.h {
+                        continue;
+                    }
+                    let line = &mut plane[(iy - p) * d.w..(iy - p + 1) * d.w];
+                    let g = &row[oy * d.w_out + lo..oy * d.w_out + hi];
+                    if s == 1 {
+                        for (l, v) in line[first..first + hi - lo].iter_mut().zip(g) {
+                            *l += v;
+                        }
+                    } else {
+                        for (i, v) in (first..).step_by(s).zip(g) {
+                            line[i] += v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dst = lhs rhs` (or `+=` with `accumulate`) with every operand given as (pointer, row
+/// stride, column stride), gemm's column-major convention.
+///
+/// # Safety
+/// Every element reached through the pointers and strides lies in its buffer.
+#[allow(clippy::too_many_arguments)]
+unsafe fn product(
+    [m, n, k]: [usize; 3],
+    dst: (*mut f32, isize, isize),
+    lhs: (*const f32, isize, isize),
+    rhs: (*const f32, isize, isize),
+    accumulate: bool,
+) {
+    // SAFETY: the caller's
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.0,
+            dst.2,
+            dst.1,
+            accumulate,
+            lhs.0,
+            lhs.2,
+            lhs.1,
+            rhs.0,
+            rhs.2,
+            rhs.1,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// Images per rayon task: the batch in a few tasks per thread.
+fn images_per_task(n: usize) -> usize {
+    n.div_ceil(4 * rayon::current_num_threads()).max(1)
+}
+
+fn values(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>().expect("contiguous f32")
+}
+
+impl FusedConv for Flex {
+    fn conv2d_fused(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        spec: ConvSpec,
+    ) -> FlexTensor {
+        let (x, weight, bias) = (contiguous(x), contiguous(weight), contiguous(bias));
+        let d = Dims::of(&x, &weight, spec);
+        let (xs, ws, bs) = (values(&x), values(&weight), values(&bias));
+        let (pixels, rows) = (d.pixels(), d.col_rows());
+        let (in_len, out_len) = (d.c_in * d.h * d.w, d.c_out * pixels);
+        let mut out = vec![0.0f32; d.n * out_len];
+        let per = images_per_task(d.n);
+        out.par_chunks_mut(per * out_len)
+            .enumerate()
+            .for_each(|(task, outs)| {
+                let mut col = if d.direct() {
+                    Vec::new()
+                } else {
+                    vec![0.0f32; rows * pixels]
+                };
+                for (j, o) in outs.chunks_mut(out_len).enumerate() {
+                    let image = &xs[(task * per + j) * in_len..][..in_len];
+                    let col: &[f32] = if d.direct() {
+                        image
+                    } else {
+                        im2col(&d, image, &mut col);
+                        &col
+                    };
+                    // o^T [pixels, c_out] = col^T [pixels, rows] W^T [rows, c_out]
+                    // SAFETY: o is c_out x pixels, col rows x pixels, W c_out x rows,
+                    // all row-major, and the strides below stay inside them
+                    unsafe {
+                        product(
+                            [pixels, d.c_out, rows],
+                            (o.as_mut_ptr(), 1, pixels as isize),
+                            (col.as_ptr(), 1, pixels as isize),
+                            (ws.as_ptr(), 1, rows as isize),
+                            false,
+                        );
+                    }
+                    for (c, plane) in o.chunks_mut(pixels).enumerate() {
+                        let b = bs[c];
+                        plane.iter_mut().for_each(|v| *v += b);
+                    }
+                }
+            });
+        FlexTensor::from_data(TensorData::new(out, [d.n, d.c_out, d.h_out, d.w_out]))
+    }
+}
+
+impl ConvBackward for Flex {
+    fn conv2d_backward(
+        grad: FlexTensor,
+        x: FlexTensor,
+        weight: FlexTensor,
+        spec: ConvSpec,
+        [want_x, want_w, want_b]: [bool; 3],
+    ) -> [Option<FlexTensor>; 3] {
+        let (grad, x, weight) = (contiguous(grad), contiguous(x), contiguous(weight));
+        let d = Dims::of(&x, &weight, spec);
+        let (gs, xs, ws) = (values(&grad), values(&x), values(&weight));
+        let (pixels, rows) = (d.pixels(), d.col_rows());
+        let (in_len, out_len) = (d.c_in * d.h * d.w, d.c_out * pixels);
+        let per = images_per_task(d.n);
+        let tasks = d.n.div_ceil(per);
+        let mut dx = if want_x {
+            vec![0.0f32; d.n * in_len]
+        } else {
+            Vec::new()
+        };
+        // each task's weight and bias gradients, summed after
+        let partial: Vec<(Vec<f32>, Vec<f32>)> = {
+            let mut dx_chunks: Vec<Option<&mut [f32]>> = if want_x {
+                dx.chunks_mut(per * in_len).map(Some).collect()
+            } else {
+                (0..tasks).map(|_| None).collect()
+            };
+            dx_chunks
+                .par_iter_mut()
+                .enumerate()
+                .map(|(task, dx_chunk)| {
+                    let mut dw = if want_w {
+                        vec![0.0f32; d.c_out * rows]
+                    } else {
+                        Vec::new()
+                    };
+                    let mut db = vec![0.0f32; if want_b { d.c_out } else { 0 }];
+                    let mut col = vec![0.0f32; if d.direct() { 0 } else { rows * pixels }];
+                    let mut dcol = vec![0.0f32; if want_x { rows * pixels } else { 0 }];
+                    let first = task * per;
+                    let count = per.min(d.n - first);
+                    for j in 0..count {
+                        let i = first + j;
+                        let g = &gs[i * out_len..][..out_len];
+                        let image = &xs[i * in_len..][..in_len];
+                        if want_b {
+                            for (c, plane) in g.chunks(pixels).enumerate() {
+                                db[c] += plane.iter().sum::<f32>();
+                            }
+                        }
+                        if want_w {
+                            let col: &[f32] = if d.direct() {
+                                image
+                            } else {
+                                im2col(&d, image, &mut col);
+                                &col
+                            };
+                            // dW^T [rows, c_out] += col [rows, pixels] g^T [pixels, c_out]
+                            // SAFETY: dW is c_out x rows, col rows x pixels, g c_out x
+                            // pixels, all row-major
+                            unsafe {
+                                product(
+                                    [rows, d.c_out, pixels],
+                                    (dw.as_mut_ptr(), 1, rows as isize),
+                                    (col.as_ptr(), pixels as isize, 1),
+                                    (g.as_ptr(), 1, pixels as isize),
+                                    j > 0,
+                                );
+                            }
+                        }
+                        if let Some(dx_chunk) = dx_chunk.as_deref_mut() {
+                            let dx_image = &mut dx_chunk[j * in_len..][..in_len];
+                            let target: &mut [f32] = if d.direct() { dx_image } else { &mut dcol };
+                            // dcol^T [pixels, rows] = g^T [pixels, c_out] W [c_out, rows]
+                            // SAFETY: as above; target is rows x pixels, row-major
+                            unsafe {
+                                product(
+                                    [pixels, rows, d.c_out],
+                                    (target.as_mut_ptr(), 1, pixels as isize),
+                                    (g.as_ptr(), 1, pixels as isize),
+                                    (ws.as_ptr(), rows as isize, 1),
+                                    false,
+                                );
+                            }
+                            if !d.direct() {
+                                col2im(&d, &dcol, dx_image);
+                            }
+                        }
+                    }
+                    (dw, db)
+                })
+                .collect()
+        };
+        let sum = |pick: fn(&(Vec<f32>, Vec<f32>)) -> &Vec<f32>, len: usize| {
+            let mut total = vec![0.0f32; len];
+            for p in &partial {
+                for (t, v) in total.iter_mut().zip(pick(p)) {
+                    *t += v;
+                }
+            }
+            total
+        };
+        [
+            want_x.then(|| FlexTensor::from_data(TensorData::new(dx, [d.n, d.c_in, d.h, d.w]))),
+            want_w.then(|| {
+                FlexTensor::from_data(TensorData::new(
+                    sum(|p| &p.0, d.c_out * rows),
+                    [d.c_out, d.c_in, d.k, d.k],
+                ))
+            }),
+            want_b
+                .then(|| FlexTensor::from_data(TensorData::new(sum(|p| &p.1, d.c_out), [d.c_out]))),
+        ]
+    }
+}
+
+/// The convolution's backward pass: parents x, weight, bias.
+#[derive(Debug)]
+struct ConvBackwardOp;
+
+impl<B: Backend + ConvBackward> Backward<B, 3> for ConvBackwardOp {
+    type State = (FloatTensor<B>, FloatTensor<B>, ConvSpec);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let grad = grads.consume::<B>(&ops.node);
+        let wanted = ops.parents.each_ref().map(|p| p.is_some());
+        let (x, weight, spec) = ops.state;
+        let gs = B::conv2d_backward(grad, x, weight, spec, wanted);
+        for (parent, g) in ops.parents.into_iter().zip(gs) {
+            if let (Some(node), Some(g)) = (parent, g) {
+                grads.register::<B>(node.id, g);
+            }
+        }
+    }
+}
+
+impl<B: Backend + ConvBackward, C: CheckpointStrategy> FusedConv for Autodiff<B, C> {
+    fn conv2d_fused(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        spec: ConvSpec,
+    ) -> FloatTensor<Self> {
+        let nodes = [x.node(), weight.node(), bias.node()];
+        match ConvBackwardOp
+            .prepare::<C>(nodes)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (x, weight, bias) = (
+                    x.into_primitive(),
+                    weight.into_primitive(),
+                    bias.into_primitive(),
+                );
+                let out = B::conv2d_fused(x.clone(), weight.clone(), bias, spec);
+                prep.finish((x, weight, spec), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::conv2d_fused(
+                x.into_primitive(),
+                weight.into_primitive(),
+                bias.into_primitive(),
+                spec,
+            )),
+        }
+    }
+}
