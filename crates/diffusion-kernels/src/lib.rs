@@ -42,6 +42,8 @@ mod math;
 mod conv;
 #[cfg(feature = "flex")]
 mod flex;
+#[cfg(feature = "flex")]
+mod norm;
 
 pub use adam::{AdamScalars, FusedAdam};
 #[cfg(feature = "flex")]
@@ -51,6 +53,8 @@ pub use flex::{
     FusedAdamStep, FusedGaussianKl, FusedLinear, FusedLinearBackward, GaussianKlBackward,
 };
 pub use math::Isa;
+#[cfg(feature = "flex")]
+pub use norm::{FusedGroupNorm, GroupNormBackward};
 
 use burn::tensor::{DType, Int, Tensor, activation};
 
@@ -271,6 +275,44 @@ pub fn conv2d(
         bias,
         burn::tensor::ops::ConvOptions::new([stride, stride], [padding, padding], [1, 1], 1),
     )
+}
+
+/// A group norm's constants: the number of groups, epsilon, and whether SiLU follows.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NormSpec {
+    /// Channel groups (the channels must divide into them).
+    pub groups: usize,
+    /// Added to the variance.
+    pub epsilon: f64,
+    /// Whether `silu(y) = y sigmoid(y)` is applied after the affine map.
+    pub silu: bool,
+}
+
+/// GroupNorm of `x` `[n, c, h, w]` over `spec.groups` groups of channels per image, the affine
+/// map `gamma`, `beta` (`[c]`), then SiLU when `spec.silu`. On flex in f32 one pass forward and
+/// two backward ([`FusedGroupNorm`]); elsewhere Burn's operations (as `burn::nn::GroupNorm`
+/// computes it).
+pub fn group_norm(x: Tensor<4>, gamma: Tensor<1>, beta: Tensor<1>, spec: NormSpec) -> Tensor<4> {
+    if fused_here(&x) && fused_here(&gamma) && fused_here(&beta) {
+        #[cfg(feature = "flex")]
+        {
+            use burn::backend::Dispatch;
+            return Tensor::from_dispatch(<Dispatch as FusedGroupNorm>::group_norm_fused(
+                x.into_dispatch(),
+                gamma.into_dispatch(),
+                beta.into_dispatch(),
+                spec,
+            ));
+        }
+    }
+    let [n, c, h, w] = x.dims();
+    let grouped = x.reshape([n, spec.groups, c / spec.groups * h * w]);
+    let mean = grouped.clone().mean_dim(2);
+    let centred = grouped - mean;
+    let var = centred.clone().powf_scalar(2.0).mean_dim(2);
+    let normed = (centred / (var + spec.epsilon).sqrt()).reshape([n, c, h, w]);
+    let y = normed * gamma.reshape([1, c, 1, 1]) + beta.reshape([1, c, 1, 1]);
+    if spec.silu { activation::silu(y) } else { y }
 }
 
 /// Whether the fused kernels run for `x` (in [`linear_activation`], [`FusedAdam`] and the

@@ -1,6 +1,7 @@
 //! The fused convolution against Burn's own `conv2d` on flex: the output and the gradients of
 //! the input, the weights and the bias, for 3x3 kernels of stride 1 and 2, a 1x1 kernel, odd
-//! and non-square images, one image and a batch split across threads.
+//! and non-square images, one image and a batch split across threads; and the fused group norm
+//! (with and without SiLU) against Burn's operations.
 
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor};
@@ -94,6 +95,87 @@ fn fused_convolution_matches_burns_values_and_gradients() {
             assert!(
                 diff <= 2e-5 * scale,
                 "{case:?} {name}: {diff} at scale {scale}"
+            );
+        }
+    }
+}
+
+/// GroupNorm as `burn::nn::GroupNorm` computes it (biased variance, epsilon inside the root),
+/// written out with Burn's operations, then the affine map and SiLU.
+fn group_norm_reference(
+    x: Tensor<4>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    groups: usize,
+    silu: bool,
+) -> Tensor<4> {
+    let [n, c, h, w] = x.dims();
+    let g = x.reshape([n, groups, c / groups * h * w]);
+    let mean = g.clone().mean_dim(2);
+    let centred = g - mean;
+    let var = centred.clone().powf_scalar(2.0).mean_dim(2);
+    let y = (centred / (var + 1e-5).sqrt()).reshape([n, c, h, w]) * gamma.reshape([1, c, 1, 1])
+        + beta.reshape([1, c, 1, 1]);
+    if silu {
+        burn::tensor::activation::silu(y)
+    } else {
+        y
+    }
+}
+
+#[test]
+fn fused_group_norm_matches_burns_values_and_gradients() {
+    use diffusion_kernels::{NormSpec, group_norm};
+    for (shape, groups, silu) in [
+        ([2, 8, 5, 5], 4, true),
+        ([3, 6, 4, 7], 2, false),
+        ([9, 16, 6, 6], 8, true),
+        ([1, 4, 3, 3], 1, true),
+    ] {
+        let results: Vec<Vec<Vec<f32>>> = [true, false]
+            .iter()
+            .map(|&fused| {
+                let device = Device::flex().autodiff();
+                let x = tensor(shape, 11, &device) * 3.0 + 0.5;
+                let x = x.detach().require_grad();
+                let gamma = tensor([shape[1]], 12, &device);
+                let beta = tensor([shape[1]], 13, &device);
+                let y = if fused {
+                    group_norm(
+                        x.clone(),
+                        gamma.clone(),
+                        beta.clone(),
+                        NormSpec {
+                            groups,
+                            epsilon: 1e-5,
+                            silu,
+                        },
+                    )
+                } else {
+                    group_norm_reference(x.clone(), gamma.clone(), beta.clone(), groups, silu)
+                };
+                let r = tensor(shape, 14, &device).detach();
+                let grads = (y.clone() * r).sum().backward();
+                vec![
+                    host(y),
+                    host(x.grad(&grads).unwrap()),
+                    host(gamma.grad(&grads).unwrap()),
+                    host(beta.grad(&grads).unwrap()),
+                ]
+            })
+            .collect();
+        for (name, (a, b)) in ["output", "x", "gamma", "beta"]
+            .iter()
+            .zip(results[0].iter().zip(&results[1]))
+        {
+            let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+            let diff = a
+                .iter()
+                .zip(b)
+                .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(
+                diff <= 1e-4 * scale,
+                "{shape:?} {name}: {diff} at scale {scale}"
             );
         }
     }

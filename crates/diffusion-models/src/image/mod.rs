@@ -29,8 +29,8 @@
 mod paper;
 mod unet;
 
-use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
+use burn::nn::{GroupNorm, PaddingConfig2d};
 use burn::tensor::{Device, Int, Tensor};
 use diffusion_data::ImageShape;
 
@@ -52,6 +52,29 @@ pub(crate) fn conv(layer: &Conv2d, x: Tensor<4>) -> Tensor<4> {
         layer.bias.as_ref().map(|b| b.val()),
         layer.stride[0],
         padding,
+    )
+}
+
+/// A GroupNorm layer's forward pass, then SiLU when `silu`, through
+/// [`diffusion_kernels::group_norm`] (one pass each way on flex, Burn's operations elsewhere).
+pub(crate) fn norm(layer: &GroupNorm, x: Tensor<4>, silu: bool) -> Tensor<4> {
+    let (Some(gamma), Some(beta)) = (&layer.gamma, &layer.beta) else {
+        let y = layer.forward(x);
+        return if silu {
+            burn::tensor::activation::silu(y)
+        } else {
+            y
+        };
+    };
+    diffusion_kernels::group_norm(
+        x,
+        gamma.val(),
+        beta.val(),
+        diffusion_kernels::NormSpec {
+            groups: layer.num_groups,
+            epsilon: layer.epsilon,
+            silu,
+        },
     )
 }
 

@@ -8,7 +8,7 @@ use burn::tensor::{Device, Int, Tensor};
 use diffusion_data::ImageShape;
 use serde::{Deserialize, Serialize};
 
-use super::{ImageConfigError, conv, one_step, repeat2, step_column, to_images, to_rows};
+use super::{ImageConfigError, conv, norm, one_step, repeat2, step_column, to_images, to_rows};
 use crate::network::ReverseNetwork;
 
 /// The most channels at any level.
@@ -383,10 +383,10 @@ impl ResBlock {
     }
 
     fn forward(&self, x: Tensor<4>, emb: &Tensor<2>) -> Tensor<4> {
-        let h = conv(&self.conv_in, silu(self.norm_in.forward(x.clone())));
+        let h = conv(&self.conv_in, norm(&self.norm_in, x.clone(), true));
         let [m, c] = [emb.dims()[0], h.dims()[1]];
         let h = h + self.time.forward(silu(emb.clone())).reshape([m, c, 1, 1]);
-        let h = conv(&self.conv_out, silu(self.norm_out.forward(h)));
+        let h = conv(&self.conv_out, norm(&self.norm_out, h, true));
         match &self.skip {
             Some(skip) => conv(skip, x) + h,
             None => x + h,
@@ -418,7 +418,7 @@ impl Attention {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [n, c, h, w] = x.dims();
         let per_head = c / self.heads;
-        let qkv = conv(&self.qkv, self.norm.forward(x.clone())).reshape([
+        let qkv = conv(&self.qkv, norm(&self.norm, x.clone(), false)).reshape([
             n * self.heads,
             3 * per_head,
             h * w,
@@ -505,7 +505,7 @@ impl Unet {
                 Block::Down(_) => unreachable!("the up path has no downsampling"),
             };
         }
-        to_rows(conv(&self.output, silu(self.out_norm.forward(h))))
+        to_rows(conv(&self.output, norm(&self.out_norm, h, true)))
     }
 }
 
