@@ -37,7 +37,7 @@ fn train_workload(
     label: &str,
     config: &str,
     model: &str,
-    layers: &[(usize, usize)],
+    layers: Option<&[(usize, usize)]>,
     batch: usize,
     steps: usize,
 ) -> Workload {
@@ -50,7 +50,7 @@ fn train_workload(
         unit: "examples/s",
         ours: strings(&[&["--workload", "train", "--config", config][..], &common].concat()),
         torch: strings(&[&["--workload", "train", "--model", model][..], &common].concat()),
-        flop_per_example: Some(layer_flop(layers)),
+        flop_per_example: layers.map(layer_flop),
     }
 }
 
@@ -64,7 +64,7 @@ fn workloads(quick: bool) -> Vec<Workload> {
             "train Swiss roll (2-128-128-4, T = 100)",
             roll,
             "roll",
-            &[(2, 128), (128, 128), (128, 4)],
+            Some(&[(2, 128), (128, 128), (128, 4)]),
             batch,
             scale(steps),
         ));
@@ -73,9 +73,17 @@ fn workloads(quick: bool) -> Vec<Workload> {
         "train heartbeat paper model (T = 2000)",
         beat,
         "heartbeat",
-        &[(20, 50), (50, 50), (50, 50), (50, 20)],
+        Some(&[(20, 50), (50, 50), (50, 50), (50, 20)]),
         256,
         scale(200),
+    ));
+    v.push(train_workload(
+        "train MNIST U-Net (configs/mnist.toml, 28x28, T = 1000)",
+        "configs/mnist.toml",
+        "mnist",
+        None,
+        64,
+        scale(40),
     ));
     for (what, metric, unit) in [
         ("sample", "point_steps_per_s", "points x steps/s"),
