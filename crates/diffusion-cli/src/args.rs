@@ -445,6 +445,10 @@ pub struct PlotArgs {
     /// row is the image's pixels, row by row), --rows of them, 10 a line.
     #[arg(long, value_name = "WIDTHxHEIGHT", value_parser = parse_image)]
     pub image: Option<(usize, usize)>,
+    /// `--what samples` of images: draw the first --rows images of this file (as `sample`
+    /// wrote it, e.g. with a shorter chain) instead of sampling anew.
+    #[arg(long, value_name = "FILE")]
+    pub from: Option<PathBuf>,
     /// The condition of `--what conditional`.
     #[command(flatten)]
     pub condition: ConditionArgs,

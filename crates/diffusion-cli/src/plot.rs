@@ -315,15 +315,31 @@ pub fn cmd_plot(a: PlotArgs) -> Result<(), String> {
                 let (width, height) = image.expect("matched");
                 // in the data's own units: the held-out rows as read, the samples mapped back
                 let data = heldout_rows(&manifest, &run, a.rows).map_err(|e| e.to_string())?;
-                let mut drawn = bound.sample(
-                    &model.network,
-                    a.rows,
-                    &mut rng,
-                    &device,
-                    manifest.chunk_rows(SAMPLE_CHUNK_ROWS),
-                );
-                manifest.to_data_units(&mut drawn);
-                manifest.to_pixels(&mut drawn);
+                let drawn = match &a.from {
+                    Some(file) => {
+                        let rows = diffusion_data::io::read(file).map_err(|e| e.to_string())?;
+                        if rows.cols != d {
+                            return Err(format!(
+                                "{}: rows of {} values, the run's images have {d}",
+                                file.display(),
+                                rows.cols
+                            ));
+                        }
+                        rows.data[..a.rows.min(rows.rows) * d].to_vec()
+                    }
+                    None => {
+                        let mut drawn = bound.sample(
+                            &model.network,
+                            a.rows,
+                            &mut rng,
+                            &device,
+                            manifest.chunk_rows(SAMPLE_CHUNK_ROWS),
+                        );
+                        manifest.to_data_units(&mut drawn);
+                        manifest.to_pixels(&mut drawn);
+                        drawn
+                    }
+                };
                 let (lo, hi) = pixel_range(&manifest, &data);
                 let images = |v: &[f32]| v.chunks_exact(d).map(<[f32]>::to_vec).collect();
                 keep(save(

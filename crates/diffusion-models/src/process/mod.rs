@@ -258,9 +258,9 @@ pub fn bound_bits_per_point<P: Process, N: ReverseNetwork>(
 }
 
 /// An unbiased estimate of the bound K in bits for each point, for chains too long to sum: the
-/// steps t = 2..T are cut into `draws` strata of nearly equal size (at most T - 1 of them), one
-/// t is drawn uniformly in each, with a fresh x_t, and its KL term is weighted by the stratum's
-/// size. Each point's estimate is unbiased, so the mean over points has the usual standard
+/// steps t = 2..T are cut into `draws` strata growing geometrically along the chain
+/// ([`stratify`]: the first steps one by one), one t is drawn uniformly in each, with a fresh
+/// x_t, and its KL term is weighted by the stratum's size. Each point's estimate is unbiased, so the mean over points has the usual standard
 /// error (the spread over points includes the draws').
 #[allow(clippy::too_many_arguments)]
 pub fn bound_bits_stratified<P: Process, N: ReverseNetwork>(
@@ -281,16 +281,23 @@ pub fn bound_bits_stratified<P: Process, N: ReverseNetwork>(
     bound_bits_of_terms(process, network, points, k, terms, rng, device, chunk_rows)
 }
 
-/// `count` items cut into `parts` contiguous strata (at most `count`, at least 1) of sizes
-/// differing by at most one: (first item, size) each.
+/// `count` items cut into at most `parts` contiguous strata (at least 1) whose sizes grow
+/// geometrically from the start: stratum s ends at about count^((s + 1) / parts), so the first
+/// items (the chain's first steps, whose KL terms are the largest and change fastest) are
+/// strata of one, summed exactly, and the long tail is sampled. (first item, size) each.
 pub fn stratify(count: usize, parts: usize) -> Vec<(usize, usize)> {
     let parts = parts.clamp(1, count.max(1));
-    (0..parts)
-        .map(|s| {
-            let start = s * count / parts;
-            (start, (s + 1) * count / parts - start)
-        })
-        .collect()
+    let mut strata = Vec::with_capacity(parts);
+    let mut start = 0;
+    for s in 0..parts {
+        let left = parts - s;
+        // geometric end, but at least one item each and room for the strata after it
+        let geometric = (count as f64).powf((s + 1) as f64 / parts as f64).floor() as usize;
+        let end = geometric.max(start + 1).min(count - (left - 1));
+        strata.push((start, end - start));
+        start = end;
+    }
+    strata
 }
 
 /// K in bits for each point from `per_point` weighted KL terms: `term(r, rng)` gives the

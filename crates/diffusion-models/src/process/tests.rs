@@ -367,21 +367,27 @@ fn binomial_sampling_from_the_forward_kernel_keeps_the_rate() {
     assert!((rate - pi).abs() < 0.01, "{rate}");
 }
 
-/// The strata cover every step once, in contiguous runs whose sizes differ by at most one, and
-/// never number more than the steps.
+/// The strata cover every step once, contiguous, never more than the steps; they grow along the
+/// chain, the first steps one by one.
 #[test]
 fn strata_partition_the_steps() {
-    for (count, parts) in [(999, 16), (99, 4), (5, 10), (7, 1)] {
+    for (count, parts) in [(999, 16), (99, 4), (5, 10), (7, 1), (40, 39)] {
         let strata = stratify(count, parts);
         assert_eq!(strata.len(), parts.min(count));
         let mut next = 0;
         for &(start, size) in &strata {
             assert_eq!(start, next);
-            assert!(size == count / strata.len() || size == count / strata.len() + 1);
+            assert!(size >= 1);
             next += size;
         }
         assert_eq!(next, count);
+        let sizes: Vec<usize> = strata.iter().map(|s| s.1).collect();
+        assert!(sizes.windows(2).all(|w| w[0] <= w[1] + 1), "{sizes:?}");
     }
+    // 999 steps in 16: the first four steps alone, the last stratum a third of the chain
+    let strata = stratify(999, 16);
+    assert_eq!(&strata[..3], &[(0, 1), (1, 1), (2, 1)]);
+    assert_eq!(strata[15], (648, 351));
 }
 
 /// The stratified estimate of K agrees with the full sum (within the two standard errors) on
