@@ -166,6 +166,17 @@ fn im2col(d: &Dims, image: &[f32], col: &mut [f32]) {
     }
 }
 
+/// The column matrix of one image: the image itself for a 1x1 kernel of stride 1, else its
+/// im2col in `buffer`.
+fn columns<'a>(d: &Dims, image: &'a [f32], buffer: &'a mut [f32]) -> &'a [f32] {
+    if d.direct() {
+        image
+    } else {
+        im2col(d, image, buffer);
+        buffer
+    }
+}
+
 /// col2im: the column matrix's gradient `[c_in k k, h_out w_out]` summed into the image's
 /// `[c_in, h, w]` (which it overwrites).
 fn col2im(d: &Dims, col: &[f32], image: &mut [f32]) {
@@ -276,12 +287,7 @@ impl FusedConv for Flex {
                 };
                 for (j, o) in outs.chunks_mut(out_len).enumerate() {
                     let image = &xs[(task * per + j) * in_len..][..in_len];
-                    let col: &[f32] = if d.direct() {
-                        image
-                    } else {
-                        im2col(&d, image, &mut col);
-                        &col
-                    };
+                    let col = columns(&d, image, &mut col);
                     // o^T [pixels, c_out] = col^T [pixels, rows] W^T [rows, c_out]
                     // SAFETY: o is c_out x pixels, col rows x pixels, W c_out x rows,
                     // all row-major, and the strides below stay inside them
@@ -355,12 +361,7 @@ impl ConvBackward for Flex {
                             }
                         }
                         if want_w {
-                            let col: &[f32] = if d.direct() {
-                                image
-                            } else {
-                                im2col(&d, image, &mut col);
-                                &col
-                            };
+                            let col = columns(&d, image, &mut col);
                             // dW^T [rows, c_out] += col [rows, pixels] g^T [pixels, c_out]
                             // SAFETY: dW is c_out x rows, col rows x pixels, g c_out x
                             // pixels, all row-major

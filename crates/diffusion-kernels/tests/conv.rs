@@ -29,6 +29,29 @@ fn tensor<const D: usize>(shape: [usize; D], seed: u64, device: &Device) -> Tens
         .require_grad()
 }
 
+/// Each of `names`' results from the two computations agrees within `tolerance` of the largest
+/// magnitude (at least 1).
+fn assert_close(
+    names: &[&str],
+    ours: &[Vec<f32>],
+    theirs: &[Vec<f32>],
+    tolerance: f32,
+    case: &str,
+) {
+    for (name, (a, b)) in names.iter().zip(ours.iter().zip(theirs)) {
+        assert_eq!(a.len(), b.len(), "{case} {name}");
+        let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        let diff = a
+            .iter()
+            .zip(b)
+            .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(
+            diff <= tolerance * scale,
+            "{case} {name}: {diff} at scale {scale}"
+        );
+    }
+}
+
 fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().try_to_vec::<f32>().unwrap()
 }
@@ -82,21 +105,8 @@ fn fused_convolution_matches_burns_values_and_gradients() {
     ];
     for case in cases {
         let (ours, burns) = (run(true, case), run(false, case));
-        for (name, (a, b)) in ["output", "x", "weight", "bias"]
-            .iter()
-            .zip(ours.iter().zip(&burns))
-        {
-            assert_eq!(a.len(), b.len(), "{case:?} {name}");
-            let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-            let diff = a
-                .iter()
-                .zip(b)
-                .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
-            assert!(
-                diff <= 2e-5 * scale,
-                "{case:?} {name}: {diff} at scale {scale}"
-            );
-        }
+        let names = ["output", "x", "weight", "bias"];
+        assert_close(&names, &ours, &burns, 2e-5, &format!("{case:?}"));
     }
 }
 
@@ -164,19 +174,8 @@ fn fused_group_norm_matches_burns_values_and_gradients() {
                 ]
             })
             .collect();
-        for (name, (a, b)) in ["output", "x", "gamma", "beta"]
-            .iter()
-            .zip(results[0].iter().zip(&results[1]))
-        {
-            let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-            let diff = a
-                .iter()
-                .zip(b)
-                .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
-            assert!(
-                diff <= 1e-4 * scale,
-                "{shape:?} {name}: {diff} at scale {scale}"
-            );
-        }
+        let names = ["output", "x", "gamma", "beta"];
+        let case = format!("{shape:?}");
+        assert_close(&names, &results[0], &results[1], 1e-4, &case);
     }
 }
