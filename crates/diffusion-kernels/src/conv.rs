@@ -398,10 +398,12 @@ impl ConvBackward for Flex {
                 })
                 .collect()
         };
-        let sum = |pick: fn(&(Vec<f32>, Vec<f32>)) -> &Vec<f32>, len: usize| {
+        // the tasks' partial sums of the weights' (which = 0) or the bias's (1) gradient
+        let sum = |which: usize, len: usize| {
             let mut total = vec![0.0f32; len];
-            for p in &partial {
-                for (t, v) in total.iter_mut().zip(pick(p)) {
+            for (dw, db) in &partial {
+                let part = if which == 0 { dw } else { db };
+                for (t, v) in total.iter_mut().zip(part) {
                     *t += v;
                 }
             }
@@ -411,12 +413,12 @@ impl ConvBackward for Flex {
             want_x.then(|| FlexTensor::from_data(TensorData::new(dx, [d.n, d.c_in, d.h, d.w]))),
             want_w.then(|| {
                 FlexTensor::from_data(TensorData::new(
-                    sum(|p| &p.0, d.c_out * rows),
+                    sum(0, d.c_out * rows),
                     [d.c_out, d.c_in, d.k, d.k],
                 ))
             }),
             want_b
-                .then(|| FlexTensor::from_data(TensorData::new(sum(|p| &p.1, d.c_out), [d.c_out]))),
+                .then(|| FlexTensor::from_data(TensorData::new(sum(1, d.c_out), [d.c_out]))),
         ]
     }
 }

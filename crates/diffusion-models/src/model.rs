@@ -586,6 +586,7 @@ pub struct RbfNet {
 
 /// The network a [`ModelConfig`] describes.
 #[derive(Module, Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Network {
     /// Time embeddings or sinusoidal features, one readout.
     Mlp(Mlp),

@@ -121,7 +121,7 @@ impl PaperConvConfig {
             return fail(format!("n_scales = {} must lie in 1..=16", self.n_scales));
         }
         let side = 1usize << (self.n_scales - 1);
-        if shape.height % side != 0 || shape.width % side != 0 {
+        if !shape.height.is_multiple_of(side) || !shape.width.is_multiple_of(side) {
             return fail(format!(
                 "{} scales pool by up to {side}, but {}x{} pixels do not divide by it",
                 self.n_scales, shape.height, shape.width
@@ -385,7 +385,7 @@ impl PaperConvNet {
         let z = (y.reshape([n, o, j, h, w]) * weights.reshape([m, 1, j, 1, 1]))
             .sum_dim(2)
             .reshape([n, o, h, w]);
-        let z = if o % 2 == 0 && self.sigma_scale != 1.0 {
+        let z = if o.is_multiple_of(2) && self.sigma_scale != 1.0 {
             let c = o / 2;
             let mu = z.clone().narrow(1, 0, c);
             let sigma = z.narrow(1, c, c) * self.sigma_scale;

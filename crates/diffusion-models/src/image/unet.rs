@@ -114,7 +114,7 @@ impl UnetConfig {
         }
         let halvings = self.channel_mult.len() - 1;
         let scale = 1usize << halvings.min(20);
-        if shape.height % scale != 0 || shape.width % scale != 0 || halvings > 20 {
+        if !shape.height.is_multiple_of(scale) || !shape.width.is_multiple_of(scale) || halvings > 20 {
             return fail(format!(
                 "{} levels halve the image {halvings} times, but {}x{} pixels do not divide by {scale}",
                 self.channel_mult.len(),
@@ -143,13 +143,13 @@ impl UnetConfig {
         }
         for m in &self.channel_mult {
             let c = self.channels * m;
-            if c % self.groups != 0 {
+            if !c.is_multiple_of(self.groups) {
                 return fail(format!(
                     "{c} channels do not divide into {} groups",
                     self.groups
                 ));
             }
-            if c % self.heads != 0 {
+            if !c.is_multiple_of(self.heads) {
                 return fail(format!(
                     "{c} channels do not divide into {} heads",
                     self.heads
@@ -451,8 +451,9 @@ impl ResAttention {
     }
 }
 
-/// One block of the down or up path.
+/// One block of the down or up path (a module built once: the variants' sizes do not matter).
 #[derive(Module, Debug)]
+#[allow(clippy::large_enum_variant)]
 enum Block {
     Res(ResAttention),
     Down(Conv2d),
