@@ -9,7 +9,7 @@
 //! - [`PaperConvNet`]: the paper's multi-scale convolutional network with a dense branch, per-pixel
 //!   dense layers and the temporal-basis readout (SPEC section 7; appendix D.2.1 of the paper).
 //!
-//! Both are built by [`crate::ModelConfig::init_image`] from the `[model.unet]` or
+//! Both are built by [`crate::ModelConfig::init_for`] from the `[model.unet]` or
 //! `[model.conv]` table of a config with `kind = "unet"` or `kind = "paper-conv"`.
 //!
 //! ```
