@@ -373,8 +373,8 @@ fn parse_csv(bytes: &[u8], path: &str) -> Result<Array2, DataError> {
     Array2::new(rows, cols.unwrap_or(0), data).map_err(|e| fail(e.to_string()))
 }
 
-/// [`write`] for rows that are images of `shape`: an `.npy` gets the shape `[n, c, h, w]`; a
-/// CSV has one row per image, as [`write`] writes it.
+/// [`write()`] for rows that are images of `shape`: an `.npy` gets the shape `[n, c, h, w]`; a
+/// CSV has one row per image, as [`write()`] writes it.
 pub fn write_images(path: &Path, array: &Array2, shape: ImageShape) -> Result<(), DataError> {
     if shape.len() != array.cols {
         return Err(DataError::Invalid(format!(
