@@ -133,7 +133,7 @@ fn a_unet_trains_on_images_and_reports_bits_per_dimension() {
     );
 
     let e = json(&run(&["evaluate", "--run", s(&run_dir), "--json"]));
-    assert_eq!(e["bound_estimate"], "stratified, 16 steps per point");
+    assert_eq!(e["bound_estimate"], "stratified, 32 steps per point");
     assert_eq!(e["n"], 60, "every test image");
     let d = 64.0;
     assert!((f(&e, "nll_bits_per_dim") + f(&e, "k_bits") / d).abs() < 1e-9);

@@ -130,7 +130,7 @@ pub struct EvaluateArgs {
     #[arg(long)]
     pub samples: Option<usize>,
     /// Estimate K from this many steps t per point, drawn in strata of the chain (unbiased)
-    /// [default for image runs: 16], instead of the full sum over t.
+    /// [default for image runs: 32], instead of the full sum over t.
     #[arg(long, value_name = "K", conflicts_with = "full_sum")]
     pub t_draws: Option<usize>,
     /// Sum K over every step t, also for image runs (T network calls per point).

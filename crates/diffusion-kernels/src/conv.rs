@@ -417,8 +417,7 @@ impl ConvBackward for Flex {
                     [d.c_out, d.c_in, d.k, d.k],
                 ))
             }),
-            want_b
-                .then(|| FlexTensor::from_data(TensorData::new(sum(1, d.c_out), [d.c_out]))),
+            want_b.then(|| FlexTensor::from_data(TensorData::new(sum(1, d.c_out), [d.c_out]))),
         ]
     }
 }

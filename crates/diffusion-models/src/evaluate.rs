@@ -117,7 +117,7 @@ pub enum BoundEstimate {
 }
 
 /// Steps per point of the stratified estimate that image runs use by default.
-pub const IMAGE_T_DRAWS: usize = 16;
+pub const IMAGE_T_DRAWS: usize = 32;
 
 impl BoundEstimate {
     /// The full sum, except for image runs: [`IMAGE_T_DRAWS`] stratified steps per image.

@@ -114,7 +114,10 @@ impl UnetConfig {
         }
         let halvings = self.channel_mult.len() - 1;
         let scale = 1usize << halvings.min(20);
-        if !shape.height.is_multiple_of(scale) || !shape.width.is_multiple_of(scale) || halvings > 20 {
+        if !shape.height.is_multiple_of(scale)
+            || !shape.width.is_multiple_of(scale)
+            || halvings > 20
+        {
             return fail(format!(
                 "{} levels halve the image {halvings} times, but {}x{} pixels do not divide by {scale}",
                 self.channel_mult.len(),

@@ -258,9 +258,9 @@ pub fn bound_bits_per_point<P: Process, N: ReverseNetwork>(
 }
 
 /// An unbiased estimate of the bound K in bits for each point, for chains too long to sum: the
-/// steps t = 2..T are cut into `draws` strata growing geometrically along the chain
-/// ([`stratify`]: the first steps one by one), one t is drawn uniformly in each, with a fresh
-/// x_t, and its KL term is weighted by the stratum's size. Each point's estimate is unbiased, so the mean over points has the usual standard
+/// steps t = 2..T are cut into `draws` strata growing geometrically from both ends of the chain
+/// ([`stratify`]: the first and last steps one by one), one t is drawn uniformly in each, with
+/// a fresh x_t, and its KL term is weighted by the stratum's size. Each point's estimate is unbiased, so the mean over points has the usual standard
 /// error (the spread over points includes the draws').
 #[allow(clippy::too_many_arguments)]
 pub fn bound_bits_stratified<P: Process, N: ReverseNetwork>(
@@ -282,11 +282,31 @@ pub fn bound_bits_stratified<P: Process, N: ReverseNetwork>(
 }
 
 /// `count` items cut into at most `parts` contiguous strata (at least 1) whose sizes grow
-/// geometrically from the start: stratum s ends at about count^((s + 1) / parts), so the first
-/// items (the chain's first steps, whose KL terms are the largest and change fastest) are
-/// strata of one, summed exactly, and the long tail is sampled. (first item, size) each.
+/// geometrically from both ends towards the middle, so the chain's first steps and its last
+/// (where the KL terms are largest and change fastest: the data's finest scale, and the
+/// steps of large b_t whose kernels scale the network's errors most) are strata of one, summed
+/// exactly, and the middle is sampled. (first item, size) each.
 pub fn stratify(count: usize, parts: usize) -> Vec<(usize, usize)> {
     let parts = parts.clamp(1, count.max(1));
+    let (left_parts, right_parts) = (parts.div_ceil(2), parts / 2);
+    let left_count = if right_parts == 0 {
+        count
+    } else {
+        count.div_ceil(2)
+    };
+    let mut strata = geometric_strata(left_count, left_parts);
+    let right_count = count - left_count;
+    // the right half mirrored: its strata grow from the chain's end backwards
+    for (start, size) in geometric_strata(right_count, right_parts).into_iter().rev() {
+        strata.push((count - start - size, size));
+    }
+    strata
+}
+
+/// `count` items in at most `parts` contiguous strata, stratum s ending at about
+/// count^((s + 1) / parts).
+fn geometric_strata(count: usize, parts: usize) -> Vec<(usize, usize)> {
+    let parts = parts.min(count);
     let mut strata = Vec::with_capacity(parts);
     let mut start = 0;
     for s in 0..parts {
