@@ -568,13 +568,7 @@ impl RunConfig {
             ));
         }
         // the tables' own fields are checked against the image shape once the data is read
-        if let Err(e) = self.model.check_image(None)
-            && (self.model.unet.is_some() || self.model.conv.is_some())
-            && !e.0.starts_with("an image network")
-        {
-            return Err(e.0);
-        }
-        Ok(())
+        self.model.check_tables().map_err(|e| e.0)
     }
 
     /// The data's parameters.

@@ -183,6 +183,26 @@ impl ModelConfig {
     /// Checks an image network's table against the data's image shape (and that the other
     /// kinds have no image table).
     pub fn check_image(&self, image: Option<ImageShape>) -> Result<(), ImageConfigError> {
+        self.check_tables()?;
+        if !self.kind.is_image() {
+            return Ok(());
+        }
+        let Some(shape) = image else {
+            return Err(ImageConfigError(
+                "an image network needs image data: an IDX file, a 3-D or 4-D .npy, or a folder \
+                 of PNG files"
+                    .into(),
+            ));
+        };
+        match self.kind {
+            ModelKind::Unet => self.unet.clone().unwrap_or_default().check(shape),
+            _ => self.conv.clone().unwrap_or_default().check(shape),
+        }
+    }
+
+    /// Checks that an image network's table goes with its kind (what can be checked before the
+    /// data's shape is known).
+    pub fn check_tables(&self) -> Result<(), ImageConfigError> {
         let fail = |m: &str| Err(ImageConfigError(m.into()));
         if self.unet.is_some() && self.kind != ModelKind::Unet {
             return fail("model.unet is for kind = \"unet\"");
@@ -190,19 +210,7 @@ impl ModelConfig {
         if self.conv.is_some() && self.kind != ModelKind::PaperConv {
             return fail("model.conv is for kind = \"paper-conv\"");
         }
-        if !self.kind.is_image() {
-            return Ok(());
-        }
-        let Some(shape) = image else {
-            return fail(
-                "an image network needs image data: an IDX file, a 3-D or 4-D .npy, or a folder \
-                 of PNG files",
-            );
-        };
-        match self.kind {
-            ModelKind::Unet => self.unet.clone().unwrap_or_default().check(shape),
-            _ => self.conv.clone().unwrap_or_default().check(shape),
-        }
+        Ok(())
     }
 
     /// [`parameter_count`](Self::parameter_count) for any kind: the image networks' from the

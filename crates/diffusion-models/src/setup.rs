@@ -120,14 +120,11 @@ pub fn resolve(mut config: RunConfig) -> Result<ResolvedData, RunError> {
                     column: i % points.cols,
                 });
             }
-            let (train_rows, held) = match test_path {
-                Some(test) => (points.clone(), read_test_rows(test, &points, shape)?),
-                None => {
-                    let mut rng = diffusion_data::rng(seed, streams::HELDOUT);
-                    diffusion_data::split(&points, *heldout_fraction, &mut rng)
-                        .map_err(RunError::Split)?
-                }
-            };
+            let test = test_path
+                .as_deref()
+                .map(|t| read_test_rows(t, &points, shape))
+                .transpose()?;
+            let (train_rows, held) = split_rows(&points, test, *heldout_fraction, seed)?;
             let activity = train_rows.data.iter().map(|&v| v as f64).sum::<f64>()
                 / train_rows.data.len() as f64;
             let dim = points.cols;
@@ -226,17 +223,29 @@ pub fn file_rows(manifest: &RunManifest, run: &RunDir) -> Result<(Array2, Array2
         check(a, &f.path)
     };
     let points = read(&source.train)?;
-    match &source.test {
-        Some(test) => Ok((points, read(test)?)),
+    let test = source.test.as_ref().map(read).transpose()?;
+    let fraction = match &manifest.config.data {
+        DataConfig::File {
+            heldout_fraction, ..
+        } => *heldout_fraction,
+        _ => unreachable!("a data source belongs to file data"),
+    };
+    split_rows(&points, test, fraction, manifest.config.train.seed)
+}
+
+/// The training and held-out rows of file data: all of `points` and the test file's rows, or
+/// the split of `points` seeded by the run's seed.
+fn split_rows(
+    points: &Array2,
+    test: Option<Array2>,
+    fraction: f64,
+    seed: u64,
+) -> Result<(Array2, Array2), RunError> {
+    match test {
+        Some(test) => Ok((points.clone(), test)),
         None => {
-            let fraction = match &manifest.config.data {
-                DataConfig::File {
-                    heldout_fraction, ..
-                } => *heldout_fraction,
-                _ => unreachable!("a data source belongs to file data"),
-            };
-            let mut rng = diffusion_data::rng(manifest.config.train.seed, streams::HELDOUT);
-            diffusion_data::split(&points, fraction, &mut rng).map_err(RunError::Split)
+            let mut rng = diffusion_data::rng(seed, streams::HELDOUT);
+            diffusion_data::split(points, fraction, &mut rng).map_err(RunError::Split)
         }
     }
 }
