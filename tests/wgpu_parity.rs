@@ -32,6 +32,8 @@ fn same_weights_and_inputs_give_the_same_bound_on_wgpu_and_flex() {
         diffusion: GaussianDiffusion::new(BetaSchedule::linear(1e-3, 0.3).betas(steps).unwrap(), 2)
             .unwrap(),
         parametrization: ReverseParametrization::Paper,
+        clip: None,
+        network_steps: None,
     };
     // A model trained briefly on flex, so its outputs are not the forward kernel's, then loaded
     // from the same file onto both devices.

@@ -25,6 +25,8 @@ pub enum Command {
     Sample(SampleArgs),
     /// Simple models fitted on a file run's training rows, scored on its held-out rows.
     Baselines(BaselinesArgs),
+    /// The bound's KL term at each of a set of steps t: where in the chain a model loses bits.
+    Terms(TermsArgs),
     /// Conditioned samples against the exact conditional of the run's data (generated data).
     EvaluateConditional(EvaluateConditionalArgs),
     /// Draw a run's pictures (PNG and SVG): trajectories, drift, loss curves, rasters.
@@ -166,6 +168,34 @@ pub struct BaselinesArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct TermsArgs {
+    /// The run folder.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Held-out points to average over.
+    #[arg(long, default_value_t = 200)]
+    pub n: usize,
+    /// Steps t, comma-separated (each in 2..=T) [default: 16 spread geometrically from each end
+    /// of the chain, every step of a chain of 32 or fewer].
+    #[arg(long, value_delimiter = ',')]
+    pub steps: Option<Vec<usize>>,
+    /// Seed of the x_t draws.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Also write the rows as CSV (t, kl_bits, kl_stderr_bits, kl_bits_per_dim).
+    #[arg(long, value_name = "PATH")]
+    pub out: Option<PathBuf>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Which weights (see `evaluate --weights`).
+    #[arg(long, value_enum, default_value_t = WeightsArg::Default)]
+    pub weights: WeightsArg,
+    #[command(flatten)]
+    pub backend: BackendArg,
+}
+
+#[derive(Debug, Args)]
 pub struct GradientVarianceArgs {
     /// The run folder.
     #[arg(long)]
@@ -249,6 +279,19 @@ pub struct ConditionArgs {
     /// the model's own p(x_0) r(x_0). One condition for all samples.
     #[arg(long)]
     pub resample: bool,
+    /// Image runs: condition on the run's first N held-out images (sample r on image r mod N),
+    /// with --mask (inpainting) or --noisy-test (denoising) saying what is known of them.
+    #[arg(long, value_name = "N")]
+    pub from_test: Option<usize>,
+    /// With --from-test: the region left unknown, the rest of each image held: left-half (the
+    /// paper's picture), right-half, top-half, bottom-half, center:S (a centred S x S square).
+    #[arg(long, value_name = "MASK")]
+    pub mask: Option<String>,
+    /// With --from-test: every pixel observed through Gaussian noise of this standard deviation
+    /// in the data's units (drawn from --seed); the data's own standard deviation is a
+    /// signal-to-noise ratio of 1.
+    #[arg(long, value_name = "S")]
+    pub noisy_test: Option<f64>,
 }
 
 /// A shorter reverse chain: respaced steps or DDIM (options named as diffusers'
@@ -364,11 +407,22 @@ pub struct EvaluateConditionalArgs {
     /// from the sampler's (e.g. 400000).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub model_slice: usize,
+    /// Image runs: the training images' labels (an IDX file, e.g.
+    /// datasets/mnist/train-labels-idx1-ubyte.gz), for the k-nearest-neighbour classifier that
+    /// gives each completion a label.
+    #[arg(long, value_name = "FILE")]
+    pub labels: Option<PathBuf>,
+    /// Image runs: the held-out images' labels (e.g. datasets/mnist/t10k-labels-idx1-ubyte.gz),
+    /// against which the completions' labels are scored.
+    #[arg(long, value_name = "FILE")]
+    pub test_labels: Option<PathBuf>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
     pub condition: ConditionArgs,
+    #[command(flatten)]
+    pub sampler: SamplerArgs,
     /// Which weights: the moving average when the run has one (train.ema_decay), `raw` for the
     /// optimizer's, `ema` to insist on the average.
     #[arg(long, value_enum, default_value_t = WeightsArg::Default)]
@@ -452,6 +506,8 @@ pub struct PlotArgs {
     /// The condition of `--what conditional`.
     #[command(flatten)]
     pub condition: ConditionArgs,
+    #[command(flatten)]
+    pub sampler: SamplerArgs,
     /// Which weights: the moving average when the run has one (train.ema_decay), `raw` for the
     /// optimizer's, `ema` to insist on the average.
     #[arg(long, value_enum, default_value_t = WeightsArg::Default)]
@@ -495,6 +551,13 @@ pub enum What {
     /// against the number of sampling steps K = 10, 20, 50, 100, ..., T, for respaced and DDIM
     /// chains (drawn only when asked for).
     SamplingSteps,
+    /// Image runs: held-out images, the same with --mask's region unknown (default left-half),
+    /// and four completions of each, a row per image (--from-test images, default 8; drawn only
+    /// when asked for; --sampler respaced makes it quick).
+    Inpainting,
+    /// Image runs: held-out images, the same seen through noise of --noisy-test (default the
+    /// data's own standard deviation: a signal-to-noise ratio of 1), and four denoisings of each.
+    Denoising,
 }
 
 #[derive(Debug, Args)]

@@ -5,7 +5,8 @@ use std::path::Path;
 
 use diffusion_data::{Standardization, io};
 use diffusion_models::condition::Variable;
-use diffusion_models::{Condition, ConditionMode, Conditioning, Factor, RunManifest};
+use diffusion_models::image::complete::{ImageTask, Mask, TaskImages};
+use diffusion_models::{Condition, ConditionMode, Conditioning, Factor, RunDir, RunManifest};
 
 use crate::args::{ConditionArgs, Mode};
 
@@ -19,6 +20,36 @@ impl ConditionArgs {
             || self.observe.is_some()
             || self.known_file.is_some()
             || self.observe_file.is_some()
+            || self.from_test.is_some()
+    }
+
+    /// The task of `--from-test` with `--mask` or `--noisy-test`: the held-out images and what
+    /// is known of them (noise drawn from `seed`); `None` without `--from-test`.
+    pub fn test_task(
+        &self,
+        manifest: &RunManifest,
+        run: &RunDir,
+        seed: u64,
+    ) -> Result<Option<TaskImages>, String> {
+        let Some(images) = self.from_test else {
+            if self.mask.is_some() || self.noisy_test.is_some() {
+                return Err("--mask and --noisy-test need --from-test N".into());
+            }
+            return Ok(None);
+        };
+        if images == 0 {
+            return Err("--from-test must be at least 1".into());
+        }
+        let task = match (&self.mask, self.noisy_test) {
+            (Some(mask), None) => {
+                ImageTask::Inpaint(mask.parse::<Mask>().map_err(|e| format!("--{e}"))?)
+            }
+            (None, Some(noise)) => ImageTask::Denoise { noise },
+            _ => return Err("--from-test needs one of --mask or --noisy-test".into()),
+        };
+        TaskImages::of_run(manifest, run, task, images, seed)
+            .map(Some)
+            .map_err(|e| e.to_string())
     }
 
     /// The conditions for `n` samples of data with `dim` coordinates, or `None` when no option
@@ -29,7 +60,7 @@ impl ConditionArgs {
         variable: Variable,
         n: usize,
     ) -> Result<Option<Conditioning>, String> {
-        self.resolve_in(dim, variable, n, None)
+        self.resolve_in(dim, variable, n, None, None)
     }
 
     /// [`ConditionArgs::resolve`] for a run: values and noise are given in the data's own
@@ -37,14 +68,17 @@ impl ConditionArgs {
     pub fn resolve_for(
         &self,
         manifest: &RunManifest,
+        run: &RunDir,
         variable: Variable,
         n: usize,
+        seed: u64,
     ) -> Result<Option<Conditioning>, String> {
         let units = manifest
             .standardization
             .as_ref()
             .filter(|s| !s.is_identity());
-        let observing = self.observe.is_some() || self.observe_file.is_some();
+        let observing =
+            self.observe.is_some() || self.observe_file.is_some() || self.noisy_test.is_some();
         if observing && units.is_some_and(|u| u.logit.is_some()) {
             return Err(
                 "--observe on a run with data.logit_alpha: a Gaussian noise has no fixed scale \
@@ -52,7 +86,22 @@ impl ConditionArgs {
                     .into(),
             );
         }
-        self.resolve_in(manifest.data_dim, variable, n, units)
+        let task = match self.test_task(manifest, run, seed)? {
+            Some(task) if n % task.len() != 0 => {
+                return Err(format!(
+                    "-n {n} is not a multiple of --from-test {}: sample r completes image r mod {}",
+                    task.len(),
+                    task.len()
+                ));
+            }
+            Some(task) => Some(Rows(
+                (0..n)
+                    .map(|r| task.conditions[r % task.len()].clone())
+                    .collect(),
+            )),
+            None => None,
+        };
+        self.resolve_in(manifest.data_dim, variable, n, units, task)
     }
 
     fn resolve_in(
@@ -61,6 +110,7 @@ impl ConditionArgs {
         variable: Variable,
         n: usize,
         units: Option<&Standardization>,
+        task: Option<Rows>,
     ) -> Result<Option<Conditioning>, String> {
         let observing = self.observe.is_some() || self.observe_file.is_some();
         if self.observe_noise.is_some() && !observing {
@@ -88,6 +138,7 @@ impl ConditionArgs {
         if let Some(path) = &self.observe_file {
             sources.push(file_rows(path, dim, n, Some(noise))?);
         }
+        sources.extend(task);
         let rows = sources.iter().map(|s| s.0.len()).max().unwrap_or(1);
         let conditions: Vec<Condition> = (0..rows)
             .map(|r| {

@@ -1,8 +1,10 @@
 //! `diffusion evaluate`: the bound K in bits on a run's held-out data, with L_null and -H(data).
 
-use diffusion_models::evaluate::{BoundEstimate, Evaluation, evaluate_with};
+use diffusion_models::evaluate::{
+    BoundEstimate, Evaluation, bound_terms, evaluate_with, term_steps,
+};
 
-use crate::args::{BaselinesArgs, EvaluateArgs};
+use crate::args::{BaselinesArgs, EvaluateArgs, TermsArgs};
 use crate::common::{check_at_least_one, default_eval_points, load_run};
 
 /// Runs `diffusion evaluate`.
@@ -130,5 +132,78 @@ pub fn cmd_baselines(a: BaselinesArgs) -> Result<(), String> {
             x.bits, x.stderr_bits, x.bits_per_dim, x.name
         );
     }
+    Ok(())
+}
+
+/// Steps per end of the chain that `diffusion terms` shows by default.
+const TERM_STEPS_PER_END: usize = 16;
+
+/// Runs `diffusion terms`.
+pub fn cmd_terms(a: TermsArgs) -> Result<(), String> {
+    let (run, manifest, model, device) = load_run(&a.run, &a.backend, a.weights)?;
+    check_at_least_one("--n", a.n)?;
+    let steps_t = manifest.config.diffusion.steps;
+    let steps = match a.steps {
+        Some(mut steps) => {
+            if let Some(t) = steps.iter().find(|&&t| !(2..=steps_t).contains(&t)) {
+                return Err(format!(
+                    "--steps: step {t} is outside 2..={steps_t} (the KL terms of a chain of T = {steps_t})"
+                ));
+            }
+            steps.sort_unstable();
+            steps.dedup();
+            steps
+        }
+        None => term_steps(steps_t, TERM_STEPS_PER_END),
+    };
+    let terms = bound_terms(&manifest, &run, &model, &device, a.n, &steps, a.seed)
+        .map_err(|e| e.to_string())?;
+    let d = terms.dim as f64;
+    if let Some(path) = &a.out {
+        let mut csv = String::from("t,kl_bits,kl_stderr_bits,kl_bits_per_dim\n");
+        for s in &terms.terms {
+            csv += &format!(
+                "{},{},{},{}\n",
+                s.t,
+                s.kl_bits,
+                s.kl_stderr_bits,
+                s.kl_bits / d
+            );
+        }
+        std::fs::write(path, csv).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    if a.json {
+        println!("{}", serde_json::to_string(&terms).expect("serialisable"));
+        return Ok(());
+    }
+    println!(
+        "KL(q(x_(t-1) | x_t, x_0) || p(x_(t-1) | x_t)) in bits, mean over {} held-out points (T = {}, d = {})",
+        terms.n, terms.steps_t, terms.dim
+    );
+    println!(
+        "{:>6}  {:>12}  {:>10}  {:>10}",
+        "t", "bits/point", "± s.e.", "bits/dim"
+    );
+    for s in &terms.terms {
+        println!(
+            "{:>6}  {:>12.4}  {:>10.4}  {:>10.5}",
+            s.t,
+            s.kl_bits,
+            s.kl_stderr_bits,
+            s.kl_bits / d
+        );
+    }
+    println!(
+        "K = {:+.4} bits/point (the entropy terms and the edge step) - the sum of the terms over t = 2..T{}",
+        terms.constant_bits,
+        if terms.log_jacobian_bits != 0.0 {
+            format!(
+                ", {:+.4} more in the data's own units",
+                terms.log_jacobian_bits
+            )
+        } else {
+            String::new()
+        }
+    );
     Ok(())
 }

@@ -15,14 +15,22 @@ pub fn cmd_evaluate_conditional(a: EvaluateConditionalArgs) -> Result<(), String
     check_at_least_one("--particles", a.particles)?;
     if !a.condition.is_set() {
         return Err(
-            "evaluate-conditional needs a condition: --known, --observe, or their files".into(),
+            "evaluate-conditional needs a condition: --known, --observe, their files, or \
+             --from-test with --mask or --noisy-test"
+                .into(),
         );
     }
-    let (_, manifest, model, device) = load_run(&a.run, &a.backend, a.weights)?;
+    let (run, manifest, model, device) = load_run(&a.run, &a.backend, a.weights)?;
+    if manifest.image.is_some() {
+        return crate::complete::cmd_evaluate_images(&a, &run, &manifest, &model, &device);
+    }
+    if a.sampler.sampler()? != diffusion_models::sampling::Sampler::Ancestral {
+        return Err("--sampler is for image runs here; generated data run the full chain".into());
+    }
     let bound = manifest.bound_of(&model).map_err(|e| e.to_string())?;
     let given = a
         .condition
-        .resolve_for(&manifest, bound.variable(), a.n)?
+        .resolve_for(&manifest, &run, bound.variable(), a.n, a.seed)?
         .ok_or("evaluate-conditional needs a condition")?;
     let options = ConditionalOptions {
         n: a.n,

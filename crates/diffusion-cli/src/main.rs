@@ -9,6 +9,7 @@ mod args;
 mod backend;
 mod bench;
 mod common;
+mod complete;
 mod condition;
 mod data;
 mod evaluate;
@@ -119,6 +120,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
         Command::Evaluate(a) => crate::evaluate::cmd_evaluate(a),
         Command::Sample(a) => crate::sample::cmd_sample(a),
         Command::Baselines(a) => crate::evaluate::cmd_baselines(a),
+        Command::Terms(a) => crate::evaluate::cmd_terms(a),
         Command::EvaluateConditional(a) => crate::evaluate_conditional::cmd_evaluate_conditional(a),
         Command::Plot(a) => crate::plot::cmd_plot(a),
         Command::Bench(a) => crate::bench::cmd_bench(a),

@@ -15,7 +15,7 @@ use diffusion_plot::{
     ScatterGrid, ScatterPanel, Series, align_first_pulse, first_pulses, rotate_rows, save,
 };
 
-use crate::args::{PlotArgs, What};
+use crate::args::{ConditionArgs, PlotArgs, What};
 use crate::common::load_run;
 
 /// The random stream of the pictures' draws.
@@ -31,6 +31,8 @@ impl What {
             Self::Noising => "noising",
             Self::Conditional => "conditional",
             Self::SamplingSteps => "sampling-steps",
+            Self::Inpainting => "inpainting",
+            Self::Denoising => "denoising",
         }
     }
 }
@@ -112,6 +114,9 @@ pub fn cmd_plot(a: PlotArgs) -> Result<(), String> {
         allowed.push(What::Conditional);
     }
     allowed.push(What::SamplingSteps);
+    if manifest.image.is_some() {
+        allowed.extend([What::Inpainting, What::Denoising]);
+    }
     if what.contains(&What::Conditional) && !a.condition.is_set() {
         return Err(
             "--what conditional needs a condition: --known, --observe, or their files".into(),
@@ -448,7 +453,7 @@ pub fn cmd_plot(a: PlotArgs) -> Result<(), String> {
                 let m = if d == 2 { a.n } else { a.rows };
                 let given = a
                     .condition
-                    .resolve_for(&manifest, bound.variable(), m)?
+                    .resolve_for(&manifest, &run, bound.variable(), m, a.seed)?
                     .ok_or("--what conditional needs a condition")?;
                 let exact = Exact::of(&manifest.config.data, &given).map_err(|e| e.to_string())?;
                 let drawn = bound
@@ -509,6 +514,60 @@ pub fn cmd_plot(a: PlotArgs) -> Result<(), String> {
                         &stem,
                     ))?;
                 }
+            }
+            What::Inpainting | What::Denoising => {
+                let (width, height) =
+                    image.ok_or("--what inpainting and denoising draw grey images")?;
+                let task = completion_task(&a.condition, *w, &manifest, &run)?;
+                let rows = task.from_test.unwrap_or(8);
+                let shown = task
+                    .test_task(&manifest, &run, a.seed)?
+                    .expect("--from-test set");
+                let per = COMPLETIONS_SHOWN;
+                let sampler = a.sampler.sampler()?;
+                let drawn = crate::complete::complete(
+                    &task,
+                    &sampler,
+                    (&run, &manifest, &model, &device),
+                    rows * per,
+                    a.seed,
+                    SAMPLE_CHUNK_ROWS,
+                )?;
+                let (lo, hi) = pixel_range(&manifest, &shown.truth);
+                let grey = (lo + hi) / 2.0;
+                // one row per image: the truth, the input (unknown pixels grey), the completions
+                let mut images = Vec::new();
+                for r in 0..rows {
+                    let at = |v: &[f32], i: usize| v[i * d..(i + 1) * d].to_vec();
+                    images.push(at(&shown.truth, r));
+                    let mut input = at(&shown.input, r);
+                    input
+                        .iter_mut()
+                        .for_each(|v| *v = if v.is_nan() { grey } else { v.clamp(lo, hi) });
+                    images.push(input);
+                    // sample j * rows + r completes image r
+                    images.extend((0..per).map(|j| at(&drawn, j * rows + r)));
+                }
+                let what = match w {
+                    What::Inpainting => format!("{} unknown", task.mask.as_deref().unwrap_or("")),
+                    _ => format!("noise of sd {:.1}", task.noisy_test.unwrap_or(0.0)),
+                };
+                keep(save(
+                    &ImagePanels {
+                        title: format!(
+                            "{name}: held-out images, the input ({what}), and {per} completions each"
+                        ),
+                        panels: vec![ImagePanel {
+                            title: String::new(),
+                            images,
+                        }],
+                        width,
+                        height,
+                        columns: 2 + per,
+                        range: (lo, hi),
+                    },
+                    &stem,
+                ))?;
             }
             What::SamplingSteps => {
                 let (quality, bound_k) =
@@ -664,6 +723,52 @@ fn sampling_steps(
 }
 
 /// The values drawn white and black: 0 and 255 for 8-bit images, else the data's range.
+/// Completions drawn for each image by `--what inpainting` and `denoising`.
+const COMPLETIONS_SHOWN: usize = 4;
+
+/// The condition of `--what inpainting` or `denoising`: the given `--from-test`, `--mask` and
+/// `--noisy-test`, or their defaults (8 images; the left half unknown; noise of the data's own
+/// standard deviation, a signal-to-noise ratio of 1).
+fn completion_task(
+    given: &ConditionArgs,
+    what: What,
+    manifest: &diffusion_models::RunManifest,
+    run: &diffusion_models::RunDir,
+) -> Result<ConditionArgs, String> {
+    let mut task = given.clone();
+    task.from_test = Some(given.from_test.unwrap_or(8));
+    match what {
+        What::Inpainting => {
+            task.noisy_test = None;
+            task.mask = Some(given.mask.clone().unwrap_or_else(|| "left-half".into()));
+        }
+        _ => {
+            task.mask = None;
+            let noise = match given.noisy_test {
+                Some(s) => s,
+                None => {
+                    let rows = heldout_rows(manifest, run, 1000).map_err(|e| e.to_string())?;
+                    pooled_sd(&rows)
+                }
+            };
+            task.noisy_test = Some(noise);
+        }
+    }
+    Ok(task)
+}
+
+/// The standard deviation of all values together.
+fn pooled_sd(values: &[f32]) -> f64 {
+    let n = values.len().max(1) as f64;
+    let mean = values.iter().map(|&v| v as f64).sum::<f64>() / n;
+    (values
+        .iter()
+        .map(|&v| (v as f64 - mean).powi(2))
+        .sum::<f64>()
+        / n)
+        .sqrt()
+}
+
 fn pixel_range(manifest: &diffusion_models::RunManifest, data: &[f32]) -> (f32, f32) {
     let lo = data.iter().cloned().fold(f32::INFINITY, f32::min);
     let hi = data.iter().cloned().fold(f32::NEG_INFINITY, f32::max);

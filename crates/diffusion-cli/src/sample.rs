@@ -2,6 +2,7 @@
 //! conditioned by known values and noisy observations (paper section 2.5).
 
 use diffusion_data::{Array2, io};
+use diffusion_models::Diffusion;
 use diffusion_models::data::streams;
 use diffusion_models::evaluate::SAMPLE_CHUNK_ROWS;
 use diffusion_models::sampling::Sampler;
@@ -14,13 +15,12 @@ pub fn cmd_sample(a: SampleArgs) -> Result<(), String> {
     check_count(a.n)?;
     check_at_least_one("--particles", a.particles)?;
     io::check_extension(&a.out).map_err(|e| e.to_string())?;
-    let (_, manifest, model, device) = load_run(&a.run, &a.backend, a.weights)?;
+    let (run, manifest, model, device) = load_run(&a.run, &a.backend, a.weights)?;
     let bound = manifest.bound_of(&model).map_err(|e| e.to_string())?;
-    let given = a.condition.resolve_for(&manifest, bound.variable(), a.n)?;
+    let given = a
+        .condition
+        .resolve_for(&manifest, &run, bound.variable(), a.n, a.seed)?;
     let sampler = a.sampler.sampler()?;
-    if given.is_some() && sampler != Sampler::Ancestral {
-        return Err("conditioning runs the full chain: drop --sampler".into());
-    }
     let mut rng = diffusion_data::rng(a.seed, streams::SAMPLE);
     let mut data = match &given {
         None => bound
@@ -33,8 +33,15 @@ pub fn cmd_sample(a: SampleArgs) -> Result<(), String> {
                 manifest.chunk_rows(SAMPLE_CHUNK_ROWS),
             )
             .map_err(|e| e.to_string())?,
-        Some(given) => bound
-            .sample_given(&model.network, a.n, given, &mut rng, &device, a.particles)
+        Some(given) => conditioned_chain(&bound, &sampler)?
+            .sample_given(
+                &model.network,
+                a.n,
+                given,
+                &mut rng,
+                &device,
+                manifest.chunk_rows(a.particles),
+            )
             .map_err(|e| e.to_string())?,
     };
     manifest.to_data_units(&mut data);
@@ -47,5 +54,31 @@ pub fn cmd_sample(a: SampleArgs) -> Result<(), String> {
             Ok(())
         }
         None => write_rows(&a.out, a.n, manifest.data_dim, data, "samples"),
+    }
+}
+
+/// The chain that conditioned samples run: the full one, or the respaced chain as a process of
+/// its own (noise-predicting Gaussian runs:
+/// [`diffusion_models::process::GaussianBound::respaced`]).
+pub fn conditioned_chain(bound: &Diffusion, sampler: &Sampler) -> Result<Diffusion, String> {
+    let respacing = sampler
+        .respacing(bound.steps())
+        .map_err(|e| e.to_string())?;
+    match (sampler, bound, respacing) {
+        (Sampler::Ancestral, _, _) => Ok(bound.clone()),
+        (Sampler::Respaced(_), Diffusion::Gaussian(g), Some(r)) => {
+            match g.respaced(&r).map_err(|e| e.to_string())? {
+                Some(short) => Ok(Diffusion::Gaussian(short)),
+                None => Err("conditioning on a respaced chain needs a noise-predicting \
+                             parametrization (epsilon, epsilon-fixed); drop --sampler to run \
+                             the full chain"
+                    .into()),
+            }
+        }
+        (Sampler::Ddim(_), _, _) => Err(
+            "conditioning runs the full chain or a respaced one (--sampler respaced), not DDIM"
+                .into(),
+        ),
+        _ => Err("conditioning on a respaced chain is for Gaussian runs; drop --sampler".into()),
     }
 }

@@ -261,3 +261,65 @@ mod tests {
         assert_eq!(integer_range(&Array2::new(1, 1, vec![0.5]).unwrap()), None);
     }
 }
+
+/// The label each query row gets from its `k` nearest training rows (Euclidean distance over
+/// the `d` values, ties to the nearer row): the label with the most votes, a tie between labels
+/// going to the one whose nearest voter is nearer. `train` is `[m, d]` with one label each,
+/// `queries` `[n, d]`.
+pub fn knn_labels(train: &[f32], labels: &[u8], queries: &[f32], d: usize, k: usize) -> Vec<u8> {
+    let k = k.clamp(1, labels.len().max(1));
+    queries
+        .chunks_exact(d)
+        .map(|q| {
+            let mut near: Vec<(f32, usize)> = train
+                .chunks_exact(d)
+                .enumerate()
+                .map(|(i, row)| {
+                    let dist = row
+                        .iter()
+                        .zip(q)
+                        .map(|(a, b)| (a - b) * (a - b))
+                        .sum::<f32>();
+                    (dist, i)
+                })
+                .collect();
+            let k = k.min(near.len());
+            near.select_nth_unstable_by(k - 1, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            near.truncate(k);
+            near.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            let mut votes = [0usize; 256];
+            for &(_, i) in &near {
+                votes[labels[i] as usize] += 1;
+            }
+            let top = *votes.iter().max().unwrap_or(&0);
+            // the nearest voter among the labels with the most votes
+            near.iter()
+                .map(|&(_, i)| labels[i])
+                .find(|&l| votes[l as usize] == top)
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod knn_tests {
+    use super::knn_labels;
+
+    #[test]
+    fn nearest_rows_vote() {
+        // three clusters on a line: around 0 (label 1), 10 (label 2), 20 (label 3)
+        let train = [0.0, 0.5, -0.5, 10.0, 10.5, 9.5, 20.0, 20.5, 19.5f32];
+        let labels = [1, 1, 1, 2, 2, 2, 3, 3, 3u8];
+        let got = knn_labels(&train, &labels, &[0.2, 9.0, 30.0, 15.1], 1, 3);
+        assert_eq!(got, vec![1, 2, 3, 3]);
+        // k = 2 at 5.0: one voter each of labels 1 (0.5, distance 4.5) and 2 (9.5, 4.5): a tie
+        // of votes and of distance, to the earlier row
+        assert_eq!(knn_labels(&train, &labels, &[5.0], 1, 2), vec![1]);
+        // k = 5 at 5.2: label 1 (three voters: 4.7, 5.2, 5.7) beats 2 (4.3, 4.8), nearer though
+        // those are
+        assert_eq!(knn_labels(&train, &labels, &[5.2], 1, 5), vec![1]);
+        // two dimensions
+        let train2 = [0.0, 0.0, 1.0, 1.0f32];
+        assert_eq!(knn_labels(&train2, &[7, 9], &[0.9, 0.8], 2, 1), vec![9]);
+    }
+}

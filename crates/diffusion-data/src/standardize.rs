@@ -73,6 +73,10 @@ pub struct Standardization {
     /// centring and scaling (m and s are then of y), as flows do for images (RealNVP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logit: Option<Logit>,
+    /// The training rows' smallest and largest value over all coordinates (the largest plus 1
+    /// when dequantised: the values x + u lie in [min, max + 1)), in the data's own units.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<[f64; 2]>,
 }
 
 /// The logit map of bounded data on [0, levels): y = logit(p), p = alpha + (1 - 2 alpha) x / levels.
@@ -134,6 +138,11 @@ impl Standardization {
             var.iter_mut().for_each(|s| *s += 1.0 / 12.0);
         }
         let sd: Vec<f64> = var.iter().map(|v| floor(v.sqrt())).collect();
+        let range = rows.data.iter().fold(None, |r: Option<[f64; 2]>, &v| {
+            let v = v as f64;
+            Some(r.map_or([v, v], |[lo, hi]| [lo.min(v), hi.max(v)]))
+        });
+        let range = range.map(|[lo, hi]| [lo, if dequantize { hi + 1.0 } else { hi }]);
         let (centre, scale) = match scaling {
             Scaling::None => (vec![0.0; d], vec![1.0; d]),
             Scaling::Global => {
@@ -150,6 +159,7 @@ impl Standardization {
             data_mean: mean,
             data_sd: sd,
             logit: None,
+            range,
         }
     }
 
@@ -210,6 +220,7 @@ impl Standardization {
             data_mean: vec![0.0; d],
             data_sd: vec![1.0; d],
             logit: None,
+            range: None,
         }
     }
 
@@ -273,6 +284,14 @@ impl Standardization {
             None => v,
         };
         (y - self.mean[i]) / self.scale[i]
+    }
+
+    /// [`Standardization::range`] in the standardised space: each coordinate's lower and upper
+    /// end (the maps are increasing).
+    pub fn standardized_range(&self) -> Option<(Vec<f64>, Vec<f64>)> {
+        let [lo, hi] = self.range?;
+        let ends = |v: f64| (0..self.dim()).map(|i| self.value(i, v)).collect();
+        Some((ends(lo), ends(hi)))
     }
 
     /// What adding the Jacobian turns a log-density in the standardised space into, in the

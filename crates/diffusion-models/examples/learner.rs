@@ -17,6 +17,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let process = GaussianBound {
         diffusion: GaussianDiffusion::new(BetaSchedule::paper().betas(steps)?, 2)?,
         parametrization: ReverseParametrization::Paper,
+        clip: None,
+        network_steps: None,
     };
     let device = Device::flex();
     let train_device = device.clone().autodiff();

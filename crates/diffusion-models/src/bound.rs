@@ -79,6 +79,19 @@ impl Diffusion {
         each!(self, p => process::bound_bits_stratified(p, network, points, draws, rng, device, chunk_rows))
     }
 
+    /// The KL terms in bits at each of `steps` for each point ([`process::kl_terms_bits`]).
+    pub fn kl_terms_bits<N: ReverseNetwork>(
+        &self,
+        network: &N,
+        points: &[f32],
+        steps: &[usize],
+        rng: &mut Rng,
+        device: &Device,
+        chunk_rows: usize,
+    ) -> Vec<Vec<f64>> {
+        each!(self, p => process::kl_terms_bits(p, network, points, steps, rng, device, chunk_rows))
+    }
+
     /// x_t of the reverse chain for each t in `keep`, from T down to 0, for `n` rows.
     pub fn trajectory<N: ReverseNetwork>(
         &self,

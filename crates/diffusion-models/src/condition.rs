@@ -34,6 +34,8 @@
 //! let bound = GaussianBound {
 //!     diffusion: GaussianDiffusion::new(BetaSchedule::paper().betas(40)?, 2)?,
 //!     parametrization: ReverseParametrization::Paper,
+//!     clip: None,
+//!     network_steps: None,
 //! };
 //! let device = Device::flex();
 //! let network = ModelConfig::default().init(2, 4, 40, &device);

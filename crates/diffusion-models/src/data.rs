@@ -113,4 +113,6 @@ pub mod streams {
     pub const METRIC_A: u64 = 6;
     /// See [`METRIC_A`].
     pub const METRIC_B: u64 = 7;
+    /// The noise of observations made for conditioning (noisy held-out images).
+    pub const CONDITION: u64 = 9;
 }

@@ -473,3 +473,119 @@ impl Evaluation {
         self.samples = Some(samples);
     }
 }
+
+/// The bound's KL term at chosen steps t: where in the chain a model loses its bound
+/// (`diffusion terms`). In the space the model diffuses, in bits per point.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BoundTerms {
+    /// Held-out points averaged over.
+    pub n: usize,
+    /// The data dimension d.
+    pub dim: usize,
+    /// Trajectory length T.
+    pub steps_t: usize,
+    /// K's constant part (the entropy terms and the fixed edge step), mean over the points.
+    pub constant_bits: f64,
+    /// What the change of units adds to K for standardised file data (0 otherwise).
+    pub log_jacobian_bits: f64,
+    /// One row per step, in increasing t.
+    pub terms: Vec<StepTerm>,
+}
+
+/// The KL term at one step t, `E KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t))` over the
+/// held-out points, in bits per point.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepTerm {
+    /// The step.
+    pub t: usize,
+    /// Its mean over points (one draw of x_t each).
+    pub kl_bits: f64,
+    /// The standard error of that mean.
+    pub kl_stderr_bits: f64,
+}
+
+/// Steps spread from both ends of the chain 2..=T, geometrically: about `per_end` from each end
+/// (the first and last steps one by one, as [`crate::process::stratify`] treats them), every
+/// step when the chain is that short.
+pub fn term_steps(steps_t: usize, per_end: usize) -> Vec<usize> {
+    let count = steps_t.saturating_sub(1);
+    if count <= 2 * per_end {
+        return (2..=steps_t).collect();
+    }
+    let half = count.div_ceil(2) as f64;
+    let mut steps: Vec<usize> = (0..per_end)
+        .flat_map(|j| {
+            let offset = half.powf(j as f64 / (per_end - 1).max(1) as f64).round() as usize;
+            // the offset's step from the start and from the end of t = 2..=T
+            [1 + offset, steps_t + 1 - offset]
+        })
+        .collect();
+    steps.sort_unstable();
+    steps.dedup();
+    steps
+}
+
+/// The KL terms at `steps` (each in 2..=T) on the first `n` held-out points of a run, one draw
+/// of x_t per point and step seeded by `seed`.
+pub fn bound_terms<N: ReverseNetwork>(
+    manifest: &RunManifest,
+    run: &RunDir,
+    model: &ReverseModel<N>,
+    device: &Device,
+    n: usize,
+    steps: &[usize],
+    seed: u64,
+) -> Result<BoundTerms, RunError> {
+    let bound = manifest.bound_of(model).map_err(|e| RunError::Corrupt {
+        path: run.file("config.json").display().to_string(),
+        message: e.to_string(),
+    })?;
+    let rows = heldout_dequantized(manifest, run, n)?;
+    let mut points = rows.clone();
+    if let Some(s) = &manifest.standardization {
+        s.apply(&mut points);
+    }
+    let d = bound.dim();
+    let n = points.len() / d;
+    if n == 0 {
+        return Err(RunError::Corrupt {
+            path: run.path().display().to_string(),
+            message: "no held-out points".into(),
+        });
+    }
+    let mut rng = diffusion_data::rng(seed, streams::EVAL_NOISE);
+    let per_step = bound.kl_terms_bits(
+        &model.network,
+        &points,
+        steps,
+        &mut rng,
+        device,
+        manifest.chunk_rows(CHUNK_ROWS),
+    );
+    let mean_over =
+        |f: &dyn Fn(&[f32]) -> f64, x: &[f32]| x.chunks_exact(d).map(f).sum::<f64>() / n as f64;
+    let log_jacobian_bits = match &manifest.standardization {
+        Some(s) => mean_over(&|r| s.log_jacobian_bits(r), &rows),
+        None => 0.0,
+    };
+    let terms = steps
+        .iter()
+        .zip(&per_step)
+        .map(|(&t, values)| {
+            let m = MeanStderr::of(values).expect("n > 0");
+            StepTerm {
+                t,
+                kl_bits: m.mean,
+                kl_stderr_bits: m.stderr,
+            }
+        })
+        .collect();
+    Ok(BoundTerms {
+        n,
+        dim: d,
+        steps_t: bound.steps(),
+        constant_bits: mean_over(&|r| bound.bound_constant_bits(r), &points),
+        log_jacobian_bits,
+        terms,
+    })
+}

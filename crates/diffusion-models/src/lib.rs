@@ -19,6 +19,8 @@
 //! let bound = GaussianBound {
 //!     diffusion: GaussianDiffusion::new(BetaSchedule::paper().betas(steps)?, 2)?,
 //!     parametrization: ReverseParametrization::Paper,
+//!     clip: None,
+//!     network_steps: None,
 //! };
 //! let device = Device::flex().autodiff();
 //! let network = ModelConfig { hidden: vec![32], ..ModelConfig::default() }.init(2, 4, steps, &device);

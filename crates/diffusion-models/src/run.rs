@@ -29,7 +29,7 @@ use crate::bound::Diffusion;
 use crate::config::{ConfigError, ProcessKind, RunConfig};
 use crate::model::Network;
 use crate::network::{ReverseModel, ReverseNetwork};
-use crate::process::{BinomialBound, GaussianBound};
+use crate::process::{BinomialBound, ClipRange, GaussianBound};
 use crate::source::DataSource;
 
 /// The format tag of `config.json`.
@@ -207,6 +207,8 @@ impl RunManifest {
             ProcessKind::Gaussian => Ok(Diffusion::Gaussian(GaussianBound {
                 diffusion: GaussianDiffusion::new(d.schedule.betas(d.steps)?, self.data_dim)?,
                 parametrization: d.parametrization,
+                clip: self.clip_range()?,
+                network_steps: None,
             })),
             ProcessKind::Binomial => {
                 let pi = d.pi.ok_or(ConfigError::UnresolvedPi)?;
@@ -220,6 +222,30 @@ impl RunManifest {
                 }))
             }
         }
+    }
+
+    /// The clip range of `diffusion.clip_denoised`, in the space the process diffuses: the
+    /// training rows' range through the run's standardisation.
+    fn clip_range(&self) -> Result<Option<ClipRange>, ConfigError> {
+        if !self.config.diffusion.clip_denoised {
+            return Ok(None);
+        }
+        let range = self
+            .standardization
+            .as_ref()
+            .and_then(|s| s.standardized_range());
+        let Some((low, high)) = range else {
+            return Err(ConfigError::Invalid(
+                "diffusion.clip_denoised: the run records no data range (config.json's \
+                 standardization.range)"
+                    .into(),
+            ));
+        };
+        let f32s = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect();
+        Ok(Some(ClipRange {
+            low: f32s(low),
+            high: f32s(high),
+        }))
     }
 
     /// Refuses networks too large to train here: more than [`MAX_PARAMETERS`] parameters.
@@ -280,6 +306,8 @@ impl RunManifest {
                 diffusion: GaussianDiffusion::new(schedule.host_betas(), self.data_dim)
                     .map_err(ConfigError::LearnedSchedule)?,
                 parametrization: g.parametrization,
+                clip: None,
+                network_steps: None,
             }),
             (bound, _) => bound,
         })

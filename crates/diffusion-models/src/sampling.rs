@@ -678,6 +678,8 @@ mod tests {
             )
             .unwrap(),
             parametrization,
+            clip: None,
+            network_steps: None,
         }
     }
 

@@ -155,7 +155,9 @@ pub fn resolve(mut config: RunConfig) -> Result<ResolvedData, RunError> {
         }
         config.diffusion.pi = Some(pi);
     }
-    let check = RunManifest::new(config.clone(), dim, "").with_image(image);
+    let check = RunManifest::new(config.clone(), dim, "")
+        .with_image(image)
+        .with_standardization(standardization.clone());
     check.check_model_size()?;
     let mut warnings = Vec::new();
     if let Diffusion::Gaussian(g) = check.bound()? {

@@ -21,6 +21,8 @@
 //! let process = process::GaussianBound {
 //!     diffusion: GaussianDiffusion::new(BetaSchedule::paper().betas(steps)?, 2)?,
 //!     parametrization: ReverseParametrization::Paper,
+//!     clip: None,
+//!     network_steps: None,
 //! };
 //! let device = Device::flex().autodiff();
 //! let network = ModelConfig { hidden: vec![16], ..ModelConfig::default() }.init(2, 4, steps, &device);
@@ -541,6 +543,8 @@ mod tests {
             diffusion: GaussianDiffusion::new(BetaSchedule::paper().betas(steps).unwrap(), 2)
                 .unwrap(),
             parametrization: ReverseParametrization::Paper,
+            clip: None,
+            network_steps: None,
         };
         let device = Device::flex().autodiff();
         for (time, kind, hidden) in [
@@ -584,6 +588,8 @@ mod tests {
             diffusion: GaussianDiffusion::new(BetaSchedule::paper().betas(steps).unwrap(), 2)
                 .unwrap(),
             parametrization: ReverseParametrization::Paper,
+            clip: None,
+            network_steps: None,
         };
         let device = Device::flex().autodiff();
         let d = 0.8;

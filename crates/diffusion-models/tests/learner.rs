@@ -34,6 +34,8 @@ fn check_learner(devices: Option<Vec<Device>>, batches: usize) {
         diffusion: GaussianDiffusion::new(BetaSchedule::linear(1e-3, 0.3).betas(steps).unwrap(), 2)
             .unwrap(),
         parametrization: ReverseParametrization::Paper,
+        clip: None,
+        network_steps: None,
     };
     let device = Device::flex();
     let ad = device.clone().autodiff();

@@ -26,6 +26,7 @@
 //! assert_eq!(z.dims(), [3, 128]);
 //! ```
 
+pub mod complete;
 mod paper;
 mod unet;
 

@@ -17,6 +17,8 @@ fn gaussian(steps: usize, d: usize) -> GaussianBound {
     GaussianBound {
         diffusion: GaussianDiffusion::new(BetaSchedule::paper().betas(steps).unwrap(), d).unwrap(),
         parametrization: ReverseParametrization::Paper,
+        clip: None,
+        network_steps: None,
     }
 }
 

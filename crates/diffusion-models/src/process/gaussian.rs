@@ -25,40 +25,95 @@ pub struct GaussianBound {
     pub diffusion: GaussianDiffusion,
     /// The reverse parametrization.
     pub parametrization: ReverseParametrization,
+    /// Noise-predicting parametrizations: the data's range, which the implied x_0 is clipped
+    /// to before it forms the reverse kernel's mean (`clip_denoised`).
+    pub clip: Option<ClipRange>,
+    /// A shorter chain of a trained network ([`GaussianBound::respaced`]): the network's step
+    /// for each of this chain's steps 1..=T (`network_steps[t - 1]`); `None` calls the
+    /// network at the chain's own steps.
+    pub network_steps: Option<Vec<usize>>,
 }
 
-/// Columns of [`GaussianTables`]: the parametrization's coefficients, then b~_t and ln b~_t.
-const COLUMNS: usize = COEFFICIENTS + 2;
+/// The range of the data in the space the process diffuses, one interval per coordinate: the
+/// reverse kernel's mean is the posterior mean c_0 x̂_0 + c_t x_t of the network's x̂_0 =
+/// (x_t - sqrt(1 - abar_t) ε̂) / sqrt(abar_t) clipped to it. Where abar_t is small (the last
+/// steps of a cosine schedule, b_T = 0.999) an error δ in ε̂ moves the unclipped mean by
+/// δ b_t / sqrt(a_t (1 - abar_t)), some 30 δ; clipped, by at most c_0 times the range.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClipRange {
+    /// The lower ends, one per coordinate.
+    pub low: Vec<f32>,
+    /// The upper ends.
+    pub high: Vec<f32>,
+}
+
+/// Columns of [`GaussianTables`]: the parametrization's coefficients, b~_t and ln b~_t, then
+/// sqrt(abar_t), sqrt(1 - abar_t), c_0 and c_t (the posterior mean's weights).
+const COLUMNS: usize = COEFFICIENTS + 6;
 
 /// The per-step coefficients of a run on one device, one row per step: row t holds step t's
 /// values (rows 0 and 1, which no KL term uses, repeat step 2's), gathered for a batch with one
 /// `select`.
 #[derive(Debug, Clone)]
 pub struct GaussianTables {
-    /// `[T + 1, COLUMNS]`: the parametrization's coefficients, then b~_t and ln b~_t.
+    /// `[T + 1, COLUMNS]`: the parametrization's coefficients, b~_t and ln b~_t, then the
+    /// columns of [`Posterior`].
     table: Tensor<2>,
+    /// [`ClipRange`]'s ends as `[1, d]` tensors.
+    clip: Option<(Tensor<2>, Tensor<2>)>,
+    /// [`GaussianBound::network_steps`], indexed by t (entry 0 unused).
+    network_steps: Option<Vec<usize>>,
+}
+
+/// What re-forming the mean from a clipped x̂_0 needs of each row's step, `[n, 1]` each.
+#[derive(Debug, Clone)]
+pub struct Posterior {
+    sqrt_abar: Tensor<2>,
+    sqrt_one_minus_abar: Tensor<2>,
+    c0: Tensor<2>,
+    ct: Tensor<2>,
 }
 
 impl GaussianTables {
-    /// The tables of `diffusion`, uploaded once.
-    pub fn new(diffusion: &GaussianDiffusion, device: &Device) -> Self {
+    /// The tables of `bound`'s chain, uploaded once.
+    pub fn new(bound: &GaussianBound, device: &Device) -> Self {
+        let diffusion = &bound.diffusion;
         let steps = diffusion.steps();
         let mut values = Vec::with_capacity((steps + 1) * COLUMNS);
         for t in 0..=steps {
             let t = t.clamp(2, steps);
-            let (_, _, var) = diffusion.posterior_coefficients(t);
+            let (c0, ct, var) = diffusion.posterior_coefficients(t);
+            let abar = diffusion.alpha_bar(t);
             values.extend_from_slice(&StepCoefficients::host_values(diffusion, t));
             values.extend_from_slice(&[var as f32, var.ln() as f32]);
+            values.extend_from_slice(&[
+                abar.sqrt() as f32,
+                (1.0 - abar).sqrt() as f32,
+                c0 as f32,
+                ct as f32,
+            ]);
         }
+        let row = |v: &[f32]| tensor2(v.to_vec(), 1, v.len(), device);
         Self {
             table: tensor2(values, steps + 1, COLUMNS, device),
+            clip: bound.clip.as_ref().map(|c| (row(&c.low), row(&c.high))),
+            network_steps: bound
+                .network_steps
+                .as_ref()
+                .map(|s| std::iter::once(0).chain(s.iter().copied()).collect()),
         }
     }
 
-    /// The coefficients, posterior variance and its log of gathered rows (`[n, COLUMNS]`).
-    fn columns(rows: Tensor<2>) -> (StepCoefficients, Tensor<2>, Tensor<2>) {
+    /// The step the network is called at for the chain's step `t`.
+    pub fn network_step(&self, t: usize) -> usize {
+        self.network_steps.as_ref().map_or(t, |s| s[t])
+    }
+
+    /// The coefficients, posterior variance and its log of gathered rows (`[n, COLUMNS]`), and
+    /// the posterior mean's weights.
+    fn columns(rows: Tensor<2>) -> (StepCoefficients, Tensor<2>, Tensor<2>, Posterior) {
         let n = rows.dims()[0];
-        let [a, b, c, e, v, lb, var, log_var] =
+        let [a, b, c, e, v, lb, var, log_var, sa, so, c0, ct] =
             std::array::from_fn(|i| rows.clone().slice([0..n, i..i + 1]));
         (
             StepCoefficients {
@@ -71,12 +126,46 @@ impl GaussianTables {
             },
             var,
             log_var,
+            Posterior {
+                sqrt_abar: sa,
+                sqrt_one_minus_abar: so,
+                c0,
+                ct,
+            },
         )
     }
 
     /// Step t's coefficients as `[1, 1]` tensors, broadcast over the rows.
     pub fn at(&self, t: usize) -> StepCoefficients {
         Self::columns(self.table.clone().narrow(0, t, 1)).0
+    }
+
+    /// The reverse kernel's mean and log-variance from the network's output `z` at rows `x_t`
+    /// whose steps' columns are `coefficients` and `posterior`: the parametrization's, with the
+    /// mean re-formed from the clipped x̂_0 when the tables have a clip range.
+    fn kernel(
+        &self,
+        parametrization: ReverseParametrization,
+        z: Tensor<2>,
+        x_t: Tensor<2>,
+        coefficients: &StepCoefficients,
+        posterior: &Posterior,
+    ) -> (Tensor<2>, Tensor<2>) {
+        let Some((low, high)) = self
+            .clip
+            .as_ref()
+            .filter(|_| parametrization.predicts_noise())
+        else {
+            return parametrization.mean_log_variance(z, x_t, coefficients);
+        };
+        let [n, two_d] = z.dims();
+        let eps = z.clone().slice([0..n, 0..two_d / 2]);
+        let (_, log_var) = parametrization.mean_log_variance(z, x_t.clone(), coefficients);
+        let x0 = (x_t.clone() - eps * posterior.sqrt_one_minus_abar.clone())
+            / posterior.sqrt_abar.clone();
+        let x0 = x0.max_pair(low.clone()).min_pair(high.clone());
+        let mean = x0 * posterior.c0.clone() + x_t * posterior.ct.clone();
+        (mean, log_var)
     }
 }
 
@@ -85,7 +174,7 @@ impl GaussianTables {
 pub struct GaussianBatch {
     /// x_t ~ q(x_t | x_0), `[n, d]`.
     pub x_t: Tensor<2>,
-    /// The steps, `[n]`.
+    /// The steps the network is called at, `[n]` (the rows' own, except on a respaced chain).
     pub t: Tensor<1, Int>,
     /// The posterior mean mu~_t, `[n, d]`.
     pub posterior_mean: Tensor<2>,
@@ -95,6 +184,8 @@ pub struct GaussianBatch {
     pub posterior_log_variance: Tensor<2>,
     /// Step coefficients for the parametrization.
     pub coefficients: StepCoefficients,
+    /// The posterior mean's weights (for a clipped x̂_0).
+    pub posterior: Posterior,
     /// The noise eps that made x_t from x_0, `[n, d]`.
     pub noise: Tensor<2>,
 }
@@ -117,8 +208,15 @@ impl GaussianRows {
     pub fn upload(self, tables: &GaussianTables, device: &Device) -> GaussianBatch {
         let n = self.ts.len();
         let t = steps_tensor(&self.ts, device);
-        let (coefficients, posterior_variance, posterior_log_variance) =
+        let (coefficients, posterior_variance, posterior_log_variance, posterior) =
             GaussianTables::columns(tables.table.clone().select(0, t.clone()));
+        let t = match &tables.network_steps {
+            Some(_) => {
+                let mapped: Vec<usize> = self.ts.iter().map(|&t| tables.network_step(t)).collect();
+                steps_tensor(&mapped, device)
+            }
+            None => t,
+        };
         GaussianBatch {
             x_t: tensor2(self.x_t, n, self.d, device),
             t,
@@ -126,6 +224,7 @@ impl GaussianRows {
             posterior_variance,
             posterior_log_variance,
             coefficients,
+            posterior,
             noise: tensor2(self.noise, n, self.d, device),
         }
     }
@@ -133,10 +232,19 @@ impl GaussianRows {
 
 impl GaussianBound {
     /// The KL terms of a batch given the network's output `z` for it.
-    fn kl_of_output(&self, z: Tensor<2>, batch: GaussianBatch) -> Tensor<1> {
-        let (mean, log_var) =
-            self.parametrization
-                .mean_log_variance(z, batch.x_t, &batch.coefficients);
+    fn kl_of_output(
+        &self,
+        tables: &GaussianTables,
+        z: Tensor<2>,
+        batch: GaussianBatch,
+    ) -> Tensor<1> {
+        let (mean, log_var) = tables.kernel(
+            self.parametrization,
+            z,
+            batch.x_t,
+            &batch.coefficients,
+            &batch.posterior,
+        );
         diffusion_kernels::kl_diag_gaussian(
             batch.posterior_mean,
             batch.posterior_variance,
@@ -147,9 +255,14 @@ impl GaussianBound {
     }
 
     /// KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)) per row, in nats, `[n]`.
-    pub fn kl_batch<N: ReverseNetwork>(&self, network: &N, batch: GaussianBatch) -> Tensor<1> {
+    pub fn kl_batch<N: ReverseNetwork>(
+        &self,
+        network: &N,
+        tables: &GaussianTables,
+        batch: GaussianBatch,
+    ) -> Tensor<1> {
         let z = network.forward(batch.x_t.clone(), batch.t.clone());
-        self.kl_of_output(z, batch)
+        self.kl_of_output(tables, z, batch)
     }
 
     /// The noise-prediction loss of Ho et al. (2020) per row: ||eps - z_mu||^2 summed over
@@ -172,6 +285,7 @@ impl GaussianBound {
     pub fn hybrid_rows<N: ReverseNetwork>(
         &self,
         network: &N,
+        tables: &GaussianTables,
         batch: GaussianBatch,
     ) -> (Tensor<1>, Tensor<1>) {
         let z = network.forward(batch.x_t.clone(), batch.t.clone());
@@ -181,7 +295,7 @@ impl GaussianBound {
         let diff = z_mu.clone() - batch.noise.clone();
         let mse = (diff.clone() * diff).sum_dim(1).reshape([n]);
         let held = Tensor::cat(vec![z_mu.detach(), z.slice([0..n, d..two_d])], 1);
-        (mse, self.kl_of_output(held, batch))
+        (mse, self.kl_of_output(tables, held, batch))
     }
 
     /// The KL terms (nats, `[n]`) of rows under the model's own trainable betas (the `learned`
@@ -263,8 +377,34 @@ impl GaussianBound {
         x: Tensor<2>,
         t: usize,
     ) -> (Tensor<2>, Tensor<2>) {
-        let z = network.forward_at(x.clone(), t);
-        self.parametrization.mean_log_variance(z, x, &tables.at(t))
+        let z = network.forward_at(x.clone(), tables.network_step(t));
+        let (coefficients, _, _, posterior) =
+            GaussianTables::columns(tables.table.clone().narrow(0, t, 1));
+        tables.kernel(self.parametrization, z, x, &coefficients, &posterior)
+    }
+}
+
+impl GaussianBound {
+    /// The chain on the kept steps of `r` as a process of its own, for a network trained on
+    /// this one: its betas b'_k = 1 - abar_{s_k} / abar_{s_{k-1}}, the network called at the
+    /// original step s_k. For the noise-predicting parametrizations this is exactly the
+    /// respaced kernel (x̂_0 and the variance's place in its range carry over; see
+    /// [`GaussianBound::respaced_affine`]), so everything a process does (the bound, samples,
+    /// conditioning) works on the shorter chain. `None` for the other parametrizations, whose
+    /// kernels need [`GaussianBound::respaced_kernel`]'s map.
+    pub fn respaced(
+        &self,
+        r: &diffusion_core::respace::Respacing,
+    ) -> Result<Option<Self>, diffusion_core::ScheduleError> {
+        if !self.parametrization.predicts_noise() || self.network_steps.is_some() {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            diffusion: crate::sampling::respaced_gaussian(&self.diffusion, r)?,
+            parametrization: self.parametrization,
+            clip: self.clip.clone(),
+            network_steps: Some(r.kept().to_vec()),
+        }))
     }
 }
 
@@ -289,7 +429,7 @@ impl Process for GaussianBound {
     }
 
     fn tables(&self, device: &Device) -> GaussianTables {
-        GaussianTables::new(&self.diffusion, device)
+        GaussianTables::new(self, device)
     }
 
     fn prepare_rows(&self, x0: &[f32], ts: &[usize], rng: &mut Rng) -> GaussianRows {
@@ -326,7 +466,7 @@ impl Process for GaussianBound {
         rows: GaussianRows,
         device: &Device,
     ) -> Tensor<1> {
-        self.kl_batch(network, rows.upload(tables, device))
+        self.kl_batch(network, tables, rows.upload(tables, device))
     }
 
     fn step_loss<N: ReverseNetwork>(
@@ -359,7 +499,7 @@ impl Process for GaussianBound {
                 kl: None,
             },
             (LossKind::Hybrid, _) => {
-                let (mse, kl) = self.hybrid_rows(net, rows.upload(tables, device));
+                let (mse, kl) = self.hybrid_rows(net, tables, rows.upload(tables, device));
                 StepLoss {
                     loss: mse.mean() + weights.bound_loss(&kl) * objective.hybrid_weight,
                     kl: Some(kl),

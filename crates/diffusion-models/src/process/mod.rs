@@ -21,7 +21,9 @@ use diffusion_data::Rng;
 use rand::Rng as _;
 
 pub use binomial::{BinomialBatch, BinomialBound, BinomialRows};
-pub use gaussian::{GaussianBatch, GaussianBound, GaussianRows, GaussianTables};
+pub use gaussian::{
+    ClipRange, GaussianBatch, GaussianBound, GaussianRows, GaussianTables, Posterior,
+};
 
 use crate::condition::{ConditionError, Conditioning, Variable};
 use crate::config::LossKind;
@@ -328,16 +330,66 @@ fn bound_bits_of_terms<P: Process, N: ReverseNetwork>(
     network: &N,
     points: &[f32],
     per_point: usize,
-    mut term: impl FnMut(usize, &mut Rng) -> (usize, usize, f64),
+    term: impl FnMut(usize, &mut Rng) -> (usize, usize, f64),
     rng: &mut Rng,
     device: &Device,
     chunk_rows: usize,
 ) -> Vec<f64> {
     let d = process.dim();
     let n = points.len() / d;
-    let tables = process.tables(device);
-    let total = n * per_point;
     let mut kl_sums = vec![0.0f64; n];
+    let sink = |_, (i, _, w): (usize, usize, f64), kl: f32| kl_sums[i] += w * kl as f64;
+    let total = n * per_point;
+    for_each_kl(
+        process, network, points, total, term, sink, rng, device, chunk_rows,
+    );
+    points
+        .chunks_exact(d)
+        .zip(kl_sums)
+        .map(|(row, s)| process.bound_constant_bits(row) - s / LN_2)
+        .collect()
+}
+
+/// The KL term KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)) in bits at each step of `steps`
+/// (each in 2..=T), one draw of x_t per point and step: `[steps.len()][n]`. Where in the
+/// chain a model loses its bound: K = the constant part minus these summed over t = 2..T.
+pub fn kl_terms_bits<P: Process, N: ReverseNetwork>(
+    process: &P,
+    network: &N,
+    points: &[f32],
+    steps: &[usize],
+    rng: &mut Rng,
+    device: &Device,
+    chunk_rows: usize,
+) -> Vec<Vec<f64>> {
+    let n = points.len() / process.dim();
+    let mut terms = vec![vec![0.0f64; n]; steps.len()];
+    // step-major rows: a chunk holds few distinct steps
+    let term = |r: usize, _: &mut Rng| (r % n, steps[r / n], 1.0);
+    let sink = |r: usize, _, kl: f32| terms[r / n][r % n] = kl as f64 / LN_2;
+    let total = n * steps.len();
+    for_each_kl(
+        process, network, points, total, term, sink, rng, device, chunk_rows,
+    );
+    terms
+}
+
+/// Computes the KL terms of `total` rows, `chunk_rows` at a time: `term(r, rng)` gives row r's
+/// (point, t, weight) and `sink(r, that, kl)` takes its KL in nats.
+#[allow(clippy::too_many_arguments)]
+fn for_each_kl<P: Process, N: ReverseNetwork>(
+    process: &P,
+    network: &N,
+    points: &[f32],
+    total: usize,
+    mut term: impl FnMut(usize, &mut Rng) -> (usize, usize, f64),
+    mut sink: impl FnMut(usize, (usize, usize, f64), f32),
+    rng: &mut Rng,
+    device: &Device,
+    chunk_rows: usize,
+) {
+    let d = process.dim();
+    let tables = process.tables(device);
     let mut start = 0;
     while start < total {
         let end = (start + chunk_rows.max(1)).min(total);
@@ -349,16 +401,11 @@ fn bound_bits_of_terms<P: Process, N: ReverseNetwork>(
         }
         let prepared = process.prepare_rows(&x0, &ts, rng);
         let kl = host(process.kl_rows(&tables, network, prepared, device));
-        for (&(i, _, w), &v) in rows.iter().zip(&kl) {
-            kl_sums[i] += w * v as f64;
+        for (r, (&row, &v)) in (start..end).zip(rows.iter().zip(&kl)) {
+            sink(r, row, v);
         }
         start = end;
     }
-    points
-        .chunks_exact(d)
-        .zip(kl_sums)
-        .map(|(row, s)| process.bound_constant_bits(row) - s / LN_2)
-        .collect()
 }
 
 /// Draws `n` samples (x_0 of the reverse chain), row-major `[n, d]`, `chunk_rows` chains

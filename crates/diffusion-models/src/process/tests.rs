@@ -45,6 +45,8 @@ fn forward_kernel_on_standard_normal_data_has_k_equal_to_l_null() {
         let bound = Diffusion::Gaussian(GaussianBound {
             diffusion: GaussianDiffusion::new(schedule.betas(steps).unwrap(), 2).unwrap(),
             parametrization: ReverseParametrization::Paper,
+            clip: None,
+            network_steps: None,
         });
         let model = ModelConfig::default().init(2, 4, steps, &device);
         let points = standard_normal_points(4000, 2, 1);
@@ -73,6 +75,8 @@ fn epsilon_with_the_true_noise_is_the_posterior() {
         diffusion: GaussianDiffusion::new(BetaSchedule::linear(1e-3, 0.2).betas(steps).unwrap(), 2)
             .unwrap(),
         parametrization: ReverseParametrization::EpsilonFixed,
+        clip: None,
+        network_steps: None,
     };
     let n = 200;
     let x0 = standard_normal_points(n, 2, 11);
@@ -105,6 +109,8 @@ fn epsilon_variance_spans_the_posterior_to_the_forward_variance() {
     let bound = GaussianBound {
         diffusion: diffusion.clone(),
         parametrization: ReverseParametrization::Epsilon,
+        clip: None,
+        network_steps: None,
     };
     let batch = prepare(&bound, &x0, &ts, &mut rng, &device);
     let host_log = |t: usize, end: f64| -> f64 {
@@ -148,6 +154,8 @@ fn learned_schedule_bound_equals_the_fixed_one_at_its_start() {
     let bound = GaussianBound {
         diffusion: GaussianDiffusion::new(betas.clone(), 2).unwrap(),
         parametrization: ReverseParametrization::Paper,
+        clip: None,
+        network_steps: None,
     };
     let device = Device::flex().autodiff();
     let model = ReverseModel::new(ModelConfig::default().init(2, 4, steps, &device))
@@ -160,9 +168,11 @@ fn learned_schedule_bound_equals_the_fixed_one_at_its_start() {
     let ts: Vec<usize> = (0..n).map(|i| 2 + i % (steps - 1)).collect();
     let mut rng = diffusion_data::rng(22, 0);
     let rows = bound.prepare_rows(&x0, &ts, &mut rng);
+    let tables = bound.tables(&device);
     let fixed = host(bound.kl_batch(
         &model.network,
-        rows.clone().upload(&bound.tables(&device), &device),
+        &tables,
+        rows.clone().upload(&tables, &device),
     ));
     let schedule = model.learned_schedule().unwrap();
     let (kl, constant) = bound.learned_kl_rows(&model.network, schedule, rows, &device);
@@ -196,6 +206,8 @@ fn hybrid_parts_are_the_noise_error_and_the_kl() {
         diffusion: GaussianDiffusion::new(BetaSchedule::linear(1e-3, 0.2).betas(steps).unwrap(), 2)
             .unwrap(),
         parametrization: ReverseParametrization::Epsilon,
+        clip: None,
+        network_steps: None,
     };
     let model = ModelConfig::default().init(2, 4, steps, &device);
     let n = 100;
@@ -203,9 +215,10 @@ fn hybrid_parts_are_the_noise_error_and_the_kl() {
     let ts: Vec<usize> = (0..n).map(|i| 2 + i % (steps - 1)).collect();
     let mut rng = diffusion_data::rng(32, 0);
     let batch = prepare(&bound, &x0, &ts, &mut rng, &device);
-    let (mse, kl) = bound.hybrid_rows(&model, batch.clone());
+    let tables = bound.tables(&device);
+    let (mse, kl) = bound.hybrid_rows(&model, &tables, batch.clone());
     let want_mse = host(bound.noise_error_rows(&model, batch.clone()));
-    let want_kl = host(bound.kl_batch(&model, batch));
+    let want_kl = host(bound.kl_batch(&model, &tables, batch));
     assert_eq!(host(mse), want_mse);
     assert_eq!(host(kl), want_kl);
 }
@@ -234,6 +247,8 @@ fn hybrid_kl_reaches_only_the_variance_and_the_noise_error_only_the_mean() {
         diffusion: GaussianDiffusion::new(BetaSchedule::linear(1e-3, 0.2).betas(steps).unwrap(), 2)
             .unwrap(),
         parametrization: ReverseParametrization::Epsilon,
+        clip: None,
+        network_steps: None,
     };
     let n = 64;
     let x0 = standard_normal_points(n, 2, 41);
@@ -258,7 +273,8 @@ fn hybrid_kl_reaches_only_the_variance_and_the_noise_error_only_the_mean() {
         }
         m
     };
-    let (mse, kl) = bound.hybrid_rows(&net, batch.clone());
+    let tables = bound.tables(&device);
+    let (mse, kl) = bound.hybrid_rows(&net, &tables, batch.clone());
     let [mean, var] = reach(kl);
     assert!(
         mean == 0.0 && var > 1e-3,
@@ -269,7 +285,7 @@ fn hybrid_kl_reaches_only_the_variance_and_the_noise_error_only_the_mean() {
         mean > 1e-3 && var == 0.0,
         "noise error: mean {mean}, variance {var}"
     );
-    let [mean, var] = reach(bound.kl_batch(&net, batch));
+    let [mean, var] = reach(bound.kl_batch(&net, &tables, batch));
     assert!(
         mean > 1e-3 && var > 1e-3,
         "bound: mean {mean}, variance {var}"
@@ -286,6 +302,8 @@ fn monte_carlo_estimate_agrees_with_the_full_sum() {
         diffusion: GaussianDiffusion::new(BetaSchedule::linear(1e-3, 0.2).betas(steps).unwrap(), 2)
             .unwrap(),
         parametrization: ReverseParametrization::Paper,
+        clip: None,
+        network_steps: None,
     };
     let model = ReverseModel::new(ModelConfig::default().init(2, 4, steps, &device));
     // Points far from N(0, I) so the KL terms are large and vary with t.
@@ -401,6 +419,8 @@ fn stratified_bound_is_unbiased_for_the_full_sum() {
         diffusion: GaussianDiffusion::new(BetaSchedule::linear(1e-3, 0.2).betas(steps).unwrap(), 2)
             .unwrap(),
         parametrization: ReverseParametrization::Paper,
+        clip: None,
+        network_steps: None,
     });
     let model = ModelConfig::default().init(2, 4, steps, &device);
     // x_0 ~ N(0, 0.3^2 I): the forward kernel is not the reversal

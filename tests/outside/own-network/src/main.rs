@@ -36,6 +36,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let process = GaussianBound {
         diffusion: GaussianDiffusion::new(BetaSchedule::paper().betas(steps)?, 2)?,
         parametrization: ReverseParametrization::Paper,
+        clip: None,
+        network_steps: None,
     };
     let device = Device::flex().autodiff();
     device.seed(0); // the initial weights

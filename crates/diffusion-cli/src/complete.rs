@@ -1,0 +1,236 @@
+//! `evaluate-conditional` on image runs: completions of held-out images (inpainting, denoising)
+//! measured against the truth: the filled pixels' error, the known pixels' largest change, and
+//! how often a k-nearest-neighbour classifier gives a completion its image's label.
+
+use std::path::Path;
+
+use burn::tensor::Device;
+use diffusion_data::baselines::knn_labels;
+use diffusion_models::data::streams;
+use diffusion_models::image::complete::{CompletionError, TaskImages};
+use diffusion_models::{Network, ReverseModel, RunDir, RunManifest};
+use serde::Serialize;
+
+use diffusion_models::sampling::Sampler;
+
+use crate::args::{ConditionArgs, EvaluateConditionalArgs};
+use crate::sample::conditioned_chain;
+
+/// Neighbours that vote on a completion's label.
+const KNN: usize = 10;
+
+/// What `evaluate-conditional` reports for image completions.
+#[derive(Debug, Serialize)]
+struct ImageCompletions {
+    /// `inpainting, MASK` or `denoising, noise S`.
+    task: String,
+    /// Images completed (one completion each).
+    images: usize,
+    /// The chain that drew them.
+    sampler: String,
+    #[serde(flatten)]
+    error: CompletionError,
+    /// The peak the PSNR is taken against (the data's range).
+    peak: f64,
+    /// The share of completions whose k-NN label is their image's label.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    label_accuracy: Option<f64>,
+    /// The same classifier on the true images: the most a completion can reach.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    truth_label_accuracy: Option<f64>,
+}
+
+/// Runs `evaluate-conditional` on an image run.
+pub fn cmd_evaluate_images(
+    a: &EvaluateConditionalArgs,
+    run: &RunDir,
+    manifest: &RunManifest,
+    model: &ReverseModel<Network>,
+    device: &Device,
+) -> Result<(), String> {
+    let task = a.condition.test_task(manifest, run, a.seed)?.ok_or(
+        "on image runs, evaluate-conditional takes --from-test N with --mask or --noisy-test",
+    )?;
+    let labels = match (&a.labels, &a.test_labels) {
+        (Some(train), Some(test)) => Some((read_labels(train)?, read_labels(test)?)),
+        (None, None) => None,
+        _ => return Err("--labels and --test-labels go together".into()),
+    };
+    let images = task.len();
+    let bound = manifest.bound_of(model).map_err(|e| e.to_string())?;
+    let completions = complete(
+        &a.condition,
+        &a.sampler.sampler()?,
+        (run, manifest, model, device),
+        images,
+        a.seed,
+        a.particles,
+    )?;
+    let peak = peak(manifest);
+    let error = CompletionError::of(&task, &completions, peak);
+    let (label_accuracy, truth_label_accuracy) = match labels {
+        Some((train_labels, test_labels)) => {
+            let (a, b) = label_accuracies(
+                manifest,
+                run,
+                &task,
+                &completions,
+                &train_labels,
+                &test_labels,
+            )?;
+            (Some(a), Some(b))
+        }
+        None => (None, None),
+    };
+    let report = ImageCompletions {
+        task: match (&a.condition.mask, a.condition.noisy_test) {
+            (Some(mask), _) => format!("inpainting, {mask} unknown"),
+            (_, Some(s)) => format!("denoising, noise {s}"),
+            _ => String::new(),
+        },
+        images,
+        sampler: match a.sampler.sampler()? {
+            Sampler::Respaced(k) => format!("respaced, {k} steps"),
+            _ => format!("every step, T = {}", bound.steps()),
+        },
+        error,
+        peak,
+        label_accuracy,
+        truth_label_accuracy,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string(&report).expect("serialisable"));
+        return Ok(());
+    }
+    let e = &report.error;
+    println!(
+        "images     = {} ({}; {})",
+        report.images, report.task, report.sampler
+    );
+    println!(
+        "MSE        = {:.2} over the filled pixels (PSNR {:.2} dB, peak {})",
+        e.mse, e.psnr_db, report.peak
+    );
+    if let Some(input) = e.input_mse {
+        println!(
+            "input MSE  = {input:.2} (the noisy observations; the completions' is {:.3} of it)",
+            e.mse / input
+        );
+    } else {
+        println!(
+            "known      = largest change {} (0: held exactly)",
+            e.known_max_change
+        );
+    }
+    if let (Some(acc), Some(truth)) = (report.label_accuracy, report.truth_label_accuracy) {
+        println!(
+            "labels     = {acc:.4} of completions get their image's label from {KNN}-NN on the \
+             training images (the true images: {truth:.4})"
+        );
+    }
+    Ok(())
+}
+
+/// `n` samples of a run conditioned as `condition` says (sample r on image r mod N with
+/// `--from-test N`), through `sampler`'s chain, as pixels in the data's units.
+pub fn complete(
+    condition: &ConditionArgs,
+    sampler: &Sampler,
+    (run, manifest, model, device): (&RunDir, &RunManifest, &ReverseModel<Network>, &Device),
+    n: usize,
+    seed: u64,
+    particles: usize,
+) -> Result<Vec<f32>, String> {
+    let bound = manifest.bound_of(model).map_err(|e| e.to_string())?;
+    let given = condition
+        .resolve_for(manifest, run, bound.variable(), n, seed)?
+        .ok_or("a condition")?;
+    let chain = conditioned_chain(&bound, sampler)?;
+    let mut rng = diffusion_data::rng(seed, streams::SAMPLE);
+    let mut completions = chain
+        .sample_given(
+            &model.network,
+            n,
+            &given,
+            &mut rng,
+            device,
+            manifest.chunk_rows(particles),
+        )
+        .map_err(|e| e.to_string())?;
+    manifest.to_data_units(&mut completions);
+    manifest.to_pixels(&mut completions);
+    Ok(completions)
+}
+
+/// The data's range: 255 for 8-bit images (the top of the range less the dequantisation's
+/// bin), else the training rows' max - min.
+fn peak(manifest: &RunManifest) -> f64 {
+    match &manifest.standardization {
+        Some(s) => match s.range {
+            Some([lo, hi]) => hi - lo - if s.dequantize { 1.0 } else { 0.0 },
+            None => 255.0,
+        },
+        None => 255.0,
+    }
+}
+
+fn read_labels(path: &Path) -> Result<Vec<u8>, String> {
+    let a = diffusion_data::idx::read(path).map_err(|e| e.to_string())?;
+    if a.dims.len() != 1 {
+        return Err(format!(
+            "{}: labels are an IDX file of rank 1, this one has dimensions {:?}",
+            path.display(),
+            a.dims
+        ));
+    }
+    Ok(a.data)
+}
+
+/// The k-NN label accuracy of the completions and of the true images, against `test_labels`
+/// (the held-out images' labels, in order), the classifier fitted on the run's training images.
+fn label_accuracies(
+    manifest: &RunManifest,
+    run: &RunDir,
+    task: &TaskImages,
+    completions: &[f32],
+    train_labels: &[u8],
+    test_labels: &[u8],
+) -> Result<(f64, f64), String> {
+    let (train, _) =
+        diffusion_models::setup::file_rows(manifest, run).map_err(|e| e.to_string())?;
+    let test_file = matches!(
+        &manifest.config.data,
+        diffusion_models::DataConfig::File {
+            test_path: Some(_),
+            ..
+        }
+    );
+    if !test_file {
+        return Err(
+            "--test-labels needs a run evaluated on a test file (data.test_path): a seeded \
+             split of the training file has no labels in order"
+                .into(),
+        );
+    }
+    if train.rows != train_labels.len() {
+        return Err(format!(
+            "--labels has {} labels for the run's {} training images",
+            train_labels.len(),
+            train.rows
+        ));
+    }
+    let images = task.len();
+    if test_labels.len() < images {
+        return Err(format!(
+            "--test-labels has {} labels for {images} held-out images",
+            test_labels.len()
+        ));
+    }
+    let d = train.cols;
+    let score = |rows: &[f32]| {
+        let got = knn_labels(&train.data, train_labels, rows, d, KNN);
+        let right = got.iter().zip(test_labels).filter(|(a, b)| a == b).count();
+        right as f64 / images as f64
+    };
+    Ok((score(completions), score(&task.truth)))
+}
