@@ -14,12 +14,15 @@ use rand::Rng as _;
 const SIDE: usize = 8;
 
 /// `n` 8x8 grey images of 8-bit pixels, `[n, 8, 8]` as .npy: a bright vertical bar in the left
-/// or right half on a dark background, with some pixel noise.
-fn bars(path: &Path, n: usize, seed: u64) {
+/// or right half on a dark background, with some pixel noise. Returns their labels: 0 for a bar
+/// on the left, 1 on the right.
+fn bars(path: &Path, n: usize, seed: u64) -> Vec<u8> {
     let mut rng: Rng = diffusion_data::rng(seed, 0);
     let mut pixels = Vec::with_capacity(n * SIDE * SIDE);
+    let mut labels = Vec::with_capacity(n);
     for _ in 0..n {
         let column = if rng.random_bool(0.5) { 1 } else { 5 };
+        labels.push(u8::from(column == 5));
         for _row in 0..SIDE {
             for c in 0..SIDE {
                 let on = c == column || c == column + 1;
@@ -42,6 +45,15 @@ fn bars(path: &Path, n: usize, seed: u64) {
         w.finish().unwrap();
     }
     std::fs::write(path, out).unwrap();
+    labels
+}
+
+/// Labels as an IDX file of rank 1 (MNIST's label files).
+fn write_labels(path: &Path, labels: &[u8]) {
+    let mut bytes = vec![0, 0, 8, 1];
+    bytes.extend_from_slice(&(labels.len() as u32).to_be_bytes());
+    bytes.extend_from_slice(labels);
+    std::fs::write(path, bytes).unwrap();
 }
 
 fn config(train: &Path, test: &Path, model: &str) -> String {
@@ -88,8 +100,8 @@ n_temporal_basis = 4"#;
 
 fn data(dir: &Path) -> (PathBuf, PathBuf) {
     let (train, test) = (dir.join("train.npy"), dir.join("test.npy"));
-    bars(&train, 400, 1);
-    bars(&test, 60, 2);
+    let _ = bars(&train, 400, 1);
+    let _ = bars(&test, 60, 2);
     (train, test)
 }
 
@@ -226,7 +238,7 @@ fn the_papers_network_trains_on_images() {
     assert!(nll.is_finite() && nll > 0.0, "{nll}");
     // the run refers to its data files rather than copying them, and notices when one changes
     assert!(!run_dir.join("train.npy").exists() && !run_dir.join("heldout.npy").exists());
-    bars(&train, 400, 3);
+    let _ = bars(&train, 400, 3);
     fails(
         &["evaluate", "--run", s(&run_dir)],
         "has changed since the run was made",
@@ -325,4 +337,158 @@ fn a_folder_of_png_files_trains() {
         s(&samples),
     ]);
     assert_eq!(io::read_shaped(&samples).unwrap().1.unwrap().len(), 64);
+}
+
+/// Held-out images completed through a respaced chain: inpainting holds the known pixels
+/// exactly and reports the filled pixels' error as computed here from `sample`'s file of the
+/// same draws; denoising sees the noise it was given; the k-NN labels, the per-step bound terms
+/// and bad requests.
+#[test]
+fn held_out_images_are_inpainted_and_denoised() {
+    let dir = workdir("images-complete");
+    let (train, test) = (dir.join("train.npy"), dir.join("test.npy"));
+    let train_labels = bars(&train, 400, 1);
+    let test_labels = bars(&test, 60, 2);
+    let (tl, vl) = (dir.join("train-labels"), dir.join("test-labels"));
+    write_labels(&tl, &train_labels);
+    write_labels(&vl, &test_labels);
+    let text = config(&train, &test, UNET).replace(
+        "parametrization = \"epsilon\"",
+        "parametrization = \"epsilon\"\nclip_denoised = true",
+    );
+    let run_dir = train_quick(&text, &dir, "unet");
+    let r = s(&run_dir);
+    let chain = ["--sampler", "respaced", "--sample-steps", "10"];
+    let inpaint = ["--from-test", "12", "--mask", "left-half"];
+    let mut args = vec!["evaluate-conditional", "--run", r, "--json"];
+    args.extend(inpaint);
+    args.extend(chain);
+    args.extend(["--labels", s(&tl), "--test-labels", s(&vl)]);
+    let e = json(&run(&args));
+    assert_eq!(e["images"], 12);
+    assert_eq!(f(&e, "known_max_change"), 0.0);
+    // the left and right bars are told apart on the true images
+    assert_eq!(f(&e, "truth_label_accuracy"), 1.0);
+    let accuracy = f(&e, "label_accuracy");
+    assert!((0.0..=1.0).contains(&accuracy) && (accuracy * 12.0).fract() == 0.0);
+    // the same completions from `sample`, their error computed here
+    let out = dir.join("filled.npy");
+    let mut args = vec!["sample", "--run", r, "-n", "12", "--out", s(&out)];
+    args.extend(inpaint);
+    args.extend(chain);
+    run(&args);
+    let filled = io::read(&out).unwrap();
+    let truth = io::read(&test).unwrap();
+    let (mut squared, mut count) = (0.0, 0);
+    for i in 0..12 {
+        for (j, (&a, &b)) in filled.row(i).iter().zip(truth.row(i)).enumerate() {
+            if j % SIDE < SIDE / 2 {
+                squared += ((a - b) as f64).powi(2);
+                count += 1;
+            } else {
+                assert_eq!(a, b, "image {i}: known pixel {j} changed");
+            }
+        }
+    }
+    let mse = squared / count as f64;
+    assert!(
+        (f(&e, "mse") - mse).abs() < 1e-9 * (1.0 + mse),
+        "{} vs {mse}",
+        e["mse"]
+    );
+    assert!((f(&e, "psnr_db") - 10.0 * (255.0f64 * 255.0 / mse).log10()).abs() < 1e-9);
+
+    // denoising: the input's error is the noise's variance, up to its sampling error
+    let mut args = vec!["evaluate-conditional", "--run", r, "--json"];
+    args.extend(["--from-test", "30", "--noisy-test", "40"]);
+    args.extend(chain);
+    let e = json(&run(&args));
+    let input = f(&e, "input_mse");
+    // 1,920 squared normals: sd of the mean about 1600 sqrt(2 / 1920) = 52
+    assert!((input - 1600.0).abs() < 250.0, "{input}");
+    assert!(f(&e, "mse") < input, "{} vs {input}", e["mse"]);
+
+    // pictures of both
+    let pictures = dir.join("pictures");
+    let mut args = vec!["plot", "--run", r, "--out", s(&pictures)];
+    args.extend(["--what", "inpainting,denoising", "--from-test", "3"]);
+    args.extend(chain);
+    run(&args);
+    for name in ["inpainting", "denoising"] {
+        assert!(
+            png_size(&pictures.join(format!("{name}.png"))).0 > 100,
+            "{name}"
+        );
+    }
+
+    // the bound's terms: K = constant - their sum over t = 2..T, in the data's units with the
+    // Jacobian; against evaluate's full sum (other draws: within their standard errors)
+    let all: Vec<String> = (2..=50).map(|t| t.to_string()).collect();
+    let terms = json(&run(&[
+        "terms",
+        "--run",
+        r,
+        "--json",
+        "--n",
+        "60",
+        "--steps",
+        &all.join(","),
+    ]));
+    let rows = terms["terms"].as_array().unwrap();
+    assert_eq!(rows.len(), 49);
+    let sum: f64 = rows.iter().map(|t| f(t, "kl_bits")).sum();
+    let k = f(&terms, "constant_bits") - sum + f(&terms, "log_jacobian_bits");
+    let full = json(&run(&["evaluate", "--run", r, "--json", "--full-sum"]));
+    let se = f(&full, "k_stderr_bits");
+    assert!(
+        (k - f(&full, "k_bits")).abs() < 6.0 * se,
+        "{k} vs {} ± {se}",
+        full["k_bits"]
+    );
+
+    // bad requests: one line each
+    let o = s(&out);
+    let sample = |extra: &[&'static str]| -> Vec<&str> {
+        let mut v = vec!["sample", "--run", r, "-n", "12", "--out", o];
+        v.extend(extra);
+        v
+    };
+    fails(&sample(&["--mask", "left-half"]), "need --from-test");
+    fails(
+        &sample(&["--from-test", "5", "--mask", "left-half"]),
+        "not a multiple of --from-test 5",
+    );
+    fails(
+        &sample(&["--from-test", "12", "--mask", "center:9"]),
+        "larger than the run's 8x8",
+    );
+    fails(
+        &sample(&["--from-test", "12", "--mask", "middle"]),
+        "expected left-half",
+    );
+    fails(
+        &sample(&["--from-test", "12"]),
+        "one of --mask or --noisy-test",
+    );
+    fails(
+        &sample(&["--from-test", "99", "--mask", "left-half"]),
+        "60 held-out images",
+    );
+    fails(
+        &sample(&[
+            "--from-test",
+            "12",
+            "--mask",
+            "left-half",
+            "--sampler",
+            "ddim",
+            "--sample-steps",
+            "5",
+        ]),
+        "not DDIM",
+    );
+    fails(
+        &["evaluate-conditional", "--run", r, "--known", "0=1"],
+        "takes --from-test N",
+    );
 }

@@ -162,15 +162,15 @@ pub fn complete(
     Ok(completions)
 }
 
-/// The data's range: 255 for 8-bit images (the top of the range less the dequantisation's
-/// bin), else the training rows' max - min.
+/// The peak of the PSNR: 255 for data within 8 bits, else the training rows' range.
 fn peak(manifest: &RunManifest) -> f64 {
-    match &manifest.standardization {
-        Some(s) => match s.range {
-            Some([lo, hi]) => hi - lo - if s.dequantize { 1.0 } else { 0.0 },
-            None => 255.0,
-        },
-        None => 255.0,
+    let range = manifest.standardization.as_ref().and_then(|s| {
+        let bin = if s.dequantize { 1.0 } else { 0.0 };
+        s.range.map(|[lo, hi]| (lo, hi - bin))
+    });
+    match range {
+        Some((lo, hi)) if lo < 0.0 || hi > 255.0 => hi - lo,
+        _ => 255.0,
     }
 }
 

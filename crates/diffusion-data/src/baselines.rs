@@ -315,9 +315,10 @@ mod knn_tests {
         // k = 2 at 5.0: one voter each of labels 1 (0.5, distance 4.5) and 2 (9.5, 4.5): a tie
         // of votes and of distance, to the earlier row
         assert_eq!(knn_labels(&train, &labels, &[5.0], 1, 2), vec![1]);
-        // k = 5 at 5.2: label 1 (three voters: 4.7, 5.2, 5.7) beats 2 (4.3, 4.8), nearer though
-        // those are
-        assert_eq!(knn_labels(&train, &labels, &[5.2], 1, 5), vec![1]);
+        // k = 5 at 4.9: label 1 (three voters, at 4.4, 4.9, 5.4) beats label 2 (4.6, 5.1)
+        assert_eq!(knn_labels(&train, &labels, &[4.9], 1, 5), vec![1]);
+        // k = 5 at 5.2: label 2 (4.3, 4.8, 5.3) beats label 1 (4.7, 5.2)
+        assert_eq!(knn_labels(&train, &labels, &[5.2], 1, 5), vec![2]);
         // two dimensions
         let train2 = [0.0, 0.0, 1.0, 1.0f32];
         assert_eq!(knn_labels(&train2, &[7, 9], &[0.9, 0.8], 2, 1), vec![9]);

@@ -339,9 +339,17 @@ mod tests {
             (vec![0.0; 2], vec![1.0; 2])
         );
         assert_eq!(n.data_mean, vec![3.0, 5.0]);
-        // dequantised: + 1/2 on the mean, + 1/12 on the variance
+        // the range over all values, and through the map per coordinate
+        assert_eq!(p.range, Some([0.0, 6.0]));
+        let (lo, hi) = p.standardized_range().unwrap();
+        assert!(
+            (lo[0] + 3.0 / 5f64.sqrt()).abs() < 1e-12 && (hi[0] - 3.0 / 5f64.sqrt()).abs() < 1e-12
+        );
+        assert_eq!((lo[1], hi[1]), (-5.0, 1.0));
+        // dequantised: + 1/2 on the mean, + 1/12 on the variance, values up to max + 1
         let q = Standardization::fit(&rows, Scaling::PerCoordinate, true);
         assert_eq!(q.mean, vec![3.5, 5.5]);
+        assert_eq!(q.range, Some([0.0, 7.0]));
         assert!((q.scale[0] - (5.0f64 + 1.0 / 12.0).sqrt()).abs() < 1e-12);
         assert!((q.scale[1] - (1.0f64 / 12.0).sqrt()).abs() < 1e-12);
         assert!(

@@ -691,6 +691,25 @@ kind = "swiss-roll"
     }
 
     #[test]
+    fn clip_denoised_needs_noise_prediction_and_file_data() {
+        let refused = |text: &str| {
+            RunConfig::from_toml(text)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string()
+        };
+        let clip = MINIMAL.replace("steps = 40", "steps = 40\nclip_denoised = true");
+        assert!(refused(&clip).contains("noise-predicting"));
+        let eps = clip.replace("[data]", "parametrization = \"epsilon\"\n[data]");
+        assert!(refused(&eps).contains("needs data from a file"));
+        let file = eps.replace("kind = \"swiss-roll\"", "kind = \"file\"\npath = \"x.npy\"");
+        RunConfig::from_toml(&file).unwrap().validate().unwrap();
+        let learned = file.replace("{ kind = \"paper\" }", "{ kind = \"learned\" }");
+        assert!(refused(&learned).contains("learned schedule"));
+    }
+
+    #[test]
     fn learning_rate_schedules() {
         assert_eq!(LrSchedule::Constant.rate(0.1, 500, 1000), 0.1);
         let e = LrSchedule::Exponential { gamma: 0.99 };

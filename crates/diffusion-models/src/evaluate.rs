@@ -589,3 +589,25 @@ pub fn bound_terms<N: ReverseNetwork>(
         terms,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::term_steps;
+
+    #[test]
+    fn term_steps_spread_from_both_ends() {
+        // a short chain: every step
+        assert_eq!(term_steps(20, 16), (2..=20).collect::<Vec<_>>());
+        let steps = term_steps(1000, 16);
+        assert_eq!(steps.first(), Some(&2));
+        assert_eq!(steps.last(), Some(&1000));
+        assert!(steps.windows(2).all(|w| w[0] < w[1]));
+        // the first and last steps one by one, the middle sparse
+        for t in [2, 3, 4, 998, 999, 1000] {
+            assert!(steps.contains(&t), "{t} in {steps:?}");
+        }
+        assert!(steps.len() <= 32 && steps.len() >= 24, "{steps:?}");
+        // offsets grow geometrically to the middle (about (T - 1) / 2 from each end)
+        assert!(steps.contains(&501), "{steps:?}");
+    }
+}

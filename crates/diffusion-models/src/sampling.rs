@@ -764,6 +764,110 @@ mod tests {
         }
     }
 
+    /// For the noise-predicting parametrizations the respaced chain as a process of its own
+    /// (GaussianBound::respaced) has the respaced kernel's mean and variance at every kept step,
+    /// with and without a clip range; the `paper` parametrization has no such process.
+    #[test]
+    fn the_respaced_process_has_the_respaced_kernel() {
+        let device = Device::flex();
+        let steps = 60;
+        for parametrization in [
+            ReverseParametrization::Epsilon,
+            ReverseParametrization::EpsilonFixed,
+        ] {
+            let g = gaussian(steps, parametrization);
+            let net = trained(g.clone(), 2, steps);
+            let r = Respacing::new(steps, vec![1, 4, 5, 17, 30, 60]).unwrap();
+            let short = respaced_gaussian(&g.diffusion, &r).unwrap();
+            let process = g.respaced(&r).unwrap().unwrap();
+            let x = normal(&mut diffusion_data::rng(4, 0), 40, 2, &device);
+            let (tables, process_tables) = (g.tables(&device), process.tables(&device));
+            for k in 2..=r.kept().len() {
+                let (mean, log_var) = g.respaced_kernel(&net, &tables, &short, &r, k, x.clone());
+                let (m2, lv2) = process.mean_log_variance(&net, &process_tables, x.clone(), k);
+                for (a, b) in host(mean).iter().zip(host(m2)) {
+                    assert!(
+                        (a - b).abs() < 2e-4 * (1.0 + a.abs()),
+                        "{parametrization:?} k = {k}: {a} vs {b}"
+                    );
+                }
+                for (a, b) in host(log_var).iter().zip(host(lv2)) {
+                    assert!(
+                        (a - b).abs() < 1e-4,
+                        "{parametrization:?} k = {k}: {a} vs {b}"
+                    );
+                }
+            }
+            // a clip range wider than any x̂_0 changes nothing
+            let wide = GaussianBound {
+                clip: Some(process::ClipRange {
+                    low: vec![-1e6; 2],
+                    high: vec![1e6; 2],
+                }),
+                ..process.clone()
+            };
+            let wide_tables = wide.tables(&device);
+            for k in [2, 6] {
+                let (m1, _) = process.mean_log_variance(&net, &process_tables, x.clone(), k);
+                let (m2, _) = wide.mean_log_variance(&net, &wide_tables, x.clone(), k);
+                for (a, b) in host(m1).iter().zip(host(m2)) {
+                    assert!(
+                        (a - b).abs() < 1e-4 * (1.0 + a.abs()),
+                        "k = {k}: {a} vs {b}"
+                    );
+                }
+            }
+        }
+        let paper = gaussian(steps, ReverseParametrization::Paper);
+        let r = Respacing::even(steps, 10).unwrap();
+        assert!(paper.respaced(&r).unwrap().is_none());
+    }
+
+    /// With a clip range the kernel's mean is c_0 clamp(x̂_0) + c_t x_t, x̂_0 = (x_t - sqrt(1 -
+    /// abar_t) ε̂) / sqrt(abar_t), computed here in f64 from the network's ε̂.
+    #[test]
+    fn a_clip_range_clamps_the_implied_x0() {
+        let device = Device::flex();
+        let steps = 40;
+        let g = gaussian(steps, ReverseParametrization::Epsilon);
+        let net = trained(g.clone(), 2, steps);
+        let clipped = GaussianBound {
+            clip: Some(process::ClipRange {
+                low: vec![-0.3, -2.0],
+                high: vec![0.2, 0.5],
+            }),
+            ..g.clone()
+        };
+        let tables = clipped.tables(&device);
+        let n = 50;
+        let x = normal(&mut diffusion_data::rng(5, 0), n, 2, &device);
+        let xs = host(x.clone());
+        let mut clamped = 0;
+        for t in [2, 20, 40] {
+            let (mean, _) = clipped.mean_log_variance(&net, &tables, x.clone(), t);
+            let z = host(net.forward_at(x.clone(), t));
+            let abar = g.diffusion.alpha_bar(t);
+            let (c0, ct, _) = g.diffusion.posterior_coefficients(t);
+            for (i, &m) in host(mean).iter().enumerate() {
+                let (row, col) = (i / 2, i % 2);
+                let eps = z[row * 4 + col] as f64;
+                let xt = xs[i] as f64;
+                let x0 = (xt - (1.0 - abar).sqrt() * eps) / abar.sqrt();
+                let (lo, hi) = ([-0.3, -2.0][col], [0.2, 0.5][col]);
+                clamped += usize::from(x0 < lo || x0 > hi);
+                let want = c0 * x0.clamp(lo, hi) + ct * xt;
+                assert!(
+                    (m as f64 - want).abs() < 1e-4 * (1.0 + want.abs()),
+                    "t = {t}: {m} vs {want}"
+                );
+            }
+        }
+        assert!(
+            clamped > 20 && clamped < 3 * n * 2 - 20,
+            "{clamped} clamped"
+        );
+    }
+
     #[test]
     fn ddim_with_eta_zero_is_deterministic_and_invertible() {
         let device = Device::flex();

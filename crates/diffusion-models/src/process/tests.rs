@@ -454,3 +454,67 @@ fn stratified_bound_is_unbiased_for_the_full_sum() {
         full.mean
     );
 }
+
+/// The per-step terms: at one step they are the KL rows of the same draws (in bits), and
+/// summed over every step they give the full-sum bound: K = constant - sum_t terms, point by
+/// point, when the draws are the same rows in the same order (one point).
+#[test]
+fn kl_terms_are_the_bounds_summands() {
+    let device = Device::flex();
+    let steps = 30;
+    let g = GaussianBound {
+        diffusion: GaussianDiffusion::new(BetaSchedule::linear(1e-3, 0.2).betas(steps).unwrap(), 2)
+            .unwrap(),
+        parametrization: ReverseParametrization::Paper,
+        clip: None,
+        network_steps: None,
+    };
+    let model = ModelConfig::default().init(2, 4, steps, &device);
+    let points: Vec<f32> = standard_normal_points(40, 2, 8)
+        .iter()
+        .map(|v| 0.4 * v + 0.1)
+        .collect();
+    let t = 17;
+    let terms = kl_terms_bits(
+        &g,
+        &model,
+        &points,
+        &[t],
+        &mut diffusion_data::rng(9, 0),
+        &device,
+        7,
+    );
+    let rows = g.prepare_rows(&points, &[t; 40], &mut diffusion_data::rng(9, 0));
+    let want = host(g.kl_rows(&g.tables(&device), &model, rows, &device));
+    assert_eq!(terms.len(), 1);
+    for (got, want) in terms[0].iter().zip(&want) {
+        assert!((got - *want as f64 / LN_2).abs() < 1e-9, "{got} vs {want}");
+    }
+    // one point: bound_bits_per_point's rows are its steps 2..T in order, as the terms' are
+    let one = &points[..2];
+    let all: Vec<usize> = (2..=steps).collect();
+    let terms = kl_terms_bits(
+        &g,
+        &model,
+        one,
+        &all,
+        &mut diffusion_data::rng(10, 0),
+        &device,
+        64,
+    );
+    let k = bound_bits_per_point(
+        &g,
+        &model,
+        one,
+        &mut diffusion_data::rng(10, 0),
+        &device,
+        64,
+    );
+    let sum: f64 = terms.iter().map(|v| v[0]).sum();
+    assert!(
+        (g.bound_constant_bits(one) - sum - k[0]).abs() < 1e-9,
+        "{} vs {}",
+        g.bound_constant_bits(one) - sum,
+        k[0]
+    );
+}
