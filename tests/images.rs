@@ -492,3 +492,65 @@ fn held_out_images_are_inpainted_and_denoised() {
         "takes --from-test N",
     );
 }
+
+/// Binomial diffusion on binarised images: `data.binarize` thresholds the grey files, the U-Net
+/// gives one logit per pixel, the bound is reported in nats too, and samples are binary images.
+#[test]
+fn binarised_images_train_with_binomial_diffusion() {
+    let dir = workdir("images-binary");
+    let (train, test) = data(&dir);
+    let text = format!(
+        r#"
+[diffusion]
+process = "binomial"
+steps = 40
+schedule = {{ kind = "reciprocal" }}
+[data]
+kind = "file"
+path = "{}"
+test_path = "{}"
+binarize = 128
+[model]
+{UNET}
+[train]
+steps = 60
+batch_size = 32
+log_every = 30
+"#,
+        s(&train),
+        s(&test)
+    );
+    let run_dir = train_quick(&text, &dir, "binary");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run_dir.join("config.json")).unwrap()).unwrap();
+    // pi is the training pixels' share at or above 128: the bars' 2 of 8 columns
+    let pixels = io::read(&train).unwrap().data;
+    let share = pixels.iter().filter(|&&v| v >= 128.0).count() as f64 / pixels.len() as f64;
+    let pi = manifest["config"]["diffusion"]["pi"].as_f64().unwrap();
+    assert!(
+        (pi - share).abs() < 1e-9 && (pi - 0.25).abs() < 1e-9,
+        "{pi} vs {share}"
+    );
+    let e = json(&run(&["evaluate", "--run", s(&run_dir), "--json"]));
+    assert!((f(&e, "k_nats") - f(&e, "k_bits") * std::f64::consts::LN_2).abs() < 1e-9);
+    let samples = dir.join("b.npy");
+    run(&[
+        "sample",
+        "--run",
+        s(&run_dir),
+        "-n",
+        "4",
+        "--out",
+        s(&samples),
+    ]);
+    let (a, shape) = io::read_shaped(&samples).unwrap();
+    assert_eq!(shape.unwrap().len(), 64);
+    assert!(a.data.iter().all(|&v| v == 0.0 || v == 1.0));
+    // a threshold is for binomial runs
+    let gaussian = config(&train, &test, UNET).replace("dequantize = true", "binarize = 128");
+    let c = write_config(&dir, "gaussian.toml", &gaussian);
+    fails(
+        &["train", "--config", s(&c), "--out", s(&dir.join("g"))],
+        "data.binarize = 128 is a finite threshold for binomial runs",
+    );
+}

@@ -72,6 +72,9 @@ pub fn print_evaluation(e: &Evaluation) {
             e.nll_stderr_bits_per_dim.unwrap_or(0.0)
         );
     }
+    if let Some(nats) = e.k_nats {
+        println!("K          = {nats:+.4} nats/point");
+    }
     println!("L_null     = {:+.4} bits/point", e.l_null_bits);
     println!("K - L_null = {:+.4} bits/point", e.k_minus_l_null_bits);
     if let (Some(k), Some(l), Some(j)) = (

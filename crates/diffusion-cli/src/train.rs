@@ -105,6 +105,7 @@ fn new_run(a: &TrainArgs) -> Result<(Run, Backend, Device), String> {
                 standardize,
                 dequantize,
                 logit_alpha,
+                binarize,
                 ..
             } => DataConfig::File {
                 path: path.clone(),
@@ -114,6 +115,7 @@ fn new_run(a: &TrainArgs) -> Result<(Run, Backend, Device), String> {
                 standardize,
                 dequantize,
                 logit_alpha,
+                binarize,
             },
             _ => DataConfig::File {
                 path: path.clone(),
@@ -122,6 +124,7 @@ fn new_run(a: &TrainArgs) -> Result<(Run, Backend, Device), String> {
                 standardize: None,
                 dequantize: false,
                 logit_alpha: None,
+                binarize: None,
             },
         };
     } else if let Some(test) = &a.test_data {

@@ -575,6 +575,7 @@ mod tests {
             standardize: None,
             dequantize: false,
             logit_alpha: None,
+            binarize: None,
         };
         assert!(matches!(
             Exact::of(&file, &one),

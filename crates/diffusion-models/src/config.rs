@@ -139,6 +139,11 @@ pub enum DataConfig {
         /// point. Off when absent.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         logit_alpha: Option<f64>,
+        /// Binomial runs on grey values: each value becomes 1 where it is at least this
+        /// threshold and 0 below (binarised MNIST: pixel >= 128), in the training and test rows
+        /// alike. Off when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        binarize: Option<f64>,
     },
 }
 
@@ -641,6 +646,11 @@ impl RunConfig {
                         .into(),
                 )
             }
+            DataConfig::File {
+                binarize: Some(b), ..
+            } if self.diffusion.process != ProcessKind::Binomial || !b.is_finite() => Err(format!(
+                "data.binarize = {b} is a finite threshold for binomial runs (process = \"binomial\")"
+            )),
             _ => Ok(()),
         }
     }

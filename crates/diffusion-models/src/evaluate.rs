@@ -104,6 +104,9 @@ pub struct Evaluation {
     /// values (one bin per integer, add-one smoothing) fitted on the training rows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub histogram_bits_per_dim: Option<f64>,
+    /// Binary data: K in nats per point (the unit binarised-MNIST results use).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k_nats: Option<f64>,
 }
 
 /// How [`evaluate_with`] computes K over the chain for each point.
@@ -324,6 +327,7 @@ pub fn evaluate_with<N: ReverseNetwork>(
         nll_bits_per_dim: None,
         nll_stderr_bits_per_dim: None,
         histogram_bits_per_dim: None,
+        k_nats: matches!(bound, Diffusion::Binomial(_)).then(|| k_bits * diffusion_core::LN_2),
     };
     if eval.dequantized {
         eval.nll_bits_per_dim = Some(-k_bits / d as f64);

@@ -99,8 +99,10 @@ pub fn resolve(mut config: RunConfig) -> Result<ResolvedData, RunError> {
             standardize,
             dequantize,
             logit_alpha,
+            binarize,
         } => {
-            let (points, shape) = io::read_shaped(path).map_err(RunError::Data)?;
+            let (mut points, shape) = io::read_shaped(path).map_err(RunError::Data)?;
+            binarized(&mut points, *binarize);
             image = shape;
             let record = |p: &Path| {
                 SourceFile::of(p).map_err(|source| RunError::Io {
@@ -123,7 +125,11 @@ pub fn resolve(mut config: RunConfig) -> Result<ResolvedData, RunError> {
             let test = test_path
                 .as_deref()
                 .map(|t| read_test_rows(t, &points, shape))
-                .transpose()?;
+                .transpose()?
+                .map(|mut rows| {
+                    binarized(&mut rows, *binarize);
+                    rows
+                });
             let (train_rows, held) = split_rows(&points, test, *heldout_fraction, seed)?;
             let activity = train_rows.data.iter().map(|&v| v as f64).sum::<f64>()
                 / train_rows.data.len() as f64;
@@ -215,24 +221,36 @@ pub fn file_rows(manifest: &RunManifest, run: &RunDir) -> Result<(Array2, Array2
             message: "a run on file data that names no data files and keeps no rows".into(),
         });
     };
+    let (fraction, threshold) = match &manifest.config.data {
+        DataConfig::File {
+            heldout_fraction,
+            binarize,
+            ..
+        } => (*heldout_fraction, *binarize),
+        _ => unreachable!("a data source belongs to file data"),
+    };
     let read = |f: &crate::source::SourceFile| -> Result<Array2, RunError> {
         let corrupt = |message: String| RunError::Corrupt {
             path: config.display().to_string(),
             message,
         };
         f.check().map_err(corrupt)?;
-        let (a, _) = io::read_shaped(&f.path).map_err(|e| corrupt(e.to_string()))?;
+        let (mut a, _) = io::read_shaped(&f.path).map_err(|e| corrupt(e.to_string()))?;
+        binarized(&mut a, threshold);
         check(a, &f.path)
     };
     let points = read(&source.train)?;
     let test = source.test.as_ref().map(read).transpose()?;
-    let fraction = match &manifest.config.data {
-        DataConfig::File {
-            heldout_fraction, ..
-        } => *heldout_fraction,
-        _ => unreachable!("a data source belongs to file data"),
-    };
     split_rows(&points, test, fraction, manifest.config.train.seed)
+}
+
+/// `data.binarize`: each value 1 where it is at least `threshold`, else 0.
+fn binarized(rows: &mut Array2, threshold: Option<f64>) {
+    if let Some(threshold) = threshold {
+        for v in rows.data.iter_mut() {
+            *v = f32::from(u8::from(*v as f64 >= threshold));
+        }
+    }
 }
 
 /// The training and held-out rows of file data: all of `points` and the test file's rows, or
