@@ -87,7 +87,7 @@ impl ConditionArgs {
             );
         }
         let task = match self.test_task(manifest, run, seed)? {
-            Some(task) if n % task.len() != 0 => {
+            Some(task) if !n.is_multiple_of(task.len()) => {
                 return Err(format!(
                     "-n {n} is not a multiple of --from-test {}: sample r completes image r mod {}",
                     task.len(),

@@ -8,7 +8,7 @@ use diffusion_models::{DataConfig, RunConfig, RunManifest};
 use proptest::prelude::*;
 
 /// Every config in `configs/` (checked against the folder by `every_config_is_here`).
-const SHIPPED: [(&str, &str); 15] = [
+const SHIPPED: [(&str, &str); 16] = [
     (
         "swiss_roll.toml",
         include_str!("../../../configs/swiss_roll.toml"),
@@ -59,6 +59,10 @@ const SHIPPED: [(&str, &str); 15] = [
         include_str!("../../../configs/digits_binary.toml"),
     ),
     ("mnist.toml", include_str!("../../../configs/mnist.toml")),
+    (
+        "mnist_binary.toml",
+        include_str!("../../../configs/mnist_binary.toml"),
+    ),
     (
         "mnist_paper.toml",
         include_str!("../../../configs/mnist_paper.toml"),
