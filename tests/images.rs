@@ -491,6 +491,10 @@ fn held_out_images_are_inpainted_and_denoised() {
         &["evaluate-conditional", "--run", r, "--known", "0=1"],
         "takes --from-test N",
     );
+    fails(
+        &sample(&["--known", "3=300"]),
+        "outside the training data's range [0, 221]",
+    );
 }
 
 /// Binomial diffusion on binarised images: `data.binarize` thresholds the grey files, the U-Net

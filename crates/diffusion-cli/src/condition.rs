@@ -60,7 +60,7 @@ impl ConditionArgs {
         variable: Variable,
         n: usize,
     ) -> Result<Option<Conditioning>, String> {
-        self.resolve_in(dim, variable, n, None, None)
+        self.resolve_in(dim, variable, n, None, None, false)
     }
 
     /// [`ConditionArgs::resolve`] for a run: values and noise are given in the data's own
@@ -101,7 +101,8 @@ impl ConditionArgs {
             )),
             None => None,
         };
-        self.resolve_in(manifest.data_dim, variable, n, units, task)
+        let bounded = manifest.image.is_some();
+        self.resolve_in(manifest.data_dim, variable, n, units, task, bounded)
     }
 
     fn resolve_in(
@@ -111,6 +112,7 @@ impl ConditionArgs {
         n: usize,
         units: Option<&Standardization>,
         task: Option<Rows>,
+        bounded: bool,
     ) -> Result<Option<Conditioning>, String> {
         let observing = self.observe.is_some() || self.observe_file.is_some();
         if self.observe_noise.is_some() && !observing {
@@ -139,6 +141,23 @@ impl ConditionArgs {
             sources.push(file_rows(path, dim, n, Some(noise))?);
         }
         sources.extend(task);
+        // an image's known pixel outside the training data's range is no pixel of these data
+        if let Some([lo, hi]) = units.and_then(|u| u.range).filter(|_| bounded) {
+            let outside = sources.iter().flat_map(|s| &s.0).find_map(|c| {
+                c.factors().iter().find_map(|f| match *f {
+                    Factor::Known { index, value } if !(lo..=hi).contains(&(value as f64)) => {
+                        Some((index, value))
+                    }
+                    _ => None,
+                })
+            });
+            if let Some((index, value)) = outside {
+                return Err(format!(
+                    "known value {value} of coordinate {index} lies outside the training data's \
+                     range [{lo}, {hi}]"
+                ));
+            }
+        }
         let rows = sources.iter().map(|s| s.0.len()).max().unwrap_or(1);
         let conditions: Vec<Condition> = (0..rows)
             .map(|r| {

@@ -92,12 +92,16 @@ impl Factor {
 
     /// The factor in the space a run's model diffuses, for one given in the data's own units:
     /// a value v becomes (v - m_i) / s_i and a Gaussian noise s becomes s / s_i (the
-    /// standardisation's m and s; see [`diffusion_data::Standardization`]).
+    /// standardisation's m and s; see [`diffusion_data::Standardization`]). On dequantised data
+    /// an integer v stands for its bin [v, v + 1), whose centre v + 1/2 is used: the value a
+    /// sample's pixel comes back as, whatever the rounding on the way.
     pub fn standardized(self, units: &diffusion_data::Standardization) -> Self {
+        let centre = if units.dequantize { 0.5 } else { 0.0 };
+        let map = |index: usize, value: f32| units.value(index, value as f64 + centre) as f32;
         match self {
             Self::Known { index, value } => Self::Known {
                 index,
-                value: units.value(index, value as f64) as f32,
+                value: map(index, value),
             },
             Self::Observed {
                 index,
@@ -105,7 +109,7 @@ impl Factor {
                 noise,
             } => Self::Observed {
                 index,
-                value: units.value(index, value as f64) as f32,
+                value: map(index, value),
                 noise: noise / units.scale[index],
             },
         }

@@ -106,7 +106,8 @@ pub struct TaskImages {
     /// Which values a completion has to fill (all of them when denoising).
     pub hidden: Vec<bool>,
     /// One condition per image, in the data's units (map them with
-    /// `Factor::standardized` for the model).
+    /// `Factor::standardized` for the model, which takes a dequantised pixel's value to its
+    /// bin's centre).
     pub conditions: Vec<Condition>,
 }
 
@@ -135,12 +136,6 @@ impl TaskImages {
                 "the run has {count} held-out images, {images} were asked for"
             )));
         }
-        // a dequantised run's pixel k stands for [k, k + 1): hold its centre, which any
-        // rounding of the way back to pixels keeps at k
-        let centre = match &manifest.standardization {
-            Some(s) if s.dequantize => 0.5,
-            _ => 0.0,
-        };
         let (hidden, input) = match task {
             ImageTask::Inpaint(mask) => {
                 let hidden = mask.hidden(shape).map_err(invalid)?;
@@ -149,7 +144,7 @@ impl TaskImages {
                     .flat_map(|row| {
                         row.iter()
                             .zip(&hidden)
-                            .map(|(&v, &h)| if h { f32::NAN } else { v + centre })
+                            .map(|(&v, &h)| if h { f32::NAN } else { v })
                     })
                     .collect();
                 (hidden, input)
@@ -163,7 +158,7 @@ impl TaskImages {
                     .iter()
                     .map(|&v| {
                         let e: f64 = rng.sample(StandardNormal);
-                        (v as f64 + centre as f64 + noise * e) as f32
+                        (v as f64 + noise * e) as f32
                     })
                     .collect();
                 (vec![true; d], input)
