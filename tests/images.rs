@@ -398,6 +398,22 @@ fn held_out_images_are_inpainted_and_denoised() {
     );
     assert!((f(&e, "psnr_db") - 10.0 * (255.0f64 * 255.0 / mse).log10()).abs() < 1e-9);
 
+    // each image a particle system of four chains: samples in the order image r mod 3, their
+    // known pixels held exactly
+    let grouped = dir.join("grouped.npy");
+    let mut args = vec!["sample", "--run", r, "-n", "12", "--out", s(&grouped)];
+    args.extend(["--from-test", "3", "--mask", "left-half", "--resample"]);
+    args.extend(chain);
+    run(&args);
+    let grouped = io::read(&grouped).unwrap();
+    for i in 0..12 {
+        for (j, (&a, &b)) in grouped.row(i).iter().zip(truth.row(i % 3)).enumerate() {
+            if j % SIDE >= SIDE / 2 {
+                assert_eq!(a, b, "sample {i}: known pixel {j} of image {}", i % 3);
+            }
+        }
+    }
+
     // denoising: the input's error is the noise's variance, up to its sampling error
     let mut args = vec!["evaluate-conditional", "--run", r, "--json"];
     args.extend(["--from-test", "30", "--noisy-test", "40"]);

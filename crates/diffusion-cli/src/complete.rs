@@ -19,13 +19,18 @@ use crate::sample::conditioned_chain;
 /// Neighbours that vote on a completion's label.
 const KNN: usize = 10;
 
+/// The most chains an evaluation of image completions runs.
+const MAX_CHAINS: usize = 1 << 16;
+
 /// What `evaluate-conditional` reports for image completions.
 #[derive(Debug, Serialize)]
 struct ImageCompletions {
     /// `inpainting, MASK` or `denoising, noise S`.
     task: String,
-    /// Images completed (one completion each).
+    /// Images completed.
     images: usize,
+    /// Completions of each (the particles of each image's system with --resample, else 1).
+    completions_per_image: usize,
     /// The chain that drew them.
     sampler: String,
     #[serde(flatten)]
@@ -58,11 +63,20 @@ pub fn cmd_evaluate_images(
     };
     let images = task.len();
     let bound = manifest.bound_of(model).map_err(|e| e.to_string())?;
+    // resampled, each image is a particle system of --particles chains, all of them scored
+    let per = if a.condition.resample { a.particles } else { 1 };
+    let chains = images.saturating_mul(per);
+    if chains > MAX_CHAINS {
+        return Err(format!(
+            "--resample with --from-test {images} and --particles {per} (per image) makes \
+             {chains} chains, more than {MAX_CHAINS}: give fewer particles, e.g. --particles 8"
+        ));
+    }
     let completions = complete(
         &a.condition,
         &a.sampler.sampler()?,
         (run, manifest, model, device),
-        images,
+        chains,
         a.seed,
         a.particles,
     )?;
@@ -89,6 +103,7 @@ pub fn cmd_evaluate_images(
             _ => String::new(),
         },
         images,
+        completions_per_image: per,
         sampler: match a.sampler.sampler()? {
             Sampler::Respaced(k) => format!("respaced, {k} steps"),
             _ => format!("every step, T = {}", bound.steps()),
@@ -157,6 +172,9 @@ pub fn complete(
             manifest.chunk_rows(particles),
         )
         .map_err(|e| e.to_string())?;
+    if let Some(group) = given.particle_group() {
+        completions = crate::condition::ungroup(completions, manifest.data_dim, group);
+    }
     manifest.to_data_units(&mut completions);
     manifest.to_pixels(&mut completions);
     Ok(completions)
@@ -227,10 +245,15 @@ fn label_accuracies(
         ));
     }
     let d = train.cols;
+    // row r completes image r mod N
     let score = |rows: &[f32]| {
         let got = knn_labels(&train.data, train_labels, rows, d, KNN);
-        let right = got.iter().zip(test_labels).filter(|(a, b)| a == b).count();
-        right as f64 / images as f64
+        let right = got
+            .iter()
+            .enumerate()
+            .filter(|&(r, l)| *l == test_labels[r % images])
+            .count();
+        right as f64 / got.len().max(1) as f64
     };
     Ok((score(completions), score(&task.truth)))
 }

@@ -60,7 +60,7 @@ impl ConditionArgs {
         variable: Variable,
         n: usize,
     ) -> Result<Option<Conditioning>, String> {
-        self.resolve_in(dim, variable, n, None, None, false)
+        self.resolve_in(dim, variable, n, None, None, false, None)
     }
 
     /// [`ConditionArgs::resolve`] for a run: values and noise are given in the data's own
@@ -94,6 +94,14 @@ impl ConditionArgs {
                     task.len()
                 ));
             }
+            // resampled, the chains of an image are consecutive (one particle system each) and
+            // `ungroup` puts the samples back in the order r -> image r mod N
+            Some(task) if self.resample => {
+                let per = n / task.len();
+                Some(Rows(
+                    (0..n).map(|c| task.conditions[c / per].clone()).collect(),
+                ))
+            }
             Some(task) => Some(Rows(
                 (0..n)
                     .map(|r| task.conditions[r % task.len()].clone())
@@ -101,8 +109,12 @@ impl ConditionArgs {
             )),
             None => None,
         };
+        let group = self
+            .from_test
+            .filter(|_| self.resample)
+            .map(|images| n / images.max(1));
         let bounded = manifest.image.is_some();
-        self.resolve_in(manifest.data_dim, variable, n, units, task, bounded)
+        self.resolve_in(manifest.data_dim, variable, n, units, task, bounded, group)
     }
 
     fn resolve_in(
@@ -113,6 +125,7 @@ impl ConditionArgs {
         units: Option<&Standardization>,
         task: Option<Rows>,
         bounded: bool,
+        group: Option<usize>,
     ) -> Result<Option<Conditioning>, String> {
         let observing = self.observe.is_some() || self.observe_file.is_some();
         if self.observe_noise.is_some() && !observing {
@@ -182,11 +195,28 @@ impl ConditionArgs {
         let mut given =
             Conditioning::new(&conditions, dim, variable, mode).map_err(|e| e.to_string())?;
         if self.resample {
-            given = given.resampled().map_err(|e| format!("--resample: {e}"))?;
+            given = match group {
+                Some(size) => given.resampled_in_groups(size),
+                None => given.resampled(),
+            }
+            .map_err(|e| format!("--resample: {e}"))?;
         }
         given.check(dim, variable, n).map_err(|e| e.to_string())?;
         Ok(Some(given))
     }
+}
+
+/// Samples drawn in particle systems of `group` consecutive chains per condition
+/// ([`Conditioning::particle_group`]) in the order of `--from-test`: sample r of image r mod N.
+pub fn ungroup(chains: Vec<f32>, d: usize, group: usize) -> Vec<f32> {
+    let images = chains.len() / d / group.max(1);
+    let mut out = vec![0.0; chains.len()];
+    for (c, row) in chains.chunks_exact(d).enumerate() {
+        let (g, j) = (c / group, c % group);
+        let r = j * images + g;
+        out[r * d..(r + 1) * d].copy_from_slice(row);
+    }
+    out
 }
 
 /// `I=V,I=V,...`.

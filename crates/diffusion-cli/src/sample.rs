@@ -33,16 +33,22 @@ pub fn cmd_sample(a: SampleArgs) -> Result<(), String> {
                 manifest.chunk_rows(SAMPLE_CHUNK_ROWS),
             )
             .map_err(|e| e.to_string())?,
-        Some(given) => conditioned_chain(&bound, &sampler)?
-            .sample_given(
-                &model.network,
-                a.n,
-                given,
-                &mut rng,
-                &device,
-                manifest.chunk_rows(a.particles),
-            )
-            .map_err(|e| e.to_string())?,
+        Some(given) => {
+            let drawn = conditioned_chain(&bound, &sampler)?
+                .sample_given(
+                    &model.network,
+                    a.n,
+                    given,
+                    &mut rng,
+                    &device,
+                    manifest.chunk_rows(a.particles),
+                )
+                .map_err(|e| e.to_string())?;
+            match given.particle_group() {
+                Some(group) => crate::condition::ungroup(drawn, manifest.data_dim, group),
+                None => drawn,
+            }
+        }
     };
     manifest.to_data_units(&mut data);
     match manifest.image {

@@ -279,6 +279,8 @@ pub struct Conditioning {
     variable: Variable,
     mode: ConditionMode,
     resample: bool,
+    /// With resampling: chains per particle system (0: all the chains of a chunk are one).
+    group: usize,
     cells: Vec<Cell>,
 }
 
@@ -301,6 +303,7 @@ impl Conditioning {
             variable,
             mode,
             resample: false,
+            group: 0,
             cells,
         })
     }
@@ -330,9 +333,42 @@ impl Conditioning {
         Ok(self)
     }
 
+    /// [`Conditioning::resampled`] with one condition per group of `size` consecutive chains
+    /// (one condition per chain, the same within each group): each group is a particle system
+    /// of its own, weighted and resampled within itself, so that every condition (an image to
+    /// complete, say) gets `size` particles. Chunks of chains are cut at group boundaries.
+    pub fn resampled_in_groups(mut self, size: usize) -> Result<Self, ConditionError> {
+        if self.mode == ConditionMode::Forward {
+            return Err(ConditionError::Resampling(
+                "resampling needs the constant or likelihood mode (the forward mode's r_t is random)",
+            ));
+        }
+        let d = self.dim;
+        let uniform = size > 0
+            && self.rows.is_multiple_of(size)
+            && self.cells.chunks(size * d).all(|g| {
+                let first = &g[..d];
+                g.chunks(d).all(|row| row == first)
+            });
+        if !uniform {
+            return Err(ConditionError::Resampling(
+                "resampling in groups needs the same condition for every chain of a group",
+            ));
+        }
+        self.resample = true;
+        self.group = size;
+        Ok(self)
+    }
+
     /// Whether the chains are resampled ([`Conditioning::resampled`]).
     pub fn resamples(&self) -> bool {
         self.resample
+    }
+
+    /// Chains per particle system when resampling in groups
+    /// ([`Conditioning::resampled_in_groups`]).
+    pub fn particle_group(&self) -> Option<usize> {
+        (self.resample && self.group > 0).then_some(self.group)
     }
 
     /// Data dimension d.
@@ -744,64 +780,100 @@ impl DeviceFactor {
     }
 }
 
-/// The weights of a particle system of chains ([`Conditioning::resampled`]).
+/// The weights of particle systems of chains ([`Conditioning::resampled`]): all the chains one
+/// system, or consecutive groups of them each a system of its own.
 #[derive(Debug, Clone)]
 pub(crate) struct Particles {
     log_w: Vec<f64>,
+    group: usize,
 }
 
 impl Particles {
-    /// `m` chains of equal weight.
-    pub(crate) fn new(m: usize) -> Self {
+    /// `m` chains of equal weight, in systems of `group` chains (0: one system).
+    pub(crate) fn new(m: usize, group: usize) -> Self {
         Self {
             log_w: vec![0.0; m],
+            group: if group == 0 { m.max(1) } else { group },
         }
     }
 
+    /// The systems of `given`'s chunk of `m` chains.
+    pub(crate) fn of(given: &Conditioning, m: usize) -> Self {
+        Self::new(m, given.group)
+    }
+
     /// Multiplies the weights by a step's (`log_weight`, per chain); returns the chains to carry
-    /// on with, by systematic resampling, when the effective sample size is under half the
-    /// chains or `last` is set (then every weight is equal again).
+    /// on with, by systematic resampling within each system whose effective sample size is
+    /// under half its chains, or within every system when `last` is set (then its weights are
+    /// equal again). `None` when no chain moves.
     pub(crate) fn reweigh(
         &mut self,
         log_weight: &[f32],
         last: bool,
         rng: &mut Rng,
     ) -> Option<Vec<usize>> {
-        for (w, &l) in self.log_w.iter_mut().zip(log_weight) {
-            // a NaN weight (a kernel that broke) counts as zero
-            *w += if l.is_nan() {
-                f64::NEG_INFINITY
-            } else {
-                l as f64
-            };
-        }
-        let top = self.log_w.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        if !top.is_finite() {
-            // every chain at weight zero: nothing to prefer, carry on as we are
-            self.log_w.iter_mut().for_each(|w| *w = 0.0);
-            return None;
-        }
-        let w: Vec<f64> = self.log_w.iter().map(|l| (l - top).exp()).collect();
-        let (sum, sum2) = w.iter().fold((0.0, 0.0), |(a, b), v| (a + v, b + v * v));
-        let m = w.len();
-        if !last && sum * sum / sum2 >= 0.5 * m as f64 {
-            return None;
-        }
-        let u: f64 = rng.random();
-        let mut picks = Vec::with_capacity(m);
-        let mut acc = w[0] / sum;
-        let mut i = 0;
-        for k in 0..m {
-            let target = (k as f64 + u) / m as f64;
-            while acc < target && i + 1 < m {
-                i += 1;
-                acc += w[i] / sum;
+        let m = self.log_w.len();
+        let mut picks: Vec<usize> = (0..m).collect();
+        let mut moved = false;
+        let group = self.group;
+        for (g, (w, l)) in self
+            .log_w
+            .chunks_mut(group)
+            .zip(log_weight.chunks(group))
+            .enumerate()
+        {
+            if let Some(p) = reweigh_system(w, l, last, rng) {
+                for (k, i) in p.into_iter().enumerate() {
+                    picks[g * group + k] = g * group + i;
+                }
+                moved = true;
             }
-            picks.push(i);
         }
-        self.log_w.iter_mut().for_each(|w| *w = 0.0);
-        Some(picks)
+        moved.then_some(picks)
     }
+}
+
+/// [`Particles::reweigh`] for one system's log-weights `log_w` (indices within it).
+fn reweigh_system(
+    log_w: &mut [f64],
+    log_weight: &[f32],
+    last: bool,
+    rng: &mut Rng,
+) -> Option<Vec<usize>> {
+    for (w, &l) in log_w.iter_mut().zip(log_weight) {
+        // a NaN weight (a kernel that broke) counts as zero
+        *w += if l.is_nan() {
+            f64::NEG_INFINITY
+        } else {
+            l as f64
+        };
+    }
+    let top = log_w.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    if !top.is_finite() {
+        // every chain at weight zero: nothing to prefer, carry on as we are
+        log_w.iter_mut().for_each(|w| *w = 0.0);
+        return None;
+    }
+    let w: Vec<f64> = log_w.iter().map(|l| (l - top).exp()).collect();
+    let (sum, sum2) = w.iter().fold((0.0, 0.0), |(a, b), v| (a + v, b + v * v));
+    let m = w.len();
+    if !last && sum * sum / sum2 >= 0.5 * m as f64 {
+        return None;
+    }
+    let u: f64 = rng.random();
+    let mut picks = Vec::with_capacity(m);
+    let mut acc = w[0] / sum;
+    let mut i = 0;
+    for k in 0..m {
+        let target = (k as f64 + u) / m as f64;
+        while acc < target && i + 1 < m {
+            i += 1;
+            acc += w[i] / sum;
+        }
+        picks.push(i);
+    }
+    log_w.iter_mut().for_each(|w| *w = 0.0);
+    Some(picks)
 }
 
 /// The rows `picks` of `x`.

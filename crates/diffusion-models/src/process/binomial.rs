@@ -322,7 +322,7 @@ impl Process for BinomialBound {
             .and(prev.clone());
         // with resampling, each step first weighs the chains by Z_t(x_t) / r_t(x_t) and may
         // resample them (then the kernel's rows go with their chains)
-        let mut particles = given.filter(|c| c.resamples()).map(|_| Particles::new(n));
+        let mut particles = given.filter(|c| c.resamples()).map(|c| Particles::of(c, n));
         for t in (2..=steps).rev() {
             // logit(x (1 - b_t) + pi b_t) for x in {0, 1}, selected exactly per bit
             let mut logits = self.logits_at(network, &x, t);

@@ -518,3 +518,62 @@ fn resampling_needs_the_constant_mode_and_one_condition() {
         Err(ConditionError::Resampling(_))
     ));
 }
+
+/// Particle systems in groups: each group of consecutive chains needs one condition, and is
+/// weighed and resampled within itself: a chain is only ever replaced by one of its own group,
+/// and the group whose weights are even is left alone.
+#[test]
+fn grouped_particle_systems_resample_within_their_groups() {
+    let (a, b) = (
+        Condition::new().known(0, 1.0),
+        Condition::new().known(0, -1.0),
+    );
+    let grouped = |conditions: &[Condition], size| {
+        Conditioning::new(conditions, 2, Variable::Continuous, ConditionMode::Constant)
+            .unwrap()
+            .resampled_in_groups(size)
+    };
+    let given = grouped(
+        &[
+            a.clone(),
+            a.clone(),
+            a.clone(),
+            b.clone(),
+            b.clone(),
+            b.clone(),
+        ],
+        3,
+    )
+    .unwrap();
+    assert_eq!(given.particle_group(), Some(3));
+    assert!(matches!(
+        grouped(&[a.clone(), b.clone(), a.clone(), b.clone()], 2),
+        Err(ConditionError::Resampling(_))
+    ));
+    assert!(matches!(
+        grouped(&[a.clone(), a, b], 2),
+        Err(ConditionError::Resampling(_))
+    ));
+    let mut particles = crate::condition::Particles::of(&given, 6);
+    let mut rng = diffusion_data::rng(3, 0);
+    // group 0: chain 1 carries all the weight; group 1: even weights
+    let picks = particles
+        .reweigh(&[-50.0, 0.0, -50.0, 0.0, 0.0, 0.0], false, &mut rng)
+        .unwrap();
+    assert_eq!(picks, vec![1, 1, 1, 3, 4, 5]);
+    // one system (no groups): the same weights move chains across the whole set
+    let one = Conditioning::new(
+        &[Condition::new().known(0, 1.0)],
+        2,
+        Variable::Continuous,
+        ConditionMode::Constant,
+    )
+    .unwrap()
+    .resampled()
+    .unwrap();
+    let mut particles = crate::condition::Particles::of(&one, 6);
+    let picks = particles
+        .reweigh(&[-50.0, 0.0, -50.0, -50.0, -50.0, -50.0], false, &mut rng)
+        .unwrap();
+    assert_eq!(picks, vec![1; 6]);
+}

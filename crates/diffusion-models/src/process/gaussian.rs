@@ -566,7 +566,7 @@ impl Process for GaussianBound {
         snapshot(steps, &x);
         // with resampling, each step first weighs the chains by Z_t(x_t) / r_t(x_t) and may
         // resample them (then the kernel's rows go with their chains)
-        let mut particles = given.filter(|c| c.resamples()).map(|_| Particles::new(n));
+        let mut particles = given.filter(|c| c.resamples()).map(|c| Particles::of(c, n));
         let mut step = |mean: Tensor<2>,
                         var: Tensor<2>,
                         x: &Tensor<2>,

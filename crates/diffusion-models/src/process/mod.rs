@@ -455,6 +455,11 @@ fn run_chains<P: Process, N: ReverseNetwork>(
     chunk_rows: usize,
 ) -> Vec<f32> {
     let mut out = Vec::with_capacity(n * process.dim());
+    // particle systems in groups are never cut by a chunk
+    let chunk_rows = match given.and_then(Conditioning::particle_group) {
+        Some(group) => (chunk_rows / group).max(1) * group,
+        None => chunk_rows,
+    };
     let mut done = 0;
     while done < n {
         let m = chunk_rows.max(1).min(n - done);
