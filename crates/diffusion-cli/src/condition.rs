@@ -13,6 +13,16 @@ use crate::args::{ConditionArgs, Mode};
 /// One source of factors: the same for every sample, or one row per sample.
 struct Rows(Vec<Condition>);
 
+/// What a run adds to the options: its units, the `--from-test` conditions, whether its values
+/// are bounded (images), and the particle systems' size per image.
+#[derive(Default)]
+struct RunSide<'a> {
+    units: Option<&'a Standardization>,
+    task: Option<Rows>,
+    bounded: bool,
+    group: Option<usize>,
+}
+
 impl ConditionArgs {
     /// Whether any condition was asked for.
     pub fn is_set(&self) -> bool {
@@ -60,7 +70,7 @@ impl ConditionArgs {
         variable: Variable,
         n: usize,
     ) -> Result<Option<Conditioning>, String> {
-        self.resolve_in(dim, variable, n, None, None, false, None)
+        self.resolve_in(dim, variable, n, RunSide::default())
     }
 
     /// [`ConditionArgs::resolve`] for a run: values and noise are given in the data's own
@@ -113,8 +123,13 @@ impl ConditionArgs {
             .from_test
             .filter(|_| self.resample)
             .map(|images| n / images.max(1));
-        let bounded = manifest.image.is_some();
-        self.resolve_in(manifest.data_dim, variable, n, units, task, bounded, group)
+        let side = RunSide {
+            units,
+            task,
+            bounded: manifest.image.is_some(),
+            group,
+        };
+        self.resolve_in(manifest.data_dim, variable, n, side)
     }
 
     fn resolve_in(
@@ -122,11 +137,14 @@ impl ConditionArgs {
         dim: usize,
         variable: Variable,
         n: usize,
-        units: Option<&Standardization>,
-        task: Option<Rows>,
-        bounded: bool,
-        group: Option<usize>,
+        side: RunSide,
     ) -> Result<Option<Conditioning>, String> {
+        let RunSide {
+            units,
+            task,
+            bounded,
+            group,
+        } = side;
         let observing = self.observe.is_some() || self.observe_file.is_some();
         if self.observe_noise.is_some() && !observing {
             return Err("--observe-noise needs --observe or --observe-file".into());
