@@ -385,6 +385,17 @@ impl GaussianBound {
 }
 
 impl GaussianBound {
+    /// `diffusion` with the reverse `parametrization`, no clip range, the network called at the
+    /// chain's own steps.
+    pub fn new(diffusion: GaussianDiffusion, parametrization: ReverseParametrization) -> Self {
+        Self {
+            diffusion,
+            parametrization,
+            clip: None,
+            network_steps: None,
+        }
+    }
+
     /// The chain on the kept steps of `r` as a process of its own, for a network trained on
     /// this one: its betas b'_k = 1 - abar_{s_k} / abar_{s_{k-1}}, the network called at the
     /// original step s_k. For the noise-predicting parametrizations this is exactly the

@@ -33,12 +33,10 @@ impl ReverseNetwork for ResidualMlp {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let train_steps = std::env::args().nth(1).map_or(Ok(10_000), |s| s.parse())?;
     let steps = 40;
-    let process = GaussianBound {
-        diffusion: GaussianDiffusion::new(BetaSchedule::paper().betas(steps)?, 2)?,
-        parametrization: ReverseParametrization::Paper,
-        clip: None,
-        network_steps: None,
-    };
+    let process = GaussianBound::new(
+        GaussianDiffusion::new(BetaSchedule::paper().betas(steps)?, 2)?,
+        ReverseParametrization::Paper,
+    );
     let device = Device::flex().autodiff();
     device.seed(0); // the initial weights
     let layer = |inputs, outputs| LinearConfig::new(inputs, outputs).init(&device);
