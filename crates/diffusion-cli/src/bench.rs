@@ -85,8 +85,9 @@ pub fn cmd_bench(a: BenchArgs) -> Result<(), String> {
     // the same resolution as `diffusion train` (a binomial run's pi from the data)
     let resolved = diffusion_models::resolve(config).map_err(|e| e.to_string())?;
     let (config, data) = (resolved.config, resolved.data);
-    let manifest =
-        RunManifest::new(config.clone(), resolved.dim, backend.name()).with_image(resolved.image);
+    let manifest = RunManifest::new(config.clone(), resolved.dim, backend.name())
+        .with_image(resolved.image)
+        .with_standardization(resolved.standardization.clone());
     let bound = manifest.bound().map_err(|e| e.to_string())?;
     let steps_t = bound.steps();
     let batch = config.train.batch_size;

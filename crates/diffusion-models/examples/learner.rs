@@ -14,12 +14,10 @@ use diffusion_models::{GaussianBound, ModelConfig, ReverseModel, process};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let batches: usize = std::env::args().nth(1).map_or(Ok(2000), |s| s.parse())?;
     let (steps, batch) = (40, 256);
-    let process = GaussianBound {
-        diffusion: GaussianDiffusion::new(BetaSchedule::paper().betas(steps)?, 2)?,
-        parametrization: ReverseParametrization::Paper,
-        clip: None,
-        network_steps: None,
-    };
+    let process = GaussianBound::new(
+        GaussianDiffusion::new(BetaSchedule::paper().betas(steps)?, 2)?,
+        ReverseParametrization::Paper,
+    );
     let device = Device::flex();
     let train_device = device.clone().autodiff();
     let network = ModelConfig::default().init(2, 4, steps, &train_device);

@@ -31,12 +31,10 @@
 //! use diffusion_models::{Condition, ConditionMode, Conditioning, GaussianBound, ModelConfig, process};
 //!
 //! // N(0, I) data and their exact reversal, the forward kernel (the untrained `paper` network)
-//! let bound = GaussianBound {
-//!     diffusion: GaussianDiffusion::new(BetaSchedule::paper().betas(40)?, 2)?,
-//!     parametrization: ReverseParametrization::Paper,
-//!     clip: None,
-//!     network_steps: None,
-//! };
+//! let bound = GaussianBound::new(
+//!     GaussianDiffusion::new(BetaSchedule::paper().betas(40)?, 2)?,
+//!     ReverseParametrization::Paper,
+//! );
 //! let device = Device::flex();
 //! let network = ModelConfig::default().init(2, 4, 40, &device);
 //! // x_1 known to be 0.3, x_0 seen as 1.5 through noise of s = 0.5

@@ -16,12 +16,10 @@
 //! use diffusion_models::{GaussianBound, ModelConfig, ReverseModel, Trainer, TrainingData, process};
 //!
 //! let steps = 20;
-//! let bound = GaussianBound {
-//!     diffusion: GaussianDiffusion::new(BetaSchedule::paper().betas(steps)?, 2)?,
-//!     parametrization: ReverseParametrization::Paper,
-//!     clip: None,
-//!     network_steps: None,
-//! };
+//! let bound = GaussianBound::new(
+//!     GaussianDiffusion::new(BetaSchedule::paper().betas(steps)?, 2)?,
+//!     ReverseParametrization::Paper,
+//! );
 //! let device = Device::flex().autodiff();
 //! let network = ModelConfig { hidden: vec![32], ..ModelConfig::default() }.init(2, 4, steps, &device);
 //! let config = TrainConfig { steps: 200, batch_size: 128, ..TrainConfig::default() };

@@ -18,12 +18,10 @@
 //! use diffusion_core::{BetaSchedule, GaussianDiffusion, ReverseParametrization};
 //!
 //! let steps = 20;
-//! let process = process::GaussianBound {
-//!     diffusion: GaussianDiffusion::new(BetaSchedule::paper().betas(steps)?, 2)?,
-//!     parametrization: ReverseParametrization::Paper,
-//!     clip: None,
-//!     network_steps: None,
-//! };
+//! let process = process::GaussianBound::new(
+//!     GaussianDiffusion::new(BetaSchedule::paper().betas(steps)?, 2)?,
+//!     ReverseParametrization::Paper,
+//! );
 //! let device = Device::flex().autodiff();
 //! let network = ModelConfig { hidden: vec![16], ..ModelConfig::default() }.init(2, 4, steps, &device);
 //! let config = TrainConfig { steps: 400, batch_size: 128, ..TrainConfig::default() };
@@ -539,13 +537,10 @@ mod tests {
     #[test]
     fn one_step_moves_every_parameter() {
         let steps = 10;
-        let process = GaussianBound {
-            diffusion: GaussianDiffusion::new(BetaSchedule::paper().betas(steps).unwrap(), 2)
-                .unwrap(),
-            parametrization: ReverseParametrization::Paper,
-            clip: None,
-            network_steps: None,
-        };
+        let process = GaussianBound::new(
+            GaussianDiffusion::new(BetaSchedule::paper().betas(steps).unwrap(), 2).unwrap(),
+            ReverseParametrization::Paper,
+        );
         let device = Device::flex().autodiff();
         for (time, kind, hidden) in [
             (TimeConditioning::Embedding, ModelKind::Mlp, vec![8, 8]),
@@ -584,13 +579,10 @@ mod tests {
     #[test]
     fn the_moving_average_follows_the_raw_weights() {
         let steps = 10;
-        let process = GaussianBound {
-            diffusion: GaussianDiffusion::new(BetaSchedule::paper().betas(steps).unwrap(), 2)
-                .unwrap(),
-            parametrization: ReverseParametrization::Paper,
-            clip: None,
-            network_steps: None,
-        };
+        let process = GaussianBound::new(
+            GaussianDiffusion::new(BetaSchedule::paper().betas(steps).unwrap(), 2).unwrap(),
+            ReverseParametrization::Paper,
+        );
         let device = Device::flex().autodiff();
         let d = 0.8;
         let config = ModelConfig {

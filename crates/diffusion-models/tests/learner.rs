@@ -30,13 +30,10 @@ fn the_learner_trains_data_parallel_across_two_devices() {
 
 fn check_learner(devices: Option<Vec<Device>>, batches: usize) {
     let (steps, batch) = (20, 256);
-    let process = GaussianBound {
-        diffusion: GaussianDiffusion::new(BetaSchedule::linear(1e-3, 0.3).betas(steps).unwrap(), 2)
-            .unwrap(),
-        parametrization: ReverseParametrization::Paper,
-        clip: None,
-        network_steps: None,
-    };
+    let process = GaussianBound::new(
+        GaussianDiffusion::new(BetaSchedule::linear(1e-3, 0.3).betas(steps).unwrap(), 2).unwrap(),
+        ReverseParametrization::Paper,
+    );
     let device = Device::flex();
     let ad = device.clone().autodiff();
     ad.seed(0);
