@@ -228,16 +228,8 @@ pub fn evaluate_with<N: ReverseNetwork>(
     sampler: &Sampler,
     estimate: BoundEstimate,
 ) -> Result<Evaluation, RunError> {
-    let bound = manifest.bound_of(model).map_err(|e| RunError::Corrupt {
-        path: run.file("config.json").display().to_string(),
-        message: e.to_string(),
-    })?;
+    let (bound, rows, points) = bound_and_points(manifest, run, model, n)?;
     sampler.check_for(&bound)?;
-    let rows = heldout_dequantized(manifest, run, n)?;
-    let mut points = rows.clone();
-    if let Some(s) = &manifest.standardization {
-        s.apply(&mut points);
-    }
     let mut rng = diffusion_data::rng(seed, streams::EVAL_NOISE);
     let estimate = match sampler {
         Sampler::Respaced(_) => BoundEstimate::FullSum,
@@ -383,6 +375,26 @@ pub fn evaluate_with<N: ReverseNetwork>(
         }
     }
     Ok(eval)
+}
+
+/// The run's process for `model`, and its first `n` held-out rows in the data's units
+/// (dequantised when the run says so) and in the space the model diffuses.
+fn bound_and_points<N: ReverseNetwork>(
+    manifest: &RunManifest,
+    run: &RunDir,
+    model: &ReverseModel<N>,
+    n: usize,
+) -> Result<(Diffusion, Vec<f32>, Vec<f32>), RunError> {
+    let bound = manifest.bound_of(model).map_err(|e| RunError::Corrupt {
+        path: run.file("config.json").display().to_string(),
+        message: e.to_string(),
+    })?;
+    let rows = heldout_dequantized(manifest, run, n)?;
+    let mut points = rows.clone();
+    if let Some(s) = &manifest.standardization {
+        s.apply(&mut points);
+    }
+    Ok((bound, rows, points))
 }
 
 /// The independent per-coordinate histogram's NLL in bits per dimension on the first `n`
@@ -540,15 +552,7 @@ pub fn bound_terms<N: ReverseNetwork>(
     steps: &[usize],
     seed: u64,
 ) -> Result<BoundTerms, RunError> {
-    let bound = manifest.bound_of(model).map_err(|e| RunError::Corrupt {
-        path: run.file("config.json").display().to_string(),
-        message: e.to_string(),
-    })?;
-    let rows = heldout_dequantized(manifest, run, n)?;
-    let mut points = rows.clone();
-    if let Some(s) = &manifest.standardization {
-        s.apply(&mut points);
-    }
+    let (bound, rows, points) = bound_and_points(manifest, run, model, n)?;
     let d = bound.dim();
     let n = points.len() / d;
     if n == 0 {

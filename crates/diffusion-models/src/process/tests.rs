@@ -462,13 +462,10 @@ fn stratified_bound_is_unbiased_for_the_full_sum() {
 fn kl_terms_are_the_bounds_summands() {
     let device = Device::flex();
     let steps = 30;
-    let g = GaussianBound {
-        diffusion: GaussianDiffusion::new(BetaSchedule::linear(1e-3, 0.2).betas(steps).unwrap(), 2)
-            .unwrap(),
-        parametrization: ReverseParametrization::Paper,
-        clip: None,
-        network_steps: None,
-    };
+    let g = GaussianBound::new(
+        GaussianDiffusion::new(BetaSchedule::linear(1e-3, 0.2).betas(steps).unwrap(), 2).unwrap(),
+        ReverseParametrization::Paper,
+    );
     let model = ModelConfig::default().init(2, 4, steps, &device);
     let points: Vec<f32> = standard_normal_points(40, 2, 8)
         .iter()
