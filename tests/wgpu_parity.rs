@@ -175,7 +175,7 @@ fn image_networks_agree_on_wgpu_and_flex() {
     let x: Vec<f32> = Tensor::<2>::random([n, d], Distribution::Normal(0.0, 1.0), &flex)
         .into_data()
         .convert::<f32>()
-        .into_vec::<f32>()
+        .try_into_vec::<f32>()
         .unwrap();
     let outputs = |net: &dyn Fn(Tensor<2>, Tensor<1, Int>) -> Tensor<2>, device: &Device| {
         let x = Tensor::<2>::from_data(TensorData::new(x.clone(), [n, d]), device);
@@ -183,7 +183,7 @@ fn image_networks_agree_on_wgpu_and_flex() {
         net(x, t)
             .into_data()
             .convert::<f32>()
-            .into_vec::<f32>()
+            .try_into_vec::<f32>()
             .unwrap()
             .into_iter()
             .map(f64::from)
