@@ -4,7 +4,8 @@
     python3 scripts/digit-samples.py samples.npy [--k 10] [--agree 8]
 
 `samples.npy` holds images as `diffusion sample` writes them for an MNIST run: `[n, 1, 28, 28]` (or
-`[n, 784]`), pixel values 0..255. For each sample the k nearest training digits (Euclidean
+`[n, 784]`), pixel values 0..255, or bits 0/1 for a binarised run (configs/mnist_binary.toml: the
+training and test digits are then binarised at 128 too). For each sample the k nearest training digits (Euclidean
 distance on the pixels) vote; a sample counts as a digit when at least `agree` of them share a
 label. Printed as one JSON object: the share of such samples, how many of each class they are,
 and the copy check: each sample's distance to its nearest training digit beside the same
@@ -54,7 +55,13 @@ def main():
     train = idx("train-images-idx3-ubyte.gz").reshape(-1, 784).astype(np.float64) / 255.0
     labels = idx("train-labels-idx1-ubyte.gz")
     test = idx("t10k-images-idx3-ubyte.gz").reshape(-1, 784).astype(np.float64) / 255.0
-    samples = np.load(a.samples).reshape(-1, 784).astype(np.float64) / 255.0
+    samples = np.load(a.samples).reshape(-1, 784).astype(np.float64)
+    if samples.max() <= 1.0:
+        # bits: compare with binarised digits
+        train = (train >= 128 / 255.0).astype(np.float64)
+        test = (test >= 128 / 255.0).astype(np.float64)
+    else:
+        samples = samples / 255.0
     index, dist = nearest(samples, train, a.k)
     votes = labels[index]
     counts = np.stack([(votes == c).sum(1) for c in range(10)], 1)
