@@ -566,6 +566,22 @@ log_every = 30
     let (a, shape) = io::read_shaped(&samples).unwrap();
     assert_eq!(shape.unwrap().len(), 64);
     assert!(a.data.iter().all(|&v| v == 0.0 || v == 1.0));
+    // inpainted bits: the known ones held, the PSNR against a peak of 1
+    let e = json(&run(&[
+        "evaluate-conditional",
+        "--run",
+        s(&run_dir),
+        "--json",
+        "--from-test",
+        "6",
+        "--mask",
+        "top-half",
+    ]));
+    assert_eq!(f(&e, "known_max_change"), 0.0);
+    assert_eq!(f(&e, "peak"), 1.0);
+    let mse = f(&e, "mse");
+    assert!((0.0..=1.0).contains(&mse), "{mse}");
+    assert!((f(&e, "psnr_db") + 10.0 * mse.log10()).abs() < 1e-9);
     // a threshold is for binomial runs
     let gaussian = config(&train, &test, UNET).replace("dequantize = true", "binarize = 128");
     let c = write_config(&dir, "gaussian.toml", &gaussian);

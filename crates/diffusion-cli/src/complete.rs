@@ -180,8 +180,12 @@ pub fn complete(
     Ok(completions)
 }
 
-/// The peak of the PSNR: 255 for data within 8 bits, else the training rows' range.
+/// The peak of the PSNR: 1 for bits, 255 for data within 8 bits, else the training rows'
+/// range.
 fn peak(manifest: &RunManifest) -> f64 {
+    if manifest.config.diffusion.process == diffusion_models::config::ProcessKind::Binomial {
+        return 1.0;
+    }
     let range = manifest.standardization.as_ref().and_then(|s| {
         let bin = if s.dequantize { 1.0 } else { 0.0 };
         s.range.map(|[lo, hi]| (lo, hi - bin))
