@@ -159,7 +159,9 @@ pub fn complete(
     let bound = manifest.bound_of(model).map_err(|e| e.to_string())?;
     let given = condition
         .resolve_for(manifest, run, bound.variable(), n, seed)?
-        .ok_or("a condition")?;
+        .ok_or(
+            "no condition given: --from-test with --mask or --noisy-test, --known or --observe",
+        )?;
     let chain = conditioned_chain(&bound, sampler)?;
     let mut rng = diffusion_data::rng(seed, streams::SAMPLE);
     let mut completions = chain
