@@ -8,13 +8,13 @@ use burn::tensor::Device;
 use diffusion_data::baselines::knn_labels;
 use diffusion_models::data::streams;
 use diffusion_models::image::complete::{CompletionError, TaskImages};
-use diffusion_models::{Network, ReverseModel, RunDir, RunManifest};
+use diffusion_models::{Diffusion, Network, ReverseModel, RunDir, RunManifest};
 use serde::Serialize;
 
 use diffusion_models::sampling::Sampler;
 
 use crate::args::{ConditionArgs, EvaluateConditionalArgs};
-use crate::sample::conditioned_chain;
+use crate::sample::draw_given;
 
 /// Neighbours that vote on a completion's label.
 const KNN: usize = 10;
@@ -74,8 +74,10 @@ pub fn cmd_evaluate_images(
     }
     let completions = complete(
         &a.condition,
+        &task,
+        &bound,
         &a.sampler.sampler()?,
-        (run, manifest, model, device),
+        (manifest, model, device),
         chains,
         a.seed,
         a.particles,
@@ -146,37 +148,32 @@ pub fn cmd_evaluate_images(
     Ok(())
 }
 
-/// `n` samples of a run conditioned as `condition` says (sample r on image r mod N with
-/// `--from-test N`), through `sampler`'s chain, as pixels in the data's units.
+/// `n` completions of `task`'s images (sample r of image r mod N) as `condition` says, through
+/// `sampler`'s chain, as pixels in the data's units.
+#[allow(clippy::too_many_arguments)]
 pub fn complete(
     condition: &ConditionArgs,
+    task: &TaskImages,
+    bound: &Diffusion,
     sampler: &Sampler,
-    (run, manifest, model, device): (&RunDir, &RunManifest, &ReverseModel<Network>, &Device),
+    (manifest, model, device): (&RunManifest, &ReverseModel<Network>, &Device),
     n: usize,
     seed: u64,
     particles: usize,
 ) -> Result<Vec<f32>, String> {
-    let bound = manifest.bound_of(model).map_err(|e| e.to_string())?;
     let given = condition
-        .resolve_for(manifest, run, bound.variable(), n, seed)?
-        .ok_or(
-            "no condition given: --from-test with --mask or --noisy-test, --known or --observe",
-        )?;
-    let chain = conditioned_chain(&bound, sampler)?;
+        .resolve_with(manifest, bound.variable(), n, Some(task))?
+        .ok_or("a --from-test condition")?;
     let mut rng = diffusion_data::rng(seed, streams::SAMPLE);
-    let mut completions = chain
-        .sample_given(
-            &model.network,
-            n,
-            &given,
-            &mut rng,
-            device,
-            manifest.chunk_rows(particles),
-        )
-        .map_err(|e| e.to_string())?;
-    if let Some(group) = given.particle_group() {
-        completions = crate::condition::ungroup(completions, manifest.data_dim, group);
-    }
+    let mut completions = draw_given(
+        bound,
+        sampler,
+        &given,
+        (manifest, model, device),
+        n,
+        &mut rng,
+        particles,
+    )?;
     manifest.to_data_units(&mut completions);
     manifest.to_pixels(&mut completions);
     Ok(completions)

@@ -74,7 +74,8 @@ impl ConditionArgs {
     }
 
     /// [`ConditionArgs::resolve`] for a run: values and noise are given in the data's own
-    /// units and mapped into the space the run's model diffuses.
+    /// units and mapped into the space the run's model diffuses; `--from-test` reads the run's
+    /// held-out images (the noise of `--noisy-test` drawn from `seed`).
     pub fn resolve_for(
         &self,
         manifest: &RunManifest,
@@ -82,6 +83,18 @@ impl ConditionArgs {
         variable: Variable,
         n: usize,
         seed: u64,
+    ) -> Result<Option<Conditioning>, String> {
+        let task = self.test_task(manifest, run, seed)?;
+        self.resolve_with(manifest, variable, n, task.as_ref())
+    }
+
+    /// [`ConditionArgs::resolve_for`] with the `--from-test` images already read.
+    pub fn resolve_with(
+        &self,
+        manifest: &RunManifest,
+        variable: Variable,
+        n: usize,
+        task: Option<&TaskImages>,
     ) -> Result<Option<Conditioning>, String> {
         let units = manifest
             .standardization
@@ -96,7 +109,7 @@ impl ConditionArgs {
                     .into(),
             );
         }
-        let task = match self.test_task(manifest, run, seed)? {
+        let (task, group) = match task {
             Some(task) if !n.is_multiple_of(task.len()) => {
                 return Err(format!(
                     "-n {n} is not a multiple of --from-test {}: sample r completes image r mod {}",
@@ -108,21 +121,17 @@ impl ConditionArgs {
             // `ungroup` puts the samples back in the order r -> image r mod N
             Some(task) if self.resample => {
                 let per = n / task.len();
-                Some(Rows(
-                    (0..n).map(|c| task.conditions[c / per].clone()).collect(),
-                ))
+                let rows = (0..n).map(|c| task.conditions[c / per].clone()).collect();
+                (Some(Rows(rows)), Some(per))
             }
-            Some(task) => Some(Rows(
-                (0..n)
+            Some(task) => {
+                let rows = (0..n)
                     .map(|r| task.conditions[r % task.len()].clone())
-                    .collect(),
-            )),
-            None => None,
+                    .collect();
+                (Some(Rows(rows)), None)
+            }
+            None => (None, None),
         };
-        let group = self
-            .from_test
-            .filter(|_| self.resample)
-            .map(|images| n / images.max(1));
         let side = RunSide {
             units,
             task,

@@ -527,8 +527,10 @@ pub fn cmd_plot(a: PlotArgs) -> Result<(), String> {
                 let sampler = a.sampler.sampler()?;
                 let drawn = crate::complete::complete(
                     &task,
+                    &shown,
+                    &bound,
                     &sampler,
-                    (&run, &manifest, &model, &device),
+                    (&manifest, &model, &device),
                     rows * per,
                     a.seed,
                     SAMPLE_CHUNK_ROWS,

@@ -1,11 +1,12 @@
 //! `diffusion sample`: draws from a trained run into a .csv or .npy file, optionally
 //! conditioned by known values and noisy observations (paper section 2.5).
 
+use burn::tensor::Device;
 use diffusion_data::{Array2, io};
-use diffusion_models::Diffusion;
 use diffusion_models::data::streams;
 use diffusion_models::evaluate::SAMPLE_CHUNK_ROWS;
 use diffusion_models::sampling::Sampler;
+use diffusion_models::{Conditioning, Diffusion, Network, ReverseModel, RunManifest};
 
 use crate::args::SampleArgs;
 use crate::common::{check_at_least_one, check_count, load_run, write_rows};
@@ -33,22 +34,15 @@ pub fn cmd_sample(a: SampleArgs) -> Result<(), String> {
                 manifest.chunk_rows(SAMPLE_CHUNK_ROWS),
             )
             .map_err(|e| e.to_string())?,
-        Some(given) => {
-            let drawn = conditioned_chain(&bound, &sampler)?
-                .sample_given(
-                    &model.network,
-                    a.n,
-                    given,
-                    &mut rng,
-                    &device,
-                    manifest.chunk_rows(a.particles),
-                )
-                .map_err(|e| e.to_string())?;
-            match given.particle_group() {
-                Some(group) => crate::condition::ungroup(drawn, manifest.data_dim, group),
-                None => drawn,
-            }
-        }
+        Some(given) => draw_given(
+            &bound,
+            &sampler,
+            given,
+            (&manifest, &model, &device),
+            a.n,
+            &mut rng,
+            a.particles,
+        )?,
     };
     manifest.to_data_units(&mut data);
     match manifest.image {
@@ -61,6 +55,34 @@ pub fn cmd_sample(a: SampleArgs) -> Result<(), String> {
         }
         None => write_rows(&a.out, a.n, manifest.data_dim, data, "samples"),
     }
+}
+
+/// `n` samples of `bound`'s model multiplied by `given`, through `sampler`'s chain
+/// ([`conditioned_chain`]), in the space the model diffuses, `particles` chains at a time (256
+/// for images); particle systems in groups come back in the order of `--from-test`.
+pub fn draw_given(
+    bound: &Diffusion,
+    sampler: &Sampler,
+    given: &Conditioning,
+    (manifest, model, device): (&RunManifest, &ReverseModel<Network>, &Device),
+    n: usize,
+    rng: &mut diffusion_data::Rng,
+    particles: usize,
+) -> Result<Vec<f32>, String> {
+    let drawn = conditioned_chain(bound, sampler)?
+        .sample_given(
+            &model.network,
+            n,
+            given,
+            rng,
+            device,
+            manifest.chunk_rows(particles),
+        )
+        .map_err(|e| e.to_string())?;
+    Ok(match given.particle_group() {
+        Some(group) => crate::condition::ungroup(drawn, manifest.data_dim, group),
+        None => drawn,
+    })
 }
 
 /// The chain that conditioned samples run: the full one, or the respaced chain as a process of
