@@ -300,6 +300,113 @@ fn bad_image_input_is_refused() {
     assert!(!o.exists());
 }
 
+/// `diffusion.decoder = "discretized"`: the pixels stay on their levels, K is a bound on the
+/// 8-bit values themselves (no Jacobian, the decoder's term at t = 1 in the stratified estimate
+/// and the full sum alike), samples are levels; data off the levels are refused.
+#[test]
+fn the_discretized_decoder_bounds_the_eight_bit_values() {
+    let dir = workdir("images-decoder");
+    let (train, test) = data(&dir);
+    let text = config(&train, &test, PAPER)
+        .replace("dequantize = true\n", "")
+        .replace(
+            "[data]",
+            "decoder = \"discretized\"\nclip_denoised = true\n[data]",
+        );
+    let run_dir = train_quick(&text, &dir, "decoder");
+    let e = json(&run(&["evaluate", "--run", s(&run_dir), "--json"]));
+    let d = 64.0;
+    assert!((f(&e, "nll_bits_per_dim") + f(&e, "k_bits") / d).abs() < 1e-9);
+    assert!(e["log_jacobian_bits"].is_null(), "{e}");
+    // a log-probability of integers: at most 0, and here short of 8 bits a pixel
+    assert!(
+        f(&e, "k_bits") < 0.0 && f(&e, "nll_bits_per_dim") < 8.0,
+        "{e}"
+    );
+    let full = json(&run(&[
+        "evaluate",
+        "--run",
+        s(&run_dir),
+        "--json",
+        "--full-sum",
+    ]));
+    let tolerance = 4.0 * f(&e, "k_stderr_bits").hypot(f(&full, "k_stderr_bits"));
+    assert!(
+        (f(&e, "k_bits") - f(&full, "k_bits")).abs() < tolerance,
+        "{} vs {}",
+        e["k_bits"],
+        full["k_bits"]
+    );
+    // K = the constant part minus every term t = 1..T, the decoder's included
+    let all: Vec<String> = (1..=50).map(|t| t.to_string()).collect();
+    let terms = json(&run(&[
+        "terms",
+        "--run",
+        s(&run_dir),
+        "--n",
+        "60",
+        "--json",
+        "--steps",
+        &all.join(","),
+    ]));
+    let rows = terms["terms"].as_array().unwrap();
+    assert_eq!(rows[0]["t"], 1);
+    let sum: f64 = rows.iter().map(|r| f(r, "kl_bits")).sum();
+    let k = f(&terms, "constant_bits") - sum;
+    let tolerance = 4.0 * f(&full, "k_stderr_bits").max(1.0);
+    assert!(
+        (k - f(&full, "k_bits")).abs() < tolerance,
+        "{k} vs {}",
+        full["k_bits"]
+    );
+    assert!(f(&rows[0], "kl_bits") > 0.0);
+    fails(
+        &["terms", "--run", s(&run_dir), "--steps", "0"],
+        "outside 1..=50",
+    );
+    // samples on the levels, by the respaced chain too
+    for extra in [
+        &[][..],
+        &["--sampler", "respaced", "--sample-steps", "10"][..],
+    ] {
+        let samples = dir.join("samples.npy");
+        let mut args = vec![
+            "sample",
+            "--run",
+            s(&run_dir),
+            "-n",
+            "6",
+            "--out",
+            s(&samples),
+        ];
+        args.extend_from_slice(extra);
+        run(&args);
+        let (a, _) = io::read_shaped(&samples).unwrap();
+        assert!(
+            a.data
+                .iter()
+                .all(|&v| (0.0..=255.0).contains(&v) && v.fract() == 0.0)
+        );
+    }
+    // values off the 8-bit levels
+    let half = dir.join("half.npy");
+    let mut rows = io::read(&train).unwrap();
+    rows.data[70] = 12.5;
+    let shape = ImageShape {
+        channels: 1,
+        height: 8,
+        width: 8,
+    };
+    io::write_images(&half, &rows, shape).unwrap();
+    let c = write_config(&dir, "half.toml", &text.replace(s(&train), s(&half)));
+    let o = dir.join("o");
+    fails(
+        &["train", "--config", s(&c), "--out", s(&o)],
+        "value 12.5 at row 1, column 6 is not an integer in 0..=255",
+    );
+    assert!(!o.exists());
+}
+
 /// A folder of PNG files is image data: its shape is recorded and samples come out in it.
 #[test]
 fn a_folder_of_png_files_trains() {

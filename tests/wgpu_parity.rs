@@ -33,6 +33,7 @@ fn same_weights_and_inputs_give_the_same_bound_on_wgpu_and_flex() {
             .unwrap(),
         parametrization: ReverseParametrization::Paper,
         clip: None,
+        decoder: None,
         network_steps: None,
     };
     // A model trained briefly on flex, so its outputs are not the forward kernel's, then loaded

@@ -1,5 +1,6 @@
 //! `diffusion evaluate`: the bound K in bits on a run's held-out data, with L_null and -H(data).
 
+use diffusion_models::config::LastStep;
 use diffusion_models::evaluate::{
     BoundEstimate, Evaluation, bound_terms, evaluate_with, term_steps,
 };
@@ -146,18 +147,20 @@ pub fn cmd_terms(a: TermsArgs) -> Result<(), String> {
     let (run, manifest, model, device) = load_run(&a.run, &a.backend, a.weights)?;
     check_at_least_one("--n", a.n)?;
     let steps_t = manifest.config.diffusion.steps;
+    let decoded = manifest.config.diffusion.decoder == LastStep::Discretized;
+    let first = if decoded { 1 } else { 2 };
     let steps = match a.steps {
         Some(mut steps) => {
-            if let Some(t) = steps.iter().find(|&&t| !(2..=steps_t).contains(&t)) {
+            if let Some(t) = steps.iter().find(|&&t| !(first..=steps_t).contains(&t)) {
                 return Err(format!(
-                    "--steps: step {t} is outside 2..={steps_t} (the KL terms of a chain of T = {steps_t})"
+                    "--steps: step {t} is outside {first}..={steps_t} (the bound's terms of a chain of T = {steps_t})"
                 ));
             }
             steps.sort_unstable();
             steps.dedup();
             steps
         }
-        None => term_steps(steps_t, TERM_STEPS_PER_END),
+        None => term_steps(first, steps_t, TERM_STEPS_PER_END),
     };
     let terms = bound_terms(&manifest, &run, &model, &device, a.n, &steps, a.seed)
         .map_err(|e| e.to_string())?;
@@ -180,8 +183,15 @@ pub fn cmd_terms(a: TermsArgs) -> Result<(), String> {
         return Ok(());
     }
     println!(
-        "KL(q(x_(t-1) | x_t, x_0) || p(x_(t-1) | x_t)) in bits, mean over {} held-out points (T = {}, d = {})",
-        terms.n, terms.steps_t, terms.dim
+        "KL(q(x_(t-1) | x_t, x_0) || p(x_(t-1) | x_t)) in bits{}, mean over {} held-out points (T = {}, d = {})",
+        if decoded {
+            " (at t = 1: -log2 of the decoder's probability of x_0)"
+        } else {
+            ""
+        },
+        terms.n,
+        terms.steps_t,
+        terms.dim
     );
     println!(
         "{:>6}  {:>12}  {:>10}  {:>10}",
@@ -197,8 +207,13 @@ pub fn cmd_terms(a: TermsArgs) -> Result<(), String> {
         );
     }
     println!(
-        "K = {:+.4} bits/point (the entropy terms and the edge step) - the sum of the terms over t = 2..T{}",
+        "K = {:+.4} bits/point ({}) - the sum of the terms over t = {first}..T{}",
         terms.constant_bits,
+        if decoded {
+            "minus the prior's KL"
+        } else {
+            "the entropy terms and the edge step"
+        },
         if terms.log_jacobian_bits != 0.0 {
             format!(
                 ", {:+.4} more in the data's own units",

@@ -45,9 +45,9 @@ pub fn cmd_sample(a: SampleArgs) -> Result<(), String> {
         )?,
     };
     manifest.to_data_units(&mut data);
+    manifest.to_pixels(&mut data);
     match manifest.image {
         Some(shape) => {
-            manifest.to_pixels(&mut data);
             let array = Array2::new(a.n, manifest.data_dim, data).map_err(|e| e.to_string())?;
             io::write_images(&a.out, &array, shape).map_err(|e| e.to_string())?;
             eprintln!("wrote {} images of {shape} to {}", a.n, a.out.display());

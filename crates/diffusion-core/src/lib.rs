@@ -31,6 +31,7 @@
 
 pub mod binomial;
 pub mod condition;
+pub mod decoder;
 pub mod gaussian;
 pub mod parametrization;
 pub mod respace;

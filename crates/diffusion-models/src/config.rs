@@ -90,6 +90,29 @@ pub struct DiffusionConfig {
     /// predicted noise is magnified some thirty times, from costing bits or wrecking samples.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub clip_denoised: bool,
+    /// Gaussian runs: the last reverse step, p(x_0 | x_1). `edge` (the default) is the paper's
+    /// fixed step, the forward kernel's reverse; `discretized` is DDPM's decoder: the network's
+    /// kernel at t = 1 integrated over each value's bin, for integer data from a file in
+    /// 0..=255 that is not dequantised, so the bound is one on the integers directly.
+    #[serde(default, skip_serializing_if = "LastStep::is_edge")]
+    pub decoder: LastStep,
+}
+
+/// The last reverse step of a Gaussian chain ([`DiffusionConfig::decoder`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LastStep {
+    /// The paper's fixed edge step, N(sqrt(1 - b_1) x_1, b_1 I).
+    #[default]
+    Edge,
+    /// The network's kernel at t = 1, discretised to 8-bit bins.
+    Discretized,
+}
+
+impl LastStep {
+    fn is_edge(&self) -> bool {
+        *self == Self::Edge
+    }
 }
 
 /// The training data.
@@ -454,8 +477,14 @@ impl RunConfig {
                         );
                     }
                 }
+                if diffusion.decoder == LastStep::Discretized {
+                    self.check_decoder()?;
+                }
             }
             ProcessKind::Binomial => {
+                if diffusion.decoder != LastStep::Edge {
+                    return Err("diffusion.decoder is for process = \"gaussian\" only".into());
+                }
                 if diffusion.clip_denoised {
                     return Err("diffusion.clip_denoised is for process = \"gaussian\" only".into());
                 }
@@ -606,6 +635,33 @@ impl RunConfig {
         self.model.check_tables().map_err(|e| e.0)
     }
 
+    /// `diffusion.decoder = "discretized"`: integer data from a file, as they are.
+    fn check_decoder(&self) -> Result<(), String> {
+        if matches!(self.diffusion.schedule, BetaSchedule::Learned { .. }) {
+            return Err(
+                "diffusion.decoder = \"discretized\" does not combine with the learned \
+                        schedule"
+                    .into(),
+            );
+        }
+        match &self.data {
+            DataConfig::File {
+                dequantize: false,
+                logit_alpha: None,
+                ..
+            } => Ok(()),
+            DataConfig::File { .. } => Err("diffusion.decoder = \"discretized\" models the \
+                                             integers themselves: set data.dequantize = false \
+                                             and no data.logit_alpha"
+                .into()),
+            _ => Err(
+                "diffusion.decoder = \"discretized\" needs integer data from a file \
+                      (data.kind = \"file\")"
+                    .into(),
+            ),
+        }
+    }
+
     /// The data's parameters.
     fn check_data(&self) -> Result<(), String> {
         match &self.data {
@@ -717,6 +773,35 @@ kind = "swiss-roll"
         RunConfig::from_toml(&file).unwrap().validate().unwrap();
         let learned = file.replace("{ kind = \"paper\" }", "{ kind = \"learned\" }");
         assert!(refused(&learned).contains("learned schedule"));
+    }
+
+    #[test]
+    fn the_discretized_decoder_needs_integer_file_data_as_it_is() {
+        let refused = |text: &str| {
+            RunConfig::from_toml(text)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string()
+        };
+        let decoder = MINIMAL.replace("steps = 40", "steps = 40\ndecoder = \"discretized\"");
+        assert!(refused(&decoder).contains("needs integer data from a file"));
+        let file = decoder.replace("kind = \"swiss-roll\"", "kind = \"file\"\npath = \"x.npy\"");
+        let c = RunConfig::from_toml(&file).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.diffusion.decoder, LastStep::Discretized);
+        let dequantized = format!("{file}dequantize = true\n");
+        assert!(refused(&dequantized).contains("data.dequantize = false"));
+        let learned = file.replace("{ kind = \"paper\" }", "{ kind = \"learned\" }");
+        assert!(refused(&learned).contains("learned schedule"));
+        let binomial = file.replace("steps = 40", "steps = 40\nprocess = \"binomial\"");
+        assert!(refused(&binomial).contains("gaussian\" only"));
+        let unknown = decoder.replace("\"discretized\"", "\"binned\"");
+        assert!(RunConfig::from_toml(&unknown).is_err());
+        // the default is the paper's edge step, and configs without the key keep their text
+        let edge = RunConfig::from_toml(MINIMAL).unwrap();
+        assert_eq!(edge.diffusion.decoder, LastStep::Edge);
+        assert!(!toml::to_string(&edge).unwrap().contains("decoder"));
     }
 
     #[test]

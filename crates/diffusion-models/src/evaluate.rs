@@ -264,8 +264,13 @@ pub fn evaluate_with<N: ReverseNetwork>(
         |f: &dyn Fn(&[f32]) -> f64, x: &[f32]| x.chunks_exact(d).map(f).sum::<f64>() / k.n as f64;
     // In the data's own units: the Jacobian of the standardisation added to K point by point
     // (a constant, unless a logit map makes it depend on the point), and the null model of
-    // these data.
+    // these data. A discretised decoder's K is a log-probability of the integers already.
+    let discrete = matches!(&bound, Diffusion::Gaussian(g) if g.decoder.is_some());
     let (k_own, l_null, standardized) = match &manifest.standardization {
+        Some(s) if discrete => {
+            let l_null = mean_over(&|row| s.null_log_likelihood_bits(row), &rows);
+            (k, l_null, None)
+        }
         Some(s) => {
             let jacobians: Vec<f64> = rows
                 .chunks_exact(d)
@@ -321,7 +326,7 @@ pub fn evaluate_with<N: ReverseNetwork>(
         histogram_bits_per_dim: None,
         k_nats: matches!(bound, Diffusion::Binomial(_)).then(|| k_bits * diffusion_core::LN_2),
     };
-    if eval.dequantized {
+    if eval.dequantized || discrete {
         eval.nll_bits_per_dim = Some(-k_bits / d as f64);
         eval.nll_stderr_bits_per_dim = Some(k_own.stderr / d as f64);
         eval.histogram_bits_per_dim = histogram_bits_per_dim(manifest, run, n)?;
@@ -520,20 +525,20 @@ pub struct StepTerm {
     pub kl_stderr_bits: f64,
 }
 
-/// Steps spread from both ends of the chain 2..=T, geometrically: about `per_end` from each end
-/// (the first and last steps one by one, as [`crate::process::stratify`] treats them), every
-/// step when the chain is that short.
-pub fn term_steps(steps_t: usize, per_end: usize) -> Vec<usize> {
-    let count = steps_t.saturating_sub(1);
+/// Steps spread from both ends of the bound's steps first..=T (first = 2, or 1 with a decoder),
+/// geometrically: about `per_end` from each end (the first and last steps one by one, as
+/// [`crate::process::stratify`] treats them), every step when the chain is that short.
+pub fn term_steps(first: usize, steps_t: usize, per_end: usize) -> Vec<usize> {
+    let count = (steps_t + 1).saturating_sub(first);
     if count <= 2 * per_end {
-        return (2..=steps_t).collect();
+        return (first..=steps_t).collect();
     }
     let half = count.div_ceil(2) as f64;
     let mut steps: Vec<usize> = (0..per_end)
         .flat_map(|j| {
             let offset = half.powf(j as f64 / (per_end - 1).max(1) as f64).round() as usize;
-            // the offset's step from the start and from the end of t = 2..=T
-            [1 + offset, steps_t + 1 - offset]
+            // the offset's step from the start and from the end of t = first..=T
+            [first - 1 + offset, steps_t + 1 - offset]
         })
         .collect();
     steps.sort_unstable();
@@ -572,9 +577,10 @@ pub fn bound_terms<N: ReverseNetwork>(
     );
     let mean_over =
         |f: &dyn Fn(&[f32]) -> f64, x: &[f32]| x.chunks_exact(d).map(f).sum::<f64>() / n as f64;
+    let discrete = matches!(&bound, Diffusion::Gaussian(g) if g.decoder.is_some());
     let log_jacobian_bits = match &manifest.standardization {
-        Some(s) => mean_over(&|r| s.log_jacobian_bits(r), &rows),
-        None => 0.0,
+        Some(s) if !discrete => mean_over(&|r| s.log_jacobian_bits(r), &rows),
+        _ => 0.0,
     };
     let terms = steps
         .iter()
@@ -605,8 +611,10 @@ mod tests {
     #[test]
     fn term_steps_spread_from_both_ends() {
         // a short chain: every step
-        assert_eq!(term_steps(20, 16), (2..=20).collect::<Vec<_>>());
-        let steps = term_steps(1000, 16);
+        assert_eq!(term_steps(2, 20, 16), (2..=20).collect::<Vec<_>>());
+        assert_eq!(term_steps(1, 20, 16), (1..=20).collect::<Vec<_>>());
+        assert_eq!(term_steps(1, 1000, 16)[..3], [1, 2, 3]);
+        let steps = term_steps(2, 1000, 16);
         assert_eq!(steps.first(), Some(&2));
         assert_eq!(steps.last(), Some(&1000));
         assert!(steps.windows(2).all(|w| w[0] < w[1]));

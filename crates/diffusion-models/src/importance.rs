@@ -17,31 +17,45 @@ pub const DECAY: f64 = 0.99;
 /// The share of the uniform distribution mixed into p(t).
 pub const UNIFORM_SHARE: f64 = 0.001;
 
-/// The running second moments of the KL terms of steps t = 2..T.
+/// The running second moments of the terms of steps t = first..T (first = 2, or 1 where the
+/// bound has a decoder term at t = 1).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepSampler {
-    /// The running mean of L_t^2 (nats^2), index t - 2.
+    /// The running mean of L_t^2 (nats^2), index t - first.
     second_moment: Vec<f64>,
     /// Draws of each step so far (saturating at [`WARMUP`]).
     count: Vec<u32>,
+    /// The first step.
+    #[serde(default = "edge_first")]
+    first: usize,
+}
+
+fn edge_first() -> usize {
+    2
 }
 
 impl StepSampler {
     /// A sampler for T steps (t = 2..T), starting uniform.
     pub fn new(steps: usize) -> Self {
-        let n = steps.saturating_sub(1);
+        Self::starting_at(2, steps)
+    }
+
+    /// A sampler for the steps t = first..T, starting uniform.
+    pub fn starting_at(first: usize, steps: usize) -> Self {
+        let n = (steps + 1).saturating_sub(first);
         Self {
             second_moment: vec![0.0; n],
             count: vec![0; n],
+            first,
         }
     }
 
     /// Trajectory length T.
     pub fn steps(&self) -> usize {
-        self.count.len() + 1
+        self.count.len() + self.first - 1
     }
 
-    /// p(t) for t = 2..T (index t - 2), or `None` while still warming up (uniform).
+    /// p(t) for t = first..T (index t - first), or `None` while still warming up (uniform).
     pub fn probabilities(&self) -> Option<Vec<f64>> {
         if self.count.iter().any(|&c| c < WARMUP) {
             return None;
@@ -59,11 +73,14 @@ impl StepSampler {
         )
     }
 
-    /// Draws `n` steps and each one's weight 1 / ((T - 1) p(t)) (1 while uniform).
+    /// Draws `n` steps and each one's weight 1 / (K p(t)) for the K steps (1 while uniform).
     pub fn draw(&self, n: usize, rng: &mut Rng) -> (Vec<usize>, Option<Vec<f32>>) {
-        let steps = self.steps();
+        let (first, steps) = (self.first, self.steps());
         let Some(p) = self.probabilities() else {
-            return ((0..n).map(|_| rng.random_range(2..=steps)).collect(), None);
+            return (
+                (0..n).map(|_| rng.random_range(first..=steps)).collect(),
+                None,
+            );
         };
         let mut cumulative = Vec::with_capacity(p.len());
         let mut acc = 0.0;
@@ -77,7 +94,7 @@ impl StepSampler {
         for _ in 0..n {
             let u = rng.random::<f64>() * acc;
             let i = cumulative.partition_point(|&c| c <= u).min(p.len() - 1);
-            ts.push(i + 2);
+            ts.push(i + first);
             weights.push((1.0 / (k * p[i])) as f32);
         }
         (ts, Some(weights))
@@ -86,7 +103,7 @@ impl StepSampler {
     /// Records the KL terms (nats) of a batch's rows at their steps.
     pub fn update(&mut self, ts: &[usize], kl: &[f32]) {
         for (&t, &l) in ts.iter().zip(kl) {
-            let i = t - 2;
+            let i = t - self.first;
             let sq = (l as f64) * (l as f64);
             if !sq.is_finite() {
                 continue;
@@ -107,12 +124,36 @@ impl StepSampler {
         Self {
             second_moment,
             count,
+            first: 2,
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_sampler_from_step_one_draws_every_step_and_weighs_them() {
+        let uniform = StepSampler::starting_at(1, 3);
+        assert_eq!(uniform.steps(), 3);
+        let mut rng = diffusion_data::rng(1, 0);
+        let (ts, w) = uniform.draw(3000, &mut rng);
+        assert!(w.is_none());
+        for t in 1..=3 {
+            let share = ts.iter().filter(|&&s| s == t).count() as f64 / 3000.0;
+            assert!((share - 1.0 / 3.0).abs() < 0.04, "t = {t}: {share}");
+        }
+        let mut s = StepSampler::starting_at(1, 3);
+        for _ in 0..WARMUP {
+            s.update(&[1, 2, 3], &[3.0, 1.0, 1.0]);
+        }
+        let p = s.probabilities().unwrap();
+        assert!((p[0] - (0.999 * 0.6 + 0.001 / 3.0)).abs() < 1e-12, "{p:?}");
+        let (ts, w) = s.draw(20, &mut rng);
+        for (t, w) in ts.iter().zip(w.unwrap()) {
+            assert!((w as f64 - 1.0 / (3.0 * p[t - 1])).abs() < 1e-5);
+        }
+    }
+
     use super::*;
 
     #[test]

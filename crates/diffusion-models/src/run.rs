@@ -26,10 +26,10 @@ use diffusion_data::{DataError, ImageShape, Standardization};
 use serde::{Deserialize, Serialize};
 
 use crate::bound::Diffusion;
-use crate::config::{ConfigError, ProcessKind, RunConfig};
+use crate::config::{ConfigError, LastStep, ProcessKind, RunConfig};
 use crate::model::Network;
 use crate::network::{ReverseModel, ReverseNetwork};
-use crate::process::{BinomialBound, ClipRange, GaussianBound};
+use crate::process::{BinomialBound, ClipRange, Decoder, GaussianBound};
 use crate::source::DataSource;
 
 /// The format tag of `config.json`.
@@ -74,6 +74,21 @@ pub enum RunError {
         "data {path}: value {value} at row {row}, column {column} is not 0 or 1, as binomial diffusion needs"
     )]
     NotBinary {
+        /// The file.
+        path: String,
+        /// The value.
+        value: f32,
+        /// Its row (0-based).
+        row: usize,
+        /// Its column (0-based).
+        column: usize,
+    },
+    /// A run with the discretised decoder whose data holds a value that is not an 8-bit level.
+    #[error(
+        "data {path}: value {value} at row {row}, column {column} is not an integer in 0..=255, \
+         as diffusion.decoder = \"discretized\" needs"
+    )]
+    NotEightBit {
         /// The file.
         path: String,
         /// The value.
@@ -175,10 +190,17 @@ impl RunManifest {
     }
 
     /// Image runs on dequantised data: rows in the data's own units (k + u for pixel value k)
-    /// to the pixel values k, floored and clamped to 0..=255. Other runs are unchanged.
+    /// to the pixel values k, floored and clamped to 0..=255; runs with the discretised
+    /// decoder: each value to the level whose bin holds it (rounded, clamped), which makes a
+    /// draw of the decoder's Gaussian a draw of its discrete distribution. Other runs are
+    /// unchanged.
     pub fn to_pixels(&self, rows: &mut [f32]) {
         let dequantized = self.standardization.as_ref().is_some_and(|s| s.dequantize);
-        if self.image.is_some() && dequantized {
+        if self.config.diffusion.decoder == LastStep::Discretized {
+            for v in rows {
+                *v = v.round().clamp(0.0, 255.0);
+            }
+        } else if self.image.is_some() && dequantized {
             for v in rows {
                 *v = v.floor().clamp(0.0, 255.0);
             }
@@ -208,6 +230,7 @@ impl RunManifest {
                 diffusion: GaussianDiffusion::new(d.schedule.betas(d.steps)?, self.data_dim)?,
                 parametrization: d.parametrization,
                 clip: self.clip_range()?,
+                decoder: self.decoder(),
                 network_steps: None,
             })),
             ProcessKind::Binomial => {
@@ -222,6 +245,31 @@ impl RunManifest {
                 }))
             }
         }
+    }
+
+    /// The bins of `diffusion.decoder = "discretized"`: the 8-bit levels 0..=255 through the
+    /// run's standardisation (a map x' = (x - m) / s per coordinate).
+    fn decoder(&self) -> Option<Decoder> {
+        if self.config.diffusion.decoder != LastStep::Discretized {
+            return None;
+        }
+        let d = self.data_dim;
+        let level = |v: f32| {
+            let mut row = vec![v; d];
+            self.to_model_units(&mut row);
+            row
+        };
+        let (lowest, one, highest) = (level(0.0), level(1.0), level(255.0));
+        let half = one
+            .iter()
+            .zip(&lowest)
+            .map(|(a, b)| 0.5 * (a - b))
+            .collect();
+        Some(Decoder {
+            lowest,
+            highest,
+            half,
+        })
     }
 
     /// The clip range of `diffusion.clip_denoised`, in the space the process diffuses: the
@@ -307,6 +355,7 @@ impl RunManifest {
                     .map_err(ConfigError::LearnedSchedule)?,
                 parametrization: g.parametrization,
                 clip: None,
+                decoder: None,
                 network_steps: None,
             }),
             (bound, _) => bound,

@@ -128,12 +128,24 @@ impl GaussianBound {
         x: Tensor<2>,
         t: usize,
     ) -> Tensor<2> {
-        if t == 1 {
+        if t == 1 && self.decoder.is_none() {
             return x * (1.0 - self.diffusion.beta(1)).sqrt();
         }
         let (mean, _) = self.mean_log_variance(network, tables, x.clone(), t);
         let (c0, ct, _) = self.diffusion.posterior_coefficients(t);
         (mean - x * ct) / c0
+    }
+
+    /// With a decoder, the respaced chain as a process of its own ([`GaussianBound::respaced`]):
+    /// its last step is the decoder at the first kept step.
+    pub fn decoded_respaced(&self, r: &Respacing) -> Result<Self, SamplerError> {
+        self.respaced(r)?.ok_or_else(|| {
+            SamplerError::Invalid(
+                "the respaced sampler with diffusion.decoder = \"discretized\" needs a \
+                 noise-predicting parametrization (\"epsilon\", \"epsilon-fixed\")"
+                    .into(),
+            )
+        })
     }
 
     /// The DDIM sampler of this chain with the given options (its `alphas_cumprod` filled in).
@@ -519,6 +531,11 @@ impl Sampler {
         {
             return Err(SamplerError::DdimNeedsGaussian);
         }
+        if let (Self::Respaced(k), crate::bound::Diffusion::Gaussian(g)) = (self, diffusion)
+            && g.decoder.is_some()
+        {
+            g.decoded_respaced(&Respacing::even(diffusion.steps(), *k)?)?;
+        }
         self.check(diffusion.steps())
     }
 
@@ -573,6 +590,9 @@ impl crate::bound::Diffusion {
         while done < n {
             let m = chunk_rows.max(1).min(n - done);
             let chunk = match (self, sampler, &respacing) {
+                (Diffusion::Gaussian(g), _, Some(r)) if g.decoder.is_some() => {
+                    crate::process::sample(&g.decoded_respaced(r)?, network, m, rng, device, m)
+                }
                 (Diffusion::Gaussian(g), _, Some(r)) => {
                     g.sample_respaced(network, r, m, rng, device)?
                 }
@@ -615,6 +635,12 @@ impl crate::bound::Diffusion {
         let mut out = Vec::with_capacity(points.len() / d);
         for chunk in points.chunks(per * d) {
             out.extend(match self {
+                Diffusion::Gaussian(g) if g.decoder.is_some() => {
+                    let short = g.decoded_respaced(&r)?;
+                    crate::process::bound_bits_per_point(
+                        &short, network, chunk, rng, device, chunk_rows,
+                    )
+                }
                 Diffusion::Gaussian(g) => {
                     respaced_bound_bits_gaussian(g, network, &r, chunk, rng, device)?
                 }
@@ -679,6 +705,7 @@ mod tests {
             .unwrap(),
             parametrization,
             clip: None,
+            decoder: None,
             network_steps: None,
         }
     }

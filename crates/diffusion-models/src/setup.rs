@@ -34,7 +34,7 @@ use diffusion_data::{Array2, Heartbeat, ImageShape, Scaling, Standardization, Sw
 
 use crate::bound::Diffusion;
 use crate::checkpoint::{self, Checkpoint};
-use crate::config::{DataConfig, ProcessKind, RunConfig};
+use crate::config::{DataConfig, LastStep, ProcessKind, RunConfig};
 use crate::data::{TrainingData, streams};
 use crate::model::Network;
 use crate::network::ReverseModel;
@@ -130,6 +130,12 @@ pub fn resolve(mut config: RunConfig) -> Result<ResolvedData, RunError> {
                     binarized(&mut rows, *binarize);
                     rows
                 });
+            if config.diffusion.decoder == LastStep::Discretized {
+                eight_bit(&points, path)?;
+                if let (Some(rows), Some(t)) = (&test, test_path) {
+                    eight_bit(rows, t)?;
+                }
+            }
             let (train_rows, held) = split_rows(&points, test, *heldout_fraction, seed)?;
             let activity = train_rows.data.iter().map(|&v| v as f64).sum::<f64>()
                 / train_rows.data.len() as f64;
@@ -392,5 +398,22 @@ impl Run {
             self.resume.as_ref(),
             on_progress,
         )
+    }
+}
+
+/// Refuses rows with a value that is not an integer in 0..=255 (the discretised decoder's bins).
+fn eight_bit(rows: &Array2, path: &Path) -> Result<(), RunError> {
+    match rows
+        .data
+        .iter()
+        .position(|&v| !(v.fract() == 0.0 && (0.0..=255.0).contains(&v)))
+    {
+        None => Ok(()),
+        Some(i) => Err(RunError::NotEightBit {
+            path: path.display().to_string(),
+            value: rows.data[i],
+            row: i / rows.cols,
+            column: i % rows.cols,
+        }),
     }
 }

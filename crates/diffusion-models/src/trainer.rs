@@ -253,8 +253,8 @@ impl<P: Process, N: ReverseNetwork> Trainer<P, N> {
         data: TrainingData,
         device: &Device,
     ) -> Self {
-        let sampler =
-            (config.t_sampling == TSampling::Importance).then(|| StepSampler::new(process.steps()));
+        let sampler = (config.t_sampling == TSampling::Importance)
+            .then(|| StepSampler::starting_at(process.first_step(), process.steps()));
         Self {
             tables: process.tables(device),
             process,

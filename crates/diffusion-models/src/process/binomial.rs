@@ -250,7 +250,7 @@ impl Process for BinomialBound {
         _objective: Objective,
         device: &Device,
     ) -> StepLoss {
-        let (rows, weights) = batch.into_parts(self.steps(), device);
+        let (rows, weights) = batch.into_parts(self.terms(), device);
         let kl = self.kl_rows(tables, &model.network, rows, device);
         StepLoss {
             loss: weights.bound_loss(&kl),

@@ -18,6 +18,7 @@ fn gaussian(steps: usize, d: usize) -> GaussianBound {
         diffusion: GaussianDiffusion::new(BetaSchedule::paper().betas(steps).unwrap(), d).unwrap(),
         parametrization: ReverseParametrization::Paper,
         clip: None,
+        decoder: None,
         network_steps: None,
     }
 }

@@ -6,7 +6,7 @@
 //! from seeded generators; the per-step coefficients live on the device in one table per run
 //! ([`GaussianTables`]) and are gathered by t there.
 
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use diffusion_core::parametrization::COEFFICIENTS;
 use diffusion_core::{GaussianDiffusion, LN_2, ReverseParametrization, StepCoefficients};
 use diffusion_data::Rng;
@@ -28,6 +28,10 @@ pub struct GaussianBound {
     /// Noise-predicting parametrizations: the data's range, which the implied x_0 is clipped
     /// to before it forms the reverse kernel's mean (`clip_denoised`).
     pub clip: Option<ClipRange>,
+    /// Integer data: the last reverse step is the network's kernel at t = 1 discretised to the
+    /// data's bins (DDPM's decoder), and the bound's terms run over t = 1..T; `None`: the
+    /// paper's fixed edge step.
+    pub decoder: Option<Decoder>,
     /// A shorter chain of a trained network ([`GaussianBound::respaced`]): the network's step
     /// for each of this chain's steps 1..=T (`network_steps[t - 1]`); `None` calls the
     /// network at the chain's own steps.
@@ -47,13 +51,55 @@ pub struct ClipRange {
     pub high: Vec<f32>,
 }
 
+/// The bins of integer data in the space the process diffuses, one set per coordinate: level k
+/// is the value `lowest + 2 k half`, its bin reaches `half` either side, and the bins of the
+/// lowest and highest levels are open below and above ([`diffusion_core::decoder`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoder {
+    /// The lowest level (0 for 8-bit data), standardised.
+    pub lowest: Vec<f32>,
+    /// The highest level (255), standardised.
+    pub highest: Vec<f32>,
+    /// Half a bin, standardised.
+    pub half: Vec<f32>,
+}
+
+impl Decoder {
+    /// The ends of the bins of `x0` (row-major, `d` columns): (lower, upper), with
+    /// [`diffusion_core::decoder::OPEN_END`] beyond the lowest and highest levels.
+    pub fn bins(&self, x0: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let d = self.half.len();
+        let open = diffusion_core::decoder::OPEN_END;
+        let (mut lower, mut upper) = (Vec::with_capacity(x0.len()), Vec::with_capacity(x0.len()));
+        for (j, &x) in x0.iter().enumerate() {
+            let (h, i) = (self.half[j % d], j % d);
+            lower.push(if x < self.lowest[i] + h { -open } else { x - h });
+            upper.push(if x > self.highest[i] - h { open } else { x + h });
+        }
+        (lower, upper)
+    }
+}
+
+/// What the decoder needs of a batch whose rows include step 1: which rows, and their bins.
+#[derive(Debug, Clone)]
+pub struct DecoderRows {
+    /// The rows at the chain's step 1, `[n]`.
+    first: Tensor<1, Bool>,
+    /// The lower ends of the rows' bins, `[n, d]`.
+    lower: Tensor<2>,
+    /// The upper ends.
+    upper: Tensor<2>,
+}
+
 /// Columns of [`GaussianTables`]: the parametrization's coefficients, b~_t and ln b~_t, then
 /// sqrt(abar_t), sqrt(1 - abar_t), c_0 and c_t (the posterior mean's weights).
 const COLUMNS: usize = COEFFICIENTS + 6;
 
 /// The per-step coefficients of a run on one device, one row per step: row t holds step t's
-/// values (rows 0 and 1, which no KL term uses, repeat step 2's), gathered for a batch with one
-/// `select`.
+/// values, gathered for a batch with one `select`. At t = 1 the posterior is a point mass: the
+/// variance columns hold b~_2 there, as improved diffusion clips them (the decoder's kernel
+/// interpolates between b~_2 and b_1); row 0, which nothing uses, repeats row 1.
+
 #[derive(Debug, Clone)]
 pub struct GaussianTables {
     /// `[T + 1, COLUMNS]`: the parametrization's coefficients, b~_t and ln b~_t, then the
@@ -63,6 +109,8 @@ pub struct GaussianTables {
     clip: Option<(Tensor<2>, Tensor<2>)>,
     /// [`GaussianBound::network_steps`], indexed by t (entry 0 unused).
     network_steps: Option<Vec<usize>>,
+    /// [`GaussianBound::decoder`].
+    decoder: Option<Decoder>,
 }
 
 /// What re-forming the mean from a clipped x̂_0 needs of each row's step, `[n, 1]` each.
@@ -81,10 +129,13 @@ impl GaussianTables {
         let steps = diffusion.steps();
         let mut values = Vec::with_capacity((steps + 1) * COLUMNS);
         for t in 0..=steps {
-            let t = t.clamp(2, steps);
-            let (c0, ct, var) = diffusion.posterior_coefficients(t);
+            let t = t.max(1);
+            let (c0, ct, _) = diffusion.posterior_coefficients(t);
+            let (_, _, var) = diffusion.posterior_coefficients(t.clamp(2, steps.max(2)));
             let abar = diffusion.alpha_bar(t);
-            values.extend_from_slice(&StepCoefficients::host_values(diffusion, t));
+            let mut coefficients = StepCoefficients::host_values(diffusion, t);
+            coefficients[4] = var.ln() as f32;
+            values.extend_from_slice(&coefficients);
             values.extend_from_slice(&[var as f32, var.ln() as f32]);
             values.extend_from_slice(&[
                 abar.sqrt() as f32,
@@ -101,6 +152,7 @@ impl GaussianTables {
                 .network_steps
                 .as_ref()
                 .map(|s| std::iter::once(0).chain(s.iter().copied()).collect()),
+            decoder: bound.decoder.clone(),
         }
     }
 
@@ -188,6 +240,8 @@ pub struct GaussianBatch {
     pub posterior: Posterior,
     /// The noise eps that made x_t from x_0, `[n, d]`.
     pub noise: Tensor<2>,
+    /// With a decoder, when some rows are at step 1: those rows and their bins.
+    pub decoder: Option<DecoderRows>,
 }
 
 /// The host values of a set of Gaussian (x_0, t) rows, before upload: built on any thread
@@ -207,6 +261,19 @@ impl GaussianRows {
     /// The device tensors of these rows, their step coefficients gathered from `tables`.
     pub fn upload(self, tables: &GaussianTables, device: &Device) -> GaussianBatch {
         let n = self.ts.len();
+        let decoder = tables
+            .decoder
+            .as_ref()
+            .filter(|_| self.ts.contains(&1))
+            .map(|decoder| {
+                let (lower, upper) = decoder.bins(&self.x0);
+                let first: Vec<bool> = self.ts.iter().map(|&t| t == 1).collect();
+                DecoderRows {
+                    first: Tensor::from_data(TensorData::new(first, [n]), device),
+                    lower: tensor2(lower, n, self.d, device),
+                    upper: tensor2(upper, n, self.d, device),
+                }
+            });
         let t = steps_tensor(&self.ts, device);
         let (coefficients, posterior_variance, posterior_log_variance, posterior) =
             GaussianTables::columns(tables.table.clone().select(0, t.clone()));
@@ -226,12 +293,14 @@ impl GaussianRows {
             coefficients,
             posterior,
             noise: tensor2(self.noise, n, self.d, device),
+            decoder,
         }
     }
 }
 
 impl GaussianBound {
-    /// The KL terms of a batch given the network's output `z` for it.
+    /// The terms of a batch given the network's output `z` for it: the KL term, or at step 1
+    /// with a decoder minus the log-probability of x_0's bins (nats, `[n]`).
     fn kl_of_output(
         &self,
         tables: &GaussianTables,
@@ -245,13 +314,30 @@ impl GaussianBound {
             &batch.coefficients,
             &batch.posterior,
         );
-        diffusion_kernels::kl_diag_gaussian(
+        let Some(decoder) = batch.decoder else {
+            return diffusion_kernels::kl_diag_gaussian(
+                batch.posterior_mean,
+                batch.posterior_variance,
+                batch.posterior_log_variance,
+                mean,
+                log_var,
+            );
+        };
+        let kl = diffusion_kernels::kl_diag_gaussian(
             batch.posterior_mean,
             batch.posterior_variance,
             batch.posterior_log_variance,
+            mean.clone(),
+            log_var.clone(),
+        );
+        let n = kl.dims()[0];
+        let log_p = diffusion_core::decoder::discretized_gaussian_log_prob(
+            decoder.lower,
+            decoder.upper,
             mean,
             log_var,
-        )
+        );
+        kl.mask_where(decoder.first, log_p.sum_dim(1).reshape([n]).neg())
     }
 
     /// KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)) per row, in nats, `[n]`.
@@ -385,13 +471,14 @@ impl GaussianBound {
 }
 
 impl GaussianBound {
-    /// `diffusion` with the reverse `parametrization`, no clip range, the network called at the
-    /// chain's own steps.
+    /// `diffusion` with the reverse `parametrization`, no clip range, the paper's edge step, the
+    /// network called at the chain's own steps.
     pub fn new(diffusion: GaussianDiffusion, parametrization: ReverseParametrization) -> Self {
         Self {
             diffusion,
             parametrization,
             clip: None,
+            decoder: None,
             network_steps: None,
         }
     }
@@ -414,6 +501,7 @@ impl GaussianBound {
             diffusion: crate::sampling::respaced_gaussian(&self.diffusion, r)?,
             parametrization: self.parametrization,
             clip: self.clip.clone(),
+            decoder: self.decoder.clone(),
             network_steps: Some(r.kept().to_vec()),
         }))
     }
@@ -429,6 +517,10 @@ impl Process for GaussianBound {
 
     fn dim(&self) -> usize {
         self.diffusion.dim()
+    }
+
+    fn first_step(&self) -> usize {
+        if self.decoder.is_some() { 1 } else { 2 }
     }
 
     fn variable(&self) -> Variable {
@@ -488,7 +580,7 @@ impl Process for GaussianBound {
         objective: Objective,
         device: &Device,
     ) -> StepLoss {
-        let (rows, weights) = batch.into_parts(self.steps(), device);
+        let (rows, weights) = batch.into_parts(self.terms(), device);
         let net = &model.network;
         match (objective.loss, model.learned_schedule()) {
             (LossKind::Bound, Some(schedule)) => {
@@ -520,11 +612,14 @@ impl Process for GaussianBound {
     }
 
     fn bound_constant_bits(&self, x0: &[f32]) -> f64 {
-        self.diffusion.bound_constant_bits(x0)
+        self.mean_bound_constant_bits(x0)
     }
 
     fn mean_bound_constant_bits(&self, x0: &[f32]) -> f64 {
-        self.diffusion.mean_bound_constant_bits(x0)
+        match self.decoder {
+            Some(_) => self.diffusion.mean_decoder_constant_bits(x0),
+            None => self.diffusion.mean_bound_constant_bits(x0),
+        }
     }
 
     fn l_null_bits(&self, _x0: &[f32]) -> f64 {
@@ -532,7 +627,8 @@ impl Process for GaussianBound {
     }
 
     /// x_T ~ N(0, I), the network's kernel for t = T..2, then the paper's fixed edge step
-    /// p(x_0 | x_1) = N(sqrt(1 - b_1) x_1, b_1 I).
+    /// p(x_0 | x_1) = N(sqrt(1 - b_1) x_1, b_1 I), or with a decoder the network's kernel at
+    /// t = 1 (a draw of it, which the data's bins make a draw of the discretised decoder).
     fn trajectory_given<N: ReverseNetwork>(
         &self,
         network: &N,
@@ -594,19 +690,24 @@ impl Process for GaussianBound {
                 None => (mean, var),
             }
         };
-        for t in (2..=steps).rev() {
+        let decoded = self.decoder.is_some();
+        for t in (self.first_step()..=steps).rev() {
             let (mean, log_var) = self.mean_log_variance(network, &tables, x.clone(), t);
             let eps = tensor2(normal(rng), n, d, device);
+            let last = t == 1;
             x = match factor(t - 1, rng) {
                 None => mean + (log_var * 0.5).exp() * eps,
                 Some(f) => {
-                    let (mean, var) = step(mean, log_var.exp(), &x, &f, prev.as_ref(), false, rng);
+                    let (mean, var) = step(mean, log_var.exp(), &x, &f, prev.as_ref(), last, rng);
                     let next = f.gaussian_draw(mean, var, eps);
                     prev = Some(f);
                     next
                 }
             };
             snapshot(t - 1, &x);
+        }
+        if decoded {
+            return out;
         }
         // the fixed edge step: N(sqrt(1 - b_1) x_1, b_1)
         let b1 = self.diffusion.beta(1);

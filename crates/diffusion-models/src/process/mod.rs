@@ -22,7 +22,8 @@ use rand::Rng as _;
 
 pub use binomial::{BinomialBatch, BinomialBound, BinomialRows};
 pub use gaussian::{
-    ClipRange, GaussianBatch, GaussianBound, GaussianRows, GaussianTables, Posterior,
+    ClipRange, Decoder, DecoderRows, GaussianBatch, GaussianBound, GaussianRows, GaussianTables,
+    Posterior,
 };
 
 use crate::condition::{ConditionError, Conditioning, Variable};
@@ -41,6 +42,16 @@ pub trait Process: Clone + Send + Sync {
     fn steps(&self) -> usize;
     /// Data dimension d.
     fn dim(&self) -> usize;
+    /// The first step whose term the network's bound sums: 2 where the last reverse step is the
+    /// paper's fixed edge step (its cost is in K's constant part), 1 where the network decodes
+    /// it ([`GaussianBound::decoder`]). The bound's terms are those of t = first..=T.
+    fn first_step(&self) -> usize {
+        2
+    }
+    /// How many terms the bound sums over t: T - first + 1.
+    fn terms(&self) -> usize {
+        self.steps() + 1 - self.first_step()
+    }
     /// Network outputs per row: 2d (Gaussian) or d (binomial).
     fn output_dim(&self) -> usize;
     /// The kind of values the process diffuses: real coordinates or bits.
@@ -146,14 +157,14 @@ impl<R> TrainingBatch<R> {
         &self.ts
     }
 
-    /// The rows, and how their KL terms make the bound loss.
-    fn into_parts(self, steps: usize, device: &Device) -> (R, BoundWeights) {
+    /// The rows, and how the `terms` terms of their steps make the bound loss.
+    fn into_parts(self, terms: usize, device: &Device) -> (R, BoundWeights) {
         let n = self.ts.len();
         let weights = self
             .weights
             .map(|w| Tensor::<1>::from_data(TensorData::new(w, [n]), device));
         let weights = BoundWeights {
-            t_weight: (steps - 1) as f64 / LN_2,
+            t_weight: terms as f64 / LN_2,
             weights,
             constant_bits: self.constant_bits,
         };
@@ -163,7 +174,7 @@ impl<R> TrainingBatch<R> {
 
 /// How a batch's KL terms become minus the Monte-Carlo K in bits.
 struct BoundWeights {
-    /// (T - 1) / ln 2: the sum over t = 2..T from one t per row, in bits.
+    /// (T - first + 1) / ln 2: the sum over the steps from one t per row, in bits.
     t_weight: f64,
     /// Importance weights, when t was not uniform.
     weights: Option<Tensor<1>>,
@@ -204,7 +215,8 @@ pub fn training_batch<P: Process>(
 ) -> TrainingBatch<P::Rows> {
     let n = x0.len() / process.dim();
     let steps = process.steps();
-    let ts: Vec<usize> = (0..n).map(|_| rng.random_range(2..=steps)).collect();
+    let first = process.first_step();
+    let ts: Vec<usize> = (0..n).map(|_| rng.random_range(first..=steps)).collect();
     training_batch_at(process, x0, ts, None, rng)
 }
 
@@ -252,8 +264,8 @@ pub fn bound_bits_per_point<P: Process, N: ReverseNetwork>(
     device: &Device,
     chunk_rows: usize,
 ) -> Vec<f64> {
-    let per_point = process.steps() - 1;
-    let terms = |r: usize, _: &mut Rng| (r / per_point, 2 + r % per_point, 1.0);
+    let (per_point, first) = (process.terms(), process.first_step());
+    let terms = |r: usize, _: &mut Rng| (r / per_point, first + r % per_point, 1.0);
     bound_bits_of_terms(
         process, network, points, per_point, terms, rng, device, chunk_rows,
     )
@@ -274,11 +286,15 @@ pub fn bound_bits_stratified<P: Process, N: ReverseNetwork>(
     device: &Device,
     chunk_rows: usize,
 ) -> Vec<f64> {
-    let strata = stratify(process.steps() - 1, draws);
-    let k = strata.len();
+    let strata = stratify(process.terms(), draws);
+    let (k, first) = (strata.len(), process.first_step());
     let terms = |r: usize, rng: &mut Rng| {
         let (start, size) = strata[r % k];
-        (r / k, 2 + start + rng.random_range(0..size), size as f64)
+        (
+            r / k,
+            first + start + rng.random_range(0..size),
+            size as f64,
+        )
     };
     bound_bits_of_terms(process, network, points, k, terms, rng, device, chunk_rows)
 }

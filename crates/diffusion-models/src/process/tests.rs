@@ -2,6 +2,8 @@
 //! posterior, the learned schedule's device-side bound equals the fixed one, and the Monte-Carlo
 //! training estimate is unbiased for the full sum.
 
+use std::f64::consts::PI;
+
 use burn::tensor::{Device, Tensor};
 use diffusion_core::{BetaSchedule, GaussianDiffusion, MeanStderr, ReverseParametrization};
 use rand::Rng as _;
@@ -46,6 +48,7 @@ fn forward_kernel_on_standard_normal_data_has_k_equal_to_l_null() {
             diffusion: GaussianDiffusion::new(schedule.betas(steps).unwrap(), 2).unwrap(),
             parametrization: ReverseParametrization::Paper,
             clip: None,
+            decoder: None,
             network_steps: None,
         });
         let model = ModelConfig::default().init(2, 4, steps, &device);
@@ -76,6 +79,7 @@ fn epsilon_with_the_true_noise_is_the_posterior() {
             .unwrap(),
         parametrization: ReverseParametrization::EpsilonFixed,
         clip: None,
+        decoder: None,
         network_steps: None,
     };
     let n = 200;
@@ -110,6 +114,7 @@ fn epsilon_variance_spans_the_posterior_to_the_forward_variance() {
         diffusion: diffusion.clone(),
         parametrization: ReverseParametrization::Epsilon,
         clip: None,
+        decoder: None,
         network_steps: None,
     };
     let batch = prepare(&bound, &x0, &ts, &mut rng, &device);
@@ -155,6 +160,7 @@ fn learned_schedule_bound_equals_the_fixed_one_at_its_start() {
         diffusion: GaussianDiffusion::new(betas.clone(), 2).unwrap(),
         parametrization: ReverseParametrization::Paper,
         clip: None,
+        decoder: None,
         network_steps: None,
     };
     let device = Device::flex().autodiff();
@@ -207,6 +213,7 @@ fn hybrid_parts_are_the_noise_error_and_the_kl() {
             .unwrap(),
         parametrization: ReverseParametrization::Epsilon,
         clip: None,
+        decoder: None,
         network_steps: None,
     };
     let model = ModelConfig::default().init(2, 4, steps, &device);
@@ -248,6 +255,7 @@ fn hybrid_kl_reaches_only_the_variance_and_the_noise_error_only_the_mean() {
             .unwrap(),
         parametrization: ReverseParametrization::Epsilon,
         clip: None,
+        decoder: None,
         network_steps: None,
     };
     let n = 64;
@@ -292,31 +300,153 @@ fn hybrid_kl_reaches_only_the_variance_and_the_noise_error_only_the_mean() {
     );
 }
 
+/// A decoder over four levels 0.02 apart, -0.03..=0.03, in each of `d` coordinates.
+fn four_levels(d: usize) -> Decoder {
+    Decoder {
+        lowest: vec![-0.03; d],
+        highest: vec![0.03; d],
+        half: vec![0.01; d],
+    }
+}
+
+/// `n` rows of `d` values on [`four_levels`]' levels.
+fn level_points(n: usize, d: usize, seed: u64) -> Vec<f32> {
+    let mut rng = diffusion_data::rng(seed, 9);
+    (0..n * d)
+        .map(|_| -0.03 + 0.02 * rng.random_range(0..4) as f32)
+        .collect()
+}
+
+/// ∫ N(x; mean, sd²) over [lower, upper] by Simpson's rule in f64, the ends cut at 12 sd.
+fn bin_probability(lower: f64, upper: f64, mean: f64, sd: f64) -> f64 {
+    let (a, b) = (lower.max(mean - 12.0 * sd), upper.min(mean + 12.0 * sd));
+    if a >= b {
+        return 0.0;
+    }
+    let m = 2000;
+    let h = (b - a) / m as f64;
+    let pdf = |x: f64| (-0.5 * ((x - mean) / sd).powi(2)).exp() / (sd * (2.0 * PI).sqrt());
+    let inner: f64 = (1..m)
+        .map(|i| pdf(a + h * i as f64) * if i % 2 == 1 { 4.0 } else { 2.0 })
+        .sum();
+    h / 3.0 * (pdf(a) + inner + pdf(b))
+}
+
+/// With a decoder, a row at t = 1 contributes minus the log-probability of x_0's bins under the
+/// network's kernel at t = 1 (the open bins of the lowest and highest levels included), checked
+/// against Simpson's rule in f64; rows at other steps keep their KL terms in the same batch;
+/// and the gradient through both is finite.
+#[test]
+fn decoder_term_is_minus_the_log_probability_of_the_bins() {
+    let device = Device::flex().autodiff();
+    let (steps, d, n) = (30, 3, 40);
+    let diffusion =
+        GaussianDiffusion::new(BetaSchedule::linear(1e-3, 0.2).betas(steps).unwrap(), d).unwrap();
+    let edge = GaussianBound::new(diffusion, ReverseParametrization::Epsilon);
+    let bound = GaussianBound {
+        decoder: Some(four_levels(d)),
+        ..edge.clone()
+    };
+    assert_eq!((bound.first_step(), bound.terms()), (1, steps));
+    let x0 = level_points(n, d, 5);
+    let z: Vec<f32> = standard_normal_points(n, 2 * d, 6)
+        .iter()
+        .map(|v| 0.5 * v)
+        .collect();
+    let net = Outputs {
+        z: burn::module::Param::from_tensor(tensor2(z, n, 2 * d, &device)),
+    };
+    let tables = bound.tables(&device);
+    let batch = prepare(
+        &bound,
+        &x0,
+        &vec![1; n],
+        &mut diffusion_data::rng(7, 0),
+        &device,
+    );
+    let x1 = batch.x_t.clone();
+    let first = bound.kl_batch(&net, &tables, batch);
+    let grads = first.clone().sum().backward();
+    assert!(
+        host(net.z.grad(&grads).unwrap())
+            .iter()
+            .all(|g| g.is_finite())
+    );
+    let first = host(first);
+    let (mean, log_var) = bound.mean_log_variance(&net, &tables, x1, 1);
+    let (mean, var) = (host(mean), host(log_var.exp()));
+    let (lower, upper) = four_levels(d).bins(&x0);
+    let mut open = 0;
+    for i in 0..n {
+        let want: f64 = -(i * d..(i + 1) * d)
+            .map(|k| {
+                open += usize::from(lower[k] < -1.0 || upper[k] > 1.0);
+                let sd = (var[k] as f64).sqrt();
+                bin_probability(lower[k] as f64, upper[k] as f64, mean[k] as f64, sd).ln()
+            })
+            .sum::<f64>();
+        let got = first[i] as f64;
+        assert!(
+            (got - want).abs() < 1e-4 * want.abs().max(1.0),
+            "row {i}: {got} vs {want}"
+        );
+        assert!(want > 0.1, "row {i}: a term that says something ({want})");
+    }
+    assert!(open > n / 2, "the open bins are exercised ({open})");
+    // a batch of steps 1 and 5: the decoder's terms at t = 1, the KL terms at t = 5
+    let ts: Vec<usize> = (0..n).map(|i| if i % 2 == 0 { 1 } else { 5 }).collect();
+    let mixed = |b: &GaussianBound| {
+        let batch = prepare(b, &x0, &ts, &mut diffusion_data::rng(7, 0), &device);
+        host(b.kl_batch(&net, &b.tables(&device), batch))
+    };
+    let (with, without) = (mixed(&bound), mixed(&edge));
+    for i in 0..n {
+        let want = if ts[i] == 1 { first[i] } else { without[i] };
+        assert!(
+            (with[i] - want).abs() <= 1e-5 * want.abs().max(1.0),
+            "row {i}"
+        );
+    }
+}
+
 /// The Monte-Carlo training estimate is unbiased for the full sum: on the same model, the
-/// mean of many training losses equals minus the full-sum K.
+/// mean of many training losses equals minus the full-sum K; with a decoder too, whose terms
+/// run over t = 1..T.
 #[test]
 fn monte_carlo_estimate_agrees_with_the_full_sum() {
     let device = Device::flex();
     let steps = 30;
-    let bound = GaussianBound {
+    let edge = GaussianBound {
         diffusion: GaussianDiffusion::new(BetaSchedule::linear(1e-3, 0.2).betas(steps).unwrap(), 2)
             .unwrap(),
         parametrization: ReverseParametrization::Paper,
         clip: None,
+        decoder: None,
         network_steps: None,
     };
-    let model = ReverseModel::new(ModelConfig::default().init(2, 4, steps, &device));
+    let decoded = GaussianBound {
+        decoder: Some(four_levels(2)),
+        ..edge.clone()
+    };
+    for bound in [edge, decoded] {
+        monte_carlo_agrees_with_the_full_sum(&bound, &device);
+    }
+}
+
+fn monte_carlo_agrees_with_the_full_sum(bound: &GaussianBound, device: &Device) {
+    let steps = bound.steps();
+    let model = ReverseModel::new(ModelConfig::default().init(2, 4, steps, device));
     // Points far from N(0, I) so the KL terms are large and vary with t.
     let points: Vec<f32> = standard_normal_points(2000, 2, 3)
         .into_iter()
         .map(|v| 0.3 * v + 1.0)
         .collect();
     let mut rng = diffusion_data::rng(4, 0);
-    let full = bound_bits_per_point(&bound, &model.network, &points, &mut rng, &device, 8192);
+    let full = bound_bits_per_point(bound, &model.network, &points, &mut rng, device, 8192);
     let full = MeanStderr::of(&full).unwrap();
     let losses: Vec<f64> = (0..50)
         .map(|_| {
-            training_loss(&bound, &model, &points, &mut rng, &device).into_scalar::<f32>() as f64
+            training_loss(bound, &model, &points, &mut rng, device).into_scalar::<f32>() as f64
         })
         .collect();
     let mc = MeanStderr::of(&losses).unwrap();
@@ -420,6 +550,7 @@ fn stratified_bound_is_unbiased_for_the_full_sum() {
             .unwrap(),
         parametrization: ReverseParametrization::Paper,
         clip: None,
+        decoder: None,
         network_steps: None,
     });
     let model = ModelConfig::default().init(2, 4, steps, &device);
