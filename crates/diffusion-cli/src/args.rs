@@ -175,7 +175,7 @@ pub struct TermsArgs {
     /// Held-out points to average over.
     #[arg(long, default_value_t = 200)]
     pub n: usize,
-    /// Steps t, comma-separated (each in 2..=T) [default: 16 spread geometrically from each end
+    /// Steps t, comma-separated (each in 2..=T, or 1..=T with diffusion.decoder) [default: 16 spread geometrically from each end
     /// of the chain, every step of a chain of 32 or fewer].
     #[arg(long, value_delimiter = ',')]
     pub steps: Option<Vec<usize>>,

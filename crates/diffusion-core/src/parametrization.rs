@@ -106,15 +106,26 @@ impl ReverseParametrization {
             Self::Epsilon | Self::EpsilonFixed => {
                 let mean = (x_t - z_mu * coefficients.eps_weight.clone())
                     / coefficients.sqrt_alpha.clone();
-                let low = coefficients.log_posterior_variance.clone();
-                let log_var = if *self == Self::Epsilon {
-                    let v = sigmoid(z_sigma);
-                    (v * (coefficients.log_beta.clone() - low.clone())) + low
-                } else {
-                    low.expand([n, d])
-                };
-                (mean, log_var)
+                (mean, self.noise_log_variance(z_sigma, coefficients))
             }
+        }
+    }
+
+    /// The noise-predicting parametrizations' log-variance from the variance outputs
+    /// `z_sigma` (`[n, d]`): `epsilon` interpolates between ln b~_t and ln b_t by
+    /// sigmoid(z_sigma), `epsilon-fixed` is ln b~_t. The other parametrizations' variance
+    /// comes with their mean ([`ReverseParametrization::mean_log_variance`]).
+    pub fn noise_log_variance(
+        &self,
+        z_sigma: Tensor<2>,
+        coefficients: &StepCoefficients,
+    ) -> Tensor<2> {
+        let low = coefficients.log_posterior_variance.clone();
+        if *self == Self::Epsilon {
+            let v = sigmoid(z_sigma);
+            (v * (coefficients.log_beta.clone() - low.clone())) + low
+        } else {
+            low.expand(z_sigma.dims())
         }
     }
 }

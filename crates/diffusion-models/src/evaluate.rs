@@ -112,7 +112,7 @@ pub struct Evaluation {
 /// How [`evaluate_with`] computes K over the chain for each point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BoundEstimate {
-    /// Every step t = 2..T ([`crate::process::bound_bits_per_point`]).
+    /// Every step t of the bound (2..T, or 1..T with a decoder) ([`crate::process::bound_bits_per_point`]).
     FullSum,
     /// This many steps per point, drawn in strata ([`crate::process::bound_bits_stratified`]):
     /// unbiased, for chains whose full sum would take too long (images).
@@ -186,7 +186,7 @@ pub fn heldout_points(
     Ok(rows)
 }
 
-/// Evaluates `model` on the run's held-out points: K from the full sum over t = 2..T (one draw of
+/// Evaluates `model` on the run's held-out points: K from the full sum over the steps t (one draw of
 /// x_t per point and step, seeded by `seed`), L_null, and -H(data) for generator data. For
 /// heartbeat data it also draws `samples` sequences and reports the valid share and the phases;
 /// for continuous data, the energy distance of as many samples (up to [`ENERGY_POINTS`]).
@@ -253,84 +253,18 @@ pub fn evaluate_with<N: ReverseNetwork>(
             manifest.chunk_rows(CHUNK_ROWS),
         )?,
     };
-    let d = bound.dim();
-    let none = || RunError::Corrupt {
-        path: run.path().display().to_string(),
-        message: "no held-out points".into(),
+    let held = Held {
+        bound: &bound,
+        rows: &rows,
+        points: &points,
     };
-    // in the space the model diffuses
-    let k = MeanStderr::of(&per_point).ok_or_else(none)?;
-    let mean_over =
-        |f: &dyn Fn(&[f32]) -> f64, x: &[f32]| x.chunks_exact(d).map(f).sum::<f64>() / k.n as f64;
-    // In the data's own units: the Jacobian of the standardisation added to K point by point
-    // (a constant, unless a logit map makes it depend on the point), and the null model of
-    // these data. A discretised decoder's K is a log-probability of the integers already.
-    let discrete = matches!(&bound, Diffusion::Gaussian(g) if g.decoder.is_some());
-    let (k_own, l_null, standardized) = match &manifest.standardization {
-        Some(s) if discrete => {
-            let l_null = mean_over(&|row| s.null_log_likelihood_bits(row), &rows);
-            (k, l_null, None)
-        }
-        Some(s) => {
-            let jacobians: Vec<f64> = rows
-                .chunks_exact(d)
-                .map(|r| s.log_jacobian_bits(r))
-                .collect();
-            let own: Vec<f64> = per_point
-                .iter()
-                .zip(&jacobians)
-                .map(|(k, j)| k + j)
-                .collect();
-            let l_null = mean_over(&|row| s.null_log_likelihood_bits(row), &rows);
-            let standard_normal = mean_over(&standard_normal_bits, &points);
-            let jacobian = jacobians.iter().sum::<f64>() / jacobians.len().max(1) as f64;
-            let changed = s.scaling != diffusion_data::Scaling::None || s.logit.is_some();
-            let shown = changed.then_some((k.mean, standard_normal, jacobian));
-            (MeanStderr::of(&own).ok_or_else(none)?, l_null, shown)
-        }
-        None => (k, mean_over(&|row| bound.l_null_bits(row), &points), None),
+    let mut eval = held.evaluation(manifest, run, &per_point, n)?;
+    eval.sampler = match sampler {
+        Sampler::Ancestral => None,
+        Sampler::Respaced(k) => Some(format!("respaced, {k} steps")),
+        Sampler::Ddim(o) => Some(format!("ddim, {} steps, eta {}", o.steps, o.eta)),
     };
-    let k_bits = k_own.mean;
-    let mut eval = Evaluation {
-        k_bits,
-        k_stderr_bits: k_own.stderr,
-        k_bits_per_dim: k_bits / d as f64,
-        dim: d,
-        l_null_bits: l_null,
-        k_minus_l_null_bits: k_bits - l_null,
-        k_bits_standardized: standardized.map(|s| s.0),
-        l_null_bits_standardized: standardized.map(|s| s.1),
-        log_jacobian_bits: standardized.map(|s| s.2),
-        dequantized: manifest
-            .standardization
-            .as_ref()
-            .is_some_and(|s| s.dequantize),
-        neg_data_entropy_bits: None,
-        neg_data_entropy_stderr_bits: None,
-        gap_bits: None,
-        n: k.n,
-        steps_t: bound.steps(),
-        sampler: match sampler {
-            Sampler::Ancestral => None,
-            Sampler::Respaced(k) => Some(format!("respaced, {k} steps")),
-            Sampler::Ddim(o) => Some(format!("ddim, {} steps, eta {}", o.steps, o.eta)),
-        },
-        valid_fraction: None,
-        phase_fractions: None,
-        samples: None,
-        energy_distance: None,
-        energy_distance_floor: None,
-        bound_estimate: Some(estimate.describe()),
-        nll_bits_per_dim: None,
-        nll_stderr_bits_per_dim: None,
-        histogram_bits_per_dim: None,
-        k_nats: matches!(bound, Diffusion::Binomial(_)).then(|| k_bits * diffusion_core::LN_2),
-    };
-    if eval.dequantized || discrete {
-        eval.nll_bits_per_dim = Some(-k_bits / d as f64);
-        eval.nll_stderr_bits_per_dim = Some(k_own.stderr / d as f64);
-        eval.histogram_bits_per_dim = histogram_bits_per_dim(manifest, run, n)?;
-    }
+    eval.bound_estimate = Some(estimate.describe());
     // checked above (check_for), so sampling cannot fail
     let draw = |m: usize| {
         let mut rng = diffusion_data::rng(seed, streams::SAMPLE);
@@ -345,41 +279,169 @@ pub fn evaluate_with<N: ReverseNetwork>(
             )
             .expect("a sampler already checked")
     };
-    match &manifest.config.data {
-        DataConfig::SwissRoll { noise } => {
-            if let Ok(roll) = SwissRoll::new(*noise) {
-                eval.set_entropy(roll.entropy_bits(k.n.clamp(2_000, 20_000), seed));
-                if samples > 0 {
-                    eval.set_roll_energy(&roll, &draw, samples.min(ENERGY_POINTS), seed);
-                }
-            }
-        }
-        DataConfig::Heartbeat { length, period } => {
-            if let Ok(beat) = Heartbeat::new(*length, *period) {
-                eval.set_entropy((beat.entropy_bits(), 0.0));
-                if samples > 0 {
-                    eval.set_phases(&beat, &draw(samples));
-                }
-            }
-        }
-        DataConfig::File { .. } => {
-            if samples > 0 && matches!(bound, Diffusion::Gaussian(_)) {
-                // in the data's own units, against the (dequantised) held-out rows
-                let m = samples.min(ENERGY_POINTS);
-                let held = heldout_dequantized(manifest, run, m)?;
-                let rows = held.len() / d;
-                let mut drawn = draw(m);
-                manifest.to_data_units(&mut drawn);
-                eval.energy_distance = Some(diffusion_core::energy_distance(
-                    &drawn[..rows * d],
-                    &held,
-                    d,
-                ));
-                eval.samples = Some(m);
-            }
-        }
-    }
+    eval.set_sample_metrics(manifest, run, &bound, &draw, samples, seed)?;
     Ok(eval)
+}
+
+/// A run's held-out points for its bound: in the data's units (`rows`) and in the space the
+/// model diffuses (`points`).
+struct Held<'a> {
+    bound: &'a Diffusion,
+    rows: &'a [f32],
+    points: &'a [f32],
+}
+
+impl Held<'_> {
+    /// The evaluation of the per-point bounds `per_point` (bits, in the space the model
+    /// diffuses) in the data's own units, with L_null and, for integer data, bits per dimension
+    /// beside the histograms' (`n` held-out rows); no sample metrics yet.
+    fn evaluation(
+        &self,
+        manifest: &RunManifest,
+        run: &RunDir,
+        per_point: &[f64],
+        n: usize,
+    ) -> Result<Evaluation, RunError> {
+        let none = || RunError::Corrupt {
+            path: run.path().display().to_string(),
+            message: "no held-out points".into(),
+        };
+        let k = MeanStderr::of(per_point).ok_or_else(none)?;
+        let (d, bound) = (self.bound.dim(), self.bound);
+        let discrete = matches!(bound, Diffusion::Gaussian(g) if g.decoder.is_some());
+        let (k_own, l_null, standardized) = self.own_units(manifest, per_point, k, discrete);
+        let k_own = k_own.ok_or_else(none)?;
+        let k_bits = k_own.mean;
+        let dequantized = manifest
+            .standardization
+            .as_ref()
+            .is_some_and(|s| s.dequantize);
+        let per_dim = dequantized || discrete;
+        Ok(Evaluation {
+            k_bits,
+            k_stderr_bits: k_own.stderr,
+            k_bits_per_dim: k_bits / d as f64,
+            dim: d,
+            l_null_bits: l_null,
+            k_minus_l_null_bits: k_bits - l_null,
+            k_bits_standardized: standardized.map(|s| s.0),
+            l_null_bits_standardized: standardized.map(|s| s.1),
+            log_jacobian_bits: standardized.map(|s| s.2),
+            dequantized,
+            neg_data_entropy_bits: None,
+            neg_data_entropy_stderr_bits: None,
+            gap_bits: None,
+            n: k.n,
+            steps_t: bound.steps(),
+            sampler: None,
+            valid_fraction: None,
+            phase_fractions: None,
+            samples: None,
+            energy_distance: None,
+            energy_distance_floor: None,
+            bound_estimate: None,
+            nll_bits_per_dim: per_dim.then(|| -k_bits / d as f64),
+            nll_stderr_bits_per_dim: per_dim.then(|| k_own.stderr / d as f64),
+            histogram_bits_per_dim: match per_dim {
+                true => histogram_bits_per_dim(manifest, run, n)?,
+                false => None,
+            },
+            k_nats: matches!(bound, Diffusion::Binomial(_)).then(|| k_bits * diffusion_core::LN_2),
+        })
+    }
+
+    /// K in the data's own units: the Jacobian of the standardisation added point by point (a
+    /// constant, unless a logit map makes it depend on the point), and the null model of these
+    /// data; with K, L_null and the Jacobian in the standardised space when the map changed the
+    /// units. A discretised decoder's K is a log-probability of the integers already.
+    #[allow(clippy::type_complexity)]
+    fn own_units(
+        &self,
+        manifest: &RunManifest,
+        per_point: &[f64],
+        k: MeanStderr,
+        discrete: bool,
+    ) -> (Option<MeanStderr>, f64, Option<(f64, f64, f64)>) {
+        let d = self.bound.dim();
+        let mean_over = |f: &dyn Fn(&[f32]) -> f64, x: &[f32]| {
+            x.chunks_exact(d).map(f).sum::<f64>() / k.n as f64
+        };
+        let Some(s) = &manifest.standardization else {
+            let l_null = mean_over(&|row| self.bound.l_null_bits(row), self.points);
+            return (Some(k), l_null, None);
+        };
+        let l_null = mean_over(&|row| s.null_log_likelihood_bits(row), self.rows);
+        if discrete {
+            return (Some(k), l_null, None);
+        }
+        let jacobians: Vec<f64> = self
+            .rows
+            .chunks_exact(d)
+            .map(|r| s.log_jacobian_bits(r))
+            .collect();
+        let own: Vec<f64> = per_point
+            .iter()
+            .zip(&jacobians)
+            .map(|(k, j)| k + j)
+            .collect();
+        let standard_normal = mean_over(&standard_normal_bits, self.points);
+        let jacobian = jacobians.iter().sum::<f64>() / jacobians.len().max(1) as f64;
+        let changed = s.scaling != diffusion_data::Scaling::None || s.logit.is_some();
+        let shown = changed.then_some((k.mean, standard_normal, jacobian));
+        (MeanStderr::of(&own), l_null, shown)
+    }
+}
+
+impl Evaluation {
+    /// What the data's kind adds: -H(data) for the generators, and from `samples` draws of the
+    /// model (`draw(m)`) the Swiss roll's energy distance, the heartbeat's valid share and
+    /// phases, or a Gaussian file run's energy distance to the held-out rows.
+    fn set_sample_metrics(
+        &mut self,
+        manifest: &RunManifest,
+        run: &RunDir,
+        bound: &Diffusion,
+        draw: &dyn Fn(usize) -> Vec<f32>,
+        samples: usize,
+        seed: u64,
+    ) -> Result<(), RunError> {
+        let d = bound.dim();
+        match &manifest.config.data {
+            DataConfig::SwissRoll { noise } => {
+                if let Ok(roll) = SwissRoll::new(*noise) {
+                    self.set_entropy(roll.entropy_bits(self.n.clamp(2_000, 20_000), seed));
+                    if samples > 0 {
+                        self.set_roll_energy(&roll, draw, samples.min(ENERGY_POINTS), seed);
+                    }
+                }
+            }
+            DataConfig::Heartbeat { length, period } => {
+                if let Ok(beat) = Heartbeat::new(*length, *period) {
+                    self.set_entropy((beat.entropy_bits(), 0.0));
+                    if samples > 0 {
+                        self.set_phases(&beat, &draw(samples));
+                    }
+                }
+            }
+            DataConfig::File { .. } => {
+                if samples > 0 && matches!(bound, Diffusion::Gaussian(_)) {
+                    // in the data's own units, against the (dequantised) held-out rows
+                    let m = samples.min(ENERGY_POINTS);
+                    let held = heldout_dequantized(manifest, run, m)?;
+                    let rows = held.len() / d;
+                    let mut drawn = draw(m);
+                    manifest.to_data_units(&mut drawn);
+                    self.energy_distance = Some(diffusion_core::energy_distance(
+                        &drawn[..rows * d],
+                        &held,
+                        d,
+                    ));
+                    self.samples = Some(m);
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The run's process for `model`, and its first `n` held-out rows in the data's units
@@ -546,7 +608,7 @@ pub fn term_steps(first: usize, steps_t: usize, per_end: usize) -> Vec<usize> {
     steps
 }
 
-/// The KL terms at `steps` (each in 2..=T) on the first `n` held-out points of a run, one draw
+/// The bound's terms at `steps` (each in 2..=T, or 1..=T with a decoder) on the first `n` held-out points of a run, one draw
 /// of x_t per point and step seeded by `seed`.
 pub fn bound_terms<N: ReverseNetwork>(
     manifest: &RunManifest,

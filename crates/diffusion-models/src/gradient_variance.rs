@@ -178,8 +178,9 @@ impl Probe<'_> {
         let profile = rows.min(PROFILE_POINTS);
         let plain = model.network.valid();
         let tables = process.tables(device);
-        let mut second_moment = vec![0.0f64; steps - 1];
-        let ts: Vec<usize> = (2..=steps).collect();
+        let first = process.first_step();
+        let mut second_moment = vec![0.0f64; process.terms()];
+        let ts: Vec<usize> = (first..=steps).collect();
         for i in 0..profile {
             let x0: Vec<f32> = ts
                 .iter()
@@ -198,8 +199,8 @@ impl Probe<'_> {
             }
         }
         let samplers = [
-            StepSampler::new(steps),
-            StepSampler::from_second_moments(second_moment),
+            StepSampler::starting_at(first, steps),
+            StepSampler::from_second_moments(first, second_moment),
         ];
         let ad_tables = process.tables(&ad);
         let mut moments = [Moments::new(), Moments::new()];

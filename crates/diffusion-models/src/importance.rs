@@ -118,13 +118,14 @@ impl StepSampler {
         }
     }
 
-    /// A sampler whose second moments are given (index t - 2), already warmed up.
-    pub fn from_second_moments(second_moment: Vec<f64>) -> Self {
+    /// A sampler of the steps first.. whose second moments are given (index t - first),
+    /// already warmed up.
+    pub fn from_second_moments(first: usize, second_moment: Vec<f64>) -> Self {
         let count = vec![WARMUP; second_moment.len()];
         Self {
             second_moment,
             count,
-            first: 2,
+            first,
         }
     }
 }
@@ -194,7 +195,7 @@ mod tests {
         let k = terms.len() as f64;
         let full: f64 = terms.iter().sum();
         // second moments of noisy terms: E[L^2] = L^2 (1 + 0.25)
-        let s = StepSampler::from_second_moments(terms.iter().map(|l| 1.25 * l * l).collect());
+        let s = StepSampler::from_second_moments(2, terms.iter().map(|l| 1.25 * l * l).collect());
         let mut rng = diffusion_data::rng(2, 0);
         let n = 200_000;
         let (ts, w) = s.draw(n, &mut rng);

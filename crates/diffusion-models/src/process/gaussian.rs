@@ -212,7 +212,8 @@ impl GaussianTables {
         };
         let [n, two_d] = z.dims();
         let eps = z.clone().slice([0..n, 0..two_d / 2]);
-        let (_, log_var) = parametrization.mean_log_variance(z, x_t.clone(), coefficients);
+        let log_var =
+            parametrization.noise_log_variance(z.slice([0..n, two_d / 2..two_d]), coefficients);
         let x0 = (x_t.clone() - eps * posterior.sqrt_one_minus_abar.clone())
             / posterior.sqrt_abar.clone();
         let x0 = x0.max_pair(low.clone()).min_pair(high.clone());

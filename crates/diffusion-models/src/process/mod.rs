@@ -3,9 +3,10 @@
 //! A [`Process`] (Gaussian: [`GaussianBound`], binomial: [`BinomialBound`]) prepares the rows
 //! (x_0, t) of a batch on the host, computes their KL terms with any [`ReverseNetwork`], and
 //! runs the reverse chain. On top of it, for any process and any network:
-//! - training draws t ~ U{2..T} per row ([`training_batch`]) and minimises minus the
+//! - training draws t ~ U{first..T} per row ([`training_batch`]; first = 2, or 1 where a decoder
+//!   makes the last step a term of its own: [`Process::first_step`]) and minimises minus the
 //!   Monte-Carlo K, each row's KL weighted by T - 1 ([`Process::step_loss`]);
-//! - evaluation sums the KL terms over every t = 2..T ([`bound_bits_per_point`]), or estimates
+//! - evaluation sums the terms over every t = first..T ([`bound_bits_per_point`]), or estimates
 //!   that sum without bias from a few steps drawn in strata ([`bound_bits_stratified`]);
 //! - sampling runs the reverse chain ([`sample`], [`Process::trajectory`]).
 //!
@@ -122,7 +123,7 @@ pub trait Process: Clone + Send + Sync {
 /// What a training step minimises:
 /// - `bound`: minus the Monte-Carlo K in bits per point, each row's KL weighted by T - 1
 ///   (uniform t) or by 1 / p(t) (importance-sampled t): an unbiased estimate of the sum over
-///   t = 2..T. With the `learned` schedule it is differentiable in the betas too.
+///   t = first..T. With the `learned` schedule it is differentiable in the betas too.
 /// - `mse`: the mean squared noise-prediction error (Gaussian, `epsilon-fixed`).
 /// - `hybrid`: that error plus `hybrid_weight` times the bound loss with the mean held fixed.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -206,7 +207,7 @@ pub struct StepLoss {
     pub kl: Option<Tensor<1>>,
 }
 
-/// The host part of a training step: each row of `x0` draws t ~ U{2..T} and x_t. Independent
+/// The host part of a training step: each row of `x0` draws t ~ U{first..T} and x_t. Independent
 /// of the network, so it can be built ahead on another thread.
 pub fn training_batch<P: Process>(
     process: &P,
@@ -255,7 +256,7 @@ pub fn training_loss<P: Process, N: ReverseNetwork>(
 }
 
 /// The full-sum bound K in bits for each point (`points` row-major `[n, d]`): every
-/// t = 2..T with one draw of x_t per (point, t), evaluated `chunk_rows` rows at a time.
+/// t = first..T with one draw of x_t per (point, t), evaluated `chunk_rows` rows at a time.
 pub fn bound_bits_per_point<P: Process, N: ReverseNetwork>(
     process: &P,
     network: &N,
@@ -272,7 +273,7 @@ pub fn bound_bits_per_point<P: Process, N: ReverseNetwork>(
 }
 
 /// An unbiased estimate of the bound K in bits for each point, for chains too long to sum: the
-/// steps t = 2..T are cut into `draws` strata growing geometrically from both ends of the chain
+/// steps t = first..T are cut into `draws` strata growing geometrically from both ends of the chain
 /// ([`stratify`]: the first and last steps one by one), one t is drawn uniformly in each, with
 /// a fresh x_t, and its KL term is weighted by the stratum's size. Each point's estimate is unbiased, so the mean over points has the usual standard
 /// error (the spread over points includes the draws').
@@ -366,9 +367,9 @@ fn bound_bits_of_terms<P: Process, N: ReverseNetwork>(
         .collect()
 }
 
-/// The KL term KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)) in bits at each step of `steps`
-/// (each in 2..=T), one draw of x_t per point and step: `[steps.len()][n]`. Where in the
-/// chain a model loses its bound: K = the constant part minus these summed over t = 2..T.
+/// The bound's term in bits (the KL term, or at t = 1 the decoder's) at each step of `steps`
+/// (each in first..=T), one draw of x_t per point and step: `[steps.len()][n]`. Where in the
+/// chain a model loses its bound: K = the constant part minus these summed over t = first..T.
 pub fn kl_terms_bits<P: Process, N: ReverseNetwork>(
     process: &P,
     network: &N,
