@@ -171,7 +171,7 @@ pub fn cmd_bench(a: BenchArgs) -> Result<(), String> {
             let seconds = start.elapsed().as_secs_f64();
             out["n"] = json!(a.n);
             out["seconds"] = json!(seconds);
-            out["rows_per_s"] = json!((a.n * (steps_t - 1)) as f64 / seconds);
+            out["rows_per_s"] = json!((a.n * bound.terms()) as f64 / seconds);
             out["k_bits"] = json!(k.iter().sum::<f64>() / k.len() as f64);
         }
     }

@@ -57,7 +57,7 @@ pub fn print_evaluation(e: &Evaluation) {
         "K / d      = {:+.4} bits/dim  (d = {}{})",
         e.k_bits_per_dim,
         e.dim,
-        if e.dequantized {
+        if e.dequantized || e.nll_bits_per_dim.is_some() {
             "; a bound on the discrete data"
         } else {
             ""

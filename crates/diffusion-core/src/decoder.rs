@@ -17,9 +17,10 @@ use burn::tensor::Tensor;
 use crate::LN_2;
 use crate::gaussian::GaussianDiffusion;
 
-/// Bins whose lower (upper) end is the data's lowest (highest) level reach this far below
-/// (above) it instead of to infinity: in the space the model diffuses, where the data have unit
-/// scale, as good as infinite, and finite in every f32 operation that follows.
+/// Bins whose lower (upper) end is the data's lowest (highest) level reach this many times the
+/// levels' span (at least 1) below (above) it instead of to infinity: in the space the model
+/// diffuses, where the data have unit scale, as good as infinite, and finite in every f32
+/// operation that follows.
 pub const OPEN_END: f32 = 1.0e3;
 
 impl GaussianDiffusion {
@@ -84,9 +85,11 @@ pub fn discretized_gaussian_log_prob(
     let b = zu.mask_where(reflect, zl.neg());
     let log_b = log_normal_cdf(b);
     let r = log_normal_cdf(a) - log_b.clone();
-    // 1 - e^r for r <= 0: a series near 0, where 1 - exp(r) would cancel
-    let series =
-        r.clone().neg() * (r.clone() * (r.clone() * (r.clone() / 24.0 + 1.0 / 6.0) + 0.5) + 1.0);
+    // 1 - e^r for r <= 0: a series near 0, where 1 - exp(r) would cancel (of r held near 0, so
+    // that the branch not taken stays finite, gradients included)
+    let near = r.clone().clamp_min(-1e-2);
+    let series = near.clone().neg()
+        * (near.clone() * (near.clone() * (near / 24.0 + 1.0 / 6.0) + 0.5) + 1.0);
     let direct = r.clone().exp().neg() + 1.0;
     let one_minus = direct.mask_where(r.greater_elem(-1e-2), series);
     log_b + one_minus.clamp_min(1e-30).log()

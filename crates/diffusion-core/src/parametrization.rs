@@ -66,7 +66,7 @@ pub const COEFFICIENTS: usize = 6;
 #[cfg(feature = "burn")]
 impl StepCoefficients {
     /// The host-side values of sqrt(1 - b_t), sqrt(b_t), logit(b_t), b_t / sqrt(1 - abar_t),
-    /// ln b~_t and ln b_t for one step t >= 2, as f32 (the field order).
+    /// ln b~_t and ln b_t for one step t, as f32 (the field order; ln b~_1 = ln 0 is -inf).
     pub fn host_values(diffusion: &GaussianDiffusion, t: usize) -> [f32; COEFFICIENTS] {
         let b = diffusion.beta(t);
         let (_, _, posterior_variance) = diffusion.posterior_coefficients(t);

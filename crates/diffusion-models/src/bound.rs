@@ -34,6 +34,11 @@ impl Diffusion {
         each!(self, p => p.steps())
     }
 
+    /// How many terms the bound sums over t ([`Process::terms`]).
+    pub fn terms(&self) -> usize {
+        each!(self, p => p.terms())
+    }
+
     /// Data dimension d.
     pub fn dim(&self) -> usize {
         each!(self, p => p.dim())

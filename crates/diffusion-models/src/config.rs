@@ -283,7 +283,7 @@ pub enum LossKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum TSampling {
-    /// t ~ U{2..T}, each KL term weighted by T - 1.
+    /// t ~ U{first..T} (first = 2, or 1 with a decoder), each term weighted by their number.
     #[default]
     Uniform,
     /// t drawn in proportion to the running root mean square of each step's KL term (an

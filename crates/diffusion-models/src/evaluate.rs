@@ -7,7 +7,7 @@ use diffusion_data::{Heartbeat, SwissRoll};
 use serde::{Deserialize, Serialize};
 
 use crate::bound::Diffusion;
-use crate::config::DataConfig;
+use crate::config::{DataConfig, LastStep};
 use crate::data::{TrainingData, streams};
 use crate::network::{ReverseModel, ReverseNetwork};
 use crate::run::{RunDir, RunError, RunManifest};
@@ -431,6 +431,9 @@ impl Evaluation {
                     let rows = held.len() / d;
                     let mut drawn = draw(m);
                     manifest.to_data_units(&mut drawn);
+                    if manifest.config.diffusion.decoder == LastStep::Discretized {
+                        manifest.to_pixels(&mut drawn);
+                    }
                     self.energy_distance = Some(diffusion_core::energy_distance(
                         &drawn[..rows * d],
                         &held,

@@ -36,7 +36,7 @@ pub struct GradientVariance {
     pub batches: usize,
     /// Examples per batch.
     pub batch_size: usize,
-    /// t ~ U{2..T}.
+    /// t uniform over the bound's steps.
     pub uniform: Spread,
     /// t ~ p(t), proportional to each step's root mean square KL term.
     pub importance: Spread,

@@ -1,7 +1,7 @@
 //! Importance sampling of the step t for the Monte-Carlo bound (Nichol and Dhariwal 2021,
-//! section 3.3): the sum over t = 2..T of the KL terms L_t is estimated from one draw per example
-//! as L_t / p(t). Uniform p(t) = 1 / (T - 1) is unbiased but noisy when a few steps carry most of
-//! the bound; p(t) proportional to sqrt(E[L_t^2]) minimises the estimate's variance. The second
+//! section 3.3): the sum over the bound's steps t = first..T (first = 2, or 1 with a decoder) of
+//! the terms L_t is estimated from one draw per example as L_t / p(t). Uniform p(t) is unbiased
+//! but noisy when a few steps carry most of the bound; p(t) proportional to sqrt(E[L_t^2]) minimises the estimate's variance. The second
 //! moments are tracked as each step's running mean of L_t^2 (an exponential average once every
 //! step has been seen [`WARMUP`] times; uniform draws until then), and p(t) is mixed with a
 //! little of the uniform distribution so that no step's weight 1 / p(t) explodes.

@@ -4,7 +4,7 @@
 //! - [`LearnerModule`] is a [`ReverseModel`] with its [`Process`]: its `TrainStep` and
 //!   `InferenceStep` return minus the Monte-Carlo bound K in bits per point (the same loss as
 //!   [`crate::Trainer`]), as a `RegressionOutput` whose loss burn-train's `LossMetric` reads.
-//! - [`BoundBatcher`] turns a batch of data rows into a [`TrainingBatch`]: t ~ U{2..T} and
+//! - [`BoundBatcher`] turns a batch of data rows into a [`TrainingBatch`]: t ~ U{first..T} and
 //!   x_t ~ q(x_t | x_0) for each row, from its own seeded stream.
 //! - [`rows_dataset`] makes burn-train's in-memory dataset of data rows, and [`rows_loader`] its
 //!   data loader.

@@ -5,7 +5,7 @@
 //! this crate's networks ([`model`]) or any Burn module that implements [`ReverseNetwork`].
 //!
 //! A training step, top to bottom ([`Trainer::step`]): [`TrainingData::next_batch`] draws x_0;
-//! [`process::training_batch`] draws t ~ U{2..T} and x_t ~ q(x_t | x_0); [`Process::step_loss`]
+//! [`process::training_batch`] draws t ~ U{first..T} (first = 2, or 1 with a decoder) and x_t ~ q(x_t | x_0); [`Process::step_loss`]
 //! runs the network and returns minus the Monte-Carlo bound in bits; the optimizer steps. The
 //! full-sum bound of a trained network is [`process::bound_bits_per_point`].
 //!

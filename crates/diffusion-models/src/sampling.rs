@@ -218,7 +218,7 @@ impl GaussianBound {
             let (a, b, _, abar) = ddim.coefficients(i);
             let g = a - b * (abar / (1.0 - abar)).sqrt();
             let h = b / (1.0 - abar).sqrt();
-            x = if t == 1 {
+            x = if t == 1 && self.decoder.is_none() {
                 x * (g * (1.0 - self.diffusion.beta(1)).sqrt() + h)
             } else {
                 let (mean, _) = self.mean_log_variance(network, tables, x.clone(), t);

@@ -7,6 +7,7 @@
 //! ([`GaussianTables`]) and are gathered by t there.
 
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use diffusion_core::decoder::OPEN_END;
 use diffusion_core::parametrization::COEFFICIENTS;
 use diffusion_core::{GaussianDiffusion, LN_2, ReverseParametrization, StepCoefficients};
 use diffusion_data::Rng;
@@ -65,16 +66,17 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    /// The ends of the bins of `x0` (row-major, `d` columns): (lower, upper), with
-    /// [`diffusion_core::decoder::OPEN_END`] beyond the lowest and highest levels.
+    /// The ends of the bins of `x0` (row-major, `d` columns): (lower, upper), the open ends
+    /// [`OPEN_END`] times the levels' span beyond the lowest and highest levels.
     pub fn bins(&self, x0: &[f32]) -> (Vec<f32>, Vec<f32>) {
         let d = self.half.len();
-        let open = diffusion_core::decoder::OPEN_END;
         let (mut lower, mut upper) = (Vec::with_capacity(x0.len()), Vec::with_capacity(x0.len()));
         for (j, &x) in x0.iter().enumerate() {
-            let (h, i) = (self.half[j % d], j % d);
-            lower.push(if x < self.lowest[i] + h { -open } else { x - h });
-            upper.push(if x > self.highest[i] - h { open } else { x + h });
+            let i = j % d;
+            let (h, lo, hi) = (self.half[i], self.lowest[i], self.highest[i]);
+            let open = OPEN_END * (hi - lo).max(1.0);
+            lower.push(if x < lo + h { lo - open } else { x - h });
+            upper.push(if x > hi - h { hi + open } else { x + h });
         }
         (lower, upper)
     }
@@ -92,14 +94,18 @@ pub struct DecoderRows {
 }
 
 /// Columns of [`GaussianTables`]: the parametrization's coefficients, b~_t and ln b~_t, then
-/// sqrt(abar_t), sqrt(1 - abar_t), c_0 and c_t (the posterior mean's weights).
-const COLUMNS: usize = COEFFICIENTS + 6;
+/// sqrt(abar_t), sqrt(1 - abar_t), c_0 and c_t (the posterior mean's weights), and how far the
+/// clip range opens at the step.
+const COLUMNS: usize = COEFFICIENTS + 7;
 
 /// The per-step coefficients of a run on one device, one row per step: row t holds step t's
 /// values, gathered for a batch with one `select`. At t = 1 the posterior is a point mass: the
 /// variance columns hold b~_2 there, as improved diffusion clips them (the decoder's kernel
-/// interpolates between b~_2 and b_1); row 0, which nothing uses, repeats row 1.
-
+/// interpolates between b~_2 and b_1); row 0, which nothing uses, repeats row 1. With a decoder
+/// the clip range is open at t = 1: there x̂_0 is the decoder's mean, which must be free to
+/// leave the range for the open bins of the lowest and highest levels (clipped, a background
+/// pixel could not have more than Φ(half a bin / σ_1) of its probability), and x̂_0 scales the
+/// noise error by sqrt(b_1) only.
 #[derive(Debug, Clone)]
 pub struct GaussianTables {
     /// `[T + 1, COLUMNS]`: the parametrization's coefficients, b~_t and ln b~_t, then the
@@ -120,6 +126,8 @@ pub struct Posterior {
     sqrt_one_minus_abar: Tensor<2>,
     c0: Tensor<2>,
     ct: Tensor<2>,
+    /// How far the clip range opens on either side (0, or [`OPEN_END`] at a decoder's t = 1).
+    slack: Tensor<2>,
 }
 
 impl GaussianTables {
@@ -137,11 +145,17 @@ impl GaussianTables {
             coefficients[4] = var.ln() as f32;
             values.extend_from_slice(&coefficients);
             values.extend_from_slice(&[var as f32, var.ln() as f32]);
+            let slack = if t == 1 && bound.decoder.is_some() {
+                OPEN_END
+            } else {
+                0.0
+            };
             values.extend_from_slice(&[
                 abar.sqrt() as f32,
                 (1.0 - abar).sqrt() as f32,
                 c0 as f32,
                 ct as f32,
+                slack,
             ]);
         }
         let row = |v: &[f32]| tensor2(v.to_vec(), 1, v.len(), device);
@@ -165,7 +179,7 @@ impl GaussianTables {
     /// the posterior mean's weights.
     fn columns(rows: Tensor<2>) -> (StepCoefficients, Tensor<2>, Tensor<2>, Posterior) {
         let n = rows.dims()[0];
-        let [a, b, c, e, v, lb, var, log_var, sa, so, c0, ct] =
+        let [a, b, c, e, v, lb, var, log_var, sa, so, c0, ct, slack] =
             std::array::from_fn(|i| rows.clone().slice([0..n, i..i + 1]));
         (
             StepCoefficients {
@@ -183,6 +197,7 @@ impl GaussianTables {
                 sqrt_one_minus_abar: so,
                 c0,
                 ct,
+                slack,
             },
         )
     }
@@ -216,7 +231,10 @@ impl GaussianTables {
             parametrization.noise_log_variance(z.slice([0..n, two_d / 2..two_d]), coefficients);
         let x0 = (x_t.clone() - eps * posterior.sqrt_one_minus_abar.clone())
             / posterior.sqrt_abar.clone();
-        let x0 = x0.max_pair(low.clone()).min_pair(high.clone());
+        let slack = posterior.slack.clone();
+        let x0 = x0
+            .max_pair(low.clone() - slack.clone())
+            .min_pair(high.clone() + slack);
         let mean = x0 * posterior.c0.clone() + x_t * posterior.ct.clone();
         (mean, log_var)
     }

@@ -5,7 +5,7 @@
 //! runs the reverse chain. On top of it, for any process and any network:
 //! - training draws t ~ U{first..T} per row ([`training_batch`]; first = 2, or 1 where a decoder
 //!   makes the last step a term of its own: [`Process::first_step`]) and minimises minus the
-//!   Monte-Carlo K, each row's KL weighted by T - 1 ([`Process::step_loss`]);
+//!   Monte-Carlo K, each row's term weighted by the number of terms ([`Process::step_loss`]);
 //! - evaluation sums the terms over every t = first..T ([`bound_bits_per_point`]), or estimates
 //!   that sum without bias from a few steps drawn in strata ([`bound_bits_stratified`]);
 //! - sampling runs the reverse chain ([`sample`], [`Process::trajectory`]).
@@ -121,8 +121,8 @@ pub trait Process: Clone + Send + Sync {
 }
 
 /// What a training step minimises:
-/// - `bound`: minus the Monte-Carlo K in bits per point, each row's KL weighted by T - 1
-///   (uniform t) or by 1 / p(t) (importance-sampled t): an unbiased estimate of the sum over
+/// - `bound`: minus the Monte-Carlo K in bits per point, each row's term weighted by the
+///   number of terms, T - first + 1 (uniform t) or by 1 / p(t) (importance-sampled t): an unbiased estimate of the sum over
 ///   t = first..T. With the `learned` schedule it is differentiable in the betas too.
 /// - `mse`: the mean squared noise-prediction error (Gaussian, `epsilon-fixed`).
 /// - `hybrid`: that error plus `hybrid_weight` times the bound loss with the mean held fixed.
@@ -143,7 +143,7 @@ impl Objective {
 }
 
 /// One training step's host data: the rows, their steps, the batch mean of K's constant part
-/// (bits) and, for importance-sampled steps, each row's weight 1 / ((T - 1) p(t)).
+/// (bits) and, for importance-sampled steps, each row's weight 1 / (K p(t)) for the K terms.
 #[derive(Debug, Clone)]
 pub struct TrainingBatch<R> {
     rows: R,
@@ -222,7 +222,7 @@ pub fn training_batch<P: Process>(
 }
 
 /// [`training_batch`] with given steps and, for importance sampling, each row's weight
-/// 1 / ((T - 1) p(t)).
+/// 1 / (K p(t)) for the K terms.
 pub fn training_batch_at<P: Process>(
     process: &P,
     x0: &[f32],

@@ -646,3 +646,46 @@ fn kl_terms_are_the_bounds_summands() {
         k[0]
     );
 }
+
+/// With a decoder the clip range is open at t = 1 (the decoder's mean must be free to leave it
+/// for the open bins of the lowest and highest levels) and closed at every other step.
+#[test]
+fn a_decoder_leaves_the_first_step_unclipped() {
+    let device = Device::flex();
+    let (steps, d, n) = (20, 2, 3);
+    let diffusion =
+        GaussianDiffusion::new(BetaSchedule::linear(1e-3, 0.2).betas(steps).unwrap(), d).unwrap();
+    let bound = GaussianBound {
+        clip: Some(ClipRange {
+            low: vec![-0.03; d],
+            high: vec![0.03; d],
+        }),
+        decoder: Some(four_levels(d)),
+        ..GaussianBound::new(diffusion.clone(), ReverseParametrization::Epsilon)
+    };
+    // noise predictions that put x̂_0 far outside the range
+    let z: Vec<f32> = (0..n * 2 * d)
+        .map(|i| if i % 4 < 2 { 3.0 } else { 0.0 })
+        .collect();
+    let net = Outputs {
+        z: burn::module::Param::from_tensor(tensor2(z, n, 2 * d, &device)),
+    };
+    let x = tensor2(vec![0.01; n * d], n, d, &device);
+    let tables = bound.tables(&device);
+    for t in [1, 2, 7] {
+        let (mean, _) = bound.mean_log_variance(&net, &tables, x.clone(), t);
+        let (s, sd) = diffusion.q_sample_coefficients(t);
+        let x0 = (0.01 - sd * 3.0) / s;
+        let (c0, ct, _) = diffusion.posterior_coefficients(t);
+        let want = match t {
+            1 => x0,
+            _ => c0 * x0.max(-0.03) + ct * 0.01,
+        };
+        for m in host(mean) {
+            assert!(
+                (m as f64 - want).abs() < 1e-5 * want.abs().max(1e-3),
+                "t = {t}: {m} vs {want}"
+            );
+        }
+    }
+}
