@@ -16,14 +16,14 @@ use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::flex::{Flex, FlexTensor};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, TensorMetadata, backend_extension};
 use burn::tensor::TensorData;
 use rayon::prelude::*;
 
-use crate::flex::contiguous;
+use crate::flex::{contiguous, record_op, register_gradients};
 
 /// A convolution's stride and padding (both sides, both axes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -435,15 +435,9 @@ impl<B: Backend + ConvBackward> Backward<B, 3> for ConvBackwardOp {
         grads: &mut Gradients,
         _checkpointer: &mut Checkpointer,
     ) {
-        let grad = grads.consume::<B>(&ops.node);
-        let wanted = ops.parents.each_ref().map(|p| p.is_some());
-        let (x, weight, spec) = ops.state;
-        let gs = B::conv2d_backward(grad, x, weight, spec, wanted);
-        for (parent, g) in ops.parents.into_iter().zip(gs) {
-            if let (Some(node), Some(g)) = (parent, g) {
-                grads.register::<B>(node.id, g);
-            }
-        }
+        register_gradients::<B, _, 3>(ops, grads, |grad, (x, weight, spec), wanted| {
+            B::conv2d_backward(grad, x, weight, spec, wanted)
+        });
     }
 }
 
@@ -454,27 +448,11 @@ impl<B: Backend + ConvBackward, C: CheckpointStrategy> FusedConv for Autodiff<B,
         bias: FloatTensor<Self>,
         spec: ConvSpec,
     ) -> FloatTensor<Self> {
-        let nodes = [x.node(), weight.node(), bias.node()];
-        match ConvBackwardOp
-            .prepare::<C>(nodes)
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let (x, weight, bias) = (
-                    x.into_primitive(),
-                    weight.into_primitive(),
-                    bias.into_primitive(),
-                );
-                let out = B::conv2d_fused(x.clone(), weight.clone(), bias, spec);
-                prep.finish((x, weight, spec), out)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::conv2d_fused(
-                x.into_primitive(),
-                weight.into_primitive(),
-                bias.into_primitive(),
-                spec,
-            )),
-        }
+        record_op::<B, C, _, 3>(
+            ConvBackwardOp,
+            [x, weight, bias],
+            |[x, weight, _]| (x.clone(), weight.clone(), spec),
+            |[x, weight, bias]| B::conv2d_fused(x, weight, bias, spec),
+        )
     }
 }

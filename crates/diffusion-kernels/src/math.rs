@@ -41,7 +41,7 @@ fn madd<const F: bool>(a: f32, b: f32, c: f32) -> f32 {
     if F { a.mul_add(b, c) } else { a * b + c }
 }
 
-/// c[0] x^(N-1) + c[1] x^(N-2) + ... + c[N-1] by Horner's rule, one multiply-add a
+/// `c[0] x^(N-1) + c[1] x^(N-2) + ... + c[N-1]` by Horner's rule, one multiply-add a
 /// coefficient.
 #[inline(always)]
 fn horner<const F: bool, const N: usize>(x: f32, c: [f32; N]) -> f32 {

@@ -9,7 +9,7 @@ use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::flex::{Flex, FlexTensor};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, TensorMetadata, backend_extension};
@@ -17,7 +17,7 @@ use burn::tensor::TensorData;
 use rayon::prelude::*;
 
 use crate::NormSpec;
-use crate::flex::contiguous;
+use crate::flex::{contiguous, record_op, register_gradients};
 
 /// The fused group norm. Any backend can implement it; this crate does for [`Flex`] and, with a
 /// backward pass, for [`Autodiff`] over any backend that does.
@@ -211,14 +211,10 @@ impl<B: Backend + GroupNormBackward> Backward<B, 3> for GroupNormBackwardOp {
         grads: &mut Gradients,
         _checkpointer: &mut Checkpointer,
     ) {
-        let grad = grads.consume::<B>(&ops.node);
-        let (x, gamma, beta, spec) = ops.state;
-        let gs = B::group_norm_backward(grad, x, gamma, beta, spec);
-        for (parent, g) in ops.parents.into_iter().zip(gs) {
-            if let Some(node) = parent {
-                grads.register::<B>(node.id, g);
-            }
-        }
+        // all three formed, each registered where its parent is tracked
+        register_gradients::<B, _, 3>(ops, grads, |grad, (x, gamma, beta, spec), _| {
+            B::group_norm_backward(grad, x, gamma, beta, spec).map(Some)
+        });
     }
 }
 
@@ -229,27 +225,11 @@ impl<B: Backend + GroupNormBackward, C: CheckpointStrategy> FusedGroupNorm for A
         beta: FloatTensor<Self>,
         spec: NormSpec,
     ) -> FloatTensor<Self> {
-        let nodes = [x.node(), gamma.node(), beta.node()];
-        match GroupNormBackwardOp
-            .prepare::<C>(nodes)
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let (x, gamma, beta) = (
-                    x.into_primitive(),
-                    gamma.into_primitive(),
-                    beta.into_primitive(),
-                );
-                let out = B::group_norm_fused(x.clone(), gamma.clone(), beta.clone(), spec);
-                prep.finish((x, gamma, beta, spec), out)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::group_norm_fused(
-                x.into_primitive(),
-                gamma.into_primitive(),
-                beta.into_primitive(),
-                spec,
-            )),
-        }
+        record_op::<B, C, _, 3>(
+            GroupNormBackwardOp,
+            [x, gamma, beta],
+            |[x, gamma, beta]| (x.clone(), gamma.clone(), beta.clone(), spec),
+            |[x, gamma, beta]| B::group_norm_fused(x, gamma, beta, spec),
+        )
     }
 }

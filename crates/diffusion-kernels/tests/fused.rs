@@ -299,3 +299,57 @@ fn activate_matches_burns_operations_in_value_and_gradient() {
         }
     }
 }
+
+/// Gradients that reach the kernels as views of part of a buffer (a concatenation's backward
+/// cuts each part's gradient out of the whole): two fused layers and two activations joined
+/// row-wise, below and above the multi-threaded split, against Burn's operations.
+#[test]
+fn gradients_that_are_views_of_a_larger_buffer() {
+    let device = Device::flex().autodiff();
+    for n in [5, 2000] {
+        let values = |seed: usize, len: usize| -> Vec<f32> {
+            (0..len)
+                .map(|i| ((i * 7 + seed * 13) as f32 * 0.37).sin() * 2.0)
+                .collect()
+        };
+        let leaf = |seed: usize, shape: [usize; 2]| {
+            Tensor::<1>::from_floats(values(seed, shape[0] * shape[1]).as_slice(), &device)
+                .reshape(shape)
+                .require_grad()
+        };
+        let run = |fused: bool| {
+            let (x1, x2, w) = (leaf(1, [n, 6]), leaf(2, [n, 6]), leaf(3, [6, 37]));
+            let layer = |x: Tensor<2>| {
+                if fused {
+                    linear_activation(x, w.clone(), None, Shift::None, Activation::Tanh)
+                } else {
+                    Activation::Tanh.apply(x.matmul(w.clone()))
+                }
+            };
+            let act = |x: Tensor<2>| {
+                if fused {
+                    diffusion_kernels::activate(x, Activation::Sigmoid)
+                } else {
+                    Activation::Sigmoid.apply(x)
+                }
+            };
+            let y = Tensor::cat(vec![layer(x1.clone()), layer(x2.clone())], 0);
+            let y = Tensor::cat(vec![act(y.clone()), act(y)], 0);
+            let weights = leaf(4, [4 * n, 37]).detach();
+            let grads = (y * weights).sum().backward();
+            [
+                x1.grad(&grads).unwrap(),
+                x2.grad(&grads).unwrap(),
+                w.grad(&grads).unwrap(),
+            ]
+        };
+        let (got, want) = (run(true), run(false));
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            let (diff, scale) = max_abs_diff(g, w);
+            assert!(
+                diff <= 1e-5 * scale.max(1.0),
+                "n {n}: gradient {i} differs by {diff} (scale {scale})"
+            );
+        }
+    }
+}
