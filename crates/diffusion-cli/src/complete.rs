@@ -56,22 +56,12 @@ pub fn cmd_evaluate_images(
     let task = a.condition.test_task(manifest, run, a.seed)?.ok_or(
         "on image runs, evaluate-conditional takes --from-test N with --mask or --noisy-test",
     )?;
-    let labels = match (&a.labels, &a.test_labels) {
-        (Some(train), Some(test)) => Some((read_labels(train)?, read_labels(test)?)),
-        (None, None) => None,
-        _ => return Err("--labels and --test-labels go together".into()),
-    };
+    let labels = read_label_pair(a)?;
     let images = task.len();
     let bound = manifest.bound_of(model).map_err(|e| e.to_string())?;
     // resampled, each image is a particle system of --particles chains, all of them scored
     let per = if a.condition.resample { a.particles } else { 1 };
-    let chains = images.saturating_mul(per);
-    if chains > MAX_CHAINS {
-        return Err(format!(
-            "--resample with --from-test {images} and --particles {per} (per image) makes \
-             {chains} chains, more than {MAX_CHAINS}: give fewer particles, e.g. --particles 8"
-        ));
-    }
+    let chains = chain_count(images, per)?;
     let completions = complete(
         &a.condition,
         &task,
@@ -99,17 +89,10 @@ pub fn cmd_evaluate_images(
         None => (None, None),
     };
     let report = ImageCompletions {
-        task: match (&a.condition.mask, a.condition.noisy_test) {
-            (Some(mask), _) => format!("inpainting, {mask} unknown"),
-            (_, Some(s)) => format!("denoising, noise {s}"),
-            _ => String::new(),
-        },
+        task: task_description(&a.condition),
         images,
         completions_per_image: per,
-        sampler: match a.sampler.sampler()? {
-            Sampler::Respaced(k) => format!("respaced, {k} steps"),
-            _ => format!("every step, T = {}", bound.steps()),
-        },
+        sampler: sampler_description(a, &bound)?,
         error,
         peak,
         label_accuracy,
@@ -119,6 +102,54 @@ pub fn cmd_evaluate_images(
         println!("{}", serde_json::to_string(&report).expect("serialisable"));
         return Ok(());
     }
+    print_image_completions(&report);
+    Ok(())
+}
+
+/// The labels of the training images and of the held-out images, in order.
+type Labels = (Vec<u8>, Vec<u8>);
+
+/// The training and held-out labels of `--labels` and `--test-labels`, which go together;
+/// `None` without them.
+fn read_label_pair(a: &EvaluateConditionalArgs) -> Result<Option<Labels>, String> {
+    match (&a.labels, &a.test_labels) {
+        (Some(train), Some(test)) => Ok(Some((read_labels(train)?, read_labels(test)?))),
+        (None, None) => Ok(None),
+        _ => Err("--labels and --test-labels go together".into()),
+    }
+}
+
+/// The chains that `per` completions of each of `images` images take, at most [`MAX_CHAINS`].
+fn chain_count(images: usize, per: usize) -> Result<usize, String> {
+    let chains = images.saturating_mul(per);
+    if chains > MAX_CHAINS {
+        return Err(format!(
+            "--resample with --from-test {images} and --particles {per} (per image) makes \
+             {chains} chains, more than {MAX_CHAINS}: give fewer particles, e.g. --particles 8"
+        ));
+    }
+    Ok(chains)
+}
+
+/// The report's task: `inpainting, MASK unknown` or `denoising, noise S`.
+fn task_description(condition: &ConditionArgs) -> String {
+    match (&condition.mask, condition.noisy_test) {
+        (Some(mask), _) => format!("inpainting, {mask} unknown"),
+        (_, Some(s)) => format!("denoising, noise {s}"),
+        _ => String::new(),
+    }
+}
+
+/// The report's chain: `respaced, K steps` or `every step, T = T`.
+fn sampler_description(a: &EvaluateConditionalArgs, bound: &Diffusion) -> Result<String, String> {
+    Ok(match a.sampler.sampler()? {
+        Sampler::Respaced(k) => format!("respaced, {k} steps"),
+        _ => format!("every step, T = {}", bound.steps()),
+    })
+}
+
+/// Prints an image-completion report as a table.
+fn print_image_completions(report: &ImageCompletions) {
     let e = &report.error;
     println!(
         "images     = {} ({}; {})",
@@ -145,7 +176,6 @@ pub fn cmd_evaluate_images(
              training images (the true images: {truth:.4})"
         );
     }
-    Ok(())
 }
 
 /// `n` completions of `task`'s images (sample r of image r mod N) as `condition` says, through

@@ -141,6 +141,8 @@ impl ConditionArgs {
         self.resolve_in(manifest.data_dim, variable, n, side)
     }
 
+    /// The conditions of the options and of `side` (the run's units, `--from-test` rows) for
+    /// `n` samples of data with `dim` coordinates, or `None` when no option asks for one.
     fn resolve_in(
         &self,
         dim: usize,
@@ -167,6 +169,18 @@ impl ConditionArgs {
             }
             (_, noise) => noise.unwrap_or(0.0),
         };
+        let mut sources = self.option_sources(dim, n, noise)?;
+        sources.extend(task);
+        // an image's known pixel outside the training data's range is no pixel of these data
+        check_known_in_range(&sources, units.and_then(|u| u.range).filter(|_| bounded))?;
+        let conditions = merge_sources(&sources, units, dim);
+        self.conditioning(&conditions, dim, variable, n, group)
+            .map(Some)
+    }
+
+    /// The sources of factors that `--known`, `--observe` (with `noise`), `--known-file` and
+    /// `--observe-file` give, in that order.
+    fn option_sources(&self, dim: usize, n: usize, noise: f64) -> Result<Vec<Rows>, String> {
         let mut sources = Vec::new();
         if let Some(text) = &self.known {
             sources.push(Rows(vec![parse_known(text)?]));
@@ -180,47 +194,26 @@ impl ConditionArgs {
         if let Some(path) = &self.observe_file {
             sources.push(file_rows(path, dim, n, Some(noise))?);
         }
-        sources.extend(task);
-        // an image's known pixel outside the training data's range is no pixel of these data
-        if let Some([lo, hi]) = units.and_then(|u| u.range).filter(|_| bounded) {
-            let outside = sources.iter().flat_map(|s| &s.0).find_map(|c| {
-                c.factors().iter().find_map(|f| match *f {
-                    Factor::Known { index, value } if !(lo..=hi).contains(&(value as f64)) => {
-                        Some((index, value))
-                    }
-                    _ => None,
-                })
-            });
-            if let Some((index, value)) = outside {
-                return Err(format!(
-                    "known value {value} of coordinate {index} lies outside the training data's \
-                     range [{lo}, {hi}]"
-                ));
-            }
-        }
-        let rows = sources.iter().map(|s| s.0.len()).max().unwrap_or(1);
-        let conditions: Vec<Condition> = (0..rows)
-            .map(|r| {
-                let mut c = Condition::new();
-                for s in &sources {
-                    let row = &s.0[if s.0.len() == 1 { 0 } else { r }];
-                    for f in row.factors() {
-                        c = c.with(match units {
-                            Some(u) if f.index() < dim => f.standardized(u),
-                            _ => *f,
-                        });
-                    }
-                }
-                c
-            })
-            .collect();
+        Ok(sources)
+    }
+
+    /// The [`Conditioning`] of `conditions` in `--condition-mode`, resampled (in particle
+    /// systems of `group` chains, if given) with `--resample`, checked for `n` samples.
+    fn conditioning(
+        &self,
+        conditions: &[Condition],
+        dim: usize,
+        variable: Variable,
+        n: usize,
+        group: Option<usize>,
+    ) -> Result<Conditioning, String> {
         let mode = match self.condition_mode {
             Mode::Constant => ConditionMode::Constant,
             Mode::Forward => ConditionMode::Forward,
             Mode::Likelihood => ConditionMode::Likelihood,
         };
         let mut given =
-            Conditioning::new(&conditions, dim, variable, mode).map_err(|e| e.to_string())?;
+            Conditioning::new(conditions, dim, variable, mode).map_err(|e| e.to_string())?;
         if self.resample {
             given = match group {
                 Some(size) => given.resampled_in_groups(size),
@@ -229,8 +222,52 @@ impl ConditionArgs {
             .map_err(|e| format!("--resample: {e}"))?;
         }
         given.check(dim, variable, n).map_err(|e| e.to_string())?;
-        Ok(Some(given))
+        Ok(given)
     }
+}
+
+/// An error for the first known value in `sources` outside `range` (the training data's, for
+/// images); none without a range.
+fn check_known_in_range(sources: &[Rows], range: Option<[f64; 2]>) -> Result<(), String> {
+    let Some([lo, hi]) = range else {
+        return Ok(());
+    };
+    let outside = sources.iter().flat_map(|s| &s.0).find_map(|c| {
+        c.factors().iter().find_map(|f| match *f {
+            Factor::Known { index, value } if !(lo..=hi).contains(&(value as f64)) => {
+                Some((index, value))
+            }
+            _ => None,
+        })
+    });
+    if let Some((index, value)) = outside {
+        return Err(format!(
+            "known value {value} of coordinate {index} lies outside the training data's \
+             range [{lo}, {hi}]"
+        ));
+    }
+    Ok(())
+}
+
+/// One condition per row of the longest source (a one-row source applies to every row), its
+/// factors those of each source in order, standardised into `units` where given.
+fn merge_sources(sources: &[Rows], units: Option<&Standardization>, dim: usize) -> Vec<Condition> {
+    let rows = sources.iter().map(|s| s.0.len()).max().unwrap_or(1);
+    (0..rows)
+        .map(|r| {
+            let mut c = Condition::new();
+            for s in sources {
+                let row = &s.0[if s.0.len() == 1 { 0 } else { r }];
+                for f in row.factors() {
+                    c = c.with(match units {
+                        Some(u) if f.index() < dim => f.standardized(u),
+                        _ => *f,
+                    });
+                }
+            }
+            c
+        })
+        .collect()
 }
 
 /// Samples drawn in particle systems of `group` consecutive chains per condition

@@ -1,8 +1,10 @@
 //! `diffusion evaluate`: the bound K in bits on a run's held-out data, with L_null and -H(data).
 
+use std::path::Path;
+
 use diffusion_models::config::LastStep;
 use diffusion_models::evaluate::{
-    BoundEstimate, Evaluation, bound_terms, evaluate_with, term_steps,
+    BoundEstimate, BoundTerms, Evaluation, bound_terms, evaluate_with, term_steps,
 };
 
 use crate::args::{BaselinesArgs, EvaluateArgs, TermsArgs};
@@ -149,7 +151,28 @@ pub fn cmd_terms(a: TermsArgs) -> Result<(), String> {
     let steps_t = manifest.config.diffusion.steps;
     let decoded = manifest.config.diffusion.decoder == LastStep::Discretized;
     let first = if decoded { 1 } else { 2 };
-    let steps = match a.steps {
+    let steps = terms_steps(a.steps, first, steps_t)?;
+    let terms = bound_terms(&manifest, &run, &model, &device, a.n, &steps, a.seed)
+        .map_err(|e| e.to_string())?;
+    if let Some(path) = &a.out {
+        write_terms_csv(path, &terms)?;
+    }
+    if a.json {
+        println!("{}", serde_json::to_string(&terms).expect("serialisable"));
+        return Ok(());
+    }
+    print_terms(&terms, decoded, first);
+    Ok(())
+}
+
+/// The steps of `--steps` (each in `first..=steps_t`), sorted and without repeats, or by
+/// default [`TERM_STEPS_PER_END`] at each end of the chain.
+fn terms_steps(
+    steps: Option<Vec<usize>>,
+    first: usize,
+    steps_t: usize,
+) -> Result<Vec<usize>, String> {
+    Ok(match steps {
         Some(mut steps) => {
             if let Some(t) = steps.iter().find(|&&t| !(first..=steps_t).contains(&t)) {
                 return Err(format!(
@@ -161,27 +184,29 @@ pub fn cmd_terms(a: TermsArgs) -> Result<(), String> {
             steps
         }
         None => term_steps(first, steps_t, TERM_STEPS_PER_END),
-    };
-    let terms = bound_terms(&manifest, &run, &model, &device, a.n, &steps, a.seed)
-        .map_err(|e| e.to_string())?;
+    })
+}
+
+/// Writes the terms to `path` as CSV: `t,kl_bits,kl_stderr_bits,kl_bits_per_dim`.
+fn write_terms_csv(path: &Path, terms: &BoundTerms) -> Result<(), String> {
     let d = terms.dim as f64;
-    if let Some(path) = &a.out {
-        let mut csv = String::from("t,kl_bits,kl_stderr_bits,kl_bits_per_dim\n");
-        for s in &terms.terms {
-            csv += &format!(
-                "{},{},{},{}\n",
-                s.t,
-                s.kl_bits,
-                s.kl_stderr_bits,
-                s.kl_bits / d
-            );
-        }
-        std::fs::write(path, csv).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    let mut csv = String::from("t,kl_bits,kl_stderr_bits,kl_bits_per_dim\n");
+    for s in &terms.terms {
+        csv += &format!(
+            "{},{},{},{}\n",
+            s.t,
+            s.kl_bits,
+            s.kl_stderr_bits,
+            s.kl_bits / d
+        );
     }
-    if a.json {
-        println!("{}", serde_json::to_string(&terms).expect("serialisable"));
-        return Ok(());
-    }
+    std::fs::write(path, csv).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// Prints the terms as a table, then K as their sum (`decoded`: the step t = 1 is the
+/// decoder's; `first`: the first step of the sum).
+fn print_terms(terms: &BoundTerms, decoded: bool, first: usize) {
+    let d = terms.dim as f64;
     println!(
         "KL(q(x_(t-1) | x_t, x_0) || p(x_(t-1) | x_t)) in bits{}, mean over {} held-out points (T = {}, d = {})",
         if decoded {
@@ -223,5 +248,4 @@ pub fn cmd_terms(a: TermsArgs) -> Result<(), String> {
             String::new()
         }
     );
-    Ok(())
 }
