@@ -121,7 +121,7 @@ mod tests {
         let z: Vec<f32> = (-60..=60).map(|i| i as f32 * 0.25).collect();
         let got = log_normal_cdf(tensor(&z, &device))
             .into_data()
-            .to_vec::<f32>()
+            .try_to_vec::<f32>()
             .unwrap();
         for (&z, &g) in z.iter().zip(&got) {
             let want = (0.5 * libm::erfc(-z as f64 / std::f64::consts::SQRT_2)).ln();
@@ -156,7 +156,7 @@ mod tests {
             tensor(&col(&|c| (c.2 * c.2).ln()), &device),
         )
         .into_data()
-        .to_vec::<f32>()
+        .try_to_vec::<f32>()
         .unwrap();
         for (c, &g) in cases.iter().zip(&got) {
             let want = log_prob_f64(c.0, c.1, 0.0, c.2);

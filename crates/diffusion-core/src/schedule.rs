@@ -162,7 +162,6 @@ impl BetaSchedule {
             }
             return init.raw_betas(steps);
         }
-        let t_count = steps as f64;
         let betas = match *self {
             Self::Linear { start, end } => {
                 check_range("start", start)?;
@@ -185,52 +184,61 @@ impl BetaSchedule {
                     .map(|x| start + (end - start) / (1.0 + (-x).exp()))
                     .collect()
             }
-            Self::Cosine { s, max_beta } => {
-                if !(s.is_finite() && s >= 0.0) {
-                    return Err(ScheduleError::InvalidParameter(format!(
-                        "cosine offset s = {s} must be finite and >= 0"
-                    )));
-                }
-                check_range("max_beta", max_beta)?;
-                let f = |t: f64| {
-                    let angle = (t / t_count + s) / (1.0 + s) * std::f64::consts::FRAC_PI_2;
-                    angle.cos().powi(2)
-                };
-                (1..=steps)
-                    .map(|t| {
-                        let t = t as f64;
-                        (1.0 - f(t) / f(t - 1.0)).min(max_beta)
-                    })
-                    .collect()
-            }
+            Self::Cosine { s, max_beta } => cosine_betas(s, max_beta, steps)?,
             Self::Paper {
                 step1_beta,
                 min_beta,
-            } => {
-                check_range("min_beta", min_beta)?;
-                if !(step1_beta.is_finite() && step1_beta >= 0.0) {
-                    return Err(ScheduleError::InvalidParameter(format!(
-                        "step1_beta = {step1_beta} must be finite and >= 0"
-                    )));
-                }
-                linspace(t_count, 2.0, steps)
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, v)| {
-                        let m = if i == 0 {
-                            min_beta + step1_beta
-                        } else {
-                            min_beta
-                        };
-                        m + (1.0 / v) * (1.0 - m - 1e-5)
-                    })
-                    .collect()
-            }
+            } => paper_betas(step1_beta, min_beta, steps)?,
             Self::Reciprocal => (1..=steps).map(|t| 1.0 / (steps - t + 1) as f64).collect(),
             Self::Learned { .. } => unreachable!("handled above"),
         };
         Ok(betas)
     }
+}
+
+/// The cosine schedule's betas (offset `s`, each capped at `max_beta`), its parameters checked.
+fn cosine_betas(s: f64, max_beta: f64, steps: usize) -> Result<Vec<f64>, ScheduleError> {
+    if !(s.is_finite() && s >= 0.0) {
+        return Err(ScheduleError::InvalidParameter(format!(
+            "cosine offset s = {s} must be finite and >= 0"
+        )));
+    }
+    check_range("max_beta", max_beta)?;
+    let t_count = steps as f64;
+    let f = |t: f64| {
+        let angle = (t / t_count + s) / (1.0 + s) * std::f64::consts::FRAC_PI_2;
+        angle.cos().powi(2)
+    };
+    Ok((1..=steps)
+        .map(|t| {
+            let t = t as f64;
+            (1.0 - f(t) / f(t - 1.0)).min(max_beta)
+        })
+        .collect())
+}
+
+/// The original code's schedule (`Paper`): `m_t + (1 - m_t - 1e-5) / linspace(T, 2, T)[t]`,
+/// `m_t` being `min_beta` (plus `step1_beta` at t = 1), its parameters checked.
+fn paper_betas(step1_beta: f64, min_beta: f64, steps: usize) -> Result<Vec<f64>, ScheduleError> {
+    check_range("min_beta", min_beta)?;
+    if !(step1_beta.is_finite() && step1_beta >= 0.0) {
+        return Err(ScheduleError::InvalidParameter(format!(
+            "step1_beta = {step1_beta} must be finite and >= 0"
+        )));
+    }
+    let t_count = steps as f64;
+    Ok(linspace(t_count, 2.0, steps)
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let m = if i == 0 {
+                min_beta + step1_beta
+            } else {
+                min_beta
+            };
+            m + (1.0 / v) * (1.0 - m - 1e-5)
+        })
+        .collect())
 }
 
 fn check_range(name: &str, value: f64) -> Result<(), ScheduleError> {

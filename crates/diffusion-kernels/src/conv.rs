@@ -356,59 +356,21 @@ impl ConvBackward for Flex {
                         let g = &gs[i * out_len..][..out_len];
                         let image = &xs[i * in_len..][..in_len];
                         if want_b {
-                            for (c, plane) in g.chunks(pixels).enumerate() {
-                                db[c] += plane.iter().sum::<f32>();
-                            }
+                            add_bias_grad(&mut db, g, pixels);
                         }
                         if want_w {
-                            let col = columns(&d, image, &mut col);
-                            // dW^T [rows, c_out] += col [rows, pixels] g^T [pixels, c_out]
-                            // SAFETY: dW is c_out x rows, col rows x pixels, g c_out x
-                            // pixels, all row-major
-                            unsafe {
-                                product(
-                                    [rows, d.c_out, pixels],
-                                    (dw.as_mut_ptr(), 1, rows as isize),
-                                    (col.as_ptr(), pixels as isize, 1),
-                                    (g.as_ptr(), 1, pixels as isize),
-                                    j > 0,
-                                );
-                            }
+                            add_weight_grad(&d, image, g, &mut col, &mut dw, j > 0);
                         }
                         if let Some(dx_chunk) = dx_chunk.as_deref_mut() {
                             let dx_image = &mut dx_chunk[j * in_len..][..in_len];
-                            let target: &mut [f32] = if d.direct() { dx_image } else { &mut dcol };
-                            // dcol^T [pixels, rows] = g^T [pixels, c_out] W [c_out, rows]
-                            // SAFETY: as above; target is rows x pixels, row-major
-                            unsafe {
-                                product(
-                                    [pixels, rows, d.c_out],
-                                    (target.as_mut_ptr(), 1, pixels as isize),
-                                    (g.as_ptr(), 1, pixels as isize),
-                                    (ws.as_ptr(), rows as isize, 1),
-                                    false,
-                                );
-                            }
-                            if !d.direct() {
-                                col2im(&d, &dcol, dx_image);
-                            }
+                            input_grad(&d, g, ws, &mut dcol, dx_image);
                         }
                     }
                     (dw, db)
                 })
                 .collect()
         };
-        // the tasks' partial sums of the weights' (which = 0) or the bias's (1) gradient
-        let sum = |which: usize, len: usize| {
-            let mut total = vec![0.0f32; len];
-            for (dw, db) in &partial {
-                let part = if which == 0 { dw } else { db };
-                for (t, v) in total.iter_mut().zip(part) {
-                    *t += v;
-                }
-            }
-            total
-        };
+        let sum = |which: usize, len: usize| sum_partials(&partial, which, len);
         [
             want_x.then(|| FlexTensor::from_data(TensorData::new(dx, [d.n, d.c_in, d.h, d.w]))),
             want_w.then(|| {
@@ -420,6 +382,81 @@ impl ConvBackward for Flex {
             want_b.then(|| FlexTensor::from_data(TensorData::new(sum(1, d.c_out), [d.c_out]))),
         ]
     }
+}
+
+/// Adds one image's bias gradient, its output gradient `g` summed over each channel's
+/// `pixels`, to `db`.
+fn add_bias_grad(db: &mut [f32], g: &[f32], pixels: usize) {
+    for (c, plane) in g.chunks(pixels).enumerate() {
+        db[c] += plane.iter().sum::<f32>();
+    }
+}
+
+/// Sets (or, when `accumulate`, adds to) `dw` one image's weight gradient from its values
+/// `image` and output gradient `g`; `col` is the im2col buffer.
+fn add_weight_grad(
+    d: &Dims,
+    image: &[f32],
+    g: &[f32],
+    col: &mut [f32],
+    dw: &mut [f32],
+    accumulate: bool,
+) {
+    let (pixels, rows) = (d.pixels(), d.col_rows());
+    debug_assert!(dw.len() == d.c_out * rows && g.len() == d.c_out * pixels);
+    let col = columns(d, image, col);
+    // dW^T [rows, c_out] += col [rows, pixels] g^T [pixels, c_out]
+    // SAFETY: dW is c_out x rows, col rows x pixels, g c_out x
+    // pixels, all row-major
+    unsafe {
+        product(
+            [rows, d.c_out, pixels],
+            (dw.as_mut_ptr(), 1, rows as isize),
+            (col.as_ptr(), pixels as isize, 1),
+            (g.as_ptr(), 1, pixels as isize),
+            accumulate,
+        );
+    }
+}
+
+/// Writes one image's input gradient into `dx_image` from its output gradient `g` and the
+/// weights `ws`; `dcol` is the column-matrix buffer (unused for a 1x1 kernel of stride 1).
+fn input_grad(d: &Dims, g: &[f32], ws: &[f32], dcol: &mut [f32], dx_image: &mut [f32]) {
+    let (pixels, rows) = (d.pixels(), d.col_rows());
+    debug_assert!(ws.len() == d.c_out * rows && g.len() == d.c_out * pixels);
+    let target: &mut [f32] = if d.direct() {
+        &mut *dx_image
+    } else {
+        &mut *dcol
+    };
+    // dcol^T [pixels, rows] = g^T [pixels, c_out] W [c_out, rows]
+    // SAFETY: g is c_out x pixels, W c_out x rows, target rows x pixels (the caller's
+    // buffers), all row-major
+    unsafe {
+        product(
+            [pixels, rows, d.c_out],
+            (target.as_mut_ptr(), 1, pixels as isize),
+            (g.as_ptr(), 1, pixels as isize),
+            (ws.as_ptr(), rows as isize, 1),
+            false,
+        );
+    }
+    if !d.direct() {
+        col2im(d, dcol, dx_image);
+    }
+}
+
+/// The tasks' partial sums of the weights' (`which` = 0) or the bias's (1) gradient, `len`
+/// values, added up in task order.
+fn sum_partials(partial: &[(Vec<f32>, Vec<f32>)], which: usize, len: usize) -> Vec<f32> {
+    let mut total = vec![0.0f32; len];
+    for (dw, db) in partial {
+        let part = if which == 0 { dw } else { db };
+        for (t, v) in total.iter_mut().zip(part) {
+            *t += v;
+        }
+    }
+    total
 }
 
 /// The convolution's backward pass: parents x, weight, bias.

@@ -139,63 +139,89 @@ impl GroupNormBackward for Flex {
             .zip(xs.par_chunks(group_len).zip(dys.par_chunks(group_len)))
             .enumerate()
             .map(|(i, (dxg, (v, dy)))| {
-                let (mean, rstd) = moments(v, spec.epsilon);
                 let first = (i % spec.groups) * per_group;
-                let mut dgamma = vec![0.0f32; per_group];
-                let mut dbeta = vec![0.0f32; per_group];
-                // dz (the affine map's output gradient) into dx for now; the group's sums of
-                // dxhat and dxhat xhat
-                let (mut sum, mut sum_xhat) = (0.0f64, 0.0f64);
-                for j in 0..per_group {
-                    let (g, b) = (gs[first + j], bs[first + j]);
-                    let range = j * spatial..(j + 1) * spatial;
-                    let (mut dg, mut db) = (0.0f64, 0.0f64);
-                    for ((d, &x), &gy) in dxg[range.clone()]
-                        .iter_mut()
-                        .zip(&v[range.clone()])
-                        .zip(&dy[range])
-                    {
-                        let xhat = (x - mean) * rstd;
-                        let dz = if spec.silu {
-                            let z = xhat * g + b;
-                            let s = sigmoid(z);
-                            gy * s * (1.0 + z * (1.0 - s))
-                        } else {
-                            gy
-                        };
-                        dg += (dz * xhat) as f64;
-                        db += dz as f64;
-                        let dxhat = dz * g;
-                        sum += dxhat as f64;
-                        sum_xhat += (dxhat * xhat) as f64;
-                        *d = dxhat;
-                    }
-                    dgamma[j] = dg as f32;
-                    dbeta[j] = db as f32;
-                }
-                let len = group_len as f64;
-                let (m1, m2) = ((sum / len) as f32, (sum_xhat / len) as f32);
-                for (d, &x) in dxg.iter_mut().zip(v) {
-                    let xhat = (x - mean) * rstd;
-                    *d = rstd * (*d - m1 - xhat * m2);
-                }
+                let channels = first..first + per_group;
+                let affine = (&gs[channels.clone()], &bs[channels]);
+                let (dgamma, dbeta) = group_backward(spec, affine, spatial, dxg, v, dy);
                 (first, dgamma, dbeta)
             })
             .collect();
-        let mut dgamma = vec![0.0f32; c];
-        let mut dbeta = vec![0.0f32; c];
-        for (first, dg, db) in partial {
-            for j in 0..dg.len() {
-                dgamma[first + j] += dg[j];
-                dbeta[first + j] += db[j];
-            }
-        }
+        let (dgamma, dbeta) = gather_affine_grads(c, partial);
         [
             FlexTensor::from_data(TensorData::new(dx, shape)),
             FlexTensor::from_data(TensorData::new(dgamma, [c])),
             FlexTensor::from_data(TensorData::new(dbeta, [c])),
         ]
     }
+}
+
+/// One group's backward pass: its input gradient into `dxg` (from its values `v` and output
+/// gradient `dy`), and its channels' d gamma and d beta; `affine` is the channels' (gamma, beta).
+fn group_backward(
+    spec: NormSpec,
+    (gs, bs): (&[f32], &[f32]),
+    spatial: usize,
+    dxg: &mut [f32],
+    v: &[f32],
+    dy: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let per_group = gs.len();
+    let (mean, rstd) = moments(v, spec.epsilon);
+    let mut dgamma = vec![0.0f32; per_group];
+    let mut dbeta = vec![0.0f32; per_group];
+    // dz (the affine map's output gradient) into dx for now; the group's sums of
+    // dxhat and dxhat xhat
+    let (mut sum, mut sum_xhat) = (0.0f64, 0.0f64);
+    for j in 0..per_group {
+        let (g, b) = (gs[j], bs[j]);
+        let range = j * spatial..(j + 1) * spatial;
+        let (mut dg, mut db) = (0.0f64, 0.0f64);
+        for ((d, &x), &gy) in dxg[range.clone()]
+            .iter_mut()
+            .zip(&v[range.clone()])
+            .zip(&dy[range])
+        {
+            let xhat = (x - mean) * rstd;
+            let dz = if spec.silu {
+                let z = xhat * g + b;
+                let s = sigmoid(z);
+                gy * s * (1.0 + z * (1.0 - s))
+            } else {
+                gy
+            };
+            dg += (dz * xhat) as f64;
+            db += dz as f64;
+            let dxhat = dz * g;
+            sum += dxhat as f64;
+            sum_xhat += (dxhat * xhat) as f64;
+            *d = dxhat;
+        }
+        dgamma[j] = dg as f32;
+        dbeta[j] = db as f32;
+    }
+    let len = dxg.len() as f64;
+    let (m1, m2) = ((sum / len) as f32, (sum_xhat / len) as f32);
+    for (d, &x) in dxg.iter_mut().zip(v) {
+        let xhat = (x - mean) * rstd;
+        *d = rstd * (*d - m1 - xhat * m2);
+    }
+    (dgamma, dbeta)
+}
+
+/// The `c` channels' d gamma and d beta from each group's (first channel, d gamma, d beta).
+fn gather_affine_grads(
+    c: usize,
+    partial: Vec<(usize, Vec<f32>, Vec<f32>)>,
+) -> (Vec<f32>, Vec<f32>) {
+    let mut dgamma = vec![0.0f32; c];
+    let mut dbeta = vec![0.0f32; c];
+    for (first, dg, db) in partial {
+        for j in 0..dg.len() {
+            dgamma[first + j] += dg[j];
+            dbeta[first + j] += db[j];
+        }
+    }
+    (dgamma, dbeta)
 }
 
 /// The group norm's backward pass: parents x, gamma, beta.

@@ -260,37 +260,10 @@ pub fn evaluate_conditional<N: ReverseNetwork>(
     let bound = manifest.bound_of(model)?;
     let mut rng = diffusion_data::rng(seed, streams::SAMPLE);
     let drawn = bound.sample_given(&model.network, n, given, &mut rng, device, particles)?;
-    let mut eval = ConditionalEvaluation {
-        samples: n,
-        mode: given.mode().name().into(),
-        resampled: given.resamples(),
-        valid_consistent_fraction: None,
-        phase_fractions: None,
-        exact_phases: None,
-        total_variation: None,
-        repeats: None,
-        energy_distance: None,
-        energy_distance_stderr: None,
-        energy_distance_floor: None,
-        energy_distance_floor_sd: None,
-        energy_ratio: None,
-        energy_ratio_stderr: None,
-        sample_mean: None,
-        exact_mean: None,
-        sample_sd: None,
-        exact_sd: None,
-        model_slice_samples: None,
-        model_slice_ratio: None,
-        sampler_to_model_ratio: None,
-        model_slice_sd: None,
-    };
+    let mut eval = ConditionalEvaluation::unfilled(n, given);
     match &exact {
         Exact::Heartbeat { beat, phases } => {
-            let (consistent, fractions) = phase_shares(beat, given, &drawn);
-            eval.valid_consistent_fraction = Some(consistent);
-            eval.total_variation = Some(total_variation(&fractions, phases));
-            eval.phase_fractions = Some(fractions);
-            eval.exact_phases = Some(phases.clone());
+            compare_phases(&mut eval, beat, phases, given, &drawn);
         }
         Exact::SwissRoll(post) => {
             let draws = Draws {
@@ -314,11 +287,7 @@ pub fn evaluate_conditional<N: ReverseNetwork>(
                 &mut rng,
             )?;
             let exact_draws = exact.sample(n, &mut exact_a);
-            let (mean, sd) = moments(&drawn, 2);
-            eval.sample_mean = Some(mean);
-            eval.sample_sd = Some(sd);
-            eval.exact_mean = Some(post.mean().to_vec());
-            eval.exact_sd = Some(moments(&exact_draws, 2).1);
+            record_moments(&mut eval, &drawn, &exact_draws, post);
             if model_slice > 0 {
                 let mut slice_rng = diffusion_data::rng(seed, streams::SAMPLE + 100);
                 let ours = &drawn[..m * 2];
@@ -336,6 +305,67 @@ pub fn evaluate_conditional<N: ReverseNetwork>(
         }
     }
     Ok(eval)
+}
+
+impl ConditionalEvaluation {
+    /// The evaluation of `n` samples given `given` before any comparison: every measure unset.
+    fn unfilled(n: usize, given: &Conditioning) -> Self {
+        Self {
+            samples: n,
+            mode: given.mode().name().into(),
+            resampled: given.resamples(),
+            valid_consistent_fraction: None,
+            phase_fractions: None,
+            exact_phases: None,
+            total_variation: None,
+            repeats: None,
+            energy_distance: None,
+            energy_distance_stderr: None,
+            energy_distance_floor: None,
+            energy_distance_floor_sd: None,
+            energy_ratio: None,
+            energy_ratio_stderr: None,
+            sample_mean: None,
+            exact_mean: None,
+            sample_sd: None,
+            exact_sd: None,
+            model_slice_samples: None,
+            model_slice_ratio: None,
+            sampler_to_model_ratio: None,
+            model_slice_sd: None,
+        }
+    }
+}
+
+/// The heartbeat's comparison into `eval`: the share of `drawn` consistent with `given`, and
+/// the samples' phase shares against the exact `phases` (with their total variation).
+fn compare_phases(
+    eval: &mut ConditionalEvaluation,
+    beat: &Heartbeat,
+    phases: &[f64],
+    given: &Conditioning,
+    drawn: &[f32],
+) {
+    let (consistent, fractions) = phase_shares(beat, given, drawn);
+    eval.valid_consistent_fraction = Some(consistent);
+    eval.total_variation = Some(total_variation(&fractions, phases));
+    eval.phase_fractions = Some(fractions);
+    eval.exact_phases = Some(phases.to_vec());
+}
+
+/// The Swiss roll's mean and standard deviation per coordinate into `eval`: of the samples
+/// `drawn`, and of the exact conditional (its mean, and the spread of `exact_draws`).
+fn record_moments(
+    eval: &mut ConditionalEvaluation,
+    drawn: &[f32],
+    exact_draws: &[f32],
+    post: &RollPosterior,
+) {
+    let (mean, sd) = moments(drawn, 2);
+    eval.sample_mean = Some(mean);
+    eval.sample_sd = Some(sd);
+    eval.exact_mean = Some(post.mean().to_vec());
+    eval.exact_sd = Some(moments(exact_draws, 2).1);
 }
 
 /// How a conditional evaluation draws its samples: `n` at a time, `particles` chains together.

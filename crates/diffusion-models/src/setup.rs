@@ -76,111 +76,21 @@ pub struct ResolvedData {
 /// resolves what depends on the data; touches no run folder, so bad data leave no trace.
 pub fn resolve(mut config: RunConfig) -> Result<ResolvedData, RunError> {
     config.validate()?;
-    let seed = config.train.seed;
-    let binary = config.diffusion.process == ProcessKind::Binomial;
-    let mut files = None;
-    let mut standardization = None;
-    let mut image = None;
-    let mut source = None;
-    let (data, dim, mean_activity) = match &config.data {
-        DataConfig::SwissRoll { noise } => {
-            let roll = SwissRoll::new(*noise).map_err(RunError::Data)?;
-            (TrainingData::swiss_roll(roll, seed), 2, None)
-        }
-        DataConfig::Heartbeat { length, period } => {
-            let beat = Heartbeat::new(*length, *period).map_err(RunError::Data)?;
-            let activity = beat.mean_activity();
-            (TrainingData::heartbeat(beat, seed), *length, Some(activity))
-        }
-        DataConfig::File {
-            path,
-            heldout_fraction,
-            test_path,
-            standardize,
-            dequantize,
-            logit_alpha,
-            binarize,
-        } => {
-            let (mut points, shape) = io::read_shaped(path).map_err(RunError::Data)?;
-            binarized(&mut points, *binarize);
-            image = shape;
-            let record = |p: &Path| {
-                SourceFile::of(p).map_err(|source| RunError::Io {
-                    path: p.display().to_string(),
-                    source,
-                })
-            };
-            source = Some(DataSource {
-                train: record(path)?,
-                test: test_path.as_deref().map(record).transpose()?,
-            });
-            if binary && let Some(i) = points.data.iter().position(|&v| v != 0.0 && v != 1.0) {
-                return Err(RunError::NotBinary {
-                    path: path.display().to_string(),
-                    value: points.data[i],
-                    row: i / points.cols,
-                    column: i % points.cols,
-                });
-            }
-            let test = test_path
-                .as_deref()
-                .map(|t| read_test_rows(t, &points, shape))
-                .transpose()?
-                .map(|mut rows| {
-                    binarized(&mut rows, *binarize);
-                    rows
-                });
-            if config.diffusion.decoder == LastStep::Discretized {
-                eight_bit(&points, path)?;
-                if let (Some(rows), Some(t)) = (&test, test_path) {
-                    eight_bit(rows, t)?;
-                }
-            }
-            let (train_rows, held) = split_rows(&points, test, *heldout_fraction, seed)?;
-            let activity = train_rows.data.iter().map(|&v| v as f64).sum::<f64>()
-                / train_rows.data.len() as f64;
-            let dim = points.cols;
-            if !binary {
-                let scaling = standardize.unwrap_or(Scaling::PerCoordinate);
-                standardization = Some(match logit_alpha {
-                    None => Standardization::fit(&train_rows, scaling, *dequantize),
-                    Some(alpha) => {
-                        let top = points.data.iter().cloned().fold(0.0f32, f32::max) as f64;
-                        let logit = diffusion_data::standardize::Logit {
-                            levels: top.floor() + 1.0,
-                            alpha: *alpha,
-                        };
-                        Standardization::fit_logit(&train_rows, scaling, *dequantize, logit, seed)
-                            .map_err(RunError::Data)?
-                    }
-                });
-            }
-            files = Some((train_rows.clone(), held));
-            let data = TrainingData::points(train_rows, standardization.clone(), seed);
-            (data, dim, Some(activity))
-        }
-    };
-    if binary && config.diffusion.pi.is_none() {
-        let pi = mean_activity.unwrap_or(0.5);
-        if !(pi > 0.0 && pi < 1.0) {
-            return Err(RunError::MeanActivity(pi));
-        }
-        config.diffusion.pi = Some(pi);
-    }
+    let LoadedData {
+        data,
+        dim,
+        mean_activity,
+        image,
+        source,
+        files,
+        standardization,
+    } = load_data(&config)?;
+    resolve_pi(&mut config, mean_activity)?;
     let check = RunManifest::new(config.clone(), dim, "")
         .with_image(image)
         .with_standardization(standardization.clone());
     check.check_model_size()?;
-    let mut warnings = Vec::new();
-    if let Diffusion::Gaussian(g) = check.bound()? {
-        let abar_t = g.diffusion.alpha_bar(g.diffusion.steps());
-        if abar_t > 0.1 {
-            warnings.push(format!(
-                "abar_T = {abar_t:.3}: the forward process does not reach near N(0, I); \
-                 the bound will be loose"
-            ));
-        }
-    }
+    let warnings = bound_warnings(&check)?;
     Ok(ResolvedData {
         config,
         dim,
@@ -191,6 +101,203 @@ pub fn resolve(mut config: RunConfig) -> Result<ResolvedData, RunError> {
         standardization,
         warnings,
     })
+}
+
+/// A configuration's data, read or set up, before what depends on them is resolved.
+struct LoadedData {
+    data: TrainingData,
+    dim: usize,
+    mean_activity: Option<f64>,
+    image: Option<ImageShape>,
+    source: Option<DataSource>,
+    files: Option<(Array2, Array2)>,
+    standardization: Option<Standardization>,
+}
+
+impl LoadedData {
+    /// Generated data of dimension `dim`: no files, image shape or standardisation.
+    fn generated(data: TrainingData, dim: usize, mean_activity: Option<f64>) -> Self {
+        Self {
+            data,
+            dim,
+            mean_activity,
+            image: None,
+            source: None,
+            files: None,
+            standardization: None,
+        }
+    }
+}
+
+/// Reads or sets up `config`'s data: the generator, or for file data the rows read and checked,
+/// the seeded held-out split (or the test file) and a Gaussian run's fitted standardisation.
+fn load_data(config: &RunConfig) -> Result<LoadedData, RunError> {
+    let seed = config.train.seed;
+    let binary = config.diffusion.process == ProcessKind::Binomial;
+    match &config.data {
+        DataConfig::SwissRoll { noise } => {
+            let roll = SwissRoll::new(*noise).map_err(RunError::Data)?;
+            let data = TrainingData::swiss_roll(roll, seed);
+            Ok(LoadedData::generated(data, 2, None))
+        }
+        DataConfig::Heartbeat { length, period } => {
+            let beat = Heartbeat::new(*length, *period).map_err(RunError::Data)?;
+            let activity = beat.mean_activity();
+            let data = TrainingData::heartbeat(beat, seed);
+            Ok(LoadedData::generated(data, *length, Some(activity)))
+        }
+        DataConfig::File {
+            path,
+            heldout_fraction,
+            test_path,
+            standardize,
+            dequantize,
+            logit_alpha,
+            binarize,
+        } => {
+            let (points, shape, source, test) =
+                read_file_rows(config, path, test_path.as_deref(), *binarize)?;
+            let (train_rows, held) = split_rows(&points, test, *heldout_fraction, seed)?;
+            let activity = train_rows.data.iter().map(|&v| v as f64).sum::<f64>()
+                / train_rows.data.len() as f64;
+            let standardization = if binary {
+                None
+            } else {
+                Some(fit_standardization(
+                    &train_rows,
+                    &points,
+                    *standardize,
+                    *dequantize,
+                    *logit_alpha,
+                    seed,
+                )?)
+            };
+            let files = Some((train_rows.clone(), held));
+            let data = TrainingData::points(train_rows, standardization.clone(), seed);
+            Ok(LoadedData {
+                data,
+                dim: points.cols,
+                mean_activity: Some(activity),
+                image: shape,
+                source: Some(source),
+                files,
+                standardization,
+            })
+        }
+    }
+}
+
+/// The rows of `path` and, for `test_path`, the test rows (binarised at `binarize`), with the
+/// image shape and the files' record; refused if not binary for a binomial run or not 8-bit
+/// for a discretized decoder.
+fn read_file_rows(
+    config: &RunConfig,
+    path: &Path,
+    test_path: Option<&Path>,
+    binarize: Option<f64>,
+) -> Result<(Array2, Option<ImageShape>, DataSource, Option<Array2>), RunError> {
+    let (mut points, shape) = io::read_shaped(path).map_err(RunError::Data)?;
+    binarized(&mut points, binarize);
+    let source = record_source(path, test_path)?;
+    if config.diffusion.process == ProcessKind::Binomial {
+        check_binary(&points, path)?;
+    }
+    let test = test_path
+        .map(|t| read_test_rows(t, &points, shape))
+        .transpose()?
+        .map(|mut rows| {
+            binarized(&mut rows, binarize);
+            rows
+        });
+    if config.diffusion.decoder == LastStep::Discretized {
+        eight_bit(&points, path)?;
+        if let (Some(rows), Some(t)) = (&test, test_path) {
+            eight_bit(rows, t)?;
+        }
+    }
+    Ok((points, shape, source, test))
+}
+
+/// The files of file data: the training file and the test file if any, each with its SHA-256.
+fn record_source(path: &Path, test_path: Option<&Path>) -> Result<DataSource, RunError> {
+    let record = |p: &Path| {
+        SourceFile::of(p).map_err(|source| RunError::Io {
+            path: p.display().to_string(),
+            source,
+        })
+    };
+    Ok(DataSource {
+        train: record(path)?,
+        test: test_path.map(record).transpose()?,
+    })
+}
+
+/// Refuses rows (read from `path`) for a binomial run unless every value is 0 or 1.
+fn check_binary(points: &Array2, path: &Path) -> Result<(), RunError> {
+    if let Some(i) = points.data.iter().position(|&v| v != 0.0 && v != 1.0) {
+        return Err(RunError::NotBinary {
+            path: path.display().to_string(),
+            value: points.data[i],
+            row: i / points.cols,
+            column: i % points.cols,
+        });
+    }
+    Ok(())
+}
+
+/// A Gaussian run's standardisation (per coordinate unless set) fitted on `train_rows`; with
+/// `logit_alpha`, after the logit map whose levels run to the largest value in `points`.
+fn fit_standardization(
+    train_rows: &Array2,
+    points: &Array2,
+    standardize: Option<Scaling>,
+    dequantize: bool,
+    logit_alpha: Option<f64>,
+    seed: u64,
+) -> Result<Standardization, RunError> {
+    let scaling = standardize.unwrap_or(Scaling::PerCoordinate);
+    Ok(match logit_alpha {
+        None => Standardization::fit(train_rows, scaling, dequantize),
+        Some(alpha) => {
+            let top = points.data.iter().cloned().fold(0.0f32, f32::max) as f64;
+            let logit = diffusion_data::standardize::Logit {
+                levels: top.floor() + 1.0,
+                alpha,
+            };
+            Standardization::fit_logit(train_rows, scaling, dequantize, logit, seed)
+                .map_err(RunError::Data)?
+        }
+    })
+}
+
+/// A binomial run's pi, when not set: the data's mean activity (0.5 when unknown), which must
+/// lie strictly between 0 and 1.
+fn resolve_pi(config: &mut RunConfig, mean_activity: Option<f64>) -> Result<(), RunError> {
+    let binary = config.diffusion.process == ProcessKind::Binomial;
+    if binary && config.diffusion.pi.is_none() {
+        let pi = mean_activity.unwrap_or(0.5);
+        if !(pi > 0.0 && pi < 1.0) {
+            return Err(RunError::MeanActivity(pi));
+        }
+        config.diffusion.pi = Some(pi);
+    }
+    Ok(())
+}
+
+/// What the user may want to know about the run's bound: a Gaussian forward process that ends
+/// far from N(0, I).
+fn bound_warnings(check: &RunManifest) -> Result<Vec<String>, RunError> {
+    let mut warnings = Vec::new();
+    if let Diffusion::Gaussian(g) = check.bound()? {
+        let abar_t = g.diffusion.alpha_bar(g.diffusion.steps());
+        if abar_t > 0.1 {
+            warnings.push(format!(
+                "abar_T = {abar_t:.3}: the forward process does not reach near N(0, I); \
+                 the bound will be loose"
+            ));
+        }
+    }
+    Ok(warnings)
 }
 
 /// The training and held-out rows of a run on file data, in the data's own units: rebuilt from

@@ -377,7 +377,7 @@ fn decoder_term_is_minus_the_log_probability_of_the_bins() {
     let (mean, var) = (host(mean), host(log_var.exp()));
     let (lower, upper) = four_levels(d).bins(&x0);
     let mut open = 0;
-    for i in 0..n {
+    for (i, &got) in first.iter().enumerate() {
         let want: f64 = -(i * d..(i + 1) * d)
             .map(|k| {
                 open += usize::from(lower[k] < -1.0 || upper[k] > 1.0);
@@ -385,7 +385,7 @@ fn decoder_term_is_minus_the_log_probability_of_the_bins() {
                 bin_probability(lower[k] as f64, upper[k] as f64, mean[k] as f64, sd).ln()
             })
             .sum::<f64>();
-        let got = first[i] as f64;
+        let got = got as f64;
         assert!(
             (got - want).abs() < 1e-4 * want.abs().max(1.0),
             "row {i}: {got} vs {want}"
