@@ -1,0 +1,193 @@
+//! DDIM (Song, Meng and Ermon 2021) for Gaussian runs: the sampler, its deterministic fast path
+//! and its inversion.
+
+use burn::tensor::{Device, Tensor};
+use diffusion_core::{Ddim, PredictionType};
+use diffusion_data::Rng;
+
+use super::normal;
+use crate::network::ReverseNetwork;
+use crate::process::{GaussianBound, Process, host};
+
+impl GaussianBound {
+    /// The model's prediction of x_0 at the original step `t` for rows `x` (the edge kernel's
+    /// mean at t = 1).
+    pub fn predict_x0<N: ReverseNetwork>(
+        &self,
+        network: &N,
+        tables: &<Self as Process>::Tables,
+        x: Tensor<2>,
+        t: usize,
+    ) -> Tensor<2> {
+        if t == 1 && self.decoder.is_none() {
+            return x * (1.0 - self.diffusion.beta(1)).sqrt();
+        }
+        let (mean, _) = self.mean_log_variance(network, tables, x.clone(), t);
+        let (c0, ct, _) = self.diffusion.posterior_coefficients(t);
+        (mean - x * ct) / c0
+    }
+
+    /// The DDIM sampler of this chain with the given options (its `alphas_cumprod` filled in).
+    pub fn ddim(&self, mut options: Ddim) -> Ddim {
+        options.alphas_cumprod = (1..=self.diffusion.steps())
+            .map(|t| self.diffusion.alpha_bar(t))
+            .collect();
+        options
+    }
+
+    /// The network as a DDIM model: its output at 0-based `timestep` (step t = timestep + 1),
+    /// as ε̂ or x̂_0 by `prediction`.
+    pub fn ddim_output<N: ReverseNetwork>(
+        &self,
+        network: &N,
+        tables: &<Self as Process>::Tables,
+        x: &Tensor<2>,
+        timestep: usize,
+        prediction: PredictionType,
+    ) -> Tensor<2> {
+        let t = timestep + 1;
+        let x0 = self.predict_x0(network, tables, x.clone(), t);
+        match prediction {
+            PredictionType::Sample => x0,
+            PredictionType::Epsilon => {
+                let abar = self.diffusion.alpha_bar(t);
+                (x.clone() - x0 * abar.sqrt()) / (1.0 - abar).sqrt()
+            }
+        }
+    }
+
+    /// Draws `n` samples by DDIM (`ddim` from [`GaussianBound::ddim`]).
+    pub fn sample_ddim<N: ReverseNetwork>(
+        &self,
+        network: &N,
+        ddim: &Ddim,
+        n: usize,
+        rng: &mut Rng,
+        device: &Device,
+    ) -> Vec<f32> {
+        let d = self.diffusion.dim();
+        let tables = self.tables(device);
+        let x = normal(rng, n, d, device);
+        if ddim.eta == 0.0 && !ddim.clip_sample {
+            return host(self.ddim_deterministic(network, &tables, ddim, x));
+        }
+        let x = ddim_loop(
+            ddim,
+            x,
+            |x, i| self.ddim_output(network, &tables, x, i, ddim.prediction_type),
+            |rng: &mut Rng| normal(rng, n, d, device),
+            rng,
+        );
+        host(x)
+    }
+
+    /// DDIM with eta = 0 and no clipping, where each step is affine in the kernel's mean μ and
+    /// x: with x̂_0 = (μ − c_t x) / c_0, x_prev = a x̂_0 + b ε̂ = G x̂_0 + H x for
+    /// G = a − b sqrt(abar / (1 − abar)), H = b / sqrt(1 − abar): two scalings per step (the same
+    /// values as [`ddim_loop`] up to rounding, whatever the prediction type).
+    pub fn ddim_deterministic<N: ReverseNetwork>(
+        &self,
+        network: &N,
+        tables: &<Self as Process>::Tables,
+        ddim: &Ddim,
+        mut x: Tensor<2>,
+    ) -> Tensor<2> {
+        for i in ddim.timesteps() {
+            let t = i + 1;
+            let (a, b, _, abar) = ddim.coefficients(i);
+            let g = a - b * (abar / (1.0 - abar)).sqrt();
+            let h = b / (1.0 - abar).sqrt();
+            x = if t == 1 && self.decoder.is_none() {
+                x * (g * (1.0 - self.diffusion.beta(1)).sqrt() + h)
+            } else {
+                let (mean, _) = self.mean_log_variance(network, tables, x.clone(), t);
+                let (c0, ct, _) = self.diffusion.posterior_coefficients(t);
+                mean * (g / c0) + x * (h - g * ct / c0)
+            };
+        }
+        x
+    }
+
+    /// DDIM with eta = 0 run backwards: from x_0 (rows `x`) up to x at the noisiest timestep,
+    /// each step solved for the x whose deterministic step lands on the current one (fixed-point
+    /// iteration, to `tolerance` or 50 iterations).
+    pub fn ddim_encode<N: ReverseNetwork>(
+        &self,
+        network: &N,
+        ddim: &Ddim,
+        mut x: Tensor<2>,
+        device: &Device,
+        tolerance: f32,
+    ) -> Tensor<2> {
+        let tables = self.tables(device);
+        for &i in ddim.timesteps().iter().rev() {
+            let target = x.clone();
+            let mut guess = x.clone();
+            for _ in 0..50 {
+                let out = self.ddim_output(network, &tables, &guess, i, ddim.prediction_type);
+                let next = ddim_step(ddim, &guess, i, out, None);
+                // x_prev = a x̂_0(x) + b ε̂(x) is solved for x through the x̂_0 term, whose
+                // coefficient in x is a / sqrt(abar_t)
+                let (a, _, _, abar) = ddim.coefficients(i);
+                let scale = a / abar.sqrt();
+                let moved = (target.clone() - next) / scale;
+                let change = moved.clone().abs().max().into_scalar::<f32>();
+                guess = guess + moved;
+                if change < tolerance {
+                    break;
+                }
+            }
+            x = guess;
+        }
+        x
+    }
+}
+
+/// One DDIM step on a device: x at 0-based `timestep`, the model's `output` there, standard
+/// normals `noise` (used when eta > 0). The arithmetic of [`Ddim::step`].
+pub fn ddim_step(
+    ddim: &Ddim,
+    x: &Tensor<2>,
+    timestep: usize,
+    output: Tensor<2>,
+    noise: Option<Tensor<2>>,
+) -> Tensor<2> {
+    let (a, b, sigma, abar) = ddim.coefficients(timestep);
+    let (x0, eps) = match ddim.prediction_type {
+        PredictionType::Epsilon => (
+            (x.clone() - output.clone() * (1.0 - abar).sqrt()) / abar.sqrt(),
+            output,
+        ),
+        PredictionType::Sample => (
+            output.clone(),
+            (x.clone() - output * abar.sqrt()) / (1.0 - abar).sqrt(),
+        ),
+    };
+    let x0 = if ddim.clip_sample {
+        x0.clamp(-ddim.clip_sample_range, ddim.clip_sample_range)
+    } else {
+        x0
+    };
+    let next = x0 * a + eps * b;
+    match noise {
+        Some(z) if ddim.eta > 0.0 => next + z * sigma,
+        _ => next,
+    }
+}
+
+/// The DDIM chain on a device from x_T: `model(x, timestep)` gives the model's output,
+/// `noise(rng)` standard normals for eta > 0.
+pub fn ddim_loop(
+    ddim: &Ddim,
+    mut x: Tensor<2>,
+    mut model: impl FnMut(&Tensor<2>, usize) -> Tensor<2>,
+    mut noise: impl FnMut(&mut Rng) -> Tensor<2>,
+    rng: &mut Rng,
+) -> Tensor<2> {
+    for i in ddim.timesteps() {
+        let out = model(&x, i);
+        let z = (ddim.eta > 0.0).then(|| noise(rng));
+        x = ddim_step(ddim, &x, i, out, z);
+    }
+    x
+}
