@@ -6,8 +6,8 @@ use std::path::Path;
 
 use burn::tensor::Device;
 use diffusion_data::baselines::knn_labels;
+use diffusion_models::completion::{CompletionError, TaskImages};
 use diffusion_models::data::streams;
-use diffusion_models::image::complete::{CompletionError, TaskImages};
 use diffusion_models::{Diffusion, Network, ReverseModel, RunDir, RunManifest};
 use serde::Serialize;
 

@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use diffusion_data::{Standardization, io};
+use diffusion_models::completion::{ImageTask, Mask, TaskImages};
 use diffusion_models::condition::Variable;
-use diffusion_models::image::complete::{ImageTask, Mask, TaskImages};
 use diffusion_models::{Condition, ConditionMode, Conditioning, Factor, RunDir, RunManifest};
 
 use crate::args::{ConditionArgs, Mode};

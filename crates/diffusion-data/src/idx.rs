@@ -6,7 +6,7 @@
 use std::io::Read;
 use std::path::Path;
 
-use crate::io::DataError;
+use crate::array::DataError;
 
 /// An IDX array of unsigned bytes: its dimensions (`[n]` for labels, `[n, h, w]` for images)
 /// and its values, row-major.

@@ -20,6 +20,7 @@
 
 #![warn(missing_docs)]
 
+pub mod array;
 pub mod baselines;
 pub mod heartbeat;
 pub mod idx;

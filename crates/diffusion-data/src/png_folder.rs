@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::io::{Array2, DataError, ImageShape};
+use crate::array::{Array2, DataError, ImageShape};
 
 /// Reads every `.png` file in `dir` (other files are ignored); all must have one size and one
 /// channel count.

@@ -34,8 +34,7 @@ pub const KEEP: usize = 2;
 
 const PARTIAL: &str = ".partial";
 
-/// The moving average of the weights, in a checkpoint and in a run folder.
-pub const EMA_FILE: &str = "model_ema.bpk";
+pub use crate::run::EMA_FILE;
 
 /// What `state.json` holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -46,6 +46,7 @@
 pub mod baselines;
 pub mod bound;
 pub mod checkpoint;
+pub mod completion;
 pub mod condition;
 pub mod conditional;
 pub mod config;
@@ -65,6 +66,7 @@ pub mod run;
 pub mod sampling;
 pub mod setup;
 pub mod source;
+pub mod tensors;
 pub mod trainer;
 pub mod training;
 

@@ -35,6 +35,9 @@ use crate::source::DataSource;
 /// The format tag of `config.json`.
 pub const MANIFEST_FORMAT: &str = "diffusion-run/1";
 
+/// The moving average of the weights, in a checkpoint and in a run folder.
+pub const EMA_FILE: &str = "model_ema.bpk";
+
 /// Why a run folder could not be made, read or continued.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -517,7 +520,7 @@ impl RunDir {
 
     /// Which weights [`Weights::Default`] means for this run.
     pub fn default_weights(&self) -> Weights {
-        if self.file(crate::checkpoint::EMA_FILE).is_file() {
+        if self.file(EMA_FILE).is_file() {
             Weights::Ema
         } else {
             Weights::Raw
@@ -578,7 +581,7 @@ impl Weights {
         match self {
             Self::Default => None,
             Self::Raw => Some("model.bpk"),
-            Self::Ema => Some(crate::checkpoint::EMA_FILE),
+            Self::Ema => Some(EMA_FILE),
         }
     }
 

@@ -10,7 +10,7 @@ use rand::Rng as _;
 use rand_distr::StandardNormal;
 
 use super::{Cell, ConditionMode, Conditioning};
-use crate::process::tensor2;
+use crate::tensors::tensor2;
 
 impl Conditioning {
     /// The factor r_k for `m` chains at step `k` of a Gaussian chain whose abar_k is `abar`

@@ -26,7 +26,6 @@
 //! assert_eq!(z.dims(), [3, 128]);
 //! ```
 
-pub mod complete;
 mod paper;
 mod unet;
 

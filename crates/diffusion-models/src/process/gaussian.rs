@@ -517,7 +517,10 @@ impl GaussianBound {
             return Ok(None);
         }
         Ok(Some(Self {
-            diffusion: crate::sampling::respaced_gaussian(&self.diffusion, r)?,
+            diffusion: GaussianDiffusion::new(
+                r.betas(|t| self.diffusion.alpha_bar(t)),
+                self.diffusion.dim(),
+            )?,
             parametrization: self.parametrization,
             clip: self.clip.clone(),
             decoder: self.decoder.clone(),

@@ -30,6 +30,8 @@ pub use gaussian::{
 use crate::condition::{ConditionError, Conditioning, Variable};
 use crate::config::LossKind;
 use crate::network::{ReverseModel, ReverseNetwork};
+pub(crate) use crate::tensors::host;
+pub use crate::tensors::tensor2;
 
 /// A diffusion process with its reverse parametrization: what the bound, training and sampling
 /// need of it.
@@ -489,23 +491,9 @@ fn run_chains<P: Process, N: ReverseNetwork>(
     out
 }
 
-/// A row-major `[rows, cols]` f32 tensor from host values.
-pub fn tensor2(values: Vec<f32>, rows: usize, cols: usize, device: &Device) -> Tensor<2> {
-    Tensor::from_data(TensorData::new(values, [rows, cols]), device)
-}
-
 fn steps_tensor(ts: &[usize], device: &Device) -> Tensor<1, Int> {
     let v: Vec<i64> = ts.iter().map(|&t| t as i64).collect();
     Tensor::from_data(TensorData::new(v, [ts.len()]), device)
-}
-
-/// A tensor's values on the host.
-pub(crate) fn host<const D: usize>(x: Tensor<D>) -> Vec<f32> {
-    x.into_data()
-        .convert::<f32>()
-        .as_slice::<f32>()
-        .expect("f32 data")
-        .to_vec()
 }
 
 #[cfg(test)]

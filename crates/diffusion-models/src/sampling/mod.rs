@@ -29,7 +29,7 @@ use rand::Rng as _;
 use rand_distr::StandardNormal;
 
 use crate::network::ReverseNetwork;
-use crate::process::tensor2;
+use crate::tensors::tensor2;
 
 mod ddim;
 mod respaced;
