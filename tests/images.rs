@@ -111,6 +111,29 @@ fn f(v: &serde_json::Value, key: &str) -> f64 {
         .unwrap_or_else(|| panic!("{key} missing in {v}"))
 }
 
+/// K from `diffusion terms` at every step of `steps` on the first 60 test images: the constant
+/// part minus the terms' sum, plus the change of units; with the terms' rows.
+fn k_from_terms(
+    run_dir: &str,
+    steps: std::ops::RangeInclusive<usize>,
+) -> (f64, Vec<serde_json::Value>) {
+    let all: Vec<String> = steps.map(|t| t.to_string()).collect();
+    let terms = json(&run(&[
+        "terms",
+        "--run",
+        run_dir,
+        "--json",
+        "--n",
+        "60",
+        "--steps",
+        &all.join(","),
+    ]));
+    let rows = terms["terms"].as_array().unwrap().clone();
+    let sum: f64 = rows.iter().map(|t| f(t, "kl_bits")).sum();
+    let k = f(&terms, "constant_bits") - sum + f(&terms, "log_jacobian_bits");
+    (k, rows)
+}
+
 /// The independent 256-level histograms' NLL in bits per pixel, computed here from the files.
 fn histogram_bits_per_dim(train: &Path, test: &Path) -> f64 {
     let train = io::read(train).unwrap();
@@ -338,21 +361,8 @@ fn the_discretized_decoder_bounds_the_eight_bit_values() {
         full["k_bits"]
     );
     // K = the constant part minus every term t = 1..T, the decoder's included
-    let all: Vec<String> = (1..=50).map(|t| t.to_string()).collect();
-    let terms = json(&run(&[
-        "terms",
-        "--run",
-        s(&run_dir),
-        "--n",
-        "60",
-        "--json",
-        "--steps",
-        &all.join(","),
-    ]));
-    let rows = terms["terms"].as_array().unwrap();
+    let (k, rows) = k_from_terms(s(&run_dir), 1..=50);
     assert_eq!(rows[0]["t"], 1);
-    let sum: f64 = rows.iter().map(|r| f(r, "kl_bits")).sum();
-    let k = f(&terms, "constant_bits") - sum;
     let tolerance = 4.0 * f(&full, "k_stderr_bits").max(1.0);
     assert!(
         (k - f(&full, "k_bits")).abs() < tolerance,
@@ -546,21 +556,8 @@ fn held_out_images_are_inpainted_and_denoised() {
 
     // the bound's terms: K = constant - their sum over t = 2..T, in the data's units with the
     // Jacobian; against evaluate's full sum (other draws: within their standard errors)
-    let all: Vec<String> = (2..=50).map(|t| t.to_string()).collect();
-    let terms = json(&run(&[
-        "terms",
-        "--run",
-        r,
-        "--json",
-        "--n",
-        "60",
-        "--steps",
-        &all.join(","),
-    ]));
-    let rows = terms["terms"].as_array().unwrap();
+    let (k, rows) = k_from_terms(r, 2..=50);
     assert_eq!(rows.len(), 49);
-    let sum: f64 = rows.iter().map(|t| f(t, "kl_bits")).sum();
-    let k = f(&terms, "constant_bits") - sum + f(&terms, "log_jacobian_bits");
     let full = json(&run(&["evaluate", "--run", r, "--json", "--full-sum"]));
     let se = f(&full, "k_stderr_bits");
     assert!(

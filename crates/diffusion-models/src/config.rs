@@ -756,15 +756,17 @@ kind = "swiss-roll"
         assert!(e.contains("end = 1.5"), "{e}");
     }
 
+    /// The error line of a config that parses but does not validate.
+    fn refused(text: &str) -> String {
+        RunConfig::from_toml(text)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string()
+    }
+
     #[test]
     fn clip_denoised_needs_noise_prediction_and_file_data() {
-        let refused = |text: &str| {
-            RunConfig::from_toml(text)
-                .unwrap()
-                .validate()
-                .unwrap_err()
-                .to_string()
-        };
         let clip = MINIMAL.replace("steps = 40", "steps = 40\nclip_denoised = true");
         assert!(refused(&clip).contains("noise-predicting"));
         let eps = clip.replace("[data]", "parametrization = \"epsilon\"\n[data]");
@@ -777,13 +779,6 @@ kind = "swiss-roll"
 
     #[test]
     fn the_discretized_decoder_needs_integer_file_data_as_it_is() {
-        let refused = |text: &str| {
-            RunConfig::from_toml(text)
-                .unwrap()
-                .validate()
-                .unwrap_err()
-                .to_string()
-        };
         let decoder = MINIMAL.replace("steps = 40", "steps = 40\ndecoder = \"discretized\"");
         assert!(refused(&decoder).contains("needs integer data from a file"));
         let file = decoder.replace("kind = \"swiss-roll\"", "kind = \"file\"\npath = \"x.npy\"");
