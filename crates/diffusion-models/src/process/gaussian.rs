@@ -6,18 +6,20 @@
 //! from seeded generators; the per-step coefficients live on the device in one table per run
 //! ([`GaussianTables`]) and are gathered by t there.
 
-use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use diffusion_core::decoder::OPEN_END;
 use diffusion_core::parametrization::COEFFICIENTS;
-use diffusion_core::{GaussianDiffusion, LN_2, ReverseParametrization, StepCoefficients};
+use diffusion_core::{GaussianDiffusion, ReverseParametrization, StepCoefficients};
 use diffusion_data::Rng;
 use rand::Rng as _;
 use rand_distr::StandardNormal;
 
-use super::{Objective, Process, StepLoss, TrainingBatch, host, steps_tensor, tensor2};
+use super::{
+    Decoder, DecoderRows, Objective, Process, StepLoss, TrainingBatch, host, steps_tensor, tensor2,
+};
 use crate::condition::{ConditionMode, Conditioning, DeviceFactor, Particles, Variable, pick_rows};
 use crate::config::LossKind;
-use crate::network::{LearnedBetas, ReverseModel, ReverseNetwork};
+use crate::network::{ReverseModel, ReverseNetwork};
 
 /// A Gaussian diffusion with its reverse parametrization.
 #[derive(Debug, Clone)]
@@ -50,47 +52,6 @@ pub struct ClipRange {
     pub low: Vec<f32>,
     /// The upper ends.
     pub high: Vec<f32>,
-}
-
-/// The bins of integer data in the space the process diffuses, one set per coordinate: level k
-/// is the value `lowest + 2 k half`, its bin reaches `half` either side, and the bins of the
-/// lowest and highest levels are open below and above ([`diffusion_core::decoder`]).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Decoder {
-    /// The lowest level (0 for 8-bit data), standardised.
-    pub lowest: Vec<f32>,
-    /// The highest level (255), standardised.
-    pub highest: Vec<f32>,
-    /// Half a bin, standardised.
-    pub half: Vec<f32>,
-}
-
-impl Decoder {
-    /// The ends of the bins of `x0` (row-major, `d` columns): (lower, upper), the open ends
-    /// [`OPEN_END`] times the levels' span beyond the lowest and highest levels.
-    pub fn bins(&self, x0: &[f32]) -> (Vec<f32>, Vec<f32>) {
-        let d = self.half.len();
-        let (mut lower, mut upper) = (Vec::with_capacity(x0.len()), Vec::with_capacity(x0.len()));
-        for (j, &x) in x0.iter().enumerate() {
-            let i = j % d;
-            let (h, lo, hi) = (self.half[i], self.lowest[i], self.highest[i]);
-            let open = OPEN_END * (hi - lo).max(1.0);
-            lower.push(if x < lo + h { lo - open } else { x - h });
-            upper.push(if x > hi - h { hi + open } else { x + h });
-        }
-        (lower, upper)
-    }
-}
-
-/// What the decoder needs of a batch whose rows include step 1: which rows, and their bins.
-#[derive(Debug, Clone)]
-pub struct DecoderRows {
-    /// The rows at the chain's step 1, `[n]`.
-    first: Tensor<1, Bool>,
-    /// The lower ends of the rows' bins, `[n, d]`.
-    lower: Tensor<2>,
-    /// The upper ends.
-    upper: Tensor<2>,
 }
 
 /// Columns of [`GaussianTables`]: the parametrization's coefficients, b~_t and ln b~_t, then
@@ -268,12 +229,12 @@ pub struct GaussianBatch {
 /// ([`GaussianRows::upload`]).
 #[derive(Debug, Clone)]
 pub struct GaussianRows {
-    d: usize,
-    ts: Vec<usize>,
-    x0: Vec<f32>,
+    pub(super) d: usize,
+    pub(super) ts: Vec<usize>,
+    pub(super) x0: Vec<f32>,
     x_t: Vec<f32>,
     mean: Vec<f32>,
-    noise: Vec<f32>,
+    pub(super) noise: Vec<f32>,
 }
 
 impl GaussianRows {
@@ -401,77 +362,6 @@ impl GaussianBound {
         let mse = (diff.clone() * diff).sum_dim(1).reshape([n]);
         let held = Tensor::cat(vec![z_mu.detach(), z.slice([0..n, d..two_d])], 1);
         (mse, self.kl_of_output(tables, held, batch))
-    }
-
-    /// The KL terms (nats, `[n]`) of rows under the model's own trainable betas (the `learned`
-    /// schedule), differentiable in them, and the constant part of K in bits (`[1]`,
-    /// differentiable through H_q(X_T | X_0)). x_t is recomputed on the device from the rows'
-    /// x_0 and noise (the reparametrisation x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps), so
-    /// the gradient reaches the betas through x_t and the posterior alike. 1 - abar_t is summed
-    /// as sum_{s <= t} b_s abar_{s-1} rather than subtracted, which keeps it accurate in f32
-    /// where it is small.
-    pub fn learned_kl_rows<N: ReverseNetwork>(
-        &self,
-        network: &N,
-        schedule: &LearnedBetas,
-        rows: GaussianRows,
-        device: &Device,
-    ) -> (Tensor<1>, Tensor<1>) {
-        let (n, d, steps) = (rows.ts.len(), rows.d, self.diffusion.steps());
-        let t = steps_tensor(&rows.ts, device);
-        let index: Vec<usize> = rows.ts.iter().map(|&t| t - 1).collect();
-        let index = steps_tensor(&index, device);
-        let x0 = tensor2(rows.x0, n, d, device);
-        let eps = tensor2(rows.noise, n, d, device);
-        let betas = schedule.betas();
-        let log_one_minus = schedule.log_one_minus_betas();
-        let log_abar = log_one_minus.clone().cumsum(0); // ln abar_t, t = 1..T
-        let zero = Tensor::<1>::zeros([1], device);
-        let log_abar_prev =
-            Tensor::cat(vec![zero.clone(), log_abar.clone().slice(0..steps - 1)], 0);
-        let one_minus_abar = (betas.clone() * log_abar_prev.clone().exp()).cumsum(0);
-        let one_minus_abar_prev =
-            Tensor::cat(vec![zero, one_minus_abar.clone().slice(0..steps - 1)], 0);
-        let at =
-            |v: &Tensor<1>| -> Tensor<2> { v.clone().select(0, index.clone()).reshape([n, 1]) };
-        let b = at(&betas);
-        let log_b = b.clone().log();
-        let (la, la_prev) = (at(&log_abar), at(&log_abar_prev));
-        let (om, om_prev) = (at(&one_minus_abar), at(&one_minus_abar_prev));
-        let sqrt_alpha = (at(&log_one_minus) * 0.5).exp();
-        let sqrt_om = om.clone().sqrt();
-        let x_t = x0.clone() * (la * 0.5).exp() + eps * sqrt_om.clone();
-        let c0 = (la_prev * 0.5).exp() * b.clone() / om.clone();
-        let ct = sqrt_alpha.clone() * om_prev.clone() / om.clone();
-        let log_var = om_prev.log() - om.log() + log_b.clone();
-        let mean_q = x0 * c0 + x_t.clone() * ct;
-        let coefficients = StepCoefficients {
-            sqrt_alpha,
-            sqrt_beta: b.clone().sqrt(),
-            logit_beta: at(&schedule.logit_betas()),
-            eps_weight: b / sqrt_om,
-            log_posterior_variance: log_var.clone(),
-            log_beta: log_b,
-        };
-        let z = network.forward(x_t.clone(), t);
-        let (mean_p, log_var_p) = self
-            .parametrization
-            .mean_log_variance(z, x_t, &coefficients);
-        let kl = diffusion_kernels::kl_diag_gaussian(
-            mean_q,
-            log_var.clone().exp(),
-            log_var,
-            mean_p,
-            log_var_p,
-        );
-        // H_q(X_T|X_0) - H_q(X_1|X_0) - H_p(X_T), the first through 1 - abar_T
-        let fixed = self.diffusion.bound_constants();
-        let half_d = d as f64 / 2.0;
-        let h_xt = (one_minus_abar.slice(steps - 1..steps).log() * half_d
-            + half_d * (1.0 + (2.0 * std::f64::consts::PI).ln()))
-            / LN_2;
-        let constant = h_xt - fixed.h_q_x1_given_x0 - fixed.h_p_xt;
-        (kl, constant)
     }
 
     /// The reverse kernel's mean and log-variance at step `t` for the rows `x` (`[n, d]`).

@@ -14,7 +14,9 @@
 //! the evaluated bound cannot drift apart.
 
 pub(crate) mod binomial;
+mod decoder;
 mod gaussian;
+mod learned;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use diffusion_core::LN_2;
@@ -22,9 +24,9 @@ use diffusion_data::Rng;
 use rand::Rng as _;
 
 pub use binomial::{BinomialBatch, BinomialBound, BinomialRows};
+pub use decoder::{Decoder, DecoderRows};
 pub use gaussian::{
-    ClipRange, Decoder, DecoderRows, GaussianBatch, GaussianBound, GaussianRows, GaussianTables,
-    Posterior,
+    ClipRange, GaussianBatch, GaussianBound, GaussianRows, GaussianTables, Posterior,
 };
 
 use crate::condition::{ConditionError, Conditioning, Variable};

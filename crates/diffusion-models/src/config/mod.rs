@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{ModelConfig, ModelKind, TimeConditioning};
 
+mod last_step;
+pub use last_step::LastStep;
+
 /// Why a configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -96,23 +99,6 @@ pub struct DiffusionConfig {
     /// 0..=255 that is not dequantised, so the bound is one on the integers directly.
     #[serde(default, skip_serializing_if = "LastStep::is_edge")]
     pub decoder: LastStep,
-}
-
-/// The last reverse step of a Gaussian chain ([`DiffusionConfig::decoder`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum LastStep {
-    /// The paper's fixed edge step, N(sqrt(1 - b_1) x_1, b_1 I).
-    #[default]
-    Edge,
-    /// The network's kernel at t = 1, discretised to 8-bit bins.
-    Discretized,
-}
-
-impl LastStep {
-    fn is_edge(&self) -> bool {
-        *self == Self::Edge
-    }
 }
 
 /// The training data.
