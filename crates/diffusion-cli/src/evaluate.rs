@@ -2,7 +2,6 @@
 
 use std::path::Path;
 
-use diffusion_models::config::LastStep;
 use diffusion_models::evaluate::{
     BoundEstimate, BoundTerms, Evaluation, bound_terms, evaluate_with, term_steps,
 };
@@ -149,8 +148,8 @@ pub fn cmd_terms(a: TermsArgs) -> Result<(), String> {
     let (run, manifest, model, device) = load_run(&a.run, &a.backend, a.weights)?;
     check_at_least_one("--n", a.n)?;
     let steps_t = manifest.config.diffusion.steps;
-    let decoded = manifest.config.diffusion.decoder == LastStep::Discretized;
-    let first = if decoded { 1 } else { 2 };
+    let first = manifest.bound().map_err(|e| e.to_string())?.first_step();
+    let decoded = first == 1;
     let steps = terms_steps(a.steps, first, steps_t)?;
     let terms = bound_terms(&manifest, &run, &model, &device, a.n, &steps, a.seed)
         .map_err(|e| e.to_string())?;

@@ -34,6 +34,18 @@ impl Diffusion {
         each!(self, p => p.steps())
     }
 
+    /// The first step of the bound's terms ([`Process::first_step`]): 1 where the chain ends in
+    /// the discretised decoder, else 2.
+    pub fn first_step(&self) -> usize {
+        each!(self, p => p.first_step())
+    }
+
+    /// Whether the chain ends in the discretised decoder, so that K is a log-probability of the
+    /// integer data itself (no change of units).
+    pub fn decodes(&self) -> bool {
+        matches!(self, Diffusion::Gaussian(g) if g.decoder.is_some())
+    }
+
     /// How many terms the bound sums over t ([`Process::terms`]).
     pub fn terms(&self) -> usize {
         each!(self, p => p.terms())

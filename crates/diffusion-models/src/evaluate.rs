@@ -308,7 +308,7 @@ impl Held<'_> {
         };
         let k = MeanStderr::of(per_point).ok_or_else(none)?;
         let (d, bound) = (self.bound.dim(), self.bound);
-        let discrete = matches!(bound, Diffusion::Gaussian(g) if g.decoder.is_some());
+        let discrete = bound.decodes();
         let (k_own, l_null, standardized) = self.own_units(manifest, per_point, k, discrete);
         let k_own = k_own.ok_or_else(none)?;
         let k_bits = k_own.mean;
@@ -642,7 +642,7 @@ pub fn bound_terms<N: ReverseNetwork>(
     );
     let mean_over =
         |f: &dyn Fn(&[f32]) -> f64, x: &[f32]| x.chunks_exact(d).map(f).sum::<f64>() / n as f64;
-    let discrete = matches!(&bound, Diffusion::Gaussian(g) if g.decoder.is_some());
+    let discrete = bound.decodes();
     let log_jacobian_bits = match &manifest.standardization {
         Some(s) if !discrete => mean_over(&|r| s.log_jacobian_bits(r), &rows),
         _ => 0.0,
