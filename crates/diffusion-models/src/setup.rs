@@ -234,15 +234,34 @@ fn record_source(path: &Path, test_path: Option<&Path>) -> Result<DataSource, Ru
 
 /// Refuses rows (read from `path`) for a binomial run unless every value is 0 or 1.
 fn check_binary(points: &Array2, path: &Path) -> Result<(), RunError> {
-    if let Some(i) = points.data.iter().position(|&v| v != 0.0 && v != 1.0) {
-        return Err(RunError::NotBinary {
+    match first_outside(points, |v| v == 0.0 || v == 1.0) {
+        None => Ok(()),
+        Some((value, row, column)) => Err(RunError::NotBinary {
             path: path.display().to_string(),
-            value: points.data[i],
-            row: i / points.cols,
-            column: i % points.cols,
-        });
+            value,
+            row,
+            column,
+        }),
     }
-    Ok(())
+}
+
+/// Refuses rows with a value that is not an integer in 0..=255 (the discretised decoder's bins).
+fn eight_bit(rows: &Array2, path: &Path) -> Result<(), RunError> {
+    match first_outside(rows, |v| v.fract() == 0.0 && (0.0..=255.0).contains(&v)) {
+        None => Ok(()),
+        Some((value, row, column)) => Err(RunError::NotEightBit {
+            path: path.display().to_string(),
+            value,
+            row,
+            column,
+        }),
+    }
+}
+
+/// The first value of `rows` that `allowed` refuses, with its row and column.
+fn first_outside(rows: &Array2, allowed: impl Fn(f32) -> bool) -> Option<(f32, usize, usize)> {
+    let i = rows.data.iter().position(|&v| !allowed(v))?;
+    Some((rows.data[i], i / rows.cols, i % rows.cols))
 }
 
 /// A Gaussian run's standardisation (per coordinate unless set) fitted on `train_rows`; with
@@ -505,22 +524,5 @@ impl Run {
             self.resume.as_ref(),
             on_progress,
         )
-    }
-}
-
-/// Refuses rows with a value that is not an integer in 0..=255 (the discretised decoder's bins).
-fn eight_bit(rows: &Array2, path: &Path) -> Result<(), RunError> {
-    match rows
-        .data
-        .iter()
-        .position(|&v| !(v.fract() == 0.0 && (0.0..=255.0).contains(&v)))
-    {
-        None => Ok(()),
-        Some(i) => Err(RunError::NotEightBit {
-            path: path.display().to_string(),
-            value: rows.data[i],
-            row: i / rows.cols,
-            column: i % rows.cols,
-        }),
     }
 }
