@@ -36,6 +36,7 @@
 mod adam;
 // without flex only `Isa` and `AdamScalars` are used (the kernels run on flex alone)
 #[cfg_attr(not(feature = "flex"), allow(dead_code))]
+#[macro_use]
 mod math;
 
 #[cfg(feature = "flex")]
@@ -44,6 +45,8 @@ mod conv;
 mod flex;
 #[cfg(feature = "flex")]
 mod norm;
+#[cfg(feature = "flex")]
+mod norm_math;
 
 pub use adam::{AdamScalars, FusedAdam};
 #[cfg(feature = "flex")]

@@ -37,7 +37,7 @@ const TANH_POLY_BELOW: f32 = 0.625;
 /// a b + c: one fused instruction in the kernels compiled with FMA (`F`), two otherwise (where
 /// `mul_add` would be a call into libm).
 #[inline(always)]
-fn madd<const F: bool>(a: f32, b: f32, c: f32) -> f32 {
+pub(crate) fn madd<const F: bool>(a: f32, b: f32, c: f32) -> f32 {
     if F { a.mul_add(b, c) } else { a * b + c }
 }
 
@@ -132,7 +132,7 @@ fn log_sigmoid_core<const F: bool>(x: f32) -> f32 {
 
 /// sigmoid(x) for |x| <= 87: 1 / (1 + e) for x >= 0 and e / (1 + e) below, e = e^-|x|.
 #[inline(always)]
-fn sigmoid_core<const F: bool>(x: f32) -> f32 {
+pub(crate) fn sigmoid_core<const F: bool>(x: f32) -> f32 {
     let e = exp_core::<F>(-x.abs());
     let top = if x >= 0.0 { 1.0 } else { e };
     top / (1.0 + e)

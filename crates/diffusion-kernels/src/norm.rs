@@ -18,6 +18,8 @@ use rayon::prelude::*;
 
 use crate::NormSpec;
 use crate::flex::{contiguous, record_op, register_gradients};
+use crate::math::Isa;
+use crate::norm_math::{self, Group, GroupGrads};
 
 /// The fused group norm. Any backend can implement it; this crate does for [`Flex`] and, with a
 /// backward pass, for [`Autodiff`] over any backend that does.
@@ -49,11 +51,6 @@ fn values(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>().expect("contiguous f32")
 }
 
-/// 1 / (1 + e^-z).
-fn sigmoid(z: f32) -> f32 {
-    1.0 / (1.0 + (-z).exp())
-}
-
 /// Sizes: images, channels, values per channel, channels per group.
 fn sizes(x: &FlexTensor, groups: usize) -> (usize, usize, usize, usize) {
     let shape = x.shape();
@@ -64,14 +61,6 @@ fn sizes(x: &FlexTensor, groups: usize) -> (usize, usize, usize, usize) {
         "{c} channels in {groups} groups"
     );
     (n, c, spatial, c / groups)
-}
-
-/// The mean and 1 / sqrt(var + eps) of a group's values (two passes, in f64).
-fn moments(v: &[f32], epsilon: f64) -> (f32, f32) {
-    let len = v.len().max(1) as f64;
-    let mean = v.iter().map(|&x| x as f64).sum::<f64>() / len;
-    let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / len;
-    (mean as f32, (1.0 / (var + epsilon).sqrt()) as f32)
 }
 
 impl FusedGroupNorm for Flex {
@@ -86,29 +75,23 @@ impl FusedGroupNorm for Flex {
         let (_, _, spatial, per_group) = sizes(&x, spec.groups);
         let (xs, gs, bs) = (values(&x), values(&gamma), values(&beta));
         let group_len = per_group * spatial;
+        let isa = Isa::detect();
         let mut out = vec![0.0f32; xs.len()];
         out.par_chunks_mut(group_len)
             .zip(xs.par_chunks(group_len))
             .enumerate()
             .for_each(|(i, (o, v))| {
-                let (mean, rstd) = moments(v, spec.epsilon);
                 let first = (i % spec.groups) * per_group;
-                for (j, (oc, vc)) in o.chunks_mut(spatial).zip(v.chunks(spatial)).enumerate() {
-                    let (g, b) = (
-                        gs[first + j] * rstd,
-                        bs[first + j] - mean * rstd * gs[first + j],
-                    );
-                    if spec.silu {
-                        for (y, &x) in oc.iter_mut().zip(vc) {
-                            let z = x * g + b;
-                            *y = z * sigmoid(z);
-                        }
-                    } else {
-                        for (y, &x) in oc.iter_mut().zip(vc) {
-                            *y = x * g + b;
-                        }
-                    }
-                }
+                let channels = first..first + per_group;
+                let group = Group {
+                    values: v,
+                    gamma: &gs[channels.clone()],
+                    beta: &bs[channels],
+                    spatial,
+                    epsilon: spec.epsilon,
+                    silu: spec.silu,
+                };
+                norm_math::forward(isa, group, o);
             });
         FlexTensor::from_data(TensorData::new(out, shape))
     }
@@ -132,6 +115,7 @@ impl GroupNormBackward for Flex {
         let (_, c, spatial, per_group) = sizes(&x, spec.groups);
         let (dys, xs, gs, bs) = (values(&grad), values(&x), values(&gamma), values(&beta));
         let group_len = per_group * spatial;
+        let isa = Isa::detect();
         let mut dx = vec![0.0f32; xs.len()];
         // per group: its channels' d gamma and d beta
         let partial: Vec<(usize, Vec<f32>, Vec<f32>)> = dx
@@ -141,8 +125,22 @@ impl GroupNormBackward for Flex {
             .map(|(i, (dxg, (v, dy)))| {
                 let first = (i % spec.groups) * per_group;
                 let channels = first..first + per_group;
-                let affine = (&gs[channels.clone()], &bs[channels]);
-                let (dgamma, dbeta) = group_backward(spec, affine, spatial, dxg, v, dy);
+                let group = Group {
+                    values: v,
+                    gamma: &gs[channels.clone()],
+                    beta: &bs[channels],
+                    spatial,
+                    epsilon: spec.epsilon,
+                    silu: spec.silu,
+                };
+                let mut dgamma = vec![0.0f32; per_group];
+                let mut dbeta = vec![0.0f32; per_group];
+                let grads = GroupGrads {
+                    dx: dxg,
+                    dgamma: &mut dgamma,
+                    dbeta: &mut dbeta,
+                };
+                norm_math::backward(isa, group, dy, grads);
                 (first, dgamma, dbeta)
             })
             .collect();
@@ -153,59 +151,6 @@ impl GroupNormBackward for Flex {
             FlexTensor::from_data(TensorData::new(dbeta, [c])),
         ]
     }
-}
-
-/// One group's backward pass: its input gradient into `dxg` (from its values `v` and output
-/// gradient `dy`), and its channels' d gamma and d beta; `affine` is the channels' (gamma, beta).
-fn group_backward(
-    spec: NormSpec,
-    (gs, bs): (&[f32], &[f32]),
-    spatial: usize,
-    dxg: &mut [f32],
-    v: &[f32],
-    dy: &[f32],
-) -> (Vec<f32>, Vec<f32>) {
-    let per_group = gs.len();
-    let (mean, rstd) = moments(v, spec.epsilon);
-    let mut dgamma = vec![0.0f32; per_group];
-    let mut dbeta = vec![0.0f32; per_group];
-    // dz (the affine map's output gradient) into dx for now; the group's sums of
-    // dxhat and dxhat xhat
-    let (mut sum, mut sum_xhat) = (0.0f64, 0.0f64);
-    for j in 0..per_group {
-        let (g, b) = (gs[j], bs[j]);
-        let range = j * spatial..(j + 1) * spatial;
-        let (mut dg, mut db) = (0.0f64, 0.0f64);
-        for ((d, &x), &gy) in dxg[range.clone()]
-            .iter_mut()
-            .zip(&v[range.clone()])
-            .zip(&dy[range])
-        {
-            let xhat = (x - mean) * rstd;
-            let dz = if spec.silu {
-                let z = xhat * g + b;
-                let s = sigmoid(z);
-                gy * s * (1.0 + z * (1.0 - s))
-            } else {
-                gy
-            };
-            dg += (dz * xhat) as f64;
-            db += dz as f64;
-            let dxhat = dz * g;
-            sum += dxhat as f64;
-            sum_xhat += (dxhat * xhat) as f64;
-            *d = dxhat;
-        }
-        dgamma[j] = dg as f32;
-        dbeta[j] = db as f32;
-    }
-    let len = dxg.len() as f64;
-    let (m1, m2) = ((sum / len) as f32, (sum_xhat / len) as f32);
-    for (d, &x) in dxg.iter_mut().zip(v) {
-        let xhat = (x - mean) * rstd;
-        *d = rstd * (*d - m1 - xhat * m2);
-    }
-    (dgamma, dbeta)
 }
 
 /// The `c` channels' d gamma and d beta from each group's (first channel, d gamma, d beta).

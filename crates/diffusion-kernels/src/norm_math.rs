@@ -1,0 +1,360 @@
+//! The group norm's passes over one group (its channels' values one after the other),
+//! vectorised: sums in 16 f32 lanes, added up in f64 at the end of each channel; the affine map
+//! and SiLU with the branch-free sigmoid of [`crate::math`]. Compiled for each instruction set
+//! as the other kernels are and picked at run time ([`Isa`]).
+
+use crate::math::{Isa, madd, sigmoid_core};
+
+/// Lanes of the vectorised sums (two AVX2 vectors, one AVX-512 vector).
+const LANES: usize = 16;
+/// |z| beyond which SiLU's sigmoid is taken at ±87, where it is within f32's resolution of 1
+/// (and of 0 relative to z sigmoid(z)'s size).
+const SIGMOID_CLAMP: f32 = 87.0;
+
+/// One group: its values (`gamma.len()` channels of `spatial` values each), its channels'
+/// affine map, and the norm's constants.
+#[derive(Clone, Copy)]
+pub(crate) struct Group<'a> {
+    pub values: &'a [f32],
+    pub gamma: &'a [f32],
+    pub beta: &'a [f32],
+    pub spatial: usize,
+    pub epsilon: f64,
+    pub silu: bool,
+}
+
+/// Where one group's gradients go: its values' gradient and its channels' d gamma and d beta
+/// (overwritten).
+pub(crate) struct GroupGrads<'a> {
+    pub dx: &'a mut [f32],
+    pub dgamma: &'a mut [f32],
+    pub dbeta: &'a mut [f32],
+}
+
+/// The lanes' total, in f64.
+#[inline(always)]
+fn total(acc: &[f32; LANES]) -> f64 {
+    acc.iter().map(|&a| a as f64).sum()
+}
+
+/// A group's mean and spread: the mean as the f32 `m` nearest it and the rest `delta` (so
+/// that `(x - m) - delta` keeps the digits `x - mean` would lose to the mean's rounding when
+/// the mean is large against the spread), and `rstd` = 1 / sqrt(var + epsilon).
+#[derive(Clone, Copy)]
+struct Moments {
+    m: f32,
+    delta: f32,
+    rstd: f32,
+}
+
+impl Moments {
+    /// The normalised value of `x`.
+    #[inline(always)]
+    fn xhat(self, x: f32) -> f32 {
+        ((x - self.m) - self.delta) * self.rstd
+    }
+}
+
+/// The [`Moments`] of `v` (two passes; each channel's lane sums added up in f64).
+#[inline(always)]
+fn moments<const F: bool>(v: &[f32], spatial: usize, epsilon: f64) -> Moments {
+    let len = v.len().max(1) as f64;
+    // sums of x - x0 (x0 the first value): the lanes add small numbers when the mean is large
+    // against the spread
+    let x0 = v.first().copied().unwrap_or(0.0);
+    let mut sum = 0.0f64;
+    for channel in v.chunks(spatial.max(1)) {
+        let chunks = channel.chunks_exact(LANES);
+        let rest: f64 = chunks.remainder().iter().map(|&x| (x - x0) as f64).sum();
+        let mut acc = [0.0f32; LANES];
+        for c in chunks {
+            for i in 0..LANES {
+                acc[i] += c[i] - x0;
+            }
+        }
+        sum += total(&acc) + rest;
+    }
+    let mean = x0 as f64 + sum / len;
+    let m = mean as f32;
+    let mut squares = 0.0f64;
+    for channel in v.chunks(spatial.max(1)) {
+        let chunks = channel.chunks_exact(LANES);
+        let rest: f64 = chunks
+            .remainder()
+            .iter()
+            .map(|&x| (x as f64 - m as f64).powi(2))
+            .sum();
+        let mut acc = [0.0f32; LANES];
+        for c in chunks {
+            for i in 0..LANES {
+                let d = c[i] - m;
+                acc[i] = madd::<F>(d, d, acc[i]);
+            }
+        }
+        squares += total(&acc) + rest;
+    }
+    // the squares are about m, not the mean: subtract the offset's share
+    let var = (squares / len - (mean - m as f64).powi(2)).max(0.0);
+    Moments {
+        m,
+        delta: (mean - m as f64) as f32,
+        rstd: (1.0 / (var + epsilon).sqrt()) as f32,
+    }
+}
+
+/// sigmoid(z), z clamped to ±87 (NaN stays NaN).
+#[inline(always)]
+fn sigmoid<const F: bool>(z: f32) -> f32 {
+    let c = if z > SIGMOID_CLAMP {
+        SIGMOID_CLAMP
+    } else if z < -SIGMOID_CLAMP {
+        -SIGMOID_CLAMP
+    } else {
+        z
+    };
+    sigmoid_core::<F>(c)
+}
+
+/// One group's output: `(x - mean) rstd gamma + beta`, then SiLU when the group's `silu`.
+#[inline(always)]
+fn forward_group<const F: bool>(g: Group<'_>, out: &mut [f32]) {
+    let mo = moments::<F>(g.values, g.spatial, g.epsilon);
+    let channels = out.chunks_mut(g.spatial).zip(g.values.chunks(g.spatial));
+    for (j, (o, v)) in channels.enumerate() {
+        let (a, b) = (g.gamma[j] * mo.rstd, g.beta[j]);
+        // z = ((x - m) - delta) rstd gamma + beta
+        if g.silu {
+            for (y, &x) in o.iter_mut().zip(v) {
+                let z = madd::<F>((x - mo.m) - mo.delta, a, b);
+                *y = z * sigmoid::<F>(z);
+            }
+        } else {
+            for (y, &x) in o.iter_mut().zip(v) {
+                *y = madd::<F>((x - mo.m) - mo.delta, a, b);
+            }
+        }
+    }
+}
+
+/// The affine output's gradient dz from the output's `gy` at the normalised value `xhat`
+/// (through SiLU when `SILU`).
+#[inline(always)]
+fn affine_grad<const F: bool, const SILU: bool>(xhat: f32, gy: f32, gamma: f32, beta: f32) -> f32 {
+    if SILU {
+        let z = madd::<F>(xhat, gamma, beta);
+        let s = sigmoid::<F>(z);
+        gy * s * madd::<F>(z, 1.0 - s, 1.0)
+    } else {
+        gy
+    }
+}
+
+/// One channel's first backward pass: `dx = dz gamma` (the normalised values' gradient, for
+/// now) and the sums of dz xhat, dz, dxhat and dxhat xhat.
+#[inline(always)]
+fn channel_sums<const F: bool, const SILU: bool>(
+    (x, dy, dx): (&[f32], &[f32], &mut [f32]),
+    mo: Moments,
+    (gamma, beta): (f32, f32),
+) -> [f64; 4] {
+    let whole = x.len() / LANES * LANES;
+    let mut acc = [[0.0f32; LANES]; 4];
+    let blocks = dx[..whole]
+        .chunks_exact_mut(LANES)
+        .zip(x[..whole].chunks_exact(LANES))
+        .zip(dy[..whole].chunks_exact(LANES));
+    for ((d, xs), gs) in blocks {
+        for i in 0..LANES {
+            let xhat = mo.xhat(xs[i]);
+            let dz = affine_grad::<F, SILU>(xhat, gs[i], gamma, beta);
+            acc[0][i] = madd::<F>(dz, xhat, acc[0][i]);
+            acc[1][i] += dz;
+            let dxhat = dz * gamma;
+            acc[2][i] += dxhat;
+            acc[3][i] = madd::<F>(dxhat, xhat, acc[3][i]);
+            d[i] = dxhat;
+        }
+    }
+    let mut sums = acc.map(|a| total(&a));
+    for ((d, &x), &gy) in dx[whole..].iter_mut().zip(&x[whole..]).zip(&dy[whole..]) {
+        let xhat = mo.xhat(x);
+        let dz = affine_grad::<F, SILU>(xhat, gy, gamma, beta);
+        let dxhat = dz * gamma;
+        sums[0] += (dz * xhat) as f64;
+        sums[1] += dz as f64;
+        sums[2] += dxhat as f64;
+        sums[3] += (dxhat * xhat) as f64;
+        *d = dxhat;
+    }
+    sums
+}
+
+/// One group's backward pass from its output's gradient `dy`: two passes, the second
+/// `dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat))`.
+#[inline(always)]
+fn backward_group<const F: bool>(g: Group<'_>, dy: &[f32], out: GroupGrads<'_>) {
+    let mo = moments::<F>(g.values, g.spatial, g.epsilon);
+    let (mut sum, mut sum_xhat) = (0.0f64, 0.0f64);
+    let channels = out
+        .dx
+        .chunks_mut(g.spatial)
+        .zip(g.values.chunks(g.spatial).zip(dy.chunks(g.spatial)));
+    for (j, (dx, (x, dy))) in channels.enumerate() {
+        let affine = (g.gamma[j], g.beta[j]);
+        let sums = if g.silu {
+            channel_sums::<F, true>((x, dy, dx), mo, affine)
+        } else {
+            channel_sums::<F, false>((x, dy, dx), mo, affine)
+        };
+        out.dgamma[j] = sums[0] as f32;
+        out.dbeta[j] = sums[1] as f32;
+        sum += sums[2];
+        sum_xhat += sums[3];
+    }
+    let len = g.values.len().max(1) as f64;
+    let (m1, m2) = ((sum / len) as f32, (sum_xhat / len) as f32);
+    for (d, &x) in out.dx.iter_mut().zip(g.values) {
+        let xhat = mo.xhat(x);
+        *d = mo.rstd * (*d - m1 - xhat * m2);
+    }
+}
+
+dispatched!(forward, forward_group, (g: Group<'_>, out: &mut [f32]));
+dispatched!(backward, backward_group, (g: Group<'_>, dy: &[f32], out: GroupGrads<'_>));
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The same values on every call, uniform on [-1, 1] (a linear congruential generator).
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..len)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// The group's output and gradients in f64 from the definitions.
+    fn reference(g: Group<'_>, dy: &[f32]) -> [Vec<f64>; 4] {
+        let v: Vec<f64> = g.values.iter().map(|&x| x as f64).collect();
+        let len = v.len() as f64;
+        let mean = v.iter().sum::<f64>() / len;
+        let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / len;
+        let rstd = 1.0 / (var + g.epsilon).sqrt();
+        let (mut y, mut dxhat, mut xhats) = (vec![], vec![], vec![]);
+        let mut dgamma = vec![0.0; g.gamma.len()];
+        let mut dbeta = vec![0.0; g.gamma.len()];
+        for (i, &x) in v.iter().enumerate() {
+            let j = i / g.spatial;
+            let (gm, bt) = (g.gamma[j] as f64, g.beta[j] as f64);
+            let xhat = (x - mean) * rstd;
+            let z = xhat * gm + bt;
+            let s = 1.0 / (1.0 + (-z).exp());
+            let (out, slope) = if g.silu {
+                (z * s, s * (1.0 + z * (1.0 - s)))
+            } else {
+                (z, 1.0)
+            };
+            let dz = dy[i] as f64 * slope;
+            y.push(out);
+            dgamma[j] += dz * xhat;
+            dbeta[j] += dz;
+            dxhat.push(dz * gm);
+            xhats.push(xhat);
+        }
+        let m1 = dxhat.iter().sum::<f64>() / len;
+        let m2 = dxhat.iter().zip(&xhats).map(|(d, x)| d * x).sum::<f64>() / len;
+        let dx = dxhat
+            .iter()
+            .zip(&xhats)
+            .map(|(d, x)| rstd * (d - m1 - x * m2))
+            .collect();
+        [y, dx, dgamma, dbeta]
+    }
+
+    fn assert_near(name: &str, ours: &[f32], want: &[f64], tolerance: f64) {
+        let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+        for (i, (&a, &b)) in ours.iter().zip(want).enumerate() {
+            assert!(
+                (a as f64 - b).abs() <= tolerance * scale,
+                "{name}[{i}]: {a} vs {b} (scale {scale})"
+            );
+        }
+    }
+
+    /// Every compiled variant, forward and backward, against f64: channel sizes that are and are
+    /// not multiples of the lanes, an offset large against the spread (the variance's
+    /// cancellation), affine outputs far past SiLU's clamp, with and without SiLU.
+    #[test]
+    fn every_variant_matches_the_definitions_in_f64() {
+        for isa in Isa::supported() {
+            for (channels, spatial, offset, spread, gain, silu) in [
+                (2, 784, 0.5, 3.0, 1.0, true),
+                (4, 49, 0.0, 1.0, 1.0, false),
+                (3, 17, -2.0, 0.5, 1.0, true),
+                (2, 196, 1000.0, 0.01, 1.0, true),
+                (2, 100, 0.0, 1.0, 200.0, true),
+                (1, 5, 0.0, 1.0, 1.0, true),
+            ] {
+                let len = channels * spatial;
+                let x: Vec<f32> = values(len, 1).iter().map(|v| offset + spread * v).collect();
+                let gamma: Vec<f32> = values(channels, 2).iter().map(|v| gain * v).collect();
+                let beta = values(channels, 3);
+                let dy = values(len, 4);
+                let g = Group {
+                    values: &x,
+                    gamma: &gamma,
+                    beta: &beta,
+                    spatial,
+                    epsilon: 1e-5,
+                    silu,
+                };
+                let want = reference(g, &dy);
+                let mut y = vec![0.0; len];
+                forward(isa, g, &mut y);
+                let (mut dx, mut dgamma, mut dbeta) =
+                    (vec![0.0; len], vec![0.0; channels], vec![0.0; channels]);
+                let grads = GroupGrads {
+                    dx: &mut dx,
+                    dgamma: &mut dgamma,
+                    dbeta: &mut dbeta,
+                };
+                backward(isa, g, &dy, grads);
+                let case = format!("{isa:?} {channels}x{spatial} offset {offset} gain {gain}");
+                let tolerance = 2e-5;
+                assert_near(&format!("{case} y"), &y, &want[0], tolerance);
+                assert_near(&format!("{case} dx"), &dx, &want[1], tolerance);
+                assert_near(&format!("{case} dgamma"), &dgamma, &want[2], tolerance);
+                assert_near(&format!("{case} dbeta"), &dbeta, &want[3], tolerance);
+            }
+        }
+    }
+
+    #[test]
+    fn nan_input_gives_nan_and_infinities_stay_finite_elsewhere() {
+        for isa in Isa::supported() {
+            let mut x = values(32, 5);
+            x[3] = f32::NAN;
+            let (gamma, beta) = ([1.0f32], [0.0f32]);
+            let g = Group {
+                values: &x,
+                gamma: &gamma,
+                beta: &beta,
+                spatial: 32,
+                epsilon: 1e-5,
+                silu: true,
+            };
+            let mut y = vec![0.0; 32];
+            forward(isa, g, &mut y);
+            // a NaN in a group makes its moments NaN: every output of the group is NaN
+            assert!(y.iter().all(|v| v.is_nan()), "{isa:?}: {y:?}");
+        }
+    }
+}
