@@ -105,13 +105,7 @@ fn moments<const F: bool>(v: &[f32], spatial: usize, epsilon: f64) -> Moments {
 /// sigmoid(z), z clamped to ±87 (NaN stays NaN).
 #[inline(always)]
 fn sigmoid<const F: bool>(z: f32) -> f32 {
-    let c = if z > SIGMOID_CLAMP {
-        SIGMOID_CLAMP
-    } else if z < -SIGMOID_CLAMP {
-        -SIGMOID_CLAMP
-    } else {
-        z
-    };
+    let c = z.clamp(-SIGMOID_CLAMP, SIGMOID_CLAMP);
     sigmoid_core::<F>(c)
 }
 
