@@ -117,6 +117,35 @@ impl Dims {
     fn direct(&self) -> bool {
         self.k == 1 && self.spec.stride == 1 && self.spec.padding == 0
     }
+
+    /// Whether the convolution keeps the image's size at stride 1 (an odd kernel, padding
+    /// `(k - 1) / 2`): then its input gradient is the same kind of convolution of the output
+    /// gradient with the kernel flipped and its channels swapped.
+    fn same(&self) -> bool {
+        self.spec.stride == 1 && 2 * self.spec.padding + 1 == self.k
+    }
+
+    /// The sizes of the input gradient's convolution when [`Dims::same`].
+    fn transposed(&self) -> Dims {
+        Dims {
+            c_in: self.c_out,
+            c_out: self.c_in,
+            ..*self
+        }
+    }
+}
+
+/// The weights of the transposed convolution: `[c_in, c_out, k, k]`, each kernel flipped.
+fn transposed_weights(d: &Dims, ws: &[f32]) -> Vec<f32> {
+    let kk = d.k * d.k;
+    let mut t = Vec::with_capacity(ws.len());
+    for ci in 0..d.c_in {
+        for co in 0..d.c_out {
+            let kernel = &ws[(co * d.c_in + ci) * kk..][..kk];
+            t.extend(kernel.iter().rev());
+        }
+    }
+    t
 }
 
 /// The output columns `lo..hi` whose input column `ox s + kx - p` lies in `0..w`.
@@ -133,6 +162,9 @@ fn valid_columns(d: &Dims, kx: usize) -> (usize, usize) {
 
 /// im2col of one image `[c_in, h, w]` into `col` `[c_in k k, h_out w_out]`.
 fn im2col(d: &Dims, image: &[f32], col: &mut [f32]) {
+    if d.same() {
+        return im2col_same(d, image, col);
+    }
     let (k, s, p) = (d.k, d.spec.stride, d.spec.padding);
     let pixels = d.pixels();
     for c in 0..d.c_in {
@@ -158,6 +190,49 @@ fn im2col(d: &Dims, image: &[f32], col: &mut [f32]) {
                     } else {
                         for (o, i) in out[lo..hi].iter_mut().zip((first..).step_by(s)) {
                             *o = line[i];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// im2col for a stride-1 convolution that keeps the size: each row of the column matrix is
+/// the input plane shifted by `(ky - p) w + (kx - p)` values, one long copy, with the pixels
+/// whose source lies outside the plane (whole rows at the top or bottom, the columns at the
+/// left or right edge) set to zero.
+fn im2col_same(d: &Dims, image: &[f32], col: &mut [f32]) {
+    let (k, p, h, w) = (d.k, d.spec.padding as isize, d.h, d.w);
+    let pixels = h * w;
+    for c in 0..d.c_in {
+        let plane = &image[c * pixels..(c + 1) * pixels];
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = &mut col[((c * k + ky) * k + kx) * pixels..][..pixels];
+                let (dy, dx) = (ky as isize - p, kx as isize - p);
+                // output rows whose source row lies inside: oy + dy in 0..h
+                let top = (-dy).clamp(0, h as isize) as usize;
+                let bottom = (h as isize - dy).clamp(0, h as isize) as usize;
+                let shift = dy * w as isize + dx;
+                // the flat range copied, clipped to the plane (the clipped ends are edge
+                // columns, zeroed below)
+                let lo = ((top * w) as isize).max(-shift).min(pixels as isize);
+                let hi = ((bottom * w) as isize).min(pixels as isize - shift).max(lo);
+                let (lo, hi) = (lo as usize, hi as usize);
+                row[..lo].fill(0.0);
+                if hi > lo {
+                    let from = (lo as isize + shift) as usize;
+                    row[lo..hi].copy_from_slice(&plane[from..from + (hi - lo)]);
+                }
+                row[hi..].fill(0.0);
+                let edge = dx.unsigned_abs().min(w);
+                if edge > 0 {
+                    for line in row[top * w..bottom * w].chunks_exact_mut(w) {
+                        if dx < 0 {
+                            line[..edge].fill(0.0);
+                        } else {
+                            line[w - edge..].fill(0.0);
                         }
                     }
                 }
@@ -263,6 +338,54 @@ fn values(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>().expect("contiguous f32")
 }
 
+/// The convolution of every image of `xs` with `ws` (sizes `d`): each output plane starts at
+/// its channel's `bias` and the product is added to it, or, without a bias, the product is
+/// written straight into fresh memory (never zeroed first).
+fn convolve(d: &Dims, xs: &[f32], ws: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    let (pixels, rows) = (d.pixels(), d.col_rows());
+    let (in_len, out_len) = (d.c_in * d.h * d.w, d.c_out * pixels);
+    let total = d.n * out_len;
+    let mut out: Vec<f32> = Vec::with_capacity(total);
+    let per = images_per_task(d.n);
+    out.spare_capacity_mut()[..total]
+        .par_chunks_mut(per * out_len)
+        .enumerate()
+        .for_each(|(task, outs)| {
+            let mut col = if d.direct() {
+                Vec::new()
+            } else {
+                vec![0.0f32; rows * pixels]
+            };
+            for (j, o) in outs.chunks_mut(out_len).enumerate() {
+                let image = &xs[(task * per + j) * in_len..][..in_len];
+                let col = columns(d, image, &mut col);
+                if let Some(bias) = bias {
+                    for (plane, &b) in o.chunks_mut(pixels).zip(bias) {
+                        plane.iter_mut().for_each(|v| {
+                            v.write(b);
+                        });
+                    }
+                }
+                // o^T [pixels, c_out] (+)= col^T [pixels, rows] W^T [rows, c_out]
+                // SAFETY: o is c_out x pixels (written before it is read: by the bias, or by
+                // the product, which does not read it without `accumulate`), col rows x
+                // pixels, W c_out x rows, all row-major, and the strides stay inside them
+                unsafe {
+                    product(
+                        [pixels, d.c_out, rows],
+                        (o.as_mut_ptr().cast::<f32>(), 1, pixels as isize),
+                        (col.as_ptr(), 1, pixels as isize),
+                        (ws.as_ptr(), 1, rows as isize),
+                        bias.is_some(),
+                    );
+                }
+            }
+        });
+    // SAFETY: every image's output was written above
+    unsafe { out.set_len(total) };
+    out
+}
+
 impl FusedConv for Flex {
     fn conv2d_fused(
         x: FlexTensor,
@@ -272,40 +395,7 @@ impl FusedConv for Flex {
     ) -> FlexTensor {
         let (x, weight, bias) = (contiguous(x), contiguous(weight), contiguous(bias));
         let d = Dims::of(&x, &weight, spec);
-        let (xs, ws, bs) = (values(&x), values(&weight), values(&bias));
-        let (pixels, rows) = (d.pixels(), d.col_rows());
-        let (in_len, out_len) = (d.c_in * d.h * d.w, d.c_out * pixels);
-        let mut out = vec![0.0f32; d.n * out_len];
-        let per = images_per_task(d.n);
-        out.par_chunks_mut(per * out_len)
-            .enumerate()
-            .for_each(|(task, outs)| {
-                let mut col = if d.direct() {
-                    Vec::new()
-                } else {
-                    vec![0.0f32; rows * pixels]
-                };
-                for (j, o) in outs.chunks_mut(out_len).enumerate() {
-                    let image = &xs[(task * per + j) * in_len..][..in_len];
-                    let col = columns(&d, image, &mut col);
-                    // o^T [pixels, c_out] = col^T [pixels, rows] W^T [rows, c_out]
-                    // SAFETY: o is c_out x pixels, col rows x pixels, W c_out x rows,
-                    // all row-major, and the strides below stay inside them
-                    unsafe {
-                        product(
-                            [pixels, d.c_out, rows],
-                            (o.as_mut_ptr(), 1, pixels as isize),
-                            (col.as_ptr(), 1, pixels as isize),
-                            (ws.as_ptr(), 1, rows as isize),
-                            false,
-                        );
-                    }
-                    for (c, plane) in o.chunks_mut(pixels).enumerate() {
-                        let b = bs[c];
-                        plane.iter_mut().for_each(|v| *v += b);
-                    }
-                }
-            });
+        let out = convolve(&d, values(&x), values(&weight), Some(values(&bias)));
         FlexTensor::from_data(TensorData::new(out, [d.n, d.c_out, d.h_out, d.w_out]))
     }
 }
@@ -325,14 +415,18 @@ impl ConvBackward for Flex {
         let (in_len, out_len) = (d.c_in * d.h * d.w, d.c_out * pixels);
         let per = images_per_task(d.n);
         let tasks = d.n.div_ceil(per);
-        let mut dx = if want_x {
+        // a convolution that keeps the size takes its input gradient as the transposed
+        // convolution, a forward pass of its own; the others scatter each image's column
+        // gradient back below
+        let scatter = want_x && !d.same();
+        let mut dx = if scatter {
             vec![0.0f32; d.n * in_len]
         } else {
             Vec::new()
         };
         // each task's weight and bias gradients, summed after
         let partial: Vec<(Vec<f32>, Vec<f32>)> = {
-            let mut dx_chunks: Vec<Option<&mut [f32]>> = if want_x {
+            let mut dx_chunks: Vec<Option<&mut [f32]>> = if scatter {
                 dx.chunks_mut(per * in_len).map(Some).collect()
             } else {
                 (0..tasks).map(|_| None).collect()
@@ -347,8 +441,9 @@ impl ConvBackward for Flex {
                         Vec::new()
                     };
                     let mut db = vec![0.0f32; if want_b { d.c_out } else { 0 }];
-                    let mut col = vec![0.0f32; if d.direct() { 0 } else { rows * pixels }];
-                    let mut dcol = vec![0.0f32; if want_x { rows * pixels } else { 0 }];
+                    let needs_col = want_w && !d.direct();
+                    let mut col = vec![0.0f32; if needs_col { rows * pixels } else { 0 }];
+                    let mut dcol = vec![0.0f32; if scatter { rows * pixels } else { 0 }];
                     let first = task * per;
                     let count = per.min(d.n - first);
                     for j in 0..count {
@@ -370,6 +465,10 @@ impl ConvBackward for Flex {
                 })
                 .collect()
         };
+        if want_x && d.same() {
+            let t = d.transposed();
+            dx = convolve(&t, gs, &transposed_weights(&d, ws), None);
+        }
         let sum = |which: usize, len: usize| sum_partials(&partial, which, len);
         [
             want_x.then(|| FlexTensor::from_data(TensorData::new(dx, [d.n, d.c_in, d.h, d.w]))),

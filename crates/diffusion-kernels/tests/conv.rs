@@ -102,6 +102,10 @@ fn fused_convolution_matches_burns_values_and_gradients() {
         [2, 2, 4, 4, 3, 3, 1, 2],
         [3, 2, 9, 8, 4, 3, 2, 0],
         [2, 3, 5, 6, 2, 1, 2, 0],
+        // kernels wider than 3 that keep the size, and planes narrower than the kernel
+        [2, 3, 7, 6, 4, 5, 1, 2],
+        [3, 2, 1, 3, 2, 3, 1, 1],
+        [2, 2, 2, 1, 3, 5, 1, 2],
     ];
     for case in cases {
         let (ours, burns) = (run(true, case), run(false, case));
