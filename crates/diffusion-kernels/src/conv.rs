@@ -23,23 +23,8 @@ use burn::backend::{Backend, TensorMetadata, backend_extension};
 use burn::tensor::TensorData;
 use rayon::prelude::*;
 
+use crate::ConvSpec;
 use crate::flex::{contiguous, record_op, register_gradients};
-
-/// A convolution's stride and padding (both sides, both axes).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ConvSpec {
-    /// The step between output pixels, in input pixels.
-    pub stride: usize,
-    /// Zero pixels added on every side.
-    pub padding: usize,
-}
-
-impl ConvSpec {
-    /// The output side for an input side and kernel side.
-    pub fn output_side(&self, input: usize, kernel: usize) -> usize {
-        (input + 2 * self.padding - kernel) / self.stride + 1
-    }
-}
 
 /// The fused convolution's operation. Any backend can implement it; this crate does for
 /// [`Flex`] and, with a backward pass, for [`Autodiff`] over any backend that does.
@@ -51,6 +36,26 @@ pub trait FusedConv: Backend {
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
+        spec: ConvSpec,
+    ) -> FloatTensor<Self>;
+
+    /// [`FusedConv::conv2d_fused`] plus `shift` `[n, c_out]` (or `[1, c_out]` for every
+    /// image): each image's own value per output channel (a U-Net's embedding of t).
+    fn conv2d_shifted(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        spec: ConvSpec,
+    ) -> FloatTensor<Self>;
+
+    /// [`FusedConv::conv2d_fused`] plus `residual`, of the output's shape (a residual
+    /// connection).
+    fn conv2d_residual(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
         spec: ConvSpec,
     ) -> FloatTensor<Self>;
 }
@@ -66,6 +71,11 @@ pub trait ConvBackward: FusedConv {
         spec: ConvSpec,
         wanted: [bool; 3],
     ) -> [Option<FloatTensor<Self>>; 3];
+
+    /// The gradient of [`FusedConv::conv2d_shifted`]'s shift from the output's: each image's
+    /// sums over each channel's pixels, `[n, c_out]`, summed over the images for a shift of
+    /// one row (`rows` = 1).
+    fn conv2d_shift_grad(grad: FloatTensor<Self>, rows: usize) -> FloatTensor<Self>;
 }
 
 /// The sizes of one convolution.
@@ -338,10 +348,96 @@ fn values(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>().expect("contiguous f32")
 }
 
-/// The convolution of every image of `xs` with `ws` (sizes `d`): each output plane starts at
-/// its channel's `bias` and the product is added to it, or, without a bias, the product is
-/// written straight into fresh memory (never zeroed first).
-fn convolve(d: &Dims, xs: &[f32], ws: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+thread_local! {
+    /// Each thread's column buffers, kept between calls.
+    static SCRATCH: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A column buffer of `len` values (their contents left from earlier use), from this thread's
+/// store, going back to it when dropped: the buffers of a training step are allocated once and
+/// never zeroed.
+fn scratch(len: usize) -> Scratch {
+    let mut buffer = SCRATCH.with(|s| s.borrow_mut().pop()).unwrap_or_default();
+    buffer.resize(len, 0.0);
+    Scratch(buffer)
+}
+
+/// A buffer from [`scratch`].
+struct Scratch(Vec<f32>);
+
+impl std::ops::Deref for Scratch {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Scratch {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let buffer = std::mem::take(&mut self.0);
+        SCRATCH.with(|s| s.borrow_mut().push(buffer));
+    }
+}
+
+/// What an output starts at before the product is added to it.
+#[derive(Clone, Copy)]
+enum Start<'a> {
+    /// Nothing: the product is written straight into fresh memory (never zeroed first).
+    Nothing,
+    /// The channel's bias.
+    Bias(&'a [f32]),
+    /// The channel's bias plus the image's shift (`[n, c_out]`, or one row for all).
+    Shifted(&'a [f32], &'a [f32]),
+    /// The channel's bias plus the residual (of the output's shape).
+    Residual(&'a [f32], &'a [f32]),
+}
+
+impl Start<'_> {
+    /// Writes image `i`'s starting values into its output `o` (`[c_out, pixels]`); false
+    /// when there are none.
+    fn write(self, i: usize, o: &mut [std::mem::MaybeUninit<f32>], pixels: usize) -> bool {
+        let c_out = o.len() / pixels.max(1);
+        match self {
+            Start::Nothing => return false,
+            Start::Bias(bias) => {
+                for (plane, &b) in o.chunks_mut(pixels).zip(bias) {
+                    plane.iter_mut().for_each(|v| {
+                        v.write(b);
+                    });
+                }
+            }
+            Start::Shifted(bias, shift) => {
+                let row = if shift.len() == c_out { 0 } else { i };
+                let shift = &shift[row * c_out..][..c_out];
+                for ((plane, &b), &t) in o.chunks_mut(pixels).zip(bias).zip(shift) {
+                    plane.iter_mut().for_each(|v| {
+                        v.write(b + t);
+                    });
+                }
+            }
+            Start::Residual(bias, residual) => {
+                let residual = &residual[i * o.len()..][..o.len()];
+                let planes = o.chunks_mut(pixels).zip(residual.chunks(pixels));
+                for ((plane, r), &b) in planes.zip(bias) {
+                    for (v, &r) in plane.iter_mut().zip(r) {
+                        v.write(r + b);
+                    }
+                }
+            }
+        }
+        true
+    }
+}
+
+/// The convolution of every image of `xs` with `ws` (sizes `d`), added to what `start` says
+/// each output starts at.
+fn convolve(d: &Dims, xs: &[f32], ws: &[f32], start: Start<'_>) -> Vec<f32> {
     let (pixels, rows) = (d.pixels(), d.col_rows());
     let (in_len, out_len) = (d.c_in * d.h * d.w, d.c_out * pixels);
     let total = d.n * out_len;
@@ -351,23 +447,14 @@ fn convolve(d: &Dims, xs: &[f32], ws: &[f32], bias: Option<&[f32]>) -> Vec<f32> 
         .par_chunks_mut(per * out_len)
         .enumerate()
         .for_each(|(task, outs)| {
-            let mut col = if d.direct() {
-                Vec::new()
-            } else {
-                vec![0.0f32; rows * pixels]
-            };
+            let mut col = scratch(if d.direct() { 0 } else { rows * pixels });
             for (j, o) in outs.chunks_mut(out_len).enumerate() {
-                let image = &xs[(task * per + j) * in_len..][..in_len];
+                let i = task * per + j;
+                let image = &xs[i * in_len..][..in_len];
                 let col = columns(d, image, &mut col);
-                if let Some(bias) = bias {
-                    for (plane, &b) in o.chunks_mut(pixels).zip(bias) {
-                        plane.iter_mut().for_each(|v| {
-                            v.write(b);
-                        });
-                    }
-                }
+                let accumulate = start.write(i, o, pixels);
                 // o^T [pixels, c_out] (+)= col^T [pixels, rows] W^T [rows, c_out]
-                // SAFETY: o is c_out x pixels (written before it is read: by the bias, or by
+                // SAFETY: o is c_out x pixels (written before it is read: by its start, or by
                 // the product, which does not read it without `accumulate`), col rows x
                 // pixels, W c_out x rows, all row-major, and the strides stay inside them
                 unsafe {
@@ -376,7 +463,7 @@ fn convolve(d: &Dims, xs: &[f32], ws: &[f32], bias: Option<&[f32]>) -> Vec<f32> 
                         (o.as_mut_ptr().cast::<f32>(), 1, pixels as isize),
                         (col.as_ptr(), 1, pixels as isize),
                         (ws.as_ptr(), 1, rows as isize),
-                        bias.is_some(),
+                        accumulate,
                     );
                 }
             }
@@ -395,7 +482,47 @@ impl FusedConv for Flex {
     ) -> FlexTensor {
         let (x, weight, bias) = (contiguous(x), contiguous(weight), contiguous(bias));
         let d = Dims::of(&x, &weight, spec);
-        let out = convolve(&d, values(&x), values(&weight), Some(values(&bias)));
+        let out = convolve(&d, values(&x), values(&weight), Start::Bias(values(&bias)));
+        FlexTensor::from_data(TensorData::new(out, [d.n, d.c_out, d.h_out, d.w_out]))
+    }
+
+    fn conv2d_shifted(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        shift: FlexTensor,
+        spec: ConvSpec,
+    ) -> FlexTensor {
+        let (x, weight) = (contiguous(x), contiguous(weight));
+        let (bias, shift) = (contiguous(bias), contiguous(shift));
+        let d = Dims::of(&x, &weight, spec);
+        let rows = shift.shape()[0];
+        assert!(
+            shift.shape().num_elements() == rows * d.c_out && (rows == 1 || rows == d.n),
+            "a shift of [1 or n, c_out]"
+        );
+        let start = Start::Shifted(values(&bias), values(&shift));
+        let out = convolve(&d, values(&x), values(&weight), start);
+        FlexTensor::from_data(TensorData::new(out, [d.n, d.c_out, d.h_out, d.w_out]))
+    }
+
+    fn conv2d_residual(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        residual: FlexTensor,
+        spec: ConvSpec,
+    ) -> FlexTensor {
+        let (x, weight) = (contiguous(x), contiguous(weight));
+        let (bias, residual) = (contiguous(bias), contiguous(residual));
+        let d = Dims::of(&x, &weight, spec);
+        assert_eq!(
+            residual.shape().num_elements(),
+            d.n * d.c_out * d.pixels(),
+            "a residual of the output's shape"
+        );
+        let start = Start::Residual(values(&bias), values(&residual));
+        let out = convolve(&d, values(&x), values(&weight), start);
         FlexTensor::from_data(TensorData::new(out, [d.n, d.c_out, d.h_out, d.w_out]))
     }
 }
@@ -442,8 +569,8 @@ impl ConvBackward for Flex {
                     };
                     let mut db = vec![0.0f32; if want_b { d.c_out } else { 0 }];
                     let needs_col = want_w && !d.direct();
-                    let mut col = vec![0.0f32; if needs_col { rows * pixels } else { 0 }];
-                    let mut dcol = vec![0.0f32; if scatter { rows * pixels } else { 0 }];
+                    let mut col = scratch(if needs_col { rows * pixels } else { 0 });
+                    let mut dcol = scratch(if scatter { rows * pixels } else { 0 });
                     let first = task * per;
                     let count = per.min(d.n - first);
                     for j in 0..count {
@@ -467,7 +594,7 @@ impl ConvBackward for Flex {
         };
         if want_x && d.same() {
             let t = d.transposed();
-            dx = convolve(&t, gs, &transposed_weights(&d, ws), None);
+            dx = convolve(&t, gs, &transposed_weights(&d, ws), Start::Nothing);
         }
         let sum = |which: usize, len: usize| sum_partials(&partial, which, len);
         [
@@ -480,6 +607,27 @@ impl ConvBackward for Flex {
             }),
             want_b.then(|| FlexTensor::from_data(TensorData::new(sum(1, d.c_out), [d.c_out]))),
         ]
+    }
+
+    fn conv2d_shift_grad(grad: FlexTensor, rows: usize) -> FlexTensor {
+        let grad = contiguous(grad);
+        let shape = grad.shape();
+        let (n, c) = (shape[0], shape[1]);
+        let pixels = shape.num_elements() / (n * c).max(1);
+        let gs = values(&grad);
+        let sums: Vec<f32> = gs
+            .par_chunks(pixels.max(1))
+            .map(|p| p.iter().sum())
+            .collect();
+        if rows == n {
+            FlexTensor::from_data(TensorData::new(sums, [n, c]))
+        } else {
+            let mut total = vec![0.0f32; c];
+            for image in sums.chunks(c) {
+                total.iter_mut().zip(image).for_each(|(t, v)| *t += v);
+            }
+            FlexTensor::from_data(TensorData::new(total, [1, c]))
+        }
     }
 }
 
@@ -577,6 +725,51 @@ impl<B: Backend + ConvBackward> Backward<B, 3> for ConvBackwardOp {
     }
 }
 
+/// The shifted convolution's backward pass: parents x, weight, bias, shift.
+#[derive(Debug)]
+struct ConvShiftBackwardOp;
+
+impl<B: Backend + ConvBackward> Backward<B, 4> for ConvShiftBackwardOp {
+    type State = (FloatTensor<B>, FloatTensor<B>, ConvSpec, usize);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 4>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        register_gradients::<B, _, 4>(ops, grads, |grad, (x, weight, spec, rows), wanted| {
+            let [x_, w_, b_, s_] = wanted;
+            let shift = s_.then(|| B::conv2d_shift_grad(grad.clone(), rows));
+            let [dx, dw, db] = B::conv2d_backward(grad, x, weight, spec, [x_, w_, b_]);
+            [dx, dw, db, shift]
+        });
+    }
+}
+
+/// The convolution with a residual's backward pass: parents x, weight, bias, residual (whose
+/// gradient is the output's).
+#[derive(Debug)]
+struct ConvResidualBackwardOp;
+
+impl<B: Backend + ConvBackward> Backward<B, 4> for ConvResidualBackwardOp {
+    type State = (FloatTensor<B>, FloatTensor<B>, ConvSpec);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 4>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        register_gradients::<B, _, 4>(ops, grads, |grad, (x, weight, spec), wanted| {
+            let [x_, w_, b_, r_] = wanted;
+            let residual = r_.then(|| grad.clone());
+            let [dx, dw, db] = B::conv2d_backward(grad, x, weight, spec, [x_, w_, b_]);
+            [dx, dw, db, residual]
+        });
+    }
+}
+
 impl<B: Backend + ConvBackward, C: CheckpointStrategy> FusedConv for Autodiff<B, C> {
     fn conv2d_fused(
         x: FloatTensor<Self>,
@@ -589,6 +782,37 @@ impl<B: Backend + ConvBackward, C: CheckpointStrategy> FusedConv for Autodiff<B,
             [x, weight, bias],
             |[x, weight, _]| (x.clone(), weight.clone(), spec),
             |[x, weight, bias]| B::conv2d_fused(x, weight, bias, spec),
+        )
+    }
+
+    fn conv2d_shifted(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        spec: ConvSpec,
+    ) -> FloatTensor<Self> {
+        let rows = shift.shape()[0];
+        record_op::<B, C, _, 4>(
+            ConvShiftBackwardOp,
+            [x, weight, bias, shift],
+            |[x, weight, _, _]| (x.clone(), weight.clone(), spec, rows),
+            |[x, weight, bias, shift]| B::conv2d_shifted(x, weight, bias, shift, spec),
+        )
+    }
+
+    fn conv2d_residual(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        spec: ConvSpec,
+    ) -> FloatTensor<Self> {
+        record_op::<B, C, _, 4>(
+            ConvResidualBackwardOp,
+            [x, weight, bias, residual],
+            |[x, weight, _, _]| (x.clone(), weight.clone(), spec),
+            |[x, weight, bias, residual]| B::conv2d_residual(x, weight, bias, residual, spec),
         )
     }
 }

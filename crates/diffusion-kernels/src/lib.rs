@@ -50,7 +50,7 @@ mod norm_math;
 
 pub use adam::{AdamScalars, FusedAdam};
 #[cfg(feature = "flex")]
-pub use conv::{ConvBackward, ConvSpec, FusedConv};
+pub use conv::{ConvBackward, FusedConv};
 #[cfg(feature = "flex")]
 pub use flex::{
     FusedAdamStep, FusedGaussianKl, FusedLinear, FusedLinearBackward, GaussianKlBackward,
@@ -257,27 +257,99 @@ pub fn conv2d(
     stride: usize,
     padding: usize,
 ) -> Tensor<4> {
+    conv2d_plus(
+        x,
+        weight,
+        bias,
+        ConvSpec { stride, padding },
+        ConvPlus::Nothing,
+    )
+}
+
+/// A convolution's stride and padding (both sides, both axes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConvSpec {
+    /// The step between output pixels, in input pixels.
+    pub stride: usize,
+    /// Zero pixels added on every side.
+    pub padding: usize,
+}
+
+impl ConvSpec {
+    /// The output side for an input side and kernel side.
+    pub fn output_side(&self, input: usize, kernel: usize) -> usize {
+        (input + 2 * self.padding - kernel) / self.stride + 1
+    }
+}
+
+/// What [`conv2d_plus`] adds to a convolution's output.
+#[derive(Clone, Debug)]
+pub enum ConvPlus {
+    /// Nothing.
+    Nothing,
+    /// Each image's own value per output channel, `[n, c_out]` (or `[1, c_out]` for every
+    /// image): a U-Net's embedding of t.
+    Shift(Tensor<2>),
+    /// A tensor of the output's shape: a residual connection.
+    Residual(Tensor<4>),
+}
+
+/// [`conv2d`] plus a per-image shift or a residual ([`ConvPlus`]). On flex in f32 the addition
+/// is where the output starts before the product is added to it (no pass of its own either
+/// way); elsewhere Burn's `conv2d` and an addition.
+pub fn conv2d_plus(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    spec: ConvSpec,
+    plus: ConvPlus,
+) -> Tensor<4> {
     let [_, _, kh, kw] = weight.dims();
-    if kh == kw && fused_here(&x) && fused_here(&weight) {
+    let fused = kh == kw
+        && fused_here(&x)
+        && fused_here(&weight)
+        && match &plus {
+            ConvPlus::Nothing => true,
+            ConvPlus::Shift(s) => fused_here(s),
+            ConvPlus::Residual(r) => fused_here(r),
+        };
+    if fused {
         #[cfg(feature = "flex")]
         {
             use burn::backend::Dispatch;
             let c_out = weight.dims()[0];
             let bias = bias.unwrap_or_else(|| Tensor::zeros([c_out], &x.device()));
-            return Tensor::from_dispatch(<Dispatch as FusedConv>::conv2d_fused(
+            let (x, w, b) = (
                 x.into_dispatch(),
                 weight.into_dispatch(),
                 bias.into_dispatch(),
-                ConvSpec { stride, padding },
-            ));
+            );
+            return Tensor::from_dispatch(match plus {
+                ConvPlus::Nothing => <Dispatch as FusedConv>::conv2d_fused(x, w, b, spec),
+                ConvPlus::Shift(s) => {
+                    <Dispatch as FusedConv>::conv2d_shifted(x, w, b, s.into_dispatch(), spec)
+                }
+                ConvPlus::Residual(r) => {
+                    <Dispatch as FusedConv>::conv2d_residual(x, w, b, r.into_dispatch(), spec)
+                }
+            });
         }
     }
-    burn::tensor::module::conv2d(
+    let ConvSpec { stride, padding } = spec;
+    let y = burn::tensor::module::conv2d(
         x,
         weight,
         bias,
         burn::tensor::ops::ConvOptions::new([stride, stride], [padding, padding], [1, 1], 1),
-    )
+    );
+    match plus {
+        ConvPlus::Nothing => y,
+        ConvPlus::Shift(s) => {
+            let [rows, c] = s.dims();
+            y + s.reshape([rows, c, 1, 1])
+        }
+        ConvPlus::Residual(r) => y + r,
+    }
 }
 
 /// A group norm's constants: the number of groups, epsilon, and whether SiLU follows.

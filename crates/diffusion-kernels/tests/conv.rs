@@ -183,3 +183,72 @@ fn fused_group_norm_matches_burns_values_and_gradients() {
         assert_close(&names, &results[0], &results[1], 1e-4, &case);
     }
 }
+
+/// The convolution plus a shift per image (`[n, c_out]` and `[1, c_out]`) or a residual against
+/// Burn's `conv2d` and an addition: the output and the gradients of x, the weights, the bias,
+/// and the shift or the residual.
+#[test]
+fn convolution_plus_a_shift_or_a_residual_matches_burns_values_and_gradients() {
+    use diffusion_kernels::{ConvPlus, ConvSpec, conv2d_plus};
+    for (case, shift_rows) in [
+        ([4, 3, 6, 5, 5, 3, 1, 1], Some(4)),
+        ([4, 3, 6, 5, 5, 3, 1, 1], Some(1)),
+        ([3, 4, 7, 7, 6, 3, 2, 1], Some(3)),
+        ([4, 3, 6, 5, 5, 3, 1, 1], None),
+        ([2, 6, 5, 5, 6, 1, 1, 0], None),
+    ] {
+        let [n, ci, h, w, co, k, stride, padding] = case;
+        let results: Vec<Vec<Vec<f32>>> = [true, false]
+            .iter()
+            .map(|&fused| {
+                let device = Device::flex().autodiff();
+                let x = tensor([n, ci, h, w], 21, &device);
+                let weight = tensor([co, ci, k, k], 22, &device);
+                let bias = tensor([co], 23, &device);
+                let side = (h + 2 * padding - k) / stride + 1;
+                let shift = shift_rows.map(|rows| tensor([rows, co], 24, &device));
+                let residual = tensor(
+                    [n, co, side, (w + 2 * padding - k) / stride + 1],
+                    25,
+                    &device,
+                );
+                let y = if fused {
+                    let plus = match &shift {
+                        Some(s) => ConvPlus::Shift(s.clone()),
+                        None => ConvPlus::Residual(residual.clone()),
+                    };
+                    let spec = ConvSpec { stride, padding };
+                    conv2d_plus(x.clone(), weight.clone(), Some(bias.clone()), spec, plus)
+                } else {
+                    let options = ConvOptions::new([stride, stride], [padding, padding], [1, 1], 1);
+                    let y = burn::tensor::module::conv2d(
+                        x.clone(),
+                        weight.clone(),
+                        Some(bias.clone()),
+                        options,
+                    );
+                    match &shift {
+                        Some(s) => y + s.clone().reshape([s.dims()[0], co, 1, 1]),
+                        None => y + residual.clone(),
+                    }
+                };
+                let r = tensor(y.dims(), 26, &device).detach();
+                let grads = (y.clone() * r).sum().backward();
+                let added = match &shift {
+                    Some(s) => host(s.grad(&grads).unwrap()),
+                    None => host(residual.grad(&grads).unwrap()),
+                };
+                vec![
+                    host(y),
+                    host(x.grad(&grads).unwrap()),
+                    host(weight.grad(&grads).unwrap()),
+                    host(bias.grad(&grads).unwrap()),
+                    added,
+                ]
+            })
+            .collect();
+        let names = ["output", "x", "weight", "bias", "shift or residual"];
+        let label = format!("{case:?} shift rows {shift_rows:?}");
+        assert_close(&names, &results[0], &results[1], 2e-5, &label);
+    }
+}

@@ -33,6 +33,7 @@ use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, PaddingConfig2d};
 use burn::tensor::{Device, Int, Tensor};
 use diffusion_data::ImageShape;
+use diffusion_kernels::{ConvPlus, ConvSpec};
 
 pub use paper::{PaperConvConfig, PaperConvNet};
 pub use unet::{Unet, UnetConfig};
@@ -41,17 +42,26 @@ pub use unet::{Unet, UnetConfig};
 /// product per image on flex, Burn's `conv2d` elsewhere), with the layer's own weights, stride
 /// and padding (symmetric, as every layer here has).
 pub(crate) fn conv(layer: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    conv_plus(layer, x, ConvPlus::Nothing)
+}
+
+/// [`conv`] plus a per-image shift or a residual, added where the output starts on flex
+/// ([`diffusion_kernels::conv2d_plus`]).
+pub(crate) fn conv_plus(layer: &Conv2d, x: Tensor<4>, plus: ConvPlus) -> Tensor<4> {
     let padding = match layer.padding {
         PaddingConfig2d::Explicit(p, ..) => p,
         PaddingConfig2d::Valid => 0,
         PaddingConfig2d::Same => layer.kernel_size[0] / 2,
     };
-    diffusion_kernels::conv2d(
+    diffusion_kernels::conv2d_plus(
         x,
         layer.weight.val(),
         layer.bias.as_ref().map(|b| b.val()),
-        layer.stride[0],
-        padding,
+        ConvSpec {
+            stride: layer.stride[0],
+            padding,
+        },
+        plus,
     )
 }
 

@@ -8,8 +8,11 @@ use burn::tensor::{Device, Int, Tensor};
 use diffusion_data::ImageShape;
 use serde::{Deserialize, Serialize};
 
-use super::{ImageConfigError, conv, norm, one_step, repeat2, step_column, to_images, to_rows};
+use super::{
+    ImageConfigError, conv, conv_plus, norm, one_step, repeat2, step_column, to_images, to_rows,
+};
 use crate::network::ReverseNetwork;
+use diffusion_kernels::ConvPlus;
 
 /// The most channels at any level.
 const MAX_CHANNELS: usize = 1 << 14;
@@ -386,14 +389,16 @@ impl ResBlock {
     }
 
     fn forward(&self, x: Tensor<4>, emb: &Tensor<2>) -> Tensor<4> {
-        let h = conv(&self.conv_in, norm(&self.norm_in, x.clone(), true));
-        let [m, c] = [emb.dims()[0], h.dims()[1]];
-        let h = h + self.time.forward(silu(emb.clone())).reshape([m, c, 1, 1]);
-        let h = conv(&self.conv_out, norm(&self.norm_out, h, true));
-        match &self.skip {
-            Some(skip) => conv(skip, x) + h,
-            None => x + h,
-        }
+        // the embedding of t as a shift of conv_in's output, the input as conv_out's
+        // residual: both added where the outputs start
+        let shift = ConvPlus::Shift(self.time.forward(silu(emb.clone())));
+        let h = conv_plus(&self.conv_in, norm(&self.norm_in, x.clone(), true), shift);
+        let residual = match &self.skip {
+            Some(skip) => conv(skip, x),
+            None => x,
+        };
+        let h = norm(&self.norm_out, h, true);
+        conv_plus(&self.conv_out, h, ConvPlus::Residual(residual))
     }
 }
 
@@ -433,7 +438,7 @@ impl Attention {
         // [B, hw (query), hw (key)]
         let weights = softmax(q.swap_dims(1, 2).matmul(k), 2);
         let a = v.matmul(weights.swap_dims(1, 2)).reshape([n, c, h, w]);
-        x + conv(&self.out, a)
+        conv_plus(&self.out, a, ConvPlus::Residual(x))
     }
 }
 
