@@ -652,15 +652,15 @@ fn add_weight_grad(
     let (pixels, rows) = (d.pixels(), d.col_rows());
     debug_assert!(dw.len() == d.c_out * rows && g.len() == d.c_out * pixels);
     let col = columns(d, image, col);
-    // dW^T [rows, c_out] += col [rows, pixels] g^T [pixels, c_out]
-    // SAFETY: dW is c_out x rows, col rows x pixels, g c_out x
-    // pixels, all row-major
+    // dW [c_out, rows] += g [c_out, pixels] col^T [pixels, rows]: the small output gradient
+    // is the operand gemm repacks, the column matrix is read as it lies
+    // SAFETY: dW is c_out x rows, col rows x pixels, g c_out x pixels, all row-major
     unsafe {
         product(
-            [rows, d.c_out, pixels],
-            (dw.as_mut_ptr(), 1, rows as isize),
-            (col.as_ptr(), pixels as isize, 1),
-            (g.as_ptr(), 1, pixels as isize),
+            [d.c_out, rows, pixels],
+            (dw.as_mut_ptr(), rows as isize, 1),
+            (g.as_ptr(), pixels as isize, 1),
+            (col.as_ptr(), 1, pixels as isize),
             accumulate,
         );
     }
