@@ -22,6 +22,7 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, TensorMetadata, backend_extension};
 use burn::tensor::TensorData;
 use rayon::prelude::*;
+use std::ops::Range;
 
 use crate::ConvSpec;
 use crate::flex::{contiguous, record_op, register_gradients};
@@ -170,21 +171,48 @@ fn valid_columns(d: &Dims, kx: usize) -> (usize, usize) {
     (lo.min(hi), hi)
 }
 
-/// im2col of one image `[c_in, h, w]` into `col` `[c_in k k, h_out w_out]`.
-fn im2col(d: &Dims, image: &[f32], col: &mut [f32]) {
+/// Output rows per tile: enough that a tile's column matrix fills about [`TILE_VALUES`]
+/// (staying in the core's L2 cache between im2col and the product), at least
+/// [`TILE_PIXELS`] pixels for the product's sake.
+fn tile_rows(d: &Dims) -> usize {
+    if d.direct() {
+        // the image is its own column matrix: one tile
+        return d.h_out.max(1);
+    }
+    let line = (d.col_rows() * d.w_out).max(1);
+    (TILE_VALUES / line)
+        .max(TILE_PIXELS.div_ceil(d.w_out.max(1)))
+        .clamp(1, d.h_out.max(1))
+}
+
+/// The column matrix's values per tile, about.
+const TILE_VALUES: usize = 32 * 1024;
+/// The fewest output pixels a tile holds.
+const TILE_PIXELS: usize = 128;
+
+/// The tiles of output rows.
+fn tiles(d: &Dims) -> impl Iterator<Item = Range<usize>> {
+    let (per, h) = (tile_rows(d), d.h_out);
+    (0..h).step_by(per).map(move |a| a..(a + per).min(h))
+}
+
+/// im2col of the output rows `tile` of one image `[c_in, h, w]` into `col`
+/// `[c_in k k, tile's pixels]`.
+fn im2col(d: &Dims, image: &[f32], col: &mut [f32], tile: Range<usize>) {
     if d.same() {
-        return im2col_same(d, image, col);
+        return im2col_same(d, image, col, tile);
     }
     let (k, s, p) = (d.k, d.spec.stride, d.spec.padding);
-    let pixels = d.pixels();
+    let pixels = tile.len() * d.w_out;
     for c in 0..d.c_in {
         let plane = &image[c * d.h * d.w..(c + 1) * d.h * d.w];
         for ky in 0..k {
             for kx in 0..k {
                 let row = &mut col[((c * k + ky) * k + kx) * pixels..][..pixels];
                 let (lo, hi) = valid_columns(d, kx);
-                for oy in 0..d.h_out {
-                    let out = &mut row[oy * d.w_out..(oy + 1) * d.w_out];
+                for oy in tile.clone() {
+                    let local = oy - tile.start;
+                    let out = &mut row[local * d.w_out..(local + 1) * d.w_out];
                     let iy = oy * s + ky;
                     if iy < p || iy - p >= d.h || lo == hi {
                         out.fill(0.0);
@@ -208,37 +236,38 @@ fn im2col(d: &Dims, image: &[f32], col: &mut [f32]) {
     }
 }
 
-/// im2col for a stride-1 convolution that keeps the size: each row of the column matrix is
-/// the input plane shifted by `(ky - p) w + (kx - p)` values, one long copy, with the pixels
-/// whose source lies outside the plane (whole rows at the top or bottom, the columns at the
-/// left or right edge) set to zero.
-fn im2col_same(d: &Dims, image: &[f32], col: &mut [f32]) {
+/// im2col for a stride-1 convolution that keeps the size, output rows `tile`: each row of the
+/// column matrix is the input plane shifted by `(ky - p) w + (kx - p)` values, one long copy,
+/// with the pixels whose source lies outside the plane (whole rows at the top or bottom, the
+/// columns at the left or right edge) set to zero.
+fn im2col_same(d: &Dims, image: &[f32], col: &mut [f32], tile: Range<usize>) {
     let (k, p, h, w) = (d.k, d.spec.padding as isize, d.h, d.w);
-    let pixels = h * w;
+    let (a, b) = (tile.start, tile.end);
+    let (pixels, len) = (h * w, (b - a) * w);
     for c in 0..d.c_in {
         let plane = &image[c * pixels..(c + 1) * pixels];
         for ky in 0..k {
             for kx in 0..k {
-                let row = &mut col[((c * k + ky) * k + kx) * pixels..][..pixels];
+                let row = &mut col[((c * k + ky) * k + kx) * len..][..len];
                 let (dy, dx) = (ky as isize - p, kx as isize - p);
-                // output rows whose source row lies inside: oy + dy in 0..h
-                let top = (-dy).clamp(0, h as isize) as usize;
-                let bottom = (h as isize - dy).clamp(0, h as isize) as usize;
+                // the tile's output rows whose source row lies inside: oy + dy in 0..h
+                let top = (-dy).max(a as isize).min(b as isize) as usize;
+                let bottom = (h as isize - dy).min(b as isize).max(top as isize) as usize;
                 let shift = dy * w as isize + dx;
-                // the flat range copied, clipped to the plane (the clipped ends are edge
-                // columns, zeroed below)
-                let lo = ((top * w) as isize).max(-shift).min(pixels as isize);
+                // the flat range copied (image-wide indices), clipped to the plane (the
+                // clipped ends are edge columns, zeroed below)
+                let lo = ((top * w) as isize).max(-shift).min((b * w) as isize);
                 let hi = ((bottom * w) as isize).min(pixels as isize - shift).max(lo);
-                let (lo, hi) = (lo as usize, hi as usize);
+                let (lo, hi) = (lo as usize - a * w, hi as usize - a * w);
                 row[..lo].fill(0.0);
                 if hi > lo {
-                    let from = (lo as isize + shift) as usize;
+                    let from = ((lo + a * w) as isize + shift) as usize;
                     row[lo..hi].copy_from_slice(&plane[from..from + (hi - lo)]);
                 }
                 row[hi..].fill(0.0);
                 let edge = dx.unsigned_abs().min(w);
                 if edge > 0 {
-                    for line in row[top * w..bottom * w].chunks_exact_mut(w) {
+                    for line in row[(top - a) * w..(bottom - a) * w].chunks_exact_mut(w) {
                         if dx < 0 {
                             line[..edge].fill(0.0);
                         } else {
@@ -251,14 +280,21 @@ fn im2col_same(d: &Dims, image: &[f32], col: &mut [f32]) {
     }
 }
 
-/// The column matrix of one image: the image itself for a 1x1 kernel of stride 1, else its
-/// im2col in `buffer`.
-fn columns<'a>(d: &Dims, image: &'a [f32], buffer: &'a mut [f32]) -> &'a [f32] {
+/// The column matrix of one image's output rows `tile`, `[c_in k k, tile's pixels]` with
+/// rows `stride` apart: the image itself for a 1x1 kernel of stride 1, else its im2col in
+/// `buffer`.
+fn columns<'a>(
+    d: &Dims,
+    image: &'a [f32],
+    buffer: &'a mut [f32],
+    tile: Range<usize>,
+) -> (&'a [f32], usize) {
     if d.direct() {
-        image
+        (&image[tile.start * d.w_out..], d.pixels())
     } else {
-        im2col(d, image, buffer);
-        buffer
+        let len = tile.len() * d.w_out;
+        im2col(d, image, buffer, tile);
+        (buffer, len)
     }
 }
 
@@ -447,24 +483,30 @@ fn convolve(d: &Dims, xs: &[f32], ws: &[f32], start: Start<'_>) -> Vec<f32> {
         .par_chunks_mut(per * out_len)
         .enumerate()
         .for_each(|(task, outs)| {
-            let mut col = scratch(if d.direct() { 0 } else { rows * pixels });
+            let tile_len = tile_rows(d) * d.w_out;
+            let mut col = scratch(if d.direct() { 0 } else { rows * tile_len });
             for (j, o) in outs.chunks_mut(out_len).enumerate() {
                 let i = task * per + j;
                 let image = &xs[i * in_len..][..in_len];
-                let col = columns(d, image, &mut col);
                 let accumulate = start.write(i, o, pixels);
-                // o^T [pixels, c_out] (+)= col^T [pixels, rows] W^T [rows, c_out]
-                // SAFETY: o is c_out x pixels (written before it is read: by its start, or by
-                // the product, which does not read it without `accumulate`), col rows x
-                // pixels, W c_out x rows, all row-major, and the strides stay inside them
-                unsafe {
-                    product(
-                        [pixels, d.c_out, rows],
-                        (o.as_mut_ptr().cast::<f32>(), 1, pixels as isize),
-                        (col.as_ptr(), 1, pixels as isize),
-                        (ws.as_ptr(), 1, rows as isize),
-                        accumulate,
-                    );
+                for tile in tiles(d) {
+                    let first = tile.start * d.w_out;
+                    let len = tile.len() * d.w_out;
+                    let (col, stride) = columns(d, image, &mut col, tile);
+                    // o^T [tile, c_out] (+)= col^T [tile, rows] W^T [rows, c_out]
+                    // SAFETY: o is c_out x pixels (written before it is read: by its start,
+                    // or by the product, which does not read it without `accumulate`), the
+                    // tile's columns `first..first + len` of it; col rows x len with rows
+                    // `stride` apart, W c_out x rows, all row-major
+                    unsafe {
+                        product(
+                            [len, d.c_out, rows],
+                            (o.as_mut_ptr().cast::<f32>().add(first), 1, pixels as isize),
+                            (col.as_ptr(), 1, stride as isize),
+                            (ws.as_ptr(), 1, rows as isize),
+                            accumulate,
+                        );
+                    }
                 }
             }
         });
@@ -569,7 +611,8 @@ impl ConvBackward for Flex {
                     };
                     let mut db = vec![0.0f32; if want_b { d.c_out } else { 0 }];
                     let needs_col = want_w && !d.direct();
-                    let mut col = scratch(if needs_col { rows * pixels } else { 0 });
+                    let tile_len = tile_rows(&d) * d.w_out;
+                    let mut col = scratch(if needs_col { rows * tile_len } else { 0 });
                     let mut dcol = scratch(if scatter { rows * pixels } else { 0 });
                     let first = task * per;
                     let count = per.min(d.n - first);
@@ -651,18 +694,23 @@ fn add_weight_grad(
 ) {
     let (pixels, rows) = (d.pixels(), d.col_rows());
     debug_assert!(dw.len() == d.c_out * rows && g.len() == d.c_out * pixels);
-    let col = columns(d, image, col);
-    // dW [c_out, rows] += g [c_out, pixels] col^T [pixels, rows]: the small output gradient
-    // is the operand gemm repacks, the column matrix is read as it lies
-    // SAFETY: dW is c_out x rows, col rows x pixels, g c_out x pixels, all row-major
-    unsafe {
-        product(
-            [d.c_out, rows, pixels],
-            (dw.as_mut_ptr(), rows as isize, 1),
-            (g.as_ptr(), pixels as isize, 1),
-            (col.as_ptr(), 1, pixels as isize),
-            accumulate,
-        );
+    for (t, tile) in tiles(d).enumerate() {
+        let first = tile.start * d.w_out;
+        let len = tile.len() * d.w_out;
+        let (col, stride) = columns(d, image, col, tile);
+        // dW [c_out, rows] += g [c_out, tile] col^T [tile, rows]: the small output gradient is
+        // the operand gemm repacks, the column matrix is read as it lies
+        // SAFETY: dW is c_out x rows, g c_out x pixels (its columns first..first + len),
+        // col rows x len with rows `stride` apart, all row-major
+        unsafe {
+            product(
+                [d.c_out, rows, len],
+                (dw.as_mut_ptr(), rows as isize, 1),
+                (g.as_ptr().add(first), pixels as isize, 1),
+                (col.as_ptr(), 1, stride as isize),
+                accumulate || t > 0,
+            );
+        }
     }
 }
 

@@ -106,6 +106,10 @@ fn fused_convolution_matches_burns_values_and_gradients() {
         [2, 3, 7, 6, 4, 5, 1, 2],
         [3, 2, 1, 3, 2, 3, 1, 1],
         [2, 2, 2, 1, 3, 5, 1, 2],
+        // images whose column matrices split into tiles of output rows (the last one short)
+        [2, 16, 28, 28, 4, 3, 1, 1],
+        [2, 40, 28, 28, 3, 3, 2, 1],
+        [2, 40, 20, 20, 3, 3, 1, 0],
     ];
     for case in cases {
         let (ours, burns) = (run(true, case), run(false, case));
