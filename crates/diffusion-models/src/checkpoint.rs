@@ -23,8 +23,10 @@ use burn::store::ModuleRecord;
 use burn::tensor::{Bytes, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::config::RunConfig;
+use crate::config::{RunConfig, TSampling};
+use crate::network::{ReverseModel, ReverseNetwork};
 use crate::run::{RunDir, RunError};
+use crate::trainer::{ResumeState, TrainProgress, optimizer};
 
 /// The `format` of a checkpoint's `state.json`.
 pub const CHECKPOINT_FORMAT: &str = "diffusion-checkpoint/2";
@@ -339,6 +341,46 @@ impl Checkpoint {
     /// The saved position of the t and noise stream.
     pub fn noise_word_pos(&self) -> Result<u128, RunError> {
         self.parse_pos(&self.state.noise_rng_word_pos)
+    }
+
+    /// What [`crate::Trainer::resume`] continues from: the checkpoint's weights loaded into
+    /// `model` (a model of the run's shape), its optimizer state into the optimizer the run's
+    /// config describes, its moving average, streams, loss averages and importance sampler.
+    pub fn resume_state<N: ReverseNetwork>(
+        &self,
+        model: ReverseModel<N>,
+    ) -> Result<ResumeState<N>, RunError> {
+        let s = &self.state;
+        let (model, optimizer) = self.restore(model, optimizer(&s.config.train.optimizer))?;
+        let ema = self.restore_ema(model.valid())?;
+        let state_file = || self.path.join("state.json").display().to_string();
+        if s.config.train.ema_decay.is_some() != ema.is_some() && s.step > 0 {
+            return Err(RunError::Corrupt {
+                path: state_file(),
+                message: "the averaged weights do not match train.ema_decay".into(),
+            });
+        }
+        if s.config.train.t_sampling == TSampling::Importance && s.step_sampler.is_none() {
+            return Err(RunError::Corrupt {
+                path: state_file(),
+                message: "no importance-sampler state".into(),
+            });
+        }
+        Ok(ResumeState {
+            model,
+            optimizer,
+            ema,
+            progress: TrainProgress {
+                step: s.step,
+                wall_before_s: s.wall_time_s,
+                interval_loss_sum: s.interval_loss_sum,
+                interval_steps: s.interval_steps,
+                last_loss_bits: s.last_loss_bits,
+                data_word_pos: self.data_word_pos()?,
+                noise_word_pos: self.noise_word_pos()?,
+            },
+            step_sampler: s.step_sampler.clone(),
+        })
     }
 
     fn parse_pos(&self, text: &str) -> Result<u128, RunError> {

@@ -81,5 +81,5 @@ pub use network::{ReverseModel, ReverseNetwork};
 pub use process::{BinomialBound, GaussianBound, Process};
 pub use run::{RunDir, RunError, RunManifest, Weights};
 pub use setup::{ResolvedData, Run, resolve};
-pub use trainer::{Observer, StepReport, TrainError, Trainer};
+pub use trainer::{Observer, ResumeState, StepReport, TrainError, TrainProgress, Trainer};
 pub use training::{Progress, TrainSummary, train};

@@ -9,7 +9,7 @@
 //!
 //! The state a checkpoint needs to continue bit for bit is all here: the model, the optimizer,
 //! both random streams' positions, the loss averages and the importance sampler
-//! ([`Trainer::resume_from`]).
+//! ([`Trainer::resume`] takes them as a [`ResumeState`]).
 //!
 //! ```
 //! use burn::tensor::Device;
@@ -48,7 +48,6 @@ use burn::tensor::Device;
 use diffusion_data::Rng;
 use diffusion_kernels::FusedAdam;
 
-use crate::checkpoint::Checkpoint;
 use crate::config::ConfigError;
 use crate::config::{OptimizerConfig, OptimizerKind, TSampling, TrainConfig};
 use crate::data::{TrainingData, streams};
@@ -133,6 +132,23 @@ pub struct TrainProgress {
     pub data_word_pos: u128,
     /// Word position of the t and noise stream after the last step's batch.
     pub noise_word_pos: u128,
+}
+
+/// Everything [`Trainer::resume`] continues from, in memory: the weights, the optimizer and
+/// its state, the moving average of the weights, where the losses and the random streams
+/// stand, and the importance sampler. A run folder builds one from its checkpoint
+/// ([`crate::checkpoint::Checkpoint::resume_state`]); a program can keep one of its own.
+pub struct ResumeState<N: ReverseNetwork> {
+    /// The weights.
+    pub model: ReverseModel<N>,
+    /// The optimizer with its state.
+    pub optimizer: ModuleOptimizer,
+    /// The moving average of the weights (`train.ema_decay`).
+    pub ema: Option<ReverseModel<N>>,
+    /// Steps done, the loss averages and the streams' positions.
+    pub progress: TrainProgress,
+    /// The importance sampler of the steps t (`t_sampling = "importance"`).
+    pub step_sampler: Option<StepSampler>,
 }
 
 /// The result of [`Trainer::fit`].
@@ -278,44 +294,43 @@ impl<P: Process, N: ReverseNetwork> Trainer<P, N> {
         }
     }
 
-    /// Continues from a checkpoint of the same run: the model, the optimizer, both streams,
-    /// the loss averages and the importance sampler.
-    pub fn resume_from(&mut self, checkpoint: &Checkpoint) -> Result<(), TrainError> {
-        let model = self.take_model();
-        let optim = std::mem::replace(&mut self.optim, optimizer(&self.config.optimizer));
-        let (model, optim) = checkpoint.restore(model, optim)?;
-        self.ema = checkpoint.restore_ema(model.valid())?;
-        if self.config.ema_decay.is_some() != self.ema.is_some() && checkpoint.state.step > 0 {
-            return Err(RunError::Corrupt {
-                path: checkpoint.path.join("state.json").display().to_string(),
-                message: "the averaged weights do not match train.ema_decay".into(),
-            }
-            .into());
+    /// Continues from `state`: the model, the optimizer, the moving average, both streams, the
+    /// loss averages and the importance sampler. Nothing is read from a file here: a run folder
+    /// builds the state from its checkpoint ([`crate::checkpoint::Checkpoint::resume_state`]).
+    pub fn resume(&mut self, state: ResumeState<N>) -> Result<(), TrainError> {
+        let invalid = |m: &str| Err(TrainError::Config(ConfigError::Invalid(m.to_string())));
+        if self.config.ema_decay.is_some() != state.ema.is_some() && state.progress.step > 0 {
+            return invalid("the averaged weights to resume from do not match train.ema_decay");
         }
-        (self.model, self.optim) = (Some(model), optim);
-        let s = &checkpoint.state;
-        self.progress = TrainProgress {
-            step: s.step,
-            wall_before_s: s.wall_time_s,
-            interval_loss_sum: s.interval_loss_sum,
-            interval_steps: s.interval_steps,
-            last_loss_bits: s.last_loss_bits,
-            data_word_pos: checkpoint.data_word_pos()?,
-            noise_word_pos: checkpoint.noise_word_pos()?,
-        };
+        if self.sampler.is_some() && state.step_sampler.is_none() {
+            return invalid("no importance-sampler state to resume from");
+        }
+        self.model = Some(state.model);
+        self.optim = state.optimizer;
+        self.ema = state.ema;
+        self.progress = state.progress;
         self.source
             .data
             .rng_mut()
             .set_word_pos(self.progress.data_word_pos);
         self.source.noise.set_word_pos(self.progress.noise_word_pos);
         if self.sampler.is_some() {
-            self.sampler = Some(s.step_sampler.clone().ok_or_else(|| RunError::Corrupt {
-                path: checkpoint.path.join("state.json").display().to_string(),
-                message: "no importance-sampler state".into(),
-            })?);
+            self.sampler = state.step_sampler;
         }
         self.started = Instant::now();
         Ok(())
+    }
+
+    /// Where this trainer stands, to continue later with [`Trainer::resume`] (on a new trainer
+    /// of the same config, process and data): the model, the optimizer and the rest.
+    pub fn into_resume_state(mut self) -> ResumeState<N> {
+        ResumeState {
+            model: self.take_model(),
+            optimizer: self.optim,
+            ema: self.ema,
+            progress: self.progress,
+            step_sampler: self.sampler,
+        }
     }
 
     /// The model being trained.
@@ -530,6 +545,67 @@ mod tests {
         let mut c = Collect(Vec::new());
         model.visit(&mut c);
         c.0
+    }
+
+    /// Two steps, the trainer handed over as a [`ResumeState`] to a new one (with other initial
+    /// weights), two more: the same weights, bit for bit, as four steps in one trainer, with
+    /// importance-sampled steps t and the moving average; a state without the sampler or the
+    /// average is refused.
+    #[test]
+    fn a_run_continued_in_memory_is_the_run_trained_straight_through() {
+        let steps = 10;
+        let process = GaussianBound::new(
+            GaussianDiffusion::new(BetaSchedule::paper().betas(steps).unwrap(), 2).unwrap(),
+            ReverseParametrization::Paper,
+        );
+        let device = Device::flex().autodiff();
+        let model = |seed: u64| {
+            device.seed(seed);
+            let config = ModelConfig {
+                hidden: vec![8],
+                ..ModelConfig::default()
+            };
+            ReverseModel::new(config.init(2, 4, steps, &device))
+        };
+        let train = TrainConfig {
+            steps: 4,
+            batch_size: 64,
+            ema_decay: Some(0.9),
+            t_sampling: TSampling::Importance,
+            ..TrainConfig::default()
+        };
+        let data = || TrainingData::swiss_roll(diffusion_data::SwissRoll::new(0.5).unwrap(), 3);
+        let mut whole = Trainer::new(process.clone(), model(1), &train, data(), &device);
+        for _ in 0..4 {
+            whole.step().unwrap();
+        }
+        let mut first = Trainer::new(process.clone(), model(1), &train, data(), &device);
+        first.step().unwrap();
+        first.step().unwrap();
+        let state = first.into_resume_state();
+        let mut second = Trainer::new(process.clone(), model(2), &train, data(), &device);
+        second.resume(state).unwrap();
+        let third = second.step().unwrap();
+        assert_eq!((third.step, third.total), (3, 4));
+        second.step().unwrap();
+        assert_eq!(parameters(whole.model()), parameters(second.model()));
+        assert_eq!(
+            parameters(whole.ema().unwrap()),
+            parameters(second.ema().unwrap())
+        );
+
+        let mut partial = Trainer::new(process.clone(), model(1), &train, data(), &device);
+        partial.step().unwrap();
+        let mut state = partial.into_resume_state();
+        state.step_sampler = None;
+        let mut other = Trainer::new(process.clone(), model(2), &train, data(), &device);
+        assert!(matches!(other.resume(state), Err(TrainError::Config(_))));
+        let mut partial = Trainer::new(process.clone(), model(1), &train, data(), &device);
+        partial.step().unwrap();
+        let mut state = partial.into_resume_state();
+        state.ema = None;
+        let mut other = Trainer::new(process, model(2), &train, data(), &device);
+        assert!(matches!(other.resume(state), Err(TrainError::Config(_))));
     }
 
     /// One Adam step moves every parameter of every kind of network (none is hidden from the

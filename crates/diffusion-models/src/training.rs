@@ -214,9 +214,13 @@ impl RunFiles<'_, '_> {
         P::Rows: 'static,
     {
         let config = &self.manifest.config.train;
+        let resume = match self.resume {
+            Some(ck) => Some(ck.resume_state(model.clone())?),
+            None => None,
+        };
         let mut trainer = Trainer::new(process, model, config, data, device);
-        if let Some(ck) = self.resume {
-            trainer.resume_from(ck)?;
+        if let Some(state) = resume {
+            trainer.resume(state)?;
         }
         let mut metrics = MetricsObserver::open(self.run, self.resume.map(|ck| ck.state.step))?;
         let mut checkpoints = CheckpointObserver::new(self.run, self.manifest, self.resume);
