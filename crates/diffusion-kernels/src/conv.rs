@@ -1,15 +1,20 @@
 //! A 2-D convolution (square kernel, one stride and padding for both sides, no dilation, one
 //! group) as a Burn backend extension for flex, with its backward pass for autodiff.
 //!
-//! Each image is one matrix product: im2col into `[c_in k k, h_out w_out]`, then the product
-//! with the weights written straight into the image's `[c_out, h_out w_out]` output (gemm's
-//! column-major view of it, the pixels the long, contiguous side). Backward: the weights'
-//! gradient as one product per image (`col dY^T`, summed over the images each thread takes),
-//! the input's as the product `W^T dY` into a column buffer and its col2im sum, the bias's as
-//! the output gradient's sums. Images run in parallel on rayon's pool, each with its own
-//! column buffer, reused across the images of a thread. A 1x1 convolution of stride 1 reads its
-//! input as the column matrix (no copy). Burn's flex convolution instead tiles each image,
-//! transposes the input to NHWC and allocates per tile, and runs the input gradient as a
+//! Each image is a few matrix products, one per tile of output rows: im2col of the tile into
+//! `[c_in k k, tile's pixels]` (about 128 KiB, so that it stays in L2 for the product; one
+//! shifted copy per row when the convolution keeps the size at stride 1), then the product with
+//! the weights added straight into the image's `[c_out, h_out w_out]` output (gemm's
+//! column-major view of it, the pixels the long, contiguous side), which starts at the bias
+//! plus a per-image shift or a residual ([`FusedConv::conv2d_shifted`],
+//! [`FusedConv::conv2d_residual`]). Backward: the weights' gradient as products `dY col^T` per
+//! tile, summed over the images each thread takes; the input's, for a convolution that keeps
+//! the size, as the transposed convolution (the kernel flipped, the channels swapped) through
+//! the same forward pass, else as the product `W^T dY` into a column buffer and its col2im sum;
+//! the bias's and the shift's as the output gradient's sums. Images run in parallel on rayon's
+//! pool; column buffers are kept per thread between calls. A 1x1 convolution of stride 1
+//! reads its input as the column matrix (no copy). Burn's flex convolution instead tiles each
+//! image, transposes the input to NHWC and allocates per tile, and runs the input gradient as a
 //! scatter-based transposed convolution.
 
 use burn::backend::autodiff::Autodiff;
@@ -440,6 +445,14 @@ impl Start<'_> {
     fn write(self, i: usize, o: &mut [std::mem::MaybeUninit<f32>], pixels: usize) -> bool {
         let c_out = o.len() / pixels.max(1);
         match self {
+            // gemm's matrix-vector path (one output channel) forms a slice over its
+            // destination: give it initialised values, which it overwrites
+            Start::Nothing if c_out <= 1 => {
+                o.iter_mut().for_each(|v| {
+                    v.write(0.0);
+                });
+                return false;
+            }
             Start::Nothing => return false,
             Start::Bias(bias) => {
                 for (plane, &b) in o.chunks_mut(pixels).zip(bias) {
@@ -475,6 +488,13 @@ impl Start<'_> {
 /// each output starts at.
 fn convolve(d: &Dims, xs: &[f32], ws: &[f32], start: Start<'_>) -> Vec<f32> {
     let (pixels, rows) = (d.pixels(), d.col_rows());
+    // every output value is written before it is read: a start covers every channel
+    match start {
+        Start::Nothing => {}
+        Start::Bias(b) | Start::Shifted(b, _) | Start::Residual(b, _) => {
+            assert_eq!(b.len(), d.c_out, "one bias per output channel")
+        }
+    }
     let (in_len, out_len) = (d.c_in * d.h * d.w, d.c_out * pixels);
     let total = d.n * out_len;
     let mut out: Vec<f32> = Vec::with_capacity(total);
@@ -559,8 +579,8 @@ impl FusedConv for Flex {
         let (bias, residual) = (contiguous(bias), contiguous(residual));
         let d = Dims::of(&x, &weight, spec);
         assert_eq!(
-            residual.shape().num_elements(),
-            d.n * d.c_out * d.pixels(),
+            residual.shape().dims::<4>(),
+            [d.n, d.c_out, d.h_out, d.w_out],
             "a residual of the output's shape"
         );
         let start = Start::Residual(values(&bias), values(&residual));

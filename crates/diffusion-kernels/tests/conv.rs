@@ -110,6 +110,9 @@ fn fused_convolution_matches_burns_values_and_gradients() {
         [2, 16, 28, 28, 4, 3, 1, 1],
         [2, 40, 28, 28, 3, 3, 2, 1],
         [2, 40, 20, 20, 3, 3, 1, 0],
+        // an input gradient (the transposed convolution) over several tiles, one channel in
+        [2, 4, 28, 28, 64, 3, 1, 1],
+        [2, 1, 12, 12, 64, 3, 1, 1],
     ];
     for case in cases {
         let (ours, burns) = (run(true, case), run(false, case));

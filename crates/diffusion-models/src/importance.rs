@@ -50,7 +50,12 @@ impl StepSampler {
         }
     }
 
-    /// Trajectory length T.
+    /// The first step it draws (2, or 1 where the bound has a decoder term at t = 1).
+    pub fn first(&self) -> usize {
+        self.first
+    }
+
+    /// Trajectory length T (the last step it draws).
     pub fn steps(&self) -> usize {
         self.count.len() + self.first - 1
     }

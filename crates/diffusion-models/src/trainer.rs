@@ -302,8 +302,17 @@ impl<P: Process, N: ReverseNetwork> Trainer<P, N> {
         if self.config.ema_decay.is_some() != state.ema.is_some() && state.progress.step > 0 {
             return invalid("the averaged weights to resume from do not match train.ema_decay");
         }
-        if self.sampler.is_some() && state.step_sampler.is_none() {
-            return invalid("no importance-sampler state to resume from");
+        if state.progress.step > self.config.steps {
+            return invalid("the state to resume from is past the run's last step");
+        }
+        if let Some(ours) = &self.sampler {
+            match &state.step_sampler {
+                None => return invalid("no importance-sampler state to resume from"),
+                Some(s) if (s.first(), s.steps()) != (ours.first(), ours.steps()) => {
+                    return invalid("the importance sampler to resume from has other steps t");
+                }
+                Some(_) => {}
+            }
         }
         self.model = Some(state.model);
         self.optim = state.optimizer;
@@ -324,6 +333,8 @@ impl<P: Process, N: ReverseNetwork> Trainer<P, N> {
     /// Where this trainer stands, to continue later with [`Trainer::resume`] (on a new trainer
     /// of the same config, process and data): the model, the optimizer and the rest.
     pub fn into_resume_state(mut self) -> ResumeState<N> {
+        // the seconds of this trainer count as time before the next one's
+        self.progress.wall_before_s += self.started.elapsed().as_secs_f64();
         ResumeState {
             model: self.take_model(),
             optimizer: self.optim,
@@ -593,6 +604,7 @@ mod tests {
             parameters(whole.ema().unwrap()),
             parameters(second.ema().unwrap())
         );
+        assert_eq!(whole.sampler, second.sampler);
 
         let mut partial = Trainer::new(process.clone(), model(1), &train, data(), &device);
         partial.step().unwrap();
