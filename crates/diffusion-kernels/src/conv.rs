@@ -793,35 +793,22 @@ impl<B: Backend + ConvBackward> Backward<B, 3> for ConvBackwardOp {
     }
 }
 
-/// The shifted convolution's backward pass: parents x, weight, bias, shift.
-#[derive(Debug)]
-struct ConvShiftBackwardOp;
-
-impl<B: Backend + ConvBackward> Backward<B, 4> for ConvShiftBackwardOp {
-    type State = (FloatTensor<B>, FloatTensor<B>, ConvSpec, usize);
-
-    fn backward(
-        self,
-        ops: Ops<Self::State, 4>,
-        grads: &mut Gradients,
-        _checkpointer: &mut Checkpointer,
-    ) {
-        register_gradients::<B, _, 4>(ops, grads, |grad, (x, weight, spec, rows), wanted| {
-            let [x_, w_, b_, s_] = wanted;
-            let shift = s_.then(|| B::conv2d_shift_grad(grad.clone(), rows));
-            let [dx, dw, db] = B::conv2d_backward(grad, x, weight, spec, [x_, w_, b_]);
-            [dx, dw, db, shift]
-        });
-    }
+/// What a [`ConvPlusBackwardOp`]'s fourth parent was.
+#[derive(Debug, Clone, Copy)]
+enum Added {
+    /// A shift of this many rows (1, or one per image).
+    Shift(usize),
+    /// A residual (whose gradient is the output's).
+    Residual,
 }
 
-/// The convolution with a residual's backward pass: parents x, weight, bias, residual (whose
-/// gradient is the output's).
+/// The backward pass of a convolution plus a shift or a residual: parents x, weight, bias,
+/// and the shift or the residual.
 #[derive(Debug)]
-struct ConvResidualBackwardOp;
+struct ConvPlusBackwardOp;
 
-impl<B: Backend + ConvBackward> Backward<B, 4> for ConvResidualBackwardOp {
-    type State = (FloatTensor<B>, FloatTensor<B>, ConvSpec);
+impl<B: Backend + ConvBackward> Backward<B, 4> for ConvPlusBackwardOp {
+    type State = (FloatTensor<B>, FloatTensor<B>, ConvSpec, Added);
 
     fn backward(
         self,
@@ -829,11 +816,14 @@ impl<B: Backend + ConvBackward> Backward<B, 4> for ConvResidualBackwardOp {
         grads: &mut Gradients,
         _checkpointer: &mut Checkpointer,
     ) {
-        register_gradients::<B, _, 4>(ops, grads, |grad, (x, weight, spec), wanted| {
-            let [x_, w_, b_, r_] = wanted;
-            let residual = r_.then(|| grad.clone());
+        register_gradients::<B, _, 4>(ops, grads, |grad, (x, weight, spec, added), wanted| {
+            let [x_, w_, b_, a_] = wanted;
+            let added = a_.then(|| match added {
+                Added::Shift(rows) => B::conv2d_shift_grad(grad.clone(), rows),
+                Added::Residual => grad.clone(),
+            });
             let [dx, dw, db] = B::conv2d_backward(grad, x, weight, spec, [x_, w_, b_]);
-            [dx, dw, db, residual]
+            [dx, dw, db, added]
         });
     }
 }
@@ -862,9 +852,9 @@ impl<B: Backend + ConvBackward, C: CheckpointStrategy> FusedConv for Autodiff<B,
     ) -> FloatTensor<Self> {
         let rows = shift.shape()[0];
         record_op::<B, C, _, 4>(
-            ConvShiftBackwardOp,
+            ConvPlusBackwardOp,
             [x, weight, bias, shift],
-            |[x, weight, _, _]| (x.clone(), weight.clone(), spec, rows),
+            |[x, weight, _, _]| (x.clone(), weight.clone(), spec, Added::Shift(rows)),
             |[x, weight, bias, shift]| B::conv2d_shifted(x, weight, bias, shift, spec),
         )
     }
@@ -877,9 +867,9 @@ impl<B: Backend + ConvBackward, C: CheckpointStrategy> FusedConv for Autodiff<B,
         spec: ConvSpec,
     ) -> FloatTensor<Self> {
         record_op::<B, C, _, 4>(
-            ConvResidualBackwardOp,
+            ConvPlusBackwardOp,
             [x, weight, bias, residual],
-            |[x, weight, _, _]| (x.clone(), weight.clone(), spec),
+            |[x, weight, _, _]| (x.clone(), weight.clone(), spec, Added::Residual),
             |[x, weight, bias, residual]| B::conv2d_residual(x, weight, bias, residual, spec),
         )
     }

@@ -63,6 +63,28 @@ fn sizes(x: &FlexTensor, groups: usize) -> (usize, usize, usize, usize) {
     (n, c, spatial, c / groups)
 }
 
+/// Group `i` of the batch (over every image's groups in turn): its first channel and its
+/// [`Group`] of `values`, with its channels' share of the affine map.
+fn group_of<'a>(
+    i: usize,
+    spec: NormSpec,
+    (spatial, per_group): (usize, usize),
+    values: &'a [f32],
+    (gamma, beta): (&'a [f32], &'a [f32]),
+) -> (usize, Group<'a>) {
+    let first = (i % spec.groups) * per_group;
+    let channels = first..first + per_group;
+    let group = Group {
+        values,
+        gamma: &gamma[channels.clone()],
+        beta: &beta[channels],
+        spatial,
+        epsilon: spec.epsilon,
+        silu: spec.silu,
+    };
+    (first, group)
+}
+
 impl FusedGroupNorm for Flex {
     fn group_norm_fused(
         x: FlexTensor,
@@ -81,16 +103,7 @@ impl FusedGroupNorm for Flex {
             .zip(xs.par_chunks(group_len))
             .enumerate()
             .for_each(|(i, (o, v))| {
-                let first = (i % spec.groups) * per_group;
-                let channels = first..first + per_group;
-                let group = Group {
-                    values: v,
-                    gamma: &gs[channels.clone()],
-                    beta: &bs[channels],
-                    spatial,
-                    epsilon: spec.epsilon,
-                    silu: spec.silu,
-                };
+                let (_, group) = group_of(i, spec, (spatial, per_group), v, (gs, bs));
                 norm_math::forward(isa, group, o);
             });
         FlexTensor::from_data(TensorData::new(out, shape))
@@ -123,16 +136,7 @@ impl GroupNormBackward for Flex {
             .zip(xs.par_chunks(group_len).zip(dys.par_chunks(group_len)))
             .enumerate()
             .map(|(i, (dxg, (v, dy)))| {
-                let first = (i % spec.groups) * per_group;
-                let channels = first..first + per_group;
-                let group = Group {
-                    values: v,
-                    gamma: &gs[channels.clone()],
-                    beta: &bs[channels],
-                    spatial,
-                    epsilon: spec.epsilon,
-                    silu: spec.silu,
-                };
+                let (first, group) = group_of(i, spec, (spatial, per_group), v, (gs, bs));
                 let mut dgamma = vec![0.0f32; per_group];
                 let mut dbeta = vec![0.0f32; per_group];
                 let grads = GroupGrads {
