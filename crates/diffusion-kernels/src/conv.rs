@@ -535,6 +535,12 @@ fn convolve(d: &Dims, xs: &[f32], ws: &[f32], start: Start<'_>) -> Vec<f32> {
     out
 }
 
+/// [`convolve`] as a tensor `[n, c_out, h_out, w_out]`.
+fn convolved(d: &Dims, x: &FlexTensor, weight: &FlexTensor, start: Start<'_>) -> FlexTensor {
+    let out = convolve(d, values(x), values(weight), start);
+    FlexTensor::from_data(TensorData::new(out, [d.n, d.c_out, d.h_out, d.w_out]))
+}
+
 impl FusedConv for Flex {
     fn conv2d_fused(
         x: FlexTensor,
@@ -544,8 +550,7 @@ impl FusedConv for Flex {
     ) -> FlexTensor {
         let (x, weight, bias) = (contiguous(x), contiguous(weight), contiguous(bias));
         let d = Dims::of(&x, &weight, spec);
-        let out = convolve(&d, values(&x), values(&weight), Start::Bias(values(&bias)));
-        FlexTensor::from_data(TensorData::new(out, [d.n, d.c_out, d.h_out, d.w_out]))
+        convolved(&d, &x, &weight, Start::Bias(values(&bias)))
     }
 
     fn conv2d_shifted(
@@ -563,9 +568,12 @@ impl FusedConv for Flex {
             shift.shape().num_elements() == rows * d.c_out && (rows == 1 || rows == d.n),
             "a shift of [1 or n, c_out]"
         );
-        let start = Start::Shifted(values(&bias), values(&shift));
-        let out = convolve(&d, values(&x), values(&weight), start);
-        FlexTensor::from_data(TensorData::new(out, [d.n, d.c_out, d.h_out, d.w_out]))
+        convolved(
+            &d,
+            &x,
+            &weight,
+            Start::Shifted(values(&bias), values(&shift)),
+        )
     }
 
     fn conv2d_residual(
@@ -583,9 +591,12 @@ impl FusedConv for Flex {
             [d.n, d.c_out, d.h_out, d.w_out],
             "a residual of the output's shape"
         );
-        let start = Start::Residual(values(&bias), values(&residual));
-        let out = convolve(&d, values(&x), values(&weight), start);
-        FlexTensor::from_data(TensorData::new(out, [d.n, d.c_out, d.h_out, d.w_out]))
+        convolved(
+            &d,
+            &x,
+            &weight,
+            Start::Residual(values(&bias), values(&residual)),
+        )
     }
 }
 
