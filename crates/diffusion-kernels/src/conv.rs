@@ -746,30 +746,25 @@ fn add_weight_grad(
 }
 
 /// Writes one image's input gradient into `dx_image` from its output gradient `g` and the
-/// weights `ws`; `dcol` is the column-matrix buffer (unused for a 1x1 kernel of stride 1).
+/// weights `ws` by a product into the column-matrix buffer `dcol` and its col2im.
 fn input_grad(d: &Dims, g: &[f32], ws: &[f32], dcol: &mut [f32], dx_image: &mut [f32]) {
+    // only convolutions that change the size come here (a 1x1 kernel of stride 1 keeps it and
+    // takes the transposed convolution), so there is always a column matrix to scatter
     let (pixels, rows) = (d.pixels(), d.col_rows());
-    debug_assert!(ws.len() == d.c_out * rows && g.len() == d.c_out * pixels);
-    let target: &mut [f32] = if d.direct() {
-        &mut *dx_image
-    } else {
-        &mut *dcol
-    };
+    debug_assert!(!d.same() && ws.len() == d.c_out * rows && g.len() == d.c_out * pixels);
     // dcol^T [pixels, rows] = g^T [pixels, c_out] W [c_out, rows]
-    // SAFETY: g is c_out x pixels, W c_out x rows, target rows x pixels (the caller's
-    // buffers), all row-major
+    // SAFETY: g is c_out x pixels, W c_out x rows, dcol rows x pixels (the caller's buffer),
+    // all row-major
     unsafe {
         product(
             [pixels, rows, d.c_out],
-            (target.as_mut_ptr(), 1, pixels as isize),
+            (dcol.as_mut_ptr(), 1, pixels as isize),
             (g.as_ptr(), 1, pixels as isize),
             (ws.as_ptr(), rows as isize, 1),
             false,
         );
     }
-    if !d.direct() {
-        col2im(d, dcol, dx_image);
-    }
+    col2im(d, dcol, dx_image);
 }
 
 /// The tasks' partial sums of the weights' (`which` = 0) or the bias's (1) gradient, `len`
