@@ -11,7 +11,10 @@
 //! tile, summed over the images each thread takes; the input's, for a convolution that keeps
 //! the size, as the transposed convolution (the kernel flipped, the channels swapped) through
 //! the same forward pass, else as the product `W^T dY` into a column buffer and its col2im sum;
-//! the bias's and the shift's as the output gradient's sums. Images run in parallel on rayon's
+//! the bias's and the shift's as the output gradient's sums. A 3x3 convolution that keeps the
+//! size skips the column matrix and the products on a CPU with AVX2 or AVX-512: the direct
+//! kernels of [`crate::direct`] compute it and its weight gradient in registers (and its input
+//! gradient, the same kind of convolution). Images run in parallel on rayon's
 //! pool; column buffers are kept per thread between calls. A 1x1 convolution of stride 1
 //! reads its input as the column matrix (no copy). Burn's flex convolution instead tiles each
 //! image, transposes the input to NHWC and allocates per tile, and runs the input gradient as a
@@ -30,7 +33,9 @@ use rayon::prelude::*;
 use std::ops::Range;
 
 use crate::ConvSpec;
+use crate::direct::{self, Flat};
 use crate::flex::{contiguous, record_op, register_gradients};
+use crate::math::Isa;
 
 /// The fused convolution's operation. Any backend can implement it; this crate does for
 /// [`Flex`] and, with a backward pass, for [`Autodiff`] over any backend that does.
@@ -139,6 +144,17 @@ impl Dims {
     /// gradient with the kernel flipped and its channels swapped.
     fn same(&self) -> bool {
         self.spec.stride == 1 && 2 * self.spec.padding + 1 == self.k
+    }
+
+    /// Whether the direct 3x3 kernels of [`crate::direct`] run it (a 3x3 convolution that keeps
+    /// the size, on a CPU with AVX2 or AVX-512).
+    fn flat(&self) -> bool {
+        self.same() && self.k == direct::K && direct::available(Isa::detect())
+    }
+
+    /// Its flat geometry for [`crate::direct`].
+    fn flat_geometry(&self) -> Flat {
+        Flat::new(self.c_in, self.c_out, self.h, self.w)
     }
 
     /// The sizes of the input gradient's convolution when [`Dims::same`].
@@ -499,6 +515,26 @@ fn convolve(d: &Dims, xs: &[f32], ws: &[f32], start: Start<'_>) -> Vec<f32> {
     let total = d.n * out_len;
     let mut out: Vec<f32> = Vec::with_capacity(total);
     let per = images_per_task(d.n);
+    if d.flat() {
+        let (isa, f) = (Isa::detect(), d.flat_geometry());
+        let wt = direct::block_weights(&f, ws);
+        out.spare_capacity_mut()[..total]
+            .par_chunks_mut(per * out_len)
+            .enumerate()
+            .for_each(|(task, outs)| {
+                let mut planes = scratch(d.c_in * f.plane);
+                let mut flat = scratch(f.c_out_padded(direct::CO) * f.run);
+                for (j, o) in outs.chunks_mut(out_len).enumerate() {
+                    let i = task * per + j;
+                    direct::pad_image(&f, &xs[i * in_len..][..in_len], &mut planes);
+                    direct::forward(isa, &f, &planes, &wt, &mut flat);
+                    finish(&f, start, i, &flat, o);
+                }
+            });
+        // SAFETY: every image's output was written by `finish`
+        unsafe { out.set_len(total) };
+        return out;
+    }
     out.spare_capacity_mut()[..total]
         .par_chunks_mut(per * out_len)
         .enumerate()
@@ -533,6 +569,50 @@ fn convolve(d: &Dims, xs: &[f32], ws: &[f32], start: Start<'_>) -> Vec<f32> {
     // SAFETY: every image's output was written above
     unsafe { out.set_len(total) };
     out
+}
+
+/// Writes image `i`'s output `o` (`[c_out, h, w]`) from its flat convolution `flat`
+/// ([`direct::forward`]'s) plus what `start` says it starts at.
+fn finish(
+    f: &Flat,
+    start: Start<'_>,
+    i: usize,
+    flat: &[f32],
+    o: &mut [std::mem::MaybeUninit<f32>],
+) {
+    let (h, w, wp, pixels) = (f.h, f.w, f.wp, f.h * f.w);
+    for (co, plane) in o.chunks_mut(pixels).enumerate() {
+        let run = &flat[co * f.run..][..h * wp];
+        let (base, residual) = match start {
+            Start::Nothing => (0.0, None),
+            Start::Bias(bias) => (bias[co], None),
+            Start::Shifted(bias, shift) => {
+                let row = if shift.len() == f.c_out { 0 } else { i };
+                (bias[co] + shift[row * f.c_out + co], None)
+            }
+            Start::Residual(bias, residual) => {
+                let at = (i * f.c_out + co) * pixels;
+                (bias[co], Some(&residual[at..at + pixels]))
+            }
+        };
+        let rows = plane.chunks_exact_mut(w).zip(run.chunks_exact(wp));
+        match residual {
+            None => {
+                for (d, s) in rows {
+                    for (d, &s) in d.iter_mut().zip(s) {
+                        d.write(base + s);
+                    }
+                }
+            }
+            Some(residual) => {
+                for ((d, s), r) in rows.zip(residual.chunks_exact(w)) {
+                    for ((d, &s), &r) in d.iter_mut().zip(s).zip(r) {
+                        d.write((r + base) + s);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// [`convolve`] as a tensor `[n, c_out, h_out, w_out]`.
@@ -641,9 +721,17 @@ impl ConvBackward for Flex {
                         Vec::new()
                     };
                     let mut db = vec![0.0f32; if want_b { d.c_out } else { 0 }];
-                    let needs_col = want_w && !d.direct();
+                    let flat = want_w && d.flat();
+                    let needs_col = want_w && !d.direct() && !flat;
                     let tile_len = tile_rows(&d) * d.w_out;
                     let mut col = scratch(if needs_col { rows * tile_len } else { 0 });
+                    let f = d.flat_geometry();
+                    let mut planes = scratch(if flat { d.c_in * f.plane } else { 0 });
+                    let mut gflat = scratch(if flat {
+                        f.c_out_padded(direct::CG) * f.run
+                    } else {
+                        0
+                    });
                     let mut dcol = scratch(if scatter { rows * pixels } else { 0 });
                     let first = task * per;
                     let count = per.min(d.n - first);
@@ -654,7 +742,11 @@ impl ConvBackward for Flex {
                         if want_b {
                             add_bias_grad(&mut db, g, pixels);
                         }
-                        if want_w {
+                        if flat {
+                            direct::pad_image(&f, image, &mut planes);
+                            direct::flatten_grad(&f, g, &mut gflat);
+                            direct::weight_grad(Isa::detect(), &f, &planes, &gflat, &mut dw);
+                        } else if want_w {
                             add_weight_grad(&d, image, g, &mut col, &mut dw, j > 0);
                         }
                         if let Some(dx_chunk) = dx_chunk.as_deref_mut() {

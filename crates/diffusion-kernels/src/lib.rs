@@ -42,6 +42,8 @@ mod math;
 #[cfg(feature = "flex")]
 mod conv;
 #[cfg(feature = "flex")]
+mod direct;
+#[cfg(feature = "flex")]
 mod flex;
 #[cfg(feature = "flex")]
 mod norm;

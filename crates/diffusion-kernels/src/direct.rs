@@ -1,0 +1,520 @@
+//! A direct 3x3 convolution that keeps the image's size (stride 1, padding 1), and its weight
+//! gradient, in AVX-512 or AVX2 registers: no column matrix, no packing.
+//!
+//! Each input plane is copied once into a zero-bordered plane `w + 2` wide, so that output
+//! pixel `(y, x)`'s taps lie at the flat positions `q + ky (w + 2) + kx` of that plane, with
+//! `q = y (w + 2) + x`: every tap is the same run of the plane, shifted. The output is computed
+//! over the flat positions `q` (two columns a row of them past the image's edge, discarded
+//! after), a block of output channels times a few vectors of positions held in registers
+//! while the loop runs over input channels and taps: per tap one broadcast weight per channel
+//! and one load per vector, a fused multiply-add per pair. The weights' gradient is the same
+//! walk the other way: for a pair of output channels and one input channel, the output
+//! gradient (zero at the discarded positions) times the nine shifted runs, summed in
+//! registers and added up across lanes once per image.
+//!
+//! Sums run in another order than im2col's matrix product, so results agree with it to
+//! rounding, not to the bit.
+
+use crate::math::Isa;
+
+/// The kernel's side.
+pub(crate) const K: usize = 3;
+/// Taps of a kernel.
+const TAPS: usize = K * K;
+/// The widest vector, in lanes: flat runs are a multiple of it.
+const MAX_LANES: usize = 16;
+/// Output channels a forward block holds in registers (weights padded to a multiple of it).
+pub(crate) const CO: usize = 4;
+/// Output channels a weight-gradient block holds in registers.
+pub(crate) const CG: usize = 2;
+
+/// The flat geometry of one image.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Flat {
+    pub c_in: usize,
+    pub c_out: usize,
+    pub h: usize,
+    pub w: usize,
+    /// The padded width `w + 2`.
+    pub wp: usize,
+    /// Flat output positions computed, `h wp` rounded up to [`MAX_LANES`].
+    pub run: usize,
+    /// Values per padded input plane: the run plus the farthest tap, rounded up.
+    pub plane: usize,
+}
+
+impl Flat {
+    pub(crate) fn new(c_in: usize, c_out: usize, h: usize, w: usize) -> Flat {
+        let wp = w + K - 1;
+        let run = (h * wp).next_multiple_of(MAX_LANES);
+        let plane = (run + (K - 1) * (wp + 1)).next_multiple_of(MAX_LANES);
+        Flat {
+            c_in,
+            c_out,
+            h,
+            w,
+            wp,
+            run,
+            plane,
+        }
+    }
+
+    /// Output channels rounded up to a multiple of `block`.
+    pub(crate) fn c_out_padded(&self, block: usize) -> usize {
+        self.c_out.next_multiple_of(block)
+    }
+}
+
+/// Whether this CPU runs the direct kernels.
+pub(crate) fn available(isa: Isa) -> bool {
+    cfg!(target_arch = "x86_64") && isa != Isa::Base
+}
+
+/// Copies `image` (`[c_in, h, w]`) into `planes` (`[c_in, plane]`), each plane zero-bordered.
+pub(crate) fn pad_image(f: &Flat, image: &[f32], planes: &mut [f32]) {
+    let (h, w, wp) = (f.h, f.w, f.wp);
+    for (src, dst) in image
+        .chunks_exact(h * w)
+        .zip(planes.chunks_exact_mut(f.plane))
+    {
+        // the top border row and the first row's left border
+        dst[..wp + 1].fill(0.0);
+        for y in 0..h {
+            let at = (y + 1) * wp + 1;
+            dst[at..at + w].copy_from_slice(&src[y * w..(y + 1) * w]);
+            // this row's right border and the next row's left border
+            dst[at + w..at + w + 2].fill(0.0);
+        }
+        dst[(h + 1) * wp + 1..].fill(0.0);
+    }
+}
+
+/// Lays out an output gradient `g` (`[c_out, h, w]`) over the flat positions (`[c_out
+/// padded to CG, run]`), zero at the discarded ones.
+pub(crate) fn flatten_grad(f: &Flat, g: &[f32], flat: &mut [f32]) {
+    let (h, w, wp) = (f.h, f.w, f.wp);
+    let mut rows = flat.chunks_exact_mut(f.run);
+    for (src, dst) in g.chunks_exact(h * w).zip(rows.by_ref()) {
+        for y in 0..h {
+            dst[y * wp..y * wp + w].copy_from_slice(&src[y * w..(y + 1) * w]);
+            dst[y * wp + w..(y + 1) * wp].fill(0.0);
+        }
+        dst[h * wp..].fill(0.0);
+    }
+    rows.for_each(|r| r.fill(0.0));
+}
+
+/// The weights `[c_out, c_in, 3, 3]` as the forward kernel reads them: `[c_out / CO, c_in,
+/// 9, CO]`, the channels past `c_out` zero.
+pub(crate) fn block_weights(f: &Flat, ws: &[f32]) -> Vec<f32> {
+    let blocks = f.c_out_padded(CO) / CO;
+    let mut out = vec![0.0f32; blocks * f.c_in * TAPS * CO];
+    for co in 0..f.c_out {
+        let (b, c) = (co / CO, co % CO);
+        for ci in 0..f.c_in {
+            for tap in 0..TAPS {
+                out[((b * f.c_in + ci) * TAPS + tap) * CO + c] =
+                    ws[(co * f.c_in + ci) * TAPS + tap];
+            }
+        }
+    }
+    out
+}
+
+/// One image's convolution over the flat positions: `out` `[c_out padded to CO, run]` from
+/// the padded planes `planes` and the blocked weights `wt`.
+pub(crate) fn forward(isa: Isa, f: &Flat, planes: &[f32], wt: &[f32], out: &mut [f32]) {
+    assert!(planes.len() >= f.c_in * f.plane);
+    assert!(wt.len() >= f.c_out_padded(CO) * f.c_in * TAPS);
+    assert!(out.len() >= f.c_out_padded(CO) * f.run);
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        fn avx512(f: &Flat, planes: &[f32], wt: &[f32], out: &mut [f32]) {
+            // SAFETY: the sizes were checked above; the CPU has AVX-512F
+            unsafe { forward_image::<x86::Avx512, 6>(f, planes, wt, out) }
+        }
+        #[target_feature(enable = "avx2,fma")]
+        fn avx2(f: &Flat, planes: &[f32], wt: &[f32], out: &mut [f32]) {
+            // SAFETY: the sizes were checked above; the CPU has AVX2 and FMA
+            unsafe { forward_image::<x86::Avx2, 2>(f, planes, wt, out) }
+        }
+        match isa {
+            // SAFETY (both): `isa` is at most what `Isa::detect` found on this CPU
+            Isa::Avx512 => return unsafe { avx512(f, planes, wt, out) },
+            Isa::Avx2 => return unsafe { avx2(f, planes, wt, out) },
+            Isa::Base => {}
+        }
+    }
+    let _ = (f, planes, wt, out);
+    unreachable!("the direct kernels run on AVX2 or AVX-512 only (`available`)")
+}
+
+/// Adds one image's weight gradient to `dw` (`[c_out, c_in, 3, 3]`) from its padded planes
+/// and its flat output gradient `gflat` (`[c_out padded to CG, run]`, from [`flatten_grad`]).
+pub(crate) fn weight_grad(isa: Isa, f: &Flat, planes: &[f32], gflat: &[f32], dw: &mut [f32]) {
+    assert!(planes.len() >= f.c_in * f.plane);
+    assert!(gflat.len() >= f.c_out_padded(CG) * f.run);
+    assert!(dw.len() >= f.c_out * f.c_in * TAPS);
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        fn avx512(f: &Flat, planes: &[f32], gflat: &[f32], dw: &mut [f32]) {
+            // SAFETY: the sizes were checked above; the CPU has AVX-512F
+            unsafe { weight_grad_image::<x86::Avx512, CG>(f, planes, gflat, dw) }
+        }
+        #[target_feature(enable = "avx2,fma")]
+        fn avx2(f: &Flat, planes: &[f32], gflat: &[f32], dw: &mut [f32]) {
+            // SAFETY: the sizes were checked above; the CPU has AVX2 and FMA
+            unsafe { weight_grad_image::<x86::Avx2, 1>(f, planes, gflat, dw) }
+        }
+        match isa {
+            // SAFETY (both): `isa` is at most what `Isa::detect` found on this CPU
+            Isa::Avx512 => return unsafe { avx512(f, planes, gflat, dw) },
+            Isa::Avx2 => return unsafe { avx2(f, planes, gflat, dw) },
+            Isa::Base => {}
+        }
+    }
+    let _ = (f, planes, gflat, dw);
+    unreachable!("the direct kernels run on AVX2 or AVX-512 only (`available`)")
+}
+
+/// A vector of f32 lanes.
+trait Vector: Copy {
+    const LANES: usize;
+    unsafe fn zero() -> Self;
+    unsafe fn load(p: *const f32) -> Self;
+    unsafe fn splat(v: f32) -> Self;
+    /// `a b + self`
+    unsafe fn fma(self, a: Self, b: Self) -> Self;
+    unsafe fn store(self, p: *mut f32);
+    unsafe fn sum(self) -> f32;
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::Vector;
+    use std::arch::x86_64::*;
+
+    #[derive(Clone, Copy)]
+    pub(super) struct Avx512(__m512);
+    #[derive(Clone, Copy)]
+    pub(super) struct Avx2(__m256);
+
+    // SAFETY (every method): called only from functions compiled with the features named
+    impl Vector for Avx512 {
+        const LANES: usize = 16;
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            unsafe { Avx512(_mm512_setzero_ps()) }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            unsafe { Avx512(_mm512_loadu_ps(p)) }
+        }
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> Self {
+            unsafe { Avx512(_mm512_set1_ps(v)) }
+        }
+        #[inline(always)]
+        unsafe fn fma(self, a: Self, b: Self) -> Self {
+            unsafe { Avx512(_mm512_fmadd_ps(a.0, b.0, self.0)) }
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            unsafe { _mm512_storeu_ps(p, self.0) }
+        }
+        #[inline(always)]
+        unsafe fn sum(self) -> f32 {
+            unsafe { _mm512_reduce_add_ps(self.0) }
+        }
+    }
+
+    impl Vector for Avx2 {
+        const LANES: usize = 8;
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            unsafe { Avx2(_mm256_setzero_ps()) }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            unsafe { Avx2(_mm256_loadu_ps(p)) }
+        }
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> Self {
+            unsafe { Avx2(_mm256_set1_ps(v)) }
+        }
+        #[inline(always)]
+        unsafe fn fma(self, a: Self, b: Self) -> Self {
+            unsafe { Avx2(_mm256_fmadd_ps(a.0, b.0, self.0)) }
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            unsafe { _mm256_storeu_ps(p, self.0) }
+        }
+        #[inline(always)]
+        unsafe fn sum(self) -> f32 {
+            unsafe {
+                let half = _mm_add_ps(
+                    _mm256_castps256_ps128(self.0),
+                    _mm256_extractf128_ps(self.0, 1),
+                );
+                let pairs = _mm_add_ps(half, _mm_movehl_ps(half, half));
+                _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps(pairs, pairs, 1)))
+            }
+        }
+    }
+}
+
+/// [`forward`]'s work: for each block of [`CO`] output channels, the flat run in tiles of `NV`
+/// vectors, the last tile shorter.
+///
+/// # Safety
+/// The slices hold what [`forward`] checks; the CPU runs `V`.
+#[inline(always)]
+unsafe fn forward_image<V: Vector, const NV: usize>(
+    f: &Flat,
+    planes: &[f32],
+    wt: &[f32],
+    out: &mut [f32],
+) {
+    let vectors = f.run / V::LANES;
+    let (xp, out) = (planes.as_ptr(), out.as_mut_ptr());
+    for b in 0..f.c_out_padded(CO) / CO {
+        // SAFETY: block b's weights and output rows lie inside the checked lengths
+        let (wb, ob) = unsafe {
+            (
+                wt.as_ptr().add(b * f.c_in * TAPS * CO),
+                out.add(b * CO * f.run),
+            )
+        };
+        let mut v = 0;
+        while v + NV <= vectors {
+            // SAFETY: the tile's vectors lie inside the run, its taps inside the planes
+            unsafe { forward_tile::<V, NV>(f, xp, wb, ob, v * V::LANES) };
+            v += NV;
+        }
+        // SAFETY: as above, for the last, shorter tile
+        unsafe {
+            match vectors - v {
+                0 => {}
+                1 => forward_tile::<V, 1>(f, xp, wb, ob, v * V::LANES),
+                2 => forward_tile::<V, 2>(f, xp, wb, ob, v * V::LANES),
+                3 => forward_tile::<V, 3>(f, xp, wb, ob, v * V::LANES),
+                4 => forward_tile::<V, 4>(f, xp, wb, ob, v * V::LANES),
+                5 => forward_tile::<V, 5>(f, xp, wb, ob, v * V::LANES),
+                6 => forward_tile::<V, 6>(f, xp, wb, ob, v * V::LANES),
+                7 => forward_tile::<V, 7>(f, xp, wb, ob, v * V::LANES),
+                _ => unreachable!("tiles are at most 8 vectors"),
+            }
+        }
+    }
+}
+
+/// `CO` output channels times `NV` vectors of flat positions from `q0`, summed over every
+/// input channel and tap in registers, then stored.
+///
+/// # Safety
+/// `xp` holds `c_in` planes, `wb` a block's weights, `ob` a block's `CO` output rows; the
+/// positions `q0 .. q0 + NV lanes` lie in the run.
+#[inline(always)]
+unsafe fn forward_tile<V: Vector, const NV: usize>(
+    f: &Flat,
+    xp: *const f32,
+    wb: *const f32,
+    ob: *mut f32,
+    q0: usize,
+) {
+    unsafe {
+        let mut acc = [[V::zero(); NV]; CO];
+        for ci in 0..f.c_in {
+            let x = xp.add(ci * f.plane + q0);
+            let w = wb.add(ci * TAPS * CO);
+            for ky in 0..K {
+                for kx in 0..K {
+                    let xs = x.add(ky * f.wp + kx);
+                    let wk = w.add((ky * K + kx) * CO);
+                    let mut ws = [V::zero(); CO];
+                    for (c, wc) in ws.iter_mut().enumerate() {
+                        *wc = V::splat(*wk.add(c));
+                    }
+                    for v in 0..NV {
+                        let xv = V::load(xs.add(v * V::LANES));
+                        for c in 0..CO {
+                            acc[c][v] = acc[c][v].fma(ws[c], xv);
+                        }
+                    }
+                }
+            }
+        }
+        for (c, row) in acc.iter().enumerate() {
+            for (v, a) in row.iter().enumerate() {
+                a.store(ob.add(c * f.run + q0 + v * V::LANES));
+            }
+        }
+    }
+}
+
+/// [`weight_grad`]'s work: for each block of `G` output channels and each input channel, the
+/// `G` times 9 products summed over the run in registers.
+///
+/// # Safety
+/// The slices hold what [`weight_grad`] checks; the CPU runs `V`.
+#[inline(always)]
+unsafe fn weight_grad_image<V: Vector, const G: usize>(
+    f: &Flat,
+    planes: &[f32],
+    gflat: &[f32],
+    dw: &mut [f32],
+) {
+    let (xp, gp) = (planes.as_ptr(), gflat.as_ptr());
+    for b in 0..f.c_out.div_ceil(G) {
+        for ci in 0..f.c_in {
+            // SAFETY: the rows and planes read lie inside the checked lengths
+            unsafe {
+                let mut acc = [[V::zero(); TAPS]; G];
+                let x = xp.add(ci * f.plane);
+                let g = gp.add(b * G * f.run);
+                let mut q = 0;
+                while q < f.run {
+                    let mut gs = [V::zero(); G];
+                    for (c, gc) in gs.iter_mut().enumerate() {
+                        *gc = V::load(g.add(c * f.run + q));
+                    }
+                    for ky in 0..K {
+                        for kx in 0..K {
+                            let xv = V::load(x.add(q + ky * f.wp + kx));
+                            for c in 0..G {
+                                acc[c][ky * K + kx] = acc[c][ky * K + kx].fma(gs[c], xv);
+                            }
+                        }
+                    }
+                    q += V::LANES;
+                }
+                for (c, taps) in acc.iter().enumerate() {
+                    let co = b * G + c;
+                    if co < f.c_out {
+                        let d = &mut dw[(co * f.c_in + ci) * TAPS..][..TAPS];
+                        for (d, a) in d.iter_mut().zip(taps) {
+                            *d += a.sum();
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// The convolution and its weight gradient in f64, by their definitions.
+    fn reference(
+        [c_in, c_out, h, w]: [usize; 4],
+        x: &[f32],
+        ws: &[f32],
+        g: &[f32],
+    ) -> (Vec<f64>, Vec<f64>) {
+        let at = |c: usize, y: isize, xx: isize| -> f64 {
+            if y < 0 || xx < 0 || y >= h as isize || xx >= w as isize {
+                0.0
+            } else {
+                x[(c * h + y as usize) * w + xx as usize] as f64
+            }
+        };
+        let mut out = vec![0.0f64; c_out * h * w];
+        let mut dw = vec![0.0f64; c_out * c_in * TAPS];
+        for co in 0..c_out {
+            for y in 0..h {
+                for xx in 0..w {
+                    let o = (co * h + y) * w + xx;
+                    for ci in 0..c_in {
+                        for ky in 0..K {
+                            for kx in 0..K {
+                                let v = at(
+                                    ci,
+                                    y as isize + ky as isize - 1,
+                                    xx as isize + kx as isize - 1,
+                                );
+                                let t = (co * c_in + ci) * TAPS + ky * K + kx;
+                                out[o] += ws[t] as f64 * v;
+                                dw[t] += g[o] as f64 * v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        (out, dw)
+    }
+
+    /// Every compiled variant this CPU runs, on sizes around the vector widths and blocks
+    /// (channels off the blocks, planes narrower than a vector, one pixel wide), against f64.
+    #[test]
+    fn direct_convolution_and_weight_gradient_match_their_definitions() {
+        let isas: Vec<Isa> = Isa::supported()
+            .into_iter()
+            .filter(|&i| available(i))
+            .collect();
+        for isa in isas {
+            for (c_in, c_out, h, w) in [
+                (1, 1, 1, 1),
+                (3, 5, 7, 7),
+                (2, 4, 28, 28),
+                (5, 3, 14, 14),
+                (4, 9, 3, 17),
+                (1, 2, 9, 1),
+                (6, 6, 16, 30),
+            ] {
+                let f = Flat::new(c_in, c_out, h, w);
+                let x = values(c_in * h * w, 1);
+                let ws = values(c_out * c_in * TAPS, 2);
+                let g = values(c_out * h * w, 3);
+                let (want, want_dw) = reference([c_in, c_out, h, w], &x, &ws, &g);
+                // stale values everywhere, as the scratch buffers hold
+                let mut planes = vec![f32::NAN; c_in * f.plane];
+                pad_image(&f, &x, &mut planes);
+                let mut out = vec![f32::NAN; f.c_out_padded(CO) * f.run];
+                forward(isa, &f, &planes, &block_weights(&f, &ws), &mut out);
+                let mut gflat = vec![f32::NAN; f.c_out_padded(CG) * f.run];
+                flatten_grad(&f, &g, &mut gflat);
+                let mut dw = vec![0.5f32; c_out * c_in * TAPS];
+                weight_grad(isa, &f, &planes, &gflat, &mut dw);
+                let scale = (c_in * TAPS) as f64;
+                for co in 0..c_out {
+                    for y in 0..h {
+                        for xx in 0..w {
+                            let got = out[co * f.run + y * f.wp + xx] as f64;
+                            let want = want[(co * h + y) * w + xx];
+                            assert!(
+                                (got - want).abs() <= 4.0 * scale * f32::EPSILON as f64,
+                                "{isa:?} {c_in} {c_out} {h} {w}: output ({co}, {y}, {xx}) {got} against {want}"
+                            );
+                        }
+                    }
+                }
+                let scale = (h * w) as f64;
+                for (t, (&got, &want)) in dw.iter().zip(&want_dw).enumerate() {
+                    let got = got as f64 - 0.5;
+                    assert!(
+                        (got - want).abs() <= 4.0 * scale * f32::EPSILON as f64,
+                        "{isa:?} {c_in} {c_out} {h} {w}: weight gradient {t} {got} against {want}"
+                    );
+                }
+            }
+        }
+    }
+}
