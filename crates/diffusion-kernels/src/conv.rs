@@ -152,9 +152,9 @@ impl Dims {
         self.same() && self.k == direct::K && direct::available(Isa::detect())
     }
 
-    /// Its flat geometry for [`crate::direct`].
-    fn flat_geometry(&self) -> Flat {
-        Flat::new(self.c_in, self.c_out, self.h, self.w)
+    /// Its flat geometry for [`crate::direct`], `images` side by side.
+    fn flat_geometry(&self, images: usize) -> Flat {
+        Flat::new(self.c_in, self.c_out, self.h, self.w, images)
     }
 
     /// The sizes of the input gradient's convolution when [`Dims::same`].
@@ -516,7 +516,7 @@ fn convolve(d: &Dims, xs: &[f32], ws: &[f32], start: Start<'_>) -> Vec<f32> {
     let mut out: Vec<f32> = Vec::with_capacity(total);
     let per = images_per_task(d.n);
     if d.flat() {
-        let (isa, f) = (Isa::detect(), d.flat_geometry());
+        let (isa, f) = (Isa::detect(), d.flat_geometry(1));
         let wt = direct::block_weights(&f, ws);
         out.spare_capacity_mut()[..total]
             .par_chunks_mut(per * out_len)
@@ -526,7 +526,7 @@ fn convolve(d: &Dims, xs: &[f32], ws: &[f32], start: Start<'_>) -> Vec<f32> {
                 let mut flat = scratch(f.c_out_padded(direct::CO) * f.run);
                 for (j, o) in outs.chunks_mut(out_len).enumerate() {
                     let i = task * per + j;
-                    direct::pad_image(&f, &xs[i * in_len..][..in_len], &mut planes);
+                    direct::pad_image(&f, &xs[i * in_len..][..in_len], 0, &mut planes);
                     direct::forward(isa, &f, &planes, &wt, &mut flat);
                     finish(&f, start, i, &flat, o);
                 }
@@ -725,16 +725,17 @@ impl ConvBackward for Flex {
                     let needs_col = want_w && !d.direct() && !flat;
                     let tile_len = tile_rows(&d) * d.w_out;
                     let mut col = scratch(if needs_col { rows * tile_len } else { 0 });
-                    let f = d.flat_geometry();
-                    let mut planes = scratch(if flat { d.c_in * f.plane } else { 0 });
-                    let mut gflat = scratch(if flat {
-                        f.c_out_padded(direct::CG) * f.run
-                    } else {
-                        0
-                    });
                     let mut dcol = scratch(if scatter { rows * pixels } else { 0 });
                     let first = task * per;
                     let count = per.min(d.n - first);
+                    // the direct kernels take the task's images side by side
+                    let f = d.flat_geometry(count);
+                    let (plane_len, grad_len) = (
+                        d.c_in * count * f.plane,
+                        f.c_out_padded(direct::CG) * count * f.run,
+                    );
+                    let mut planes = scratch(if flat { plane_len } else { 0 });
+                    let mut gflat = scratch(if flat { grad_len } else { 0 });
                     for j in 0..count {
                         let i = first + j;
                         let g = &gs[i * out_len..][..out_len];
@@ -743,9 +744,8 @@ impl ConvBackward for Flex {
                             add_bias_grad(&mut db, g, pixels);
                         }
                         if flat {
-                            direct::pad_image(&f, image, &mut planes);
-                            direct::flatten_grad(&f, g, &mut gflat);
-                            direct::weight_grad(Isa::detect(), &f, &planes, &gflat, &mut dw);
+                            direct::pad_image(&f, image, j, &mut planes);
+                            direct::flatten_grad(&f, g, j, &mut gflat);
                         } else if want_w {
                             add_weight_grad(&d, image, g, &mut col, &mut dw, j > 0);
                         }
@@ -753,6 +753,9 @@ impl ConvBackward for Flex {
                             let dx_image = &mut dx_chunk[j * in_len..][..in_len];
                             input_grad(&d, g, ws, &mut dcol, dx_image);
                         }
+                    }
+                    if flat {
+                        direct::weight_grad(Isa::detect(), &f, &planes, &gflat, &mut dw);
                     }
                     (dw, db)
                 })

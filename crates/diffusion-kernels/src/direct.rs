@@ -26,7 +26,7 @@ const MAX_LANES: usize = 16;
 /// Output channels a forward block holds in registers (weights padded to a multiple of it).
 pub(crate) const CO: usize = 4;
 /// Output channels a weight-gradient block holds in registers.
-pub(crate) const CG: usize = 2;
+pub(crate) const CG: usize = 3;
 
 /// The flat geometry of one image.
 #[derive(Clone, Copy, Debug)]
@@ -41,10 +41,13 @@ pub(crate) struct Flat {
     pub run: usize,
     /// Values per padded input plane: the run plus the farthest tap, rounded up.
     pub plane: usize,
+    /// Images side by side: the planes `[c_in, images, plane]`, the flat output gradients
+    /// `[c_out, images, run]`.
+    pub images: usize,
 }
 
 impl Flat {
-    pub(crate) fn new(c_in: usize, c_out: usize, h: usize, w: usize) -> Flat {
+    pub(crate) fn new(c_in: usize, c_out: usize, h: usize, w: usize, images: usize) -> Flat {
         let wp = w + K - 1;
         let run = (h * wp).next_multiple_of(MAX_LANES);
         let plane = (run + (K - 1) * (wp + 1)).next_multiple_of(MAX_LANES);
@@ -56,6 +59,7 @@ impl Flat {
             wp,
             run,
             plane,
+            images,
         }
     }
 
@@ -70,13 +74,23 @@ pub(crate) fn available(isa: Isa) -> bool {
     cfg!(target_arch = "x86_64") && isa != Isa::Base
 }
 
-/// Copies `image` (`[c_in, h, w]`) into `planes` (`[c_in, plane]`), each plane zero-bordered.
-pub(crate) fn pad_image(f: &Flat, image: &[f32], planes: &mut [f32]) {
+/// Whether the CPU has AVX-512VL beside AVX-512F: the AVX-512 kernels are compiled with it, so
+/// that the accumulators may take all 32 vector registers (without it, the zeroing that
+/// starts them is a 128-bit instruction limited to the first 16).
+#[cfg(target_arch = "x86_64")]
+fn has_vl() -> bool {
+    std::is_x86_feature_detected!("avx512vl")
+}
+
+/// Copies `image` (`[c_in, h, w]`) into its place `j` of `planes` (`[c_in, images, plane]`),
+/// each plane zero-bordered.
+pub(crate) fn pad_image(f: &Flat, image: &[f32], j: usize, planes: &mut [f32]) {
     let (h, w, wp) = (f.h, f.w, f.wp);
-    for (src, dst) in image
-        .chunks_exact(h * w)
-        .zip(planes.chunks_exact_mut(f.plane))
-    {
+    let stride = f.images * f.plane;
+    let dsts = planes
+        .chunks_exact_mut(stride)
+        .map(|c| &mut c[j * f.plane..][..f.plane]);
+    for (src, dst) in image.chunks_exact(h * w).zip(dsts) {
         // the top border row and the first row's left border
         dst[..wp + 1].fill(0.0);
         for y in 0..h {
@@ -89,11 +103,15 @@ pub(crate) fn pad_image(f: &Flat, image: &[f32], planes: &mut [f32]) {
     }
 }
 
-/// Lays out an output gradient `g` (`[c_out, h, w]`) over the flat positions (`[c_out
-/// padded to CG, run]`), zero at the discarded ones.
-pub(crate) fn flatten_grad(f: &Flat, g: &[f32], flat: &mut [f32]) {
+/// Lays out image `j`'s output gradient `g` (`[c_out, h, w]`) over the flat positions, into
+/// its place of `flat` (`[c_out padded to CG, images, run]`), zero at the discarded ones and
+/// in the padding channels.
+pub(crate) fn flatten_grad(f: &Flat, g: &[f32], j: usize, flat: &mut [f32]) {
     let (h, w, wp) = (f.h, f.w, f.wp);
-    let mut rows = flat.chunks_exact_mut(f.run);
+    let stride = f.images * f.run;
+    let mut rows = flat
+        .chunks_exact_mut(stride)
+        .map(|c| &mut c[j * f.run..][..f.run]);
     for (src, dst) in g.chunks_exact(h * w).zip(rows.by_ref()) {
         for y in 0..h {
             dst[y * wp..y * wp + w].copy_from_slice(&src[y * w..(y + 1) * w]);
@@ -101,7 +119,8 @@ pub(crate) fn flatten_grad(f: &Flat, g: &[f32], flat: &mut [f32]) {
         }
         dst[h * wp..].fill(0.0);
     }
-    rows.for_each(|r| r.fill(0.0));
+    rows.take(f.c_out_padded(CG) - f.c_out)
+        .for_each(|r| r.fill(0.0));
 }
 
 /// The weights `[c_out, c_in, 3, 3]` as the forward kernel reads them: `[c_out / CO, c_in,
@@ -122,14 +141,14 @@ pub(crate) fn block_weights(f: &Flat, ws: &[f32]) -> Vec<f32> {
 }
 
 /// One image's convolution over the flat positions: `out` `[c_out padded to CO, run]` from
-/// the padded planes `planes` and the blocked weights `wt`.
+/// the padded planes `planes` (of one image) and the blocked weights `wt`.
 pub(crate) fn forward(isa: Isa, f: &Flat, planes: &[f32], wt: &[f32], out: &mut [f32]) {
-    assert!(planes.len() >= f.c_in * f.plane);
+    assert!(f.images == 1 && planes.len() >= f.c_in * f.plane);
     assert!(wt.len() >= f.c_out_padded(CO) * f.c_in * TAPS);
     assert!(out.len() >= f.c_out_padded(CO) * f.run);
     #[cfg(target_arch = "x86_64")]
     {
-        #[target_feature(enable = "avx512f,avx2,fma")]
+        #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
         fn avx512(f: &Flat, planes: &[f32], wt: &[f32], out: &mut [f32]) {
             // SAFETY: the sizes were checked above; the CPU has AVX-512F
             unsafe { forward_image::<x86::Avx512, 6>(f, planes, wt, out) }
@@ -140,8 +159,10 @@ pub(crate) fn forward(isa: Isa, f: &Flat, planes: &[f32], wt: &[f32], out: &mut 
             unsafe { forward_image::<x86::Avx2, 2>(f, planes, wt, out) }
         }
         match isa {
-            // SAFETY (both): `isa` is at most what `Isa::detect` found on this CPU
-            Isa::Avx512 => return unsafe { avx512(f, planes, wt, out) },
+            // SAFETY (both): `isa` is at most what `Isa::detect` found on this CPU, AVX-512 with
+            // VL checked
+            Isa::Avx512 if has_vl() => return unsafe { avx512(f, planes, wt, out) },
+            Isa::Avx512 => return unsafe { avx2(f, planes, wt, out) },
             Isa::Avx2 => return unsafe { avx2(f, planes, wt, out) },
             Isa::Base => {}
         }
@@ -150,27 +171,29 @@ pub(crate) fn forward(isa: Isa, f: &Flat, planes: &[f32], wt: &[f32], out: &mut 
     unreachable!("the direct kernels run on AVX2 or AVX-512 only (`available`)")
 }
 
-/// Adds one image's weight gradient to `dw` (`[c_out, c_in, 3, 3]`) from its padded planes
-/// and its flat output gradient `gflat` (`[c_out padded to CG, run]`, from [`flatten_grad`]).
+/// Adds the images' weight gradient to `dw` (`[c_out, c_in, 3, 3]`) from their padded planes
+/// and flat output gradients `gflat` (from [`flatten_grad`]).
 pub(crate) fn weight_grad(isa: Isa, f: &Flat, planes: &[f32], gflat: &[f32], dw: &mut [f32]) {
-    assert!(planes.len() >= f.c_in * f.plane);
-    assert!(gflat.len() >= f.c_out_padded(CG) * f.run);
+    assert!(planes.len() >= f.c_in * f.images * f.plane);
+    assert!(gflat.len() >= f.c_out_padded(CG) * f.images * f.run);
     assert!(dw.len() >= f.c_out * f.c_in * TAPS);
     #[cfg(target_arch = "x86_64")]
     {
-        #[target_feature(enable = "avx512f,avx2,fma")]
+        #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
         fn avx512(f: &Flat, planes: &[f32], gflat: &[f32], dw: &mut [f32]) {
             // SAFETY: the sizes were checked above; the CPU has AVX-512F
-            unsafe { weight_grad_image::<x86::Avx512, CG>(f, planes, gflat, dw) }
+            unsafe { weight_grad_image::<x86::Avx512, CG, { CG * TAPS }>(f, planes, gflat, dw) }
         }
         #[target_feature(enable = "avx2,fma")]
         fn avx2(f: &Flat, planes: &[f32], gflat: &[f32], dw: &mut [f32]) {
             // SAFETY: the sizes were checked above; the CPU has AVX2 and FMA
-            unsafe { weight_grad_image::<x86::Avx2, 1>(f, planes, gflat, dw) }
+            unsafe { weight_grad_image::<x86::Avx2, 1, TAPS>(f, planes, gflat, dw) }
         }
         match isa {
-            // SAFETY (both): `isa` is at most what `Isa::detect` found on this CPU
-            Isa::Avx512 => return unsafe { avx512(f, planes, gflat, dw) },
+            // SAFETY (both): `isa` is at most what `Isa::detect` found on this CPU, AVX-512 with
+            // VL checked
+            Isa::Avx512 if has_vl() => return unsafe { avx512(f, planes, gflat, dw) },
+            Isa::Avx512 => return unsafe { avx2(f, planes, gflat, dw) },
             Isa::Avx2 => return unsafe { avx2(f, planes, gflat, dw) },
             Isa::Base => {}
         }
@@ -356,12 +379,12 @@ unsafe fn forward_tile<V: Vector, const NV: usize>(
 }
 
 /// [`weight_grad`]'s work: for each block of `G` output channels and each input channel, the
-/// `G` times 9 products summed over the run in registers.
+/// `G` times 9 products summed over every image's run in registers, then across lanes.
 ///
 /// # Safety
 /// The slices hold what [`weight_grad`] checks; the CPU runs `V`.
 #[inline(always)]
-unsafe fn weight_grad_image<V: Vector, const G: usize>(
+unsafe fn weight_grad_image<V: Vector, const G: usize, const A: usize>(
     f: &Flat,
     planes: &[f32],
     gflat: &[f32],
@@ -372,26 +395,37 @@ unsafe fn weight_grad_image<V: Vector, const G: usize>(
         for ci in 0..f.c_in {
             // SAFETY: the rows and planes read lie inside the checked lengths
             unsafe {
-                let mut acc = [[V::zero(); TAPS]; G];
-                let x = xp.add(ci * f.plane);
-                let g = gp.add(b * G * f.run);
-                let mut q = 0;
-                while q < f.run {
+                let mut acc = [V::zero(); A];
+                // one loop over the images' runs, side by side: the gradient's are
+                // contiguous, the planes' `plane - run` apart
+                let g_stride = f.images * f.run;
+                let mut x = xp.add(ci * f.images * f.plane);
+                let mut g = gp.add(b * G * g_stride);
+                let per_image = f.run / V::LANES;
+                let mut left = per_image;
+                for _ in 0..per_image * f.images {
                     let mut gs = [V::zero(); G];
                     for (c, gc) in gs.iter_mut().enumerate() {
-                        *gc = V::load(g.add(c * f.run + q));
+                        *gc = V::load(g.add(c * g_stride));
                     }
                     for ky in 0..K {
                         for kx in 0..K {
-                            let xv = V::load(x.add(q + ky * f.wp + kx));
+                            let xv = V::load(x.add(ky * f.wp + kx));
                             for c in 0..G {
-                                acc[c][ky * K + kx] = acc[c][ky * K + kx].fma(gs[c], xv);
+                                acc[c * TAPS + ky * K + kx] =
+                                    acc[c * TAPS + ky * K + kx].fma(gs[c], xv);
                             }
                         }
                     }
-                    q += V::LANES;
+                    g = g.add(V::LANES);
+                    x = x.add(V::LANES);
+                    left -= 1;
+                    if left == 0 {
+                        left = per_image;
+                        x = x.add(f.plane - f.run);
+                    }
                 }
-                for (c, taps) in acc.iter().enumerate() {
+                for (c, taps) in acc.chunks_exact(TAPS).enumerate() {
                     let co = b * G + c;
                     if co < f.c_out {
                         let d = &mut dw[(co * f.c_in + ci) * TAPS..][..TAPS];
@@ -479,34 +513,51 @@ mod tests {
                 (1, 2, 9, 1),
                 (6, 6, 16, 30),
             ] {
-                let f = Flat::new(c_in, c_out, h, w);
-                let x = values(c_in * h * w, 1);
+                // three images: each convolved alone, their weight gradients summed side by
+                // side
+                let n = 3;
+                let x = values(n * c_in * h * w, 1);
                 let ws = values(c_out * c_in * TAPS, 2);
-                let g = values(c_out * h * w, 3);
-                let (want, want_dw) = reference([c_in, c_out, h, w], &x, &ws, &g);
+                let g = values(n * c_out * h * w, 3);
+                let (f1, fs) = (
+                    Flat::new(c_in, c_out, h, w, 1),
+                    Flat::new(c_in, c_out, h, w, n),
+                );
+                let wt = block_weights(&f1, &ws);
                 // stale values everywhere, as the scratch buffers hold
-                let mut planes = vec![f32::NAN; c_in * f.plane];
-                pad_image(&f, &x, &mut planes);
-                let mut out = vec![f32::NAN; f.c_out_padded(CO) * f.run];
-                forward(isa, &f, &planes, &block_weights(&f, &ws), &mut out);
-                let mut gflat = vec![f32::NAN; f.c_out_padded(CG) * f.run];
-                flatten_grad(&f, &g, &mut gflat);
-                let mut dw = vec![0.5f32; c_out * c_in * TAPS];
-                weight_grad(isa, &f, &planes, &gflat, &mut dw);
-                let scale = (c_in * TAPS) as f64;
-                for co in 0..c_out {
-                    for y in 0..h {
-                        for xx in 0..w {
-                            let got = out[co * f.run + y * f.wp + xx] as f64;
-                            let want = want[(co * h + y) * w + xx];
-                            assert!(
-                                (got - want).abs() <= 4.0 * scale * f32::EPSILON as f64,
-                                "{isa:?} {c_in} {c_out} {h} {w}: output ({co}, {y}, {xx}) {got} against {want}"
-                            );
+                let mut planes = vec![f32::NAN; n * c_in * fs.plane];
+                let mut gflat = vec![f32::NAN; n * fs.c_out_padded(CG) * fs.run];
+                let mut want_dw = vec![0.0f64; c_out * c_in * TAPS];
+                for j in 0..n {
+                    let (x, g) = (
+                        &x[j * c_in * h * w..][..c_in * h * w],
+                        &g[j * c_out * h * w..][..c_out * h * w],
+                    );
+                    let (want, dw) = reference([c_in, c_out, h, w], x, &ws, g);
+                    want_dw.iter_mut().zip(dw).for_each(|(a, b)| *a += b);
+                    let mut one = vec![f32::NAN; c_in * f1.plane];
+                    pad_image(&f1, x, 0, &mut one);
+                    let mut out = vec![f32::NAN; f1.c_out_padded(CO) * f1.run];
+                    forward(isa, &f1, &one, &wt, &mut out);
+                    let scale = (c_in * TAPS) as f64;
+                    for co in 0..c_out {
+                        for y in 0..h {
+                            for xx in 0..w {
+                                let got = out[co * f1.run + y * f1.wp + xx] as f64;
+                                let want = want[(co * h + y) * w + xx];
+                                assert!(
+                                    (got - want).abs() <= 4.0 * scale * f32::EPSILON as f64,
+                                    "{isa:?} {c_in} {c_out} {h} {w}: output ({co}, {y}, {xx}) {got} against {want}"
+                                );
+                            }
                         }
                     }
+                    pad_image(&fs, x, j, &mut planes);
+                    flatten_grad(&fs, g, j, &mut gflat);
                 }
-                let scale = (h * w) as f64;
+                let mut dw = vec![0.5f32; c_out * c_in * TAPS];
+                weight_grad(isa, &fs, &planes, &gflat, &mut dw);
+                let scale = (n * h * w) as f64;
                 for (t, (&got, &want)) in dw.iter().zip(&want_dw).enumerate() {
                     let got = got as f64 - 0.5;
                     assert!(
@@ -515,6 +566,62 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod speed {
+    use super::*;
+    #[test]
+    #[ignore]
+    fn speed() {
+        let isa = Isa::detect();
+        for (c_in, c_out, h, w) in [
+            (16, 16, 28, 28),
+            (32, 32, 14, 14),
+            (32, 32, 7, 7),
+            (32, 16, 28, 28),
+        ] {
+            let n = 8;
+            let f = Flat::new(c_in, c_out, h, w, 1);
+            let fs = Flat::new(c_in, c_out, h, w, n);
+            let x = vec![0.5f32; c_in * h * w];
+            let ws = vec![0.25f32; c_out * c_in * 9];
+            let g = vec![0.5f32; c_out * h * w];
+            let mut planes = vec![0.0; c_in * f.plane];
+            pad_image(&f, &x, 0, &mut planes);
+            let mut splanes = vec![0.0; n * c_in * f.plane];
+            let wt = block_weights(&f, &ws);
+            let mut out = vec![0.0; f.c_out_padded(CO) * f.run];
+            let mut gflat = vec![0.0; n * f.c_out_padded(CG) * f.run];
+            for j in 0..n {
+                flatten_grad(&fs, &g, j, &mut gflat);
+                pad_image(&fs, &x, j, &mut splanes);
+            }
+            let mut dw = vec![0.0; c_out * c_in * 9];
+            let reps = 2000;
+            let flop = 2.0 * (c_in * c_out * 9 * h * w) as f64 * reps as f64;
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                forward(isa, &f, &planes, &wt, &mut out);
+            }
+            let a = flop / t.elapsed().as_secs_f64() / 1e9;
+            let t = std::time::Instant::now();
+            for _ in 0..reps / n {
+                weight_grad(isa, &fs, &splanes, &gflat, &mut dw);
+            }
+            let b = flop / t.elapsed().as_secs_f64() / 1e9;
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                pad_image(&f, &x, 0, &mut planes);
+                flatten_grad(&fs, &g, 0, &mut gflat);
+            }
+            let c = t.elapsed().as_secs_f64() / reps as f64 * 1e6;
+            println!(
+                "{c_in}->{c_out} {h}x{w}: forward {a:.1} GFLOP/s, weight grad {b:.1} GFLOP/s, pad+flatten {c:.2} us; {}",
+                out[5] + dw[3]
+            );
         }
     }
 }
