@@ -95,11 +95,30 @@ pub(crate) fn pad_image(f: &Flat, image: &[f32], j: usize, planes: &mut [f32]) {
         dst[..wp + 1].fill(0.0);
         for y in 0..h {
             let at = (y + 1) * wp + 1;
-            dst[at..at + w].copy_from_slice(&src[y * w..(y + 1) * w]);
-            // this row's right border and the next row's left border
-            dst[at + w..at + w + 2].fill(0.0);
+            // the row, its right border and the next row's left border
+            row_and_two_zeros(&mut dst[at..at + w + 2], &src[y * w..(y + 1) * w]);
         }
         dst[(h + 1) * wp + 1..].fill(0.0);
+    }
+}
+
+/// `dst` (`src.len() + 2` values) set to `src` and two zeros, in moves of eight values: rows
+/// are short (28 values or fewer here), and a call to memcpy per row costs as much as the copy.
+#[inline(always)]
+fn row_and_two_zeros(dst: &mut [f32], src: &[f32]) {
+    let (dst, zeros) = dst.split_at_mut(src.len());
+    zeros[..2].fill(0.0);
+    let (mut d, mut s) = (dst.chunks_exact_mut(8), src.chunks_exact(8));
+    for (d, s) in (&mut d).zip(&mut s) {
+        let eight: [f32; 8] = s.try_into().expect("eight values");
+        d.copy_from_slice(&eight);
+    }
+    let (d, s) = (d.into_remainder(), s.remainder());
+    // a fixed count, unrolled: no loop to turn into memcpy
+    for k in 0..7 {
+        if k < s.len() {
+            d[k] = s[k];
+        }
     }
 }
 
@@ -114,8 +133,7 @@ pub(crate) fn flatten_grad(f: &Flat, g: &[f32], j: usize, flat: &mut [f32]) {
         .map(|c| &mut c[j * f.run..][..f.run]);
     for (src, dst) in g.chunks_exact(h * w).zip(rows.by_ref()) {
         for y in 0..h {
-            dst[y * wp..y * wp + w].copy_from_slice(&src[y * w..(y + 1) * w]);
-            dst[y * wp + w..(y + 1) * wp].fill(0.0);
+            row_and_two_zeros(&mut dst[y * wp..(y + 1) * wp], &src[y * w..(y + 1) * w]);
         }
         dst[h * wp..].fill(0.0);
     }
@@ -341,6 +359,7 @@ unsafe fn forward_image<V: Vector, const NV: usize>(
 /// `xp` holds `c_in` planes, `wb` a block's weights, `ob` a block's `CO` output rows; the
 /// positions `q0 .. q0 + NV lanes` lie in the run.
 #[inline(always)]
+#[allow(clippy::needless_range_loop)] // registers indexed [channel][vector]
 unsafe fn forward_tile<V: Vector, const NV: usize>(
     f: &Flat,
     xp: *const f32,
@@ -566,62 +585,6 @@ mod tests {
                     );
                 }
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod speed {
-    use super::*;
-    #[test]
-    #[ignore]
-    fn speed() {
-        let isa = Isa::detect();
-        for (c_in, c_out, h, w) in [
-            (16, 16, 28, 28),
-            (32, 32, 14, 14),
-            (32, 32, 7, 7),
-            (32, 16, 28, 28),
-        ] {
-            let n = 8;
-            let f = Flat::new(c_in, c_out, h, w, 1);
-            let fs = Flat::new(c_in, c_out, h, w, n);
-            let x = vec![0.5f32; c_in * h * w];
-            let ws = vec![0.25f32; c_out * c_in * 9];
-            let g = vec![0.5f32; c_out * h * w];
-            let mut planes = vec![0.0; c_in * f.plane];
-            pad_image(&f, &x, 0, &mut planes);
-            let mut splanes = vec![0.0; n * c_in * f.plane];
-            let wt = block_weights(&f, &ws);
-            let mut out = vec![0.0; f.c_out_padded(CO) * f.run];
-            let mut gflat = vec![0.0; n * f.c_out_padded(CG) * f.run];
-            for j in 0..n {
-                flatten_grad(&fs, &g, j, &mut gflat);
-                pad_image(&fs, &x, j, &mut splanes);
-            }
-            let mut dw = vec![0.0; c_out * c_in * 9];
-            let reps = 2000;
-            let flop = 2.0 * (c_in * c_out * 9 * h * w) as f64 * reps as f64;
-            let t = std::time::Instant::now();
-            for _ in 0..reps {
-                forward(isa, &f, &planes, &wt, &mut out);
-            }
-            let a = flop / t.elapsed().as_secs_f64() / 1e9;
-            let t = std::time::Instant::now();
-            for _ in 0..reps / n {
-                weight_grad(isa, &fs, &splanes, &gflat, &mut dw);
-            }
-            let b = flop / t.elapsed().as_secs_f64() / 1e9;
-            let t = std::time::Instant::now();
-            for _ in 0..reps {
-                pad_image(&f, &x, 0, &mut planes);
-                flatten_grad(&fs, &g, 0, &mut gflat);
-            }
-            let c = t.elapsed().as_secs_f64() / reps as f64 * 1e6;
-            println!(
-                "{c_in}->{c_out} {h}x{w}: forward {a:.1} GFLOP/s, weight grad {b:.1} GFLOP/s, pad+flatten {c:.2} us; {}",
-                out[5] + dw[3]
-            );
         }
     }
 }
