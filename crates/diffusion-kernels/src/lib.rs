@@ -42,8 +42,6 @@ mod math;
 #[cfg(feature = "flex")]
 mod conv;
 #[cfg(feature = "flex")]
-mod direct;
-#[cfg(feature = "flex")]
 mod flex;
 #[cfg(feature = "flex")]
 mod norm;

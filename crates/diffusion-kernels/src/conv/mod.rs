@@ -13,7 +13,7 @@
 //! the same forward pass, else as the product `W^T dY` into a column buffer and its col2im sum;
 //! the bias's and the shift's as the output gradient's sums. A 3x3 convolution that keeps the
 //! size skips the column matrix and the products on a CPU with AVX2 or AVX-512: the direct
-//! kernels of [`crate::direct`] compute it and its weight gradient in registers (and its input
+//! kernels of [`direct`] compute it and its weight gradient in registers (and its input
 //! gradient, the same kind of convolution). Images run in parallel on rayon's
 //! pool; column buffers are kept per thread between calls. A 1x1 convolution of stride 1
 //! reads its input as the column matrix (no copy). Burn's flex convolution instead tiles each
@@ -30,12 +30,16 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, TensorMetadata, backend_extension};
 use burn::tensor::TensorData;
 use rayon::prelude::*;
-use std::ops::Range;
+
+mod backward;
+mod columns;
+mod direct;
 
 use crate::ConvSpec;
-use crate::direct::{self, Flat};
 use crate::flex::{contiguous, record_op, register_gradients};
 use crate::math::Isa;
+use columns::{columns, product, tile_rows, tiles};
+use direct::Flat;
 
 /// The fused convolution's operation. Any backend can implement it; this crate does for
 /// [`Flex`] and, with a backward pass, for [`Autodiff`] over any backend that does.
@@ -146,13 +150,13 @@ impl Dims {
         self.spec.stride == 1 && 2 * self.spec.padding + 1 == self.k
     }
 
-    /// Whether the direct 3x3 kernels of [`crate::direct`] run it (a 3x3 convolution that keeps
+    /// Whether the direct 3x3 kernels of [`direct`] run it (a 3x3 convolution that keeps
     /// the size, on a CPU with AVX2 or AVX-512).
     fn flat(&self) -> bool {
         self.same() && self.k == direct::K && direct::available(Isa::detect())
     }
 
-    /// Its flat geometry for [`crate::direct`], `images` side by side.
+    /// Its flat geometry for [`direct`], `images` side by side.
     fn flat_geometry(&self, images: usize) -> Flat {
         Flat::new(self.c_in, self.c_out, self.h, self.w, images)
     }
@@ -178,222 +182,6 @@ fn transposed_weights(d: &Dims, ws: &[f32]) -> Vec<f32> {
         }
     }
     t
-}
-
-/// The output columns `lo..hi` whose input column `ox s + kx - p` lies in `0..w`.
-fn valid_columns(d: &Dims, kx: usize) -> (usize, usize) {
-    let (s, p) = (d.spec.stride, d.spec.padding);
-    let lo = if kx >= p { 0 } else { (p - kx).div_ceil(s) };
-    let hi = if d.w + p > kx {
-        (d.w + p - kx).div_ceil(s).min(d.w_out)
-    } else {
-        0
-    };
-    (lo.min(hi), hi)
-}
-
-/// Output rows per tile: enough that a tile's column matrix fills about [`TILE_VALUES`]
-/// (staying in the core's L2 cache between im2col and the product), at least
-/// [`TILE_PIXELS`] pixels for the product's sake.
-fn tile_rows(d: &Dims) -> usize {
-    if d.direct() {
-        // the image is its own column matrix: one tile
-        return d.h_out.max(1);
-    }
-    let line = (d.col_rows() * d.w_out).max(1);
-    (TILE_VALUES / line)
-        .max(TILE_PIXELS.div_ceil(d.w_out.max(1)))
-        .clamp(1, d.h_out.max(1))
-}
-
-/// The column matrix's values per tile, about.
-const TILE_VALUES: usize = 32 * 1024;
-/// The fewest output pixels a tile holds.
-const TILE_PIXELS: usize = 128;
-
-/// The tiles of output rows.
-fn tiles(d: &Dims) -> impl Iterator<Item = Range<usize>> {
-    let (per, h) = (tile_rows(d), d.h_out);
-    (0..h).step_by(per).map(move |a| a..(a + per).min(h))
-}
-
-/// im2col of the output rows `tile` of one image `[c_in, h, w]` into `col`
-/// `[c_in k k, tile's pixels]`.
-fn im2col(d: &Dims, image: &[f32], col: &mut [f32], tile: Range<usize>) {
-    if d.same() {
-        return im2col_same(d, image, col, tile);
-    }
-    let (k, s, p) = (d.k, d.spec.stride, d.spec.padding);
-    let pixels = tile.len() * d.w_out;
-    for c in 0..d.c_in {
-        let plane = &image[c * d.h * d.w..(c + 1) * d.h * d.w];
-        for ky in 0..k {
-            for kx in 0..k {
-                let row = &mut col[((c * k + ky) * k + kx) * pixels..][..pixels];
-                let (lo, hi) = valid_columns(d, kx);
-                for oy in tile.clone() {
-                    let local = oy - tile.start;
-                    let out = &mut row[local * d.w_out..(local + 1) * d.w_out];
-                    let iy = oy * s + ky;
-                    if iy < p || iy - p >= d.h || lo == hi {
-                        out.fill(0.0);
-                        continue;
-                    }
-                    let line = &plane[(iy - p) * d.w..(iy - p + 1) * d.w];
-                    out[..lo].fill(0.0);
-                    out[hi..].fill(0.0);
-                    // input column of output column ox: ox s + kx - p
-                    let first = lo * s + kx - p;
-                    if s == 1 {
-                        out[lo..hi].copy_from_slice(&line[first..first + hi - lo]);
-                    } else {
-                        for (o, i) in out[lo..hi].iter_mut().zip((first..).step_by(s)) {
-                            *o = line[i];
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// im2col for a stride-1 convolution that keeps the size, output rows `tile`: each row of the
-/// column matrix is the input plane shifted by `(ky - p) w + (kx - p)` values, one long copy,
-/// with the pixels whose source lies outside the plane (whole rows at the top or bottom, the
-/// columns at the left or right edge) set to zero.
-fn im2col_same(d: &Dims, image: &[f32], col: &mut [f32], tile: Range<usize>) {
-    let (k, p, h, w) = (d.k, d.spec.padding as isize, d.h, d.w);
-    let (a, b) = (tile.start, tile.end);
-    let (pixels, len) = (h * w, (b - a) * w);
-    for c in 0..d.c_in {
-        let plane = &image[c * pixels..(c + 1) * pixels];
-        for ky in 0..k {
-            for kx in 0..k {
-                let row = &mut col[((c * k + ky) * k + kx) * len..][..len];
-                let (dy, dx) = (ky as isize - p, kx as isize - p);
-                // the tile's output rows whose source row lies inside: oy + dy in 0..h
-                let top = (-dy).max(a as isize).min(b as isize) as usize;
-                let bottom = (h as isize - dy).min(b as isize).max(top as isize) as usize;
-                let shift = dy * w as isize + dx;
-                // the flat range copied (image-wide indices), clipped to the plane (the
-                // clipped ends are edge columns, zeroed below)
-                let lo = ((top * w) as isize).max(-shift).min((b * w) as isize);
-                let hi = ((bottom * w) as isize).min(pixels as isize - shift).max(lo);
-                let (lo, hi) = (lo as usize - a * w, hi as usize - a * w);
-                row[..lo].fill(0.0);
-                if hi > lo {
-                    let from = ((lo + a * w) as isize + shift) as usize;
-                    row[lo..hi].copy_from_slice(&plane[from..from + (hi - lo)]);
-                }
-                row[hi..].fill(0.0);
-                let edge = dx.unsigned_abs().min(w);
-                if edge > 0 {
-                    for line in row[(top - a) * w..(bottom - a) * w].chunks_exact_mut(w) {
-                        if dx < 0 {
-                            line[..edge].fill(0.0);
-                        } else {
-                            line[w - edge..].fill(0.0);
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// The column matrix of one image's output rows `tile`, `[c_in k k, tile's pixels]` with
-/// rows `stride` apart: the image itself for a 1x1 kernel of stride 1, else its im2col in
-/// `buffer`.
-fn columns<'a>(
-    d: &Dims,
-    image: &'a [f32],
-    buffer: &'a mut [f32],
-    tile: Range<usize>,
-) -> (&'a [f32], usize) {
-    if d.direct() {
-        (&image[tile.start * d.w_out..], d.pixels())
-    } else {
-        let len = tile.len() * d.w_out;
-        im2col(d, image, buffer, tile);
-        (buffer, len)
-    }
-}
-
-/// col2im: the column matrix's gradient `[c_in k k, h_out w_out]` summed into the image's
-/// `[c_in, h, w]` (which it overwrites).
-fn col2im(d: &Dims, col: &[f32], image: &mut [f32]) {
-    let (k, s, p) = (d.k, d.spec.stride, d.spec.padding);
-    let pixels = d.pixels();
-    image.fill(0.0);
-    for c in 0..d.c_in {
-        let plane = &mut image[c * d.h * d.w..(c + 1) * d.h * d.w];
-        for ky in 0..k {
-            for kx in 0..k {
-                let row = &col[((c * k + ky) * k + kx) * pixels..][..pixels];
-                let (lo, hi) = valid_columns(d, kx);
-                if lo == hi {
-                    continue;
-                }
-                let first = lo * s + kx - p;
-                for oy in 0..d.h_out {
-                    let iy = oy * s + ky;
-                    if iy < p || iy - p >= d.h {
-                        continue;
-                    }
-                    let line = &mut plane[(iy - p) * d.w..(iy - p + 1) * d.w];
-                    let g = &row[oy * d.w_out + lo..oy * d.w_out + hi];
-                    if s == 1 {
-                        for (l, v) in line[first..first + hi - lo].iter_mut().zip(g) {
-                            *l += v;
-                        }
-                    } else {
-                        for (i, v) in (first..).step_by(s).zip(g) {
-                            line[i] += v;
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// `dst = lhs rhs` (or `+=` with `accumulate`) with every operand given as (pointer, row
-/// stride, column stride), gemm's column-major convention.
-///
-/// # Safety
-/// Every element reached through the pointers and strides lies in its buffer.
-#[allow(clippy::too_many_arguments)]
-unsafe fn product(
-    [m, n, k]: [usize; 3],
-    dst: (*mut f32, isize, isize),
-    lhs: (*const f32, isize, isize),
-    rhs: (*const f32, isize, isize),
-    accumulate: bool,
-) {
-    // SAFETY: the caller's
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.0,
-            dst.2,
-            dst.1,
-            accumulate,
-            lhs.0,
-            lhs.2,
-            lhs.1,
-            rhs.0,
-            rhs.2,
-            rhs.1,
-            if accumulate { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
 }
 
 /// Images per rayon task: the batch in a few tasks per thread.
@@ -678,201 +466,6 @@ impl FusedConv for Flex {
             Start::Residual(values(&bias), values(&residual)),
         )
     }
-}
-
-impl ConvBackward for Flex {
-    fn conv2d_backward(
-        grad: FlexTensor,
-        x: FlexTensor,
-        weight: FlexTensor,
-        spec: ConvSpec,
-        [want_x, want_w, want_b]: [bool; 3],
-    ) -> [Option<FlexTensor>; 3] {
-        let (grad, x, weight) = (contiguous(grad), contiguous(x), contiguous(weight));
-        let d = Dims::of(&x, &weight, spec);
-        let (gs, xs, ws) = (values(&grad), values(&x), values(&weight));
-        let (pixels, rows) = (d.pixels(), d.col_rows());
-        let (in_len, out_len) = (d.c_in * d.h * d.w, d.c_out * pixels);
-        let per = images_per_task(d.n);
-        let tasks = d.n.div_ceil(per);
-        // a convolution that keeps the size takes its input gradient as the transposed
-        // convolution, a forward pass of its own; the others scatter each image's column
-        // gradient back below
-        let scatter = want_x && !d.same();
-        let mut dx = if scatter {
-            vec![0.0f32; d.n * in_len]
-        } else {
-            Vec::new()
-        };
-        // each task's weight and bias gradients, summed after
-        let partial: Vec<(Vec<f32>, Vec<f32>)> = {
-            let mut dx_chunks: Vec<Option<&mut [f32]>> = if scatter {
-                dx.chunks_mut(per * in_len).map(Some).collect()
-            } else {
-                (0..tasks).map(|_| None).collect()
-            };
-            dx_chunks
-                .par_iter_mut()
-                .enumerate()
-                .map(|(task, dx_chunk)| {
-                    let mut dw = if want_w {
-                        vec![0.0f32; d.c_out * rows]
-                    } else {
-                        Vec::new()
-                    };
-                    let mut db = vec![0.0f32; if want_b { d.c_out } else { 0 }];
-                    let flat = want_w && d.flat();
-                    let needs_col = want_w && !d.direct() && !flat;
-                    let tile_len = tile_rows(&d) * d.w_out;
-                    let mut col = scratch(if needs_col { rows * tile_len } else { 0 });
-                    let mut dcol = scratch(if scatter { rows * pixels } else { 0 });
-                    let first = task * per;
-                    let count = per.min(d.n - first);
-                    // the direct kernels take the task's images side by side
-                    let f = d.flat_geometry(count);
-                    let (plane_len, grad_len) = (
-                        d.c_in * count * f.plane,
-                        f.c_out_padded(direct::CG) * count * f.run,
-                    );
-                    let mut planes = scratch(if flat { plane_len } else { 0 });
-                    let mut gflat = scratch(if flat { grad_len } else { 0 });
-                    for j in 0..count {
-                        let i = first + j;
-                        let g = &gs[i * out_len..][..out_len];
-                        let image = &xs[i * in_len..][..in_len];
-                        if want_b {
-                            add_bias_grad(&mut db, g, pixels);
-                        }
-                        if flat {
-                            direct::pad_image(&f, image, j, &mut planes);
-                            direct::flatten_grad(&f, g, j, &mut gflat);
-                        } else if want_w {
-                            add_weight_grad(&d, image, g, &mut col, &mut dw, j > 0);
-                        }
-                        if let Some(dx_chunk) = dx_chunk.as_deref_mut() {
-                            let dx_image = &mut dx_chunk[j * in_len..][..in_len];
-                            input_grad(&d, g, ws, &mut dcol, dx_image);
-                        }
-                    }
-                    if flat {
-                        direct::weight_grad(Isa::detect(), &f, &planes, &gflat, &mut dw);
-                    }
-                    (dw, db)
-                })
-                .collect()
-        };
-        if want_x && d.same() {
-            let t = d.transposed();
-            dx = convolve(&t, gs, &transposed_weights(&d, ws), Start::Nothing);
-        }
-        let sum = |which: usize, len: usize| sum_partials(&partial, which, len);
-        [
-            want_x.then(|| FlexTensor::from_data(TensorData::new(dx, [d.n, d.c_in, d.h, d.w]))),
-            want_w.then(|| {
-                FlexTensor::from_data(TensorData::new(
-                    sum(0, d.c_out * rows),
-                    [d.c_out, d.c_in, d.k, d.k],
-                ))
-            }),
-            want_b.then(|| FlexTensor::from_data(TensorData::new(sum(1, d.c_out), [d.c_out]))),
-        ]
-    }
-
-    fn conv2d_shift_grad(grad: FlexTensor, rows: usize) -> FlexTensor {
-        let grad = contiguous(grad);
-        let shape = grad.shape();
-        let (n, c) = (shape[0], shape[1]);
-        let pixels = shape.num_elements() / (n * c).max(1);
-        let gs = values(&grad);
-        let sums: Vec<f32> = gs
-            .par_chunks(pixels.max(1))
-            .map(|p| p.iter().sum())
-            .collect();
-        if rows == n {
-            FlexTensor::from_data(TensorData::new(sums, [n, c]))
-        } else {
-            let mut total = vec![0.0f32; c];
-            for image in sums.chunks(c) {
-                total.iter_mut().zip(image).for_each(|(t, v)| *t += v);
-            }
-            FlexTensor::from_data(TensorData::new(total, [1, c]))
-        }
-    }
-}
-
-/// Adds one image's bias gradient, its output gradient `g` summed over each channel's
-/// `pixels`, to `db`.
-fn add_bias_grad(db: &mut [f32], g: &[f32], pixels: usize) {
-    for (c, plane) in g.chunks(pixels).enumerate() {
-        db[c] += plane.iter().sum::<f32>();
-    }
-}
-
-/// Sets (or, when `accumulate`, adds to) `dw` one image's weight gradient from its values
-/// `image` and output gradient `g`; `col` is the im2col buffer.
-fn add_weight_grad(
-    d: &Dims,
-    image: &[f32],
-    g: &[f32],
-    col: &mut [f32],
-    dw: &mut [f32],
-    accumulate: bool,
-) {
-    let (pixels, rows) = (d.pixels(), d.col_rows());
-    debug_assert!(dw.len() == d.c_out * rows && g.len() == d.c_out * pixels);
-    for (t, tile) in tiles(d).enumerate() {
-        let first = tile.start * d.w_out;
-        let len = tile.len() * d.w_out;
-        let (col, stride) = columns(d, image, col, tile);
-        // dW [c_out, rows] += g [c_out, tile] col^T [tile, rows]: the small output gradient is
-        // the operand gemm repacks, the column matrix is read as it lies
-        // SAFETY: dW is c_out x rows, g c_out x pixels (its columns first..first + len),
-        // col rows x len with rows `stride` apart, all row-major
-        unsafe {
-            product(
-                [d.c_out, rows, len],
-                (dw.as_mut_ptr(), rows as isize, 1),
-                (g.as_ptr().add(first), pixels as isize, 1),
-                (col.as_ptr(), 1, stride as isize),
-                accumulate || t > 0,
-            );
-        }
-    }
-}
-
-/// Writes one image's input gradient into `dx_image` from its output gradient `g` and the
-/// weights `ws` by a product into the column-matrix buffer `dcol` and its col2im.
-fn input_grad(d: &Dims, g: &[f32], ws: &[f32], dcol: &mut [f32], dx_image: &mut [f32]) {
-    // only convolutions that change the size come here (a 1x1 kernel of stride 1 keeps it and
-    // takes the transposed convolution), so there is always a column matrix to scatter
-    let (pixels, rows) = (d.pixels(), d.col_rows());
-    debug_assert!(!d.same() && ws.len() == d.c_out * rows && g.len() == d.c_out * pixels);
-    // dcol^T [pixels, rows] = g^T [pixels, c_out] W [c_out, rows]
-    // SAFETY: g is c_out x pixels, W c_out x rows, dcol rows x pixels (the caller's buffer),
-    // all row-major
-    unsafe {
-        product(
-            [pixels, rows, d.c_out],
-            (dcol.as_mut_ptr(), 1, pixels as isize),
-            (g.as_ptr(), 1, pixels as isize),
-            (ws.as_ptr(), rows as isize, 1),
-            false,
-        );
-    }
-    col2im(d, dcol, dx_image);
-}
-
-/// The tasks' partial sums of the weights' (`which` = 0) or the bias's (1) gradient, `len`
-/// values, added up in task order.
-fn sum_partials(partial: &[(Vec<f32>, Vec<f32>)], which: usize, len: usize) -> Vec<f32> {
-    let mut total = vec![0.0f32; len];
-    for (dw, db) in partial {
-        let part = if which == 0 { dw } else { db };
-        for (t, v) in total.iter_mut().zip(part) {
-            *t += v;
-        }
-    }
-    total
 }
 
 /// The convolution's backward pass: parents x, weight, bias.

@@ -1,0 +1,237 @@
+//! The convolution's backward pass on flex: the weights' and the bias's gradients per task of
+//! images, summed after; the input's as the transposed convolution (a convolution that keeps
+//! the size) or as a product into a column buffer and its col2im (the others).
+
+use burn::backend::TensorMetadata;
+use burn::backend::flex::{Flex, FlexTensor};
+use burn::tensor::TensorData;
+use rayon::prelude::*;
+
+use super::columns::{col2im, columns, product, tile_rows, tiles};
+use super::direct;
+use super::{
+    ConvBackward, Dims, Start, convolve, images_per_task, scratch, transposed_weights, values,
+};
+use crate::ConvSpec;
+use crate::flex::contiguous;
+use crate::math::Isa;
+
+/// What one backward pass computes, and its operands.
+struct Pass<'a> {
+    d: Dims,
+    /// The output's gradient, the input, the weights.
+    gs: &'a [f32],
+    xs: &'a [f32],
+    ws: &'a [f32],
+    /// The gradients wanted: the input's, the weights', the bias's.
+    want: [bool; 3],
+    /// Whether the input's gradient is scattered from column gradients here (a convolution
+    /// that changes the size).
+    scatter: bool,
+    /// Images per task.
+    per: usize,
+}
+
+impl Pass<'_> {
+    /// Task `task`'s images' weight and bias gradients (summed over them), and their input
+    /// gradients into `dx_chunk` when it scatters them.
+    fn task(&self, task: usize, dx_chunk: Option<&mut [f32]>) -> (Vec<f32>, Vec<f32>) {
+        let (d, [_, want_w, want_b]) = (&self.d, self.want);
+        let (pixels, rows) = (d.pixels(), d.col_rows());
+        let (in_len, out_len) = (d.c_in * d.h * d.w, d.c_out * pixels);
+        let mut dw = vec![0.0f32; if want_w { d.c_out * rows } else { 0 }];
+        let mut db = vec![0.0f32; if want_b { d.c_out } else { 0 }];
+        let first = task * self.per;
+        let count = self.per.min(d.n - first);
+        // the direct kernels take the task's images side by side
+        let flat = want_w && d.flat();
+        let f = d.flat_geometry(count);
+        let mut planes = scratch(if flat { d.c_in * count * f.plane } else { 0 });
+        let grad_len = f.c_out_padded(direct::CG) * count * f.run;
+        let mut gflat = scratch(if flat { grad_len } else { 0 });
+        let needs_col = want_w && !d.direct() && !flat;
+        let mut col = scratch(if needs_col {
+            rows * tile_rows(d) * d.w_out
+        } else {
+            0
+        });
+        let mut dcol = scratch(if self.scatter { rows * pixels } else { 0 });
+        let mut dx_chunk = dx_chunk;
+        for j in 0..count {
+            let i = first + j;
+            let g = &self.gs[i * out_len..][..out_len];
+            let image = &self.xs[i * in_len..][..in_len];
+            if want_b {
+                add_bias_grad(&mut db, g, pixels);
+            }
+            if flat {
+                direct::pad_image(&f, image, j, &mut planes);
+                direct::flatten_grad(&f, g, j, &mut gflat);
+            } else if want_w {
+                add_weight_grad(d, image, g, &mut col, &mut dw, j > 0);
+            }
+            if let Some(dx_chunk) = dx_chunk.as_deref_mut() {
+                let dx_image = &mut dx_chunk[j * in_len..][..in_len];
+                input_grad(d, g, self.ws, &mut dcol, dx_image);
+            }
+        }
+        if flat {
+            direct::weight_grad(Isa::detect(), &f, &planes, &gflat, &mut dw);
+        }
+        (dw, db)
+    }
+}
+
+impl ConvBackward for Flex {
+    fn conv2d_backward(
+        grad: FlexTensor,
+        x: FlexTensor,
+        weight: FlexTensor,
+        spec: ConvSpec,
+        want: [bool; 3],
+    ) -> [Option<FlexTensor>; 3] {
+        let (grad, x, weight) = (contiguous(grad), contiguous(x), contiguous(weight));
+        let d = Dims::of(&x, &weight, spec);
+        let [want_x, want_w, want_b] = want;
+        let in_len = d.c_in * d.h * d.w;
+        let per = images_per_task(d.n);
+        // a convolution that keeps the size takes its input gradient as the transposed
+        // convolution, a forward pass of its own; the others scatter each image's column
+        // gradient back in their tasks
+        let scatter = want_x && !d.same();
+        let pass = Pass {
+            d,
+            gs: values(&grad),
+            xs: values(&x),
+            ws: values(&weight),
+            want,
+            scatter,
+            per,
+        };
+        let mut dx = vec![0.0f32; if scatter { d.n * in_len } else { 0 }];
+        // each task's weight and bias gradients, summed after
+        let partial: Vec<(Vec<f32>, Vec<f32>)> = if scatter {
+            dx.par_chunks_mut(per * in_len)
+                .enumerate()
+                .map(|(task, chunk)| pass.task(task, Some(chunk)))
+                .collect()
+        } else {
+            (0..d.n.div_ceil(per))
+                .into_par_iter()
+                .map(|task| pass.task(task, None))
+                .collect()
+        };
+        if want_x && d.same() {
+            let ws = transposed_weights(&d, pass.ws);
+            dx = convolve(&d.transposed(), pass.gs, &ws, Start::Nothing);
+        }
+        let sum = |which: usize, len: usize| sum_partials(&partial, which, len);
+        let rows = d.col_rows();
+        [
+            want_x.then(|| FlexTensor::from_data(TensorData::new(dx, [d.n, d.c_in, d.h, d.w]))),
+            want_w.then(|| {
+                FlexTensor::from_data(TensorData::new(
+                    sum(0, d.c_out * rows),
+                    [d.c_out, d.c_in, d.k, d.k],
+                ))
+            }),
+            want_b.then(|| FlexTensor::from_data(TensorData::new(sum(1, d.c_out), [d.c_out]))),
+        ]
+    }
+
+    fn conv2d_shift_grad(grad: FlexTensor, rows: usize) -> FlexTensor {
+        let grad = contiguous(grad);
+        let shape = grad.shape();
+        let (n, c) = (shape[0], shape[1]);
+        let pixels = shape.num_elements() / (n * c).max(1);
+        let gs = values(&grad);
+        let sums: Vec<f32> = gs
+            .par_chunks(pixels.max(1))
+            .map(|p| p.iter().sum())
+            .collect();
+        if rows == n {
+            FlexTensor::from_data(TensorData::new(sums, [n, c]))
+        } else {
+            let mut total = vec![0.0f32; c];
+            for image in sums.chunks(c) {
+                total.iter_mut().zip(image).for_each(|(t, v)| *t += v);
+            }
+            FlexTensor::from_data(TensorData::new(total, [1, c]))
+        }
+    }
+}
+
+/// Adds one image's bias gradient, its output gradient `g` summed over each channel's
+/// `pixels`, to `db`.
+fn add_bias_grad(db: &mut [f32], g: &[f32], pixels: usize) {
+    for (c, plane) in g.chunks(pixels).enumerate() {
+        db[c] += plane.iter().sum::<f32>();
+    }
+}
+
+/// Sets (or, when `accumulate`, adds to) `dw` one image's weight gradient from its values
+/// `image` and output gradient `g`; `col` is the im2col buffer.
+fn add_weight_grad(
+    d: &Dims,
+    image: &[f32],
+    g: &[f32],
+    col: &mut [f32],
+    dw: &mut [f32],
+    accumulate: bool,
+) {
+    let (pixels, rows) = (d.pixels(), d.col_rows());
+    debug_assert!(dw.len() == d.c_out * rows && g.len() == d.c_out * pixels);
+    for (t, tile) in tiles(d).enumerate() {
+        let first = tile.start * d.w_out;
+        let len = tile.len() * d.w_out;
+        let (col, stride) = columns(d, image, col, tile);
+        // dW [c_out, rows] += g [c_out, tile] col^T [tile, rows]: the small output gradient is
+        // the operand gemm repacks, the column matrix is read as it lies
+        // SAFETY: dW is c_out x rows, g c_out x pixels (its columns first..first + len),
+        // col rows x len with rows `stride` apart, all row-major
+        unsafe {
+            product(
+                [d.c_out, rows, len],
+                (dw.as_mut_ptr(), rows as isize, 1),
+                (g.as_ptr().add(first), pixels as isize, 1),
+                (col.as_ptr(), 1, stride as isize),
+                accumulate || t > 0,
+            );
+        }
+    }
+}
+
+/// Writes one image's input gradient into `dx_image` from its output gradient `g` and the
+/// weights `ws` by a product into the column-matrix buffer `dcol` and its col2im.
+fn input_grad(d: &Dims, g: &[f32], ws: &[f32], dcol: &mut [f32], dx_image: &mut [f32]) {
+    // only convolutions that change the size come here (a 1x1 kernel of stride 1 keeps it and
+    // takes the transposed convolution), so there is always a column matrix to scatter
+    let (pixels, rows) = (d.pixels(), d.col_rows());
+    debug_assert!(!d.same() && ws.len() == d.c_out * rows && g.len() == d.c_out * pixels);
+    // dcol^T [pixels, rows] = g^T [pixels, c_out] W [c_out, rows]
+    // SAFETY: g is c_out x pixels, W c_out x rows, dcol rows x pixels (the caller's buffer),
+    // all row-major
+    unsafe {
+        product(
+            [pixels, rows, d.c_out],
+            (dcol.as_mut_ptr(), 1, pixels as isize),
+            (g.as_ptr(), 1, pixels as isize),
+            (ws.as_ptr(), rows as isize, 1),
+            false,
+        );
+    }
+    col2im(d, dcol, dx_image);
+}
+
+/// The tasks' partial sums of the weights' (`which` = 0) or the bias's (1) gradient, `len`
+/// values, added up in task order.
+fn sum_partials(partial: &[(Vec<f32>, Vec<f32>)], which: usize, len: usize) -> Vec<f32> {
+    let mut total = vec![0.0f32; len];
+    for (dw, db) in partial {
+        let part = if which == 0 { dw } else { db };
+        for (t, v) in total.iter_mut().zip(part) {
+            *t += v;
+        }
+    }
+    total
+}
