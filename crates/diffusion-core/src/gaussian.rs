@@ -188,7 +188,7 @@ mod tests {
 
     #[test]
     fn posterior_matches_numpy_golden() {
-        // ../shared/golden/golden.json, gaussian_posterior_linear_T100_*
+        // scripts/golden/core.py (output core.json), gaussian_posterior_linear_T100_*
         let g = linear100();
         let (m, v) = g.posterior_mean_variance(50, 0.7, -0.3);
         assert!((m - -0.2600639900285192).abs() < 1e-13);
@@ -235,6 +235,7 @@ mod tests {
 
     #[test]
     fn entropy_terms_match_numpy_golden() {
+        // scripts/golden/core.py (output core.json), gaussian_entropy_terms_bits_*
         let c = linear100().bound_constants();
         assert!((c.h_q_xt_given_x0 - 4.086062152752348).abs() < 1e-12);
         assert!((c.h_q_x1_given_x0 - -9.193521209188168).abs() < 1e-12);
@@ -263,17 +264,45 @@ mod tests {
         assert!(kl_diag_gaussian_scalar(0.1, 0.3, 0.1, 0.3f64.ln()).abs() < 1e-15);
     }
 
-    /// The batch mean equals the mean of the per-point constants.
+    /// The per-point constant is the exact prior and edge-step terms of the sampled model,
+    /// computed here from their definitions: -KL(q(x_T | x_0) || N(0, I)) by the closed-form
+    /// KL, plus E_q(x_1 | x_0) log p(x_0 | x_1) with p(x_0 | x_1) = N(sqrt(1 - b_1) x_1, b_1)
+    /// (the forward kernel reversed against the prior) by quadrature over the noise; the batch
+    /// constant is their mean over the points.
     #[test]
-    fn mean_bound_constant_is_the_mean_over_points() {
+    fn bound_constant_is_the_exact_prior_and_edge_terms_and_the_batch_its_mean() {
         let q = linear100();
+        let (b1, abar) = (q.beta(1), q.alpha_bar(q.steps()));
+        let phi = |e: f64| (-0.5 * e * e).exp() / (2.0 * std::f64::consts::PI).sqrt();
+        let log_n = |x: f64, m: f64, v: f64| {
+            -0.5 * (2.0 * std::f64::consts::PI * v).ln() - (x - m).powi(2) / (2.0 * v)
+        };
+        let exact_bits = |x0: &[f32]| -> f64 {
+            let mut nats = 0.0;
+            for &x in x0 {
+                let x = x as f64;
+                nats -= kl_diag_gaussian_scalar(abar.sqrt() * x, 1.0 - abar, 0.0, 0.0);
+                // the midpoint rule over e in [-12, 12]
+                let (steps, lo, hi) = (24_000, -12.0, 12.0);
+                let de = (hi - lo) / steps as f64;
+                nats += (0..steps)
+                    .map(|i| {
+                        let e = lo + (i as f64 + 0.5) * de;
+                        let x1 = (1.0 - b1).sqrt() * x + b1.sqrt() * e;
+                        phi(e) * log_n(x, (1.0 - b1).sqrt() * x1, b1) * de
+                    })
+                    .sum::<f64>();
+            }
+            nats / LN_2
+        };
         let x0: Vec<f32> = (0..2 * 9).map(|i| (i as f32 * 0.7).sin() * 2.5).collect();
-        let per_point: f64 = x0
-            .chunks_exact(2)
-            .map(|r| q.bound_constant_bits(r))
-            .sum::<f64>()
-            / 9.0;
-        let mean = q.mean_bound_constant_bits(&x0);
-        assert!((mean - per_point).abs() < 1e-12, "{mean} vs {per_point}");
+        let mut mean = 0.0;
+        for row in x0.chunks_exact(2) {
+            let (got, want) = (q.bound_constant_bits(row), exact_bits(row));
+            assert!((got - want).abs() < 1e-8, "{row:?}: {got} vs {want}");
+            mean += want / 9.0;
+        }
+        let got = q.mean_bound_constant_bits(&x0);
+        assert!((got - mean).abs() < 1e-8, "{got} vs {mean}");
     }
 }

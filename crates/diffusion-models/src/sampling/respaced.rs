@@ -61,13 +61,20 @@ impl GaussianBound {
         if prev + 1 == t {
             return None;
         }
+        Some(self.affine_map(short, t, k))
+    }
+
+    /// [`GaussianBound::respaced_affine`]'s map from the original kernel at step `t` to the
+    /// respaced one at step `k`, computed even where the two are the same (then it is the
+    /// identity [1, 0, 1, 0]).
+    pub(crate) fn affine_map(&self, short: &GaussianDiffusion, t: usize, k: usize) -> [f64; 4] {
         let g = &self.diffusion;
         let (c0, ct, post_var) = g.posterior_coefficients(t);
         let (lo, hi) = (post_var.ln(), g.beta(t).ln());
         let (c0s, cts, post_var_s) = short.posterior_coefficients(k);
         let (los, his) = (post_var_s.ln(), short.beta(k).ln());
         let c = (his - los) / (hi - lo);
-        Some([c0s / c0, cts - c0s * ct / c0, c, los - lo * c])
+        [c0s / c0, cts - c0s * ct / c0, c, los - lo * c]
     }
 
     /// Draws `n` samples through the respaced chain on the kept steps of `r`.
