@@ -236,7 +236,7 @@ mod tests {
     #[test]
     fn closed_form_matches_golden_and_composed_kernel() {
         let p = heartbeat_process();
-        // golden: abar_1000 = 0.5 at T = 2000
+        // golden (scripts/golden/core.py, output core.json): abar_1000 = 0.5 at T = 2000
         assert!((p.alpha_bar(1000) - 0.5).abs() < 1e-12);
         assert_eq!(p.alpha_bar(2000), 0.0);
         // Compose the one-step kernel t times: P(x_t = 1) as a two-state Markov chain.
@@ -252,6 +252,7 @@ mod tests {
 
     #[test]
     fn posterior_matches_golden() {
+        // scripts/golden/core.py (output core.json), binomial_T2000_pi0.2
         let p = heartbeat_process();
         let cases = [
             (500, 0.0, 0.0, 2.7995371506714703e-05),
@@ -302,6 +303,7 @@ mod tests {
 
     #[test]
     fn heartbeat_entropy_terms_match_golden() {
+        // scripts/golden/core.py (output core.json), heartbeat_T2000_pi0.2
         let p = heartbeat_process();
         let mut x0 = [0.0f32; 20];
         for i in (2..20).step_by(5) {

@@ -278,7 +278,7 @@ mod tests {
         assert!((a - b).abs() <= tol * b.abs().max(1e-300), "{a} vs {b}");
     }
 
-    // Reference numbers: ../shared/golden/golden.json (NumPy, float64).
+    // Reference numbers: scripts/golden/core.py, output scripts/golden/core.json (NumPy, f64).
     #[test]
     fn cosine_t1000_matches_numpy() {
         let b = BetaSchedule::cosine().betas(1000).unwrap();

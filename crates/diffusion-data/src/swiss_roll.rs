@@ -324,7 +324,8 @@ mod tests {
 
     #[test]
     fn constants_match_numpy_golden() {
-        // ../shared/golden/golden.json, swiss_roll_noise_*
+        // scripts/golden/core.py (output scripts/golden/core.json), swiss_roll_noise_*: closed
+        // form; the literals below (an older midpoint rule) differ from it by < 2e-12
         let r = SwissRoll::new(0.5).unwrap();
         assert!((r.raw_mean()[0] - 2.0000000000018505).abs() < 1e-9);
         assert!((r.raw_mean()[1] - 0.2122065907889963).abs() < 1e-9);
