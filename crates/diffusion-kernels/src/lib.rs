@@ -248,8 +248,9 @@ pub fn kl_diag_gaussian(
 
 /// A 2-D convolution of `x` `[n, c_in, h, w]` with `weight` `[c_out, c_in, k, k]` (square),
 /// `stride` and `padding` on every side, no dilation, one group, plus `bias` `[c_out]`:
-/// `[n, c_out, h_out, w_out]`. On flex in f32 one matrix product per image forward and two
-/// backward ([`FusedConv`]); elsewhere Burn's `conv2d`.
+/// `[n, c_out, h_out, w_out]`. On flex in f32 a direct kernel (a 3x3 convolution that keeps the
+/// size, on a CPU with AVX2 or AVX-512) or im2col and matrix products, forward and backward
+/// ([`FusedConv`]); elsewhere Burn's `conv2d`.
 pub fn conv2d(
     x: Tensor<4>,
     weight: Tensor<4>,
