@@ -6,24 +6,12 @@
 //! `cargo run --release -p diffusion-kernels --example convolutions -- [N] [REPEATS]`
 //! (defaults 64 and 20), on a worker of rayon's pool as the command line runs.
 
-use std::time::Instant;
+mod common;
+
+use common::time;
 
 use burn::tensor::{Device, Distribution, Tensor};
 use diffusion_kernels::conv2d;
-
-/// Best of five rounds of `repeats` calls, in microseconds per call.
-fn time(repeats: usize, f: impl Fn()) -> f64 {
-    f();
-    (0..5)
-        .map(|_| {
-            let start = Instant::now();
-            for _ in 0..repeats {
-                f();
-            }
-            start.elapsed().as_secs_f64() / repeats as f64 * 1e6
-        })
-        .fold(f64::INFINITY, f64::min)
-}
 
 fn run(n: usize, repeats: usize) {
     let device = Device::flex();
@@ -60,20 +48,5 @@ fn run(n: usize, repeats: usize) {
 }
 
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let n = args
-        .next()
-        .map_or(64, |a| a.parse().expect("N: a number of images"));
-    let repeats = args
-        .next()
-        .map_or(20, |a| a.parse().expect("REPEATS: a number"));
-    println!(
-        "n = {n}, {} threads, kernels {:?}",
-        rayon::current_num_threads(),
-        diffusion_kernels::Isa::detect()
-    );
-    rayon::ThreadPoolBuilder::new()
-        .build()
-        .expect("a thread pool")
-        .install(|| run(n, repeats));
+    common::main_with(64, 20, run);
 }

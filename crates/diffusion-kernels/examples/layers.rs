@@ -6,24 +6,12 @@
 //! `cargo run --release -p diffusion-kernels --example layers -- [N] [REPEATS]`
 //! (defaults 4096 and 400), on a worker of rayon's pool as the command line runs.
 
-use std::time::Instant;
+mod common;
+
+use common::time;
 
 use burn::tensor::{Device, Distribution, Int, Tensor};
 use diffusion_kernels::{Activation, Shift, activate, linear_activation, product};
-
-/// Best of five rounds of `repeats` calls, in microseconds per call.
-fn time(repeats: usize, f: impl Fn()) -> f64 {
-    f();
-    (0..5)
-        .map(|_| {
-            let start = Instant::now();
-            for _ in 0..repeats {
-                f();
-            }
-            start.elapsed().as_secs_f64() / repeats as f64 * 1e6
-        })
-        .fold(f64::INFINITY, f64::min)
-}
 
 /// What is timed, and the call.
 type Case<'a> = (&'static str, Box<dyn Fn() + 'a>);
@@ -110,20 +98,5 @@ fn run(n: usize, repeats: usize) {
 }
 
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let n = args
-        .next()
-        .map_or(4096, |a| a.parse().expect("N: a number of rows"));
-    let repeats = args
-        .next()
-        .map_or(400, |a| a.parse().expect("REPEATS: a number"));
-    println!(
-        "n = {n}, {} threads, kernels {:?}",
-        rayon::current_num_threads(),
-        diffusion_kernels::Isa::detect()
-    );
-    rayon::ThreadPoolBuilder::new()
-        .build()
-        .expect("a thread pool")
-        .install(|| run(n, repeats));
+    common::main_with(4096, 400, run);
 }
