@@ -113,6 +113,10 @@ fn fused_convolution_matches_burns_values_and_gradients() {
         // an input gradient (the transposed convolution) over several tiles, one channel in
         [2, 4, 28, 28, 64, 3, 1, 1],
         [2, 1, 12, 12, 64, 3, 1, 1],
+        // batches whose tasks hold several images side by side for the direct kernels' weight
+        // gradient, the last task fewer (on 1 to 4 threads)
+        [37, 5, 9, 9, 7, 3, 1, 1],
+        [17, 3, 6, 6, 4, 3, 1, 1],
     ];
     for case in cases {
         let (ours, burns) = (run(true, case), run(false, case));

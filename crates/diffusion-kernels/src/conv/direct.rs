@@ -8,9 +8,9 @@
 //! after), a block of output channels times a few vectors of positions held in registers
 //! while the loop runs over input channels and taps: per tap one broadcast weight per channel
 //! and one load per vector, a fused multiply-add per pair. The weights' gradient is the same
-//! walk the other way: for a pair of output channels and one input channel, the output
-//! gradient (zero at the discarded positions) times the nine shifted runs, summed in
-//! registers and added up across lanes once per image.
+//! walk the other way: for a block of output channels (three with AVX-512, one with AVX2) and
+//! one input channel, the output gradient (zero at the discarded positions) times the nine
+//! shifted runs, summed in registers over every image of a task, then across lanes once.
 //!
 //! Sums run in another order than im2col's matrix product, so results agree with it to
 //! rounding, not to the bit.
@@ -346,7 +346,7 @@ unsafe fn forward_image<V: Vector, const NV: usize>(
                 5 => forward_tile::<V, 5>(f, xp, wb, ob, v * V::LANES),
                 6 => forward_tile::<V, 6>(f, xp, wb, ob, v * V::LANES),
                 7 => forward_tile::<V, 7>(f, xp, wb, ob, v * V::LANES),
-                _ => unreachable!("tiles are at most 8 vectors"),
+                _ => unreachable!("the last tile is shorter than a whole one"),
             }
         }
     }

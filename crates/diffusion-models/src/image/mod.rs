@@ -38,8 +38,9 @@ use diffusion_kernels::{ConvPlus, ConvSpec};
 pub use paper::{PaperConvConfig, PaperConvNet};
 pub use unet::{Unet, UnetConfig};
 
-/// A convolution layer's forward pass through [`diffusion_kernels::conv2d`] (one matrix
-/// product per image on flex, Burn's `conv2d` elsewhere), with the layer's own weights, stride
+/// A convolution layer's forward pass through [`diffusion_kernels::conv2d`] (on flex the
+/// direct 3x3 kernels or im2col and matrix products, Burn's `conv2d` elsewhere), with the
+/// layer's own weights, stride
 /// and padding (symmetric, as every layer here has).
 pub(crate) fn conv(layer: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     conv_plus(layer, x, ConvPlus::Nothing)

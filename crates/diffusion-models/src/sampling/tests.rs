@@ -330,12 +330,11 @@ fn the_respaced_bound_with_every_step_kept_is_the_bound() {
     let as_process = ge.respaced(&short).unwrap().unwrap();
     let mut rng = diffusion_data::rng(8, 0);
     let k8p = process::bound_bits_per_point(&as_process, &enet, &points, &mut rng, &device, 16384);
-    // (their kernels are compared step by step in the_respaced_process_has_the_respaced_kernel)
-    let (e, p) = (MeanStderr::of(&k8e).unwrap(), MeanStderr::of(&k8p).unwrap());
-    assert!(
-        (e.mean - p.mean).abs() < 4.0 * (e.stderr.powi(2) + p.stderr.powi(2)).sqrt(),
-        "{e:?} {p:?}"
-    );
+    // (their kernels are compared step by step in the_respaced_process_has_the_respaced_kernel);
+    // the same points, other noise: the per-point differences average to zero
+    let diffs: Vec<f64> = k8e.iter().zip(&k8p).map(|(a, b)| a - b).collect();
+    let d = MeanStderr::of(&diffs).unwrap();
+    assert!(d.mean.abs() < 4.0 * d.stderr, "{d:?}");
     // the binomial one too
     let bb = BinomialBound {
         diffusion: BinomialDiffusion::new(BetaSchedule::Reciprocal.raw_betas(30).unwrap(), 0.2, 10)
