@@ -47,6 +47,8 @@ mod flex;
 mod norm;
 #[cfg(feature = "flex")]
 mod norm_math;
+#[cfg(feature = "flex")]
+mod upsample;
 
 pub use adam::{AdamScalars, FusedAdam};
 #[cfg(feature = "flex")]
@@ -58,6 +60,8 @@ pub use flex::{
 pub use math::Isa;
 #[cfg(feature = "flex")]
 pub use norm::{FusedGroupNorm, GroupNormBackward};
+#[cfg(feature = "flex")]
+pub use upsample::{FusedUpsample, UpsampleBackward};
 
 use burn::tensor::{DType, Int, Tensor, activation};
 
@@ -389,6 +393,25 @@ pub fn group_norm(x: Tensor<4>, gamma: Tensor<1>, beta: Tensor<1>, spec: NormSpe
     let normed = (centred / (var + spec.epsilon).sqrt()).reshape([n, c, h, w]);
     let y = normed * gamma.reshape([1, c, 1, 1]) + beta.reshape([1, c, 1, 1]);
     if spec.silu { activation::silu(y) } else { y }
+}
+
+/// Nearest-neighbour upsampling by 2 of `x` `[n, c, h, w]`: `[n, c, 2h, 2w]`, each value over
+/// a 2x2 block. On flex in f32 one pass each way over the planes in parallel
+/// ([`FusedUpsample`]); elsewhere a reshape, an expand and a reshape back.
+pub fn upsample2(x: Tensor<4>) -> Tensor<4> {
+    if fused_here(&x) {
+        #[cfg(feature = "flex")]
+        {
+            use burn::backend::Dispatch;
+            return Tensor::from_dispatch(<Dispatch as FusedUpsample>::upsample2_fused(
+                x.into_dispatch(),
+            ));
+        }
+    }
+    let [n, c, h, w] = x.dims();
+    x.reshape([n, c, h, 1, w, 1])
+        .expand([n, c, h, 2, w, 2])
+        .reshape([n, c, 2 * h, 2 * w])
 }
 
 /// Whether the fused kernels run for `x` (in [`linear_activation`], [`FusedAdam`] and the

@@ -263,3 +263,44 @@ fn convolution_plus_a_shift_or_a_residual_matches_burns_values_and_gradients() {
         assert_close(&names, &results[0], &results[1], 2e-5, &label);
     }
 }
+
+/// The upsampling by 2 on flex against Burn's composition (a reshape, an expand and a reshape
+/// back): the same values, and the same gradient (each 2x2 block summed).
+#[test]
+fn upsampling_matches_burns_values_and_gradient() {
+    for shape in [[2, 3, 7, 5], [1, 1, 1, 1], [9, 16, 14, 14], [3, 2, 4, 1]] {
+        let [n, c, h, w] = shape;
+        let results: Vec<Vec<Vec<f32>>> = [true, false]
+            .into_iter()
+            .map(|fused| {
+                let device = Device::flex().autodiff();
+                let x = tensor(shape, 31, &device).require_grad();
+                let y = if fused {
+                    assert!(fused_here(&x));
+                    diffusion_kernels::upsample2(x.clone())
+                } else {
+                    x.clone()
+                        .reshape([n, c, h, 1, w, 1])
+                        .expand([n, c, h, 2, w, 2])
+                        .reshape([n, c, 2 * h, 2 * w])
+                };
+                assert_eq!(y.dims(), [n, c, 2 * h, 2 * w]);
+                let g = tensor([n, c, 2 * h, 2 * w], 32, &device);
+                let grads = (y.clone() * g).sum().backward();
+                vec![host(y), host(x.grad(&grads).unwrap())]
+            })
+            .collect();
+        for (name, (a, b)) in ["output", "x"]
+            .iter()
+            .zip(results[0].iter().zip(&results[1]))
+        {
+            assert_eq!(a.len(), b.len());
+            for (i, (p, q)) in a.iter().zip(b).enumerate() {
+                assert!(
+                    (p - q).abs() <= 1e-6 * (1.0 + q.abs()),
+                    "{shape:?} {name} [{i}]: {p} vs {q}"
+                );
+            }
+        }
+    }
+}

@@ -110,12 +110,10 @@ pub(crate) fn mean_pool2(x: Tensor<4>) -> Tensor<4> {
         .reshape([n, c, h / 2, w / 2])
 }
 
-/// Each pixel repeated into a 2x2 block: `[n, c, h, w]` to `[n, c, 2h, 2w]`.
+/// Each pixel repeated into a 2x2 block: `[n, c, h, w]` to `[n, c, 2h, 2w]`
+/// ([`diffusion_kernels::upsample2`]).
 pub(crate) fn repeat2(x: Tensor<4>) -> Tensor<4> {
-    let [n, c, h, w] = x.dims();
-    x.reshape([n, c, h, 1, w, 1])
-        .expand([n, c, h, 2, w, 2])
-        .reshape([n, c, 2 * h, 2 * w])
+    diffusion_kernels::upsample2(x)
 }
 
 /// The steps of a batch as a column of floats, `[n, 1]` (one per row) or `[1, 1]`.
