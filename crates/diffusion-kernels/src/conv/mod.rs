@@ -243,42 +243,45 @@ enum Start<'a> {
     Residual(&'a [f32], &'a [f32]),
 }
 
-impl Start<'_> {
+impl<'a> Start<'a> {
+    /// What image `i`'s output channel `co` (of `c_out`, `pixels` each) starts at: a value
+    /// for every pixel, plus the residual's plane where there is one.
+    fn channel(self, i: usize, co: usize, c_out: usize, pixels: usize) -> (f32, Option<&'a [f32]>) {
+        match self {
+            Start::Nothing => (0.0, None),
+            Start::Bias(bias) => (bias[co], None),
+            Start::Shifted(bias, shift) => {
+                let row = if shift.len() == c_out { 0 } else { i };
+                (bias[co] + shift[row * c_out + co], None)
+            }
+            Start::Residual(bias, residual) => {
+                let at = (i * c_out + co) * pixels;
+                (bias[co], Some(&residual[at..at + pixels]))
+            }
+        }
+    }
+
     /// Writes image `i`'s starting values into its output `o` (`[c_out, pixels]`); false
     /// when there are none.
     fn write(self, i: usize, o: &mut [std::mem::MaybeUninit<f32>], pixels: usize) -> bool {
         let c_out = o.len() / pixels.max(1);
-        match self {
+        if let Start::Nothing = self {
             // gemm's matrix-vector path (one output channel) forms a slice over its
             // destination: give it initialised values, which it overwrites
-            Start::Nothing if c_out <= 1 => {
+            if c_out <= 1 {
                 o.iter_mut().for_each(|v| {
                     v.write(0.0);
                 });
-                return false;
             }
-            Start::Nothing => return false,
-            Start::Bias(bias) => {
-                for (plane, &b) in o.chunks_mut(pixels).zip(bias) {
-                    plane.iter_mut().for_each(|v| {
-                        v.write(b);
-                    });
-                }
-            }
-            Start::Shifted(bias, shift) => {
-                let row = if shift.len() == c_out { 0 } else { i };
-                let shift = &shift[row * c_out..][..c_out];
-                for ((plane, &b), &t) in o.chunks_mut(pixels).zip(bias).zip(shift) {
-                    plane.iter_mut().for_each(|v| {
-                        v.write(b + t);
-                    });
-                }
-            }
-            Start::Residual(bias, residual) => {
-                let residual = &residual[i * o.len()..][..o.len()];
-                let planes = o.chunks_mut(pixels).zip(residual.chunks(pixels));
-                for ((plane, r), &b) in planes.zip(bias) {
-                    for (v, &r) in plane.iter_mut().zip(r) {
+            return false;
+        }
+        for (co, plane) in o.chunks_mut(pixels).enumerate() {
+            match self.channel(i, co, c_out, pixels) {
+                (b, None) => plane.iter_mut().for_each(|v| {
+                    v.write(b);
+                }),
+                (b, Some(residual)) => {
+                    for (v, &r) in plane.iter_mut().zip(residual) {
                         v.write(r + b);
                     }
                 }
@@ -371,18 +374,7 @@ fn finish(
     let (h, w, wp, pixels) = (f.h, f.w, f.wp, f.h * f.w);
     for (co, plane) in o.chunks_mut(pixels).enumerate() {
         let run = &flat[co * f.run..][..h * wp];
-        let (base, residual) = match start {
-            Start::Nothing => (0.0, None),
-            Start::Bias(bias) => (bias[co], None),
-            Start::Shifted(bias, shift) => {
-                let row = if shift.len() == f.c_out { 0 } else { i };
-                (bias[co] + shift[row * f.c_out + co], None)
-            }
-            Start::Residual(bias, residual) => {
-                let at = (i * f.c_out + co) * pixels;
-                (bias[co], Some(&residual[at..at + pixels]))
-            }
-        };
+        let (base, residual) = start.channel(i, co, f.c_out, pixels);
         let rows = plane.chunks_exact_mut(w).zip(run.chunks_exact(wp));
         match residual {
             None => {
