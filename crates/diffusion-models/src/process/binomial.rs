@@ -11,8 +11,9 @@ use diffusion_core::{BinomialDiffusion, ReverseParametrization};
 use diffusion_data::Rng;
 use rand::Rng as _;
 
+use super::chain::{self, Factor, ReverseChain, StepKernel};
 use super::{Objective, Process, StepLoss, TrainingBatch, host, steps_tensor, tensor2};
-use crate::condition::{ConditionMode, Conditioning, Particles, StepFactor, Variable, pick_rows};
+use crate::condition::{Conditioning, DeviceFactor, StepFactor, Variable, pick_rows};
 use crate::network::{ReverseModel, ReverseNetwork};
 
 /// A binomial diffusion with its reverse parametrization.
@@ -281,100 +282,7 @@ impl Process for BinomialBound {
         rng: &mut Rng,
         device: &Device,
     ) -> Vec<(usize, Vec<f32>)> {
-        let d = self.diffusion.dim();
-        let pi = self.diffusion.pi();
-        let steps = self.steps();
-        let uniform =
-            |rng: &mut Rng| -> Vec<f32> { (0..n * d).map(|_| rng.random::<f32>()).collect() };
-        // the factor r_k of the step that draws x_k
-        let factor = |k: usize, rng: &mut Rng| {
-            given.map(|c| c.binary_step(n, self.diffusion.alpha_bar(k), pi, rng))
-        };
-        // a draw of bits with probabilities p of a 1 on the host, times the factor
-        let draw_host = |p: &dyn Fn(usize) -> f64, f: Option<&StepFactor>, rng: &mut Rng| {
-            let u = uniform(rng);
-            match f {
-                None => (0..n * d)
-                    .map(|j| if (u[j] as f64) < p(j) { 1.0 } else { 0.0 })
-                    .collect(),
-                Some(f) => {
-                    let p: Vec<f64> = (0..n * d).map(p).collect();
-                    let u: Vec<f64> = u.iter().map(|&v| v as f64).collect();
-                    f.binary_draw_host(&p, &u)
-                }
-            }
-        };
-        let mut out = Vec::new();
-        let mut snapshot = |t: usize, x: &[f32]| {
-            if keep.contains(&t) {
-                out.push((t, x.to_vec()));
-            }
-        };
-        // x_T ~ Bernoulli(pi), times r_T
-        let top = factor(steps, rng);
-        let x_top = draw_host(&|_| pi, top.as_ref(), rng);
-        snapshot(steps, &x_top);
-        // the chain stays on the device; only the uniforms (and factors) go up each step
-        let mut x = tensor2(x_top, n, d, device);
-        let mut prev = top.map(|f| f.upload(n, d, device));
-        let constant = given
-            .filter(|c| c.mode() == ConditionMode::Constant)
-            .and(prev.clone());
-        // with resampling, each step first weighs the chains by Z_t(x_t) / r_t(x_t) and may
-        // resample them (then the kernel's rows go with their chains)
-        let mut particles = given.filter(|c| c.resamples()).map(|c| Particles::of(c, n));
-        for t in (2..=steps).rev() {
-            // logit(x (1 - b_t) + pi b_t) for x in {0, 1}, selected exactly per bit
-            let mut logits = self.logits_at(network, &x, t);
-            let f = match &constant {
-                Some(f) => Some(f.clone()),
-                None => factor(t - 1, rng).map(|f| f.upload(n, d, device)),
-            };
-            if let Some(f) = &f {
-                if let (Some(p), Some(h)) = (particles.as_mut(), &prev) {
-                    let lw = host(f.binary_log_weight(&logits, &x, h));
-                    if let Some(picks) = p.reweigh(&lw, false, rng) {
-                        logits = pick_rows(logits, &picks);
-                    }
-                }
-                logits = f.binary_logits(logits);
-            }
-            let u = tensor2(uniform(rng), n, d, device);
-            x = u
-                .lower(diffusion_kernels::activate(
-                    logits,
-                    diffusion_kernels::Activation::Sigmoid,
-                ))
-                .float();
-            if let Some(f) = f {
-                x = f.put_known(x);
-                prev = Some(f);
-            }
-            if keep.contains(&(t - 1)) {
-                snapshot(t - 1, &host(x.clone()));
-            }
-        }
-        // the fixed edge step q(x_0 | x_1), times r_0
-        let bottom = factor(0, rng);
-        if let (Some(p), Some(f), Some(h)) = (particles.as_mut(), &bottom, &prev) {
-            let logits: Vec<f32> = host(x.clone())
-                .iter()
-                .map(|&v| logit(self.diffusion.forward_kernel(1, v as f64)) as f32)
-                .collect();
-            let f = f.clone().upload(n, d, device);
-            let lw = host(f.binary_log_weight(&tensor2(logits, n, d, device), &x, h));
-            if let Some(picks) = p.reweigh(&lw, true, rng) {
-                x = pick_rows(x, &picks);
-            }
-        }
-        let x1 = host(x);
-        let x0 = draw_host(
-            &|j| self.diffusion.forward_kernel(1, x1[j] as f64),
-            bottom.as_ref(),
-            rng,
-        );
-        snapshot(0, &x0);
-        out
+        chain::run(self, network, n, keep, given, rng, device)
     }
 
     fn forward_sample(&self, x0: &[f32], t: usize, rng: &mut Rng) -> Vec<f32> {
@@ -390,6 +298,126 @@ impl Process for BinomialBound {
                 }
             })
             .collect()
+    }
+}
+
+/// A binomial step's kernel: the logits of a 1 on the device (the network's steps), or the
+/// probabilities of a 1 on the host in f64 (the prior and the fixed edge step). Either way the
+/// chain stays on the device; only the uniforms (and factors) go up each step.
+pub(crate) enum BinaryKernel {
+    /// Logits, `[n, d]`.
+    Logits(Tensor<2>),
+    /// Probabilities of a 1, row-major `[n, d]`.
+    Host { p: Vec<f64>, d: usize },
+}
+
+impl StepKernel for BinaryKernel {
+    fn log_weight(&self, x: &Tensor<2>, f: &DeviceFactor, prev: &DeviceFactor) -> Tensor<1> {
+        match self {
+            Self::Logits(logits) => f.binary_log_weight(logits, x, prev),
+            Self::Host { p, d } => {
+                let logits = p.iter().map(|&p| logit(p) as f32).collect();
+                let logits = tensor2(logits, p.len() / d, *d, &x.device());
+                f.binary_log_weight(&logits, x, prev)
+            }
+        }
+    }
+
+    fn pick(self, picks: &[usize]) -> Self {
+        match self {
+            Self::Logits(logits) => Self::Logits(pick_rows(logits, picks)),
+            Self::Host { p, d } => Self::Host {
+                p: picks
+                    .iter()
+                    .flat_map(|&i| p[i * d..(i + 1) * d].iter().copied())
+                    .collect(),
+                d,
+            },
+        }
+    }
+
+    fn draw(self, f: Option<&Factor>, rng: &mut Rng, device: &Device) -> Tensor<2> {
+        match self {
+            Self::Logits(logits) => {
+                let [n, d] = logits.dims();
+                let logits = match f {
+                    Some(f) => f.device.binary_logits(logits),
+                    None => logits,
+                };
+                let u = tensor2(uniform(n * d, rng), n, d, device);
+                let x = u
+                    .lower(diffusion_kernels::activate(
+                        logits,
+                        diffusion_kernels::Activation::Sigmoid,
+                    ))
+                    .float();
+                match f {
+                    Some(f) => f.device.put_known(x),
+                    None => x,
+                }
+            }
+            Self::Host { p, d } => {
+                let u = uniform(p.len(), rng);
+                let x = match f {
+                    None => p
+                        .iter()
+                        .zip(&u)
+                        .map(|(&p, &u)| if (u as f64) < p { 1.0 } else { 0.0 })
+                        .collect(),
+                    Some(f) => {
+                        let u: Vec<f64> = u.iter().map(|&v| v as f64).collect();
+                        f.host.binary_draw_host(&p, &u)
+                    }
+                };
+                tensor2(x, p.len() / d, d, device)
+            }
+        }
+    }
+}
+
+/// `len` uniforms on [0, 1).
+fn uniform(len: usize, rng: &mut Rng) -> Vec<f32> {
+    (0..len).map(|_| rng.random::<f32>()).collect()
+}
+
+impl ReverseChain for BinomialBound {
+    type Kernel = BinaryKernel;
+
+    /// Bernoulli(pi) bits.
+    fn prior(&self, n: usize, _: bool, _: &mut Rng, _: &Device) -> BinaryKernel {
+        let d = self.diffusion.dim();
+        BinaryKernel::Host {
+            p: vec![self.diffusion.pi(); n * d],
+            d,
+        }
+    }
+
+    /// The network's logits (selected exactly per bit for `paper`), or at t = 1 the fixed edge
+    /// step q(x_0 | x_1).
+    fn kernel<N: ReverseNetwork>(
+        &self,
+        network: &N,
+        _: &(),
+        x: &Tensor<2>,
+        t: usize,
+        _: bool,
+        _: &mut Rng,
+        _: &Device,
+    ) -> BinaryKernel {
+        if t > 1 {
+            return BinaryKernel::Logits(self.logits_at(network, x, t));
+        }
+        BinaryKernel::Host {
+            p: host(x.clone())
+                .iter()
+                .map(|&v| self.diffusion.forward_kernel(1, v as f64))
+                .collect(),
+            d: x.dims()[1],
+        }
+    }
+
+    fn step_factor(&self, given: &Conditioning, n: usize, k: usize, rng: &mut Rng) -> StepFactor {
+        given.binary_step(n, self.diffusion.alpha_bar(k), self.diffusion.pi(), rng)
     }
 }
 

@@ -14,10 +14,11 @@ use diffusion_data::Rng;
 use rand::Rng as _;
 use rand_distr::StandardNormal;
 
+use super::chain::{self, Factor, ReverseChain, StepKernel};
 use super::{
-    Decoder, DecoderRows, Objective, Process, StepLoss, TrainingBatch, host, steps_tensor, tensor2,
+    Decoder, DecoderRows, Objective, Process, StepLoss, TrainingBatch, steps_tensor, tensor2,
 };
-use crate::condition::{ConditionMode, Conditioning, DeviceFactor, Particles, Variable, pick_rows};
+use crate::condition::{Conditioning, DeviceFactor, StepFactor, Variable, pick_rows};
 use crate::config::LossKind;
 use crate::network::{ReverseModel, ReverseNetwork};
 
@@ -550,91 +551,7 @@ impl Process for GaussianBound {
         rng: &mut Rng,
         device: &Device,
     ) -> Vec<(usize, Vec<f32>)> {
-        let d = self.diffusion.dim();
-        let steps = self.steps();
-        let tables = self.tables(device);
-        let normal = |rng: &mut Rng| -> Vec<f32> {
-            (0..n * d)
-                .map(|_| rng.sample::<f64, _>(StandardNormal) as f32)
-                .collect()
-        };
-        // the factor r_k of the step that draws x_k (constant mode: one for every step)
-        let constant = given
-            .filter(|c| c.mode() == ConditionMode::Constant)
-            .map(|c| c.gaussian_step(n, 1.0, rng).upload(n, d, device));
-        let factor = |k: usize, rng: &mut Rng| {
-            given.map(|c| match &constant {
-                Some(f) => f.clone(),
-                None => c
-                    .gaussian_step(n, self.diffusion.alpha_bar(k), rng)
-                    .upload(n, d, device),
-            })
-        };
-        let mut out = Vec::new();
-        let mut snapshot = |t: usize, x: &Tensor<2>| {
-            if keep.contains(&t) {
-                out.push((t, host(x.clone())));
-            }
-        };
-        // x_T ~ N(0, I), times r_T
-        let mut x = tensor2(normal(rng), n, d, device);
-        let mut prev = factor(steps, rng);
-        if let Some(f) = &prev {
-            x = f.gaussian_draw(x.zeros_like(), x.ones_like(), x);
-        }
-        snapshot(steps, &x);
-        // with resampling, each step first weighs the chains by Z_t(x_t) / r_t(x_t) and may
-        // resample them (then the kernel's rows go with their chains)
-        let mut particles = given.filter(|c| c.resamples()).map(|c| Particles::of(c, n));
-        let mut step = |mean: Tensor<2>,
-                        var: Tensor<2>,
-                        x: &Tensor<2>,
-                        f: &DeviceFactor,
-                        h: Option<&DeviceFactor>,
-                        last: bool,
-                        rng: &mut Rng| {
-            let (Some(p), Some(h)) = (particles.as_mut(), h) else {
-                return (mean, var);
-            };
-            let lw = host(f.gaussian_log_weight(&mean, &var, x, h));
-            match p.reweigh(&lw, last, rng) {
-                Some(picks) => (pick_rows(mean, &picks), pick_rows(var, &picks)),
-                None => (mean, var),
-            }
-        };
-        let decoded = self.decoder.is_some();
-        for t in (self.first_step()..=steps).rev() {
-            let (mean, log_var) = self.mean_log_variance(network, &tables, x.clone(), t);
-            let eps = tensor2(normal(rng), n, d, device);
-            let last = t == 1;
-            x = match factor(t - 1, rng) {
-                None => mean + (log_var * 0.5).exp() * eps,
-                Some(f) => {
-                    let (mean, var) = step(mean, log_var.exp(), &x, &f, prev.as_ref(), last, rng);
-                    let next = f.gaussian_draw(mean, var, eps);
-                    prev = Some(f);
-                    next
-                }
-            };
-            snapshot(t - 1, &x);
-        }
-        if decoded {
-            return out;
-        }
-        // the fixed edge step: N(sqrt(1 - b_1) x_1, b_1)
-        let b1 = self.diffusion.beta(1);
-        let eps = tensor2(normal(rng), n, d, device);
-        x = match factor(0, rng) {
-            None => x * (1.0 - b1).sqrt() + eps * b1.sqrt(),
-            Some(f) => {
-                let var = x.ones_like() * b1;
-                let mean = x.clone() * (1.0 - b1).sqrt();
-                let (mean, var) = step(mean, var, &x, &f, prev.as_ref(), true, rng);
-                f.gaussian_draw(mean, var, eps)
-            }
-        };
-        snapshot(0, &x);
-        out
+        chain::run(self, network, n, keep, given, rng, device)
     }
 
     fn forward_sample(&self, x0: &[f32], t: usize, rng: &mut Rng) -> Vec<f32> {
@@ -646,4 +563,113 @@ impl Process for GaussianBound {
             .map(|&x| (s * x as f64 + sd * rng.sample::<f64, _>(StandardNormal)) as f32)
             .collect()
     }
+}
+
+/// A Gaussian step's kernel: without a condition its draw, made when the kernel is; with one,
+/// N(mean, var) and the standard normals of its draw.
+pub(crate) enum GaussianKernel {
+    /// The chain's next x.
+    Drawn(Tensor<2>),
+    /// The kernel's moments and noise, for the factor to multiply.
+    Moments {
+        mean: Tensor<2>,
+        var: Tensor<2>,
+        eps: Tensor<2>,
+    },
+}
+
+impl StepKernel for GaussianKernel {
+    fn log_weight(&self, x: &Tensor<2>, f: &DeviceFactor, prev: &DeviceFactor) -> Tensor<1> {
+        match self {
+            Self::Moments { mean, var, .. } => f.gaussian_log_weight(mean, var, x, prev),
+            Self::Drawn(_) => unreachable!("only conditioned chains are weighed"),
+        }
+    }
+
+    fn pick(self, picks: &[usize]) -> Self {
+        match self {
+            Self::Moments { mean, var, eps } => Self::Moments {
+                mean: pick_rows(mean, picks),
+                var: pick_rows(var, picks),
+                eps,
+            },
+            drawn => drawn,
+        }
+    }
+
+    fn draw(self, f: Option<&Factor>, _rng: &mut Rng, _device: &Device) -> Tensor<2> {
+        match (self, f) {
+            (Self::Drawn(x), _) => x,
+            (Self::Moments { mean, var, eps }, Some(f)) => f.device.gaussian_draw(mean, var, eps),
+            (Self::Moments { mean, var, eps }, None) => mean + var.sqrt() * eps,
+        }
+    }
+}
+
+impl ReverseChain for GaussianBound {
+    type Kernel = GaussianKernel;
+
+    fn prior(&self, n: usize, conditioned: bool, rng: &mut Rng, device: &Device) -> GaussianKernel {
+        let eps = normal(n, self.diffusion.dim(), rng, device);
+        if conditioned {
+            GaussianKernel::Moments {
+                mean: eps.zeros_like(),
+                var: eps.ones_like(),
+                eps,
+            }
+        } else {
+            GaussianKernel::Drawn(eps)
+        }
+    }
+
+    /// The network's kernel, or at t = 1 without a decoder the paper's fixed edge step
+    /// N(sqrt(1 - b_1) x_1, b_1).
+    fn kernel<N: ReverseNetwork>(
+        &self,
+        network: &N,
+        tables: &GaussianTables,
+        x: &Tensor<2>,
+        t: usize,
+        conditioned: bool,
+        rng: &mut Rng,
+        device: &Device,
+    ) -> GaussianKernel {
+        let [n, d] = x.dims();
+        if t == 1 && self.decoder.is_none() {
+            let b1 = self.diffusion.beta(1);
+            let eps = normal(n, d, rng, device);
+            return if conditioned {
+                GaussianKernel::Moments {
+                    var: x.ones_like() * b1,
+                    mean: x.clone() * (1.0 - b1).sqrt(),
+                    eps,
+                }
+            } else {
+                GaussianKernel::Drawn(x.clone() * (1.0 - b1).sqrt() + eps * b1.sqrt())
+            };
+        }
+        let (mean, log_var) = self.mean_log_variance(network, tables, x.clone(), t);
+        let eps = normal(n, d, rng, device);
+        if conditioned {
+            GaussianKernel::Moments {
+                mean,
+                var: log_var.exp(),
+                eps,
+            }
+        } else {
+            GaussianKernel::Drawn(mean + (log_var * 0.5).exp() * eps)
+        }
+    }
+
+    fn step_factor(&self, given: &Conditioning, n: usize, k: usize, rng: &mut Rng) -> StepFactor {
+        given.gaussian_step(n, self.diffusion.alpha_bar(k), rng)
+    }
+}
+
+/// `[n, d]` standard normals drawn on the host in f64, row-major.
+fn normal(n: usize, d: usize, rng: &mut Rng, device: &Device) -> Tensor<2> {
+    let v = (0..n * d)
+        .map(|_| rng.sample::<f64, _>(StandardNormal) as f32)
+        .collect();
+    tensor2(v, n, d, device)
 }

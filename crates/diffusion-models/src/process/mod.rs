@@ -14,6 +14,7 @@
 //! the evaluated bound cannot drift apart.
 
 pub(crate) mod binomial;
+mod chain;
 mod decoder;
 mod gaussian;
 mod learned;

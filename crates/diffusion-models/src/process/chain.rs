@@ -1,0 +1,121 @@
+//! The reverse chain, one driver for every process: x_T from the prior, then a kernel per step
+//! down to x_0, each multiplied by the condition's factor r_t when there is one (paper section
+//! 2.5; [`crate::condition`]), with the particle systems of resampled conditioning and
+//! snapshots of the steps asked for. A process supplies only its kernels ([`ReverseChain`],
+//! [`StepKernel`]) and its factors; the order in which the driver draws from the generator is
+//! fixed here, so a seed gives the same chains whatever the process.
+
+use burn::tensor::{Device, Tensor};
+use diffusion_data::Rng;
+
+use super::{Process, host};
+use crate::condition::{ConditionMode, Conditioning, DeviceFactor, Particles, StepFactor};
+use crate::network::ReverseNetwork;
+
+/// What the chain driver needs of a process: its kernels and its factors.
+pub(crate) trait ReverseChain: Process {
+    /// One step's kernel.
+    type Kernel: StepKernel;
+    /// p(x_T) for `n` chains. `conditioned`: a factor will multiply it.
+    fn prior(&self, n: usize, conditioned: bool, rng: &mut Rng, device: &Device) -> Self::Kernel;
+    /// p(x_{t-1} | x_t) for the chains `x` (`[n, d]`) at step `t` (T down to 1: at t = 1 the
+    /// edge step or the decoder), drawing whatever noise it needs now. `conditioned`: a factor
+    /// will multiply it.
+    #[allow(clippy::too_many_arguments)]
+    fn kernel<N: ReverseNetwork>(
+        &self,
+        network: &N,
+        tables: &Self::Tables,
+        x: &Tensor<2>,
+        t: usize,
+        conditioned: bool,
+        rng: &mut Rng,
+        device: &Device,
+    ) -> Self::Kernel;
+    /// The factor r_k of `given` for `n` chains at the step that draws x_k.
+    fn step_factor(&self, given: &Conditioning, n: usize, k: usize, rng: &mut Rng) -> StepFactor;
+}
+
+/// One step's kernel, before the condition multiplies it.
+pub(crate) trait StepKernel: Sized {
+    /// ln Z_t(x_t) − ln r_t(x_t) per chain, where `f` is this step's factor and `prev` the
+    /// one the chains `x` were drawn with (the weights of sequential Monte Carlo).
+    fn log_weight(&self, x: &Tensor<2>, f: &DeviceFactor, prev: &DeviceFactor) -> Tensor<1>;
+    /// The kernel of the chains `picks`, in that order (after resampling).
+    fn pick(self, picks: &[usize]) -> Self;
+    /// A draw of the kernel, multiplied by `f` when given.
+    fn draw(self, f: Option<&Factor>, rng: &mut Rng, device: &Device) -> Tensor<2>;
+}
+
+/// A step's factor, on the host as the process built it and on the device.
+#[derive(Debug, Clone)]
+pub(crate) struct Factor {
+    pub(crate) host: StepFactor,
+    pub(crate) device: DeviceFactor,
+}
+
+impl Factor {
+    fn new(host: StepFactor, n: usize, d: usize, device: &Device) -> Self {
+        Self {
+            device: host.clone().upload(n, d, device),
+            host,
+        }
+    }
+}
+
+/// Runs the reverse chain of `process` for `n` chains, multiplied by `given` at every step when
+/// there is a condition; returns x_t (row-major `[n, d]`) for each t in `keep`, from T down
+/// to 0.
+pub(crate) fn run<P: ReverseChain, N: ReverseNetwork>(
+    process: &P,
+    network: &N,
+    n: usize,
+    keep: &[usize],
+    given: Option<&Conditioning>,
+    rng: &mut Rng,
+    device: &Device,
+) -> Vec<(usize, Vec<f32>)> {
+    let (d, steps) = (process.dim(), process.steps());
+    let tables = process.tables(device);
+    let conditioned = given.is_some();
+    // the constant mode's one factor, built and uploaded once
+    let constant = given
+        .filter(|c| c.mode() == ConditionMode::Constant)
+        .map(|c| Factor::new(process.step_factor(c, n, steps, rng), n, d, device));
+    let factor = |k: usize, rng: &mut Rng| {
+        given.map(|c| match &constant {
+            Some(f) => f.clone(),
+            None => Factor::new(process.step_factor(c, n, k, rng), n, d, device),
+        })
+    };
+    let mut out = Vec::new();
+    let mut snapshot = |t: usize, x: &Tensor<2>| {
+        if keep.contains(&t) {
+            out.push((t, host(x.clone())));
+        }
+    };
+    // x_T, times r_T
+    let prior = process.prior(n, conditioned, rng, device);
+    let mut prev = factor(steps, rng);
+    let mut x = prior.draw(prev.as_ref(), rng, device);
+    snapshot(steps, &x);
+    // with resampling, each step first weighs the chains by Z_t(x_t) / r_t(x_t) and may
+    // resample them (then the kernel's rows go with their chains)
+    let mut particles = given.filter(|c| c.resamples()).map(|c| Particles::of(c, n));
+    for t in (1..=steps).rev() {
+        let mut kernel = process.kernel(network, &tables, &x, t, conditioned, rng, device);
+        let f = factor(t - 1, rng);
+        if let (Some(p), Some(f), Some(h)) = (particles.as_mut(), &f, &prev) {
+            let lw = host(kernel.log_weight(&x, &f.device, &h.device));
+            if let Some(picks) = p.reweigh(&lw, t == 1, rng) {
+                kernel = kernel.pick(&picks);
+            }
+        }
+        x = kernel.draw(f.as_ref(), rng, device);
+        if f.is_some() {
+            prev = f;
+        }
+        snapshot(t - 1, &x);
+    }
+    out
+}
