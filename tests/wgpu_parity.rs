@@ -34,7 +34,7 @@ fn same_weights_and_inputs_give_the_same_bound_on_wgpu_and_flex() {
         parametrization: ReverseParametrization::Paper,
         clip: None,
         decoder: None,
-        network_steps: None,
+        respaced: None,
     };
     // A model trained briefly on flex, so its outputs are not the forward kernel's, then loaded
     // from the same file onto both devices.

@@ -86,27 +86,14 @@ pub fn draw_given(
 }
 
 /// The chain that conditioned samples run: the full one, or the respaced chain as a process of
-/// its own (noise-predicting Gaussian runs:
-/// [`diffusion_models::process::GaussianBound::respaced`]).
+/// its own ([`Diffusion::respaced`]).
 pub fn conditioned_chain(bound: &Diffusion, sampler: &Sampler) -> Result<Diffusion, String> {
-    let respacing = sampler
-        .respacing(bound.steps())
-        .map_err(|e| e.to_string())?;
-    match (sampler, bound, respacing) {
-        (Sampler::Ancestral, _, _) => Ok(bound.clone()),
-        (Sampler::Respaced(_), Diffusion::Gaussian(g), Some(r)) => {
-            match g.respaced(&r).map_err(|e| e.to_string())? {
-                Some(short) => Ok(Diffusion::Gaussian(short)),
-                None => Err("conditioning on a respaced chain needs a noise-predicting \
-                             parametrization (epsilon, epsilon-fixed); drop --sampler to run \
-                             the full chain"
-                    .into()),
-            }
-        }
-        (Sampler::Ddim(_), _, _) => Err(
+    match sampler {
+        Sampler::Ancestral => Ok(bound.clone()),
+        Sampler::Respaced(_) => bound.respaced_for(sampler).map_err(|e| e.to_string()),
+        Sampler::Ddim(_) => Err(
             "conditioning runs the full chain or a respaced one (--sampler respaced), not DDIM"
                 .into(),
         ),
-        _ => Err("conditioning on a respaced chain is for Gaussian runs; drop --sampler".into()),
     }
 }

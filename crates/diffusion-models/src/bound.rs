@@ -29,6 +29,18 @@ macro_rules! each {
 }
 
 impl Diffusion {
+    /// The chain on the kept steps of `r` as a process of its own
+    /// ([`GaussianBound::respaced`], [`BinomialBound::respaced`]).
+    pub fn respaced(
+        &self,
+        r: &diffusion_core::Respacing,
+    ) -> Result<Self, diffusion_core::ScheduleError> {
+        Ok(match self {
+            Diffusion::Gaussian(g) => Diffusion::Gaussian(g.respaced(r)?),
+            Diffusion::Binomial(b) => Diffusion::Binomial(b.respaced(r)?),
+        })
+    }
+
     /// Trajectory length T.
     pub fn steps(&self) -> usize {
         each!(self, p => p.steps())

@@ -234,7 +234,7 @@ impl RunManifest {
                 parametrization: d.parametrization,
                 clip: self.clip_range()?,
                 decoder: self.decoder(),
-                network_steps: None,
+                respaced: None,
             })),
             ProcessKind::Binomial => {
                 let pi = d.pi.ok_or(ConfigError::UnresolvedPi)?;
@@ -245,6 +245,7 @@ impl RunManifest {
                         self.data_dim,
                     )?,
                     parametrization: d.parametrization,
+                    respaced: None,
                 }))
             }
         }
@@ -359,7 +360,7 @@ impl RunManifest {
                 parametrization: g.parametrization,
                 clip: None,
                 decoder: None,
-                network_steps: None,
+                respaced: None,
             }),
             (bound, _) => bound,
         })

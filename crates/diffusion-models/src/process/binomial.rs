@@ -12,6 +12,7 @@ use diffusion_data::Rng;
 use rand::Rng as _;
 
 use super::chain::{self, Factor, ReverseChain, StepKernel};
+use super::respaced::{BinomialTables, Respaced};
 use super::{Objective, Process, StepLoss, TrainingBatch, host, steps_tensor, tensor2};
 use crate::condition::{Conditioning, DeviceFactor, StepFactor, Variable, pick_rows};
 use crate::network::{ReverseModel, ReverseNetwork};
@@ -23,6 +24,9 @@ pub struct BinomialBound {
     pub diffusion: BinomialDiffusion,
     /// The reverse parametrization.
     pub parametrization: ReverseParametrization,
+    /// A shorter chain of a trained network ([`BinomialBound::respaced`]); `None`: the chain the
+    /// network was trained on.
+    pub respaced: Option<Respaced<BinomialDiffusion>>,
 }
 
 /// The device tensors of a set of binary (x_0, t) rows.
@@ -30,8 +34,10 @@ pub struct BinomialBound {
 pub struct BinomialBatch {
     /// x_t ~ q(x_t | x_0), `[n, d]` of 0/1.
     pub x_t: Tensor<2>,
-    /// The steps, `[n]`.
+    /// The steps the network is called at, `[n]` (the rows' own, except on a respaced chain).
     pub t: Tensor<1, Int>,
+    /// The rows' steps.
+    pub steps: Vec<usize>,
     /// The posterior q(x_{t-1} = 1 | x_t, x_0), `[n, d]`.
     pub posterior: Tensor<2>,
     /// The posterior's entropy in nats, summed over bits, `[n]`.
@@ -46,6 +52,7 @@ pub struct BinomialBatch {
 pub struct BinomialRows {
     d: usize,
     ts: Vec<usize>,
+    network_ts: Vec<usize>,
     x_t: Vec<f32>,
     posterior: Vec<f32>,
     entropy: Vec<f32>,
@@ -58,7 +65,8 @@ impl BinomialRows {
         let n = self.ts.len();
         BinomialBatch {
             x_t: tensor2(self.x_t, n, self.d, device),
-            t: steps_tensor(&self.ts, device),
+            t: steps_tensor(&self.network_ts, device),
+            steps: self.ts,
             posterior: tensor2(self.posterior, n, self.d, device),
             posterior_entropy: Tensor::from_data(TensorData::new(self.entropy, [n]), device),
             kernel_logit: tensor2(self.kernel_logit, n, self.d, device),
@@ -96,8 +104,9 @@ struct BitValues {
 }
 
 impl BitValues {
-    /// The values of a bit x_0 = `x` at step `t`, x_t drawn by the uniform `u`.
-    fn new(diffusion: &BinomialDiffusion, t: usize, x: f64, u: f64) -> Self {
+    /// The values of a bit x_0 = `x` at `bound`'s step `t`, x_t drawn by the uniform `u`.
+    fn new(bound: &BinomialBound, t: usize, x: f64, u: f64) -> Self {
+        let diffusion = &bound.diffusion;
         let xt = if u < diffusion.q_one(t, x) { 1.0 } else { 0.0 };
         let q = diffusion.posterior_one(t, x, xt);
         let entropy_term = if q > 0.0 && q < 1.0 {
@@ -109,7 +118,10 @@ impl BitValues {
             x_t: xt as f32,
             posterior: q as f32,
             entropy_term,
-            kernel_logit: logit(diffusion.forward_kernel(t, xt)) as f32,
+            kernel_logit: {
+                let (chain, step) = bound.kernel_step(t);
+                logit(chain.forward_kernel(step, xt)) as f32
+            },
         }
     }
 }
@@ -125,32 +137,38 @@ struct BitTable {
 }
 
 impl BitTable {
-    fn new(diffusion: &BinomialDiffusion, t: usize) -> Self {
+    fn new(bound: &BinomialBound, t: usize) -> Self {
         // a uniform of 0 draws x_t = 1 (q_one > 0), one of 1 draws x_t = 0 (q_one <= 1)
-        let at =
-            |x: f64, xt: usize| BitValues::new(diffusion, t, x, if xt == 1 { 0.0 } else { 1.0 });
+        let at = |x: f64, xt: usize| BitValues::new(bound, t, x, if xt == 1 { 0.0 } else { 1.0 });
         Self {
-            q_one: [0.0, 1.0].map(|x| diffusion.q_one(t, x)),
+            q_one: [0.0, 1.0].map(|x| bound.diffusion.q_one(t, x)),
             values: [[at(0.0, 0), at(0.0, 1)], [at(1.0, 0), at(1.0, 1)]],
         }
     }
 }
 
 impl BinomialBound {
-    /// The reverse kernel's logits at step `t` for bits `x` (`[n, d]` of 0/1): the network's
+    /// The reverse kernel's logits at step `k` for bits `x` (`[n, d]` of 0/1): the network's
     /// output, offset by the forward kernel's logit(x (1 - b_t) + pi b_t) (selected exactly per
-    /// bit) for the `paper` parametrization.
+    /// bit) for the `paper` parametrization; on a respaced chain the network's kernel at s_k
+    /// mapped onto it.
     pub(crate) fn logits_at<N: ReverseNetwork>(
         &self,
         network: &N,
+        tables: &Option<BinomialTables>,
         x: &Tensor<2>,
-        t: usize,
+        k: usize,
     ) -> Tensor<2> {
+        let (chain, t) = self.kernel_step(k);
         let kernel = || {
-            let [k0, k1] = [0.0, 1.0].map(|v| logit(self.diffusion.forward_kernel(t, v)) as f32);
+            let [k0, k1] = [0.0, 1.0].map(|v| logit(chain.forward_kernel(t, v)) as f32);
             x.clone() * k1 + (x.clone().neg() + 1.0) * k0
         };
-        self.logits(network.forward_at(x.clone(), t), kernel)
+        let logits = self.logits(network.forward_at(x.clone(), t), kernel);
+        match tables {
+            Some(tables) => tables.map_step(logits, x, k),
+            None => logits,
+        }
     }
 
     /// The reverse kernel's logits from the network's output `z`.
@@ -164,18 +182,28 @@ impl BinomialBound {
     }
 
     /// KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)) per row, in nats, `[n]`.
-    pub fn kl_batch<N: ReverseNetwork>(&self, network: &N, batch: BinomialBatch) -> Tensor<1> {
+    pub fn kl_batch<N: ReverseNetwork>(
+        &self,
+        network: &N,
+        tables: &Option<BinomialTables>,
+        batch: BinomialBatch,
+    ) -> Tensor<1> {
         let kernel_logit = batch.kernel_logit;
-        let z = network.forward(batch.x_t, batch.t);
+        let z = network.forward(batch.x_t.clone(), batch.t);
         let logits = self.logits(z, || kernel_logit);
+        let logits = match tables {
+            Some(tables) => tables.map_rows(logits, &batch.x_t, &batch.steps),
+            None => logits,
+        };
         kl_bernoulli_logits(batch.posterior, batch.posterior_entropy, logits)
     }
 }
 
 impl Process for BinomialBound {
     type Rows = BinomialRows;
-    /// Every per-step value of a binary row depends on its bits, so it is built with the row.
-    type Tables = ();
+    /// Every per-step value of a binary row depends on its bits, so it is built with the row;
+    /// a respaced chain has the values that map its kernels.
+    type Tables = Option<BinomialTables>;
 
     fn steps(&self) -> usize {
         self.diffusion.steps()
@@ -193,7 +221,9 @@ impl Process for BinomialBound {
         self.diffusion.dim()
     }
 
-    fn tables(&self, _device: &Device) {}
+    fn tables(&self, device: &Device) -> Option<BinomialTables> {
+        BinomialTables::new(self, device)
+    }
 
     fn prepare_rows(&self, x0: &[f32], ts: &[usize], rng: &mut Rng) -> BinomialRows {
         let d = self.diffusion.dim();
@@ -205,7 +235,7 @@ impl Process for BinomialBound {
         // every value of a bit depends on (t, x_0, x_t) only: one table per step in the batch
         let mut tables: Vec<Option<BitTable>> = vec![None; self.steps() + 1];
         for (row, &t) in x0.chunks_exact(d).zip(ts) {
-            let table = *tables[t].get_or_insert_with(|| BitTable::new(&self.diffusion, t));
+            let table = *tables[t].get_or_insert_with(|| BitTable::new(self, t));
             let mut h = 0.0f64;
             for &x in row {
                 let u: f64 = rng.random();
@@ -213,7 +243,7 @@ impl Process for BinomialBound {
                     let b = usize::from(x == 1.0);
                     table.values[b][usize::from(u < table.q_one[b])]
                 } else {
-                    BitValues::new(&self.diffusion, t, x as f64, u)
+                    BitValues::new(self, t, x as f64, u)
                 };
                 h -= v.entropy_term;
                 x_t.push(v.x_t);
@@ -225,6 +255,7 @@ impl Process for BinomialBound {
         BinomialRows {
             d,
             ts: ts.to_vec(),
+            network_ts: ts.iter().map(|&k| self.kernel_step(k).1).collect(),
             x_t,
             posterior: post,
             entropy,
@@ -234,18 +265,18 @@ impl Process for BinomialBound {
 
     fn kl_rows<N: ReverseNetwork>(
         &self,
-        _tables: &(),
+        tables: &Option<BinomialTables>,
         network: &N,
         rows: BinomialRows,
         device: &Device,
     ) -> Tensor<1> {
-        self.kl_batch(network, rows.upload(device))
+        self.kl_batch(network, tables, rows.upload(device))
     }
 
     /// Binary data are trained on the bound only (config validation refuses the others).
     fn step_loss<N: ReverseNetwork>(
         &self,
-        tables: &(),
+        tables: &Option<BinomialTables>,
         model: &ReverseModel<N>,
         batch: TrainingBatch<BinomialRows>,
         _objective: Objective,
@@ -304,6 +335,7 @@ impl Process for BinomialBound {
 /// A binomial step's kernel: the logits of a 1 on the device (the network's steps), or the
 /// probabilities of a 1 on the host in f64 (the prior and the fixed edge step). Either way the
 /// chain stays on the device; only the uniforms (and factors) go up each step.
+#[allow(clippy::large_enum_variant)] // one per step, moved, never stored
 pub(crate) enum BinaryKernel {
     /// Logits, `[n, d]`.
     Logits(Tensor<2>),
@@ -397,7 +429,7 @@ impl ReverseChain for BinomialBound {
     fn kernel<N: ReverseNetwork>(
         &self,
         network: &N,
-        _: &(),
+        tables: &Option<BinomialTables>,
         x: &Tensor<2>,
         t: usize,
         _: bool,
@@ -405,7 +437,7 @@ impl ReverseChain for BinomialBound {
         _: &Device,
     ) -> BinaryKernel {
         if t > 1 {
-            return BinaryKernel::Logits(self.logits_at(network, x, t));
+            return BinaryKernel::Logits(self.logits_at(network, tables, x, t));
         }
         BinaryKernel::Host {
             p: host(x.clone())
@@ -459,7 +491,7 @@ mod tests {
             let mut h = 0.0f64;
             for j in 0..d {
                 let i = r * d + j;
-                let v = BitValues::new(&bound.diffusion, t, x0[i] as f64, draws.random());
+                let v = BitValues::new(&bound, t, x0[i] as f64, draws.random());
                 assert_eq!(rows.x_t[i], v.x_t, "row {r} bit {j}");
                 assert_eq!(rows.posterior[i].to_bits(), v.posterior.to_bits());
                 assert_eq!(rows.kernel_logit[i].to_bits(), v.kernel_logit.to_bits());

@@ -19,7 +19,7 @@ fn gaussian(steps: usize, d: usize) -> GaussianBound {
         parametrization: ReverseParametrization::Paper,
         clip: None,
         decoder: None,
-        network_steps: None,
+        respaced: None,
     }
 }
 
@@ -33,6 +33,7 @@ pub(super) fn binomial(steps: usize, pi: f64, d: usize) -> BinomialBound {
         )
         .unwrap(),
         parametrization: ReverseParametrization::Paper,
+        respaced: None,
     }
 }
 

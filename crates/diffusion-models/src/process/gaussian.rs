@@ -15,6 +15,7 @@ use rand::Rng as _;
 use rand_distr::StandardNormal;
 
 use super::chain::{self, Factor, ReverseChain, StepKernel};
+use super::respaced::Respaced;
 use super::{
     Decoder, DecoderRows, Objective, Process, StepLoss, TrainingBatch, steps_tensor, tensor2,
 };
@@ -36,10 +37,10 @@ pub struct GaussianBound {
     /// data's bins (DDPM's decoder), and the bound's terms run over t = 1..T; `None`: the
     /// paper's fixed edge step.
     pub decoder: Option<Decoder>,
-    /// A shorter chain of a trained network ([`GaussianBound::respaced`]): the network's step
-    /// for each of this chain's steps 1..=T (`network_steps[t - 1]`); `None` calls the
-    /// network at the chain's own steps.
-    pub network_steps: Option<Vec<usize>>,
+    /// A shorter chain of a trained network ([`GaussianBound::respaced`]): the steps the
+    /// network is called at and how its kernel maps onto this chain; `None`: the chain the
+    /// network was trained on.
+    pub respaced: Option<Respaced<GaussianDiffusion>>,
 }
 
 /// The range of the data in the space the process diffuses, one interval per coordinate: the
@@ -56,9 +57,10 @@ pub struct ClipRange {
 }
 
 /// Columns of [`GaussianTables`]: the parametrization's coefficients, b~_t and ln b~_t, then
-/// sqrt(abar_t), sqrt(1 - abar_t), c_0 and c_t (the posterior mean's weights), and how far the
-/// clip range opens at the step.
-const COLUMNS: usize = COEFFICIENTS + 7;
+/// sqrt(abar_t), sqrt(1 - abar_t), c_0 and c_t (the posterior mean's weights), how far the
+/// clip range opens at the step, and the map [A, B, C, D] of a respaced chain's kernel
+/// ([`Respaced::mapped_from`]; the identity [1, 0, 1, 0] elsewhere).
+const COLUMNS: usize = COEFFICIENTS + 11;
 
 /// The per-step coefficients of a run on one device, one row per step: row t holds step t's
 /// values, gathered for a batch with one `select`. At t = 1 the posterior is a point mass: the
@@ -75,8 +77,11 @@ pub struct GaussianTables {
     table: Tensor<2>,
     /// [`ClipRange`]'s ends as `[1, d]` tensors.
     clip: Option<(Tensor<2>, Tensor<2>)>,
-    /// [`GaussianBound::network_steps`], indexed by t (entry 0 unused).
+    /// [`Respaced::network_steps`], indexed by t (entry 0 unused).
     network_steps: Option<Vec<usize>>,
+    /// [`Respaced::mapped_from`]'s map of each step's kernel, indexed by t (`None` where the
+    /// kernel is the original one); `None` for other chains.
+    maps: Option<Vec<Option<[f64; 4]>>>,
     /// [`GaussianBound::decoder`].
     decoder: Option<Decoder>,
 }
@@ -97,15 +102,28 @@ impl GaussianTables {
     pub fn new(bound: &GaussianBound, device: &Device) -> Self {
         let diffusion = &bound.diffusion;
         let steps = diffusion.steps();
+        let maps = bound.respaced.as_ref().and_then(|r| r.maps(diffusion));
         let mut values = Vec::with_capacity((steps + 1) * COLUMNS);
-        for t in 0..=steps {
-            let t = t.max(1);
-            let (c0, ct, _) = diffusion.posterior_coefficients(t);
-            let (_, _, var) = diffusion.posterior_coefficients(t.clamp(2, steps.max(2)));
-            let abar = diffusion.alpha_bar(t);
-            let mut coefficients = StepCoefficients::host_values(diffusion, t);
-            coefficients[4] = var.ln() as f32;
+        for k in 0..=steps {
+            let k = k.max(1);
+            // the chain and step whose kernel the network's output forms: the original chain
+            // at s_k for a mapped respaced chain, else this one at k
+            let (source, t) = match bound.respaced.as_ref() {
+                Some(Respaced {
+                    network_steps,
+                    mapped_from: Some(original),
+                }) => (original, network_steps[k - 1]),
+                _ => (diffusion, k),
+            };
+            let (c0, ct, _) = source.posterior_coefficients(t);
+            let clamped = |g: &GaussianDiffusion, t: usize| t.clamp(2, g.steps().max(2));
+            let (_, _, source_var) = source.posterior_coefficients(clamped(source, t));
+            let abar = source.alpha_bar(t);
+            let mut coefficients = StepCoefficients::host_values(source, t);
+            coefficients[4] = source_var.ln() as f32;
             values.extend_from_slice(&coefficients);
+            // the posterior variance of this chain, the bound's q
+            let (_, _, var) = diffusion.posterior_coefficients(clamped(diffusion, k));
             values.extend_from_slice(&[var as f32, var.ln() as f32]);
             let slack = if t == 1 && bound.decoder.is_some() {
                 OPEN_END
@@ -119,15 +137,22 @@ impl GaussianTables {
                 ct as f32,
                 slack,
             ]);
+            let map = maps
+                .as_ref()
+                .and_then(|m| m[k])
+                .unwrap_or([1.0, 0.0, 1.0, 0.0]);
+            values.extend(map.map(|v| v as f32));
         }
         let row = |v: &[f32]| tensor2(v.to_vec(), 1, v.len(), device);
         Self {
             table: tensor2(values, steps + 1, COLUMNS, device),
             clip: bound.clip.as_ref().map(|c| (row(&c.low), row(&c.high))),
-            network_steps: bound
-                .network_steps
-                .as_ref()
-                .map(|s| std::iter::once(0).chain(s.iter().copied()).collect()),
+            network_steps: bound.respaced.as_ref().map(|r| {
+                std::iter::once(0)
+                    .chain(r.network_steps.iter().copied())
+                    .collect()
+            }),
+            maps,
             decoder: bound.decoder.clone(),
         }
     }
@@ -135,6 +160,24 @@ impl GaussianTables {
     /// The step the network is called at for the chain's step `t`.
     pub fn network_step(&self, t: usize) -> usize {
         self.network_steps.as_ref().map_or(t, |s| s[t])
+    }
+
+    /// The map of a mapped respaced chain's kernel at step `t`, `None` where it is the
+    /// original kernel.
+    fn map(&self, t: usize) -> Option<[f64; 4]> {
+        self.maps.as_ref().and_then(|m| m[t])
+    }
+
+    /// The map columns [A, B, C, D] of gathered rows (`[n, COLUMNS]`), for a mapped respaced
+    /// chain.
+    fn map_columns(&self, rows: &Tensor<2>) -> Option<[Tensor<2>; 4]> {
+        let n = rows.dims()[0];
+        self.maps.as_ref().map(|_| {
+            std::array::from_fn(|i| {
+                let i = COLUMNS - 4 + i;
+                rows.clone().slice([0..n, i..i + 1])
+            })
+        })
     }
 
     /// The coefficients, posterior variance and its log of gathered rows (`[n, COLUMNS]`), and
@@ -223,6 +266,9 @@ pub struct GaussianBatch {
     pub noise: Tensor<2>,
     /// With a decoder, when some rows are at step 1: those rows and their bins.
     pub decoder: Option<DecoderRows>,
+    /// A mapped respaced chain's [A, B, C, D] per row, `[n, 1]` each
+    /// ([`Respaced::mapped_from`]).
+    pub map: Option<[Tensor<2>; 4]>,
 }
 
 /// The host values of a set of Gaussian (x_0, t) rows, before upload: built on any thread
@@ -256,8 +302,10 @@ impl GaussianRows {
                 }
             });
         let t = steps_tensor(&self.ts, device);
+        let rows = tables.table.clone().select(0, t.clone());
+        let map = tables.map_columns(&rows);
         let (coefficients, posterior_variance, posterior_log_variance, posterior) =
-            GaussianTables::columns(tables.table.clone().select(0, t.clone()));
+            GaussianTables::columns(rows);
         let t = match &tables.network_steps {
             Some(_) => {
                 let mapped: Vec<usize> = self.ts.iter().map(|&t| tables.network_step(t)).collect();
@@ -275,6 +323,7 @@ impl GaussianRows {
             posterior,
             noise: tensor2(self.noise, n, self.d, device),
             decoder,
+            map,
         }
     }
 }
@@ -291,10 +340,14 @@ impl GaussianBound {
         let (mean, log_var) = tables.kernel(
             self.parametrization,
             z,
-            batch.x_t,
+            batch.x_t.clone(),
             &batch.coefficients,
             &batch.posterior,
         );
+        let (mean, log_var) = match batch.map {
+            Some([a, b, c, d]) => (mean * a + batch.x_t * b, log_var * c + d),
+            None => (mean, log_var),
+        };
         let Some(decoder) = batch.decoder else {
             return diffusion_kernels::kl_diag_gaussian(
                 batch.posterior_mean,
@@ -376,7 +429,17 @@ impl GaussianBound {
         let z = network.forward_at(x.clone(), tables.network_step(t));
         let (coefficients, _, _, posterior) =
             GaussianTables::columns(tables.table.clone().narrow(0, t, 1));
-        tables.kernel(self.parametrization, z, x, &coefficients, &posterior)
+        let (mean, log_var) = tables.kernel(
+            self.parametrization,
+            z,
+            x.clone(),
+            &coefficients,
+            &posterior,
+        );
+        match tables.map(t) {
+            Some([a, b, c, d]) => (mean * a + x * b, log_var * c + d),
+            None => (mean, log_var),
+        }
     }
 }
 
@@ -389,34 +452,8 @@ impl GaussianBound {
             parametrization,
             clip: None,
             decoder: None,
-            network_steps: None,
+            respaced: None,
         }
-    }
-
-    /// The chain on the kept steps of `r` as a process of its own, for a network trained on
-    /// this one: its betas b'_k = 1 - abar_{s_k} / abar_{s_{k-1}}, the network called at the
-    /// original step s_k. For the noise-predicting parametrizations this is exactly the
-    /// respaced kernel (x̂_0 and the variance's place in its range carry over; see
-    /// [`GaussianBound::respaced_affine`]), so everything a process does (the bound, samples,
-    /// conditioning) works on the shorter chain. `None` for the other parametrizations, whose
-    /// kernels need [`GaussianBound::respaced_kernel`]'s map.
-    pub fn respaced(
-        &self,
-        r: &diffusion_core::respace::Respacing,
-    ) -> Result<Option<Self>, diffusion_core::ScheduleError> {
-        if !self.parametrization.predicts_noise() || self.network_steps.is_some() {
-            return Ok(None);
-        }
-        Ok(Some(Self {
-            diffusion: GaussianDiffusion::new(
-                r.betas(|t| self.diffusion.alpha_bar(t)),
-                self.diffusion.dim(),
-            )?,
-            parametrization: self.parametrization,
-            clip: self.clip.clone(),
-            decoder: self.decoder.clone(),
-            network_steps: Some(r.kept().to_vec()),
-        }))
     }
 }
 
@@ -567,6 +604,7 @@ impl Process for GaussianBound {
 
 /// A Gaussian step's kernel: without a condition its draw, made when the kernel is; with one,
 /// N(mean, var) and the standard normals of its draw.
+#[allow(clippy::large_enum_variant)] // one per step, moved, never stored
 pub(crate) enum GaussianKernel {
     /// The chain's next x.
     Drawn(Tensor<2>),

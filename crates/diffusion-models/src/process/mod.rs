@@ -18,6 +18,7 @@ mod chain;
 mod decoder;
 mod gaussian;
 mod learned;
+mod respaced;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use diffusion_core::LN_2;
@@ -29,6 +30,7 @@ pub use decoder::{Decoder, DecoderRows};
 pub use gaussian::{
     ClipRange, GaussianBatch, GaussianBound, GaussianRows, GaussianTables, Posterior,
 };
+pub use respaced::{BinomialTables, Respaced, affine_map};
 
 use crate::condition::{ConditionError, Conditioning, Variable};
 use crate::config::LossKind;
@@ -501,5 +503,7 @@ fn steps_tensor(ts: &[usize], device: &Device) -> Tensor<1, Int> {
 
 #[cfg(test)]
 mod condition_tests;
+#[cfg(test)]
+mod respaced_tests;
 #[cfg(test)]
 mod tests;

@@ -49,7 +49,7 @@ fn forward_kernel_on_standard_normal_data_has_k_equal_to_l_null() {
             parametrization: ReverseParametrization::Paper,
             clip: None,
             decoder: None,
-            network_steps: None,
+            respaced: None,
         });
         let model = ModelConfig::default().init(2, 4, steps, &device);
         let points = standard_normal_points(4000, 2, 1);
@@ -80,7 +80,7 @@ fn epsilon_with_the_true_noise_is_the_posterior() {
         parametrization: ReverseParametrization::EpsilonFixed,
         clip: None,
         decoder: None,
-        network_steps: None,
+        respaced: None,
     };
     let n = 200;
     let x0 = standard_normal_points(n, 2, 11);
@@ -115,7 +115,7 @@ fn epsilon_variance_spans_the_posterior_to_the_forward_variance() {
         parametrization: ReverseParametrization::Epsilon,
         clip: None,
         decoder: None,
-        network_steps: None,
+        respaced: None,
     };
     let batch = prepare(&bound, &x0, &ts, &mut rng, &device);
     let host_log = |t: usize, end: f64| -> f64 {
@@ -161,7 +161,7 @@ fn learned_schedule_bound_equals_the_fixed_one_at_its_start() {
         parametrization: ReverseParametrization::Paper,
         clip: None,
         decoder: None,
-        network_steps: None,
+        respaced: None,
     };
     let device = Device::flex().autodiff();
     let model = ReverseModel::new(ModelConfig::default().init(2, 4, steps, &device))
@@ -239,7 +239,7 @@ fn hybrid_parts_are_the_noise_error_and_the_kl() {
         parametrization: ReverseParametrization::Epsilon,
         clip: None,
         decoder: None,
-        network_steps: None,
+        respaced: None,
     };
     let model = ModelConfig::default().init(2, 4, steps, &device);
     let n = 100;
@@ -281,7 +281,7 @@ fn hybrid_kl_reaches_only_the_variance_and_the_noise_error_only_the_mean() {
         parametrization: ReverseParametrization::Epsilon,
         clip: None,
         decoder: None,
-        network_steps: None,
+        respaced: None,
     };
     let n = 64;
     let x0 = standard_normal_points(n, 2, 41);
@@ -447,7 +447,7 @@ fn monte_carlo_estimate_agrees_with_the_full_sum() {
         parametrization: ReverseParametrization::Paper,
         clip: None,
         decoder: None,
-        network_steps: None,
+        respaced: None,
     };
     let decoded = GaussianBound {
         decoder: Some(four_levels(2)),
@@ -576,7 +576,7 @@ fn stratified_bound_is_unbiased_for_the_full_sum() {
         parametrization: ReverseParametrization::Paper,
         clip: None,
         decoder: None,
-        network_steps: None,
+        respaced: None,
     });
     let model = ModelConfig::default().init(2, 4, steps, &device);
     // x_0 ~ N(0, 0.3^2 I): the forward kernel is not the reversal

@@ -2,25 +2,14 @@
 //! section 4) for both processes and DDIM (Song, Meng and Ermon 2021) for Gaussian ones
 //! (`diffusion_core::respace` has the schedules and the DDIM step's arithmetic).
 //!
-//! **How the model's output maps onto a shorter chain.** The network is called at the original
-//! step t = s_k. Its kernel for t → t − 1 implies an x_0: for Gaussian runs, inverting the
-//! posterior mean μ = c_0 x̂_0 + c_t x_t of the original chain, x̂_0 = (μ − c_t x_t) / c_0 (for
-//! the noise-predicting parametrizations this is the usual x̂_0 of ε̂); its log-variance sits at
-//! a fraction v of the way from ln b~_t to ln b_t. The respaced kernel for s_k → s_{k−1} is the
-//! respaced chain's posterior mean at x̂_0 with the log-variance at the same fraction v of its own
-//! [ln b~'_k, ln b'_k]. For binomial runs the kernel's probability f of a 1 is a mixture
-//! f = p̂ q(1 | x_t, x_0 = 1) + (1 − p̂) q(1 | x_t, x_0 = 0); the implied p̂ = P(x_0 = 1 | x_t)
-//! (clamped to [0, 1]) mixes the respaced chain's posteriors instead. A kept step whose
-//! predecessor is kept too is the original step, unchanged, so keeping every step is the
-//! ancestral sampler draw for draw.
-//!
-//! The files: this one has [`Sampler`], [`SamplerError`] and the dispatch on a run's process
+//! A respaced chain is a process of its own ([`crate::process::GaussianBound::respaced`],
+//! [`crate::process::BinomialBound::respaced`]; how the network's kernel maps onto it is
+//! documented there), so its samples, bound and conditioning are the generic ones. This module
+//! has [`Sampler`], [`SamplerError`] and the dispatch on a run's process
 //! ([`Diffusion::sample_with`](crate::bound::Diffusion::sample_with),
-//! [`Diffusion::bound_bits_with`](crate::bound::Diffusion::bound_bits_with)); `respaced.rs` the
-//! respaced Gaussian and binomial chains and their bounds ([`respaced_gaussian`],
-//! [`respaced_binomial`], [`respaced_bound_bits_gaussian`], [`respaced_bound_bits_binomial`]);
-//! `ddim.rs` DDIM ([`GaussianBound::ddim`](crate::GaussianBound::ddim), [`ddim_step`],
-//! [`ddim_loop`]); `tests.rs` the tests of all three.
+//! [`Diffusion::bound_bits_with`](crate::bound::Diffusion::bound_bits_with)); `ddim.rs` DDIM
+//! ([`GaussianBound::ddim`](crate::GaussianBound::ddim), [`ddim_step`], [`ddim_loop`]);
+//! `tests.rs` its tests.
 
 use burn::tensor::{Device, Tensor};
 use diffusion_core::{Ddim, Respacing, ScheduleError};
@@ -32,15 +21,10 @@ use crate::network::ReverseNetwork;
 use crate::tensors::tensor2;
 
 mod ddim;
-mod respaced;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use ddim::{ddim_loop, ddim_step};
-pub use respaced::{
-    respaced_binomial, respaced_bound_bits_binomial, respaced_bound_bits_gaussian,
-    respaced_gaussian,
-};
 
 fn normal(rng: &mut Rng, n: usize, d: usize, device: &Device) -> Tensor<2> {
     let v: Vec<f32> = (0..n * d)
@@ -91,11 +75,6 @@ impl Sampler {
         {
             return Err(SamplerError::DdimNeedsGaussian);
         }
-        if let (Self::Respaced(k), crate::bound::Diffusion::Gaussian(g)) = (self, diffusion)
-            && g.decoder.is_some()
-        {
-            g.decoded_respaced(&Respacing::even(diffusion.steps(), *k)?)?;
-        }
         self.check(diffusion.steps())
     }
 
@@ -141,36 +120,25 @@ impl crate::bound::Diffusion {
     ) -> Result<Vec<f32>, SamplerError> {
         use crate::bound::Diffusion;
         sampler.check_for(self)?;
-        if *sampler == Sampler::Ancestral {
-            return Ok(self.sample(network, n, rng, device, chunk_rows));
-        }
-        let respacing = sampler.respacing(self.steps())?;
-        let mut out = Vec::with_capacity(n * self.dim());
-        let mut done = 0;
-        while done < n {
-            let m = chunk_rows.max(1).min(n - done);
-            let chunk = match (self, sampler, &respacing) {
-                (Diffusion::Gaussian(g), _, Some(r)) if g.decoder.is_some() => {
-                    crate::process::sample(&g.decoded_respaced(r)?, network, m, rng, device, m)
+        let chain = match (sampler, self) {
+            (Sampler::Ddim(o), Diffusion::Gaussian(g)) => {
+                let ddim = g.ddim(o.clone());
+                let mut out = Vec::with_capacity(n * self.dim());
+                let mut done = 0;
+                while done < n {
+                    let m = chunk_rows.max(1).min(n - done);
+                    out.extend(g.sample_ddim(network, &ddim, m, rng, device));
+                    done += m;
                 }
-                (Diffusion::Gaussian(g), _, Some(r)) => {
-                    g.sample_respaced(network, r, m, rng, device)?
-                }
-                (Diffusion::Binomial(b), _, Some(r)) => {
-                    b.sample_respaced(network, r, m, rng, device)?
-                }
-                (Diffusion::Gaussian(g), Sampler::Ddim(o), None) => {
-                    g.sample_ddim(network, &g.ddim(o.clone()), m, rng, device)
-                }
-                (Diffusion::Binomial(_), Sampler::Ddim(_), None) => {
-                    return Err(SamplerError::DdimNeedsGaussian);
-                }
-                (_, _, None) => unreachable!("ancestral returned above; respaced has a respacing"),
-            };
-            out.extend(chunk);
-            done += m;
-        }
-        Ok(out)
+                return Ok(out);
+            }
+            (Sampler::Ddim(_), Diffusion::Binomial(_)) => {
+                return Err(SamplerError::DdimNeedsGaussian);
+            }
+            (Sampler::Respaced(_), _) => self.respaced_for(sampler)?,
+            (Sampler::Ancestral, _) => self.clone(),
+        };
+        Ok(chain.sample(network, n, rng, device, chunk_rows))
     }
 
     /// The bound K in bits per point of the chain `sampler` runs: the respaced chain's for
@@ -185,30 +153,20 @@ impl crate::bound::Diffusion {
         device: &Device,
         chunk_rows: usize,
     ) -> Result<Vec<f64>, SamplerError> {
-        use crate::bound::Diffusion;
-        let Some(r) = sampler.respacing(self.steps())? else {
-            return Ok(self.bound_bits_per_point(network, points, rng, device, chunk_rows));
+        let chain = match sampler {
+            Sampler::Respaced(_) => self.respaced_for(sampler)?,
+            _ => self.clone(),
         };
-        // chunks of points, each over every kept step
-        let d = self.dim();
-        let per = (chunk_rows / r.kept().len().max(1)).max(1);
-        let mut out = Vec::with_capacity(points.len() / d);
-        for chunk in points.chunks(per * d) {
-            out.extend(match self {
-                Diffusion::Gaussian(g) if g.decoder.is_some() => {
-                    let short = g.decoded_respaced(&r)?;
-                    crate::process::bound_bits_per_point(
-                        &short, network, chunk, rng, device, chunk_rows,
-                    )
-                }
-                Diffusion::Gaussian(g) => {
-                    respaced_bound_bits_gaussian(g, network, &r, chunk, rng, device)?
-                }
-                Diffusion::Binomial(b) => {
-                    respaced_bound_bits_binomial(b, network, &r, chunk, rng, device)?
-                }
-            });
+        Ok(chain.bound_bits_per_point(network, points, rng, device, chunk_rows))
+    }
+
+    /// The respaced chain of a [`Sampler::Respaced`] as a process of its own.
+    pub fn respaced_for(&self, sampler: &Sampler) -> Result<Self, SamplerError> {
+        match sampler.respacing(self.steps())? {
+            Some(r) => Ok(self.respaced(&r)?),
+            None => Err(SamplerError::Invalid(
+                "only --sampler respaced makes a respaced chain".into(),
+            )),
         }
-        Ok(out)
     }
 }

@@ -1,6 +1,5 @@
 use diffusion_core::{
-    BetaSchedule, BinomialDiffusion, GaussianDiffusion, MeanStderr, PredictionType,
-    ReverseParametrization, TimestepSpacing,
+    BetaSchedule, GaussianDiffusion, PredictionType, ReverseParametrization, TimestepSpacing,
 };
 
 use super::*;
@@ -9,12 +8,12 @@ use crate::data::TrainingData;
 use crate::model::{ModelConfig, Network};
 use crate::network::ReverseModel;
 use crate::process;
-use crate::process::{BinomialBound, GaussianBound, Process, host};
+use crate::process::{GaussianBound, Process, host};
 use crate::trainer::Trainer;
 
 /// A network trained briefly (300 steps) on the Swiss roll or the heartbeat, so that its
 /// outputs depend on x and t as a real model's do.
-fn trained<P: Process>(process: P, d: usize, steps: usize) -> Network
+pub(crate) fn trained<P: Process>(process: P, d: usize, steps: usize) -> Network
 where
     P::Rows: 'static,
 {
@@ -43,7 +42,7 @@ where
         .network
 }
 
-fn gaussian(steps: usize, parametrization: ReverseParametrization) -> GaussianBound {
+pub(crate) fn gaussian(steps: usize, parametrization: ReverseParametrization) -> GaussianBound {
     GaussianBound {
         diffusion: GaussianDiffusion::new(
             BetaSchedule::linear(1e-4, 0.05).betas(steps).unwrap(),
@@ -53,7 +52,7 @@ fn gaussian(steps: usize, parametrization: ReverseParametrization) -> GaussianBo
         parametrization,
         clip: None,
         decoder: None,
-        network_steps: None,
+        respaced: None,
     }
 }
 
@@ -68,48 +67,6 @@ fn ddim(g: &GaussianBound, steps: usize, eta: f64) -> Ddim {
         set_alpha_to_one: true,
         prediction_type: PredictionType::Epsilon,
     })
-}
-
-#[test]
-fn keeping_every_step_is_the_ancestral_sampler() {
-    let device = Device::flex();
-    for parametrization in [
-        ReverseParametrization::Direct,
-        ReverseParametrization::Paper,
-        ReverseParametrization::Epsilon,
-    ] {
-        let g = gaussian(30, parametrization);
-        let net = trained(g.clone(), 2, 30);
-        let all = Respacing::even(30, 30).unwrap();
-        // the respaced kernel's affine map, taken even where it is skipped, is the identity
-        let short = respaced_gaussian(&g.diffusion, &all).unwrap();
-        for k in 2..=30 {
-            let map = g.affine_map(&short, all.kept()[k - 1], k);
-            for (got, want) in map.iter().zip([1.0, 0.0, 1.0, 0.0]) {
-                assert!(
-                    (got - want).abs() < 1e-9,
-                    "{parametrization:?} k = {k}: {map:?}"
-                );
-            }
-        }
-        let plain = process::sample(&g, &net, 200, &mut diffusion_data::rng(1, 0), &device, 200);
-        let respaced = g
-            .sample_respaced(&net, &all, 200, &mut diffusion_data::rng(1, 0), &device)
-            .unwrap();
-        assert_eq!(plain, respaced, "{parametrization:?}");
-    }
-    let b = BinomialBound {
-        diffusion: BinomialDiffusion::new(BetaSchedule::Reciprocal.raw_betas(40).unwrap(), 0.2, 10)
-            .unwrap(),
-        parametrization: ReverseParametrization::Paper,
-    };
-    let net = trained(b.clone(), 10, 40);
-    let all = Respacing::even(40, 40).unwrap();
-    let plain = process::sample(&b, &net, 300, &mut diffusion_data::rng(2, 0), &device, 300);
-    let respaced = b
-        .sample_respaced(&net, &all, 300, &mut diffusion_data::rng(2, 0), &device)
-        .unwrap();
-    assert_eq!(plain, respaced);
 }
 
 #[test]
@@ -142,65 +99,6 @@ fn ddim_with_eta_one_is_the_ancestral_kernel() {
             );
         }
     }
-}
-
-/// For the noise-predicting parametrizations the respaced chain as a process of its own
-/// (GaussianBound::respaced) has the respaced kernel's mean and variance at every kept step,
-/// with and without a clip range; the `paper` parametrization has no such process.
-#[test]
-fn the_respaced_process_has_the_respaced_kernel() {
-    let device = Device::flex();
-    let steps = 60;
-    for parametrization in [
-        ReverseParametrization::Epsilon,
-        ReverseParametrization::EpsilonFixed,
-    ] {
-        let g = gaussian(steps, parametrization);
-        let net = trained(g.clone(), 2, steps);
-        let r = Respacing::new(steps, vec![1, 4, 5, 17, 30, 60]).unwrap();
-        let short = respaced_gaussian(&g.diffusion, &r).unwrap();
-        let process = g.respaced(&r).unwrap().unwrap();
-        let x = normal(&mut diffusion_data::rng(4, 0), 40, 2, &device);
-        let (tables, process_tables) = (g.tables(&device), process.tables(&device));
-        for k in 2..=r.kept().len() {
-            let (mean, log_var) = g.respaced_kernel(&net, &tables, &short, &r, k, x.clone());
-            let (m2, lv2) = process.mean_log_variance(&net, &process_tables, x.clone(), k);
-            for (a, b) in host(mean).iter().zip(host(m2)) {
-                assert!(
-                    (a - b).abs() < 2e-4 * (1.0 + a.abs()),
-                    "{parametrization:?} k = {k}: {a} vs {b}"
-                );
-            }
-            for (a, b) in host(log_var).iter().zip(host(lv2)) {
-                assert!(
-                    (a - b).abs() < 1e-4,
-                    "{parametrization:?} k = {k}: {a} vs {b}"
-                );
-            }
-        }
-        // a clip range wider than any x̂_0 changes nothing
-        let wide = GaussianBound {
-            clip: Some(process::ClipRange {
-                low: vec![-1e6; 2],
-                high: vec![1e6; 2],
-            }),
-            ..process.clone()
-        };
-        let wide_tables = wide.tables(&device);
-        for k in [2, 6] {
-            let (m1, _) = process.mean_log_variance(&net, &process_tables, x.clone(), k);
-            let (m2, _) = wide.mean_log_variance(&net, &wide_tables, x.clone(), k);
-            for (a, b) in host(m1).iter().zip(host(m2)) {
-                assert!(
-                    (a - b).abs() < 1e-4 * (1.0 + a.abs()),
-                    "k = {k}: {a} vs {b}"
-                );
-            }
-        }
-    }
-    let paper = gaussian(steps, ReverseParametrization::Paper);
-    let r = Respacing::even(steps, 10).unwrap();
-    assert!(paper.respaced(&r).unwrap().is_none());
 }
 
 /// With a clip range the kernel's mean is c_0 clamp(x̂_0) + c_t x_t, x̂_0 = (x_t - sqrt(1 -
@@ -283,90 +181,5 @@ fn ddim_with_eta_zero_is_deterministic_and_invertible() {
         "{} (|x_T| up to {})",
         err[0],
         scale[0]
-    );
-}
-
-#[test]
-fn the_respaced_bound_with_every_step_kept_is_the_bound() {
-    let device = Device::flex();
-    let steps = 40;
-    let g = gaussian(steps, ReverseParametrization::Paper);
-    let net = trained(g.clone(), 2, steps);
-    let roll = diffusion_data::SwissRoll::new(0.5).unwrap();
-    let points = roll.stream(3).next_batch(3000);
-    let full = process::bound_bits_per_point(
-        &g,
-        &net,
-        &points,
-        &mut diffusion_data::rng(5, 0),
-        &device,
-        16384,
-    );
-    let all = Respacing::even(steps, steps).unwrap();
-    let respaced = respaced_bound_bits_gaussian(
-        &g,
-        &net,
-        &all,
-        &points,
-        &mut diffusion_data::rng(6, 0),
-        &device,
-    )
-    .unwrap();
-    let (a, b) = (
-        MeanStderr::of(&full).unwrap(),
-        MeanStderr::of(&respaced).unwrap(),
-    );
-    assert!(
-        (a.mean - b.mean).abs() < 4.0 * (a.stderr.powi(2) + b.stderr.powi(2)).sqrt(),
-        "{a:?} {b:?}"
-    );
-    // a shorter chain has a bound of its own: for a noise-predicting model, that of the
-    // respaced chain as a process of its own, through the generic bound
-    let short = Respacing::even(steps, 8).unwrap();
-    let ge = gaussian(steps, ReverseParametrization::Epsilon);
-    let enet = trained(ge.clone(), 2, steps);
-    let mut rng = diffusion_data::rng(7, 0);
-    let k8e = respaced_bound_bits_gaussian(&ge, &enet, &short, &points, &mut rng, &device).unwrap();
-    let as_process = ge.respaced(&short).unwrap().unwrap();
-    let mut rng = diffusion_data::rng(8, 0);
-    let k8p = process::bound_bits_per_point(&as_process, &enet, &points, &mut rng, &device, 16384);
-    // (their kernels are compared step by step in the_respaced_process_has_the_respaced_kernel);
-    // the same points, other noise: the per-point differences average to zero
-    let diffs: Vec<f64> = k8e.iter().zip(&k8p).map(|(a, b)| a - b).collect();
-    let d = MeanStderr::of(&diffs).unwrap();
-    assert!(d.mean.abs() < 4.0 * d.stderr, "{d:?}");
-    // the binomial one too
-    let bb = BinomialBound {
-        diffusion: BinomialDiffusion::new(BetaSchedule::Reciprocal.raw_betas(30).unwrap(), 0.2, 10)
-            .unwrap(),
-        parametrization: ReverseParametrization::Paper,
-    };
-    let bnet = trained(bb.clone(), 10, 30);
-    let beat = diffusion_data::Heartbeat::new(10, 5).unwrap();
-    let seqs = beat.stream_with(diffusion_data::rng(1, 0)).next_batch(2000);
-    let full = process::bound_bits_per_point(
-        &bb,
-        &bnet,
-        &seqs,
-        &mut diffusion_data::rng(5, 0),
-        &device,
-        16384,
-    );
-    let respaced = respaced_bound_bits_binomial(
-        &bb,
-        &bnet,
-        &Respacing::even(30, 30).unwrap(),
-        &seqs,
-        &mut diffusion_data::rng(6, 0),
-        &device,
-    )
-    .unwrap();
-    let (a, b) = (
-        MeanStderr::of(&full).unwrap(),
-        MeanStderr::of(&respaced).unwrap(),
-    );
-    assert!(
-        (a.mean - b.mean).abs() < 4.0 * (a.stderr.powi(2) + b.stderr.powi(2)).sqrt(),
-        "{a:?} {b:?}"
     );
 }
