@@ -59,12 +59,15 @@ fn respaced_and_ddim_chains() {
             e["k_stderr_bits"].as_f64().unwrap(),
         )
     };
+    // every step kept is the full chain, its bound too: the same draws, the same K to rounding
     let ((k0, s0), (k1, s1)) = (k(&full), k(&all));
     assert!(
-        (k0 - k1).abs() < 4.0 * (s0 * s0 + s1 * s1).sqrt(),
+        (k0 - k1).abs() < 1e-3 && (s0 - s1).abs() < 1e-3,
         "{full} {all}"
     );
-    assert!(k(&short).0.is_finite() && short["energy_distance"].as_f64().unwrap() > 0.0);
+    // 4 of 20 steps cost the bound (0.17 bits on this briefly trained model)
+    let (k4, _) = k(&short);
+    assert!(k4 < k0 - 0.05, "{full} {short}");
 
     // the picture of quality and bound against the steps
     let pictures = dir.join("pictures");
@@ -100,7 +103,9 @@ fn respaced_and_ddim_chains() {
         &["--sampler", "ddim", "--sample-steps", "5", "--eta", "2"],
         "--eta 2",
     );
-    sample(
+    // a respaced chain is a process of its own: conditioning runs on it
+    let given = draw(
+        "given",
         &[
             "--sampler",
             "respaced",
@@ -109,8 +114,13 @@ fn respaced_and_ddim_chains() {
             "--known",
             "0=1",
         ],
-        "conditioning on a respaced chain needs a noise-predicting parametrization",
     );
+    let given = String::from_utf8(given).unwrap();
+    assert_eq!(given.lines().skip(1).count(), 300);
+    for line in given.lines().skip(1) {
+        let x: f64 = line.split(',').next().unwrap().parse().unwrap();
+        assert!((x - 1.0).abs() < 1e-5, "{line}");
+    }
     let beat = train_quick(
         &TINY_HEARTBEAT.replace("steps = 1500", "steps = 50"),
         &dir,
@@ -153,4 +163,25 @@ fn respaced_and_ddim_chains() {
             .flat_map(|l| l.split(','))
             .all(|v| v == "0" || v == "1")
     );
+    // and conditioned respaced bits hold their known bits
+    run(&[
+        "sample",
+        "--run",
+        s(&beat),
+        "-n",
+        "50",
+        "--out",
+        s(&out),
+        "--sampler",
+        "respaced",
+        "--sample-steps",
+        "8",
+        "--known",
+        "0=1,3=0",
+    ]);
+    let text = std::fs::read_to_string(&out).unwrap();
+    for line in text.lines().skip(1) {
+        let bits: Vec<&str> = line.split(',').collect();
+        assert_eq!((bits[0], bits[3]), ("1", "0"), "{line}");
+    }
 }

@@ -17,6 +17,7 @@ pub(crate) mod binomial;
 mod chain;
 mod decoder;
 mod gaussian;
+mod gaussian_tables;
 mod learned;
 mod respaced;
 
@@ -27,9 +28,8 @@ use rand::Rng as _;
 
 pub use binomial::{BinomialBatch, BinomialBound, BinomialRows};
 pub use decoder::{Decoder, DecoderRows};
-pub use gaussian::{
-    ClipRange, GaussianBatch, GaussianBound, GaussianRows, GaussianTables, Posterior,
-};
+pub use gaussian::{ClipRange, GaussianBatch, GaussianBound, GaussianRows};
+pub use gaussian_tables::{GaussianTables, Posterior};
 pub use respaced::{BinomialTables, Respaced, affine_map};
 
 use crate::condition::{ConditionError, Conditioning, Variable};
