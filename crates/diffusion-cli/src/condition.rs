@@ -211,6 +211,7 @@ impl ConditionArgs {
             Mode::Constant => ConditionMode::Constant,
             Mode::Forward => ConditionMode::Forward,
             Mode::Likelihood => ConditionMode::Likelihood,
+            Mode::Twisted => ConditionMode::Twisted,
         };
         let mut given =
             Conditioning::new(conditions, dim, variable, mode).map_err(|e| e.to_string())?;

@@ -26,7 +26,7 @@ impl Conditioning {
                 Cell::Observed(y, s) => (y as f64, s * s),
             };
             let (value, var) = match self.mode {
-                ConditionMode::Constant => (y, s2),
+                ConditionMode::Constant | ConditionMode::Twisted => (y, s2),
                 ConditionMode::Forward => {
                     let e: f64 = rng.sample(StandardNormal);
                     (a * y + b * e, abar * s2)
@@ -55,7 +55,7 @@ impl Conditioning {
                 Cell::Observed(y, e) => (y >= 0.5, e),
             };
             match self.mode {
-                ConditionMode::Constant => f.set_bit(j, y, e),
+                ConditionMode::Constant | ConditionMode::Twisted => f.set_bit(j, y, e),
                 ConditionMode::Forward => {
                     // y_t ~ q(y_t | y_0 = y): kept with probability abar, else redrawn
                     let y = if rng.random::<f64>() >= abar {
@@ -267,6 +267,39 @@ impl DeviceFactor {
             .neg()
             * prev.soft.clone();
         (known_term + z_term - h_term).sum_dim(1).squeeze_dim(1)
+    }
+
+    /// ln ψ per chain of the twisted mode ([`ConditionMode::Twisted`]) for this (constant)
+    /// factor at chains whose kernel implies `x0_hat`: the sum over the coordinates with a
+    /// factor of ln N(y; x̂_0, s² + `spread`), s = 0 for a known value.
+    pub(crate) fn gaussian_twist_log(&self, x0_hat: Tensor<2>, spread: f64) -> Tensor<1> {
+        let log_normal = |x: Tensor<2>, m: Tensor<2>, v: Tensor<2>| {
+            ((x - m).powi_scalar(2) / v.clone() + (v * (2.0 * std::f64::consts::PI)).log()) * -0.5
+        };
+        let known = self.keep.clone().neg() + 1.0;
+        let known_term = log_normal(
+            self.known_value.clone(),
+            x0_hat.clone(),
+            x0_hat.ones_like() * spread,
+        ) * known;
+        // soft_param is s² where a soft factor applies (1 elsewhere, masked out)
+        let soft_term = log_normal(
+            self.soft_value.clone(),
+            x0_hat,
+            self.soft_param.clone() + spread,
+        ) * self.soft.clone();
+        (known_term + soft_term).sum_dim(1).squeeze_dim(1)
+    }
+
+    /// No factor anywhere: the `prev` of a step whose chains were drawn without one.
+    pub(crate) fn none_like(&self) -> Self {
+        Self {
+            keep: self.keep.ones_like(),
+            known_value: self.known_value.zeros_like(),
+            soft: self.soft.zeros_like(),
+            soft_value: self.soft_value.zeros_like(),
+            soft_param: self.soft_param.ones_like(),
+        }
     }
 
     /// The logits of the kernel times the binary factor.

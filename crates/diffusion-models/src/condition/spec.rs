@@ -113,6 +113,14 @@ pub enum ConditionMode {
     /// 1 - abar_t + s²), exact for such data and r itself at t = 0. It tempers r where x_t
     /// says little about x_0; a known value is a factor of variance 1 - abar_t.
     Likelihood,
+    /// Resampled chains (needs [`Conditioning::resampled`]) that target the model's own
+    /// p(x_0 | r): no factor multiplies the kernels before t = 0, where r does; the particles
+    /// are weighted by twisting functions ψ_t(x_t), the model's own estimate of r's likelihood
+    /// given x_t, N(y; x̂_0(x_t), s² + 1 - abar_t) on each coordinate with a factor (x̂_0 the
+    /// mean the network's kernel implies, s = 0 for a known value). The weights telescope to
+    /// p(y | x_1) of the last kernel, so the draws tend to the model's conditional as the
+    /// particles grow, whatever the twist (Gaussian runs).
+    Twisted,
 }
 
 impl ConditionMode {
@@ -122,6 +130,7 @@ impl ConditionMode {
             Self::Constant => "constant",
             Self::Forward => "forward",
             Self::Likelihood => "likelihood",
+            Self::Twisted => "twisted",
         }
     }
 }
@@ -356,6 +365,16 @@ impl Conditioning {
                 process_dim: dim,
                 process_variable: variable,
             });
+        }
+        if self.mode == ConditionMode::Twisted && !self.resample {
+            return Err(ConditionError::Resampling(
+                "the twisted mode weighs and resamples its chains: it needs resampling (--resample)",
+            ));
+        }
+        if self.mode == ConditionMode::Twisted && self.variable == Variable::Binary {
+            return Err(ConditionError::Resampling(
+                "the twisted mode is for Gaussian runs; binary runs resample the constant mode",
+            ));
         }
         if self.rows == 1 || self.rows == chains {
             Ok(())

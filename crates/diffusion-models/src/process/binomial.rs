@@ -451,6 +451,13 @@ impl ReverseChain for BinomialBound {
     fn step_factor(&self, given: &Conditioning, n: usize, k: usize, rng: &mut Rng) -> StepFactor {
         given.binary_step(n, self.diffusion.alpha_bar(k), self.diffusion.pi(), rng)
     }
+
+    /// No twist (ψ = 1: the weights come at the last step alone); `Conditioning::check`
+    /// refuses the twisted mode for binary runs.
+    fn twist_log(&self, _: &BinaryKernel, x: &Tensor<2>, _: usize, _: &DeviceFactor) -> Tensor<1> {
+        let n = x.dims()[0];
+        Tensor::zeros([n], &x.device())
+    }
 }
 
 #[cfg(test)]

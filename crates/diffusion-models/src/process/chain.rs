@@ -34,6 +34,15 @@ pub(crate) trait ReverseChain: Process {
     ) -> Self::Kernel;
     /// The factor r_k of `given` for `n` chains at the step that draws x_k.
     fn step_factor(&self, given: &Conditioning, n: usize, k: usize, rng: &mut Rng) -> StepFactor;
+    /// ln ψ_t(x_t) per chain, the twisted mode's estimate of ln r(x_0) given the chains `x` at
+    /// step `t` ≥ 2 whose kernel is `kernel` ([`ConditionMode::Twisted`]; `r` its factor).
+    fn twist_log(
+        &self,
+        kernel: &Self::Kernel,
+        x: &Tensor<2>,
+        t: usize,
+        r: &DeviceFactor,
+    ) -> Tensor<1>;
 }
 
 /// One step's kernel, before the condition multiplies it.
@@ -78,15 +87,19 @@ pub(crate) fn run<P: ReverseChain, N: ReverseNetwork>(
     let (d, steps) = (process.dim(), process.steps());
     let tables = process.tables(device);
     let conditioned = given.is_some();
-    // the constant mode's one factor, built and uploaded once
+    let twisted = given.is_some_and(|c| c.mode() == ConditionMode::Twisted);
+    // the constant and twisted modes' one factor, built and uploaded once
     let constant = given
-        .filter(|c| c.mode() == ConditionMode::Constant)
+        .filter(|c| matches!(c.mode(), ConditionMode::Constant | ConditionMode::Twisted))
         .map(|c| Factor::new(process.step_factor(c, n, steps, rng), n, d, device));
+    // the twisted mode multiplies only the last step by r
     let factor = |k: usize, rng: &mut Rng| {
-        given.map(|c| match &constant {
-            Some(f) => f.clone(),
-            None => Factor::new(process.step_factor(c, n, k, rng), n, d, device),
-        })
+        given
+            .filter(|_| !twisted || k == 0)
+            .map(|c| match &constant {
+                Some(f) => f.clone(),
+                None => Factor::new(process.step_factor(c, n, k, rng), n, d, device),
+            })
     };
     let mut out = Vec::new();
     let mut snapshot = |t: usize, x: &Tensor<2>| {
@@ -102,14 +115,37 @@ pub(crate) fn run<P: ReverseChain, N: ReverseNetwork>(
     // with resampling, each step first weighs the chains by Z_t(x_t) / r_t(x_t) and may
     // resample them (then the kernel's rows go with their chains)
     let mut particles = given.filter(|c| c.resamples()).map(|c| Particles::of(c, n));
+    // the twisted mode's ln ψ of each chain's last step
+    let mut twist = vec![0.0f32; n];
     for t in (1..=steps).rev() {
         let mut kernel = process.kernel(network, &tables, &x, t, conditioned, rng, device);
         let f = factor(t - 1, rng);
-        if let (Some(p), Some(f), Some(h)) = (particles.as_mut(), &f, &prev) {
-            let lw = host(kernel.log_weight(&x, &f.device, &h.device));
-            if let Some(picks) = p.reweigh(&lw, t == 1, rng) {
-                kernel = kernel.pick(&picks);
+        let lw = match (particles.is_some(), &f, &prev, &constant) {
+            (true, _, _, Some(r)) if twisted && t > 1 => {
+                // ψ_t(x_t) / ψ_{t+1}(x_{t+1})
+                let now = host(process.twist_log(&kernel, &x, t, &r.device));
+                let lw = now.iter().zip(&twist).map(|(a, b)| a - b).collect();
+                twist = now;
+                Some(lw)
             }
+            // the last step, drawn with r: p(y | x_1) / ψ_2(x_2)
+            (true, Some(f), _, _) if twisted => {
+                let z = host(kernel.log_weight(&x, &f.device, &f.device.none_like()));
+                Some(
+                    z.iter()
+                        .zip(&twist)
+                        .map(|(a, b)| a - b)
+                        .collect::<Vec<f32>>(),
+                )
+            }
+            (true, Some(f), Some(h), _) => Some(host(kernel.log_weight(&x, &f.device, &h.device))),
+            _ => None,
+        };
+        if let (Some(p), Some(lw)) = (particles.as_mut(), lw)
+            && let Some(picks) = p.reweigh(&lw, t == 1, rng)
+        {
+            kernel = kernel.pick(&picks);
+            twist = picks.iter().map(|&i| twist[i]).collect();
         }
         x = kernel.draw(f.as_ref(), rng, device);
         if f.is_some() {

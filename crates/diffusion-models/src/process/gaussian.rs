@@ -512,6 +512,23 @@ impl ReverseChain for GaussianBound {
     fn step_factor(&self, given: &Conditioning, n: usize, k: usize, rng: &mut Rng) -> StepFactor {
         given.gaussian_step(n, self.diffusion.alpha_bar(k), rng)
     }
+
+    /// ln N(y; x̂_0, s² + 1 - abar_t) summed over the factor's coordinates, x̂_0 = (μ - c_t x_t)
+    /// / c_0 the kernel's implied x_0.
+    fn twist_log(
+        &self,
+        kernel: &GaussianKernel,
+        x: &Tensor<2>,
+        t: usize,
+        r: &DeviceFactor,
+    ) -> Tensor<1> {
+        let GaussianKernel::Moments { mean, .. } = kernel else {
+            unreachable!("conditioned chains have their kernels' moments")
+        };
+        let (c0, ct, _) = self.diffusion.posterior_coefficients(t);
+        let x0_hat = (mean.clone() - x.clone() * ct) / c0;
+        r.gaussian_twist_log(x0_hat, 1.0 - self.diffusion.alpha_bar(t))
+    }
 }
 
 /// `[n, d]` standard normals drawn on the host in f64, row-major.
