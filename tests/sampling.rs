@@ -142,46 +142,24 @@ fn respaced_and_ddim_chains() {
         ],
         "DDIM is for Gaussian runs",
     );
-    // respaced bits are bits
-    run(&[
-        "sample",
-        "--run",
-        s(&beat),
-        "-n",
-        "50",
-        "--out",
-        s(&out),
-        "--sampler",
-        "respaced",
-        "--sample-steps",
-        "8",
-    ]);
-    let text = std::fs::read_to_string(&out).unwrap();
-    assert!(
-        text.lines()
+    // respaced bits are bits, and conditioned ones hold their known bits
+    let bits = |extra: &[&str]| {
+        let mut args = vec!["sample", "--run", s(&beat), "-n", "50", "--out", s(&out)];
+        args.extend_from_slice(&["--sampler", "respaced", "--sample-steps", "8"]);
+        args.extend_from_slice(extra);
+        run(&args);
+        let text = std::fs::read_to_string(&out).unwrap();
+        let rows: Vec<Vec<String>> = text
+            .lines()
             .skip(1)
-            .flat_map(|l| l.split(','))
-            .all(|v| v == "0" || v == "1")
-    );
-    // and conditioned respaced bits hold their known bits
-    run(&[
-        "sample",
-        "--run",
-        s(&beat),
-        "-n",
-        "50",
-        "--out",
-        s(&out),
-        "--sampler",
-        "respaced",
-        "--sample-steps",
-        "8",
-        "--known",
-        "0=1,3=0",
-    ]);
-    let text = std::fs::read_to_string(&out).unwrap();
-    for line in text.lines().skip(1) {
-        let bits: Vec<&str> = line.split(',').collect();
-        assert_eq!((bits[0], bits[3]), ("1", "0"), "{line}");
+            .map(|l| l.split(',').map(String::from).collect())
+            .collect();
+        assert_eq!(rows.len(), 50);
+        assert!(rows.iter().flatten().all(|v| v == "0" || v == "1"));
+        rows
+    };
+    bits(&[]);
+    for row in bits(&["--known", "0=1,3=0"]) {
+        assert_eq!((row[0].as_str(), row[3].as_str()), ("1", "0"), "{row:?}");
     }
 }

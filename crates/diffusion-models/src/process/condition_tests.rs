@@ -642,36 +642,33 @@ fn twisted_chains_reach_the_models_own_conditional() {
         let mut rng = diffusion_data::rng(21, 0);
         sample_given(&bound, &model, n, &given, &mut rng, &device, n).unwrap()
     };
+    // x_0[0]'s mean and variance in `x` against (want_m, want_v); resampled chains are
+    // dependent: tolerances of an effective 1/8 of the chains
+    let close = |x: &[f32], (want_m, want_v): (f64, f64)| {
+        let (m, s2) = mean_var(x.chunks(2).map(|r| r[0] as f64));
+        let se = (want_v * 8.0 / n as f64).sqrt();
+        (
+            (m - want_m).abs() < 4.0 * se && (s2 / want_v - 1.0).abs() < 0.15,
+            m,
+            s2,
+        )
+    };
     let v = 1.2f64;
-    let (want_m, want_v) = (q * v / p, p - q * q / p);
+    let want = (q * v / p, p - q * q / p);
     let x = run(Condition::new().known(1, v as f32), ConditionMode::Twisted);
     assert!(x.chunks(2).all(|r| r[1] == v as f32));
-    let (m, s2) = mean_var(x.chunks(2).map(|r| r[0] as f64));
-    // resampled chains are dependent: tolerances of an effective 1/8 of the chains
-    let se = (want_v * 8.0 / n as f64).sqrt();
-    assert!(
-        (m - want_m).abs() < 4.0 * se,
-        "mean {m} vs {want_m} (s.e. {se})"
-    );
-    assert!((s2 / want_v - 1.0).abs() < 0.15, "var {s2} vs {want_v}");
+    let (ok, m, s2) = close(&x, want);
+    assert!(ok, "twisted: {m} {s2} vs {want:?}");
     let held = run(Condition::new().known(1, v as f32), ConditionMode::Constant);
-    let (held_m, held_v) = mean_var(held.chunks(2).map(|r| r[0] as f64));
-    assert!(
-        (held_m - want_m).abs() > 4.0 * se || (held_v / want_v - 1.0).abs() > 0.3,
-        "the constant mode's {held_m} {held_v} vs {want_m} {want_v}"
-    );
+    let (ok, m, s2) = close(&held, want);
+    assert!(!ok, "the constant mode's {m} {s2} vs {want:?}");
     // an observation
     let (y, s) = (-0.8f64, 0.3f64);
-    let (want_m, want_v) = (q * y / (p + s * s), p - q * q / (p + s * s));
+    let want = (q * y / (p + s * s), p - q * q / (p + s * s));
     let x = run(
         Condition::new().observed(1, y as f32, s),
         ConditionMode::Twisted,
     );
-    let (m, s2) = mean_var(x.chunks(2).map(|r| r[0] as f64));
-    let se = (want_v * 8.0 / n as f64).sqrt();
-    assert!(
-        (m - want_m).abs() < 4.0 * se,
-        "mean {m} vs {want_m} (s.e. {se})"
-    );
-    assert!((s2 / want_v - 1.0).abs() < 0.15, "var {s2} vs {want_v}");
+    let (ok, m, s2) = close(&x, want);
+    assert!(ok, "twisted: {m} {s2} vs {want:?}");
 }
