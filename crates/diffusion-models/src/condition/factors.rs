@@ -26,13 +26,16 @@ impl Conditioning {
                 Cell::Observed(y, s) => (y as f64, s * s),
             };
             let (value, var) = match self.mode {
-                ConditionMode::Constant | ConditionMode::Twisted => (y, s2),
+                ConditionMode::Constant => (y, s2),
                 ConditionMode::Forward => {
                     let e: f64 = rng.sample(StandardNormal);
                     (a * y + b * e, abar * s2)
                 }
                 // N(y; a x, 1 - abar + s²) as a factor in x: N(x; y / a, (1 - abar + s²) / abar)
-                ConditionMode::Likelihood => (y / a, ((1.0 - abar) + s2) / abar),
+                // (the twisted mode's proposals are the likelihood mode's)
+                ConditionMode::Likelihood | ConditionMode::Twisted => {
+                    (y / a, ((1.0 - abar) + s2) / abar)
+                }
             };
             if var > 0.0 {
                 f.set_soft(j, value as f32, var as f32);

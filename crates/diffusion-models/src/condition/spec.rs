@@ -113,13 +113,14 @@ pub enum ConditionMode {
     /// 1 - abar_t + s²), exact for such data and r itself at t = 0. It tempers r where x_t
     /// says little about x_0; a known value is a factor of variance 1 - abar_t.
     Likelihood,
-    /// Resampled chains (needs [`Conditioning::resampled`]) that target the model's own
-    /// p(x_0 | r): no factor multiplies the kernels before t = 0, where r does; the particles
-    /// are weighted by twisting functions ψ_t(x_t), the model's own estimate of r's likelihood
-    /// given x_t, N(y; x̂_0(x_t), s² + 1 - abar_t) on each coordinate with a factor (x̂_0 the
-    /// mean the network's kernel implies, s = 0 for a known value). The weights telescope to
-    /// p(y | x_1) of the last kernel, so the draws tend to the model's conditional as the
-    /// particles grow, whatever the twist (Gaussian runs).
+    /// Resampled chains (needs [`Conditioning::resampled`]; Gaussian runs) that target the
+    /// model's own p(x_0) r(x_0): the kernels multiplied by the likelihood mode's factors (the
+    /// proposal), the particles weighed so that at step t they target p(x_{t:T}) ψ_t(x_t),
+    /// where the twisting function ψ_t is the model's own estimate of r's likelihood given
+    /// x_t, N(y; x̂_0(x_t), s² + 1 - abar_t) on each coordinate with a factor (x̂_0 the mean
+    /// the network's kernel implies, s = 0 for a known value; Wu et al. 2023). ψ is exact at
+    /// t = 0, where it is r, and the draws tend to the model's conditional as the particles
+    /// grow, whatever the twist.
     Twisted,
 }
 

@@ -87,19 +87,19 @@ pub(crate) fn run<P: ReverseChain, N: ReverseNetwork>(
     let (d, steps) = (process.dim(), process.steps());
     let tables = process.tables(device);
     let conditioned = given.is_some();
-    let twisted = given.is_some_and(|c| c.mode() == ConditionMode::Twisted);
-    // the constant and twisted modes' one factor, built and uploaded once
+    // the constant mode's one factor, built and uploaded once
     let constant = given
-        .filter(|c| matches!(c.mode(), ConditionMode::Constant | ConditionMode::Twisted))
+        .filter(|c| c.mode() == ConditionMode::Constant)
         .map(|c| Factor::new(process.step_factor(c, n, steps, rng), n, d, device));
-    // the twisted mode multiplies only the last step by r
+    // the twisted mode's r itself, for its twisting functions
+    let r = given
+        .filter(|c| c.mode() == ConditionMode::Twisted)
+        .map(|c| Factor::new(process.step_factor(c, n, 0, rng), n, d, device));
     let factor = |k: usize, rng: &mut Rng| {
-        given
-            .filter(|_| !twisted || k == 0)
-            .map(|c| match &constant {
-                Some(f) => f.clone(),
-                None => Factor::new(process.step_factor(c, n, k, rng), n, d, device),
-            })
+        given.map(|c| match &constant {
+            Some(f) => f.clone(),
+            None => Factor::new(process.step_factor(c, n, k, rng), n, d, device),
+        })
     };
     let mut out = Vec::new();
     let mut snapshot = |t: usize, x: &Tensor<2>| {
@@ -115,37 +115,26 @@ pub(crate) fn run<P: ReverseChain, N: ReverseNetwork>(
     // with resampling, each step first weighs the chains by Z_t(x_t) / r_t(x_t) and may
     // resample them (then the kernel's rows go with their chains)
     let mut particles = given.filter(|c| c.resamples()).map(|c| Particles::of(c, n));
-    // the twisted mode's ln ψ of each chain's last step
-    let mut twist = vec![0.0f32; n];
+    // the twisted mode's ln Z_t(x_{t+1}) − ln ψ_{t+1}(x_{t+1}) of each chain's last step
+    let mut carry = vec![0.0f32; n];
     for t in (1..=steps).rev() {
         let mut kernel = process.kernel(network, &tables, &x, t, conditioned, rng, device);
         let f = factor(t - 1, rng);
-        let lw = match (particles.is_some(), &f, &prev, &constant) {
-            (true, _, _, Some(r)) if twisted && t > 1 => {
-                // ψ_t(x_t) / ψ_{t+1}(x_{t+1})
-                let now = host(process.twist_log(&kernel, &x, t, &r.device));
-                let lw = now.iter().zip(&twist).map(|(a, b)| a - b).collect();
-                twist = now;
-                Some(lw)
+        let lw = match (particles.is_some(), &f, &prev) {
+            (true, Some(f), Some(h)) => {
+                let lw = host(kernel.log_weight(&x, &f.device, &h.device));
+                Some(match &r {
+                    Some(r) => twisted_weight(process, &kernel, &x, t, (f, r), lw, &mut carry),
+                    None => lw,
+                })
             }
-            // the last step, drawn with r: p(y | x_1) / ψ_2(x_2)
-            (true, Some(f), _, _) if twisted => {
-                let z = host(kernel.log_weight(&x, &f.device, &f.device.none_like()));
-                Some(
-                    z.iter()
-                        .zip(&twist)
-                        .map(|(a, b)| a - b)
-                        .collect::<Vec<f32>>(),
-                )
-            }
-            (true, Some(f), Some(h), _) => Some(host(kernel.log_weight(&x, &f.device, &h.device))),
             _ => None,
         };
         if let (Some(p), Some(lw)) = (particles.as_mut(), lw)
             && let Some(picks) = p.reweigh(&lw, t == 1, rng)
         {
             kernel = kernel.pick(&picks);
-            twist = picks.iter().map(|&i| twist[i]).collect();
+            carry = picks.iter().map(|&i| carry[i]).collect();
         }
         x = kernel.draw(f.as_ref(), rng, device);
         if f.is_some() {
@@ -153,5 +142,31 @@ pub(crate) fn run<P: ReverseChain, N: ReverseNetwork>(
         }
         snapshot(t - 1, &x);
     }
+    out
+}
+
+/// The twisted mode's log-weights at step `t` ([`ConditionMode::Twisted`]): the proposal's
+/// `lw` = ln Z_{t-1}(x_t) − ln h_t(x_t) (its factors h, `f` = h_{t-1}) becomes
+/// ln ψ_t(x_t) − ln h_t(x_t) + `carry`, the carry (ln Z_{t-1}(x_t) − ln ψ_t(x_t)) moving on to
+/// the next step; so that the chains weighed at step t target p(x_{t:T}) ψ_t(x_t). At t = 1,
+/// where the factor is r itself, ψ_1 cancels: lw + carry.
+fn twisted_weight<P: ReverseChain>(
+    process: &P,
+    kernel: &P::Kernel,
+    x: &Tensor<2>,
+    t: usize,
+    (f, r): (&Factor, &Factor),
+    lw: Vec<f32>,
+    carry: &mut Vec<f32>,
+) -> Vec<f32> {
+    if t == 1 {
+        return lw.iter().zip(carry.iter()).map(|(a, c)| a + c).collect();
+    }
+    let z = host(kernel.log_weight(x, &f.device, &f.device.none_like()));
+    let psi = host(process.twist_log(kernel, x, t, &r.device));
+    let out = (0..lw.len())
+        .map(|i| lw[i] - z[i] + psi[i] + carry[i])
+        .collect();
+    *carry = (0..lw.len()).map(|i| z[i] - psi[i]).collect();
     out
 }
