@@ -168,6 +168,16 @@ fn heartbeat_inpainting_and_denoising() {
         &["evaluate-conditional", "--run", s(&beat)],
         "needs a condition",
     );
+    let twisted = ["--known", "7=1", "--condition-mode", "twisted"];
+    let sample = ["sample", "--run", s(&beat), "-n", "5", "--out", s(&out)];
+    fails(
+        &[&sample[..], &twisted[..]].concat(),
+        "it needs resampling (--resample)",
+    );
+    fails(
+        &[&sample[..], &twisted[..], &["--resample"][..]].concat(),
+        "the twisted mode is for Gaussian runs",
+    );
     fails(
         &[
             "sample",
@@ -193,22 +203,16 @@ fn swiss_roll_inpainting_and_denoising() {
     let roll = train_quick(&TINY.replace("steps = 1500", "steps = 300"), &dir, "roll");
     let out = dir.join("s.csv");
     // a known coordinate is exact in every sample, whatever the mode
-    for mode in ["constant", "likelihood"] {
-        run(&[
-            "sample",
-            "--run",
-            s(&roll),
-            "-n",
-            "400",
-            "--out",
-            s(&out),
-            "--known",
-            "0=0.25",
-            "--condition-mode",
-            mode,
-        ]);
+    for mode in [
+        &["--condition-mode", "constant"][..],
+        &["--condition-mode", "likelihood"],
+        &["--condition-mode", "likelihood", "--resample"],
+        &["--condition-mode", "twisted", "--resample"],
+    ] {
+        let args = ["sample", "--run", s(&roll), "-n", "400", "--out", s(&out)];
+        run(&[&args[..], &["--known", "0=0.25"], mode].concat());
         let rows = read_rows(&out);
-        assert!(rows.iter().all(|r| r[0] == 0.25), "{mode}");
+        assert!(rows.iter().all(|r| r[0] == 0.25), "{mode:?}");
     }
     // one condition per sample from a file (NaN: not known)
     let known = dir.join("known.csv");

@@ -17,9 +17,14 @@
 //!   standard-normal (or i.i.d. Bernoulli(pi)) data, N(y; sqrt(abar_t) x_t, 1 - abar_t + s²):
 //!   weak where x_t is mostly noise.
 //!
+//! - [`ConditionMode::Twisted`] (resampled, Gaussian runs): the likelihood mode's factors as the
+//!   proposal, the particles weighed toward twisting functions ψ_t(x_t) = N(y; x̂_0(x_t),
+//!   s² + 1 − abar_t) built from the network's own x̂_0.
+//!
 //! At t = 0 every mode is r itself. [`Conditioning::resampled`] adds sequential Monte Carlo on
-//! top of the constant or likelihood mode: the chains are weighted and resampled so that their
-//! draws tend to the model's own p(x_0) r(x_0).
+//! top of the constant, likelihood or twisted mode: the chains are weighted and resampled so
+//! that their draws tend to the model's own p(x_0) r(x_0) (for the constant mode, to p(x_0)
+//! with r at every step: its known values held from x_T on).
 //!
 //! Several factors on one coordinate are multiplied into one (`diffusion_core::condition`); a
 //! known value absorbs any observation of its coordinate.

@@ -275,7 +275,7 @@ impl Conditioning {
     pub fn resampled(mut self) -> Result<Self, ConditionError> {
         if self.mode == ConditionMode::Forward {
             return Err(ConditionError::Resampling(
-                "resampling needs the constant or likelihood mode (the forward mode's r_t is random)",
+                "resampling needs the constant, likelihood or twisted mode (the forward mode's r_t is random)",
             ));
         }
         if self.rows != 1 {
@@ -294,7 +294,7 @@ impl Conditioning {
     pub fn resampled_in_groups(mut self, size: usize) -> Result<Self, ConditionError> {
         if self.mode == ConditionMode::Forward {
             return Err(ConditionError::Resampling(
-                "resampling needs the constant or likelihood mode (the forward mode's r_t is random)",
+                "resampling needs the constant, likelihood or twisted mode (the forward mode's r_t is random)",
             ));
         }
         let d = self.dim;
