@@ -48,6 +48,8 @@ fn keep_freed_memory() {
 }
 
 fn main() -> ExitCode {
+    // before any thread starts, so that every thread inherits it
+    diffusion_kernels::flush_subnormals();
     keep_freed_memory();
     // A bug must still end in one line, not a backtrace.
     std::panic::set_hook(Box::new(|info| {
