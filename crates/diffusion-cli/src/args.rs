@@ -381,9 +381,9 @@ pub enum Mode {
     /// r_t(x_t) = the observation's likelihood given x_t for standard-normal (or i.i.d.
     /// Bernoulli) data: N(y; sqrt(abar_t) x_t, 1 - abar_t + s²).
     Likelihood,
-    /// With --resample (Gaussian runs): r only at the last step, the particles weighted by the
-    /// model's own estimate of r given x_t, N(y; x̂_0(x_t), s² + 1 - abar_t); tends to the
-    /// model's own conditional.
+    /// With --resample (Gaussian runs): the likelihood mode's r_t as the proposal, the particles
+    /// weighed toward the model's own estimate of r given x_t, N(y; x̂_0(x_t), s² + 1 - abar_t);
+    /// tends to the model's own conditional.
     Twisted,
 }
 

@@ -468,8 +468,8 @@ fn fused(
 
 /// Makes the calling thread's floating point flush subnormal results to zero and read subnormal
 /// inputs as zero (x86-64: the FTZ and DAZ bits of MXCSR; elsewhere it does nothing and returns
-/// `false`). Threads created afterwards start with the same setting, so call it first in
-/// `main`, before any thread pool starts.
+/// `false`). On Linux, threads created afterwards start with the same setting, so call it first
+/// in `main`, before any thread pool starts (elsewhere, call it on each thread).
 ///
 /// Long training runs drift into subnormal numbers (Adam's moments and the gradients of weights
 /// that have settled decay below 1.2e-38), which x86 cores compute through microcode assists at a

@@ -58,7 +58,7 @@ impl Conditioning {
                 Cell::Observed(y, e) => (y >= 0.5, e),
             };
             match self.mode {
-                ConditionMode::Constant | ConditionMode::Twisted => f.set_bit(j, y, e),
+                ConditionMode::Constant => f.set_bit(j, y, e),
                 ConditionMode::Forward => {
                     // y_t ~ q(y_t | y_0 = y): kept with probability abar, else redrawn
                     let y = if rng.random::<f64>() >= abar {
@@ -68,8 +68,11 @@ impl Conditioning {
                     };
                     f.set_bit(j, y, abar * e)
                 }
-                ConditionMode::Likelihood if abar >= 1.0 => f.set_bit(j, y, e),
-                ConditionMode::Likelihood => {
+                // (the twisted mode, refused for bits, would propose as the likelihood mode)
+                ConditionMode::Likelihood | ConditionMode::Twisted if abar >= 1.0 => {
+                    f.set_bit(j, y, e)
+                }
+                ConditionMode::Likelihood | ConditionMode::Twisted => {
                     // P(x_0 = 1 | x_t) for i.i.d. Bernoulli(pi) bits, then P(y | x_t)
                     let p1 = abar + pi * (1.0 - abar);
                     let p0 = pi * (1.0 - abar);

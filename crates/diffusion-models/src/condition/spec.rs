@@ -125,7 +125,7 @@ pub enum ConditionMode {
 }
 
 impl ConditionMode {
-    /// The mode's name on the command line: `constant`, `forward` or `likelihood`.
+    /// The mode's name on the command line: `constant`, `forward`, `likelihood` or `twisted`.
     pub fn name(self) -> &'static str {
         match self {
             Self::Constant => "constant",
@@ -270,8 +270,8 @@ impl Conditioning {
     /// chain is then the proposal of a sampler whose draws tend to p(x_0) r(x_0) of the model
     /// itself as the number of chains grows (samples within one chunk of chains are dependent).
     /// With [`ConditionMode::Likelihood`] the weights are Z_t(x_t) / r_t(x_t), Z_t the integral
-    /// of the kernel against r_{t-1}. Needs the constant or likelihood mode and one condition
-    /// shared by every chain.
+    /// of the kernel against r_{t-1}; [`ConditionMode::Twisted`] adds its twisting functions.
+    /// Needs the constant, likelihood or twisted mode and one condition shared by every chain.
     pub fn resampled(mut self) -> Result<Self, ConditionError> {
         if self.mode == ConditionMode::Forward {
             return Err(ConditionError::Resampling(
@@ -374,7 +374,7 @@ impl Conditioning {
         }
         if self.mode == ConditionMode::Twisted && self.variable == Variable::Binary {
             return Err(ConditionError::Resampling(
-                "the twisted mode is for Gaussian runs; binary runs resample the constant mode",
+                "the twisted mode is for Gaussian runs; binary runs resample the constant or likelihood mode",
             ));
         }
         if self.rows == 1 || self.rows == chains {

@@ -452,7 +452,7 @@ impl ReverseChain for BinomialBound {
         given.binary_step(n, self.diffusion.alpha_bar(k), self.diffusion.pi(), rng)
     }
 
-    /// No twist (ψ = 1: the weights come at the last step alone); `Conditioning::check`
+    /// No twist (ψ = 1, which leaves the likelihood mode's weights); `Conditioning::check`
     /// refuses the twisted mode for binary runs.
     fn twist_log(&self, _: &BinaryKernel, x: &Tensor<2>, _: usize, _: &DeviceFactor) -> Tensor<1> {
         let n = x.dims()[0];

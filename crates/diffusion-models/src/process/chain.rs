@@ -47,8 +47,10 @@ pub(crate) trait ReverseChain: Process {
 
 /// One step's kernel, before the condition multiplies it.
 pub(crate) trait StepKernel: Sized {
-    /// ln Z_t(x_t) − ln r_t(x_t) per chain, where `f` is this step's factor and `prev` the
-    /// one the chains `x` were drawn with (the weights of sequential Monte Carlo).
+    /// ln Z_{t-1}(x_t) − ln h_t(x_t) per chain at step t, where Z_{t-1}(x_t) is the integral of
+    /// this kernel against `f` (the factor h_{t-1} of the draw it makes) and h_t is `prev`'s soft
+    /// factor at the chains `x` (the one they were drawn with): the weights of sequential Monte
+    /// Carlo.
     fn log_weight(&self, x: &Tensor<2>, f: &DeviceFactor, prev: &DeviceFactor) -> Tensor<1>;
     /// The kernel of the chains `picks`, in that order (after resampling).
     fn pick(self, picks: &[usize]) -> Self;

@@ -26,7 +26,9 @@ const COLUMNS: usize = COEFFICIENTS + 11;
 #[derive(Debug, Clone)]
 pub struct GaussianTables {
     /// `[T + 1, COLUMNS]`: the parametrization's coefficients, b~_t and ln b~_t, then the
-    /// columns of [`Posterior`].
+    /// columns of [`Posterior`], then the map [A, B, C, D]; on a mapped respaced chain the
+    /// coefficient and posterior columns of row k are the original chain's at s_k (its b~
+    /// columns its own).
     pub(super) table: Tensor<2>,
     /// [`ClipRange`]'s ends as `[1, d]` tensors.
     clip: Option<(Tensor<2>, Tensor<2>)>,

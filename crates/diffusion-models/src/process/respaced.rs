@@ -38,9 +38,11 @@ pub struct Respaced<D> {
 }
 
 impl<D> Respaced<D> {
-    /// Whether step k's kernel is the original one at s_k unchanged: k = 1, or s_{k−1} = s_k − 1.
+    /// Whether step k (1..=K) maps s_k → s_{k−1} with the original kernel at s_k unchanged:
+    /// s_{k−1} = s_k − 1 (s_0 = 0).
     pub fn keeps_original_kernel(&self, k: usize) -> bool {
-        k == 1 || self.network_steps[k - 2] + 1 == self.network_steps[k - 1]
+        let previous = if k >= 2 { self.network_steps[k - 2] } else { 0 };
+        k >= 1 && previous + 1 == self.network_steps[k - 1]
     }
 }
 
@@ -68,6 +70,12 @@ impl GaussianBound {
         }
         let g = &self.diffusion;
         let own = self.parametrization.predicts_noise() && self.decoder.is_some();
+        if self.decoder.is_some() && !own && r.kept()[0] != 1 {
+            // the decoder is the original kernel at t = 1, which maps onto no longer last step
+            return Err(ScheduleError::InvalidParameter(
+                "a respaced chain whose last step is the decoder keeps step 1 (or predicts the noise)".into(),
+            ));
+        }
         let betas = if own {
             r.betas(|t| g.alpha_bar(t))
         } else {
@@ -92,7 +100,7 @@ impl Respaced<GaussianDiffusion> {
     pub(crate) fn maps(&self, short: &GaussianDiffusion) -> Option<Vec<Option<[f64; 4]>>> {
         let original = self.mapped_from.as_ref()?;
         let map = |k: usize| {
-            (k >= 1 && !self.keeps_original_kernel(k))
+            (k >= 2 && !self.keeps_original_kernel(k))
                 .then(|| affine_map(original, short, self.network_steps[k - 1], k))
         };
         Some((0..=short.steps()).map(map).collect())
@@ -181,7 +189,7 @@ impl BinomialTables {
         Some(Self {
             table: tensor2(values, steps + 1, 8, device),
             mapped: (0..=steps)
-                .map(|k| k >= 1 && !respaced.keeps_original_kernel(k))
+                .map(|k| k >= 2 && !respaced.keeps_original_kernel(k))
                 .collect(),
         })
     }
