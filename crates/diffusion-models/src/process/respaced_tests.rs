@@ -306,3 +306,36 @@ fn batch_rows_take_their_steps_kernels<N: ReverseNetwork>(process: &GaussianBoun
         );
     }
 }
+
+/// A chain that ends in the decoder: noise-predicting runs respace with their own coefficients
+/// whatever the kept steps; a mapped chain must keep step 1, whose original kernel is the
+/// decoder (else a clear error), and then has that kernel at its step 1.
+#[test]
+fn a_decoded_chain_keeps_its_decoder() {
+    let device = Device::flex();
+    let decoder = super::Decoder {
+        lowest: vec![-0.5; 2],
+        highest: vec![0.5; 2],
+        half: vec![0.25; 2],
+    };
+    let with_decoder = |p| GaussianBound {
+        decoder: Some(decoder.clone()),
+        ..gaussian(40, p)
+    };
+    let skips_one = Respacing::new(40, vec![3, 20, 40]).unwrap();
+    let keeps_one = Respacing::new(40, vec![1, 20, 40]).unwrap();
+    let eps = with_decoder(ReverseParametrization::Epsilon);
+    let own = eps.respaced(&skips_one).unwrap();
+    assert!(own.respaced.as_ref().unwrap().mapped_from.is_none());
+    let paper = with_decoder(ReverseParametrization::Paper);
+    let err = paper.respaced(&skips_one).unwrap_err().to_string();
+    assert!(err.contains("keeps step 1"), "{err}");
+    let mapped = paper.respaced(&keeps_one).unwrap();
+    assert_eq!(mapped.first_step(), 1);
+    let net = trained(gaussian(40, ReverseParametrization::Paper), 2, 40);
+    let x = normal(8, 16, 2, &device);
+    let (a, b) = (paper.tables(&device), mapped.tables(&device));
+    let (m1, v1) = paper.mean_log_variance(&net, &a, x.clone(), 1);
+    let (m2, v2) = mapped.mean_log_variance(&net, &b, x, 1);
+    assert_eq!((host(m1), host(v1)), (host(m2), host(v2)));
+}
