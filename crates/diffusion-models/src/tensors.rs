@@ -2,6 +2,9 @@
 //! down. Used by the processes, the conditions and the samplers alike.
 
 use burn::tensor::{Device, Tensor, TensorData};
+use diffusion_data::Rng;
+use rand::Rng as _;
+use rand_distr::StandardNormal;
 
 /// A row-major `[rows, cols]` f32 tensor from host values.
 pub fn tensor2(values: Vec<f32>, rows: usize, cols: usize, device: &Device) -> Tensor<2> {
@@ -15,4 +18,13 @@ pub(crate) fn host<const D: usize>(x: Tensor<D>) -> Vec<f32> {
         .as_slice::<f32>()
         .expect("f32 data")
         .to_vec()
+}
+
+/// `[n, d]` standard normals drawn on the host in f64 from `rng`, row-major: the noise of the
+/// reverse chains and samplers.
+pub(crate) fn normal(rng: &mut Rng, n: usize, d: usize, device: &Device) -> Tensor<2> {
+    let v = (0..n * d)
+        .map(|_| rng.sample::<f64, _>(StandardNormal) as f32)
+        .collect();
+    tensor2(v, n, d, device)
 }

@@ -222,13 +222,14 @@ impl DeviceFactor {
     /// ln Z_t(x_t) − ln r_t(x_t) per chain for a Gaussian kernel N(mean, var) at x_t, where this
     /// factor is r_{t-1} and `prev` is r_t (the one x_t was drawn with; see
     /// [`Conditioning::resampled`]): N(v; mean, var) for a known value (held at v, r = 1 there),
-    /// N(y; mean, var + s²) for a soft factor, over N(y_t; x_t, s_t²) of `prev`'s soft factor.
+    /// N(y; mean, var + s²) for a soft factor, over N(y_t; x_t, s_t²) of `prev`'s soft factor
+    /// (none without `prev`: ln Z_t alone).
     pub(crate) fn gaussian_log_weight(
         &self,
         mean: &Tensor<2>,
         var: &Tensor<2>,
         x_t: &Tensor<2>,
-        prev: &DeviceFactor,
+        prev: Option<&DeviceFactor>,
     ) -> Tensor<1> {
         let log_normal = |x: Tensor<2>, m: Tensor<2>, v: Tensor<2>| {
             ((x - m).powi_scalar(2) / v.clone() + (v * (2.0 * std::f64::consts::PI)).log()) * -0.5
@@ -240,6 +241,9 @@ impl DeviceFactor {
             mean.clone(),
             var.clone() + self.soft_param.clone(),
         ) * self.soft.clone();
+        let Some(prev) = prev else {
+            return (known_term + z_term).sum_dim(1).squeeze_dim(1);
+        };
         let h_term = log_normal(
             prev.soft_value.clone(),
             x_t.clone(),
@@ -251,12 +255,12 @@ impl DeviceFactor {
     /// ln Z_t(x_t) − ln r_t(x_t) per chain for a Bernoulli kernel with `logits` at x_t (this
     /// factor r_{t-1}, `prev` r_t): f or 1 − f for a known bit, f r(1) + (1 − f) r(0) for a soft
     /// one, over `prev`'s r(x_t); each soft r normalised, L its log-ratio: ln Z = softplus(l + L)
-    /// − softplus(l) − softplus(L) and ln r(x) = −softplus(∓L).
+    /// − softplus(l) − softplus(L) and ln r(x) = −softplus(∓L) (none without `prev`).
     pub(crate) fn binary_log_weight(
         &self,
         logits: &Tensor<2>,
         x_t: &Tensor<2>,
-        prev: &DeviceFactor,
+        prev: Option<&DeviceFactor>,
     ) -> Tensor<1> {
         use burn::tensor::activation::softplus;
         let sp = |x: Tensor<2>| softplus(x, 1.0);
@@ -268,44 +272,14 @@ impl DeviceFactor {
         let l = self.soft_param.clone();
         let z_term =
             (sp(logits.clone() + l.clone()) - sp(logits.clone()) - sp(l)) * self.soft.clone();
+        let Some(prev) = prev else {
+            return (known_term + z_term).sum_dim(1).squeeze_dim(1);
+        };
         let lp = prev.soft_param.clone();
         let h_term = (x_t.clone() * sp(lp.clone().neg()) + (x_t.clone().neg() + 1.0) * sp(lp))
             .neg()
             * prev.soft.clone();
         (known_term + z_term - h_term).sum_dim(1).squeeze_dim(1)
-    }
-
-    /// ln ψ per chain of the twisted mode ([`ConditionMode::Twisted`]) for this (constant)
-    /// factor at chains whose kernel implies `x0_hat`: the sum over the coordinates with a
-    /// factor of ln N(y; x̂_0, s² + `spread`), s = 0 for a known value.
-    pub(crate) fn gaussian_twist_log(&self, x0_hat: Tensor<2>, spread: f64) -> Tensor<1> {
-        let log_normal = |x: Tensor<2>, m: Tensor<2>, v: Tensor<2>| {
-            ((x - m).powi_scalar(2) / v.clone() + (v * (2.0 * std::f64::consts::PI)).log()) * -0.5
-        };
-        let known = self.keep.clone().neg() + 1.0;
-        let known_term = log_normal(
-            self.known_value.clone(),
-            x0_hat.clone(),
-            x0_hat.ones_like() * spread,
-        ) * known;
-        // soft_param is s² where a soft factor applies (1 elsewhere, masked out)
-        let soft_term = log_normal(
-            self.soft_value.clone(),
-            x0_hat,
-            self.soft_param.clone() + spread,
-        ) * self.soft.clone();
-        (known_term + soft_term).sum_dim(1).squeeze_dim(1)
-    }
-
-    /// No factor anywhere: the `prev` of a step whose chains were drawn without one.
-    pub(crate) fn none_like(&self) -> Self {
-        Self {
-            keep: self.keep.ones_like(),
-            known_value: self.known_value.zeros_like(),
-            soft: self.soft.zeros_like(),
-            soft_value: self.soft_value.zeros_like(),
-            soft_param: self.soft_param.ones_like(),
-        }
     }
 
     /// The logits of the kernel times the binary factor.

@@ -344,7 +344,12 @@ pub(crate) enum BinaryKernel {
 }
 
 impl StepKernel for BinaryKernel {
-    fn log_weight(&self, x: &Tensor<2>, f: &DeviceFactor, prev: &DeviceFactor) -> Tensor<1> {
+    fn log_weight(
+        &self,
+        x: &Tensor<2>,
+        f: &DeviceFactor,
+        prev: Option<&DeviceFactor>,
+    ) -> Tensor<1> {
         match self {
             Self::Logits(logits) => f.binary_log_weight(logits, x, prev),
             Self::Host { p, d } => {

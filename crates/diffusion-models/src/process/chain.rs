@@ -5,6 +5,8 @@
 //! [`StepKernel`]) and its factors; the order in which the driver draws from the generator is
 //! fixed here, so a seed gives the same chains whatever the process.
 
+use std::sync::Arc;
+
 use burn::tensor::{Device, Tensor};
 use diffusion_data::Rng;
 
@@ -51,17 +53,20 @@ pub(crate) trait StepKernel: Sized {
     /// this kernel against `f` (the factor h_{t-1} of the draw it makes) and h_t is `prev`'s soft
     /// factor at the chains `x` (the one they were drawn with): the weights of sequential Monte
     /// Carlo.
-    fn log_weight(&self, x: &Tensor<2>, f: &DeviceFactor, prev: &DeviceFactor) -> Tensor<1>;
+    /// Without `prev`, ln Z_{t-1}(x_t) alone.
+    fn log_weight(&self, x: &Tensor<2>, f: &DeviceFactor, prev: Option<&DeviceFactor>)
+    -> Tensor<1>;
     /// The kernel of the chains `picks`, in that order (after resampling).
     fn pick(self, picks: &[usize]) -> Self;
     /// A draw of the kernel, multiplied by `f` when given.
     fn draw(self, f: Option<&Factor>, rng: &mut Rng, device: &Device) -> Tensor<2>;
 }
 
-/// A step's factor, on the host as the process built it and on the device.
+/// A step's factor, on the host as the process built it and on the device; a clone (the
+/// constant mode's, every step) shares both.
 #[derive(Debug, Clone)]
 pub(crate) struct Factor {
-    pub(crate) host: StepFactor,
+    pub(crate) host: Arc<StepFactor>,
     pub(crate) device: DeviceFactor,
 }
 
@@ -69,7 +74,7 @@ impl Factor {
     fn new(host: StepFactor, n: usize, d: usize, device: &Device) -> Self {
         Self {
             device: host.clone().upload(n, d, device),
-            host,
+            host: Arc::new(host),
         }
     }
 }
@@ -114,7 +119,7 @@ pub(crate) fn run<P: ReverseChain, N: ReverseNetwork>(
     let mut prev = factor(steps, rng);
     let mut x = prior.draw(prev.as_ref(), rng, device);
     snapshot(steps, &x);
-    // with resampling, each step first weighs the chains by Z_t(x_t) / r_t(x_t) and may
+    // with resampling, each step first weighs the chains by Z_{t-1}(x_t) / h_t(x_t) and may
     // resample them (then the kernel's rows go with their chains)
     let mut particles = given.filter(|c| c.resamples()).map(|c| Particles::of(c, n));
     // the twisted mode's ln Z_t(x_{t+1}) − ln ψ_{t+1}(x_{t+1}) of each chain's last step
@@ -124,7 +129,7 @@ pub(crate) fn run<P: ReverseChain, N: ReverseNetwork>(
         let f = factor(t - 1, rng);
         let lw = match (particles.is_some(), &f, &prev) {
             (true, Some(f), Some(h)) => {
-                let lw = host(kernel.log_weight(&x, &f.device, &h.device));
+                let lw = host(kernel.log_weight(&x, &f.device, Some(&h.device)));
                 Some(match &r {
                     Some(r) => twisted_weight(process, &kernel, &x, t, (f, r), lw, &mut carry),
                     None => lw,
@@ -164,7 +169,7 @@ fn twisted_weight<P: ReverseChain>(
     if t == 1 {
         return lw.iter().zip(carry.iter()).map(|(a, c)| a + c).collect();
     }
-    let z = host(kernel.log_weight(x, &f.device, &f.device.none_like()));
+    let z = host(kernel.log_weight(x, &f.device, None));
     let psi = host(process.twist_log(kernel, x, t, &r.device));
     let out = (0..lw.len())
         .map(|i| lw[i] - z[i] + psi[i] + carry[i])

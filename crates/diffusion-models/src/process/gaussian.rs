@@ -21,6 +21,7 @@ use super::{
 use crate::condition::{Conditioning, DeviceFactor, StepFactor, Variable, pick_rows};
 use crate::config::LossKind;
 use crate::network::{ReverseModel, ReverseNetwork};
+use crate::tensors::normal;
 
 /// A Gaussian diffusion with its reverse parametrization.
 #[derive(Debug, Clone)]
@@ -427,7 +428,12 @@ pub(crate) enum GaussianKernel {
 }
 
 impl StepKernel for GaussianKernel {
-    fn log_weight(&self, x: &Tensor<2>, f: &DeviceFactor, prev: &DeviceFactor) -> Tensor<1> {
+    fn log_weight(
+        &self,
+        x: &Tensor<2>,
+        f: &DeviceFactor,
+        prev: Option<&DeviceFactor>,
+    ) -> Tensor<1> {
         match self {
             Self::Moments { mean, var, .. } => f.gaussian_log_weight(mean, var, x, prev),
             Self::Drawn(_) => unreachable!("only conditioned chains are weighed"),
@@ -458,7 +464,7 @@ impl ReverseChain for GaussianBound {
     type Kernel = GaussianKernel;
 
     fn prior(&self, n: usize, conditioned: bool, rng: &mut Rng, device: &Device) -> GaussianKernel {
-        let eps = normal(n, self.diffusion.dim(), rng, device);
+        let eps = normal(rng, n, self.diffusion.dim(), device);
         if conditioned {
             GaussianKernel::Moments {
                 mean: eps.zeros_like(),
@@ -485,7 +491,7 @@ impl ReverseChain for GaussianBound {
         let [n, d] = x.dims();
         if t == 1 && self.decoder.is_none() {
             let b1 = self.diffusion.beta(1);
-            let eps = normal(n, d, rng, device);
+            let eps = normal(rng, n, d, device);
             return if conditioned {
                 GaussianKernel::Moments {
                     var: x.ones_like() * b1,
@@ -497,7 +503,7 @@ impl ReverseChain for GaussianBound {
             };
         }
         let (mean, log_var) = self.mean_log_variance(network, tables, x.clone(), t);
-        let eps = normal(n, d, rng, device);
+        let eps = normal(rng, n, d, device);
         if conditioned {
             GaussianKernel::Moments {
                 mean,
@@ -527,14 +533,8 @@ impl ReverseChain for GaussianBound {
         };
         let (c0, ct, _) = self.diffusion.posterior_coefficients(t);
         let x0_hat = (mean.clone() - x.clone() * ct) / c0;
-        r.gaussian_twist_log(x0_hat, 1.0 - self.diffusion.alpha_bar(t))
+        // r's integral against N(x̂_0, 1 - abar_t): its ln Z alone
+        let spread = x0_hat.ones_like() * (1.0 - self.diffusion.alpha_bar(t));
+        r.gaussian_log_weight(&x0_hat, &spread, x, None)
     }
-}
-
-/// `[n, d]` standard normals drawn on the host in f64, row-major.
-fn normal(n: usize, d: usize, rng: &mut Rng, device: &Device) -> Tensor<2> {
-    let v = (0..n * d)
-        .map(|_| rng.sample::<f64, _>(StandardNormal) as f32)
-        .collect();
-    tensor2(v, n, d, device)
 }

@@ -11,12 +11,7 @@ use crate::network::ReverseNetwork;
 use crate::sampling::tests::{gaussian, trained};
 
 fn normal(seed: u64, n: usize, d: usize, device: &Device) -> Tensor<2> {
-    use rand::Rng as _;
-    let mut rng = diffusion_data::rng(seed, 0);
-    let v = (0..n * d)
-        .map(|_| rng.sample::<f64, _>(rand_distr::StandardNormal) as f32)
-        .collect();
-    tensor2(v, n, d, device)
+    crate::tensors::normal(&mut diffusion_data::rng(seed, 0), n, d, device)
 }
 
 fn binomial(steps: usize) -> BinomialBound {

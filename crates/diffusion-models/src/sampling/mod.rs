@@ -11,27 +11,18 @@
 //! ([`GaussianBound::ddim`](crate::GaussianBound::ddim), [`ddim_step`], [`ddim_loop`]);
 //! `tests.rs` its tests.
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Device;
 use diffusion_core::{Ddim, Respacing, ScheduleError};
 use diffusion_data::Rng;
-use rand::Rng as _;
-use rand_distr::StandardNormal;
 
 use crate::network::ReverseNetwork;
-use crate::tensors::tensor2;
+use crate::tensors::normal;
 
 mod ddim;
 #[cfg(test)]
 pub(crate) mod tests;
 
 pub use ddim::{ddim_loop, ddim_step};
-
-fn normal(rng: &mut Rng, n: usize, d: usize, device: &Device) -> Tensor<2> {
-    let v: Vec<f32> = (0..n * d)
-        .map(|_| rng.sample::<f64, _>(StandardNormal) as f32)
-        .collect();
-    tensor2(v, n, d, device)
-}
 
 /// How to run the reverse chain.
 #[derive(Debug, Clone, PartialEq)]

@@ -10,6 +10,7 @@ use crate::network::ReverseModel;
 use crate::process;
 use crate::process::{GaussianBound, Process, host};
 use crate::trainer::Trainer;
+use burn::tensor::Tensor;
 
 /// A network trained briefly (300 steps) on the Swiss roll or the heartbeat, so that its
 /// outputs depend on x and t as a real model's do.
