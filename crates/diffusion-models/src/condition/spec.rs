@@ -235,6 +235,8 @@ pub struct Conditioning {
     resample: bool,
     /// With resampling: chains per particle system (0: all the chains of a chunk are one).
     pub(super) group: usize,
+    /// Draws of each step: 1, or more with the redrawn steps of [`Conditioning::renoised`].
+    passes: usize,
     cells: Vec<Cell>,
 }
 
@@ -258,6 +260,7 @@ impl Conditioning {
             mode,
             resample: false,
             group: 0,
+            passes: 1,
             cells,
         })
     }
@@ -312,6 +315,27 @@ impl Conditioning {
         self.resample = true;
         self.group = size;
         Ok(self)
+    }
+
+    /// Draws each step `passes` times (RePaint's resampling, Lugmayr et al. 2022, with jumps of
+    /// one step): after a draw of x_{t-1} the chains go back to x_t through the forward kernel
+    /// q(x_t | x_{t-1}) and the step is drawn again, `passes` draws in all, so that the free
+    /// coordinates and the condition's have more steps at each noise level to agree (the
+    /// network sees the condition's coordinates noised as the forward process would). A
+    /// heuristic, not a sampler of p(x_0) r(x_0): refused with resampling. 1 is the plain chain.
+    pub fn renoised(mut self, passes: usize) -> Result<Self, ConditionError> {
+        if passes == 0 {
+            return Err(ConditionError::Resampling(
+                "renoising draws each step at least once (1 is the plain chain)",
+            ));
+        }
+        self.passes = passes;
+        Ok(self)
+    }
+
+    /// Draws of each step ([`Conditioning::renoised`]; 1 for the plain chain).
+    pub fn passes(&self) -> usize {
+        self.passes
     }
 
     /// Whether the chains are resampled ([`Conditioning::resampled`]).
@@ -370,6 +394,11 @@ impl Conditioning {
         if self.mode == ConditionMode::Twisted && !self.resample {
             return Err(ConditionError::Resampling(
                 "the twisted mode weighs and resamples its chains: it needs resampling (--resample)",
+            ));
+        }
+        if self.passes > 1 && self.resample {
+            return Err(ConditionError::Resampling(
+                "renoised steps and resampling do not go together (the particles' weights assume one draw a step)",
             ));
         }
         if self.mode == ConditionMode::Twisted && self.variable == Variable::Binary {

@@ -457,6 +457,17 @@ impl ReverseChain for BinomialBound {
         given.binary_step(n, self.diffusion.alpha_bar(k), self.diffusion.pi(), rng)
     }
 
+    /// Each bit kept with probability 1 − b_t, else redrawn from Bernoulli(pi).
+    fn renoise(&self, x: Tensor<2>, t: usize, rng: &mut Rng, device: &Device) -> Tensor<2> {
+        let [n, d] = x.dims();
+        let (b, pi) = (self.diffusion.beta(t), self.diffusion.pi());
+        let redraw = tensor2(uniform(n * d, rng), n, d, device).lower_elem(b);
+        let bits = tensor2(uniform(n * d, rng), n, d, device)
+            .lower_elem(pi)
+            .float();
+        x.mask_where(redraw, bits)
+    }
+
     /// No twist (ψ = 1, which leaves the likelihood mode's weights); `Conditioning::check`
     /// refuses the twisted mode for binary runs.
     fn twist_log(&self, _: &BinaryKernel, x: &Tensor<2>, _: usize, _: &DeviceFactor) -> Tensor<1> {

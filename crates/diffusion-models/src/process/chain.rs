@@ -36,6 +36,8 @@ pub(crate) trait ReverseChain: Process {
     ) -> Self::Kernel;
     /// The factor r_k of `given` for `n` chains at the step that draws x_k.
     fn step_factor(&self, given: &Conditioning, n: usize, k: usize, rng: &mut Rng) -> StepFactor;
+    /// A draw of the forward kernel q(x_t | x_{t-1}) for the chains `x` at step t − 1.
+    fn renoise(&self, x: Tensor<2>, t: usize, rng: &mut Rng, device: &Device) -> Tensor<2>;
     /// ln ψ_t(x_t) per chain, the twisted mode's estimate of ln r(x_0) given the chains `x` at
     /// step `t` ≥ 2 whose kernel is `kernel` ([`ConditionMode::Twisted`]; `r` its factor).
     fn twist_log(
@@ -124,32 +126,53 @@ pub(crate) fn run<P: ReverseChain, N: ReverseNetwork>(
     let mut particles = given.filter(|c| c.resamples()).map(|c| Particles::of(c, n));
     // the twisted mode's ln Z_t(x_{t+1}) − ln ψ_{t+1}(x_{t+1}) of each chain's last step
     let mut carry = vec![0.0f32; n];
+    let passes = given.map_or(1, Conditioning::passes);
     for t in (1..=steps).rev() {
-        let mut kernel = process.kernel(network, &tables, &x, t, conditioned, rng, device);
-        let f = factor(t - 1, rng);
-        let lw = match (particles.is_some(), &f, &prev) {
-            (true, Some(f), Some(h)) => {
-                let lw = host(kernel.log_weight(&x, &f.device, Some(&h.device)));
-                Some(match &r {
-                    Some(r) => twisted_weight(process, &kernel, &x, t, (f, r), lw, &mut carry),
-                    None => lw,
-                })
+        for pass in 1..=passes {
+            if pass > 1 {
+                // back to x_t, to draw the step again (renoised steps)
+                x = process.renoise(x, t, rng, device);
             }
-            _ => None,
-        };
-        if let (Some(p), Some(lw)) = (particles.as_mut(), lw)
-            && let Some(picks) = p.reweigh(&lw, t == 1, rng)
-        {
-            kernel = kernel.pick(&picks);
-            carry = picks.iter().map(|&i| carry[i]).collect();
-        }
-        x = kernel.draw(f.as_ref(), rng, device);
-        if f.is_some() {
-            prev = f;
+            let mut kernel = process.kernel(network, &tables, &x, t, conditioned, rng, device);
+            let f = factor(t - 1, rng);
+            if let (Some(p), Some(f), Some(h)) = (particles.as_mut(), &f, &prev) {
+                let system = (p, &mut carry);
+                kernel = weigh(process, kernel, &x, t, (f, h, r.as_ref()), system, rng);
+            }
+            x = kernel.draw(f.as_ref(), rng, device);
+            if f.is_some() {
+                prev = f;
+            }
         }
         snapshot(t - 1, &x);
     }
     out
+}
+
+/// Weighs the chains `x` before the draw of step `t` by Z_{t-1}(x_t) / h_t(x_t) (the factors
+/// `f` = h_{t-1} and `h` = h_t; with the twisted mode's `r`, [`twisted_weight`]) and resamples
+/// them when the particle system says so: the kernel's rows and the carry go with their chains.
+fn weigh<P: ReverseChain>(
+    process: &P,
+    kernel: P::Kernel,
+    x: &Tensor<2>,
+    t: usize,
+    (f, h, r): (&Factor, &Factor, Option<&Factor>),
+    (particles, carry): (&mut Particles, &mut Vec<f32>),
+    rng: &mut Rng,
+) -> P::Kernel {
+    let lw = host(kernel.log_weight(x, &f.device, Some(&h.device)));
+    let lw = match r {
+        Some(r) => twisted_weight(process, &kernel, x, t, (f, r), lw, carry),
+        None => lw,
+    };
+    match particles.reweigh(&lw, t == 1, rng) {
+        Some(picks) => {
+            *carry = picks.iter().map(|&i| carry[i]).collect();
+            kernel.pick(&picks)
+        }
+        None => kernel,
+    }
 }
 
 /// The twisted mode's log-weights at step `t` ([`ConditionMode::Twisted`]): the proposal's

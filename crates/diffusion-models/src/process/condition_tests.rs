@@ -100,6 +100,18 @@ fn device_product_matches_the_host_closed_form() {
 /// The recursion of a conditioned linear Gaussian chain, x_{k} = N(a x_{k+1}, b) r_k, for one
 /// coordinate observed as (y, s) (s = 0: known): the mean and variance of x_0.
 fn linear_chain_moments(g: &GaussianDiffusion, y: f64, s: f64, mode: ConditionMode) -> (f64, f64) {
+    renoised_chain_moments(g, y, s, mode, 1)
+}
+
+/// [`linear_chain_moments`] with each step drawn `passes` times, the chain sent back through
+/// the forward kernel x_t = N(sqrt(1 - b_t) x_{t-1}, b_t) between draws.
+fn renoised_chain_moments(
+    g: &GaussianDiffusion,
+    y: f64,
+    s: f64,
+    mode: ConditionMode,
+    passes: usize,
+) -> (f64, f64) {
     let steps = g.steps();
     let step = |(m, v): (f64, f64), a: f64, b: f64, k: usize| {
         let abar = g.alpha_bar(k);
@@ -118,12 +130,16 @@ fn linear_chain_moments(g: &GaussianDiffusion, y: f64, s: f64, mode: ConditionMo
     };
     // x_T from the prior N(0, 1), then the learned steps, then the edge step
     let mut mv = step((0.0, 0.0), 0.0, 1.0, steps);
-    for t in (2..=steps).rev() {
-        let b = g.beta(t);
-        mv = step(mv, (1.0 - b).sqrt(), b, t - 1);
+    for t in (1..=steps).rev() {
+        let (a, b) = ((1.0 - g.beta(t)).sqrt(), g.beta(t));
+        for pass in 1..=passes {
+            if pass > 1 {
+                mv = (a * mv.0, a * a * mv.1 + b);
+            }
+            mv = step(mv, a, b, t - 1);
+        }
     }
-    let b1 = g.beta(1);
-    step(mv, (1.0 - b1).sqrt(), b1, 0)
+    mv
 }
 
 #[test]
@@ -170,6 +186,59 @@ fn conditioned_gaussian_chains_match_their_recursion() {
     let (c, _) = linear_chain_moments(&bound.diffusion, 1.5, 0.5, ConditionMode::Constant);
     let (f, _) = linear_chain_moments(&bound.diffusion, 1.5, 0.5, ConditionMode::Forward);
     assert!(c > f && f > 0.0, "{c} {f}");
+}
+
+/// Renoised steps (RePaint's resampling) on the linear chain: the moments of x_0 against the
+/// recursion with each step drawn three times and the forward kernel between draws, in every
+/// mode that runs without particles; refused with resampling, and with no draw at all.
+#[test]
+fn renoised_chains_match_their_recursion() {
+    let device = Device::flex();
+    let steps = 30;
+    let bound = gaussian(steps, 2);
+    let model = ModelConfig::default().init(2, 4, steps, &device);
+    let n = 20_000;
+    for mode in [
+        ConditionMode::Constant,
+        ConditionMode::Forward,
+        ConditionMode::Likelihood,
+    ] {
+        let c = Condition::new().observed(0, 1.5, 0.5).known(1, -0.3);
+        let given = Conditioning::new(&[c], 2, Variable::Continuous, mode)
+            .unwrap()
+            .renoised(3)
+            .unwrap();
+        let mut rng = diffusion_data::rng(4, 0);
+        let x = sample_given(&bound, &model, n, &given, &mut rng, &device, 8192).unwrap();
+        let (m, v) = mean_var(x.chunks(2).map(|p| p[0] as f64));
+        let (want_m, want_v) = renoised_chain_moments(&bound.diffusion, 1.5, 0.5, mode, 3);
+        let se = (want_v / n as f64).sqrt();
+        assert!(
+            (m - want_m).abs() < 4.0 * se,
+            "{mode:?}: mean {m} vs {want_m}"
+        );
+        let se_v = want_v * (2.0 / n as f64).sqrt();
+        assert!(
+            (v - want_v).abs() < 4.0 * se_v,
+            "{mode:?}: var {v} vs {want_v}"
+        );
+        // the renoised chain is another chain: its moments are not the plain one's, except
+        // the likelihood mode's, which is the exact posterior N(1.2, 0.2) either way
+        let (plain_m, _) = linear_chain_moments(&bound.diffusion, 1.5, 0.5, mode);
+        if mode == ConditionMode::Likelihood {
+            assert!((want_m - 1.2).abs() < 1e-9 && (want_v - 0.2).abs() < 1e-9);
+        } else {
+            assert!(
+                (plain_m - want_m).abs() > 8.0 * se,
+                "{mode:?}: {plain_m} vs {want_m}"
+            );
+        }
+    }
+    let c = [Condition::new().known(1, 0.5)];
+    let given = || Conditioning::new(&c, 2, Variable::Continuous, ConditionMode::Constant).unwrap();
+    assert!(given().renoised(0).is_err());
+    let both = given().renoised(2).unwrap().resampled().unwrap();
+    assert!(both.check(2, Variable::Continuous, 10).is_err());
 }
 
 #[test]
@@ -232,14 +301,51 @@ fn an_empty_condition_is_the_unconditioned_chain() {
 /// P(x_0 = 1) of one bit of a conditioned binomial chain whose kernel is the forward kernel,
 /// by the exact recursion over the two states (constant r: an observation (y, e) at every step).
 fn binary_chain_rate(b: &BinomialDiffusion, y: bool, e: f64) -> f64 {
+    renoised_binary_rate(b, y, e, 1)
+}
+
+/// [`binary_chain_rate`] with each step drawn `passes` times, the bit sent back through the
+/// forward kernel between draws.
+fn renoised_binary_rate(b: &BinomialDiffusion, y: bool, e: f64, passes: usize) -> f64 {
     let pi = b.pi();
     let mut p = bernoulli_product(pi, y, e);
     for t in (1..=b.steps()).rev() {
-        let one = bernoulli_product(b.forward_kernel(t, 1.0), y, e);
-        let zero = bernoulli_product(b.forward_kernel(t, 0.0), y, e);
-        p = p * one + (1.0 - p) * zero;
+        let (up, down) = (b.forward_kernel(t, 1.0), b.forward_kernel(t, 0.0));
+        let one = bernoulli_product(up, y, e);
+        let zero = bernoulli_product(down, y, e);
+        for pass in 1..=passes {
+            if pass > 1 {
+                p = p * up + (1.0 - p) * down;
+            }
+            p = p * one + (1.0 - p) * zero;
+        }
     }
     p
+}
+
+/// Renoised binomial chains: P(x_0 = 1) against the recursion with each step drawn three
+/// times, for an observed bit.
+#[test]
+fn renoised_binomial_chains_match_their_recursion() {
+    let device = Device::flex();
+    let (steps, pi, d) = (30, 0.2, 2);
+    let bound = binomial(steps, pi, d);
+    let model = ModelConfig::default().init(d, d, steps, &device);
+    let c = Condition::new().observed(0, 1.0, 0.3).known(1, 0.0);
+    let given = Conditioning::new(&[c], d, Variable::Binary, ConditionMode::Constant)
+        .unwrap()
+        .renoised(3)
+        .unwrap();
+    let n = 40_000;
+    let mut rng = diffusion_data::rng(8, 0);
+    let x = sample_given(&bound, &model, n, &given, &mut rng, &device, 8192).unwrap();
+    let rate = x.iter().step_by(d).map(|&v| v as f64).sum::<f64>() / n as f64;
+    let want = renoised_binary_rate(&bound.diffusion, true, 0.3, 3);
+    let se = (want * (1.0 - want) / n as f64).sqrt();
+    assert!((rate - want).abs() < 4.0 * se, "{rate} vs {want}");
+    let plain = binary_chain_rate(&bound.diffusion, true, 0.3);
+    assert!((plain - want).abs() > 8.0 * se, "{plain} vs {want}");
+    assert!(x.iter().skip(1).step_by(d).all(|&v| v == 0.0));
 }
 
 #[test]

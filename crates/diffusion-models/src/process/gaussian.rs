@@ -519,8 +519,16 @@ impl ReverseChain for GaussianBound {
         given.gaussian_step(n, self.diffusion.alpha_bar(k), rng)
     }
 
+    /// N(sqrt(1 - b_t) x_{t-1}, b_t).
+    fn renoise(&self, x: Tensor<2>, t: usize, rng: &mut Rng, device: &Device) -> Tensor<2> {
+        let [n, d] = x.dims();
+        let b = self.diffusion.beta(t);
+        x * (1.0 - b).sqrt() + normal(rng, n, d, device) * b.sqrt()
+    }
+
     /// ln N(y; x̂_0, s² + 1 - abar_t) summed over the factor's coordinates, x̂_0 = (μ - c_t x_t)
     /// / c_0 the kernel's implied x_0.
+
     fn twist_log(
         &self,
         kernel: &GaussianKernel,
