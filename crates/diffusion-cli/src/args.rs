@@ -279,12 +279,15 @@ pub struct ConditionArgs {
     /// the model's own p(x_0) r(x_0). One condition for all samples.
     #[arg(long)]
     pub resample: bool,
-    /// Draw every step R times (RePaint's resampling): between draws the chains go back one
-    /// step through the forward process, so that the condition's coordinates and the free ones
-    /// have more steps at each noise level to agree. R times the network calls; not with
-    /// --resample.
+    /// Draw every block of --renoise-jump steps R times (RePaint's resampling): between draws
+    /// the chains go back through the forward process to the block's first step, so that the
+    /// condition's coordinates and the free ones have more steps at each noise level to agree.
+    /// R times the network calls; not with --resample.
     #[arg(long, value_name = "R")]
     pub renoise: Option<usize>,
+    /// With --renoise: the steps drawn between two returns (RePaint's jump length; default 1).
+    #[arg(long, value_name = "J")]
+    pub renoise_jump: Option<usize>,
     /// Image runs: condition on the run's first N held-out images (sample r on image r mod N),
     /// with --mask (inpainting) or --noisy-test (denoising) saying what is known of them.
     #[arg(long, value_name = "N")]

@@ -223,7 +223,7 @@ impl ConditionArgs {
             .map_err(|e| format!("--resample: {e}"))?;
         }
         given = given
-            .renoised(self.renoise.unwrap_or(1))
+            .renoised(self.renoise.unwrap_or(1), self.renoise_jump.unwrap_or(1))
             .map_err(|e| format!("--renoise: {e}"))?;
         given.check(dim, variable, n).map_err(|e| e.to_string())?;
         Ok(given)

@@ -237,6 +237,8 @@ pub struct Conditioning {
     pub(super) group: usize,
     /// Draws of each step: 1, or more with the redrawn steps of [`Conditioning::renoised`].
     passes: usize,
+    /// Steps drawn between two returns through the forward process ([`Conditioning::renoised`]).
+    jump: usize,
     cells: Vec<Cell>,
 }
 
@@ -261,6 +263,7 @@ impl Conditioning {
             resample: false,
             group: 0,
             passes: 1,
+            jump: 1,
             cells,
         })
     }
@@ -317,25 +320,28 @@ impl Conditioning {
         Ok(self)
     }
 
-    /// Draws each step `passes` times (RePaint's resampling, Lugmayr et al. 2022, with jumps of
-    /// one step): after a draw of x_{t-1} the chains go back to x_t through the forward kernel
-    /// q(x_t | x_{t-1}) and the step is drawn again, `passes` draws in all, so that the free
-    /// coordinates and the condition's have more steps at each noise level to agree (the
-    /// network sees the condition's coordinates noised as the forward process would). A
-    /// heuristic, not a sampler of p(x_0) r(x_0): refused with resampling. 1 is the plain chain.
-    pub fn renoised(mut self, passes: usize) -> Result<Self, ConditionError> {
-        if passes == 0 {
+    /// Draws each block of `jump` steps `passes` times (RePaint's resampling, Lugmayr et al.
+    /// 2022): after the block's draws, x_t to x_{t-jump}, the chains go back to x_t through the
+    /// forward process, q(x_t | x_{t-jump}), and the block is drawn again, `passes` draws in
+    /// all, so that the free coordinates and the condition's have more steps at each noise
+    /// level to agree (the network sees the condition's coordinates noised as the forward
+    /// process would). A heuristic, not a sampler of p(x_0) r(x_0): refused with resampling.
+    /// One pass is the plain chain; the last block is shorter when `jump` does not divide T.
+    pub fn renoised(mut self, passes: usize, jump: usize) -> Result<Self, ConditionError> {
+        if passes == 0 || jump == 0 {
             return Err(ConditionError::Resampling(
-                "renoising draws each step at least once (1 is the plain chain)",
+                "renoising draws each step at least once (1 is the plain chain), in jumps of at least one step",
             ));
         }
         self.passes = passes;
+        self.jump = jump;
         Ok(self)
     }
 
-    /// Draws of each step ([`Conditioning::renoised`]; 1 for the plain chain).
-    pub fn passes(&self) -> usize {
-        self.passes
+    /// Draws of each block of steps and the block's length ([`Conditioning::renoised`];
+    /// (1, 1) for the plain chain).
+    pub fn passes(&self) -> (usize, usize) {
+        (self.passes, self.jump)
     }
 
     /// Whether the chains are resampled ([`Conditioning::resampled`]).

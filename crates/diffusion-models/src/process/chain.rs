@@ -126,25 +126,35 @@ pub(crate) fn run<P: ReverseChain, N: ReverseNetwork>(
     let mut particles = given.filter(|c| c.resamples()).map(|c| Particles::of(c, n));
     // the twisted mode's ln Z_t(x_{t+1}) − ln ψ_{t+1}(x_{t+1}) of each chain's last step
     let mut carry = vec![0.0f32; n];
-    let passes = given.map_or(1, Conditioning::passes);
-    for t in (1..=steps).rev() {
+    let (passes, jump) = given.map_or((1, 1), Conditioning::passes);
+    let mut top = steps;
+    while top >= 1 {
+        // the block of steps top, ..., low + 1, drawn `passes` times (renoised steps)
+        let low = top.saturating_sub(jump);
         for pass in 1..=passes {
             if pass > 1 {
-                // back to x_t, to draw the step again (renoised steps)
-                x = process.renoise(x, t, rng, device);
+                // back from x_low to x_top through the forward process
+                for t in low + 1..=top {
+                    x = process.renoise(x, t, rng, device);
+                }
             }
-            let mut kernel = process.kernel(network, &tables, &x, t, conditioned, rng, device);
-            let f = factor(t - 1, rng);
-            if let (Some(p), Some(f), Some(h)) = (particles.as_mut(), &f, &prev) {
-                let system = (p, &mut carry);
-                kernel = weigh(process, kernel, &x, t, (f, h, r.as_ref()), system, rng);
-            }
-            x = kernel.draw(f.as_ref(), rng, device);
-            if f.is_some() {
-                prev = f;
+            for t in (low + 1..=top).rev() {
+                let mut kernel = process.kernel(network, &tables, &x, t, conditioned, rng, device);
+                let f = factor(t - 1, rng);
+                if let (Some(p), Some(f), Some(h)) = (particles.as_mut(), &f, &prev) {
+                    let system = (p, &mut carry);
+                    kernel = weigh(process, kernel, &x, t, (f, h, r.as_ref()), system, rng);
+                }
+                x = kernel.draw(f.as_ref(), rng, device);
+                if f.is_some() {
+                    prev = f;
+                }
+                if pass == passes {
+                    snapshot(t - 1, &x);
+                }
             }
         }
-        snapshot(t - 1, &x);
+        top = low;
     }
     out
 }
