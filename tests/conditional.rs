@@ -334,6 +334,43 @@ fn swiss_roll_inpainting_and_denoising() {
             "must be at least 1",
         );
     }
+    // renoised chains: the known value held; no draw at all, or with resampling, refused
+    let renoised = json(&run(&[
+        "evaluate-conditional",
+        "--run",
+        s(&roll),
+        "-n",
+        "300",
+        "--repeats",
+        "1",
+        "--known",
+        "0=0.25",
+        "--renoise",
+        "3",
+        "--renoise-jump",
+        "4",
+        "--json",
+    ]));
+    assert_eq!(floats(&renoised["sample_sd"])[0], 0.0, "{renoised}");
+    assert!(floats(&renoised["sample_sd"])[1] > 0.1, "{renoised}");
+    for (extra, message) in [
+        (&["--renoise", "0"][..], "at least once"),
+        (
+            &["--renoise", "2", "--renoise-jump", "0"][..],
+            "at least once",
+        ),
+        (&["--renoise", "2", "--resample"][..], "do not go together"),
+    ] {
+        let mut args = vec![
+            "evaluate-conditional",
+            "--run",
+            s(&roll),
+            "--known",
+            "0=0.25",
+        ];
+        args.extend_from_slice(extra);
+        fails(&args, message);
+    }
     fails(
         &[
             "sample",

@@ -528,7 +528,6 @@ impl ReverseChain for GaussianBound {
 
     /// ln N(y; x̂_0, s² + 1 - abar_t) summed over the factor's coordinates, x̂_0 = (μ - c_t x_t)
     /// / c_0 the kernel's implied x_0.
-
     fn twist_log(
         &self,
         kernel: &GaussianKernel,
