@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What a sampler of the digits' own conditional scores on left-half inpainting.
 
-    python3 scripts/inpainting-reference.py [--images 1000] [--donors 1 5 10] [--seed 0]
+    python3 scripts/inpainting-reference.py [--images 1000] [--donors 1 5 10 20] [--seed 0]
 
 The completions of `diffusion evaluate-conditional --mask left-half` are scored by a 10-nearest-
 neighbour classifier on the training digits. The left half of a digit is not determined by its
@@ -57,7 +57,7 @@ def knn_label(queries, train, labels, k=10):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--images", type=int, default=1000)
-    p.add_argument("--donors", type=int, nargs="+", default=[1, 5, 10])
+    p.add_argument("--donors", type=int, nargs="+", default=[1, 5, 10, 20])
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
     train = idx("train-images-idx3-ubyte.gz").astype(np.float64).reshape(-1, 28, 28)

@@ -353,6 +353,11 @@ fn swiss_roll_inpainting_and_denoising() {
     ]));
     assert_eq!(floats(&renoised["sample_sd"])[0], 0.0, "{renoised}");
     assert!(floats(&renoised["sample_sd"])[1] > 0.1, "{renoised}");
+    assert_eq!(
+        renoised["renoised"],
+        serde_json::json!([3, 4]),
+        "{renoised}"
+    );
     for (extra, message) in [
         (&["--renoise", "0"][..], "at least once"),
         (
@@ -360,6 +365,10 @@ fn swiss_roll_inpainting_and_denoising() {
             "at least once",
         ),
         (&["--renoise", "2", "--resample"][..], "do not go together"),
+        (
+            &["--renoise-jump", "5"][..],
+            "--renoise-jump needs --renoise",
+        ),
     ] {
         let mut args = vec![
             "evaluate-conditional",
@@ -371,6 +380,20 @@ fn swiss_roll_inpainting_and_denoising() {
         args.extend_from_slice(extra);
         fails(&args, message);
     }
+    fails(
+        &[
+            "sample",
+            "--run",
+            s(&roll),
+            "-n",
+            "4",
+            "--out",
+            s(&out),
+            "--renoise",
+            "2",
+        ],
+        "give a condition",
+    );
     fails(
         &[
             "sample",

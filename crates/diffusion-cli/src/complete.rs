@@ -142,9 +142,16 @@ fn task_description(condition: &ConditionArgs) -> String {
 
 /// The report's chain: `respaced, K steps` or `every step, T = T`.
 fn sampler_description(a: &EvaluateConditionalArgs, bound: &Diffusion) -> Result<String, String> {
-    Ok(match a.sampler.sampler()? {
+    let chain = match a.sampler.sampler()? {
         Sampler::Respaced(k) => format!("respaced, {k} steps"),
         _ => format!("every step, T = {}", bound.steps()),
+    };
+    Ok(match a.condition.renoise {
+        Some(r) if r > 1 => {
+            let j = a.condition.renoise_jump.unwrap_or(1);
+            format!("{chain}, renoised: {r} draws of every {j} step(s)")
+        }
+        _ => chain,
     })
 }
 

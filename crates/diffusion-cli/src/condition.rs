@@ -160,7 +160,13 @@ impl ConditionArgs {
         if self.observe_noise.is_some() && !observing {
             return Err("--observe-noise needs --observe or --observe-file".into());
         }
+        if self.renoise_jump.is_some() && self.renoise.is_none() {
+            return Err("--renoise-jump needs --renoise".into());
+        }
         if !self.is_set() {
+            if self.renoise.is_some() {
+                return Err("--renoise redraws the steps of a conditioned chain: give a condition (--known, --observe, --from-test, ...)".into());
+            }
             return Ok(None);
         }
         let noise = match (observing, self.observe_noise) {
@@ -224,7 +230,7 @@ impl ConditionArgs {
         }
         given = given
             .renoised(self.renoise.unwrap_or(1), self.renoise_jump.unwrap_or(1))
-            .map_err(|e| format!("--renoise: {e}"))?;
+            .map_err(|e| format!("--renoise / --renoise-jump: {e}"))?;
         given.check(dim, variable, n).map_err(|e| e.to_string())?;
         Ok(given)
     }

@@ -57,7 +57,14 @@ fn print(e: &ConditionalEvaluation) {
             .join(" ")
     };
     let resampled = if e.resampled { ", resampled" } else { "" };
-    println!("samples    = {} ({} r{resampled})", e.samples, e.mode);
+    let renoised = match e.renoised {
+        Some([r, j]) => format!(", renoised: {r} draws of every {j} step(s)"),
+        None => String::new(),
+    };
+    println!(
+        "samples    = {} ({} r{resampled}{renoised})",
+        e.samples, e.mode
+    );
     if let (Some(c), Some(tv), Some(f), Some(p)) = (
         e.valid_consistent_fraction,
         e.total_variation,

@@ -141,6 +141,10 @@ pub struct ConditionalEvaluation {
     pub mode: String,
     /// Whether the chains were resampled (sequential Monte Carlo).
     pub resampled: bool,
+    /// Renoised chains: the draws of each block of steps and the block's length
+    /// ([`Conditioning::renoised`]); absent for the plain chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renoised: Option<[usize; 2]>,
     /// Heartbeat: the share of samples that are valid sequences agreeing with every known bit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub valid_consistent_fraction: Option<f64>,
@@ -314,6 +318,10 @@ impl ConditionalEvaluation {
             samples: n,
             mode: given.mode().name().into(),
             resampled: given.resamples(),
+            renoised: match given.passes() {
+                (1, _) => None,
+                (passes, jump) => Some([passes, jump]),
+            },
             valid_consistent_fraction: None,
             phase_fractions: None,
             exact_phases: None,

@@ -251,6 +251,12 @@ fn renoised_chains_match_their_recursion() {
     assert!(given().renoised(0, 1).is_err() && given().renoised(2, 0).is_err());
     let both = given().renoised(2, 1).unwrap().resampled().unwrap();
     assert!(both.check(2, Variable::Continuous, 10).is_err());
+    // one draw a block is the plain chain, draw for draw
+    let draw = |given: &Conditioning| {
+        let mut rng = diffusion_data::rng(6, 0);
+        sample_given(&bound, &model, 50, given, &mut rng, &device, 50).unwrap()
+    };
+    assert_eq!(draw(&given()), draw(&given().renoised(1, 4).unwrap()));
 }
 
 #[test]
