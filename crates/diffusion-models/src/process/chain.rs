@@ -83,7 +83,8 @@ impl Factor {
 
 /// Runs the reverse chain of `process` for `n` chains, multiplied by `given` at every step when
 /// there is a condition; returns x_t (row-major `[n, d]`) for each t in `keep`, from T down
-/// to 0.
+/// to 0. Renoised chains ([`Conditioning::renoised`]) keep each block's last draws: the x_t at
+/// the top of a block is the one drawn before the block went back through the forward process.
 pub(crate) fn run<P: ReverseChain, N: ReverseNetwork>(
     process: &P,
     network: &N,
