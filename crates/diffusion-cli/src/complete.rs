@@ -146,13 +146,8 @@ fn sampler_description(a: &EvaluateConditionalArgs, bound: &Diffusion) -> Result
         Sampler::Respaced(k) => format!("respaced, {k} steps"),
         _ => format!("every step, T = {}", bound.steps()),
     };
-    Ok(match a.condition.renoise {
-        Some(r) if r > 1 => {
-            let j = a.condition.renoise_jump.unwrap_or(1);
-            format!("{chain}, renoised: {r} draws of every {j} step(s)")
-        }
-        _ => chain,
-    })
+    let renoised = crate::condition::renoised_note(a.condition.renoising());
+    Ok(format!("{chain}{renoised}"))
 }
 
 /// Prints an image-completion report as a table.

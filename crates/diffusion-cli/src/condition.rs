@@ -23,7 +23,21 @@ struct RunSide<'a> {
     group: Option<usize>,
 }
 
+/// `, renoised: R draws of every J step(s)` for a report's line, nothing for the plain chain.
+pub fn renoised_note(renoised: Option<[usize; 2]>) -> String {
+    match renoised {
+        Some([r, j]) => format!(", renoised: {r} draws of every {j} step(s)"),
+        None => String::new(),
+    }
+}
+
 impl ConditionArgs {
+    /// `--renoise R --renoise-jump J` as (R, J), `None` for the plain chain (R = 1 or none).
+    pub fn renoising(&self) -> Option<[usize; 2]> {
+        let r = self.renoise.filter(|&r| r > 1)?;
+        Some([r, self.renoise_jump.unwrap_or(1)])
+    }
+
     /// Whether any condition was asked for.
     pub fn is_set(&self) -> bool {
         self.known.is_some()

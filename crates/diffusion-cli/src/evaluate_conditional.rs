@@ -57,10 +57,7 @@ fn print(e: &ConditionalEvaluation) {
             .join(" ")
     };
     let resampled = if e.resampled { ", resampled" } else { "" };
-    let renoised = match e.renoised {
-        Some([r, j]) => format!(", renoised: {r} draws of every {j} step(s)"),
-        None => String::new(),
-    };
+    let renoised = crate::condition::renoised_note(e.renoised);
     println!(
         "samples    = {} ({} r{resampled}{renoised})",
         e.samples, e.mode

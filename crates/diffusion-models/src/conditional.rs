@@ -318,7 +318,7 @@ impl ConditionalEvaluation {
             samples: n,
             mode: given.mode().name().into(),
             resampled: given.resamples(),
-            renoised: match given.passes() {
+            renoised: match given.renoising() {
                 (1, _) => None,
                 (passes, jump) => Some([passes, jump]),
             },

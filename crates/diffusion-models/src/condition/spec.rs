@@ -340,7 +340,7 @@ impl Conditioning {
 
     /// Draws of each block of steps and the block's length ([`Conditioning::renoised`];
     /// (1, 1) for the plain chain).
-    pub fn passes(&self) -> (usize, usize) {
+    pub fn renoising(&self) -> (usize, usize) {
         (self.passes, self.jump)
     }
 
