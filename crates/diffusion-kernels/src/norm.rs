@@ -17,9 +17,9 @@ use burn::tensor::TensorData;
 use rayon::prelude::*;
 
 use crate::NormSpec;
-use crate::flex::{contiguous, record_op, register_gradients};
+use crate::flex::{contiguous, record_op_saving, register_gradients};
 use crate::math::Isa;
-use crate::norm_math::{self, Group, GroupGrads};
+use crate::norm_math::{self, Group, GroupGrads, Moments};
 
 /// The fused group norm. Any backend can implement it; this crate does for [`Flex`] and, with a
 /// backward pass, for [`Autodiff`] over any backend that does.
@@ -37,10 +37,21 @@ pub trait FusedGroupNorm: Backend {
 
 /// [`FusedGroupNorm`]'s backward pass on the inner backend.
 pub trait GroupNormBackward: FusedGroupNorm {
-    /// The gradients of `x`, `gamma` and `beta` from the output's gradient.
+    /// [`FusedGroupNorm::group_norm_fused`]'s output and what its backward pass keeps of the
+    /// forward one: each group's moments (mean and reciprocal standard deviation).
+    fn group_norm_saving(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        spec: NormSpec,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// The gradients of `x`, `gamma` and `beta` from the output's gradient and the moments
+    /// [`GroupNormBackward::group_norm_saving`] returned.
     fn group_norm_backward(
         grad: FloatTensor<Self>,
         x: FloatTensor<Self>,
+        moments: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         spec: NormSpec,
@@ -85,6 +96,35 @@ fn group_of<'a>(
     (first, group)
 }
 
+/// The group norm of `x` and its groups' moments ([`Moments::VALUES`] values a group), each
+/// group a task; the output is never zeroed first.
+fn forward_flex(
+    x: &FlexTensor,
+    gamma: &FlexTensor,
+    beta: &FlexTensor,
+    spec: NormSpec,
+) -> (FlexTensor, Vec<f32>) {
+    let shape = x.shape();
+    let (_, _, spatial, per_group) = sizes(x, spec.groups);
+    let (xs, gs, bs) = (values(x), values(gamma), values(beta));
+    let group_len = (per_group * spatial).max(1);
+    let isa = Isa::detect();
+    let mut out: Vec<f32> = Vec::with_capacity(xs.len());
+    let mut moments = vec![Moments::default(); xs.len() / group_len];
+    out.spare_capacity_mut()[..xs.len()]
+        .par_chunks_mut(group_len)
+        .zip(xs.par_chunks(group_len).zip(moments.par_iter_mut()))
+        .enumerate()
+        .for_each(|(i, (o, (v, saved)))| {
+            let (_, group) = group_of(i, spec, (spatial, per_group), v, (gs, bs));
+            norm_math::forward(isa, group, o, saved);
+        });
+    // SAFETY: `norm_math::forward` wrote every value of each group's chunk
+    unsafe { out.set_len(xs.len()) };
+    let moments = moments.iter().flat_map(|m| m.to_values()).collect();
+    (FlexTensor::from_data(TensorData::new(out, shape)), moments)
+}
+
 impl FusedGroupNorm for Flex {
     fn group_norm_fused(
         x: FlexTensor,
@@ -93,49 +133,57 @@ impl FusedGroupNorm for Flex {
         spec: NormSpec,
     ) -> FlexTensor {
         let (x, gamma, beta) = (contiguous(x), contiguous(gamma), contiguous(beta));
-        let shape = x.shape();
-        let (_, _, spatial, per_group) = sizes(&x, spec.groups);
-        let (xs, gs, bs) = (values(&x), values(&gamma), values(&beta));
-        let group_len = per_group * spatial;
-        let isa = Isa::detect();
-        let mut out = vec![0.0f32; xs.len()];
-        out.par_chunks_mut(group_len)
-            .zip(xs.par_chunks(group_len))
-            .enumerate()
-            .for_each(|(i, (o, v))| {
-                let (_, group) = group_of(i, spec, (spatial, per_group), v, (gs, bs));
-                norm_math::forward(isa, group, o);
-            });
-        FlexTensor::from_data(TensorData::new(out, shape))
+        forward_flex(&x, &gamma, &beta, spec).0
     }
 }
 
 impl GroupNormBackward for Flex {
-    fn group_norm_backward(
-        grad: FlexTensor,
+    fn group_norm_saving(
         x: FlexTensor,
         gamma: FlexTensor,
         beta: FlexTensor,
         spec: NormSpec,
+    ) -> (FlexTensor, FlexTensor) {
+        let (x, gamma, beta) = (contiguous(x), contiguous(gamma), contiguous(beta));
+        let (out, moments) = forward_flex(&x, &gamma, &beta, spec);
+        let len = moments.len();
+        (out, FlexTensor::from_data(TensorData::new(moments, [len])))
+    }
+
+    fn group_norm_backward(
+        grad: FlexTensor,
+        x: FlexTensor,
+        moments: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        spec: NormSpec,
     ) -> [FlexTensor; 3] {
-        let (grad, x, gamma, beta) = (
+        let (mut grad, x, gamma, beta) = (
             contiguous(grad),
             contiguous(x),
             contiguous(gamma),
             contiguous(beta),
         );
-        let shape = x.shape();
+        let moments = contiguous(moments);
         let (_, c, spatial, per_group) = sizes(&x, spec.groups);
-        let (dys, xs, gs, bs) = (values(&grad), values(&x), values(&gamma), values(&beta));
-        let group_len = per_group * spatial;
+        let (xs, gs, bs, ms) = (values(&x), values(&gamma), values(&beta), values(&moments));
+        let group_len = (per_group * spatial).max(1);
+        assert_eq!(
+            ms.len(),
+            xs.len() / group_len * Moments::VALUES,
+            "one set of moments a group"
+        );
         let isa = Isa::detect();
-        let mut dx = vec![0.0f32; xs.len()];
+        // the input's gradient in the output's buffer (copy-on-write: in place unless shared)
+        let dx = grad.storage_mut::<f32>();
+        assert_eq!(dx.len(), xs.len(), "gradient and input differ in size");
         // per group: its channels' d gamma and d beta
         let partial: Vec<(usize, Vec<f32>, Vec<f32>)> = dx
             .par_chunks_mut(group_len)
-            .zip(xs.par_chunks(group_len).zip(dys.par_chunks(group_len)))
+            .zip(xs.par_chunks(group_len))
+            .zip(ms.par_chunks(Moments::VALUES))
             .enumerate()
-            .map(|(i, (dxg, (v, dy)))| {
+            .map(|(i, ((dxg, v), m))| {
                 let (first, group) = group_of(i, spec, (spatial, per_group), v, (gs, bs));
                 let mut dgamma = vec![0.0f32; per_group];
                 let mut dbeta = vec![0.0f32; per_group];
@@ -144,13 +192,13 @@ impl GroupNormBackward for Flex {
                     dgamma: &mut dgamma,
                     dbeta: &mut dbeta,
                 };
-                norm_math::backward(isa, group, dy, grads);
+                norm_math::backward(isa, group, Moments::from_values(m), grads);
                 (first, dgamma, dbeta)
             })
             .collect();
         let (dgamma, dbeta) = gather_affine_grads(c, partial);
         [
-            FlexTensor::from_data(TensorData::new(dx, shape)),
+            grad,
             FlexTensor::from_data(TensorData::new(dgamma, [c])),
             FlexTensor::from_data(TensorData::new(dbeta, [c])),
         ]
@@ -178,7 +226,14 @@ fn gather_affine_grads(
 struct GroupNormBackwardOp;
 
 impl<B: Backend + GroupNormBackward> Backward<B, 3> for GroupNormBackwardOp {
-    type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, NormSpec);
+    /// x, its groups' moments, gamma, beta, the spec.
+    type State = (
+        FloatTensor<B>,
+        FloatTensor<B>,
+        FloatTensor<B>,
+        FloatTensor<B>,
+        NormSpec,
+    );
 
     fn backward(
         self,
@@ -187,8 +242,8 @@ impl<B: Backend + GroupNormBackward> Backward<B, 3> for GroupNormBackwardOp {
         _checkpointer: &mut Checkpointer,
     ) {
         // all three formed, each registered where its parent is tracked
-        register_gradients::<B, _, 3>(ops, grads, |grad, (x, gamma, beta, spec), _| {
-            B::group_norm_backward(grad, x, gamma, beta, spec).map(Some)
+        register_gradients::<B, _, 3>(ops, grads, |grad, (x, moments, gamma, beta, spec), _| {
+            B::group_norm_backward(grad, x, moments, gamma, beta, spec).map(Some)
         });
     }
 }
@@ -200,10 +255,14 @@ impl<B: Backend + GroupNormBackward, C: CheckpointStrategy> FusedGroupNorm for A
         beta: FloatTensor<Self>,
         spec: NormSpec,
     ) -> FloatTensor<Self> {
-        record_op::<B, C, _, 3>(
+        record_op_saving::<B, C, _, 3>(
             GroupNormBackwardOp,
             [x, gamma, beta],
-            |[x, gamma, beta]| (x.clone(), gamma.clone(), beta.clone(), spec),
+            |[x, gamma, beta]| {
+                let (out, moments) =
+                    B::group_norm_saving(x.clone(), gamma.clone(), beta.clone(), spec);
+                (out, (x, moments, gamma, beta, spec))
+            },
             |[x, gamma, beta]| B::group_norm_fused(x, gamma, beta, spec),
         )
     }

@@ -3,6 +3,8 @@
 //! and SiLU with the branch-free sigmoid of [`crate::math`]. Compiled for each instruction set
 //! as the other kernels are and picked at run time ([`Isa`]).
 
+use std::mem::MaybeUninit;
+
 use crate::math::{Isa, madd, sigmoid_core};
 
 /// Lanes of the vectorised sums (two AVX2 vectors, one AVX-512 vector).
@@ -23,8 +25,8 @@ pub(crate) struct Group<'a> {
     pub silu: bool,
 }
 
-/// Where one group's gradients go: its values' gradient and its channels' d gamma and d beta
-/// (overwritten).
+/// Where one group's gradients go: its values' gradient (in the buffer that holds the output's
+/// gradient on entry) and its channels' d gamma and d beta (overwritten).
 pub(crate) struct GroupGrads<'a> {
     pub dx: &'a mut [f32],
     pub dgamma: &'a mut [f32],
@@ -39,15 +41,33 @@ fn total(acc: &[f32; LANES]) -> f64 {
 
 /// A group's mean and spread: the mean as the f32 `m` nearest it and the rest `delta` (so
 /// that `(x - m) - delta` keeps the digits `x - mean` would lose to the mean's rounding when
-/// the mean is large against the spread), and `rstd` = 1 / sqrt(var + epsilon).
-#[derive(Clone, Copy)]
-struct Moments {
+/// the mean is large against the spread), and `rstd` = 1 / sqrt(var + epsilon). The forward
+/// pass computes them and the backward pass takes them back ([`Moments::VALUES`] f32 a group).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct Moments {
     m: f32,
     delta: f32,
     rstd: f32,
 }
 
 impl Moments {
+    /// The f32 values a group's moments are kept in.
+    pub(crate) const VALUES: usize = 3;
+
+    /// The moments as `[m, delta, rstd]`.
+    pub(crate) fn to_values(self) -> [f32; 3] {
+        [self.m, self.delta, self.rstd]
+    }
+
+    /// The moments from [`Moments::to_values`]'s values.
+    pub(crate) fn from_values(v: &[f32]) -> Self {
+        Moments {
+            m: v[0],
+            delta: v[1],
+            rstd: v[2],
+        }
+    }
+
     /// The normalised value of `x`.
     #[inline(always)]
     fn xhat(self, x: f32) -> f32 {
@@ -109,10 +129,12 @@ fn sigmoid<const F: bool>(z: f32) -> f32 {
     sigmoid_core::<F>(c)
 }
 
-/// One group's output: `(x - mean) rstd gamma + beta`, then SiLU when the group's `silu`.
+/// One group's output: `(x - mean) rstd gamma + beta`, then SiLU when the group's `silu`;
+/// every value of `out` written, and the group's moments into `saved`.
 #[inline(always)]
-fn forward_group<const F: bool>(g: Group<'_>, out: &mut [f32]) {
+fn forward_group<const F: bool>(g: Group<'_>, out: &mut [MaybeUninit<f32>], saved: &mut Moments) {
     let mo = moments::<F>(g.values, g.spatial, g.epsilon);
+    *saved = mo;
     let channels = out.chunks_mut(g.spatial).zip(g.values.chunks(g.spatial));
     for (j, (o, v)) in channels.enumerate() {
         let (a, b) = (g.gamma[j] * mo.rstd, g.beta[j]);
@@ -120,11 +142,11 @@ fn forward_group<const F: bool>(g: Group<'_>, out: &mut [f32]) {
         if g.silu {
             for (y, &x) in o.iter_mut().zip(v) {
                 let z = madd::<F>((x - mo.m) - mo.delta, a, b);
-                *y = z * sigmoid::<F>(z);
+                y.write(z * sigmoid::<F>(z));
             }
         } else {
             for (y, &x) in o.iter_mut().zip(v) {
-                *y = madd::<F>((x - mo.m) - mo.delta, a, b);
+                y.write(madd::<F>((x - mo.m) - mo.delta, a, b));
             }
         }
     }
@@ -143,11 +165,12 @@ fn affine_grad<const F: bool, const SILU: bool>(xhat: f32, gy: f32, gamma: f32, 
     }
 }
 
-/// One channel's first backward pass: `dx = dz gamma` (the normalised values' gradient, for
-/// now) and the sums of dz xhat, dz, dxhat and dxhat xhat.
+/// One channel's first backward pass: `d`, the output's gradient on entry, becomes
+/// `dz gamma` (the normalised values' gradient, for now); returns the sums of dz xhat, dz,
+/// dxhat and dxhat xhat.
 #[inline(always)]
 fn channel_sums<const F: bool, const SILU: bool>(
-    (x, dy, dx): (&[f32], &[f32], &mut [f32]),
+    (x, dx): (&[f32], &mut [f32]),
     mo: Moments,
     (gamma, beta): (f32, f32),
 ) -> [f64; 4] {
@@ -155,12 +178,11 @@ fn channel_sums<const F: bool, const SILU: bool>(
     let mut acc = [[0.0f32; LANES]; 4];
     let blocks = dx[..whole]
         .chunks_exact_mut(LANES)
-        .zip(x[..whole].chunks_exact(LANES))
-        .zip(dy[..whole].chunks_exact(LANES));
-    for ((d, xs), gs) in blocks {
+        .zip(x[..whole].chunks_exact(LANES));
+    for (d, xs) in blocks {
         for i in 0..LANES {
             let xhat = mo.xhat(xs[i]);
-            let dz = affine_grad::<F, SILU>(xhat, gs[i], gamma, beta);
+            let dz = affine_grad::<F, SILU>(xhat, d[i], gamma, beta);
             acc[0][i] = madd::<F>(dz, xhat, acc[0][i]);
             acc[1][i] += dz;
             let dxhat = dz * gamma;
@@ -170,9 +192,9 @@ fn channel_sums<const F: bool, const SILU: bool>(
         }
     }
     let mut sums = acc.map(|a| total(&a));
-    for ((d, &x), &gy) in dx[whole..].iter_mut().zip(&x[whole..]).zip(&dy[whole..]) {
+    for (d, &x) in dx[whole..].iter_mut().zip(&x[whole..]) {
         let xhat = mo.xhat(x);
-        let dz = affine_grad::<F, SILU>(xhat, gy, gamma, beta);
+        let dz = affine_grad::<F, SILU>(xhat, *d, gamma, beta);
         let dxhat = dz * gamma;
         sums[0] += (dz * xhat) as f64;
         sums[1] += dz as f64;
@@ -183,22 +205,19 @@ fn channel_sums<const F: bool, const SILU: bool>(
     sums
 }
 
-/// One group's backward pass from its output's gradient `dy`: two passes, the second
+/// One group's backward pass from its forward pass's moments `mo`, in the buffer `out.dx`
+/// that holds the output's gradient: two passes, the second
 /// `dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat))`.
 #[inline(always)]
-fn backward_group<const F: bool>(g: Group<'_>, dy: &[f32], out: GroupGrads<'_>) {
-    let mo = moments::<F>(g.values, g.spatial, g.epsilon);
+fn backward_group<const F: bool>(g: Group<'_>, mo: Moments, out: GroupGrads<'_>) {
     let (mut sum, mut sum_xhat) = (0.0f64, 0.0f64);
-    let channels = out
-        .dx
-        .chunks_mut(g.spatial)
-        .zip(g.values.chunks(g.spatial).zip(dy.chunks(g.spatial)));
-    for (j, (dx, (x, dy))) in channels.enumerate() {
+    let channels = out.dx.chunks_mut(g.spatial).zip(g.values.chunks(g.spatial));
+    for (j, (dx, x)) in channels.enumerate() {
         let affine = (g.gamma[j], g.beta[j]);
         let sums = if g.silu {
-            channel_sums::<F, true>((x, dy, dx), mo, affine)
+            channel_sums::<F, true>((x, dx), mo, affine)
         } else {
-            channel_sums::<F, false>((x, dy, dx), mo, affine)
+            channel_sums::<F, false>((x, dx), mo, affine)
         };
         out.dgamma[j] = sums[0] as f32;
         out.dbeta[j] = sums[1] as f32;
@@ -213,8 +232,8 @@ fn backward_group<const F: bool>(g: Group<'_>, dy: &[f32], out: GroupGrads<'_>) 
     }
 }
 
-dispatched!(forward, forward_group, (g: Group<'_>, out: &mut [f32]));
-dispatched!(backward, backward_group, (g: Group<'_>, dy: &[f32], out: GroupGrads<'_>));
+dispatched!(forward, forward_group, (g: Group<'_>, out: &mut [MaybeUninit<f32>], saved: &mut Moments));
+dispatched!(backward, backward_group, (g: Group<'_>, mo: Moments, out: GroupGrads<'_>));
 
 #[cfg(test)]
 mod tests {
@@ -273,6 +292,15 @@ mod tests {
         [y, dx, dgamma, dbeta]
     }
 
+    /// The forward pass's output (every value written over NaNs) and moments.
+    fn forward_values(isa: Isa, g: Group<'_>) -> (Vec<f32>, Moments) {
+        let mut y = vec![MaybeUninit::new(f32::NAN); g.values.len()];
+        let mut mo = Moments::default();
+        forward(isa, g, &mut y, &mut mo);
+        // SAFETY: initialised above
+        (y.iter().map(|v| unsafe { v.assume_init() }).collect(), mo)
+    }
+
     fn assert_near(name: &str, ours: &[f32], want: &[f64], tolerance: f64) {
         let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
         for (i, (&a, &b)) in ours.iter().zip(want).enumerate() {
@@ -311,16 +339,19 @@ mod tests {
                     silu,
                 };
                 let want = reference(g, &dy);
-                let mut y = vec![0.0; len];
-                forward(isa, g, &mut y);
-                let (mut dx, mut dgamma, mut dbeta) =
-                    (vec![0.0; len], vec![0.0; channels], vec![0.0; channels]);
+                let (y, mo) = forward_values(isa, g);
+                // the output's gradient in, the input's out; d gamma and d beta overwritten
+                let (mut dx, mut dgamma, mut dbeta) = (
+                    dy.clone(),
+                    vec![f32::NAN; channels],
+                    vec![f32::NAN; channels],
+                );
                 let grads = GroupGrads {
                     dx: &mut dx,
                     dgamma: &mut dgamma,
                     dbeta: &mut dbeta,
                 };
-                backward(isa, g, &dy, grads);
+                backward(isa, g, mo, grads);
                 let case = format!("{isa:?} {channels}x{spatial} offset {offset} gain {gain}");
                 let tolerance = 2e-5;
                 assert_near(&format!("{case} y"), &y, &want[0], tolerance);
@@ -345,8 +376,7 @@ mod tests {
                 epsilon: 1e-5,
                 silu: true,
             };
-            let mut y = vec![0.0; 32];
-            forward(isa, g, &mut y);
+            let (y, _) = forward_values(isa, g);
             // a NaN in a group makes its moments NaN: every output of the group is NaN
             assert!(y.iter().all(|v| v.is_nan()), "{isa:?}: {y:?}");
         }

@@ -218,6 +218,29 @@ where
     }
 }
 
+/// [`record_op`] for an operation whose backward pass keeps something its forward pass
+/// computes: `tracked` returns the output and the state, `untracked` the output alone.
+pub(crate) fn record_op_saving<B, C, O, const N: usize>(
+    op: O,
+    inputs: [FloatTensor<Autodiff<B, C>>; N],
+    tracked: impl FnOnce([FloatTensor<B>; N]) -> (FloatTensor<B>, O::State),
+    untracked: impl FnOnce([FloatTensor<B>; N]) -> FloatTensor<B>,
+) -> FloatTensor<Autodiff<B, C>>
+where
+    B: Backend,
+    C: CheckpointStrategy,
+    O: Backward<B, N>,
+{
+    let nodes = inputs.each_ref().map(|t| t.node());
+    match op.prepare::<C>(nodes).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => {
+            let (out, state) = tracked(inputs.map(|t| t.into_primitive()));
+            prep.finish(state, out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(untracked(inputs.map(|t| t.into_primitive()))),
+    }
+}
+
 /// The backward pass of an operation that forms its parents' gradients at once: `gradients`
 /// from the output's gradient, the state and which parents are tracked, each gradient then
 /// registered for its parent (where both are there).
