@@ -23,10 +23,13 @@ fn values(len: usize, seed: u64) -> Vec<f32> {
 }
 
 fn tensor<const D: usize>(shape: [usize; D], seed: u64, device: &Device) -> Tensor<D> {
+    constant(shape, seed, device).require_grad()
+}
+
+/// [`tensor`]'s values, untracked.
+fn constant<const D: usize>(shape: [usize; D], seed: u64, device: &Device) -> Tensor<D> {
     let len = shape.iter().product();
-    Tensor::<1>::from_floats(values(len, seed).as_slice(), device)
-        .reshape(shape)
-        .require_grad()
+    Tensor::<1>::from_floats(values(len, seed).as_slice(), device).reshape(shape)
 }
 
 /// Each of `names`' results from the two computations agrees within `tolerance` of the largest
@@ -122,6 +125,50 @@ fn fused_convolution_matches_burns_values_and_gradients() {
         let (ours, burns) = (run(true, case), run(false, case));
         let names = ["output", "x", "weight", "bias"];
         assert_close(&names, &ours, &burns, 2e-5, &format!("{case:?}"));
+    }
+}
+
+/// The fused convolution's gradients when only some of its inputs are tracked (a frozen
+/// input or frozen weights): each the same as when all are, on the direct kernels' path and the
+/// column matrix's.
+#[test]
+fn gradients_of_some_inputs_alone_match_the_full_pass() {
+    for case in [[6, 4, 9, 7, 8, 3, 1, 1], [5, 8, 8, 8, 8, 3, 2, 1]] {
+        let [n, ci, h, w, co, k, stride, padding] = case;
+        let full = run(true, case);
+        let device = Device::flex().autodiff();
+        for tracked in [[true, false], [false, true]] {
+            let input = |shape: [usize; 4], seed, tracked| match tracked {
+                true => tensor(shape, seed, &device),
+                false => constant(shape, seed, &device),
+            };
+            let x = input([n, ci, h, w], 1, tracked[0]);
+            let weight = input([co, ci, k, k], 2, tracked[1]);
+            let bias = tensor([co], 3, &device);
+            let y = conv2d(
+                x.clone(),
+                weight.clone(),
+                Some(bias.clone()),
+                stride,
+                padding,
+            );
+            let r = tensor(y.dims(), 4, &device).detach();
+            let grads = (y * r).sum().backward();
+            assert_eq!(x.grad(&grads).is_some(), tracked[0], "{case:?}");
+            assert_eq!(weight.grad(&grads).is_some(), tracked[1], "{case:?}");
+            let (name, got, want) = match x.grad(&grads) {
+                Some(dx) => ("x", host(dx), &full[1]),
+                None => ("weight", host(weight.grad(&grads).unwrap()), &full[2]),
+            };
+            let bias_grad = host(bias.grad(&grads).unwrap());
+            assert_close(
+                &[name, "bias"],
+                &[got, bias_grad],
+                &[want.clone(), full[3].clone()],
+                0.0,
+                &format!("{case:?}, tracked {tracked:?}"),
+            );
+        }
     }
 }
 

@@ -2,6 +2,8 @@
 //! images, summed after; the input's as the transposed convolution (a convolution that keeps
 //! the size) or as a product into a column buffer and its col2im (the others).
 
+use std::mem::MaybeUninit;
+
 use burn::backend::TensorMetadata;
 use burn::backend::flex::{Flex, FlexTensor};
 use burn::tensor::TensorData;
@@ -10,7 +12,8 @@ use rayon::prelude::*;
 use super::columns::{col2im, columns, product, tile_rows, tiles};
 use super::direct;
 use super::{
-    ConvBackward, Dims, Start, convolve, images_per_task, scratch, transposed_weights, values,
+    ConvBackward, Dims, Start, convolve, finish, images_per_task, scratch, transposed_weights,
+    values,
 };
 use crate::ConvSpec;
 use crate::flex::contiguous;
@@ -34,7 +37,7 @@ struct Pass<'a> {
 
 impl Pass<'_> {
     /// Task `task`'s images' weight and bias gradients (summed over them), and their input
-    /// gradients into `dx_chunk` when it scatters them.
+    /// gradients into `dx_chunk` when it scatters them (the column-matrix path).
     fn task(&self, task: usize, dx_chunk: Option<&mut [f32]>) -> (Vec<f32>, Vec<f32>) {
         let (d, [_, want_w, want_b]) = (&self.d, self.want);
         let (pixels, rows) = (d.pixels(), d.col_rows());
@@ -43,13 +46,7 @@ impl Pass<'_> {
         let mut db = vec![0.0f32; if want_b { d.c_out } else { 0 }];
         let first = task * self.per;
         let count = self.per.min(d.n - first);
-        // the direct kernels take the task's images side by side
-        let flat = want_w && d.flat();
-        let f = d.flat_geometry(count);
-        let mut planes = scratch(if flat { d.c_in * count * f.plane } else { 0 });
-        let grad_len = f.c_out_padded(direct::CG) * count * f.run;
-        let mut gflat = scratch(if flat { grad_len } else { 0 });
-        let needs_col = want_w && !d.direct() && !flat;
+        let needs_col = want_w && !d.direct();
         let mut col = scratch(if needs_col {
             rows * tile_rows(d) * d.w_out
         } else {
@@ -64,10 +61,7 @@ impl Pass<'_> {
             if want_b {
                 add_bias_grad(&mut db, g, pixels);
             }
-            if flat {
-                direct::pad_image(&f, image, j, &mut planes);
-                direct::flatten_grad(&f, g, j, &mut gflat);
-            } else if want_w {
+            if want_w {
                 add_weight_grad(d, image, g, &mut col, &mut dw, j > 0);
             }
             if let Some(dx_chunk) = dx_chunk.as_deref_mut() {
@@ -75,10 +69,88 @@ impl Pass<'_> {
                 input_grad(d, g, self.ws, &mut dcol, dx_image);
             }
         }
-        if flat {
-            direct::weight_grad(Isa::detect(), &f, &planes, &gflat, &mut dw);
+        (dw, db)
+    }
+
+    /// [`Pass::task`] for a convolution the direct kernels run: the task's images' output
+    /// gradients padded once into planes side by side, which the weight gradient reads (with
+    /// the padded inputs) and the input gradient convolves (the transposed convolution, with
+    /// `wt` the blocked transposed weights) into `dx_chunk`.
+    fn flat_task(
+        &self,
+        task: usize,
+        dx_chunk: Option<&mut [MaybeUninit<f32>]>,
+        wt: &[f32],
+    ) -> (Vec<f32>, Vec<f32>) {
+        let (d, [_, want_w, want_b]) = (&self.d, self.want);
+        let pixels = d.pixels();
+        let (in_len, out_len) = (d.c_in * d.h * d.w, d.c_out * pixels);
+        let mut dw = vec![0.0f32; if want_w { d.c_out * d.col_rows() } else { 0 }];
+        let mut db = vec![0.0f32; if want_b { d.c_out } else { 0 }];
+        let first = task * self.per;
+        let count = self.per.min(d.n - first);
+        let f = d.flat_geometry(count);
+        // the weight gradient reads the output gradient's channels in blocks of CG
+        let g_channels = if want_w {
+            f.c_out_padded(direct::CG)
+        } else {
+            d.c_out
+        };
+        let mut gplanes = scratch(g_channels * count * f.plane);
+        let mut planes = scratch(if want_w { d.c_in * count * f.plane } else { 0 });
+        for j in 0..count {
+            let i = first + j;
+            let g = &self.gs[i * out_len..][..out_len];
+            if want_b {
+                add_bias_grad(&mut db, g, pixels);
+            }
+            direct::pad_image(&f, g, j, &mut gplanes);
+            if want_w {
+                direct::pad_image(&f, &self.xs[i * in_len..][..in_len], j, &mut planes);
+            }
+        }
+        let isa = Isa::detect();
+        if want_w {
+            direct::zero_planes(&f, d.c_out, &mut gplanes);
+            direct::weight_grad(isa, &f, &planes, &gplanes, &mut dw);
+        }
+        if let Some(dx_chunk) = dx_chunk {
+            let ft = d.transposed().flat_geometry(count);
+            let mut flat = scratch(ft.c_out_padded(direct::CO) * ft.run);
+            for (j, dx_image) in dx_chunk.chunks_mut(in_len).enumerate() {
+                direct::forward(isa, &ft, &gplanes[j * f.plane..], wt, &mut flat);
+                finish(&ft, Start::Nothing, first + j, &flat, dx_image);
+            }
         }
         (dw, db)
+    }
+}
+
+impl Pass<'_> {
+    /// Every task of [`Pass::flat_task`] across the pool: the input gradient (empty unless
+    /// wanted) and each task's weight and bias gradients.
+    fn flat(&self, tasks: usize) -> (Vec<f32>, Vec<(Vec<f32>, Vec<f32>)>) {
+        let d = &self.d;
+        let in_len = d.c_in * d.h * d.w;
+        if !self.want[0] {
+            let partial = (0..tasks)
+                .into_par_iter()
+                .map(|task| self.flat_task(task, None, &[]))
+                .collect();
+            return (Vec::new(), partial);
+        }
+        let t = d.transposed();
+        let wt = direct::block_weights(&t.flat_geometry(1), &transposed_weights(d, self.ws));
+        let total = d.n * in_len;
+        let mut dx: Vec<f32> = Vec::with_capacity(total);
+        let partial = dx.spare_capacity_mut()[..total]
+            .par_chunks_mut(self.per * in_len)
+            .enumerate()
+            .map(|(task, chunk)| self.flat_task(task, Some(chunk), &wt))
+            .collect();
+        // SAFETY: every image's input gradient was written by `finish`
+        unsafe { dx.set_len(total) };
+        (dx, partial)
     }
 }
 
@@ -108,23 +180,29 @@ impl ConvBackward for Flex {
             scatter,
             per,
         };
-        let mut dx = vec![0.0f32; if scatter { d.n * in_len } else { 0 }];
-        // each task's weight and bias gradients, summed after
-        let partial: Vec<(Vec<f32>, Vec<f32>)> = if scatter {
-            dx.par_chunks_mut(per * in_len)
-                .enumerate()
-                .map(|(task, chunk)| pass.task(task, Some(chunk)))
-                .collect()
+        let tasks = d.n.div_ceil(per);
+        let (dx, partial) = if d.flat() {
+            pass.flat(tasks)
         } else {
-            (0..d.n.div_ceil(per))
-                .into_par_iter()
-                .map(|task| pass.task(task, None))
-                .collect()
+            let mut dx = vec![0.0f32; if scatter { d.n * in_len } else { 0 }];
+            // each task's weight and bias gradients, summed after
+            let partial: Vec<(Vec<f32>, Vec<f32>)> = if scatter {
+                dx.par_chunks_mut(per * in_len)
+                    .enumerate()
+                    .map(|(task, chunk)| pass.task(task, Some(chunk)))
+                    .collect()
+            } else {
+                (0..tasks)
+                    .into_par_iter()
+                    .map(|task| pass.task(task, None))
+                    .collect()
+            };
+            if want_x && d.same() {
+                let ws = transposed_weights(&d, pass.ws);
+                dx = convolve(&d.transposed(), pass.gs, &ws, Start::Nothing);
+            }
+            (dx, partial)
         };
-        if want_x && d.same() {
-            let ws = transposed_weights(&d, pass.ws);
-            dx = convolve(&d.transposed(), pass.gs, &ws, Start::Nothing);
-        }
         let sum = |which: usize, len: usize| sum_partials(&partial, which, len);
         let rows = d.col_rows();
         [

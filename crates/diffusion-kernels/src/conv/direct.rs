@@ -122,23 +122,10 @@ fn row_and_two_zeros(dst: &mut [f32], src: &[f32]) {
     }
 }
 
-/// Lays out image `j`'s output gradient `g` (`[c_out, h, w]`) over the flat positions, into
-/// its place of `flat` (`[c_out padded to CG, images, run]`), zero at the discarded ones and
-/// in the padding channels.
-pub(crate) fn flatten_grad(f: &Flat, g: &[f32], j: usize, flat: &mut [f32]) {
-    let (h, w, wp) = (f.h, f.w, f.wp);
-    let stride = f.images * f.run;
-    let mut rows = flat
-        .chunks_exact_mut(stride)
-        .map(|c| &mut c[j * f.run..][..f.run]);
-    for (src, dst) in g.chunks_exact(h * w).zip(rows.by_ref()) {
-        for y in 0..h {
-            row_and_two_zeros(&mut dst[y * wp..(y + 1) * wp], &src[y * w..(y + 1) * w]);
-        }
-        dst[h * wp..].fill(0.0);
-    }
-    rows.take(f.c_out_padded(CG) - f.c_out)
-        .for_each(|r| r.fill(0.0));
+/// Zeroes the planes of channels `from..` of `planes` (`[channels, images, plane]`): the
+/// padding channels of a weight gradient's [`weight_grad`] reads.
+pub(crate) fn zero_planes(f: &Flat, from: usize, planes: &mut [f32]) {
+    planes[from * f.images * f.plane..].fill(0.0);
 }
 
 /// The weights `[c_out, c_in, 3, 3]` as the forward kernel reads them: `[c_out / CO, c_in,
@@ -159,9 +146,10 @@ pub(crate) fn block_weights(f: &Flat, ws: &[f32]) -> Vec<f32> {
 }
 
 /// One image's convolution over the flat positions: `out` `[c_out padded to CO, run]` from
-/// the padded planes `planes` (of one image) and the blocked weights `wt`.
+/// the padded planes `planes` (`[c_in, images, plane]` from the image's own plane on: the
+/// first of `f.images` side by side) and the blocked weights `wt`.
 pub(crate) fn forward(isa: Isa, f: &Flat, planes: &[f32], wt: &[f32], out: &mut [f32]) {
-    assert!(f.images == 1 && planes.len() >= f.c_in * f.plane);
+    assert!(f.c_in > 0 && planes.len() >= (f.c_in - 1) * f.images * f.plane + f.plane);
     assert!(wt.len() >= f.c_out_padded(CO) * f.c_in * TAPS);
     assert!(out.len() >= f.c_out_padded(CO) * f.run);
     #[cfg(target_arch = "x86_64")]
@@ -190,10 +178,14 @@ pub(crate) fn forward(isa: Isa, f: &Flat, planes: &[f32], wt: &[f32], out: &mut 
 }
 
 /// Adds the images' weight gradient to `dw` (`[c_out, c_in, 3, 3]`) from their padded planes
-/// and flat output gradients `gflat` (from [`flatten_grad`]).
-pub(crate) fn weight_grad(isa: Isa, f: &Flat, planes: &[f32], gflat: &[f32], dw: &mut [f32]) {
+/// and their output gradients' padded planes `gplanes` (`[c_out padded to CG, images,
+/// plane]`, zero in the padding channels; from [`pad_image`] and [`zero_planes`]): read from
+/// its first pixel on, a padded plane is the gradient over the flat positions, zero at the
+/// discarded ones.
+pub(crate) fn weight_grad(isa: Isa, f: &Flat, planes: &[f32], gplanes: &[f32], dw: &mut [f32]) {
     assert!(planes.len() >= f.c_in * f.images * f.plane);
-    assert!(gflat.len() >= f.c_out_padded(CG) * f.images * f.run);
+    assert!(gplanes.len() >= f.c_out_padded(CG) * f.images * f.plane);
+    let gflat = &gplanes[f.wp + 1..];
     assert!(dw.len() >= f.c_out * f.c_in * TAPS);
     #[cfg(target_arch = "x86_64")]
     {
@@ -370,7 +362,7 @@ unsafe fn forward_tile<V: Vector, const NV: usize>(
     unsafe {
         let mut acc = [[V::zero(); NV]; CO];
         for ci in 0..f.c_in {
-            let x = xp.add(ci * f.plane + q0);
+            let x = xp.add(ci * f.images * f.plane + q0);
             let w = wb.add(ci * TAPS * CO);
             for ky in 0..K {
                 for kx in 0..K {
@@ -415,9 +407,8 @@ unsafe fn weight_grad_image<V: Vector, const G: usize, const A: usize>(
             // SAFETY: the rows and planes read lie inside the checked lengths
             unsafe {
                 let mut acc = [V::zero(); A];
-                // one loop over the images' runs, side by side: the gradient's are
-                // contiguous, the planes' `plane - run` apart
-                let g_stride = f.images * f.run;
+                // one loop over the images' runs, side by side, `plane - run` apart in both
+                let g_stride = f.images * f.plane;
                 let mut x = xp.add(ci * f.images * f.plane);
                 let mut g = gp.add(b * G * g_stride);
                 let per_image = f.run / V::LANES;
@@ -442,6 +433,7 @@ unsafe fn weight_grad_image<V: Vector, const G: usize, const A: usize>(
                     if left == 0 {
                         left = per_image;
                         x = x.add(f.plane - f.run);
+                        g = g.add(f.plane - f.run);
                     }
                 }
                 for (c, taps) in acc.chunks_exact(TAPS).enumerate() {
@@ -545,7 +537,8 @@ mod tests {
                 let wt = block_weights(&f1, &ws);
                 // stale values everywhere, as the scratch buffers hold
                 let mut planes = vec![f32::NAN; n * c_in * fs.plane];
-                let mut gflat = vec![f32::NAN; n * fs.c_out_padded(CG) * fs.run];
+                let mut gplanes = vec![f32::NAN; n * fs.c_out_padded(CG) * fs.plane];
+                zero_planes(&fs, c_out, &mut gplanes);
                 let mut want_dw = vec![0.0f64; c_out * c_in * TAPS];
                 for j in 0..n {
                     let (x, g) = (
@@ -572,10 +565,18 @@ mod tests {
                         }
                     }
                     pad_image(&fs, x, j, &mut planes);
-                    flatten_grad(&fs, g, j, &mut gflat);
+                    pad_image(&fs, g, j, &mut gplanes);
+                    // the same image read from its place among the three: the same sums
+                    let mut side = vec![f32::NAN; fs.c_out_padded(CO) * fs.run];
+                    forward(isa, &fs, &planes[j * fs.plane..], &wt, &mut side);
+                    assert_eq!(
+                        side.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        out.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        "{isa:?} {c_in} {c_out} {h} {w}: image {j} among {n}"
+                    );
                 }
                 let mut dw = vec![0.5f32; c_out * c_in * TAPS];
-                weight_grad(isa, &fs, &planes, &gflat, &mut dw);
+                weight_grad(isa, &fs, &planes, &gplanes, &mut dw);
                 let scale = (n * h * w) as f64;
                 for (t, (&got, &want)) in dw.iter().zip(&want_dw).enumerate() {
                     let got = got as f64 - 0.5;
