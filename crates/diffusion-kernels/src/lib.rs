@@ -40,6 +40,8 @@ mod adam;
 mod math;
 
 #[cfg(feature = "flex")]
+mod attention;
+#[cfg(feature = "flex")]
 mod conv;
 #[cfg(feature = "flex")]
 mod flex;
@@ -51,6 +53,8 @@ mod norm_math;
 mod upsample;
 
 pub use adam::{AdamScalars, FusedAdam};
+#[cfg(feature = "flex")]
+pub use attention::{AttentionBackward, FusedAttention};
 #[cfg(feature = "flex")]
 pub use conv::{ConvBackward, FusedConv};
 #[cfg(feature = "flex")]
@@ -393,6 +397,36 @@ pub fn group_norm(x: Tensor<4>, gamma: Tensor<1>, beta: Tensor<1>, spec: NormSpe
     let normed = (centred / (var + spec.epsilon).sqrt()).reshape([n, c, h, w]);
     let y = normed * gamma.reshape([1, c, 1, 1]) + beta.reshape([1, c, 1, 1]);
     if spec.silu { activation::silu(y) } else { y }
+}
+
+/// Self-attention over positions: `qkv` `[b, 3d, p]` (each entry's d query, d key and d value
+/// channels over p positions, in that order) to `[b, d, p]`,
+/// `a[c, i] = sum_j softmax_j(q_i . k_j / sqrt(d)) v[c, j]`. On flex in f32 one pass per entry
+/// each way, the entries in parallel ([`FusedAttention`]); elsewhere Burn's operations (both
+/// scaled by d^-1/4, a product, a softmax and a product).
+pub fn attention(qkv: Tensor<3>) -> Tensor<3> {
+    if fused_here(&qkv) {
+        #[cfg(feature = "flex")]
+        {
+            use burn::backend::Dispatch;
+            return Tensor::from_dispatch(<Dispatch as FusedAttention>::attention_fused(
+                qkv.into_dispatch(),
+            ));
+        }
+    }
+    let [_, three_d, _] = qkv.dims();
+    assert!(
+        three_d % 3 == 0 && three_d > 0,
+        "queries, keys and values of d channels each: 3d channels, not {three_d}"
+    );
+    let d = three_d / 3;
+    let scale = 1.0 / (d as f64).sqrt().sqrt();
+    let q = qkv.clone().narrow(1, 0, d) * scale;
+    let k = qkv.clone().narrow(1, d, d) * scale;
+    let v = qkv.narrow(1, 2 * d, d);
+    // [b, p (queries), p (keys)]
+    let weights = activation::softmax(q.swap_dims(1, 2).matmul(k), 2);
+    v.matmul(weights.swap_dims(1, 2))
 }
 
 /// Nearest-neighbour upsampling by 2 of `x` `[n, c, h, w]`: `[n, c, 2h, 2w]`, each value over

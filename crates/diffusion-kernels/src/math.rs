@@ -81,7 +81,7 @@ fn exp_reduced<const F: bool>(x: f32) -> (f32, f32) {
 
 /// e^x for x in [-87, 88] (Cephes `expf`).
 #[inline(always)]
-fn exp_core<const F: bool>(x: f32) -> f32 {
+pub(crate) fn exp_core<const F: bool>(x: f32) -> f32 {
     let (q, scale) = exp_reduced::<F>(x);
     (q + 1.0) * scale
 }

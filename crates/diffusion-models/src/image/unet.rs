@@ -3,7 +3,7 @@
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Initializer, Linear, LinearConfig, PaddingConfig2d};
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::silu;
 use burn::tensor::{Device, Int, Tensor};
 use diffusion_data::ImageShape;
 use serde::{Deserialize, Serialize};
@@ -12,7 +12,7 @@ use super::{
     ImageConfigError, conv, conv_plus, norm, one_step, repeat2, step_column, to_images, to_rows,
 };
 use crate::network::ReverseNetwork;
-use diffusion_kernels::ConvPlus;
+use diffusion_kernels::{ConvPlus, attention};
 
 /// The most channels at any level.
 const MAX_CHANNELS: usize = 1 << 14;
@@ -431,13 +431,7 @@ impl Attention {
             3 * per_head,
             h * w,
         ]);
-        let scale = 1.0 / (per_head as f64).sqrt().sqrt();
-        let q = qkv.clone().narrow(1, 0, per_head) * scale;
-        let k = qkv.clone().narrow(1, per_head, per_head) * scale;
-        let v = qkv.narrow(1, 2 * per_head, per_head);
-        // [B, hw (query), hw (key)]
-        let weights = softmax(q.swap_dims(1, 2).matmul(k), 2);
-        let a = v.matmul(weights.swap_dims(1, 2)).reshape([n, c, h, w]);
+        let a = attention(qkv).reshape([n, c, h, w]);
         conv_plus(&self.out, a, ConvPlus::Residual(x))
     }
 }
