@@ -12,8 +12,8 @@ use rayon::prelude::*;
 use super::columns::{col2im, columns, product, tile_rows, tiles};
 use super::direct;
 use super::{
-    ConvBackward, Dims, Start, convolve, finish, images_per_task, scratch, transposed_weights,
-    values,
+    ConvBackward, Dims, Start, convolve, convolve_flat, images_per_task, scratch,
+    transposed_weights, values,
 };
 use crate::ConvSpec;
 use crate::flex::contiguous;
@@ -116,10 +116,19 @@ impl Pass<'_> {
         }
         if let Some(dx_chunk) = dx_chunk {
             let ft = d.transposed().flat_geometry(count);
-            let mut flat = scratch(ft.c_out_padded(direct::CO) * ft.run);
+            let layout = direct::Layout::new(&ft);
+            let zeros = vec![0.0f32; d.c_in];
             for (j, dx_image) in dx_chunk.chunks_mut(in_len).enumerate() {
-                direct::forward(isa, &ft, &gplanes[j * f.plane..], wt, &mut flat);
-                finish(&ft, Start::Nothing, first + j, &flat, dx_image);
+                let planes = &gplanes[j * f.plane..];
+                let into = (&layout, zeros.as_slice(), None);
+                convolve_flat(
+                    isa,
+                    &ft,
+                    (planes, wt),
+                    into,
+                    (Start::Nothing, first + j),
+                    dx_image,
+                );
             }
         }
         (dw, db)

@@ -156,13 +156,25 @@ pub(crate) fn forward(isa: Isa, f: &Flat, planes: &[f32], wt: &[f32], out: &mut 
     {
         #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
         fn avx512(f: &Flat, planes: &[f32], wt: &[f32], out: &mut [f32]) {
+            let ob = out.as_mut_ptr();
+            // SAFETY (the offset): block b's rows lie inside `out`'s checked length
+            let rows = |b: usize| FlatRows {
+                ob: unsafe { ob.add(b * CO * f.run) },
+                run: f.run,
+            };
             // SAFETY: the sizes were checked above; the CPU has AVX-512F
-            unsafe { forward_image::<x86::Avx512, 6>(f, planes, wt, out) }
+            unsafe { forward_image::<x86::Avx512, 6, _>(f, planes, wt, rows) }
         }
         #[target_feature(enable = "avx2,fma")]
         fn avx2(f: &Flat, planes: &[f32], wt: &[f32], out: &mut [f32]) {
+            let ob = out.as_mut_ptr();
+            // SAFETY (the offset): block b's rows lie inside `out`'s checked length
+            let rows = |b: usize| FlatRows {
+                ob: unsafe { ob.add(b * CO * f.run) },
+                run: f.run,
+            };
             // SAFETY: the sizes were checked above; the CPU has AVX2 and FMA
-            unsafe { forward_image::<x86::Avx2, 2>(f, planes, wt, out) }
+            unsafe { forward_image::<x86::Avx2, 2, _>(f, planes, wt, rows) }
         }
         match isa {
             // SAFETY (both): `isa` is at most what `Isa::detect` found on this CPU, AVX-512 with
@@ -175,6 +187,92 @@ pub(crate) fn forward(isa: Isa, f: &Flat, planes: &[f32], wt: &[f32], out: &mut 
     }
     let _ = (f, planes, wt, out);
     unreachable!("the direct kernels run on AVX2 or AVX-512 only (`available`)")
+}
+
+/// Per vector of 16 flat positions: which are pixels (not the two past each row's end, nor
+/// past the image), and how many pixels come before it: where [`forward_into`] puts each
+/// vector of sums.
+pub(crate) struct Layout {
+    masks: Vec<u16>,
+    offsets: Vec<usize>,
+}
+
+impl Layout {
+    pub(crate) fn new(f: &Flat) -> Layout {
+        let (mut masks, mut offsets, mut before) = (Vec::new(), Vec::new(), 0);
+        for k in 0..f.run / MAX_LANES {
+            let mut mask = 0u16;
+            for lane in 0..MAX_LANES {
+                let q = k * MAX_LANES + lane;
+                if q / f.wp < f.h && q % f.wp < f.w {
+                    mask |= 1 << lane;
+                }
+            }
+            masks.push(mask);
+            offsets.push(before);
+            before += mask.count_ones() as usize;
+        }
+        Layout { masks, offsets }
+    }
+}
+
+/// One image's convolution straight into its output `out` (`[c_out, h, w]`), each channel
+/// `c` starting at `base[c]` plus, where there is one, `residual`'s value at the same place
+/// (`(residual + base) + sums`, as [`forward`]'s flat rows and their copy would give), with
+/// AVX-512: returns false and writes nothing on another CPU, where the caller goes through
+/// [`forward`].
+#[allow(clippy::too_many_arguments)] // the operands of one image's convolution
+pub(crate) fn forward_into(
+    isa: Isa,
+    f: &Flat,
+    planes: &[f32],
+    wt: &[f32],
+    layout: &Layout,
+    base: &[f32],
+    residual: Option<&[f32]>,
+    out: &mut [std::mem::MaybeUninit<f32>],
+) -> bool {
+    let pixels = f.h * f.w;
+    assert!(f.c_in > 0 && planes.len() >= (f.c_in - 1) * f.images * f.plane + f.plane);
+    assert!(wt.len() >= f.c_out_padded(CO) * f.c_in * TAPS);
+    assert!(base.len() == f.c_out && out.len() == f.c_out * pixels);
+    assert!(residual.is_none_or(|r| r.len() == out.len()));
+    assert_eq!(
+        layout.masks.len(),
+        f.run / MAX_LANES,
+        "the layout of this geometry"
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+        fn avx512(
+            f: &Flat,
+            (planes, wt): (&[f32], &[f32]),
+            layout: &Layout,
+            (base, residual): (&[f32], Option<&[f32]>),
+            out: &mut [std::mem::MaybeUninit<f32>],
+        ) {
+            let pixels = f.h * f.w;
+            let op = out.as_mut_ptr().cast::<f32>();
+            // SAFETY (the offsets): block b's first channel lies inside the checked lengths
+            let sink = |b: usize| x86::Compressed {
+                out: unsafe { op.add(b * CO * pixels) },
+                residual: residual.map(|r| unsafe { r.as_ptr().add(b * CO * pixels) }),
+                base: &base[b * CO..((b + 1) * CO).min(f.c_out)],
+                pixels,
+                layout,
+            };
+            // SAFETY: the sizes were checked above; the CPU has AVX-512F
+            unsafe { forward_image::<x86::Avx512, 6, _>(f, planes, wt, sink) }
+        }
+        if isa == Isa::Avx512 && has_vl() {
+            // SAFETY: `isa` is at most what `Isa::detect` found on this CPU, VL checked
+            unsafe { avx512(f, (planes, wt), layout, (base, residual), out) };
+            return true;
+        }
+    }
+    let _ = (isa, f, planes, wt, layout, base, residual, out);
+    false
 }
 
 /// Adds the images' weight gradient to `dw` (`[c_out, c_in, 3, 3]`) from their padded planes
@@ -231,6 +329,48 @@ mod x86 {
 
     #[derive(Clone, Copy)]
     pub(super) struct Avx512(__m512);
+
+    /// A block's channels of the output `[c_out, h, w]` itself: each vector of flat positions
+    /// with its discarded positions squeezed out (AVX-512's compress) and stored at its first
+    /// pixel's place, plus the channel's start value and the residual there.
+    pub(super) struct Compressed<'a> {
+        /// The block's first channel's plane, and the residual's.
+        pub out: *mut f32,
+        pub residual: Option<*const f32>,
+        /// The start values of the block's channels (fewer than `CO` in the last block).
+        pub base: &'a [f32],
+        pub pixels: usize,
+        pub layout: &'a super::Layout,
+    }
+
+    impl super::Sink<Avx512> for Compressed<'_> {
+        #[inline(always)]
+        unsafe fn put(&self, c: usize, q: usize, value: Avx512) {
+            if c >= self.base.len() {
+                return;
+            }
+            let k = q / 16;
+            let (mask, at) = (self.layout.masks[k], self.layout.offsets[k]);
+            if mask == 0 {
+                return;
+            }
+            // SAFETY: the vector's pixels lie in channel c's plane, from `at` on
+            unsafe {
+                let first = ((1u32 << mask.count_ones()) - 1) as u16;
+                let sums = _mm512_maskz_compress_ps(mask, value.0);
+                let base = _mm512_set1_ps(self.base[c]);
+                let start = match self.residual {
+                    Some(r) => _mm512_add_ps(
+                        _mm512_maskz_loadu_ps(first, r.add(c * self.pixels + at)),
+                        base,
+                    ),
+                    None => base,
+                };
+                let dst = self.out.add(c * self.pixels + at);
+                _mm512_mask_storeu_ps(dst, first, _mm512_add_ps(start, sums));
+            }
+        }
+    }
     #[derive(Clone, Copy)]
     pub(super) struct Avx2(__m256);
 
@@ -299,45 +439,66 @@ mod x86 {
     }
 }
 
-/// [`forward`]'s work: for each block of [`CO`] output channels, the flat run in tiles of `NV`
-/// vectors, the last tile shorter.
+/// Where a tile's sums go: [`FlatRows`] (the flat output, every position) or, with
+/// AVX-512, [`x86::Compressed`] (the output itself, the discarded positions squeezed out).
+trait Sink<V: Vector> {
+    /// Stores the sums `value` of the block's channel `c` at the flat positions from `q`.
+    ///
+    /// # Safety
+    /// `c` is under [`CO`]; the positions lie in the run.
+    unsafe fn put(&self, c: usize, q: usize, value: V);
+}
+
+/// A block's `CO` rows of the flat output `[c_out padded to CO, run]`, from `ob`.
+struct FlatRows {
+    ob: *mut f32,
+    run: usize,
+}
+
+impl<V: Vector> Sink<V> for FlatRows {
+    #[inline(always)]
+    unsafe fn put(&self, c: usize, q: usize, value: V) {
+        // SAFETY: the caller's: row c of the block, position q in the run
+        unsafe { value.store(self.ob.add(c * self.run + q)) }
+    }
+}
+
+/// [`forward`]'s work: for each block of [`CO`] output channels (its sink from `sink`), the
+/// flat run in tiles of `NV` vectors, the last tile shorter.
 ///
 /// # Safety
-/// The slices hold what [`forward`] checks; the CPU runs `V`.
+/// The slices hold what [`forward`] checks; the CPU runs `V`; each block's sink takes its
+/// `CO` channels at every position of the run.
 #[inline(always)]
-unsafe fn forward_image<V: Vector, const NV: usize>(
+unsafe fn forward_image<V: Vector, const NV: usize, S: Sink<V>>(
     f: &Flat,
     planes: &[f32],
     wt: &[f32],
-    out: &mut [f32],
+    sink: impl Fn(usize) -> S,
 ) {
     let vectors = f.run / V::LANES;
-    let (xp, out) = (planes.as_ptr(), out.as_mut_ptr());
+    let xp = planes.as_ptr();
     for b in 0..f.c_out_padded(CO) / CO {
-        // SAFETY: block b's weights and output rows lie inside the checked lengths
-        let (wb, ob) = unsafe {
-            (
-                wt.as_ptr().add(b * f.c_in * TAPS * CO),
-                out.add(b * CO * f.run),
-            )
-        };
+        // SAFETY: block b's weights lie inside the checked length
+        let wb = unsafe { wt.as_ptr().add(b * f.c_in * TAPS * CO) };
+        let sink = sink(b);
         let mut v = 0;
         while v + NV <= vectors {
             // SAFETY: the tile's vectors lie inside the run, its taps inside the planes
-            unsafe { forward_tile::<V, NV>(f, xp, wb, ob, v * V::LANES) };
+            unsafe { forward_tile::<V, NV, S>(f, xp, wb, &sink, v * V::LANES) };
             v += NV;
         }
         // SAFETY: as above, for the last, shorter tile
         unsafe {
             match vectors - v {
                 0 => {}
-                1 => forward_tile::<V, 1>(f, xp, wb, ob, v * V::LANES),
-                2 => forward_tile::<V, 2>(f, xp, wb, ob, v * V::LANES),
-                3 => forward_tile::<V, 3>(f, xp, wb, ob, v * V::LANES),
-                4 => forward_tile::<V, 4>(f, xp, wb, ob, v * V::LANES),
-                5 => forward_tile::<V, 5>(f, xp, wb, ob, v * V::LANES),
-                6 => forward_tile::<V, 6>(f, xp, wb, ob, v * V::LANES),
-                7 => forward_tile::<V, 7>(f, xp, wb, ob, v * V::LANES),
+                1 => forward_tile::<V, 1, S>(f, xp, wb, &sink, v * V::LANES),
+                2 => forward_tile::<V, 2, S>(f, xp, wb, &sink, v * V::LANES),
+                3 => forward_tile::<V, 3, S>(f, xp, wb, &sink, v * V::LANES),
+                4 => forward_tile::<V, 4, S>(f, xp, wb, &sink, v * V::LANES),
+                5 => forward_tile::<V, 5, S>(f, xp, wb, &sink, v * V::LANES),
+                6 => forward_tile::<V, 6, S>(f, xp, wb, &sink, v * V::LANES),
+                7 => forward_tile::<V, 7, S>(f, xp, wb, &sink, v * V::LANES),
                 _ => unreachable!("the last tile is shorter than a whole one"),
             }
         }
@@ -345,18 +506,18 @@ unsafe fn forward_image<V: Vector, const NV: usize>(
 }
 
 /// `CO` output channels times `NV` vectors of flat positions from `q0`, summed over every
-/// input channel and tap in registers, then stored.
+/// input channel and tap in registers, then put into the sink.
 ///
 /// # Safety
-/// `xp` holds `c_in` planes, `wb` a block's weights, `ob` a block's `CO` output rows; the
-/// positions `q0 .. q0 + NV lanes` lie in the run.
+/// `xp` holds `c_in` planes, `wb` a block's weights; the positions `q0 .. q0 + NV lanes` lie
+/// in the run.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // registers indexed [channel][vector]
-unsafe fn forward_tile<V: Vector, const NV: usize>(
+unsafe fn forward_tile<V: Vector, const NV: usize, S: Sink<V>>(
     f: &Flat,
     xp: *const f32,
     wb: *const f32,
-    ob: *mut f32,
+    sink: &S,
     q0: usize,
 ) {
     unsafe {
@@ -382,8 +543,8 @@ unsafe fn forward_tile<V: Vector, const NV: usize>(
             }
         }
         for (c, row) in acc.iter().enumerate() {
-            for (v, a) in row.iter().enumerate() {
-                a.store(ob.add(c * f.run + q0 + v * V::LANES));
+            for (v, &a) in row.iter().enumerate() {
+                sink.put(c, q0 + v * V::LANES, a);
             }
         }
     }
@@ -562,6 +723,33 @@ mod tests {
                                     "{isa:?} {c_in} {c_out} {h} {w}: output ({co}, {y}, {xx}) {got} against {want}"
                                 );
                             }
+                        }
+                    }
+                    // straight into the output, from start values and a residual: the flat
+                    // rows' sums added to them, bit for bit
+                    let base = values(c_out, 4);
+                    let residual = values(c_out * h * w, 5);
+                    let layout = Layout::new(&f1);
+                    for residual in [None, Some(residual.as_slice())] {
+                        let mut into = vec![std::mem::MaybeUninit::new(f32::NAN); c_out * h * w];
+                        if !forward_into(isa, &f1, &one, &wt, &layout, &base, residual, &mut into) {
+                            continue;
+                        }
+                        for (p, v) in into.iter().enumerate() {
+                            let (co, y, xx) = (p / (h * w), p / w % h, p % w);
+                            let start = residual.map_or(0.0, |r| r[p]) + base[co];
+                            let want = if residual.is_some() {
+                                start + out[co * f1.run + y * f1.wp + xx]
+                            } else {
+                                base[co] + out[co * f1.run + y * f1.wp + xx]
+                            };
+                            // SAFETY: initialised above
+                            let got = unsafe { v.assume_init() };
+                            assert_eq!(
+                                got.to_bits(),
+                                want.to_bits(),
+                                "{isa:?} {c_in} {c_out} {h} {w}: pixel {p}"
+                            );
                         }
                     }
                     pad_image(&fs, x, j, &mut planes);

@@ -261,6 +261,23 @@ impl<'a> Start<'a> {
         }
     }
 
+    /// Image `i`'s start value for each of its `c_out` channels into `bases`, and its residual
+    /// (`[c_out, pixels]`) where there is one.
+    fn image(
+        self,
+        i: usize,
+        c_out: usize,
+        pixels: usize,
+        bases: &mut Vec<f32>,
+    ) -> Option<&'a [f32]> {
+        bases.clear();
+        bases.extend((0..c_out).map(|co| self.channel(i, co, c_out, pixels).0));
+        match self {
+            Start::Residual(_, residual) => Some(&residual[i * c_out * pixels..][..c_out * pixels]),
+            _ => None,
+        }
+    }
+
     /// Writes image `i`'s starting values into its output `o` (`[c_out, pixels]`); false
     /// when there are none.
     fn write(self, i: usize, o: &mut [std::mem::MaybeUninit<f32>], pixels: usize) -> bool {
@@ -309,17 +326,19 @@ fn convolve(d: &Dims, xs: &[f32], ws: &[f32], start: Start<'_>) -> Vec<f32> {
     if d.flat() {
         let (isa, f) = (Isa::detect(), d.flat_geometry(1));
         let wt = direct::block_weights(&f, ws);
+        let layout = direct::Layout::new(&f);
         out.spare_capacity_mut()[..total]
             .par_chunks_mut(per * out_len)
             .enumerate()
             .for_each(|(task, outs)| {
                 let mut planes = scratch(d.c_in * f.plane);
-                let mut flat = scratch(f.c_out_padded(direct::CO) * f.run);
+                let mut bases = Vec::with_capacity(d.c_out);
                 for (j, o) in outs.chunks_mut(out_len).enumerate() {
                     let i = task * per + j;
                     direct::pad_image(&f, &xs[i * in_len..][..in_len], 0, &mut planes);
-                    direct::forward(isa, &f, &planes, &wt, &mut flat);
-                    finish(&f, start, i, &flat, o);
+                    let residual = start.image(i, d.c_out, pixels, &mut bases);
+                    let into = (&layout, bases.as_slice(), residual);
+                    convolve_flat(isa, &f, (&planes, &wt), into, (start, i), o);
                 }
             });
         // SAFETY: every image's output was written by `finish`
@@ -360,6 +379,24 @@ fn convolve(d: &Dims, xs: &[f32], ws: &[f32], start: Start<'_>) -> Vec<f32> {
     // SAFETY: every image's output was written above
     unsafe { out.set_len(total) };
     out
+}
+
+/// One image's direct convolution into its output `o`: straight in with AVX-512
+/// ([`direct::forward_into`], `into` its layout, start values and residual), else through
+/// the flat rows and [`finish`] (`start` and the image's index for it).
+fn convolve_flat(
+    isa: Isa,
+    f: &Flat,
+    (planes, wt): (&[f32], &[f32]),
+    (layout, bases, residual): (&direct::Layout, &[f32], Option<&[f32]>),
+    (start, i): (Start<'_>, usize),
+    o: &mut [std::mem::MaybeUninit<f32>],
+) {
+    if !direct::forward_into(isa, f, planes, wt, layout, bases, residual, o) {
+        let mut flat = scratch(f.c_out_padded(direct::CO) * f.run);
+        direct::forward(isa, f, planes, wt, &mut flat);
+        finish(f, start, i, &flat, o);
+    }
 }
 
 /// Writes image `i`'s output `o` (`[c_out, h, w]`) from its flat convolution `flat`
