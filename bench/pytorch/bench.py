@@ -15,7 +15,8 @@ Models:
              residual block a level, attention at 7x7, GroupNorm of 8 groups, SiLU), noise
              prediction with a learned variance (`epsilon`), the hybrid loss (noise error plus
              0.001 x the Monte-Carlo bound with the mean held fixed), Adam.
-Workloads: train (steps/s, examples/s), sample (points x steps / s), evaluate (full sum over t,
+Workloads: train (steps/s, examples/s), sample (points x steps / s; for mnist images x steps / s
+of every step of the chain), evaluate (full sum over t,
 rows / s), matmul (the f32 matrix-product rate of the BLAS, GFLOP/s: a square product of side
 --side and [4096 x 128] x [128 x 128]); peak resident memory from the kernel (ru_maxrss).
 `--compile` trains with the loss under `torch.compile` (inductor; its compilation runs in the
@@ -291,6 +292,23 @@ class Mnist:
         self.inv_sqrt_alpha = (1 / (1 - beta).sqrt()).float()
         self.constant = 0.0
         self.model = UNet()
+
+    def sample(self, n):
+        # the reverse chain of `diffusion sample` (every step): the mean from x_0's estimate,
+        # clipped to the pixels' range, the learned variance between beta and the posterior's
+        x = torch.randn(n, self.d)
+        lo, hi = (0 - self.mean) / self.scale, (256 - self.mean) / self.scale
+        for t in range(self.steps, 0, -1):
+            z = self.model(x, torch.full((n,), t, dtype=torch.long))
+            eps, v = z[:, : self.d], torch.sigmoid(z[:, self.d :])
+            x0 = ((x - self.sqrt_1m_abar[t] * eps) / self.sqrt_abar[t]).clamp(lo, hi)
+            mean = self.c0[t] * x0 + self.ct[t] * x
+            if t > 1:
+                logvar = v * self.log_beta[t] + (1 - v) * self.post_logvar[t]
+                x = mean + torch.exp(0.5 * logvar) * torch.randn_like(x)
+            else:
+                x = mean
+        return x
 
     def data(self, n):
         x = self.pixels[torch.randint(0, self.pixels.shape[0], (n,))] + torch.rand(n, 784)
