@@ -5,10 +5,11 @@
 //! (strided copies), two transposes, two batched products and a softmax (five element-wise
 //! operations) each way, most of them on one thread at a U-Net's sizes.
 //!
-//! The weights are kept transposed, `[keys, queries]`, so that every pass but two runs along
-//! the queries with a contiguous row: the logits, the softmax (each query's column), the
-//! output and the queries' gradient are sums of rows scaled by one value (`axpy`); the values'
-//! and the keys' gradients are dot products.
+//! The weights are kept transposed, `[keys, queries]`, so that the passes run along the
+//! queries with a contiguous row: the logits, the softmax (each query's column), the output and
+//! the queries' gradient are sums of rows scaled by one value (`axpy`); for the values' and the
+//! keys' gradients, which run along the keys, the backward pass transposes the weights and the
+//! logits' gradient once.
 
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -118,7 +119,7 @@ impl AttentionBackward for Flex {
                 .zip(ws.par_chunks(p * p).zip(gs.par_chunks(d * p)))
                 .with_min_len(ENTRIES)
                 .for_each_init(
-                    || vec![0.0f32; p * p + p],
+                    || vec![0.0f32; 2 * p * p + p],
                     |scratch, ((dx, x), (w, g))| {
                         let operands = Entry { x, w, g };
                         backward_kernel(isa, d, operands, dx, scratch)
@@ -144,25 +145,6 @@ fn axpy<const F: bool>(y: &mut [f32], alpha: f32, x: &[f32]) {
     for (y, &x) in y.iter_mut().zip(x) {
         *y = madd::<F>(alpha, x, *y);
     }
-}
-
-/// `a . b` in 16 lanes.
-#[inline(always)]
-fn dot<const F: bool>(a: &[f32], b: &[f32]) -> f32 {
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let rest: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    let mut acc = [0.0f32; 16];
-    for (x, y) in ca.zip(cb) {
-        for i in 0..16 {
-            acc[i] = madd::<F>(x[i], y[i], acc[i]);
-        }
-    }
-    acc.iter().sum::<f32>() + rest
 }
 
 /// One entry forward: `wt` `[p, p]` the transposed softmax weights, `a` `[d, p]` the output,
@@ -222,7 +204,18 @@ fn forward_entry<const F: bool>(
     }
 }
 
-/// One entry backward: `dqkv` `[3d, p]` from its [`Entry`]; `scratch` holds p^2 + p values.
+/// `t[i, j] = m[j, i]` for `m` `[p, p]`.
+#[inline(always)]
+fn transpose(m: &[f32], t: &mut [f32], p: usize) {
+    for (i, row) in t.chunks_exact_mut(p).enumerate() {
+        for (j, v) in row.iter_mut().enumerate() {
+            *v = m[j * p + i];
+        }
+    }
+}
+
+/// One entry backward: `dqkv` `[3d, p]` from its [`Entry`]; `scratch` holds 2 p^2 + p
+/// values.
 #[inline(always)]
 fn backward_entry<const F: bool>(d: usize, e: Entry<'_>, dqkv: &mut [f32], scratch: &mut [f32]) {
     let p = e.g.len() / d;
@@ -230,12 +223,15 @@ fn backward_entry<const F: bool>(d: usize, e: Entry<'_>, dqkv: &mut [f32], scrat
     let (k, v) = kv.split_at(d * p);
     let (dq, dkv) = dqkv.split_at_mut(d * p);
     let (dk, dv) = dkv.split_at_mut(d * p);
-    let (dl, r) = scratch.split_at_mut(p * p);
+    let (dl, rest) = scratch.split_at_mut(p * p);
+    let (t, r) = rest.split_at_mut(p * p);
     let scale = 1.0 / (d as f32).sqrt();
-    // dv[c, j] = sum_i g[c, i] wt[j, i]
+    // dv[c, j] = sum_i g[c, i] w[i, j], w the weights (wt transposed)
+    transpose(e.w, t, p);
     for (dvc, gc) in dv.chunks_exact_mut(p).zip(e.g.chunks_exact(p)) {
-        for (o, row) in dvc.iter_mut().zip(e.w.chunks_exact(p)) {
-            *o = dot::<F>(gc, row);
+        dvc.fill(0.0);
+        for (row, &gi) in t.chunks_exact(p).zip(gc) {
+            axpy::<F>(dvc, gi, row);
         }
     }
     // the weights' gradient, transposed: dl[j, i] = sum_c v[c, j] g[c, i]
@@ -258,16 +254,18 @@ fn backward_entry<const F: bool>(d: usize, e: Entry<'_>, dqkv: &mut [f32], scrat
             *g = w * (*g - r) * scale;
         }
     }
-    // dq[c, i] = sum_j dl[j, i] k[c, j]; dk[c, j] = sum_i dl[j, i] q[c, i]
+    // dq[c, i] = sum_j dl[j, i] k[c, j]; dk[c, j] = sum_i q[c, i] dl[j, i], from dl transposed
     for (dqc, kc) in dq.chunks_exact_mut(p).zip(k.chunks_exact(p)) {
         dqc.fill(0.0);
         for (row, &kj) in dl.chunks_exact(p).zip(kc) {
             axpy::<F>(dqc, kj, row);
         }
     }
+    transpose(dl, t, p);
     for (dkc, qc) in dk.chunks_exact_mut(p).zip(q.chunks_exact(p)) {
-        for (o, row) in dkc.iter_mut().zip(dl.chunks_exact(p)) {
-            *o = dot::<F>(qc, row);
+        dkc.fill(0.0);
+        for (row, &qi) in t.chunks_exact(p).zip(qc) {
+            axpy::<F>(dkc, qi, row);
         }
     }
 }
