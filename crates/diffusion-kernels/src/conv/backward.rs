@@ -96,7 +96,12 @@ impl Pass<'_> {
         } else {
             d.c_out
         };
-        let mut gplanes = scratch(g_channels * count * f.plane);
+        // the weight gradient reads the output gradient from each plane's first pixel on:
+        // aligned to a cache line, its loads are about a tenth faster
+        let g_len = g_channels * count * f.plane;
+        let mut g_buffer = scratch(g_len + direct::LINE);
+        let lead = direct::aligning(g_buffer.as_ptr(), f.wp + 1);
+        let gplanes = &mut g_buffer[lead..lead + g_len];
         let mut planes = scratch(if want_w { d.c_in * count * f.plane } else { 0 });
         for j in 0..count {
             let i = first + j;
@@ -104,15 +109,15 @@ impl Pass<'_> {
             if want_b {
                 add_bias_grad(&mut db, g, pixels);
             }
-            direct::pad_image(&f, g, j, &mut gplanes);
+            direct::pad_image(&f, g, j, gplanes);
             if want_w {
                 direct::pad_image(&f, &self.xs[i * in_len..][..in_len], j, &mut planes);
             }
         }
         let isa = Isa::detect();
         if want_w {
-            direct::zero_planes(&f, d.c_out, &mut gplanes);
-            direct::weight_grad(isa, &f, &planes, &gplanes, &mut dw);
+            direct::zero_planes(&f, d.c_out, gplanes);
+            direct::weight_grad(isa, &f, &planes, gplanes, &mut dw);
         }
         if let Some(dx_chunk) = dx_chunk {
             let ft = d.transposed().flat_geometry(count);

@@ -69,6 +69,16 @@ impl Flat {
     }
 }
 
+/// f32 values in a 64-byte cache line.
+pub(crate) const LINE: usize = 16;
+
+/// How many values past `base` a buffer must start for its value at `offset` to begin a cache
+/// line (fewer than [`LINE`]; `base` f32-aligned).
+pub(crate) fn aligning(base: *const f32, offset: usize) -> usize {
+    let at = base as usize / std::mem::size_of::<f32>() + offset;
+    (LINE - at % LINE) % LINE
+}
+
 /// Whether this CPU runs the direct kernels.
 pub(crate) fn available(isa: Isa) -> bool {
     cfg!(target_arch = "x86_64") && isa != Isa::Base
@@ -290,12 +300,30 @@ pub(crate) fn weight_grad(isa: Isa, f: &Flat, planes: &[f32], gplanes: &[f32], d
         #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
         fn avx512(f: &Flat, planes: &[f32], gflat: &[f32], dw: &mut [f32]) {
             // SAFETY: the sizes were checked above; the CPU has AVX-512F
-            unsafe { weight_grad_image::<x86::Avx512, CG, { CG * TAPS }>(f, planes, gflat, dw) }
+            // blocks of three channels, the last four or two in blocks of two when the count
+            // is not a multiple of three (none of the blocks then reads a padding channel)
+            let tail = match f.c_out % CG {
+                1 if f.c_out > 1 => 4,
+                2 => 2,
+                _ => 0,
+            };
+            let split = f.c_out - tail;
+            // SAFETY: the sizes were checked above; the CPU has AVX-512F
+            unsafe {
+                weight_grad_image::<x86::Avx512, CG, { CG * TAPS }>(f, planes, gflat, dw, 0..split);
+                weight_grad_image::<x86::Avx512, 2, { 2 * TAPS }>(
+                    f,
+                    planes,
+                    gflat,
+                    dw,
+                    split..f.c_out,
+                );
+            }
         }
         #[target_feature(enable = "avx2,fma")]
         fn avx2(f: &Flat, planes: &[f32], gflat: &[f32], dw: &mut [f32]) {
             // SAFETY: the sizes were checked above; the CPU has AVX2 and FMA
-            unsafe { weight_grad_image::<x86::Avx2, 1, TAPS>(f, planes, gflat, dw) }
+            unsafe { weight_grad_image::<x86::Avx2, 1, TAPS>(f, planes, gflat, dw, 0..f.c_out) }
         }
         match isa {
             // SAFETY (both): `isa` is at most what `Isa::detect` found on this CPU, AVX-512 with
@@ -550,20 +578,23 @@ unsafe fn forward_tile<V: Vector, const NV: usize, S: Sink<V>>(
     }
 }
 
-/// [`weight_grad`]'s work: for each block of `G` output channels and each input channel, the
-/// `G` times 9 products summed over every image's run in registers, then across lanes.
+/// [`weight_grad`]'s work for the output channels `channels`: for each block of `G` of them
+/// and each input channel, the `G` times 9 products summed over every image's run in
+/// registers, then across lanes.
 ///
 /// # Safety
-/// The slices hold what [`weight_grad`] checks; the CPU runs `V`.
+/// The slices hold what [`weight_grad`] checks; the CPU runs `V`; a block past the channels'
+/// end reads padding channels of `gflat` (zero).
 #[inline(always)]
 unsafe fn weight_grad_image<V: Vector, const G: usize, const A: usize>(
     f: &Flat,
     planes: &[f32],
     gflat: &[f32],
     dw: &mut [f32],
+    channels: std::ops::Range<usize>,
 ) {
     let (xp, gp) = (planes.as_ptr(), gflat.as_ptr());
-    for b in 0..f.c_out.div_ceil(G) {
+    for first in channels.step_by(G) {
         for ci in 0..f.c_in {
             // SAFETY: the rows and planes read lie inside the checked lengths
             unsafe {
@@ -571,7 +602,7 @@ unsafe fn weight_grad_image<V: Vector, const G: usize, const A: usize>(
                 // one loop over the images' runs, side by side, `plane - run` apart in both
                 let g_stride = f.images * f.plane;
                 let mut x = xp.add(ci * f.images * f.plane);
-                let mut g = gp.add(b * G * g_stride);
+                let mut g = gp.add(first * g_stride);
                 let per_image = f.run / V::LANES;
                 let mut left = per_image;
                 for _ in 0..per_image * f.images {
@@ -598,7 +629,7 @@ unsafe fn weight_grad_image<V: Vector, const G: usize, const A: usize>(
                     }
                 }
                 for (c, taps) in acc.chunks_exact(TAPS).enumerate() {
-                    let co = b * G + c;
+                    let co = first + c;
                     if co < f.c_out {
                         let d = &mut dw[(co * f.c_in + ci) * TAPS..][..TAPS];
                         for (d, a) in d.iter_mut().zip(taps) {
