@@ -1,5 +1,5 @@
 //! The group norm's passes over one group (its channels' values one after the other),
-//! vectorised: sums in 16 f32 lanes, added up in f64 at the end of each channel; the affine map
+//! vectorised: sums in 16 f32 lanes, added up in f64 at the end of each block of 1,024 values; the affine map
 //! and SiLU with the branch-free sigmoid of [`crate::math`]. Compiled for each instruction set
 //! as the other kernels are and picked at run time ([`Isa`]).
 
@@ -75,16 +75,20 @@ impl Moments {
     }
 }
 
-/// The [`Moments`] of `v` (two passes; each channel's lane sums added up in f64).
+/// Values per block of the moments' sums: each block's lane sums are added up in f64.
+const SUM_BLOCK: usize = 64 * LANES;
+
+/// The [`Moments`] of `v` (two passes over the group's values as one run, in blocks of
+/// [`SUM_BLOCK`]: a group's channels of a few values each cost no more than one long one).
 #[inline(always)]
-fn moments<const F: bool>(v: &[f32], spatial: usize, epsilon: f64) -> Moments {
+fn moments<const F: bool>(v: &[f32], epsilon: f64) -> Moments {
     let len = v.len().max(1) as f64;
     // sums of x - x0 (x0 the first value): the lanes add small numbers when the mean is large
     // against the spread
     let x0 = v.first().copied().unwrap_or(0.0);
     let mut sum = 0.0f64;
-    for channel in v.chunks(spatial.max(1)) {
-        let chunks = channel.chunks_exact(LANES);
+    for block in v.chunks(SUM_BLOCK) {
+        let chunks = block.chunks_exact(LANES);
         let rest: f64 = chunks.remainder().iter().map(|&x| (x - x0) as f64).sum();
         let mut acc = [0.0f32; LANES];
         for c in chunks {
@@ -97,8 +101,8 @@ fn moments<const F: bool>(v: &[f32], spatial: usize, epsilon: f64) -> Moments {
     let mean = x0 as f64 + sum / len;
     let m = mean as f32;
     let mut squares = 0.0f64;
-    for channel in v.chunks(spatial.max(1)) {
-        let chunks = channel.chunks_exact(LANES);
+    for block in v.chunks(SUM_BLOCK) {
+        let chunks = block.chunks_exact(LANES);
         let rest: f64 = chunks
             .remainder()
             .iter()
@@ -133,7 +137,7 @@ fn sigmoid<const F: bool>(z: f32) -> f32 {
 /// every value of `out` written, and the group's moments into `saved`.
 #[inline(always)]
 fn forward_group<const F: bool>(g: Group<'_>, out: &mut [MaybeUninit<f32>], saved: &mut Moments) {
-    let mo = moments::<F>(g.values, g.spatial, g.epsilon);
+    let mo = moments::<F>(g.values, g.epsilon);
     *saved = mo;
     let channels = out.chunks_mut(g.spatial).zip(g.values.chunks(g.spatial));
     for (j, (o, v)) in channels.enumerate() {
