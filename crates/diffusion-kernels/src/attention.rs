@@ -5,11 +5,9 @@
 //! (strided copies), two transposes, two batched products and a softmax (five element-wise
 //! operations) each way, most of them on one thread at a U-Net's sizes.
 //!
-//! The weights are kept transposed, `[keys, queries]`, so that the passes run along the
-//! queries with a contiguous row: the logits, the softmax (each query's column), the output and
-//! the queries' gradient are sums of rows scaled by one value (`axpy`); for the values' and the
-//! keys' gradients, which run along the keys, the backward pass transposes the weights and the
-//! logits' gradient once.
+//! The weights are kept transposed, `[keys, queries]`, so that the softmax's passes run along
+//! the queries with a contiguous row (each query's column); the six products (two forward, four
+//! backward) are gemm's, each operand read in place through its strides.
 
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -22,6 +20,7 @@ use burn::backend::{Backend, TensorMetadata, backend_extension};
 use burn::tensor::TensorData;
 use rayon::prelude::*;
 
+use crate::conv::product;
 use crate::flex::{contiguous, record_op_saving, register_gradients};
 use crate::math::{Isa, exp_core, madd};
 
@@ -119,7 +118,7 @@ impl AttentionBackward for Flex {
                 .zip(ws.par_chunks(p * p).zip(gs.par_chunks(d * p)))
                 .with_min_len(ENTRIES)
                 .for_each_init(
-                    || vec![0.0f32; 2 * p * p + p],
+                    || vec![0.0f32; p * p + p],
                     |scratch, ((dx, x), (w, g))| {
                         let operands = Entry { x, w, g };
                         backward_kernel(isa, d, operands, dx, scratch)
@@ -139,14 +138,6 @@ pub(crate) struct Entry<'a> {
     g: &'a [f32],
 }
 
-/// `y += alpha x`.
-#[inline(always)]
-fn axpy<const F: bool>(y: &mut [f32], alpha: f32, x: &[f32]) {
-    for (y, &x) in y.iter_mut().zip(x) {
-        *y = madd::<F>(alpha, x, *y);
-    }
-}
-
 /// One entry forward: `wt` `[p, p]` the transposed softmax weights, `a` `[d, p]` the output,
 /// from `qkv` `[3d, p]`; `columns` holds 2p values of scratch.
 #[inline(always)]
@@ -161,13 +152,18 @@ fn forward_entry<const F: bool>(
     let (q, kv) = qkv.split_at(d * p);
     let (k, v) = kv.split_at(d * p);
     let scale = 1.0 / (d as f32).sqrt();
-    // the logits, transposed: wt[j, i] = q_i . k_j / sqrt(d)
-    wt.fill(0.0);
-    for (qc, kc) in q.chunks_exact(p).zip(k.chunks_exact(p)) {
-        for (row, &kj) in wt.chunks_exact_mut(p).zip(kc) {
-            axpy::<F>(row, kj * scale, qc);
-        }
+    // the logits, transposed: wt[j, i] = q_i . k_j / sqrt(d), the product k^T q then scaled
+    // SAFETY: wt is p x p, k and q d x p, row-major
+    unsafe {
+        product(
+            [p, p, d],
+            (wt.as_mut_ptr(), p as isize, 1),
+            (k.as_ptr(), 1, p as isize),
+            (q.as_ptr(), p as isize, 1),
+            false,
+        );
     }
+    wt.iter_mut().for_each(|l| *l *= scale);
     // each query's softmax over the keys (a column of wt)
     let (max, sum) = columns.split_at_mut(p);
     max.fill(f32::NEG_INFINITY);
@@ -196,26 +192,19 @@ fn forward_entry<const F: bool>(
         }
     }
     // a[c, i] = sum_j v[c, j] wt[j, i]
-    for (ac, vc) in a.chunks_exact_mut(p).zip(v.chunks_exact(p)) {
-        ac.fill(0.0);
-        for (row, &vj) in wt.chunks_exact(p).zip(vc) {
-            axpy::<F>(ac, vj, row);
-        }
+    // SAFETY: a and v are d x p, wt p x p, row-major
+    unsafe {
+        product(
+            [d, p, p],
+            (a.as_mut_ptr(), p as isize, 1),
+            (v.as_ptr(), p as isize, 1),
+            (wt.as_ptr(), p as isize, 1),
+            false,
+        );
     }
 }
 
-/// `t[i, j] = m[j, i]` for `m` `[p, p]`.
-#[inline(always)]
-fn transpose(m: &[f32], t: &mut [f32], p: usize) {
-    for (i, row) in t.chunks_exact_mut(p).enumerate() {
-        for (j, v) in row.iter_mut().enumerate() {
-            *v = m[j * p + i];
-        }
-    }
-}
-
-/// One entry backward: `dqkv` `[3d, p]` from its [`Entry`]; `scratch` holds 2 p^2 + p
-/// values.
+/// One entry backward: `dqkv` `[3d, p]` from its [`Entry`]; `scratch` holds p^2 + p values.
 #[inline(always)]
 fn backward_entry<const F: bool>(d: usize, e: Entry<'_>, dqkv: &mut [f32], scratch: &mut [f32]) {
     let p = e.g.len() / d;
@@ -223,23 +212,25 @@ fn backward_entry<const F: bool>(d: usize, e: Entry<'_>, dqkv: &mut [f32], scrat
     let (k, v) = kv.split_at(d * p);
     let (dq, dkv) = dqkv.split_at_mut(d * p);
     let (dk, dv) = dkv.split_at_mut(d * p);
-    let (dl, rest) = scratch.split_at_mut(p * p);
-    let (t, r) = rest.split_at_mut(p * p);
+    let (dl, r) = scratch.split_at_mut(p * p);
     let scale = 1.0 / (d as f32).sqrt();
-    // dv[c, j] = sum_i g[c, i] w[i, j], w the weights (wt transposed)
-    transpose(e.w, t, p);
-    for (dvc, gc) in dv.chunks_exact_mut(p).zip(e.g.chunks_exact(p)) {
-        dvc.fill(0.0);
-        for (row, &gi) in t.chunks_exact(p).zip(gc) {
-            axpy::<F>(dvc, gi, row);
-        }
-    }
-    // the weights' gradient, transposed: dl[j, i] = sum_c v[c, j] g[c, i]
-    dl.fill(0.0);
-    for (vc, gc) in v.chunks_exact(p).zip(e.g.chunks_exact(p)) {
-        for (row, &vj) in dl.chunks_exact_mut(p).zip(vc) {
-            axpy::<F>(row, vj, gc);
-        }
+    // dv = g wt^T; the weights' gradient, transposed: dl = v^T g
+    // SAFETY (both): dv, g and v are d x p, wt and dl p x p, row-major
+    unsafe {
+        product(
+            [d, p, p],
+            (dv.as_mut_ptr(), p as isize, 1),
+            (e.g.as_ptr(), p as isize, 1),
+            (e.w.as_ptr(), 1, p as isize),
+            false,
+        );
+        product(
+            [p, p, d],
+            (dl.as_mut_ptr(), p as isize, 1),
+            (v.as_ptr(), 1, p as isize),
+            (e.g.as_ptr(), p as isize, 1),
+            false,
+        );
     }
     // through the softmax: dl[j, i] = wt[j, i] (dl[j, i] - sum_j' wt[j', i] dl[j', i]), and the
     // logits' scale
@@ -254,19 +245,23 @@ fn backward_entry<const F: bool>(d: usize, e: Entry<'_>, dqkv: &mut [f32], scrat
             *g = w * (*g - r) * scale;
         }
     }
-    // dq[c, i] = sum_j dl[j, i] k[c, j]; dk[c, j] = sum_i q[c, i] dl[j, i], from dl transposed
-    for (dqc, kc) in dq.chunks_exact_mut(p).zip(k.chunks_exact(p)) {
-        dqc.fill(0.0);
-        for (row, &kj) in dl.chunks_exact(p).zip(kc) {
-            axpy::<F>(dqc, kj, row);
-        }
-    }
-    transpose(dl, t, p);
-    for (dkc, qc) in dk.chunks_exact_mut(p).zip(q.chunks_exact(p)) {
-        dkc.fill(0.0);
-        for (row, &qi) in t.chunks_exact(p).zip(qc) {
-            axpy::<F>(dkc, qi, row);
-        }
+    // dq = k dl; dk = q dl^T
+    // SAFETY (both): dq, dk, k and q are d x p, dl p x p, row-major
+    unsafe {
+        product(
+            [d, p, p],
+            (dq.as_mut_ptr(), p as isize, 1),
+            (k.as_ptr(), p as isize, 1),
+            (dl.as_ptr(), p as isize, 1),
+            false,
+        );
+        product(
+            [d, p, p],
+            (dk.as_mut_ptr(), p as isize, 1),
+            (q.as_ptr(), p as isize, 1),
+            (dl.as_ptr(), 1, p as isize),
+            false,
+        );
     }
 }
 

@@ -188,7 +188,7 @@ pub(super) fn col2im(d: &Dims, col: &[f32], image: &mut [f32]) {
 /// # Safety
 /// Every element reached through the pointers and strides lies in its buffer.
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn product(
+pub(crate) unsafe fn product(
     [m, n, k]: [usize; 3],
     dst: (*mut f32, isize, isize),
     lhs: (*const f32, isize, isize),

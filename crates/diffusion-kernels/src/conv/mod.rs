@@ -38,7 +38,8 @@ mod direct;
 use crate::ConvSpec;
 use crate::flex::{contiguous, record_op, register_gradients};
 use crate::math::Isa;
-use columns::{columns, product, tile_rows, tiles};
+pub(crate) use columns::product;
+use columns::{columns, tile_rows, tiles};
 use direct::Flat;
 
 /// The fused convolution's operation. Any backend can implement it; this crate does for
