@@ -19,6 +19,9 @@ use crate::ConvSpec;
 use crate::flex::contiguous;
 use crate::math::Isa;
 
+/// One task's weight and bias gradients (summed over its images).
+type Partial = (Vec<f32>, Vec<f32>);
+
 /// What one backward pass computes, and its operands.
 struct Pass<'a> {
     d: Dims,
@@ -38,7 +41,7 @@ struct Pass<'a> {
 impl Pass<'_> {
     /// Task `task`'s images' weight and bias gradients (summed over them), and their input
     /// gradients into `dx_chunk` when it scatters them (the column-matrix path).
-    fn task(&self, task: usize, dx_chunk: Option<&mut [f32]>) -> (Vec<f32>, Vec<f32>) {
+    fn task(&self, task: usize, dx_chunk: Option<&mut [f32]>) -> Partial {
         let (d, [_, want_w, want_b]) = (&self.d, self.want);
         let (pixels, rows) = (d.pixels(), d.col_rows());
         let (in_len, out_len) = (d.c_in * d.h * d.w, d.c_out * pixels);
@@ -81,7 +84,7 @@ impl Pass<'_> {
         task: usize,
         dx_chunk: Option<&mut [MaybeUninit<f32>]>,
         wt: &[f32],
-    ) -> (Vec<f32>, Vec<f32>) {
+    ) -> Partial {
         let (d, [_, want_w, want_b]) = (&self.d, self.want);
         let pixels = d.pixels();
         let (in_len, out_len) = (d.c_in * d.h * d.w, d.c_out * pixels);
@@ -143,7 +146,7 @@ impl Pass<'_> {
 impl Pass<'_> {
     /// Every task of [`Pass::flat_task`] across the pool: the input gradient (empty unless
     /// wanted) and each task's weight and bias gradients.
-    fn flat(&self, tasks: usize) -> (Vec<f32>, Vec<(Vec<f32>, Vec<f32>)>) {
+    fn flat(&self, tasks: usize) -> (Vec<f32>, Vec<Partial>) {
         let d = &self.d;
         let in_len = d.c_in * d.h * d.w;
         if !self.want[0] {
@@ -200,7 +203,7 @@ impl ConvBackward for Flex {
         } else {
             let mut dx = vec![0.0f32; if scatter { d.n * in_len } else { 0 }];
             // each task's weight and bias gradients, summed after
-            let partial: Vec<(Vec<f32>, Vec<f32>)> = if scatter {
+            let partial: Vec<Partial> = if scatter {
                 dx.par_chunks_mut(per * in_len)
                     .enumerate()
                     .map(|(task, chunk)| pass.task(task, Some(chunk)))
@@ -317,7 +320,7 @@ fn input_grad(d: &Dims, g: &[f32], ws: &[f32], dcol: &mut [f32], dx_image: &mut 
 
 /// The tasks' partial sums of the weights' (`which` = 0) or the bias's (1) gradient, `len`
 /// values, added up in task order.
-fn sum_partials(partial: &[(Vec<f32>, Vec<f32>)], which: usize, len: usize) -> Vec<f32> {
+fn sum_partials(partial: &[Partial], which: usize, len: usize) -> Vec<f32> {
     let mut total = vec![0.0f32; len];
     for (dw, db) in partial {
         let part = if which == 0 { dw } else { db };
