@@ -39,21 +39,26 @@ impl FusedUpsample for Flex {
         let x = contiguous(x);
         let [n, c, h, w] = x.shape().dims::<4>();
         let xs = x.as_slice::<f32>().expect("contiguous f32");
-        let mut out = vec![0.0f32; 4 * xs.len()];
+        let total = 4 * xs.len();
+        let mut out: Vec<f32> = Vec::with_capacity(total);
         if !xs.is_empty() {
-            out.par_chunks_mut(4 * h * w)
+            out.spare_capacity_mut()[..total]
+                .par_chunks_mut(4 * h * w)
                 .zip(xs.par_chunks(h * w))
                 .with_min_len(PLANES)
                 .for_each(|(o, p)| {
                     for (rows, line) in o.chunks_exact_mut(4 * w).zip(p.chunks_exact(w)) {
                         let (top, bottom) = rows.split_at_mut(2 * w);
                         for (pair, &v) in top.chunks_exact_mut(2).zip(line) {
-                            pair.fill(v);
+                            pair[0].write(v);
+                            pair[1].write(v);
                         }
                         bottom.copy_from_slice(top);
                     }
                 });
         }
+        // SAFETY: every plane's rows were written above (none when the input is empty)
+        unsafe { out.set_len(total) };
         FlexTensor::from_data(TensorData::new(out, [n, c, 2 * h, 2 * w]))
     }
 }
@@ -64,9 +69,11 @@ impl UpsampleBackward for Flex {
         let [n, c, h2, w2] = grad.shape().dims::<4>();
         let (h, w) = (h2 / 2, w2 / 2);
         let gs = grad.as_slice::<f32>().expect("contiguous f32");
-        let mut out = vec![0.0f32; n * c * h * w];
-        if !out.is_empty() {
-            out.par_chunks_mut(h * w)
+        let total = n * c * h * w;
+        let mut out: Vec<f32> = Vec::with_capacity(total);
+        if total > 0 {
+            out.spare_capacity_mut()[..total]
+                .par_chunks_mut(h * w)
                 .zip(gs.par_chunks(h2 * w2))
                 .with_min_len(PLANES)
                 .for_each(|(o, p)| {
@@ -74,11 +81,13 @@ impl UpsampleBackward for Flex {
                         let (top, bottom) = rows.split_at(w2);
                         let blocks = top.chunks_exact(2).zip(bottom.chunks_exact(2));
                         for (v, (a, b)) in line.iter_mut().zip(blocks) {
-                            *v = (a[0] + a[1]) + (b[0] + b[1]);
+                            v.write((a[0] + a[1]) + (b[0] + b[1]));
                         }
                     }
                 });
         }
+        // SAFETY: every plane's values were written above
+        unsafe { out.set_len(total) };
         FlexTensor::from_data(TensorData::new(out, [n, c, h, w]))
     }
 }

@@ -240,10 +240,7 @@ impl ConvBackward for Flex {
         let (n, c) = (shape[0], shape[1]);
         let pixels = shape.num_elements() / (n * c).max(1);
         let gs = values(&grad);
-        let sums: Vec<f32> = gs
-            .par_chunks(pixels.max(1))
-            .map(|p| p.iter().sum())
-            .collect();
+        let sums: Vec<f32> = gs.par_chunks(pixels.max(1)).map(lane_sum).collect();
         if rows == n {
             FlexTensor::from_data(TensorData::new(sums, [n, c]))
         } else {
@@ -256,11 +253,24 @@ impl ConvBackward for Flex {
     }
 }
 
+/// The sum of `values` in 16 lanes (a plain sum of f32 is one dependent add per value).
+fn lane_sum(values: &[f32]) -> f32 {
+    let chunks = values.chunks_exact(16);
+    let rest: f32 = chunks.remainder().iter().sum();
+    let mut lanes = [0.0f32; 16];
+    for c in chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l += v;
+        }
+    }
+    lanes.iter().sum::<f32>() + rest
+}
+
 /// Adds one image's bias gradient, its output gradient `g` summed over each channel's
 /// `pixels`, to `db`.
 fn add_bias_grad(db: &mut [f32], g: &[f32], pixels: usize) {
     for (c, plane) in g.chunks(pixels).enumerate() {
-        db[c] += plane.iter().sum::<f32>();
+        db[c] += lane_sum(plane);
     }
 }
 
