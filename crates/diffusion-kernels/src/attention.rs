@@ -290,14 +290,12 @@ impl<B: Backend + AttentionBackward> Backward<B, 1> for AttentionBackwardOp {
 
 impl<B: Backend + AttentionBackward, C: CheckpointStrategy> FusedAttention for Autodiff<B, C> {
     fn attention_fused(qkv: FloatTensor<Self>) -> FloatTensor<Self> {
-        record_op_saving::<B, C, _, 1>(
-            AttentionBackwardOp,
-            [qkv],
-            |[qkv]| {
-                let (out, weights) = B::attention_saving(qkv.clone());
-                (out, (qkv, weights))
-            },
-            |[qkv]| B::attention_fused(qkv),
-        )
+        record_op_saving::<B, C, _, 1>(AttentionBackwardOp, [qkv], |[qkv], tracked| {
+            if !tracked {
+                return (B::attention_fused(qkv), None);
+            }
+            let (out, weights) = B::attention_saving(qkv.clone());
+            (out, Some((qkv, weights)))
+        })
     }
 }

@@ -258,12 +258,14 @@ impl<B: Backend + GroupNormBackward, C: CheckpointStrategy> FusedGroupNorm for A
         record_op_saving::<B, C, _, 3>(
             GroupNormBackwardOp,
             [x, gamma, beta],
-            |[x, gamma, beta]| {
+            |[x, gamma, beta], tracked| {
+                if !tracked {
+                    return (B::group_norm_fused(x, gamma, beta, spec), None);
+                }
                 let (out, moments) =
                     B::group_norm_saving(x.clone(), gamma.clone(), beta.clone(), spec);
-                (out, (x, moments, gamma, beta, spec))
+                (out, Some((x, moments, gamma, beta, spec)))
             },
-            |[x, gamma, beta]| B::group_norm_fused(x, gamma, beta, spec),
         )
     }
 }

@@ -7,19 +7,11 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor};
 use diffusion_kernels::{conv2d, fused_here};
 
-/// The same values on every call (splitmix64, uniform on [-1, 1]).
+mod common;
+
+/// The same values on every call, uniform on [-1, 1].
 fn values(len: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    (0..len)
-        .map(|_| {
-            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^= z >> 31;
-            ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
+    common::uniform(len, seed, 1.0)
 }
 
 fn tensor<const D: usize>(shape: [usize; D], seed: u64, device: &Device) -> Tensor<D> {

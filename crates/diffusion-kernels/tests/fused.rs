@@ -3,6 +3,8 @@
 //! sizes below and above the multi-threaded split, with the product in the element-wise pass
 //! and through gemm.
 
+mod common;
+
 use burn::tensor::{Device, Int, Tensor};
 use diffusion_kernels::{Activation, Shift, fused_here, linear_activation};
 
@@ -35,19 +37,9 @@ fn run(
     term: Term,
     bias: bool,
 ) -> Vec<Tensor<2>> {
-    // the same values on every call (splitmix64, uniform on [-3, 3])
+    // the same values on every call, uniform on [-3, 3]
     let normal = |shape: [usize; 2], seed: u64| -> Tensor<2> {
-        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        let values: Vec<f32> = (0..shape[0] * shape[1])
-            .map(|_| {
-                state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-                let mut z = state;
-                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-                z ^= z >> 31;
-                ((z >> 40) as f32 / (1u64 << 24) as f32) * 6.0 - 3.0
-            })
-            .collect();
+        let values = common::uniform(shape[0] * shape[1], seed, 3.0);
         Tensor::<1>::from_floats(values.as_slice(), device)
             .reshape(shape)
             .require_grad()

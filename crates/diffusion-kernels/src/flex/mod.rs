@@ -207,24 +207,19 @@ where
     C: CheckpointStrategy,
     O: Backward<B, N>,
 {
-    let nodes = inputs.each_ref().map(|t| t.node());
-    match op.prepare::<C>(nodes).compute_bound().stateful() {
-        OpsKind::Tracked(prep) => {
-            let inner = inputs.map(|t| t.into_primitive());
-            let state = state(&inner);
-            prep.finish(state, forward(inner))
-        }
-        OpsKind::UnTracked(prep) => prep.finish(forward(inputs.map(|t| t.into_primitive()))),
-    }
+    record_op_saving::<B, C, O, N>(op, inputs, |inner, tracked| {
+        let kept = tracked.then(|| state(&inner));
+        (forward(inner), kept)
+    })
 }
 
 /// [`record_op`] for an operation whose backward pass keeps something its forward pass
-/// computes: `tracked` returns the output and the state, `untracked` the output alone.
+/// computes: `forward` takes the inputs and whether they are tracked, and returns the output
+/// and, when tracked, the state.
 pub(crate) fn record_op_saving<B, C, O, const N: usize>(
     op: O,
     inputs: [FloatTensor<Autodiff<B, C>>; N],
-    tracked: impl FnOnce([FloatTensor<B>; N]) -> (FloatTensor<B>, O::State),
-    untracked: impl FnOnce([FloatTensor<B>; N]) -> FloatTensor<B>,
+    forward: impl FnOnce([FloatTensor<B>; N], bool) -> (FloatTensor<B>, Option<O::State>),
 ) -> FloatTensor<Autodiff<B, C>>
 where
     B: Backend,
@@ -234,10 +229,12 @@ where
     let nodes = inputs.each_ref().map(|t| t.node());
     match op.prepare::<C>(nodes).compute_bound().stateful() {
         OpsKind::Tracked(prep) => {
-            let (out, state) = tracked(inputs.map(|t| t.into_primitive()));
-            prep.finish(state, out)
+            let (out, state) = forward(inputs.map(|t| t.into_primitive()), true);
+            prep.finish(state.expect("a tracked operation's state"), out)
         }
-        OpsKind::UnTracked(prep) => prep.finish(untracked(inputs.map(|t| t.into_primitive()))),
+        OpsKind::UnTracked(prep) => {
+            prep.finish(forward(inputs.map(|t| t.into_primitive()), false).0)
+        }
     }
 }
 
