@@ -67,39 +67,51 @@ fn values(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>().expect("contiguous f32")
 }
 
-/// The output and the transposed weights, every entry a task.
-fn forward_flex(qkv: FlexTensor) -> (FlexTensor, FlexTensor) {
+/// The output and, when `keep`, the transposed weights, every entry a task (without `keep`
+/// each task's weights are scratch of its own).
+fn forward_flex(qkv: FlexTensor, keep: bool) -> (FlexTensor, Option<FlexTensor>) {
     let qkv = contiguous(qkv);
     let (b, d, p) = sizes(&qkv);
     let xs = values(&qkv);
     let isa = Isa::detect();
     let mut out = vec![0.0f32; b * d * p];
-    let mut weights = vec![0.0f32; b * p * p];
+    let mut weights = vec![0.0f32; if keep { b * p * p } else { 0 }];
     if p > 0 {
-        out.par_chunks_mut(d * p)
-            .zip(weights.par_chunks_mut(p * p))
-            .zip(xs.par_chunks(3 * d * p))
-            .with_min_len(ENTRIES)
-            .for_each_init(
-                || vec![0.0f32; 2 * p],
-                |columns, ((a, w), x)| forward_kernel(isa, d, x, a, w, columns),
+        let entries = out.par_chunks_mut(d * p).zip(xs.par_chunks(3 * d * p));
+        if keep {
+            entries
+                .zip(weights.par_chunks_mut(p * p))
+                .with_min_len(ENTRIES)
+                .for_each_init(
+                    || vec![0.0f32; 2 * p],
+                    |columns, ((a, x), w)| forward_kernel(isa, d, x, a, w, columns),
+                );
+        } else {
+            entries.with_min_len(ENTRIES).for_each_init(
+                || vec![0.0f32; p * p + 2 * p],
+                |scratch, (a, x)| {
+                    let (w, columns) = scratch.split_at_mut(p * p);
+                    forward_kernel(isa, d, x, a, w, columns)
+                },
             );
+        }
     }
     (
         FlexTensor::from_data(TensorData::new(out, [b, d, p])),
-        FlexTensor::from_data(TensorData::new(weights, [b, p, p])),
+        keep.then(|| FlexTensor::from_data(TensorData::new(weights, [b, p, p]))),
     )
 }
 
 impl FusedAttention for Flex {
     fn attention_fused(qkv: FlexTensor) -> FlexTensor {
-        forward_flex(qkv).0
+        forward_flex(qkv, false).0
     }
 }
 
 impl AttentionBackward for Flex {
     fn attention_saving(qkv: FlexTensor) -> (FlexTensor, FlexTensor) {
-        forward_flex(qkv)
+        let (out, weights) = forward_flex(qkv, true);
+        (out, weights.expect("kept"))
     }
 
     fn attention_backward(grad: FlexTensor, qkv: FlexTensor, weights: FlexTensor) -> FlexTensor {

@@ -159,7 +159,7 @@ pub(crate) fn block_weights(f: &Flat, ws: &[f32]) -> Vec<f32> {
 /// the padded planes `planes` (`[c_in, images, plane]` from the image's own plane on: the
 /// first of `f.images` side by side) and the blocked weights `wt`.
 pub(crate) fn forward(isa: Isa, f: &Flat, planes: &[f32], wt: &[f32], out: &mut [f32]) {
-    assert!(f.c_in > 0 && planes.len() >= (f.c_in - 1) * f.images * f.plane + f.plane);
+    assert!(f.c_in == 0 || planes.len() >= (f.c_in - 1) * f.images * f.plane + f.plane);
     assert!(wt.len() >= f.c_out_padded(CO) * f.c_in * TAPS);
     assert!(out.len() >= f.c_out_padded(CO) * f.run);
     #[cfg(target_arch = "x86_64")]
@@ -243,7 +243,7 @@ pub(crate) fn forward_into(
     out: &mut [std::mem::MaybeUninit<f32>],
 ) -> bool {
     let pixels = f.h * f.w;
-    assert!(f.c_in > 0 && planes.len() >= (f.c_in - 1) * f.images * f.plane + f.plane);
+    assert!(f.c_in == 0 || planes.len() >= (f.c_in - 1) * f.images * f.plane + f.plane);
     assert!(wt.len() >= f.c_out_padded(CO) * f.c_in * TAPS);
     assert!(base.len() == f.c_out && out.len() == f.c_out * pixels);
     assert!(residual.is_none_or(|r| r.len() == out.len()));
@@ -299,9 +299,10 @@ pub(crate) fn weight_grad(isa: Isa, f: &Flat, planes: &[f32], gplanes: &[f32], d
     {
         #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
         fn avx512(f: &Flat, planes: &[f32], gflat: &[f32], dw: &mut [f32]) {
-            // SAFETY: the sizes were checked above; the CPU has AVX-512F
             // blocks of three channels, the last four or two in blocks of two when the count
-            // is not a multiple of three (none of the blocks then reads a padding channel)
+            // is not a multiple of three (so no block computes a padding channel, but for a
+            // single channel, whose block of three reads two)
+            // SAFETY: the sizes were checked above; the CPU has AVX-512F
             let tail = match f.c_out % CG {
                 1 if f.c_out > 1 => 4,
                 2 => 2,
