@@ -42,8 +42,6 @@ mod math;
 #[cfg(feature = "flex")]
 mod attention;
 #[cfg(feature = "flex")]
-mod concat;
-#[cfg(feature = "flex")]
 mod conv;
 #[cfg(feature = "flex")]
 mod flex;
@@ -57,8 +55,6 @@ mod upsample;
 pub use adam::{AdamScalars, FusedAdam};
 #[cfg(feature = "flex")]
 pub use attention::{AttentionBackward, FusedAttention};
-#[cfg(feature = "flex")]
-pub use concat::{ConcatBackward, FusedConcat};
 #[cfg(feature = "flex")]
 pub use conv::{ConvBackward, FusedConv};
 #[cfg(feature = "flex")]
@@ -431,30 +427,6 @@ pub fn attention(qkv: Tensor<3>) -> Tensor<3> {
     // [b, p (queries), p (keys)]
     let weights = activation::softmax(q.swap_dims(1, 2).matmul(k), 2);
     v.matmul(weights.swap_dims(1, 2))
-}
-
-/// `a` `[n, c1, h, w]` and `b` `[n, c2, h, w]` side by side along the channels:
-/// `[n, c1 + c2, h, w]` (a U-Net's skip connection). On flex in f32 one copy per image each
-/// way, the images in parallel, and each part's gradient a tensor of its own
-/// ([`FusedConcat`]); elsewhere, or with an empty part, Burn's `Tensor::cat`.
-pub fn concat_channels(a: Tensor<4>, b: Tensor<4>) -> Tensor<4> {
-    let (da, db) = (a.dims(), b.dims());
-    assert!(
-        da[0] == db[0] && da[2..] == db[2..],
-        "parts of the same images: {da:?} and {db:?}"
-    );
-    let values = da[1] * da[2] * da[3] > 0 && db[1] * db[2] * db[3] > 0;
-    if values && fused_here(&a) && fused_here(&b) {
-        #[cfg(feature = "flex")]
-        {
-            use burn::backend::Dispatch;
-            return Tensor::from_dispatch(<Dispatch as FusedConcat>::concat_channels_fused(
-                a.into_dispatch(),
-                b.into_dispatch(),
-            ));
-        }
-    }
-    Tensor::cat(vec![a, b], 1)
 }
 
 /// Nearest-neighbour upsampling by 2 of `x` `[n, c, h, w]`: `[n, c, 2h, 2w]`, each value over

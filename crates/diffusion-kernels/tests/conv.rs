@@ -1,7 +1,7 @@
 //! The fused convolution against Burn's own `conv2d` on flex: the output and the gradients of
 //! the input, the weights and the bias, for 3x3 kernels of stride 1 and 2, a 1x1 kernel, odd
 //! and non-square images, one image and a batch split across threads; and the fused group norm
-//! (with and without SiLU), the upsampling and the channels' concatenation against Burn's operations.
+//! (with and without SiLU) and the upsampling against Burn's operations.
 
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor};
@@ -337,36 +337,5 @@ fn upsampling_matches_burns_values_and_gradient() {
             2.5e-7,
             &format!("{shape:?}"),
         );
-    }
-}
-
-/// The channels' concatenation against Burn's `Tensor::cat`: the output and both gradients,
-/// copies both ways, so equal to the bit; one image, a batch split across threads.
-#[test]
-fn concatenation_matches_burns_values_and_gradients() {
-    use diffusion_kernels::concat_channels;
-    for [n, c1, c2, h, w] in [[1, 1, 2, 3, 3], [9, 3, 5, 7, 6], [64, 2, 1, 4, 4]] {
-        let results: Vec<Vec<Vec<f32>>> = [true, false]
-            .into_iter()
-            .map(|fused| {
-                let device = Device::flex().autodiff();
-                let a = tensor([n, c1, h, w], 1, &device);
-                let b = tensor([n, c2, h, w], 2, &device);
-                let y = if fused {
-                    concat_channels(a.clone(), b.clone())
-                } else {
-                    Tensor::cat(vec![a.clone(), b.clone()], 1)
-                };
-                let r = constant(y.dims(), 3, &device);
-                let grads = (y.clone() * r).sum().backward();
-                vec![
-                    host(y),
-                    host(a.grad(&grads).unwrap()),
-                    host(b.grad(&grads).unwrap()),
-                ]
-            })
-            .collect();
-        let case = format!("{:?}", [n, c1, c2, h, w]);
-        assert_close(&["output", "a", "b"], &results[0], &results[1], 0.0, &case);
     }
 }
