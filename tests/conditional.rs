@@ -380,37 +380,17 @@ fn swiss_roll_inpainting_and_denoising() {
         args.extend_from_slice(extra);
         fails(&args, message);
     }
-    fails(
-        &[
-            "sample",
-            "--run",
-            s(&roll),
-            "-n",
-            "4",
-            "--out",
-            s(&out),
-            "--renoise",
-            "2",
-        ],
-        "give a condition",
-    );
-    fails(
-        &[
-            "sample",
-            "--run",
-            s(&roll),
-            "-n",
-            "4",
-            "--out",
-            s(&out),
-            "--known",
-            "0=0.25",
-            "--resample",
-            "--particles",
-            "0",
-        ],
-        "--particles must be at least 1",
-    );
+    for (extra, message) in [
+        (&["--renoise", "2"][..], "give a condition"),
+        (
+            &["--known", "0=0.25", "--resample", "--particles", "0"][..],
+            "--particles must be at least 1",
+        ),
+    ] {
+        let mut args = vec!["sample", "--run", s(&roll), "-n", "4", "--out", s(&out)];
+        args.extend_from_slice(extra);
+        fails(&args, message);
+    }
     // one system of 600 particles against two of 300 (the default chunk would be one of 600)
     let (one, two) = (dir.join("one.csv"), dir.join("two.csv"));
     for (path, particles) in [(&one, "600"), (&two, "300")] {

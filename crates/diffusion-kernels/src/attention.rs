@@ -141,6 +141,36 @@ impl AttentionBackward for Flex {
     }
 }
 
+/// `dst` (`[m, n]`, row-major) = `lhs` `rhs` through gemm, each operand a row-major matrix
+/// read where it lies: as stored (`false`: `[m, k]` and `[k, n]`) or transposed (`true`:
+/// stored `[k, m]` and `[n, k]`).
+fn multiply(
+    dst: &mut [f32],
+    [m, n, k]: [usize; 3],
+    (lhs, lhs_t): (&[f32], bool),
+    (rhs, rhs_t): (&[f32], bool),
+) {
+    assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n);
+    // (row stride, column stride) of a matrix of `cols` columns, or of the transpose of one
+    // stored with `rows` columns
+    let strides = |transposed: bool, cols: usize, rows: usize| match transposed {
+        false => (cols as isize, 1),
+        true => (1, rows as isize),
+    };
+    let (lr, lc) = strides(lhs_t, k, m);
+    let (rr, rc) = strides(rhs_t, n, k);
+    // SAFETY: the three matrices lie inside the slices, checked above
+    unsafe {
+        product(
+            [m, n, k],
+            (dst.as_mut_ptr(), n as isize, 1),
+            (lhs.as_ptr(), lr, lc),
+            (rhs.as_ptr(), rr, rc),
+            false,
+        );
+    }
+}
+
 /// One entry's operands in the backward pass: `qkv` `[3d, p]`, the transposed weights
 /// `[p, p]`, the output's gradient `[d, p]`.
 #[derive(Clone, Copy)]
@@ -165,16 +195,7 @@ fn forward_entry<const F: bool>(
     let (k, v) = kv.split_at(d * p);
     let scale = 1.0 / (d as f32).sqrt();
     // the logits, transposed: wt[j, i] = q_i . k_j / sqrt(d), the product k^T q then scaled
-    // SAFETY: wt is p x p, k and q d x p, row-major
-    unsafe {
-        product(
-            [p, p, d],
-            (wt.as_mut_ptr(), p as isize, 1),
-            (k.as_ptr(), 1, p as isize),
-            (q.as_ptr(), p as isize, 1),
-            false,
-        );
-    }
+    multiply(wt, [p, p, d], (k, true), (q, false));
     wt.iter_mut().for_each(|l| *l *= scale);
     // each query's softmax over the keys (a column of wt)
     let (max, sum) = columns.split_at_mut(p);
@@ -204,16 +225,7 @@ fn forward_entry<const F: bool>(
         }
     }
     // a[c, i] = sum_j v[c, j] wt[j, i]
-    // SAFETY: a and v are d x p, wt p x p, row-major
-    unsafe {
-        product(
-            [d, p, p],
-            (a.as_mut_ptr(), p as isize, 1),
-            (v.as_ptr(), p as isize, 1),
-            (wt.as_ptr(), p as isize, 1),
-            false,
-        );
-    }
+    multiply(a, [d, p, p], (v, false), (wt, false));
 }
 
 /// One entry backward: `dqkv` `[3d, p]` from its [`Entry`]; `scratch` holds p^2 + p values.
@@ -227,23 +239,8 @@ fn backward_entry<const F: bool>(d: usize, e: Entry<'_>, dqkv: &mut [f32], scrat
     let (dl, r) = scratch.split_at_mut(p * p);
     let scale = 1.0 / (d as f32).sqrt();
     // dv = g wt^T; the weights' gradient, transposed: dl = v^T g
-    // SAFETY (both): dv, g and v are d x p, wt and dl p x p, row-major
-    unsafe {
-        product(
-            [d, p, p],
-            (dv.as_mut_ptr(), p as isize, 1),
-            (e.g.as_ptr(), p as isize, 1),
-            (e.w.as_ptr(), 1, p as isize),
-            false,
-        );
-        product(
-            [p, p, d],
-            (dl.as_mut_ptr(), p as isize, 1),
-            (v.as_ptr(), 1, p as isize),
-            (e.g.as_ptr(), p as isize, 1),
-            false,
-        );
-    }
+    multiply(dv, [d, p, p], (e.g, false), (e.w, true));
+    multiply(dl, [p, p, d], (v, true), (e.g, false));
     // through the softmax: dl[j, i] = wt[j, i] (dl[j, i] - sum_j' wt[j', i] dl[j', i]), and the
     // logits' scale
     r.fill(0.0);
@@ -258,23 +255,8 @@ fn backward_entry<const F: bool>(d: usize, e: Entry<'_>, dqkv: &mut [f32], scrat
         }
     }
     // dq = k dl; dk = q dl^T
-    // SAFETY (both): dq, dk, k and q are d x p, dl p x p, row-major
-    unsafe {
-        product(
-            [d, p, p],
-            (dq.as_mut_ptr(), p as isize, 1),
-            (k.as_ptr(), p as isize, 1),
-            (dl.as_ptr(), p as isize, 1),
-            false,
-        );
-        product(
-            [d, p, p],
-            (dk.as_mut_ptr(), p as isize, 1),
-            (q.as_ptr(), p as isize, 1),
-            (dl.as_ptr(), 1, p as isize),
-            false,
-        );
-    }
+    multiply(dq, [d, p, p], (k, false), (dl, false));
+    multiply(dk, [d, p, p], (q, false), (dl, true));
 }
 
 dispatched!(forward_kernel, forward_entry, (d: usize, qkv: &[f32], a: &mut [f32], wt: &mut [f32], columns: &mut [f32]));

@@ -402,8 +402,8 @@ pub fn group_norm(x: Tensor<4>, gamma: Tensor<1>, beta: Tensor<1>, spec: NormSpe
 /// Self-attention over positions: `qkv` `[b, 3d, p]` (each entry's d query, d key and d value
 /// channels over p positions, in that order) to `[b, d, p]`,
 /// `a[c, i] = sum_j softmax_j(q_i . k_j / sqrt(d)) v[c, j]`. On flex in f32 one pass per entry
-/// each way, the entries in parallel ([`FusedAttention`]); elsewhere Burn's operations (both
-/// scaled by d^-1/4, a product, a softmax and a product).
+/// each way, the entries in parallel ([`FusedAttention`]); elsewhere Burn's operations
+/// ([`attention_composed`]).
 pub fn attention(qkv: Tensor<3>) -> Tensor<3> {
     if fused_here(&qkv) {
         #[cfg(feature = "flex")]
@@ -414,6 +414,12 @@ pub fn attention(qkv: Tensor<3>) -> Tensor<3> {
             ));
         }
     }
+    attention_composed(qkv)
+}
+
+/// [`attention`] by Burn's operations, as it runs off flex: q and k each scaled by d^-1/4,
+/// their product, a softmax over the keys, the product with v.
+pub fn attention_composed(qkv: Tensor<3>) -> Tensor<3> {
     let [_, three_d, _] = qkv.dims();
     assert!(
         three_d % 3 == 0 && three_d > 0,

@@ -1,7 +1,7 @@
 //! The group norm's passes over one group (its channels' values one after the other),
-//! vectorised: sums in 16 f32 lanes, added up in f64 at the end of each block of 1,024 values; the affine map
-//! and SiLU with the branch-free sigmoid of [`crate::math`]. Compiled for each instruction set
-//! as the other kernels are and picked at run time ([`Isa`]).
+//! vectorised: sums in 16 f32 lanes, added up in f64 at the end of each block of 1,024 values;
+//! the affine map and SiLU with the branch-free sigmoid of [`crate::math`]. Compiled for each
+//! instruction set as the other kernels are and picked at run time ([`Isa`]).
 
 use std::mem::MaybeUninit;
 

@@ -1,26 +1,17 @@
-//! The fused attention against Burn's own operations on flex: the output and the gradient of
-//! qkv, for one position and one channel, position counts off the vector width, many entries
-//! split across threads, and logits large enough that an unshifted softmax would overflow.
+//! The fused attention on flex against an f64 reference and against the crate's composition of
+//! Burn's own operations (`attention_composed`, what runs off flex): the output and the
+//! gradient of qkv, for one position and one channel, position counts off the vector width,
+//! many entries split across threads, and logits large enough that an unshifted softmax would
+//! overflow.
 
-use burn::tensor::{Device, Tensor, activation};
-use diffusion_kernels::{attention, fused_here};
+use burn::tensor::{Device, Tensor};
+use diffusion_kernels::{attention, attention_composed, fused_here};
 
 mod common;
 
 /// The same values on every call, uniform on [-1, 1].
 fn values(len: usize, seed: u64) -> Vec<f32> {
     common::uniform(len, seed, 1.0)
-}
-
-/// Burn's composition: q and k scaled by d^-1/4, softmax over the keys, the weighted values.
-fn reference(qkv: Tensor<3>) -> Tensor<3> {
-    let d = qkv.dims()[1] / 3;
-    let scale = 1.0 / (d as f64).sqrt().sqrt();
-    let q = qkv.clone().narrow(1, 0, d) * scale;
-    let k = qkv.clone().narrow(1, d, d) * scale;
-    let v = qkv.narrow(1, 2 * d, d);
-    let weights = activation::softmax(q.swap_dims(1, 2).matmul(k), 2);
-    v.matmul(weights.swap_dims(1, 2))
 }
 
 /// qkv's values for a case.
@@ -82,7 +73,7 @@ fn run(fused: bool, case: [usize; 3], gain: f32) -> [Vec<f32>; 2] {
         assert!(fused_here(&qkv));
         attention(qkv.clone())
     } else {
-        reference(qkv.clone())
+        attention_composed(qkv.clone())
     };
     let r = Tensor::<1>::from_floats(values(b * d * p, 2).as_slice(), &device).reshape([b, d, p]);
     let grads = (y.clone() * r).sum().backward();

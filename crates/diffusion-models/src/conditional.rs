@@ -318,10 +318,7 @@ impl ConditionalEvaluation {
             samples: n,
             mode: given.mode().name().into(),
             resampled: given.resamples(),
-            renoised: match given.renoising() {
-                (1, _) => None,
-                (passes, jump) => Some([passes, jump]),
-            },
+            renoised: given.renoising(),
             valid_consistent_fraction: None,
             phase_fractions: None,
             exact_phases: None,

@@ -141,9 +141,7 @@ impl Pass<'_> {
         }
         (dw, db)
     }
-}
 
-impl Pass<'_> {
     /// Every task of [`Pass::flat_task`] across the pool: the input gradient (empty unless
     /// wanted) and each task's weight and bias gradients.
     fn flat(&self, tasks: usize) -> (Vec<f32>, Vec<Partial>) {
@@ -165,7 +163,7 @@ impl Pass<'_> {
             .enumerate()
             .map(|(task, chunk)| self.flat_task(task, Some(chunk), &wt))
             .collect();
-        // SAFETY: every image's input gradient was written by `finish`
+        // SAFETY: every image's input gradient was written by `convolve_flat`
         unsafe { dx.set_len(total) };
         (dx, partial)
     }

@@ -155,34 +155,30 @@ pub(crate) fn block_weights(f: &Flat, ws: &[f32]) -> Vec<f32> {
     out
 }
 
+/// Checks that `planes` holds an image's `c_in` padded planes (`f.images` side by side) and
+/// `wt` the blocked weights ([`block_weights`]), as the forward kernels read them.
+fn check_operands(f: &Flat, planes: &[f32], wt: &[f32]) {
+    assert!(f.c_in == 0 || planes.len() >= (f.c_in - 1) * f.images * f.plane + f.plane);
+    assert!(wt.len() >= f.c_out_padded(CO) * f.c_in * TAPS);
+}
+
 /// One image's convolution over the flat positions: `out` `[c_out padded to CO, run]` from
 /// the padded planes `planes` (`[c_in, images, plane]` from the image's own plane on: the
 /// first of `f.images` side by side) and the blocked weights `wt`.
 pub(crate) fn forward(isa: Isa, f: &Flat, planes: &[f32], wt: &[f32], out: &mut [f32]) {
-    assert!(f.c_in == 0 || planes.len() >= (f.c_in - 1) * f.images * f.plane + f.plane);
-    assert!(wt.len() >= f.c_out_padded(CO) * f.c_in * TAPS);
+    check_operands(f, planes, wt);
     assert!(out.len() >= f.c_out_padded(CO) * f.run);
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
         fn avx512(f: &Flat, planes: &[f32], wt: &[f32], out: &mut [f32]) {
-            let ob = out.as_mut_ptr();
-            // SAFETY (the offset): block b's rows lie inside `out`'s checked length
-            let rows = |b: usize| FlatRows {
-                ob: unsafe { ob.add(b * CO * f.run) },
-                run: f.run,
-            };
+            let rows = FlatRows::blocks(out, f.run);
             // SAFETY: the sizes were checked above; the CPU has AVX-512F
             unsafe { forward_image::<x86::Avx512, 6, _>(f, planes, wt, rows) }
         }
         #[target_feature(enable = "avx2,fma")]
         fn avx2(f: &Flat, planes: &[f32], wt: &[f32], out: &mut [f32]) {
-            let ob = out.as_mut_ptr();
-            // SAFETY (the offset): block b's rows lie inside `out`'s checked length
-            let rows = |b: usize| FlatRows {
-                ob: unsafe { ob.add(b * CO * f.run) },
-                run: f.run,
-            };
+            let rows = FlatRows::blocks(out, f.run);
             // SAFETY: the sizes were checked above; the CPU has AVX2 and FMA
             unsafe { forward_image::<x86::Avx2, 2, _>(f, planes, wt, rows) }
         }
@@ -243,8 +239,7 @@ pub(crate) fn forward_into(
     out: &mut [std::mem::MaybeUninit<f32>],
 ) -> bool {
     let pixels = f.h * f.w;
-    assert!(f.c_in == 0 || planes.len() >= (f.c_in - 1) * f.images * f.plane + f.plane);
-    assert!(wt.len() >= f.c_out_padded(CO) * f.c_in * TAPS);
+    check_operands(f, planes, wt);
     assert!(base.len() == f.c_out && out.len() == f.c_out * pixels);
     assert!(residual.is_none_or(|r| r.len() == out.len()));
     assert_eq!(
@@ -302,7 +297,6 @@ pub(crate) fn weight_grad(isa: Isa, f: &Flat, planes: &[f32], gplanes: &[f32], d
             // blocks of three channels, the last four or two in blocks of two when the count
             // is not a multiple of three (so no block computes a padding channel, but for a
             // single channel, whose block of three reads two)
-            // SAFETY: the sizes were checked above; the CPU has AVX-512F
             let tail = match f.c_out % CG {
                 1 if f.c_out > 1 => 4,
                 2 => 2,
@@ -482,6 +476,17 @@ trait Sink<V: Vector> {
 struct FlatRows {
     ob: *mut f32,
     run: usize,
+}
+
+impl FlatRows {
+    /// Each block's rows of `out` (`[c_out padded to CO, run]`).
+    fn blocks(out: &mut [f32], run: usize) -> impl Fn(usize) -> FlatRows {
+        let ob = out.as_mut_ptr();
+        move |b| FlatRows {
+            ob: ob.wrapping_add(b * CO * run),
+            run,
+        }
+    }
 }
 
 impl<V: Vector> Sink<V> for FlatRows {

@@ -342,7 +342,7 @@ fn convolve(d: &Dims, xs: &[f32], ws: &[f32], start: Start<'_>) -> Vec<f32> {
                     convolve_flat(isa, &f, (&planes, &wt), into, (start, i), o);
                 }
             });
-        // SAFETY: every image's output was written by `finish`
+        // SAFETY: every image's output was written by `convolve_flat`
         unsafe { out.set_len(total) };
         return out;
     }

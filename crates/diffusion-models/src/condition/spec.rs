@@ -338,10 +338,10 @@ impl Conditioning {
         Ok(self)
     }
 
-    /// Draws of each block of steps and the block's length ([`Conditioning::renoised`];
-    /// (1, 1) for the plain chain).
-    pub fn renoising(&self) -> (usize, usize) {
-        (self.passes, self.jump)
+    /// Draws of each block of steps and the block's length, `[passes, jump]`
+    /// ([`Conditioning::renoised`]); `None` for the plain chain (one pass).
+    pub fn renoising(&self) -> Option<[usize; 2]> {
+        (self.passes > 1).then_some([self.passes, self.jump])
     }
 
     /// Whether the chains are resampled ([`Conditioning::resampled`]).

@@ -127,7 +127,7 @@ pub(crate) fn run<P: ReverseChain, N: ReverseNetwork>(
     let mut particles = given.filter(|c| c.resamples()).map(|c| Particles::of(c, n));
     // the twisted mode's ln Z_t(x_{t+1}) − ln ψ_{t+1}(x_{t+1}) of each chain's last step
     let mut carry = vec![0.0f32; n];
-    let (passes, jump) = given.map_or((1, 1), Conditioning::renoising);
+    let [passes, jump] = given.and_then(Conditioning::renoising).unwrap_or([1, 1]);
     let mut top = steps;
     while top >= 1 {
         // the block of steps top, ..., low + 1, drawn `passes` times (renoised steps)
