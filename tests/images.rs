@@ -531,6 +531,28 @@ fn held_out_images_are_inpainted_and_denoised() {
         }
     }
 
+    // DDIM completes them too, the known pixels held exactly; denoising needs its noise
+    // (eta > 0)
+    let ddim_file = dir.join("ddim.npy");
+    let mut args = vec!["sample", "--run", r, "-n", "12", "--out", s(&ddim_file)];
+    args.extend(inpaint);
+    args.extend(["--sampler", "ddim", "--sample-steps", "5"]);
+    run(&args);
+    let by_ddim = io::read(&ddim_file).unwrap();
+    for i in 0..12 {
+        for (j, (&a, &b)) in by_ddim.row(i).iter().zip(truth.row(i)).enumerate() {
+            if j % SIDE >= SIDE / 2 {
+                assert_eq!(a, b, "DDIM, image {i}: known pixel {j} changed");
+            }
+        }
+    }
+    assert_ne!(by_ddim.data, filled.data);
+    let mut args = vec!["evaluate-conditional", "--run", r, "--json"];
+    args.extend(["--from-test", "30", "--noisy-test", "40"]);
+    args.extend(["--sampler", "ddim", "--sample-steps", "5", "--eta", "1"]);
+    let e = json(&run(&args));
+    assert!(f(&e, "mse") < f(&e, "input_mse"), "{e}");
+
     // denoising: the input's error is the noise's variance, up to its sampling error
     let mut args = vec!["evaluate-conditional", "--run", r, "--json"];
     args.extend(["--from-test", "30", "--noisy-test", "40"]);
@@ -594,18 +616,21 @@ fn held_out_images_are_inpainted_and_denoised() {
         &sample(&["--from-test", "99", "--mask", "left-half"]),
         "60 held-out images",
     );
+    let ddim = ["--sampler", "ddim", "--sample-steps", "5"];
+    let with_ddim = |extra: &[&'static str]| [extra, &ddim[..]].concat();
     fails(
-        &sample(&[
+        &sample(&with_ddim(&[
             "--from-test",
-            "12",
+            "3",
             "--mask",
             "left-half",
-            "--sampler",
-            "ddim",
-            "--sample-steps",
-            "5",
-        ]),
+            "--resample",
+        ])),
         "not DDIM",
+    );
+    fails(
+        &sample(&with_ddim(&["--from-test", "12", "--noisy-test", "40"])),
+        "--eta > 0",
     );
     fails(
         &["evaluate-conditional", "--run", r, "--known", "0=1"],

@@ -15,6 +15,8 @@ Models:
              residual block a level, attention at 7x7, GroupNorm of 8 groups, SiLU), noise
              prediction with a learned variance (`epsilon`), the hybrid loss (noise error plus
              0.001 x the Monte-Carlo bound with the mean held fixed), Adam.
+  mnist_paper configs/mnist_paper.toml: the same digits with the paper's multi-scale network
+             (PaperNet), schedule and parametrization, the Monte-Carlo bound, Adam.
 Workloads: train (steps/s, examples/s), sample (points x steps / s; for mnist images x steps / s
 of every step of the chain), evaluate (full sum over t,
 rows / s), matmul (the f32 matrix-product rate of the BLAS, GFLOP/s: a square product of side
@@ -332,6 +334,99 @@ class Mnist:
         return mse + 0.001 * kl.mean() * (self.steps - 1) / LN2
 
 
+class PaperNet(torch.nn.Module):
+    """The network `PaperConvConfig` builds in crates/diffusion-models/src/image/paper.rs with
+    configs/mnist_paper.toml's sizes: four 3x3 convolutions of 20 channels (one scale), the dense
+    branch 784 -> 500 -> 500 -> 500 -> 2 x 784, leaky ReLU (0.05) after each, both branches
+    scaled by one over the square root of their width and concatenated per pixel, 1x1
+    convolutions 22 -> 20 -> 2 x 10 (the last starting at zero), the temporal readout of 10
+    Gaussian bumps, z_sigma divided by sqrt(T)."""
+
+    def __init__(self, steps, side=28, conv=(4, 20), dense=(4, 500, 2), upper=(2, 20), bumps=10):
+        super().__init__()
+        (layers, ch), (dl, dh, do), (ul, uh) = conv, dense, upper
+        self.side, self.ch, self.do, self.bumps, self.steps = side, ch, do, bumps, steps
+        self.conv = torch.nn.ModuleList(
+            [torch.nn.Conv2d(1 if i == 0 else ch, ch, 3, padding=1) for i in range(layers)])
+        widths = [side * side] + [dh] * (dl - 1) + [do * side * side]
+        self.dense = torch.nn.ModuleList([torch.nn.Linear(a, b) for a, b in zip(widths, widths[1:])])
+        widths = [ch + do] + [uh] * (ul - 1) + [2 * bumps]
+        self.upper = torch.nn.ModuleList([torch.nn.Conv2d(a, b, 1) for a, b in zip(widths, widths[1:])])
+        zero(self.upper[-1])
+        # temporal_basis: bumps at linspace(-1, 1, J), width half their spacing, at linspace(-1, 1, T)
+        x = torch.linspace(-1, 1, steps, dtype=torch.float64)[:, None]
+        centres = torch.linspace(-1, 1, bumps, dtype=torch.float64)[None]
+        width = 1.0 / (bumps - 1)
+        w = torch.exp(-((x - centres) ** 2) / (2 * width * width))
+        self.basis = torch.cat([torch.zeros(1, bumps, dtype=torch.float64), w / w.sum(1, keepdim=True)]).float()
+
+    def forward(self, x, t):
+        n, side = x.shape[0], self.side
+        y = x.reshape(n, 1, side, side)
+        for layer in self.conv:
+            y = F.leaky_relu(layer(y), 0.05)
+        z = x
+        for layer in self.dense:
+            z = F.leaky_relu(layer(z), 0.05)
+        z = z.reshape(n, side, side, self.do).permute(0, 3, 1, 2)
+        y = torch.cat([y / math.sqrt(self.ch), z / math.sqrt(self.do)], 1)
+        for i, layer in enumerate(self.upper):
+            y = layer(y)
+            if i + 1 < len(self.upper):
+                y = F.leaky_relu(y, 0.05)
+        z = (y.reshape(n, 2, self.bumps, side, side) * self.basis[t][:, None, :, None, None]).sum(2)
+        return z[:, 0].reshape(n, -1), z[:, 1].reshape(n, -1) / math.sqrt(self.steps)
+
+
+class MnistPaper(Mnist):
+    """configs/mnist_paper.toml: the paper's network, its schedule (b_1 = 0.001 + 1e-6, then
+    1e-6 + (1 - 1e-6 - 1e-5) / linspace(T, 2, T)[t]) and parametrization (mu = x_t sqrt(1 - b_t)
+    + z_mu sqrt(b_t), sigma^2 = sigmoid(z_sigma + logit(b_t))), the Monte-Carlo bound,
+    dequantised pixels; sampling ends with the fixed edge step."""
+
+    def __init__(self):
+        super().__init__()
+        T = self.steps
+        grid = torch.linspace(T, 2, T, dtype=torch.float64)
+        m = torch.full((T,), 1e-6, dtype=torch.float64)
+        m[0] += 0.001
+        beta = torch.cat([torch.zeros(1, dtype=torch.float64), m + (1 / grid) * (1 - m - 1e-5)])
+        abar = torch.cumprod(1 - beta, 0)
+        abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
+        safe = (1 - abar).clamp_min(1e-300)
+        self.beta = beta.float()
+        self.sqrt_b, self.sqrt_1mb = beta.sqrt().float(), (1 - beta).sqrt().float()
+        self.logit_b = (beta.clamp_min(1e-300) / (1 - beta)).log().float()
+        self.sqrt_abar, self.sqrt_1m_abar = abar.sqrt().float(), (1 - abar).sqrt().float()
+        self.c0 = (abar_prev.sqrt() * beta / safe).float()
+        self.ct = ((1 - beta).sqrt() * (1 - abar_prev) / safe).float()
+        var = (beta * (1 - abar_prev) / safe).clamp_min(1e-300)
+        self.post_var, self.post_logvar = var.float(), var.log().float()
+        self.model = PaperNet(T)
+
+    def kernel(self, xt, t):
+        z_mu, z_sigma = self.model(xt, t)
+        mu = xt * self.sqrt_1mb[t, None] + z_mu * self.sqrt_b[t, None]
+        return mu, F.logsigmoid(z_sigma + self.logit_b[t, None])
+
+    def sample(self, n):
+        x = torch.randn(n, self.d)
+        for t in range(self.steps, 1, -1):
+            mu, logvar = self.kernel(x, torch.full((n,), t, dtype=torch.long))
+            x = mu + torch.exp(0.5 * logvar) * torch.randn_like(x)
+        return x * self.sqrt_1mb[1] + self.sqrt_b[1] * torch.randn_like(x)
+
+    def loss(self, x0):
+        n = x0.shape[0]
+        t = torch.randint(2, self.steps + 1, (n,))
+        xt = self.sqrt_abar[t, None] * x0 + self.sqrt_1m_abar[t, None] * torch.randn_like(x0)
+        mu_p, logvar_p = self.kernel(xt, t)
+        mu_q = self.c0[t, None] * x0 + self.ct[t, None] * xt
+        ratio = ((mu_q - mu_p) ** 2 + self.post_var[t, None]) * torch.exp(-logvar_p)
+        kl = 0.5 * (logvar_p - self.post_logvar[t, None] + ratio - 1).sum(1)
+        return kl.mean() * (self.steps - 1) / LN2
+
+
 def loss(problem, x0):
     if hasattr(problem, "loss"):
         return problem.loss(x0)
@@ -360,7 +455,7 @@ def gflops(m, k, n, sync):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--workload", choices=["train", "sample", "evaluate", "matmul"], required=True)
-    ap.add_argument("--model", choices=["roll", "heartbeat", "mnist"], default="roll")
+    ap.add_argument("--model", choices=["roll", "heartbeat", "mnist", "mnist_paper"], default="roll")
     ap.add_argument("--compile", action="store_true", help="train with torch.compile of the loss")
     ap.add_argument("--side", type=int, default=2048)
     ap.add_argument("--batch-size", type=int, default=1024)
@@ -377,7 +472,7 @@ def main():
         if a.device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    problem = {"roll": Roll, "heartbeat": Beat, "mnist": Mnist}[a.model]()
+    problem = {"roll": Roll, "heartbeat": Beat, "mnist": Mnist, "mnist_paper": MnistPaper}[a.model]()
     out = {
         "workload": a.workload,
         "model": a.model,

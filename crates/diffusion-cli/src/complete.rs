@@ -140,11 +140,12 @@ fn task_description(condition: &ConditionArgs) -> String {
     }
 }
 
-/// The report's chain: `respaced, K steps` or `every step, T = T`.
+/// The report's chain: `respaced, K steps`, `DDIM, K steps, eta E` or `every step, T = T`.
 fn sampler_description(a: &EvaluateConditionalArgs, bound: &Diffusion) -> Result<String, String> {
     let chain = match a.sampler.sampler()? {
         Sampler::Respaced(k) => format!("respaced, {k} steps"),
-        _ => format!("every step, T = {}", bound.steps()),
+        Sampler::Ddim(o) => format!("DDIM, {} steps, eta {}", o.steps, o.eta),
+        Sampler::Ancestral => format!("every step, T = {}", bound.steps()),
     };
     let renoised = crate::condition::renoised_note(a.condition.renoising());
     Ok(format!("{chain}{renoised}"))

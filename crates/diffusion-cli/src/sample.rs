@@ -57,9 +57,10 @@ pub fn cmd_sample(a: SampleArgs) -> Result<(), String> {
     }
 }
 
-/// `n` samples of `bound`'s model multiplied by `given`, through `sampler`'s chain
-/// ([`conditioned_chain`]), in the space the model diffuses, `particles` chains at a time (256
-/// for images); particle systems in groups come back in the order of `--from-test`.
+/// `n` samples of `bound`'s model multiplied by `given`, through `sampler`'s chain (the full
+/// one, the respaced chain as a process of its own, or DDIM's), in the space the model
+/// diffuses, `particles` chains at a time (256 for images); particle systems in groups come
+/// back in the order of `--from-test`.
 pub fn draw_given(
     bound: &Diffusion,
     sampler: &Sampler,
@@ -69,9 +70,10 @@ pub fn draw_given(
     rng: &mut diffusion_data::Rng,
     particles: usize,
 ) -> Result<Vec<f32>, String> {
-    let drawn = conditioned_chain(bound, sampler)?
-        .sample_given(
+    let drawn = bound
+        .sample_given_with(
             &model.network,
+            sampler,
             n,
             given,
             rng,
@@ -83,17 +85,4 @@ pub fn draw_given(
         Some(group) => crate::condition::ungroup(drawn, manifest.data_dim, group),
         None => drawn,
     })
-}
-
-/// The chain that conditioned samples run: the full one, or the respaced chain as a process of
-/// its own ([`Diffusion::respaced`]).
-pub fn conditioned_chain(bound: &Diffusion, sampler: &Sampler) -> Result<Diffusion, String> {
-    match sampler {
-        Sampler::Ancestral => Ok(bound.clone()),
-        Sampler::Respaced(_) => bound.respaced_for(sampler).map_err(|e| e.to_string()),
-        Sampler::Ddim(_) => Err(
-            "conditioning runs the full chain or a respaced one (--sampler respaced), not DDIM"
-                .into(),
-        ),
-    }
 }

@@ -203,6 +203,9 @@ pub enum ConditionError {
     /// Resampling asked for where it does not apply.
     #[error("{0}")]
     Resampling(&'static str),
+    /// A condition the chosen reverse chain cannot multiply (DDIM's).
+    #[error("{0}")]
+    Chain(&'static str),
     /// Neither one condition for all chains nor one per chain.
     #[error("{given} conditions for {chains} samples: give one for all, or one per sample")]
     Rows {
@@ -342,6 +345,11 @@ impl Conditioning {
     /// ([`Conditioning::renoised`]); `None` for the plain chain (one pass).
     pub fn renoising(&self) -> Option<[usize; 2]> {
         (self.passes > 1).then_some([self.passes, self.jump])
+    }
+
+    /// Whether any coordinate is observed through noise (not only known values).
+    pub fn observes(&self) -> bool {
+        self.cells.iter().any(|c| matches!(c, Cell::Observed(..)))
     }
 
     /// Whether the chains are resampled ([`Conditioning::resampled`]).

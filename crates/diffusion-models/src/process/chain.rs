@@ -10,14 +10,24 @@ use std::sync::Arc;
 use burn::tensor::{Device, Tensor};
 use diffusion_data::Rng;
 
-use super::{Process, host};
+use super::host;
 use crate::condition::{ConditionMode, Conditioning, DeviceFactor, Particles, StepFactor};
 use crate::network::ReverseNetwork;
 
-/// What the chain driver needs of a process: its kernels and its factors.
-pub(crate) trait ReverseChain: Process {
+/// What the chain driver needs of a reverse chain: its shape, its kernels and its factors. The
+/// processes are reverse chains ([`Process`](super::Process)), and so is DDIM's
+/// (`crate::sampling::DdimChain`).
+pub(crate) trait ReverseChain {
     /// One step's kernel.
     type Kernel: StepKernel;
+    /// What the kernels need on the device (a process's [`Process::Tables`](super::Process)).
+    type ChainTables;
+    /// The coordinates of one chain.
+    fn chain_dim(&self) -> usize;
+    /// The chain's steps T.
+    fn chain_steps(&self) -> usize;
+    /// The kernels' tables on `device`.
+    fn chain_tables(&self, device: &Device) -> Self::ChainTables;
     /// p(x_T) for `n` chains. `conditioned`: a factor will multiply it.
     fn prior(&self, n: usize, conditioned: bool, rng: &mut Rng, device: &Device) -> Self::Kernel;
     /// p(x_{t-1} | x_t) for the chains `x` (`[n, d]`) at step `t` (T down to 1: at t = 1 the
@@ -27,7 +37,7 @@ pub(crate) trait ReverseChain: Process {
     fn kernel<N: ReverseNetwork>(
         &self,
         network: &N,
-        tables: &Self::Tables,
+        tables: &Self::ChainTables,
         x: &Tensor<2>,
         t: usize,
         conditioned: bool,
@@ -94,8 +104,8 @@ pub(crate) fn run<P: ReverseChain, N: ReverseNetwork>(
     rng: &mut Rng,
     device: &Device,
 ) -> Vec<(usize, Vec<f32>)> {
-    let (d, steps) = (process.dim(), process.steps());
-    let tables = process.tables(device);
+    let (d, steps) = (process.chain_dim(), process.chain_steps());
+    let tables = process.chain_tables(device);
     let conditioned = given.is_some();
     // the constant mode's one factor, built and uploaded once
     let constant = given

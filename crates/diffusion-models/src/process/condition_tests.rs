@@ -110,45 +110,76 @@ fn renoised_chain_moments(
     y: f64,
     s: f64,
     mode: ConditionMode,
-    (passes, jump): (usize, usize),
+    blocks: (usize, usize),
 ) -> (f64, f64) {
-    let steps = g.steps();
-    let step = |(m, v): (f64, f64), a: f64, b: f64, k: usize| {
-        let abar = g.alpha_bar(k);
-        // r_k = N(y_k, s_k²), with y_k = sqrt(abar) y + sqrt(1 - abar) e in forward mode
-        let (y_mean, y_var, s2) = match mode {
-            ConditionMode::Constant => (y, 0.0, s * s),
-            ConditionMode::Forward => (abar.sqrt() * y, 1.0 - abar, abar * s * s),
-            ConditionMode::Likelihood => (y / abar.sqrt(), 0.0, (1.0 - abar + s * s) / abar),
-            ConditionMode::Twisted => unreachable!("a particle system, not a recursion"),
-        };
-        let w = if s2 == 0.0 { 1.0 } else { b / (b + s2) };
-        (
-            (1.0 - w) * a * m + w * y_mean,
-            ((1.0 - w) * a).powi(2) * v + w * w * y_var + b * (1.0 - w),
-        )
-    };
-    // x_T from the prior N(0, 1), then the learned steps, then the edge step
-    let mut mv = step((0.0, 0.0), 0.0, 1.0, steps);
     let ab = |t: usize| ((1.0 - g.beta(t)).sqrt(), g.beta(t));
-    let mut top = steps;
-    while top >= 1 {
-        let low = top.saturating_sub(jump);
-        for pass in 1..=passes {
-            if pass > 1 {
-                for t in low + 1..=top {
-                    let (a, b) = ab(t);
-                    mv = (a * mv.0, a * a * mv.1 + b);
+    let chain = LinearChain {
+        steps: g.steps(),
+        kernel: &ab,
+        level: &|k| g.alpha_bar(k),
+        renoise: &ab,
+    };
+    chain.moments(y, s, mode, blocks)
+}
+
+/// A chain of linear Gaussian kernels x_{t-1} = N(a_t x_t, b_t) from x_T = N(0, 1), for the
+/// recursion of its conditioned moments.
+struct LinearChain<'a> {
+    steps: usize,
+    /// (a_t, b_t) of step t's kernel.
+    kernel: &'a dyn Fn(usize) -> (f64, f64),
+    /// abar of x_k, the level the factor r_k of the forward and likelihood modes takes.
+    level: &'a dyn Fn(usize) -> f64,
+    /// (a, b) of the forward kernel x_t = N(a x_{t-1}, b) that renoises step t.
+    renoise: &'a dyn Fn(usize) -> (f64, f64),
+}
+
+impl LinearChain<'_> {
+    /// The mean and variance of x_0 for one coordinate observed as (y, s) (s = 0: known, s =
+    /// infinity: free), each block of `jump` steps drawn `passes` times.
+    fn moments(
+        &self,
+        y: f64,
+        s: f64,
+        mode: ConditionMode,
+        (passes, jump): (usize, usize),
+    ) -> (f64, f64) {
+        let step = |(m, v): (f64, f64), a: f64, b: f64, k: usize| {
+            let abar = (self.level)(k);
+            // r_k = N(y_k, s_k²), with y_k = sqrt(abar) y + sqrt(1 - abar) e in forward mode
+            let (y_mean, y_var, s2) = match mode {
+                ConditionMode::Constant => (y, 0.0, s * s),
+                ConditionMode::Forward => (abar.sqrt() * y, 1.0 - abar, abar * s * s),
+                ConditionMode::Likelihood => (y / abar.sqrt(), 0.0, (1.0 - abar + s * s) / abar),
+                ConditionMode::Twisted => unreachable!("a particle system, not a recursion"),
+            };
+            let w = if s2 == 0.0 { 1.0 } else { b / (b + s2) };
+            (
+                (1.0 - w) * a * m + w * y_mean,
+                ((1.0 - w) * a).powi(2) * v + w * w * y_var + b * (1.0 - w),
+            )
+        };
+        // x_T from the prior N(0, 1), then the kernels
+        let mut mv = step((0.0, 0.0), 0.0, 1.0, self.steps);
+        let mut top = self.steps;
+        while top >= 1 {
+            let low = top.saturating_sub(jump);
+            for pass in 1..=passes {
+                if pass > 1 {
+                    for t in low + 1..=top {
+                        let (a, b) = (self.renoise)(t);
+                        mv = (a * mv.0, a * a * mv.1 + b);
+                    }
+                }
+                for t in (low + 1..=top).rev() {
+                    let (a, b) = (self.kernel)(t);
+                    mv = step(mv, a, b, t - 1);
                 }
             }
-            for t in (low + 1..=top).rev() {
-                let (a, b) = ab(t);
-                mv = step(mv, a, b, t - 1);
-            }
+            top = low;
         }
-        top = low;
+        mv
     }
-    mv
 }
 
 #[test]
@@ -806,4 +837,129 @@ fn twisted_chains_reach_the_models_own_conditional() {
     );
     let (ok, m, s2) = close(&x, want);
     assert!(ok, "twisted: {m} {s2} vs {want:?}");
+}
+
+/// DDIM's chain of the linear model (x̂_0 = g_t x_t, so each step is x_prev = L_t x + σ_t z,
+/// the coefficients from `Ddim::coefficients`) multiplied by a condition: the moments of x_0
+/// against the recursion, at eta 1 and 0.5 in every mode without particles, renoised, and at
+/// eta 0 with a known value alone (then x_0 is L x_T, the known coordinate held); the
+/// conditions a DDIM step cannot take are refused.
+#[test]
+fn conditioned_ddim_chains_match_their_recursion() {
+    use diffusion_core::{Ddim, PredictionType, TimestepSpacing};
+    let device = Device::flex();
+    let steps = 40;
+    let bound = gaussian(steps, 2);
+    let model = ModelConfig::default().init(2, 4, steps, &device);
+    let g = &bound.diffusion;
+    let ddim = |eta: f64| {
+        bound.ddim(Ddim {
+            alphas_cumprod: Vec::new(),
+            steps: 8,
+            eta,
+            timestep_spacing: TimestepSpacing::Leading,
+            clip_sample: false,
+            clip_sample_range: 1.0,
+            set_alpha_to_one: true,
+            prediction_type: PredictionType::Epsilon,
+        })
+    };
+    let n = 20_000;
+    let cases = [
+        (1.0, ConditionMode::Constant, (1, 1), 0.5),
+        (1.0, ConditionMode::Forward, (1, 1), 0.5),
+        (1.0, ConditionMode::Likelihood, (1, 1), 0.5),
+        (0.5, ConditionMode::Constant, (1, 1), 0.5),
+        (0.5, ConditionMode::Constant, (3, 2), 0.5),
+        (0.5, ConditionMode::Forward, (3, 2), 0.5),
+        (0.0, ConditionMode::Constant, (1, 1), f64::INFINITY),
+        (0.0, ConditionMode::Forward, (3, 2), f64::INFINITY),
+    ];
+    for (eta, mode, (passes, jump), s) in cases {
+        let dd = ddim(eta);
+        // chain step k = 1..=8 runs from timestep ts[k - 1] (0-based; step t = ts + 1)
+        let mut ts = dd.timesteps();
+        ts.reverse();
+        let kernel = |k: usize| {
+            let i = ts[k - 1];
+            let t = i + 1;
+            // the zero network's kernel is N(sqrt(1 - b_t) x, b_t): x̂_0 = g x
+            let gain = if t == 1 {
+                (1.0 - g.beta(1)).sqrt()
+            } else {
+                let (c0, ct, _) = g.posterior_coefficients(t);
+                ((1.0 - g.beta(t)).sqrt() - ct) / c0
+            };
+            let (a, b, sigma, abar) = dd.coefficients(i);
+            let l = a * gain + b * (1.0 - abar.sqrt() * gain) / (1.0 - abar).sqrt();
+            (l, sigma * sigma)
+        };
+        let level = |k: usize| match ts.get(k) {
+            Some(&i) => dd.alpha_prev(i),
+            None => dd.alphas_cumprod[ts[ts.len() - 1]],
+        };
+        let renoise = |k: usize| {
+            let r = level(k) / level(k - 1);
+            (r.sqrt(), 1.0 - r)
+        };
+        let chain = LinearChain {
+            steps: ts.len(),
+            kernel: &kernel,
+            level: &level,
+            renoise: &renoise,
+        };
+        let c = if s.is_finite() {
+            Condition::new().observed(0, 1.5, s).known(1, -0.3)
+        } else {
+            Condition::new().known(1, -0.3)
+        };
+        let mut given = Conditioning::new(&[c], 2, Variable::Continuous, mode).unwrap();
+        if passes > 1 {
+            given = given.renoised(passes, jump).unwrap();
+        }
+        let mut rng = diffusion_data::rng(5, 0);
+        let x = bound
+            .sample_ddim_given(&model, &dd, n, &given, &mut rng, &device, 8192)
+            .unwrap();
+        let case = format!("eta {eta}, {mode:?}, {passes}x{jump}");
+        // the known coordinate held (forward mode: q(x_0 | x_0 = v) at abar = 1 is v)
+        assert!(x.chunks(2).all(|p| (p[1] + 0.3).abs() < 1e-7), "{case}");
+        let (m, v) = mean_var(x.chunks(2).map(|p| p[0] as f64));
+        let (want_m, want_v) = chain.moments(1.5, s, mode, (passes, jump));
+        let se = (want_v / n as f64).sqrt();
+        assert!(
+            (m - want_m).abs() < 4.0 * se,
+            "{case}: mean {m} vs {want_m}"
+        );
+        let se_v = want_v * (2.0 / n as f64).sqrt();
+        assert!(
+            (v - want_v).abs() < 4.0 * se_v,
+            "{case}: var {v} vs {want_v}"
+        );
+        if s.is_finite() {
+            // the observation moved the free coordinate: its mean is not the prior's 0
+            assert!(want_m > 20.0 * se, "{case}: {want_m}");
+        }
+    }
+    // what a DDIM step cannot take: an observation or the likelihood mode at eta = 0, and
+    // resampling at any eta
+    let refused = |c: Condition, mode, resample: bool, eta: f64| {
+        let mut given = Conditioning::new(&[c], 2, Variable::Continuous, mode).unwrap();
+        if resample {
+            given = given.resampled().unwrap();
+        }
+        let mut rng = diffusion_data::rng(5, 0);
+        let r = bound.sample_ddim_given(&model, &ddim(eta), 10, &given, &mut rng, &device, 10);
+        matches!(r, Err(ConditionError::Chain(_)))
+    };
+    let known = || Condition::new().known(1, 0.2);
+    assert!(refused(
+        Condition::new().observed(0, 1.0, 0.3),
+        ConditionMode::Constant,
+        false,
+        0.0
+    ));
+    assert!(refused(known(), ConditionMode::Likelihood, false, 0.0));
+    assert!(refused(known(), ConditionMode::Constant, true, 1.0));
+    assert!(!refused(known(), ConditionMode::Constant, false, 0.0));
 }

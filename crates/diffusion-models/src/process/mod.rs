@@ -14,7 +14,7 @@
 //! the evaluated bound cannot drift apart.
 
 pub(crate) mod binomial;
-mod chain;
+pub(crate) mod chain;
 mod decoder;
 mod gaussian;
 mod gaussian_tables;
@@ -28,6 +28,7 @@ use rand::Rng as _;
 
 pub use binomial::{BinomialBatch, BinomialBound, BinomialRows};
 pub use decoder::{Decoder, DecoderRows};
+pub(crate) use gaussian::GaussianKernel;
 pub use gaussian::{ClipRange, GaussianBatch, GaussianBound, GaussianRows};
 pub use gaussian_tables::{GaussianTables, Posterior};
 pub use respaced::{BinomialTables, Respaced, affine_map};
@@ -478,8 +479,24 @@ fn run_chains<P: Process, N: ReverseNetwork>(
     device: &Device,
     chunk_rows: usize,
 ) -> Vec<f32> {
-    let mut out = Vec::with_capacity(n * process.dim());
-    // particle systems in groups are never cut by a chunk
+    in_chunks(process.dim(), n, given, chunk_rows, rng, |m, chunk, rng| {
+        let drawn = process.trajectory_given(network, m, &[0], chunk, rng, device);
+        drawn.into_iter().flat_map(|(_, x)| x).collect()
+    })
+}
+
+/// x_0 of `n` chains (row-major, `dim` coordinates), `draw(m, condition, rng)` running `m` of
+/// them at a time, at most `chunk_rows`, with the conditions of the chains it runs; particle
+/// systems in groups are never cut by a chunk.
+pub(crate) fn in_chunks(
+    dim: usize,
+    n: usize,
+    given: Option<&Conditioning>,
+    chunk_rows: usize,
+    rng: &mut Rng,
+    mut draw: impl FnMut(usize, Option<&Conditioning>, &mut Rng) -> Vec<f32>,
+) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n * dim);
     let chunk_rows = match given.and_then(Conditioning::particle_group) {
         Some(group) => (chunk_rows / group).max(1) * group,
         None => chunk_rows,
@@ -488,9 +505,7 @@ fn run_chains<P: Process, N: ReverseNetwork>(
     while done < n {
         let m = chunk_rows.max(1).min(n - done);
         let chunk = given.map(|c| c.chunk(done, m));
-        for (_, x) in process.trajectory_given(network, m, &[0], chunk.as_ref(), rng, device) {
-            out.extend_from_slice(&x);
-        }
+        out.extend(draw(m, chunk.as_ref(), rng));
         done += m;
     }
     out

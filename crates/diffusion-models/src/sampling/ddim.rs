@@ -6,8 +6,12 @@ use diffusion_core::{Ddim, PredictionType};
 use diffusion_data::Rng;
 
 use super::normal;
+use crate::condition::{
+    ConditionError, ConditionMode, Conditioning, DeviceFactor, StepFactor, Variable,
+};
 use crate::network::ReverseNetwork;
-use crate::process::{GaussianBound, Process, host};
+use crate::process::chain::{self, ReverseChain};
+use crate::process::{GaussianBound, GaussianKernel, GaussianTables, Process, host, in_chunks};
 
 impl GaussianBound {
     /// The model's prediction of x_0 at the original step `t` for rows `x` (the edge kernel's
@@ -152,7 +156,16 @@ pub fn ddim_step(
     output: Tensor<2>,
     noise: Option<Tensor<2>>,
 ) -> Tensor<2> {
-    let (a, b, sigma, abar) = ddim.coefficients(timestep);
+    let next = ddim_mean(ddim, x, timestep, output);
+    match noise {
+        Some(z) if ddim.eta > 0.0 => next + z * ddim.coefficients(timestep).2,
+        _ => next,
+    }
+}
+
+/// The mean a x̂_0 + b ε̂ of a DDIM step (see [`ddim_step`]).
+fn ddim_mean(ddim: &Ddim, x: &Tensor<2>, timestep: usize, output: Tensor<2>) -> Tensor<2> {
+    let (a, b, _, abar) = ddim.coefficients(timestep);
     let (x0, eps) = match ddim.prediction_type {
         PredictionType::Epsilon => (
             (x.clone() - output.clone() * (1.0 - abar).sqrt()) / abar.sqrt(),
@@ -168,11 +181,7 @@ pub fn ddim_step(
     } else {
         x0
     };
-    let next = x0 * a + eps * b;
-    match noise {
-        Some(z) if ddim.eta > 0.0 => next + z * sigma,
-        _ => next,
-    }
+    x0 * a + eps * b
 }
 
 /// The DDIM chain on a device from x_T: `model(x, timestep)` gives the model's output,
@@ -190,4 +199,155 @@ pub fn ddim_loop(
         x = ddim_step(ddim, &x, i, out, z);
     }
     x
+}
+
+/// DDIM's chain as a reverse chain of the chain driver, so that a condition multiplies its
+/// steps as it does a process's (paper section 2.5; [`crate::condition`]): chain step k of K
+/// runs from the k-th of DDIM's timesteps (counted from the least noisy) to the level DDIM's
+/// step lands on, its kernel N(a x̂_0 + b ε̂, σ²), a point mass at eta = 0 (where a known value
+/// is simply held). The factors of the forward and likelihood modes take abar of the level
+/// they multiply; renoised blocks go back up through q between those levels.
+pub(crate) struct DdimChain<'a> {
+    bound: &'a GaussianBound,
+    ddim: Ddim,
+    /// The 0-based timestep of chain step k = 1..=K at index k − 1 (ascending).
+    timesteps: Vec<usize>,
+}
+
+impl<'a> DdimChain<'a> {
+    /// The chain of `ddim` (from [`GaussianBound::ddim`]) on `bound`'s network.
+    pub(crate) fn new(bound: &'a GaussianBound, ddim: Ddim) -> Self {
+        let mut timesteps = ddim.timesteps();
+        timesteps.reverse();
+        Self {
+            bound,
+            ddim,
+            timesteps,
+        }
+    }
+
+    /// abar of the chains' x_k: x_K at the noisiest timestep, x_k below it where step k + 1
+    /// lands (1 at the end with `set_alpha_to_one`).
+    fn level(&self, k: usize) -> f64 {
+        match self.timesteps.get(k) {
+            Some(&i) => self.ddim.alpha_prev(i),
+            None => self.ddim.alphas_cumprod[self.timesteps[self.timesteps.len() - 1]],
+        }
+    }
+}
+
+impl ReverseChain for DdimChain<'_> {
+    type Kernel = GaussianKernel;
+    type ChainTables = GaussianTables;
+
+    fn chain_dim(&self) -> usize {
+        self.bound.diffusion.dim()
+    }
+
+    fn chain_steps(&self) -> usize {
+        self.timesteps.len()
+    }
+
+    fn chain_tables(&self, device: &Device) -> GaussianTables {
+        self.bound.tables(device)
+    }
+
+    fn prior(&self, n: usize, conditioned: bool, rng: &mut Rng, device: &Device) -> GaussianKernel {
+        ReverseChain::prior(self.bound, n, conditioned, rng, device)
+    }
+
+    /// N(a x̂_0 + b ε̂, σ²) at DDIM's timestep of step `t`; its noise drawn when eta > 0.
+    fn kernel<N: ReverseNetwork>(
+        &self,
+        network: &N,
+        tables: &GaussianTables,
+        x: &Tensor<2>,
+        t: usize,
+        conditioned: bool,
+        rng: &mut Rng,
+        device: &Device,
+    ) -> GaussianKernel {
+        let i = self.timesteps[t - 1];
+        let output = self
+            .bound
+            .ddim_output(network, tables, x, i, self.ddim.prediction_type);
+        let mean = ddim_mean(&self.ddim, x, i, output);
+        let sigma = self.ddim.coefficients(i).2;
+        let [n, d] = x.dims();
+        let noise = (self.ddim.eta > 0.0).then(|| normal(rng, n, d, device));
+        match (conditioned, noise) {
+            (false, Some(z)) => GaussianKernel::Drawn(mean + z * sigma),
+            (false, None) => GaussianKernel::Drawn(mean),
+            (true, noise) => GaussianKernel::Moments {
+                var: mean.ones_like() * (sigma * sigma),
+                eps: noise.unwrap_or_else(|| mean.zeros_like()),
+                mean,
+            },
+        }
+    }
+
+    fn step_factor(&self, given: &Conditioning, n: usize, k: usize, rng: &mut Rng) -> StepFactor {
+        given.gaussian_step(n, self.level(k), rng)
+    }
+
+    /// q from the level of x_{t−1} up to x_t's: N(sqrt(r) x, 1 − r), r the ratio of the two
+    /// abar.
+    fn renoise(&self, x: Tensor<2>, t: usize, rng: &mut Rng, device: &Device) -> Tensor<2> {
+        let [n, d] = x.dims();
+        let r = (self.level(t) / self.level(t - 1)).min(1.0);
+        x * r.sqrt() + normal(rng, n, d, device) * (1.0 - r).sqrt()
+    }
+
+    fn twist_log(
+        &self,
+        _: &GaussianKernel,
+        _: &Tensor<2>,
+        _: usize,
+        _: &DeviceFactor,
+    ) -> Tensor<1> {
+        unreachable!("DDIM chains are not resampled (GaussianBound::sample_ddim_given refuses)")
+    }
+}
+
+impl GaussianBound {
+    /// Draws `n` samples by DDIM (`ddim` from [`GaussianBound::ddim`]) multiplied by a
+    /// condition at every step, `chunk_rows` chains at a time: known values held (constant
+    /// mode) or replaced by draws of the forward process (forward mode) at any eta; noisy
+    /// observations and the likelihood mode need a step that draws noise (eta > 0); renoised
+    /// blocks as on the other chains; no resampling.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sample_ddim_given<N: ReverseNetwork>(
+        &self,
+        network: &N,
+        ddim: &Ddim,
+        n: usize,
+        given: &Conditioning,
+        rng: &mut Rng,
+        device: &Device,
+        chunk_rows: usize,
+    ) -> Result<Vec<f32>, ConditionError> {
+        given.check(self.dim(), Variable::Continuous, n)?;
+        if given.resamples() {
+            return Err(ConditionError::Chain(
+                "resampling runs the full chain or a respaced one (--sampler respaced), not DDIM",
+            ));
+        }
+        if ddim.eta == 0.0 && (given.observes() || given.mode() == ConditionMode::Likelihood) {
+            return Err(ConditionError::Chain(
+                "a DDIM step at eta = 0 draws no noise, so only known values (constant or forward mode) can multiply it: give --eta > 0 for observations or the likelihood mode",
+            ));
+        }
+        let chain = DdimChain::new(self, ddim.clone());
+        Ok(in_chunks(
+            self.dim(),
+            n,
+            Some(given),
+            chunk_rows,
+            rng,
+            |m, chunk, rng| {
+                let drawn = chain::run(&chain, network, m, &[0], chunk, rng, device);
+                drawn.into_iter().flat_map(|(_, x)| x).collect()
+            },
+        ))
+    }
 }

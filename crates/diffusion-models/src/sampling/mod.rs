@@ -15,6 +15,7 @@ use burn::tensor::Device;
 use diffusion_core::{Ddim, Respacing, ScheduleError};
 use diffusion_data::Rng;
 
+use crate::condition::{ConditionError, Conditioning};
 use crate::network::ReverseNetwork;
 use crate::tensors::normal;
 
@@ -47,6 +48,9 @@ pub enum SamplerError {
     /// DDIM options out of range.
     #[error("{0}")]
     Invalid(String),
+    /// A condition the chain cannot take.
+    #[error(transparent)]
+    Condition(#[from] ConditionError),
 }
 
 impl Sampler {
@@ -130,6 +134,37 @@ impl crate::bound::Diffusion {
             (Sampler::Ancestral, _) => self.clone(),
         };
         Ok(chain.sample(network, n, rng, device, chunk_rows))
+    }
+
+    /// Draws `n` samples with `sampler`, multiplied by a condition at every step
+    /// ([`Diffusion::sample_given`] on the full or the respaced chain,
+    /// [`GaussianBound::sample_ddim_given`](crate::GaussianBound::sample_ddim_given) for DDIM),
+    /// `chunk_rows` chains at a time.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sample_given_with<N: ReverseNetwork>(
+        &self,
+        network: &N,
+        sampler: &Sampler,
+        n: usize,
+        given: &Conditioning,
+        rng: &mut Rng,
+        device: &Device,
+        chunk_rows: usize,
+    ) -> Result<Vec<f32>, SamplerError> {
+        use crate::bound::Diffusion;
+        sampler.check_for(self)?;
+        let chain = match (sampler, self) {
+            (Sampler::Ddim(o), Diffusion::Gaussian(g)) => {
+                let ddim = g.ddim(o.clone());
+                return Ok(g.sample_ddim_given(network, &ddim, n, given, rng, device, chunk_rows)?);
+            }
+            (Sampler::Ddim(_), Diffusion::Binomial(_)) => {
+                return Err(SamplerError::DdimNeedsGaussian);
+            }
+            (Sampler::Respaced(_), _) => self.respaced_for(sampler)?,
+            (Sampler::Ancestral, _) => self.clone(),
+        };
+        Ok(chain.sample_given(network, n, given, rng, device, chunk_rows)?)
     }
 
     /// The bound K in bits per point of the chain `sampler` runs: the respaced chain's for

@@ -184,3 +184,44 @@ fn ddim_with_eta_zero_is_deterministic_and_invertible() {
         scale[0]
     );
 }
+
+/// DDIM under an empty condition is DDIM: the same draws from the same seed, at eta 0 (against
+/// the affine fast path, equal to rounding) and at eta 0.5 (the chain's kernel drawn as the
+/// product's N(mean, σ²) instead of mean + σ z).
+#[test]
+fn an_empty_condition_on_ddim_is_ddim() {
+    use crate::condition::{Condition, ConditionMode, Conditioning, Variable};
+    let device = Device::flex();
+    let steps = 60;
+    let g = gaussian(steps, ReverseParametrization::Epsilon);
+    let net = trained(g.clone(), 2, steps);
+    let given = Conditioning::new(
+        &[Condition::new()],
+        2,
+        Variable::Continuous,
+        ConditionMode::Constant,
+    )
+    .unwrap();
+    for eta in [0.0, 0.5] {
+        let dd = ddim(&g, 12, eta);
+        let n = 300;
+        let plain = g.sample_ddim(&net, &dd, n, &mut diffusion_data::rng(8, 0), &device);
+        let cond = g
+            .sample_ddim_given(
+                &net,
+                &dd,
+                n,
+                &given,
+                &mut diffusion_data::rng(8, 0),
+                &device,
+                n,
+            )
+            .unwrap();
+        for (a, b) in plain.iter().zip(&cond) {
+            assert!(
+                (a - b).abs() < 1e-4 * (1.0 + a.abs()),
+                "eta {eta}: {a} vs {b}"
+            );
+        }
+    }
+}
