@@ -69,6 +69,9 @@ pub use upsample::{FusedUpsample, UpsampleBackward};
 
 use burn::tensor::{DType, Int, Tensor, activation};
 
+/// The slope of [`Activation::LeakyRelu`] for negative inputs (the paper's reference code's).
+pub const LEAKY_RELU_SLOPE: f32 = 0.05;
+
 /// The activations the fused layer has kernels for: each derivative is a function of the output,
 /// so the backward pass keeps only the output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -83,18 +86,22 @@ pub enum Activation {
     LogSigmoid,
     /// max(x, 0); derivative 1 where y > 0.
     Relu,
+    /// x where x > 0, [`LEAKY_RELU_SLOPE`] x elsewhere (the paper's reference code's
+    /// nonlinearity); derivative 1 where y >= 0, the slope elsewhere.
+    LeakyRelu,
     /// x: a plain affine layer (a readout); the backward pass has no element-wise step.
     Identity,
 }
 
 impl Activation {
     /// Every activation the fused layer has.
-    pub const ALL: [Activation; 6] = [
+    pub const ALL: [Activation; 7] = [
         Self::Softplus,
         Self::Sigmoid,
         Self::Tanh,
         Self::LogSigmoid,
         Self::Relu,
+        Self::LeakyRelu,
         Self::Identity,
     ];
 
@@ -107,6 +114,7 @@ impl Activation {
             Self::Tanh => activation::tanh(x),
             Self::LogSigmoid => activation::log_sigmoid(x),
             Self::Relu => activation::relu(x),
+            Self::LeakyRelu => activation::leaky_relu(x, LEAKY_RELU_SLOPE as f64),
             Self::Identity => x,
         }
     }

@@ -17,7 +17,7 @@
 // ln(1 + e), the shortest decimals of the f32 values `scripts/fit_ln_1p.py` prints.
 #![allow(clippy::excessive_precision)]
 
-use crate::Activation;
+use crate::{Activation, LEAKY_RELU_SLOPE};
 
 /// Values checked for special values before each vectorised block.
 const BLOCK: usize = 512;
@@ -169,6 +169,13 @@ fn relu(x: f32) -> f32 {
     if x <= 0.0 { 0.0 } else { x }
 }
 
+/// x, or the slope times x below 0 (NaN stays NaN; the product is Burn's `leaky_relu`'s, bit for
+/// bit).
+#[inline(always)]
+fn leaky_relu(x: f32) -> f32 {
+    if x < 0.0 { x * LEAKY_RELU_SLOPE } else { x }
+}
+
 /// 1 - e^-y for 0 <= y <= 87 without cancellation: with e^-y = 2^n (1 + q) ([`exp_reduced`]),
 /// 1 - e^-y = (1 - 2^n) - 2^n q, where 1 - 2^n is exact (0 for n = 0, where the result is -q
 /// to q's relative accuracy).
@@ -301,6 +308,7 @@ fn activate<const F: bool>(xs: &mut [f32], act: Activation) {
             map_blocks(xs, moderate, log_sigmoid_core::<F>, scalar::log_sigmoid)
         }
         Activation::Relu => xs.iter_mut().for_each(|x| *x = relu(*x)),
+        Activation::LeakyRelu => xs.iter_mut().for_each(|x| *x = leaky_relu(*x)),
         Activation::Identity => {}
     }
 }
@@ -327,6 +335,9 @@ fn derivative<const F: bool>(ys: &[f32], grads: &mut [f32], act: Activation) {
         Activation::Sigmoid => scale(ys, grads, |y| y * (1.0 - y)),
         Activation::Tanh => scale(ys, grads, |y| 1.0 - y * y),
         Activation::Relu => scale(ys, grads, |y| if y > 0.0 { 1.0 } else { 0.0 }),
+        Activation::LeakyRelu => {
+            scale(ys, grads, |y| if y >= 0.0 { 1.0 } else { LEAKY_RELU_SLOPE })
+        }
         Activation::Identity => {}
     }
 }
@@ -731,6 +742,8 @@ mod tests {
             Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
             Activation::Tanh => x.tanh(),
             Activation::Relu => x.max(0.0),
+            Activation::LeakyRelu if x < 0.0 => x * LEAKY_RELU_SLOPE as f64,
+            Activation::LeakyRelu => x,
             Activation::Identity => x,
         }
     }
@@ -814,6 +827,8 @@ mod tests {
                         Activation::Sigmoid => y * (1.0 - y),
                         Activation::Tanh => 1.0 - y * y,
                         Activation::Relu => f64::from(u8::from(y > 0.0)),
+                        Activation::LeakyRelu if y < 0.0 => LEAKY_RELU_SLOPE as f64,
+                        Activation::LeakyRelu => 1.0,
                         Activation::Identity => 1.0,
                     };
                     let err = ulps(g, want);

@@ -4,9 +4,9 @@
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Initializer, Linear, LinearConfig, PaddingConfig2d};
-use burn::tensor::activation::leaky_relu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use diffusion_data::ImageShape;
+use diffusion_kernels::{Activation, Shift};
 use serde::{Deserialize, Serialize};
 
 use super::{ImageConfigError, conv, mean_pool2, repeat2, to_images, to_rows};
@@ -15,8 +15,13 @@ use crate::network::ReverseNetwork;
 /// The largest value of any of the config's sizes.
 const MAX_SIZE: usize = 1 << 14;
 
-/// The leaky ReLU's slope for negative inputs (the reference code's nonlinearity).
-const LEAKY_SLOPE: f64 = 0.05;
+/// The reference code's nonlinearity, the leaky ReLU of slope 0.05
+/// ([`diffusion_kernels::LEAKY_RELU_SLOPE`]), in one vectorised pass each way on flex.
+fn leaky_relu(x: Tensor<4>) -> Tensor<4> {
+    let dims = x.dims();
+    let rows = x.reshape([dims[0], dims[1] * dims[2] * dims[3]]);
+    diffusion_kernels::activate(rows, Activation::LeakyRelu).reshape(dims)
+}
 
 /// The shape of a [`PaperConvNet`] (the `[model.conv]` table of a config), with the reference
 /// code's names and MNIST defaults.
@@ -312,7 +317,8 @@ impl MultiScaleConv {
             });
         }
         let sum = sum.expect("at least one scale");
-        leaky_relu(sum / self.scales.len() as f64, LEAKY_SLOPE)
+        let scales = self.scales.len();
+        leaky_relu(if scales > 1 { sum / scales as f64 } else { sum })
     }
 }
 
@@ -358,7 +364,13 @@ impl PaperConvNet {
         if !self.dense.is_empty() {
             let mut z = x_t;
             for layer in &self.dense {
-                z = leaky_relu(layer.forward(z), LEAKY_SLOPE);
+                z = diffusion_kernels::linear_activation(
+                    z,
+                    layer.weight.val(),
+                    layer.bias.as_ref().map(|b| b.val()),
+                    Shift::None,
+                    Activation::LeakyRelu,
+                );
             }
             let z = z
                 .reshape([n, height, width, self.dense_output])
@@ -369,7 +381,7 @@ impl PaperConvNet {
         for (i, layer) in self.upper.iter().enumerate() {
             y = conv(layer, y);
             if i < last {
-                y = leaky_relu(y, LEAKY_SLOPE);
+                y = leaky_relu(y);
             }
         }
         y
