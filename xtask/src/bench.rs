@@ -85,6 +85,14 @@ fn workloads(quick: bool) -> Vec<Workload> {
         64,
         scale(40),
     ));
+    v.push(train_workload(
+        "train MNIST paper network (configs/mnist_paper.toml, 28x28, T = 1000)",
+        "configs/mnist_paper.toml",
+        "mnist_paper",
+        None,
+        128,
+        scale(40),
+    ));
     for (what, metric, unit) in [
         ("sample", "point_steps_per_s", "points x steps/s"),
         ("evaluate", "rows_per_s", "(point, t) rows/s"),
