@@ -268,15 +268,7 @@ class Mnist:
     steps, d = 1000, 784
 
     def __init__(self):
-        import gzip
-        import os
-
-        root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "datasets", "mnist")
-        with gzip.open(os.path.join(root, "train-images-idx3-ubyte.gz")) as f:
-            raw = f.read()[16:]
-        pixels = torch.frombuffer(bytearray(raw), dtype=torch.uint8).reshape(-1, 784).float()
-        self.mean, self.scale = pixels.mean(), (pixels.var() + 1 / 12).sqrt()
-        self.pixels = pixels
+        self.load()
         T, s = self.steps, 0.008
         f = [math.cos((k / T + s) / (1 + s) * math.pi / 2) ** 2 for k in range(T + 1)]
         beta = torch.tensor([0.0] + [min(1 - f[k] / f[k - 1], 0.999) for k in range(1, T + 1)], dtype=torch.float64)
@@ -294,6 +286,17 @@ class Mnist:
         self.inv_sqrt_alpha = (1 / (1 - beta).sqrt()).float()
         self.constant = 0.0
         self.model = UNet()
+
+    def load(self):
+        import gzip
+        import os
+
+        root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "datasets", "mnist")
+        with gzip.open(os.path.join(root, "train-images-idx3-ubyte.gz")) as f:
+            raw = f.read()[16:]
+        pixels = torch.frombuffer(bytearray(raw), dtype=torch.uint8).reshape(-1, 784).float()
+        self.mean, self.scale = pixels.mean(), (pixels.var() + 1 / 12).sqrt()
+        self.pixels = pixels
 
     def sample(self, n):
         # the reverse chain of `diffusion sample` (every step): the mean from x_0's estimate,
@@ -385,7 +388,7 @@ class MnistPaper(Mnist):
     dequantised pixels; sampling ends with the fixed edge step."""
 
     def __init__(self):
-        super().__init__()
+        self.load()
         T = self.steps
         grid = torch.linspace(T, 2, T, dtype=torch.float64)
         m = torch.full((T,), 1e-6, dtype=torch.float64)

@@ -134,15 +134,17 @@ impl Ddim {
                 let ratio = t / k;
                 (0..k).rev().map(|i| i * ratio).collect()
             }
+            // diffusers' round(arange(T, 0, -T / K)) - 1, NumPy's values T + i d with its step
+            // d = (T - T / K) - T; always K of them, where NumPy's length, rounded up from a
+            // float quotient, gives one more (ending at -1) for some K (62 of 1..=1000 at T = 1000)
             TimestepSpacing::Trailing => {
                 let ratio = t as f64 / k as f64;
-                let mut v = Vec::new();
-                let mut x = t as f64;
-                while x > 0.0 {
-                    v.push((x.round_ties_even() as i64 - 1).max(0) as usize);
-                    x -= ratio;
-                }
-                v
+                let d = (t as f64 - ratio) - t as f64;
+                (0..k)
+                    .map(|i| {
+                        ((t as f64 + i as f64 * d).round_ties_even() as i64 - 1).max(0) as usize
+                    })
+                    .collect()
             }
             TimestepSpacing::Linspace => (0..k)
                 .rev()
@@ -273,5 +275,32 @@ mod tests {
         assert!(Respacing::even(10, 11).is_err());
         assert!(Respacing::new(10, vec![3, 2, 10]).is_err());
         assert!(Respacing::new(10, vec![1, 5]).is_err());
+    }
+
+    /// Trailing timesteps are NumPy's round(arange(T, 0, -T / K)) - 1, K of them for every K
+    /// (values from NumPy 2: K = 3 and 61 at T = 1000, where NumPy's float length adds a 62nd
+    /// step at -1; K = 7 at T = 40).
+    #[test]
+    fn trailing_timesteps_are_numpys_and_k_of_them() {
+        let ddim = |t: usize, k: usize| Ddim {
+            alphas_cumprod: vec![0.5; t],
+            steps: k,
+            eta: 0.0,
+            timestep_spacing: TimestepSpacing::Trailing,
+            clip_sample: false,
+            clip_sample_range: 1.0,
+            set_alpha_to_one: true,
+            prediction_type: PredictionType::Epsilon,
+        };
+        assert_eq!(ddim(1000, 3).timesteps(), [999, 666, 332]);
+        let t61 = ddim(1000, 61).timesteps();
+        assert_eq!(t61[..3], [999, 983, 966]);
+        assert_eq!(t61[58..], [48, 32, 15]);
+        assert_eq!(ddim(40, 7).timesteps(), [39, 33, 28, 22, 16, 10, 5]);
+        for k in 1..=1000 {
+            let ts = ddim(1000, k).timesteps();
+            assert_eq!(ts.len(), k, "K = {k}");
+            assert!(ts.windows(2).all(|w| w[0] > w[1]), "K = {k}: {ts:?}");
+        }
     }
 }

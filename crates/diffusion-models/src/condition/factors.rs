@@ -37,7 +37,8 @@ impl Conditioning {
                     (y / a, ((1.0 - abar) + s2) / abar)
                 }
             };
-            if var > 0.0 {
+            // (tested in f32, as stored: a variance that underflows there is a known value)
+            if var as f32 > 0.0 {
                 f.set_soft(j, value as f32, var as f32);
             } else {
                 f.set_known(j, value as f32);

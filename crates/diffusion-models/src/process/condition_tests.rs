@@ -852,31 +852,39 @@ fn conditioned_ddim_chains_match_their_recursion() {
     let bound = gaussian(steps, 2);
     let model = ModelConfig::default().init(2, 4, steps, &device);
     let g = &bound.diffusion;
-    let ddim = |eta: f64| {
+    let ddim = |eta: f64, (spacing, steps, last_to_one): (TimestepSpacing, usize, bool)| {
         bound.ddim(Ddim {
             alphas_cumprod: Vec::new(),
-            steps: 8,
+            steps,
             eta,
-            timestep_spacing: TimestepSpacing::Leading,
+            timestep_spacing: spacing,
             clip_sample: false,
             clip_sample_range: 1.0,
-            set_alpha_to_one: true,
+            set_alpha_to_one: last_to_one,
             prediction_type: PredictionType::Epsilon,
         })
     };
     let n = 20_000;
+    // leading spacing, 8 steps; linspace, 7 steps, where the level a step lands on
+    // (timestep - T / K) is not the next step's timestep; the last step to abar_1
+    let leading = (TimestepSpacing::Leading, 8, true);
+    let linspace = (TimestepSpacing::Linspace, 7, true);
+    let short = (TimestepSpacing::Leading, 8, false);
     let cases = [
-        (1.0, ConditionMode::Constant, (1, 1), 0.5),
-        (1.0, ConditionMode::Forward, (1, 1), 0.5),
-        (1.0, ConditionMode::Likelihood, (1, 1), 0.5),
-        (0.5, ConditionMode::Constant, (1, 1), 0.5),
-        (0.5, ConditionMode::Constant, (3, 2), 0.5),
-        (0.5, ConditionMode::Forward, (3, 2), 0.5),
-        (0.0, ConditionMode::Constant, (1, 1), f64::INFINITY),
-        (0.0, ConditionMode::Forward, (3, 2), f64::INFINITY),
+        (1.0, ConditionMode::Constant, (1, 1), 0.5, leading),
+        (1.0, ConditionMode::Forward, (1, 1), 0.5, leading),
+        (1.0, ConditionMode::Likelihood, (1, 1), 0.5, leading),
+        (0.5, ConditionMode::Constant, (1, 1), 0.5, leading),
+        (0.5, ConditionMode::Constant, (3, 2), 0.5, leading),
+        (0.5, ConditionMode::Forward, (3, 2), 0.5, leading),
+        (0.0, ConditionMode::Constant, (1, 1), f64::INFINITY, leading),
+        (0.0, ConditionMode::Forward, (3, 2), f64::INFINITY, leading),
+        (1.0, ConditionMode::Forward, (1, 1), 0.5, linspace),
+        (0.5, ConditionMode::Likelihood, (3, 2), 0.5, linspace),
+        (1.0, ConditionMode::Forward, (3, 2), 0.5, short),
     ];
-    for (eta, mode, (passes, jump), s) in cases {
-        let dd = ddim(eta);
+    for (eta, mode, (passes, jump), s, chain_kind) in cases {
+        let dd = ddim(eta, chain_kind);
         // chain step k = 1..=8 runs from timestep ts[k - 1] (0-based; step t = ts + 1)
         let mut ts = dd.timesteps();
         ts.reverse();
@@ -894,9 +902,12 @@ fn conditioned_ddim_chains_match_their_recursion() {
             let l = a * gain + b * (1.0 - abar.sqrt() * gain) / (1.0 - abar).sqrt();
             (l, sigma * sigma)
         };
+        // abar of x_k: where step k + 1 lands (its coefficient a = sqrt(abar_prev)), x_K at
+        // the noisiest timestep, x_0 at 1
         let level = |k: usize| match ts.get(k) {
-            Some(&i) => dd.alpha_prev(i),
-            None => dd.alphas_cumprod[ts[ts.len() - 1]],
+            _ if k == 0 => 1.0,
+            Some(&i) => dd.coefficients(i).0.powi(2),
+            None => dd.coefficients(ts[ts.len() - 1]).3,
         };
         let renoise = |k: usize| {
             let r = level(k) / level(k - 1);
@@ -921,7 +932,7 @@ fn conditioned_ddim_chains_match_their_recursion() {
         let x = bound
             .sample_ddim_given(&model, &dd, n, &given, &mut rng, &device, 8192)
             .unwrap();
-        let case = format!("eta {eta}, {mode:?}, {passes}x{jump}");
+        let case = format!("eta {eta}, {mode:?}, {passes}x{jump}, {chain_kind:?}");
         // the known coordinate held (forward mode: q(x_0 | x_0 = v) at abar = 1 is v)
         assert!(x.chunks(2).all(|p| (p[1] + 0.3).abs() < 1e-7), "{case}");
         let (m, v) = mean_var(x.chunks(2).map(|p| p[0] as f64));
@@ -949,7 +960,8 @@ fn conditioned_ddim_chains_match_their_recursion() {
             given = given.resampled().unwrap();
         }
         let mut rng = diffusion_data::rng(5, 0);
-        let r = bound.sample_ddim_given(&model, &ddim(eta), 10, &given, &mut rng, &device, 10);
+        let dd = ddim(eta, (TimestepSpacing::Leading, 8, true));
+        let r = bound.sample_ddim_given(&model, &dd, 10, &given, &mut rng, &device, 10);
         matches!(r, Err(ConditionError::Chain(_)))
     };
     let known = || Condition::new().known(1, 0.2);

@@ -227,9 +227,11 @@ impl<'a> DdimChain<'a> {
     }
 
     /// abar of the chains' x_k: x_K at the noisiest timestep, x_k below it where step k + 1
-    /// lands (1 at the end with `set_alpha_to_one`).
+    /// lands, and 1 for x_0, the sample (also where `set_alpha_to_one` is off and the last step
+    /// lands on abar_1: the factor there is r itself, so known values come out as given).
     fn level(&self, k: usize) -> f64 {
         match self.timesteps.get(k) {
+            _ if k == 0 => 1.0,
             Some(&i) => self.ddim.alpha_prev(i),
             None => self.ddim.alphas_cumprod[self.timesteps[self.timesteps.len() - 1]],
         }
