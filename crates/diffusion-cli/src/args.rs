@@ -276,7 +276,7 @@ pub struct ConditionArgs {
     pub condition_mode: Mode,
     /// Run the constant-r chains as a particle system: weigh each chain by how well the model's
     /// kernel agrees with r and resample (sequential Monte Carlo), so that the samples tend to
-    /// the model's own p(x_0) r(x_0). One condition for all samples.
+    /// the model's own p(x_0) r(x_0). On the full or a respaced chain (not DDIM's).
     #[arg(long)]
     pub resample: bool,
     /// Draw every block of --renoise-jump steps R times (RePaint's resampling): between draws
