@@ -137,7 +137,7 @@ impl crate::bound::Diffusion {
     }
 
     /// Draws `n` samples with `sampler`, multiplied by a condition at every step
-    /// ([`Diffusion::sample_given`] on the full or the respaced chain,
+    /// ([`Diffusion::sample_given`](crate::bound::Diffusion::sample_given) on the full or the respaced chain,
     /// [`GaussianBound::sample_ddim_given`](crate::GaussianBound::sample_ddim_given) for DDIM),
     /// `chunk_rows` chains at a time.
     #[allow(clippy::too_many_arguments)]
