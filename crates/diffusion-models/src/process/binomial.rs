@@ -419,19 +419,6 @@ fn uniform(len: usize, rng: &mut Rng) -> Vec<f32> {
 
 impl ReverseChain for BinomialBound {
     type Kernel = BinaryKernel;
-    type ChainTables = <Self as Process>::Tables;
-
-    fn chain_dim(&self) -> usize {
-        self.dim()
-    }
-
-    fn chain_steps(&self) -> usize {
-        self.steps()
-    }
-
-    fn chain_tables(&self, device: &Device) -> Self::ChainTables {
-        self.tables(device)
-    }
 
     /// Bernoulli(pi) bits.
     fn prior(&self, n: usize, _: bool, _: &mut Rng, _: &Device) -> BinaryKernel {

@@ -10,17 +10,14 @@ use std::sync::Arc;
 use burn::tensor::{Device, Tensor};
 use diffusion_data::Rng;
 
-use super::host;
+use super::{Process, host};
 use crate::condition::{ConditionMode, Conditioning, DeviceFactor, Particles, StepFactor};
 use crate::network::ReverseNetwork;
 
-/// What the chain driver needs of a reverse chain: its shape, its kernels and its factors. The
-/// processes are reverse chains ([`Process`](super::Process)), and so is DDIM's
-/// (`crate::sampling::DdimChain`).
-pub(crate) trait ReverseChain {
-    /// One step's kernel.
-    type Kernel: StepKernel;
-    /// What the kernels need on the device (a process's [`Process::Tables`](super::Process)).
+/// A reverse chain's shape and the tables its kernels read: every [`Process`]'s own, and
+/// DDIM's (`crate::sampling::DdimChain`).
+pub(crate) trait ChainShape {
+    /// What the kernels need on the device.
     type ChainTables;
     /// The coordinates of one chain.
     fn chain_dim(&self) -> usize;
@@ -28,6 +25,29 @@ pub(crate) trait ReverseChain {
     fn chain_steps(&self) -> usize;
     /// The kernels' tables on `device`.
     fn chain_tables(&self, device: &Device) -> Self::ChainTables;
+}
+
+impl<P: Process> ChainShape for P {
+    type ChainTables = P::Tables;
+
+    fn chain_dim(&self) -> usize {
+        self.dim()
+    }
+
+    fn chain_steps(&self) -> usize {
+        self.steps()
+    }
+
+    fn chain_tables(&self, device: &Device) -> P::Tables {
+        self.tables(device)
+    }
+}
+
+/// What the chain driver needs of a reverse chain: its shape, its kernels and its factors. The
+/// processes are reverse chains, and so is DDIM's (`crate::sampling::DdimChain`).
+pub(crate) trait ReverseChain: ChainShape {
+    /// One step's kernel.
+    type Kernel: StepKernel;
     /// p(x_T) for `n` chains. `conditioned`: a factor will multiply it.
     fn prior(&self, n: usize, conditioned: bool, rng: &mut Rng, device: &Device) -> Self::Kernel;
     /// p(x_{t-1} | x_t) for the chains `x` (`[n, d]`) at step `t` (T down to 1: at t = 1 the

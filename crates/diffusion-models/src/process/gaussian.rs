@@ -462,19 +462,6 @@ impl StepKernel for GaussianKernel {
 
 impl ReverseChain for GaussianBound {
     type Kernel = GaussianKernel;
-    type ChainTables = <Self as Process>::Tables;
-
-    fn chain_dim(&self) -> usize {
-        self.dim()
-    }
-
-    fn chain_steps(&self) -> usize {
-        self.steps()
-    }
-
-    fn chain_tables(&self, device: &Device) -> Self::ChainTables {
-        self.tables(device)
-    }
 
     fn prior(&self, n: usize, conditioned: bool, rng: &mut Rng, device: &Device) -> GaussianKernel {
         let eps = normal(rng, n, self.diffusion.dim(), device);

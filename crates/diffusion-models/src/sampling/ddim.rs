@@ -10,7 +10,7 @@ use crate::condition::{
     ConditionError, ConditionMode, Conditioning, DeviceFactor, StepFactor, Variable,
 };
 use crate::network::ReverseNetwork;
-use crate::process::chain::{self, ReverseChain};
+use crate::process::chain::{self, ChainShape, ReverseChain};
 use crate::process::{GaussianBound, GaussianKernel, GaussianTables, Process, host, in_chunks};
 
 impl GaussianBound {
@@ -238,8 +238,7 @@ impl<'a> DdimChain<'a> {
     }
 }
 
-impl ReverseChain for DdimChain<'_> {
-    type Kernel = GaussianKernel;
+impl ChainShape for DdimChain<'_> {
     type ChainTables = GaussianTables;
 
     fn chain_dim(&self) -> usize {
@@ -253,6 +252,10 @@ impl ReverseChain for DdimChain<'_> {
     fn chain_tables(&self, device: &Device) -> GaussianTables {
         self.bound.tables(device)
     }
+}
+
+impl ReverseChain for DdimChain<'_> {
+    type Kernel = GaussianKernel;
 
     fn prior(&self, n: usize, conditioned: bool, rng: &mut Rng, device: &Device) -> GaussianKernel {
         ReverseChain::prior(self.bound, n, conditioned, rng, device)

@@ -17,6 +17,7 @@ use diffusion_data::Rng;
 
 use crate::condition::{ConditionError, Conditioning};
 use crate::network::ReverseNetwork;
+use crate::process::in_chunks;
 use crate::tensors::normal;
 
 mod ddim;
@@ -102,7 +103,28 @@ impl Sampler {
     }
 }
 
+/// The chain a [`Sampler`] runs on a run: DDIM's on a Gaussian process, or a process (the full
+/// chain, or the respaced one as a process of its own).
+enum Chain<'a> {
+    Ddim(&'a crate::GaussianBound, Ddim),
+    Process(crate::bound::Diffusion),
+}
+
 impl crate::bound::Diffusion {
+    /// The chain `sampler` runs on this process, its options checked.
+    fn chain_of(&self, sampler: &Sampler) -> Result<Chain<'_>, SamplerError> {
+        use crate::bound::Diffusion;
+        sampler.check_for(self)?;
+        Ok(match (sampler, self) {
+            (Sampler::Ddim(o), Diffusion::Gaussian(g)) => Chain::Ddim(g, g.ddim(o.clone())),
+            (Sampler::Ddim(_), Diffusion::Binomial(_)) => {
+                return Err(SamplerError::DdimNeedsGaussian);
+            }
+            (Sampler::Respaced(_), _) => Chain::Process(self.respaced_for(sampler)?),
+            (Sampler::Ancestral, _) => Chain::Process(self.clone()),
+        })
+    }
+
     /// Draws `n` samples with `sampler`, `chunk_rows` chains at a time.
     pub fn sample_with<N: ReverseNetwork>(
         &self,
@@ -113,33 +135,18 @@ impl crate::bound::Diffusion {
         device: &Device,
         chunk_rows: usize,
     ) -> Result<Vec<f32>, SamplerError> {
-        use crate::bound::Diffusion;
-        sampler.check_for(self)?;
-        let chain = match (sampler, self) {
-            (Sampler::Ddim(o), Diffusion::Gaussian(g)) => {
-                let ddim = g.ddim(o.clone());
-                let mut out = Vec::with_capacity(n * self.dim());
-                let mut done = 0;
-                while done < n {
-                    let m = chunk_rows.max(1).min(n - done);
-                    out.extend(g.sample_ddim(network, &ddim, m, rng, device));
-                    done += m;
-                }
-                return Ok(out);
-            }
-            (Sampler::Ddim(_), Diffusion::Binomial(_)) => {
-                return Err(SamplerError::DdimNeedsGaussian);
-            }
-            (Sampler::Respaced(_), _) => self.respaced_for(sampler)?,
-            (Sampler::Ancestral, _) => self.clone(),
-        };
-        Ok(chain.sample(network, n, rng, device, chunk_rows))
+        Ok(match self.chain_of(sampler)? {
+            Chain::Ddim(g, ddim) => in_chunks(self.dim(), n, None, chunk_rows, rng, |m, _, rng| {
+                g.sample_ddim(network, &ddim, m, rng, device)
+            }),
+            Chain::Process(chain) => chain.sample(network, n, rng, device, chunk_rows),
+        })
     }
 
     /// Draws `n` samples with `sampler`, multiplied by a condition at every step
-    /// ([`Diffusion::sample_given`](crate::bound::Diffusion::sample_given) on the full or the respaced chain,
-    /// [`GaussianBound::sample_ddim_given`](crate::GaussianBound::sample_ddim_given) for DDIM),
-    /// `chunk_rows` chains at a time.
+    /// ([`Diffusion::sample_given`](crate::bound::Diffusion::sample_given) on the full or the
+    /// respaced chain, [`GaussianBound::sample_ddim_given`](crate::GaussianBound::sample_ddim_given)
+    /// for DDIM), `chunk_rows` chains at a time.
     #[allow(clippy::too_many_arguments)]
     pub fn sample_given_with<N: ReverseNetwork>(
         &self,
@@ -151,20 +158,14 @@ impl crate::bound::Diffusion {
         device: &Device,
         chunk_rows: usize,
     ) -> Result<Vec<f32>, SamplerError> {
-        use crate::bound::Diffusion;
-        sampler.check_for(self)?;
-        let chain = match (sampler, self) {
-            (Sampler::Ddim(o), Diffusion::Gaussian(g)) => {
-                let ddim = g.ddim(o.clone());
-                return Ok(g.sample_ddim_given(network, &ddim, n, given, rng, device, chunk_rows)?);
+        Ok(match self.chain_of(sampler)? {
+            Chain::Ddim(g, ddim) => {
+                g.sample_ddim_given(network, &ddim, n, given, rng, device, chunk_rows)?
             }
-            (Sampler::Ddim(_), Diffusion::Binomial(_)) => {
-                return Err(SamplerError::DdimNeedsGaussian);
+            Chain::Process(chain) => {
+                chain.sample_given(network, n, given, rng, device, chunk_rows)?
             }
-            (Sampler::Respaced(_), _) => self.respaced_for(sampler)?,
-            (Sampler::Ancestral, _) => self.clone(),
-        };
-        Ok(chain.sample_given(network, n, given, rng, device, chunk_rows)?)
+        })
     }
 
     /// The bound K in bits per point of the chain `sampler` runs: the respaced chain's for
