@@ -93,6 +93,11 @@ fn fused_convolution_matches_burns_values_and_gradients() {
         [5, 8, 8, 8, 8, 3, 2, 1],
         [3, 6, 7, 7, 5, 3, 2, 1],
         [4, 12, 6, 5, 7, 1, 1, 0],
+        // 1x1 kernels in registers (the last vector of pixels overlapping the one before),
+        // and one whose images are narrower than a vector (the matrix product)
+        [5, 33, 7, 7, 17, 1, 1, 0],
+        [3, 6, 28, 28, 16, 1, 1, 0],
+        [2, 3, 3, 3, 4, 1, 1, 0],
         [17, 3, 6, 6, 4, 3, 1, 0],
         [2, 2, 4, 4, 3, 3, 1, 2],
         [3, 2, 9, 8, 4, 3, 2, 0],
@@ -246,6 +251,8 @@ fn convolution_plus_a_shift_or_a_residual_matches_burns_values_and_gradients() {
         ([3, 4, 7, 7, 6, 3, 2, 1], Some(3)),
         ([4, 3, 6, 5, 5, 3, 1, 1], None),
         ([2, 6, 5, 5, 6, 1, 1, 0], None),
+        ([3, 5, 7, 7, 9, 1, 1, 0], Some(3)),
+        ([3, 5, 7, 7, 9, 1, 1, 0], Some(1)),
     ] {
         let [n, ci, h, w, co, k, stride, padding] = case;
         let results: Vec<Vec<Vec<f32>>> = [true, false]

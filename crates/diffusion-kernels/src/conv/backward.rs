@@ -10,11 +10,11 @@ use burn::tensor::TensorData;
 use rayon::prelude::*;
 
 use super::columns::{col2im, columns, product, tile_rows, tiles};
-use super::direct;
 use super::{
     ConvBackward, Dims, Start, convolve, convolve_flat, images_per_task, scratch,
     transposed_weights, values,
 };
+use super::{direct, pointwise};
 use crate::ConvSpec;
 use crate::flex::contiguous;
 use crate::math::Isa;
@@ -49,6 +49,9 @@ impl Pass<'_> {
         let mut db = vec![0.0f32; if want_b { d.c_out } else { 0 }];
         let first = task * self.per;
         let count = self.per.min(d.n - first);
+        // a 1x1 kernel's weight gradient over the task's images at once, in registers
+        let isa = Isa::detect();
+        let pointwise = d.direct() && pointwise::available(isa, pixels);
         let needs_col = want_w && !d.direct();
         let mut col = scratch(if needs_col {
             rows * tile_rows(d) * d.w_out
@@ -64,13 +67,23 @@ impl Pass<'_> {
             if want_b {
                 add_bias_grad(&mut db, g, pixels);
             }
-            if want_w {
+            if want_w && !pointwise {
                 add_weight_grad(d, image, g, &mut col, &mut dw, j > 0);
             }
             if let Some(dx_chunk) = dx_chunk.as_deref_mut() {
                 let dx_image = &mut dx_chunk[j * in_len..][..in_len];
                 input_grad(d, g, self.ws, &mut dcol, dx_image);
             }
+        }
+        if want_w && pointwise {
+            let plane = pointwise::Plane {
+                c_in: d.c_in,
+                c_out: d.c_out,
+                pixels,
+            };
+            let xs = &self.xs[first * in_len..][..count * in_len];
+            let gs = &self.gs[first * out_len..][..count * out_len];
+            pointwise::weight_grad(isa, plane, count, xs, gs, &mut dw);
         }
         (dw, db)
     }

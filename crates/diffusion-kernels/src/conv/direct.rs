@@ -88,7 +88,7 @@ pub(crate) fn available(isa: Isa) -> bool {
 /// that the accumulators may take all 32 vector registers (without it, the zeroing that
 /// starts them is a 128-bit instruction limited to the first 16).
 #[cfg(target_arch = "x86_64")]
-fn has_vl() -> bool {
+pub(super) fn has_vl() -> bool {
     std::is_x86_feature_detected!("avx512vl")
 }
 
@@ -334,7 +334,7 @@ pub(crate) fn weight_grad(isa: Isa, f: &Flat, planes: &[f32], gplanes: &[f32], d
 }
 
 /// A vector of f32 lanes.
-trait Vector: Copy {
+pub(in crate::conv) trait Vector: Copy {
     const LANES: usize;
     unsafe fn zero() -> Self;
     unsafe fn load(p: *const f32) -> Self;
@@ -343,15 +343,17 @@ trait Vector: Copy {
     unsafe fn fma(self, a: Self, b: Self) -> Self;
     unsafe fn store(self, p: *mut f32);
     unsafe fn sum(self) -> f32;
+    unsafe fn add(self, other: Self) -> Self;
+    unsafe fn mul(self, other: Self) -> Self;
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(in crate::conv) mod x86 {
     use super::Vector;
     use std::arch::x86_64::*;
 
     #[derive(Clone, Copy)]
-    pub(super) struct Avx512(__m512);
+    pub(in crate::conv) struct Avx512(__m512);
 
     /// A block's channels of the output `[c_out, h, w]` itself: each vector of flat positions
     /// with its discarded positions squeezed out (AVX-512's compress) and stored at its first
@@ -395,7 +397,7 @@ mod x86 {
         }
     }
     #[derive(Clone, Copy)]
-    pub(super) struct Avx2(__m256);
+    pub(in crate::conv) struct Avx2(__m256);
 
     // SAFETY (every method): called only from functions compiled with the features named
     impl Vector for Avx512 {
@@ -423,6 +425,14 @@ mod x86 {
         #[inline(always)]
         unsafe fn sum(self) -> f32 {
             unsafe { _mm512_reduce_add_ps(self.0) }
+        }
+        #[inline(always)]
+        unsafe fn add(self, other: Self) -> Self {
+            unsafe { Avx512(_mm512_add_ps(self.0, other.0)) }
+        }
+        #[inline(always)]
+        unsafe fn mul(self, other: Self) -> Self {
+            unsafe { Avx512(_mm512_mul_ps(self.0, other.0)) }
         }
     }
 
@@ -458,6 +468,14 @@ mod x86 {
                 let pairs = _mm_add_ps(half, _mm_movehl_ps(half, half));
                 _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps(pairs, pairs, 1)))
             }
+        }
+        #[inline(always)]
+        unsafe fn add(self, other: Self) -> Self {
+            unsafe { Avx2(_mm256_add_ps(self.0, other.0)) }
+        }
+        #[inline(always)]
+        unsafe fn mul(self, other: Self) -> Self {
+            unsafe { Avx2(_mm256_mul_ps(self.0, other.0)) }
         }
     }
 }

@@ -34,6 +34,7 @@ use rayon::prelude::*;
 mod backward;
 mod columns;
 mod direct;
+mod pointwise;
 
 use crate::ConvSpec;
 use crate::flex::{contiguous, record_op, register_gradients};
@@ -343,6 +344,35 @@ fn convolve(d: &Dims, xs: &[f32], ws: &[f32], start: Start<'_>) -> Vec<f32> {
                 }
             });
         // SAFETY: every image's output was written by `convolve_flat`
+        unsafe { out.set_len(total) };
+        return out;
+    }
+    let isa = Isa::detect();
+    if d.direct() && pointwise::available(isa, pixels) {
+        let plane = pointwise::Plane {
+            c_in: d.c_in,
+            c_out: d.c_out,
+            pixels,
+        };
+        let wt = pointwise::block_weights(d.c_out, d.c_in, ws);
+        let zeros = vec![0.0f32; d.c_out];
+        out.spare_capacity_mut()[..total]
+            .par_chunks_mut(per * out_len)
+            .enumerate()
+            .for_each(|(task, outs)| {
+                let mut bases = Vec::with_capacity(d.c_out);
+                for (j, o) in outs.chunks_mut(out_len).enumerate() {
+                    let i = task * per + j;
+                    let residual = start.image(i, d.c_out, pixels, &mut bases);
+                    let bases = match start {
+                        Start::Nothing => zeros.as_slice(),
+                        _ => bases.as_slice(),
+                    };
+                    let image = &xs[i * in_len..][..in_len];
+                    pointwise::forward(isa, plane, (image, &wt), (bases, residual), o);
+                }
+            });
+        // SAFETY: every image's output was written by `pointwise::forward`
         unsafe { out.set_len(total) };
         return out;
     }
