@@ -12,7 +12,9 @@ digits it takes the k training digits whose right halves are nearest to the test
 left half beside the test digit's right half; then it labels that completion with the same
 classifier as `evaluate-conditional` (10 nearest training digits, most votes, ties to the
 nearest voter). k = 1 is the single best match; larger k a broader nonparametric estimate of
-the conditional. Printed as one JSON object. Needs numpy only.
+the conditional. Beside each draw it scores the mean of the k donors' left halves, the
+estimate of the conditional mean that `--average` gives a model's completions. Printed as one
+JSON object. Needs numpy only.
 """
 
 import argparse
@@ -69,9 +71,13 @@ def main():
         completion = test.copy()
         completion[:, :, :14] = train[donor, :, :14]
         got = knn_label(completion.reshape(len(test), -1), flat, train_labels)
+        mean = test.copy()
+        mean[:, :, :14] = train[near[:, :k], :, :14].mean(axis=1)
+        got_mean = knn_label(mean.reshape(len(test), -1), flat, train_labels)
         report[f"donors_{k}"] = {
             "label_accuracy": float((got == test_labels).mean()),
             "donor_label_accuracy": float((train_labels[donor] == test_labels).mean()),
+            "mean_label_accuracy": float((got_mean == test_labels).mean()),
         }
     print(json.dumps(report))
 

@@ -531,6 +531,44 @@ fn held_out_images_are_inpainted_and_denoised() {
         }
     }
 
+    // each completion the mean of three passes' draws: the known pixels as given, a smaller
+    // error than the single draws' (the squared error is convex in the completion); one pass
+    // is the plain draws
+    let mut args = vec!["evaluate-conditional", "--run", r, "--json"];
+    args.extend(inpaint);
+    args.extend(chain);
+    args.extend(["--average", "3", "--labels", s(&tl), "--test-labels", s(&vl)]);
+    let averaged = json(&run(&args));
+    assert_eq!(averaged["averaged_draws"], 3);
+    assert_eq!(f(&averaged, "known_max_change"), 0.0);
+    assert!(
+        f(&averaged, "mse") < f(&averaged, "draw_mse"),
+        "{averaged}"
+    );
+    let draws_labelled = f(&averaged, "draw_label_accuracy") * 36.0;
+    assert!((draws_labelled - draws_labelled.round()).abs() < 1e-9, "{averaged}");
+    for (average, name) in [("1", "once.npy"), ("3", "mean.npy")] {
+        let file = dir.join(name);
+        let mut args = vec!["sample", "--run", r, "-n", "12", "--out", s(&file)];
+        args.extend(inpaint);
+        args.extend(chain);
+        args.extend(["--average", average]);
+        run(&args);
+        let got = io::read(&file).unwrap();
+        if average == "1" {
+            assert_eq!(got.data, filled.data, "--average 1 is the plain draws");
+            continue;
+        }
+        for i in 0..12 {
+            for (j, (&a, &b)) in got.row(i).iter().zip(truth.row(i)).enumerate() {
+                if j % SIDE >= SIDE / 2 {
+                    assert_eq!(a, b, "averaged, image {i}: known pixel {j} changed");
+                }
+            }
+        }
+        assert_ne!(got.data, filled.data);
+    }
+
     // DDIM completes them too, the known pixels held exactly; denoising needs its noise
     // (eta > 0)
     let ddim_file = dir.join("ddim.npy");
@@ -596,6 +634,11 @@ fn held_out_images_are_inpainted_and_denoised() {
         v
     };
     fails(&sample(&["--mask", "left-half"]), "need --from-test");
+    fails(
+        &sample(&["--from-test", "12", "--mask", "left-half", "--average", "0"]),
+        "--average must be at least 1",
+    );
+    fails(&sample(&["--average", "2"]), "--average takes the mean of conditioned draws");
     fails(
         &sample(&["--from-test", "5", "--mask", "left-half"]),
         "not a multiple of --from-test 5",

@@ -288,6 +288,11 @@ pub struct ConditionArgs {
     /// With --renoise: the steps drawn between two returns (RePaint's jump length; default 1).
     #[arg(long, value_name = "J")]
     pub renoise_jump: Option<usize>,
+    /// Each sample the mean of K conditioned draws (K independent passes of the chains): the
+    /// conditional mean's Monte Carlo estimate, the completion of least expected squared error
+    /// (not itself a draw). Known values come out as given. K times the network calls.
+    #[arg(long, value_name = "K")]
+    pub average: Option<usize>,
     /// Image runs: condition on the run's first N held-out images (sample r on image r mod N),
     /// with --mask (inpainting) or --noisy-test (denoising) saying what is known of them.
     #[arg(long, value_name = "N")]

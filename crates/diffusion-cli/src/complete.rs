@@ -31,6 +31,14 @@ struct ImageCompletions {
     images: usize,
     /// Completions of each (the particles of each image's system with --resample, else 1).
     completions_per_image: usize,
+    /// Draws whose mean each completion is (--average; 1: the completions are draws).
+    averaged_draws: usize,
+    /// With --average: the single draws' mean squared error over the filled pixels and
+    /// k-NN label accuracy, averaged over the passes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    draw_mse: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    draw_label_accuracy: Option<f64>,
     /// The chain that drew them.
     sampler: String,
     #[serde(flatten)]
@@ -62,18 +70,32 @@ pub fn cmd_evaluate_images(
     // resampled, each image is a particle system of --particles chains, all of them scored
     let per = if a.condition.resample { a.particles } else { 1 };
     let chains = chain_count(images, per)?;
+    let peak = peak(manifest);
+    let average = a.condition.average.unwrap_or(1);
+    // with --average, each pass's draws scored on their own as well
+    let (mut draw_mse, mut draw_labels) = (0.0, 0.0);
+    let mut score_draws = |draws: &[f32]| -> Result<(), String> {
+        draw_mse += CompletionError::of(&task, draws, peak).mse / average as f64;
+        if let Some((train_labels, test_labels)) = &labels {
+            let (got, _) =
+                label_accuracies(manifest, run, &task, draws, train_labels, test_labels)?;
+            draw_labels += got / average as f64;
+        }
+        Ok(())
+    };
     let completions = complete(
         &a.condition,
         &task,
         &bound,
         &a.sampler.sampler()?,
         (manifest, model, device),
-        chains,
-        a.seed,
-        a.particles,
+        (chains, a.seed, a.particles),
+        &mut score_draws,
     )?;
-    let peak = peak(manifest);
     let error = CompletionError::of(&task, &completions, peak);
+    let averaged = average > 1;
+    let draw_mse = averaged.then_some(draw_mse);
+    let draw_label_accuracy = (averaged && labels.is_some()).then_some(draw_labels);
     let (label_accuracy, truth_label_accuracy) = match labels {
         Some((train_labels, test_labels)) => {
             let (a, b) = label_accuracies(
@@ -92,6 +114,9 @@ pub fn cmd_evaluate_images(
         task: task_description(&a.condition),
         images,
         completions_per_image: per,
+        averaged_draws: average,
+        draw_mse,
+        draw_label_accuracy,
         sampler: sampler_description(a, &bound)?,
         error,
         peak,
@@ -179,25 +204,40 @@ fn print_image_completions(report: &ImageCompletions) {
              training images (the true images: {truth:.4})"
         );
     }
+    if let Some(mse) = report.draw_mse {
+        let labels = report
+            .draw_label_accuracy
+            .map(|l| format!(", labels {l:.4}"))
+            .unwrap_or_default();
+        println!(
+            "draws      = each completion the mean of {} draws; the single draws: MSE {mse:.2}{labels}",
+            report.averaged_draws
+        );
+    }
 }
 
 /// `n` completions of `task`'s images (sample r of image r mod N) as `condition` says, through
-/// `sampler`'s chain, as pixels in the data's units.
-#[allow(clippy::too_many_arguments)]
+/// `sampler`'s chain, as pixels in the data's units; with `--average K` each the mean of K
+/// passes' draws, `each` seeing every pass's draws (as pixels) first.
 pub fn complete(
     condition: &ConditionArgs,
     task: &TaskImages,
     bound: &Diffusion,
     sampler: &Sampler,
     (manifest, model, device): (&RunManifest, &ReverseModel<Network>, &Device),
-    n: usize,
-    seed: u64,
-    particles: usize,
+    (n, seed, particles): (usize, u64, usize),
+    each: &mut crate::sample::EachPass<'_>,
 ) -> Result<Vec<f32>, String> {
     let given = condition
         .resolve_with(manifest, bound.variable(), n, Some(task))?
         .ok_or("a --from-test condition")?;
     let mut rng = diffusion_data::rng(seed, streams::SAMPLE);
+    let mut as_pixels = |draws: &[f32]| {
+        let mut draws = draws.to_vec();
+        manifest.to_data_units(&mut draws);
+        manifest.to_pixels(&mut draws);
+        each(&draws)
+    };
     let mut completions = draw_given(
         bound,
         sampler,
@@ -206,6 +246,7 @@ pub fn complete(
         n,
         &mut rng,
         particles,
+        (condition.average.unwrap_or(1), &mut as_pixels),
     )?;
     manifest.to_data_units(&mut completions);
     manifest.to_pixels(&mut completions);

@@ -177,7 +177,13 @@ impl ConditionArgs {
         if self.renoise_jump.is_some() && self.renoise.is_none() {
             return Err("--renoise-jump needs --renoise".into());
         }
+        if self.average == Some(0) {
+            return Err("--average must be at least 1".into());
+        }
         if !self.is_set() {
+            if self.average.is_some() {
+                return Err("--average takes the mean of conditioned draws: give a condition (--known, --observe, --from-test, ...)".into());
+            }
             if self.renoise.is_some() {
                 return Err("--renoise redraws the steps of a conditioned chain: give a condition (--known, --observe, --from-test, ...)".into());
             }

@@ -42,6 +42,7 @@ pub fn cmd_sample(a: SampleArgs) -> Result<(), String> {
             a.n,
             &mut rng,
             a.particles,
+            (a.condition.average.unwrap_or(1), &mut |_| Ok(())),
         )?,
     };
     manifest.to_data_units(&mut data);
@@ -60,8 +61,45 @@ pub fn cmd_sample(a: SampleArgs) -> Result<(), String> {
 /// `n` samples of `bound`'s model multiplied by `given`, through `sampler`'s chain (the full
 /// one, the respaced chain as a process of its own, or DDIM's), in the space the model
 /// diffuses, `particles` chains at a time (256 for images); particle systems in groups come
-/// back in the order of `--from-test`.
+/// back in the order of `--from-test`. With `average` K > 1, each sample is the mean of its
+/// draws in K passes, one after another from `rng` (`each` sees every pass's draws first).
+#[allow(clippy::too_many_arguments)] // the chain, its condition, and how many of it
 pub fn draw_given(
+    bound: &Diffusion,
+    sampler: &Sampler,
+    given: &Conditioning,
+    run: (&RunManifest, &ReverseModel<Network>, &Device),
+    n: usize,
+    rng: &mut diffusion_data::Rng,
+    particles: usize,
+    (average, each): (usize, &mut EachPass<'_>),
+) -> Result<Vec<f32>, String> {
+    if average <= 1 {
+        return draw_pass(bound, sampler, given, run, n, rng, particles);
+    }
+    let mut sum: Vec<f64> = Vec::new();
+    for _ in 0..average {
+        let drawn = draw_pass(bound, sampler, given, run, n, rng, particles)?;
+        each(&drawn)?;
+        sum.resize(drawn.len(), 0.0);
+        sum.iter_mut()
+            .zip(&drawn)
+            .for_each(|(s, &v)| *s += v as f64);
+    }
+    Ok(mean_of_sums(&sum, average))
+}
+
+/// What sees each pass's draws of an averaged sample.
+pub type EachPass<'a> = dyn FnMut(&[f32]) -> Result<(), String> + 'a;
+
+/// The means `sum / count` as f32: exact sums of `count` equal f32 values (`count` under 2^29)
+/// give that value back bit for bit, so known values stay as given.
+pub fn mean_of_sums(sum: &[f64], count: usize) -> Vec<f32> {
+    sum.iter().map(|&s| (s / count as f64) as f32).collect()
+}
+
+/// One pass of [`draw_given`]: `n` chains.
+fn draw_pass(
     bound: &Diffusion,
     sampler: &Sampler,
     given: &Conditioning,
@@ -86,3 +124,24 @@ pub fn draw_given(
         None => drawn,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sums of equal f32 values give each value back bit for bit (known values stay as given);
+    /// other sums their mean, rounded once.
+    #[test]
+    fn means_of_equal_draws_are_the_draws() {
+        let values = [0.1f32, -3.7e-5, 255.0, 1.0 / 3.0, f32::MIN_POSITIVE, 7.0e30];
+        for count in [1usize, 2, 3, 7, 8, 1000] {
+            let sums: Vec<f64> = values.iter().map(|&v| v as f64 * count as f64).collect();
+            let means = mean_of_sums(&sums, count);
+            for (m, v) in means.iter().zip(values) {
+                assert_eq!(m.to_bits(), v.to_bits(), "{v} x {count}");
+            }
+        }
+        assert_eq!(mean_of_sums(&[1.0 + 2.0 + 4.0], 3), vec![7.0f32 / 3.0]);
+    }
+}
+

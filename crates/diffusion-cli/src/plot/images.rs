@@ -158,9 +158,8 @@ impl Plot {
             &self.bound,
             &sampler,
             (manifest, &self.model, &self.device),
-            rows * per,
-            seed,
-            SAMPLE_CHUNK_ROWS,
+            (rows * per, seed, SAMPLE_CHUNK_ROWS),
+            &mut |_| Ok(()),
         )?;
         let (lo, hi) = pixel_range(manifest, &shown.truth);
         let grey = (lo + hi) / 2.0;
