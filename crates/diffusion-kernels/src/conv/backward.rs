@@ -52,7 +52,10 @@ impl Pass<'_> {
         // a 1x1 kernel's weight gradient over the task's images at once, in registers
         let isa = Isa::detect();
         let pointwise = d.direct() && pointwise::available(isa, pixels);
-        let needs_col = want_w && !d.direct();
+        // a halving 3x3 kernel's weight gradient by the direct kernels, over the task's
+        // images' phase planes
+        let halving = d.halving();
+        let needs_col = want_w && !d.direct() && !halving;
         let mut col = scratch(if needs_col {
             rows * tile_rows(d) * d.w_out
         } else {
@@ -67,13 +70,25 @@ impl Pass<'_> {
             if want_b {
                 add_bias_grad(&mut db, g, pixels);
             }
-            if want_w && !pointwise {
+            if want_w && !pointwise && !halving {
                 add_weight_grad(d, image, g, &mut col, &mut dw, j > 0);
             }
             if let Some(dx_chunk) = dx_chunk.as_deref_mut() {
                 let dx_image = &mut dx_chunk[j * in_len..][..in_len];
                 input_grad(d, g, self.ws, &mut dcol, dx_image);
             }
+        }
+        if want_w && halving {
+            let f = d.flat_geometry(count);
+            let mut planes = scratch(d.c_in * count * f.plane);
+            let mut gplanes = scratch(f.c_out_padded(direct::CG) * count * f.plane);
+            for j in 0..count {
+                let i = first + j;
+                d.pad(&f, &self.xs[i * in_len..][..in_len], j, &mut planes);
+                direct::flat_rows(&f, &self.gs[i * out_len..][..out_len], j, &mut gplanes);
+            }
+            direct::zero_planes(&f, d.c_out, &mut gplanes);
+            direct::weight_grad(isa, &f, &planes, &gplanes, &mut dw);
         }
         if want_w && pointwise {
             let plane = pointwise::Plane {

@@ -44,6 +44,14 @@ pub(crate) struct Flat {
     /// Images side by side: the planes `[c_in, images, plane]`, the flat output gradients
     /// `[c_out, images, run]`.
     pub images: usize,
+    /// 1, or 2 for a convolution that halves the size: then `h`, `w` are the output's, each
+    /// input channel's plane holds the padded image's four phase planes (its even and odd
+    /// rows times its even and odd columns, [`pad_phases`]), `wp` wide, and tap `(ky, kx)`
+    /// reads phase `(ky mod 2, kx mod 2)` at `taps[3 ky + kx]` past the output's position.
+    pub stride: usize,
+    pub taps: [usize; TAPS],
+    /// Values per phase plane (stride 2).
+    pub phase: usize,
 }
 
 impl Flat {
@@ -60,6 +68,38 @@ impl Flat {
             run,
             plane,
             images,
+            stride: 1,
+            taps: std::array::from_fn(|t| (t / K) * wp + t % K),
+            phase: 0,
+        }
+    }
+
+    /// The geometry of a 3x3 convolution of stride 2 and padding 1 of `h` x `w` images: the
+    /// output `ceil(h / 2)` x `ceil(w / 2)` over the flat positions of the phase planes, each
+    /// `ceil((w + 2) / 2)` wide (one column past the output's).
+    pub(crate) fn halving(c_in: usize, c_out: usize, h: usize, w: usize, images: usize) -> Flat {
+        let (h_out, w_out) = (h.div_ceil(2), w.div_ceil(2));
+        let wp = (w + 2).div_ceil(2);
+        let run = (h_out * wp).next_multiple_of(MAX_LANES);
+        // the farthest tap is a row and a column on; the phase planes hold (h_out + 1) rows
+        let phase = (run + wp + 1)
+            .max((h_out + 1) * wp)
+            .next_multiple_of(MAX_LANES);
+        Flat {
+            c_in,
+            c_out,
+            h: h_out,
+            w: w_out,
+            wp,
+            run,
+            plane: 4 * phase,
+            images,
+            stride: 2,
+            taps: std::array::from_fn(|t| {
+                let (ky, kx) = (t / K, t % K);
+                ((ky % 2) * 2 + kx % 2) * phase + (ky / 2) * wp + kx / 2
+            }),
+            phase,
         }
     }
 
@@ -109,6 +149,58 @@ pub(crate) fn pad_image(f: &Flat, image: &[f32], j: usize, planes: &mut [f32]) {
             row_and_two_zeros(&mut dst[at..at + w + 2], &src[y * w..(y + 1) * w]);
         }
         dst[(h + 1) * wp + 1..].fill(0.0);
+    }
+}
+
+/// Copies `image` (`[c_in, h, w]`, the input sides of a [`Flat::halving`] geometry) into its
+/// place `j` of `planes` (`[c_in, images, 4 phase planes]`): padded by one, the image's even
+/// and odd rows times its even and odd columns, each phase plane `wp` wide, zero elsewhere.
+pub(crate) fn pad_phases(
+    f: &Flat,
+    image: &[f32],
+    (h, w): (usize, usize),
+    j: usize,
+    planes: &mut [f32],
+) {
+    debug_assert_eq!(f.stride, 2);
+    let stride = f.images * f.plane;
+    let dsts = planes
+        .chunks_exact_mut(stride)
+        .map(|c| &mut c[j * f.plane..][..f.plane]);
+    for (src, dst) in image.chunks_exact(h * w).zip(dsts) {
+        dst.fill(0.0);
+        for (y, row) in src.chunks_exact(w).enumerate() {
+            // padded row y + 1: phase row (y + 1) mod 2, at (y + 1) / 2 (= ceil(y / 2))
+            let (a, i) = ((y + 1) % 2, y.div_ceil(2));
+            // padded column x + 1: odd for even x (phase 2a + 1 at x / 2), even for odd x
+            // (phase 2a at (x + 1) / 2)
+            let (even, odd) = dst[2 * a * f.phase..].split_at_mut(f.phase);
+            let (even, odd) = (&mut even[i * f.wp..][..f.wp], &mut odd[i * f.wp..][..f.wp]);
+            for (k, pair) in row.chunks_exact(2).enumerate() {
+                odd[k] = pair[0];
+                even[k + 1] = pair[1];
+            }
+            if w % 2 == 1 {
+                odd[w / 2] = row[w - 1];
+            }
+        }
+    }
+}
+
+/// Copies `g` (`[c_out, h, w]`, a [`Flat::halving`] convolution's output gradient) into its
+/// place `j` of `gplanes` (`[c_out, images, plane]`) as [`weight_grad`] reads it: from
+/// position `wp + 1` on, its rows `wp` apart, zero between them and after.
+pub(crate) fn flat_rows(f: &Flat, g: &[f32], j: usize, gplanes: &mut [f32]) {
+    let stride = f.images * f.plane;
+    let dsts = gplanes
+        .chunks_exact_mut(stride)
+        .map(|c| &mut c[j * f.plane..][..f.plane]);
+    for (src, dst) in g.chunks_exact(f.h * f.w).zip(dsts) {
+        dst.fill(0.0);
+        for (y, row) in src.chunks_exact(f.w).enumerate() {
+            let at = f.wp + 1 + y * f.wp;
+            dst[at..at + f.w].copy_from_slice(row);
+        }
     }
 }
 
@@ -174,13 +266,23 @@ pub(crate) fn forward(isa: Isa, f: &Flat, planes: &[f32], wt: &[f32], out: &mut 
         fn avx512(f: &Flat, planes: &[f32], wt: &[f32], out: &mut [f32]) {
             let rows = FlatRows::blocks(out, f.run);
             // SAFETY: the sizes were checked above; the CPU has AVX-512F
-            unsafe { forward_image::<x86::Avx512, 6, _>(f, planes, wt, rows) }
+            unsafe {
+                match f.stride {
+                    1 => forward_image::<x86::Avx512, 6, _, false>(f, planes, wt, rows),
+                    _ => forward_image::<x86::Avx512, 6, _, true>(f, planes, wt, rows),
+                }
+            }
         }
         #[target_feature(enable = "avx2,fma")]
         fn avx2(f: &Flat, planes: &[f32], wt: &[f32], out: &mut [f32]) {
             let rows = FlatRows::blocks(out, f.run);
             // SAFETY: the sizes were checked above; the CPU has AVX2 and FMA
-            unsafe { forward_image::<x86::Avx2, 2, _>(f, planes, wt, rows) }
+            unsafe {
+                match f.stride {
+                    1 => forward_image::<x86::Avx2, 2, _, false>(f, planes, wt, rows),
+                    _ => forward_image::<x86::Avx2, 2, _, true>(f, planes, wt, rows),
+                }
+            }
         }
         match isa {
             // SAFETY (both): `isa` is at most what `Isa::detect` found on this CPU, AVX-512 with
@@ -268,7 +370,12 @@ pub(crate) fn forward_into(
                 layout,
             };
             // SAFETY: the sizes were checked above; the CPU has AVX-512F
-            unsafe { forward_image::<x86::Avx512, 6, _>(f, planes, wt, sink) }
+            unsafe {
+                match f.stride {
+                    1 => forward_image::<x86::Avx512, 6, _, false>(f, planes, wt, sink),
+                    _ => forward_image::<x86::Avx512, 6, _, true>(f, planes, wt, sink),
+                }
+            }
         }
         if isa == Isa::Avx512 && has_vl() {
             // SAFETY: `isa` is at most what `Isa::detect` found on this CPU, VL checked
@@ -305,20 +412,60 @@ pub(crate) fn weight_grad(isa: Isa, f: &Flat, planes: &[f32], gplanes: &[f32], d
             let split = f.c_out - tail;
             // SAFETY: the sizes were checked above; the CPU has AVX-512F
             unsafe {
-                weight_grad_image::<x86::Avx512, CG, { CG * TAPS }>(f, planes, gflat, dw, 0..split);
-                weight_grad_image::<x86::Avx512, 2, { 2 * TAPS }>(
-                    f,
-                    planes,
-                    gflat,
-                    dw,
-                    split..f.c_out,
-                );
+                if f.stride == 1 {
+                    weight_grad_image::<x86::Avx512, CG, { CG * TAPS }, false>(
+                        f,
+                        planes,
+                        gflat,
+                        dw,
+                        0..split,
+                    );
+                    weight_grad_image::<x86::Avx512, 2, { 2 * TAPS }, false>(
+                        f,
+                        planes,
+                        gflat,
+                        dw,
+                        split..f.c_out,
+                    );
+                } else {
+                    weight_grad_image::<x86::Avx512, CG, { CG * TAPS }, true>(
+                        f,
+                        planes,
+                        gflat,
+                        dw,
+                        0..split,
+                    );
+                    weight_grad_image::<x86::Avx512, 2, { 2 * TAPS }, true>(
+                        f,
+                        planes,
+                        gflat,
+                        dw,
+                        split..f.c_out,
+                    );
+                }
             }
         }
         #[target_feature(enable = "avx2,fma")]
         fn avx2(f: &Flat, planes: &[f32], gflat: &[f32], dw: &mut [f32]) {
             // SAFETY: the sizes were checked above; the CPU has AVX2 and FMA
-            unsafe { weight_grad_image::<x86::Avx2, 1, TAPS>(f, planes, gflat, dw, 0..f.c_out) }
+            unsafe {
+                match f.stride {
+                    1 => weight_grad_image::<x86::Avx2, 1, TAPS, false>(
+                        f,
+                        planes,
+                        gflat,
+                        dw,
+                        0..f.c_out,
+                    ),
+                    _ => weight_grad_image::<x86::Avx2, 1, TAPS, true>(
+                        f,
+                        planes,
+                        gflat,
+                        dw,
+                        0..f.c_out,
+                    ),
+                }
+            }
         }
         match isa {
             // SAFETY (both): `isa` is at most what `Isa::detect` found on this CPU, AVX-512 with
@@ -515,6 +662,17 @@ impl<V: Vector> Sink<V> for FlatRows {
     }
 }
 
+/// Where tap `(ky, kx)` lies past a position: `ky wp + kx` in the padded plane (a constant
+/// stride per row), or in its phase plane ([`Flat::halving`]).
+#[inline(always)]
+fn tap<const HALF: bool>(f: &Flat, ky: usize, kx: usize) -> usize {
+    if HALF {
+        f.taps[ky * K + kx]
+    } else {
+        ky * f.wp + kx
+    }
+}
+
 /// [`forward`]'s work: for each block of [`CO`] output channels (its sink from `sink`), the
 /// flat run in tiles of `NV` vectors, the last tile shorter.
 ///
@@ -522,7 +680,7 @@ impl<V: Vector> Sink<V> for FlatRows {
 /// The slices hold what [`forward`] checks; the CPU runs `V`; each block's sink takes its
 /// `CO` channels at every position of the run.
 #[inline(always)]
-unsafe fn forward_image<V: Vector, const NV: usize, S: Sink<V>>(
+unsafe fn forward_image<V: Vector, const NV: usize, S: Sink<V>, const HALF: bool>(
     f: &Flat,
     planes: &[f32],
     wt: &[f32],
@@ -537,20 +695,20 @@ unsafe fn forward_image<V: Vector, const NV: usize, S: Sink<V>>(
         let mut v = 0;
         while v + NV <= vectors {
             // SAFETY: the tile's vectors lie inside the run, its taps inside the planes
-            unsafe { forward_tile::<V, NV, S>(f, xp, wb, &sink, v * V::LANES) };
+            unsafe { forward_tile::<V, NV, S, HALF>(f, xp, wb, &sink, v * V::LANES) };
             v += NV;
         }
         // SAFETY: as above, for the last, shorter tile
         unsafe {
             match vectors - v {
                 0 => {}
-                1 => forward_tile::<V, 1, S>(f, xp, wb, &sink, v * V::LANES),
-                2 => forward_tile::<V, 2, S>(f, xp, wb, &sink, v * V::LANES),
-                3 => forward_tile::<V, 3, S>(f, xp, wb, &sink, v * V::LANES),
-                4 => forward_tile::<V, 4, S>(f, xp, wb, &sink, v * V::LANES),
-                5 => forward_tile::<V, 5, S>(f, xp, wb, &sink, v * V::LANES),
-                6 => forward_tile::<V, 6, S>(f, xp, wb, &sink, v * V::LANES),
-                7 => forward_tile::<V, 7, S>(f, xp, wb, &sink, v * V::LANES),
+                1 => forward_tile::<V, 1, S, HALF>(f, xp, wb, &sink, v * V::LANES),
+                2 => forward_tile::<V, 2, S, HALF>(f, xp, wb, &sink, v * V::LANES),
+                3 => forward_tile::<V, 3, S, HALF>(f, xp, wb, &sink, v * V::LANES),
+                4 => forward_tile::<V, 4, S, HALF>(f, xp, wb, &sink, v * V::LANES),
+                5 => forward_tile::<V, 5, S, HALF>(f, xp, wb, &sink, v * V::LANES),
+                6 => forward_tile::<V, 6, S, HALF>(f, xp, wb, &sink, v * V::LANES),
+                7 => forward_tile::<V, 7, S, HALF>(f, xp, wb, &sink, v * V::LANES),
                 _ => unreachable!("the last tile is shorter than a whole one"),
             }
         }
@@ -565,7 +723,7 @@ unsafe fn forward_image<V: Vector, const NV: usize, S: Sink<V>>(
 /// in the run.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // registers indexed [channel][vector]
-unsafe fn forward_tile<V: Vector, const NV: usize, S: Sink<V>>(
+unsafe fn forward_tile<V: Vector, const NV: usize, S: Sink<V>, const HALF: bool>(
     f: &Flat,
     xp: *const f32,
     wb: *const f32,
@@ -579,7 +737,7 @@ unsafe fn forward_tile<V: Vector, const NV: usize, S: Sink<V>>(
             let w = wb.add(ci * TAPS * CO);
             for ky in 0..K {
                 for kx in 0..K {
-                    let xs = x.add(ky * f.wp + kx);
+                    let xs = x.add(tap::<HALF>(f, ky, kx));
                     let wk = w.add((ky * K + kx) * CO);
                     let mut ws = [V::zero(); CO];
                     for (c, wc) in ws.iter_mut().enumerate() {
@@ -610,7 +768,7 @@ unsafe fn forward_tile<V: Vector, const NV: usize, S: Sink<V>>(
 /// The slices hold what [`weight_grad`] checks; the CPU runs `V`; a block past the channels'
 /// end reads padding channels of `gflat` (zero).
 #[inline(always)]
-unsafe fn weight_grad_image<V: Vector, const G: usize, const A: usize>(
+unsafe fn weight_grad_image<V: Vector, const G: usize, const A: usize, const HALF: bool>(
     f: &Flat,
     planes: &[f32],
     gflat: &[f32],
@@ -636,7 +794,7 @@ unsafe fn weight_grad_image<V: Vector, const G: usize, const A: usize>(
                     }
                     for ky in 0..K {
                         for kx in 0..K {
-                            let xv = V::load(x.add(ky * f.wp + kx));
+                            let xv = V::load(x.add(tap::<HALF>(f, ky, kx)));
                             for c in 0..G {
                                 acc[c * TAPS + ky * K + kx] =
                                     acc[c * TAPS + ky * K + kx].fma(gs[c], xv);
@@ -720,6 +878,107 @@ mod tests {
             }
         }
         (out, dw)
+    }
+
+    /// The halving convolution (3x3, stride 2, padding 1) over phase planes, and its weight
+    /// gradient, on every compiled variant this CPU runs, against f64 by the definition: even
+    /// and odd sides, channels off the blocks, several images side by side.
+    #[test]
+    fn halving_convolution_and_weight_gradient_match_their_definitions() {
+        let isas: Vec<Isa> = Isa::supported()
+            .into_iter()
+            .filter(|&i| available(i))
+            .collect();
+        for isa in isas {
+            for (c_in, c_out, h, w) in [
+                (1usize, 1usize, 2usize, 2usize),
+                (3, 5, 7, 7),
+                (2, 4, 28, 28),
+                (5, 3, 14, 9),
+                (4, 7, 1, 5),
+            ] {
+                let n = 3;
+                let (ho, wo) = (h.div_ceil(2), w.div_ceil(2));
+                let x = values(n * c_in * h * w, 11);
+                let ws = values(c_out * c_in * TAPS, 12);
+                let g = values(n * c_out * ho * wo, 13);
+                let (f1, fs) = (
+                    Flat::halving(c_in, c_out, h, w, 1),
+                    Flat::halving(c_in, c_out, h, w, n),
+                );
+                let wt = block_weights(&f1, &ws);
+                let mut planes = vec![f32::NAN; n * c_in * fs.plane];
+                let mut gplanes = vec![f32::NAN; n * fs.c_out_padded(CG) * fs.plane];
+                let mut want_dw = vec![0.0f64; c_out * c_in * TAPS];
+                for j in 0..n {
+                    let xj = &x[j * c_in * h * w..][..c_in * h * w];
+                    let gj = &g[j * c_out * ho * wo..][..c_out * ho * wo];
+                    let at = |c: usize, y: isize, xx: isize| -> f64 {
+                        if y < 0 || xx < 0 || y >= h as isize || xx >= w as isize {
+                            0.0
+                        } else {
+                            xj[(c * h + y as usize) * w + xx as usize] as f64
+                        }
+                    };
+                    let mut one = vec![f32::NAN; c_in * f1.plane];
+                    pad_phases(&f1, xj, (h, w), 0, &mut one);
+                    let mut out = vec![f32::NAN; f1.c_out_padded(CO) * f1.run];
+                    forward(isa, &f1, &one, &wt, &mut out);
+                    let layout = Layout::new(&f1);
+                    let base = vec![0.0f32; c_out];
+                    let mut into = vec![std::mem::MaybeUninit::new(f32::NAN); c_out * ho * wo];
+                    let compressed =
+                        forward_into(isa, &f1, &one, &wt, &layout, &base, None, &mut into);
+                    for co in 0..c_out {
+                        for y in 0..ho {
+                            for xx in 0..wo {
+                                let mut want = 0.0;
+                                for ci in 0..c_in {
+                                    for t in 0..TAPS {
+                                        let v = at(
+                                            ci,
+                                            (2 * y + t / K) as isize - 1,
+                                            (2 * xx + t % K) as isize - 1,
+                                        );
+                                        want += ws[(co * c_in + ci) * TAPS + t] as f64 * v;
+                                        want_dw[(co * c_in + ci) * TAPS + t] +=
+                                            gj[(co * ho + y) * wo + xx] as f64 * v;
+                                    }
+                                }
+                                let got = out[co * f1.run + y * f1.wp + xx] as f64;
+                                let tol = 4.0 * (c_in * TAPS) as f64 * f32::EPSILON as f64;
+                                assert!(
+                                    (got - want).abs() <= tol,
+                                    "{isa:?} {c_in} {c_out} {h} {w}: output ({co}, {y}, {xx}) {got} against {want}"
+                                );
+                                if compressed {
+                                    // SAFETY: written by `forward_into`
+                                    let got =
+                                        unsafe { into[(co * ho + y) * wo + xx].assume_init() };
+                                    assert_eq!(
+                                        got.to_bits(),
+                                        (out[co * f1.run + y * f1.wp + xx] + 0.0).to_bits()
+                                    );
+                                }
+                            }
+                        }
+                    }
+                    pad_phases(&fs, xj, (h, w), j, &mut planes);
+                    flat_rows(&fs, gj, j, &mut gplanes);
+                }
+                zero_planes(&fs, c_out, &mut gplanes);
+                let mut dw = vec![0.5f32; c_out * c_in * TAPS];
+                weight_grad(isa, &fs, &planes, &gplanes, &mut dw);
+                let scale = (n * ho * wo) as f64;
+                for (t, (&got, &want)) in dw.iter().zip(&want_dw).enumerate() {
+                    let got = got as f64 - 0.5;
+                    assert!(
+                        (got - want).abs() <= 4.0 * scale * f32::EPSILON as f64,
+                        "{isa:?} {c_in} {c_out} {h} {w}: weight gradient {t} {got} against {want}"
+                    );
+                }
+            }
+        }
     }
 
     /// Every compiled variant this CPU runs, on sizes around the vector widths and blocks

@@ -158,9 +158,31 @@ impl Dims {
         self.same() && self.k == direct::K && direct::available(Isa::detect())
     }
 
+    /// Whether the direct kernels run it as a 3x3 convolution of stride 2 and padding 1 (the
+    /// U-Net's downsampling) over the input's phase planes: forward and the weights' gradient.
+    fn halving(&self) -> bool {
+        self.k == direct::K
+            && self.spec.stride == 2
+            && self.spec.padding == 1
+            && direct::available(Isa::detect())
+    }
+
     /// Its flat geometry for [`direct`], `images` side by side.
     fn flat_geometry(&self, images: usize) -> Flat {
+        if self.halving() {
+            return Flat::halving(self.c_in, self.c_out, self.h, self.w, images);
+        }
         Flat::new(self.c_in, self.c_out, self.h, self.w, images)
+    }
+
+    /// Copies image `image` into its place `j` of the planes the direct kernels read: padded
+    /// ([`direct::pad_image`]) or, halving, split into phase planes ([`direct::pad_phases`]).
+    fn pad(&self, f: &Flat, image: &[f32], j: usize, planes: &mut [f32]) {
+        if f.stride == 2 {
+            direct::pad_phases(f, image, (self.h, self.w), j, planes);
+        } else {
+            direct::pad_image(f, image, j, planes);
+        }
     }
 
     /// The sizes of the input gradient's convolution when [`Dims::same`].
@@ -325,7 +347,7 @@ fn convolve(d: &Dims, xs: &[f32], ws: &[f32], start: Start<'_>) -> Vec<f32> {
     let total = d.n * out_len;
     let mut out: Vec<f32> = Vec::with_capacity(total);
     let per = images_per_task(d.n);
-    if d.flat() {
+    if d.flat() || d.halving() {
         let (isa, f) = (Isa::detect(), d.flat_geometry(1));
         let wt = direct::block_weights(&f, ws);
         let layout = direct::Layout::new(&f);
@@ -337,7 +359,7 @@ fn convolve(d: &Dims, xs: &[f32], ws: &[f32], start: Start<'_>) -> Vec<f32> {
                 let mut bases = Vec::with_capacity(d.c_out);
                 for (j, o) in outs.chunks_mut(out_len).enumerate() {
                     let i = task * per + j;
-                    direct::pad_image(&f, &xs[i * in_len..][..in_len], 0, &mut planes);
+                    d.pad(&f, &xs[i * in_len..][..in_len], 0, &mut planes);
                     let residual = start.image(i, d.c_out, pixels, &mut bases);
                     let into = (&layout, bases.as_slice(), residual);
                     convolve_flat(isa, &f, (&planes, &wt), into, (start, i), o);
