@@ -144,4 +144,3 @@ mod tests {
         assert_eq!(mean_of_sums(&[1.0 + 2.0 + 4.0], 3), vec![7.0f32 / 3.0]);
     }
 }
-
