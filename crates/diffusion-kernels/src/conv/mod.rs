@@ -376,7 +376,7 @@ fn convolve(d: &Dims, xs: &[f32], ws: &[f32], start: Start<'_>) -> Vec<f32> {
             c_out: d.c_out,
             pixels,
         };
-        let wt = pointwise::block_weights(d.c_out, d.c_in, ws);
+        let wt = pointwise::block_weights(isa, d.c_out, d.c_in, ws);
         let zeros = vec![0.0f32; d.c_out];
         out.spare_capacity_mut()[..total]
             .par_chunks_mut(per * out_len)

@@ -1,7 +1,7 @@
 //! A 1x1 convolution (stride 1, no padding) and its weight gradient in AVX-512 or AVX2
 //! registers, without gemm's packing: an image's `[c_in, pixels]` planes are read as they lie.
 //!
-//! Forward, a block of [`CO`] output channels times a few vectors of pixels is held in
+//! Forward, a block of output channels ([`block`]) times a few vectors of pixels is held in
 //! registers while the loop runs over the input channels: per channel one broadcast weight per
 //! output channel and one load per vector, a fused multiply-add per pair (the direct 3x3
 //! kernel's walk with one tap). The pixels are covered by whole vectors, the last one moved
@@ -18,8 +18,20 @@ use std::mem::MaybeUninit;
 use super::direct::Vector;
 use crate::math::Isa;
 
-/// Output channels a forward block holds in registers.
-pub(crate) const CO: usize = 4;
+/// Output channels a forward block holds in registers: eight with AVX-512 (times three
+/// vectors; each input plane read half as often), four with AVX2 (times two).
+const CO_AVX512: usize = 8;
+const CO_AVX2: usize = 4;
+
+/// The forward block's output channels on this instruction set ([`block_weights`]'s layout).
+pub(crate) fn block(isa: Isa) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && super::direct::has_vl() {
+        return CO_AVX512;
+    }
+    let _ = isa;
+    CO_AVX2
+}
 /// The widest vector, in lanes: an image needs at least this many pixels.
 const MAX_LANES: usize = 16;
 
@@ -29,13 +41,15 @@ pub(crate) fn available(isa: Isa, pixels: usize) -> bool {
 }
 
 /// The weights `[c_out, c_in]` (a 1x1 kernel's `[c_out, c_in, 1, 1]`) as the forward kernel
-/// reads them: `[c_out / CO, c_in, CO]`, the channels past `c_out` zero.
-pub(crate) fn block_weights(c_out: usize, c_in: usize, ws: &[f32]) -> Vec<f32> {
-    let blocks = c_out.div_ceil(CO);
-    let mut out = vec![0.0f32; blocks * c_in * CO];
+/// reads them on `isa`: `[c_out / CO, c_in, CO]` with CO = [`block`], the channels past
+/// `c_out` zero.
+pub(crate) fn block_weights(isa: Isa, c_out: usize, c_in: usize, ws: &[f32]) -> Vec<f32> {
+    let co_block = block(isa);
+    let blocks = c_out.div_ceil(co_block);
+    let mut out = vec![0.0f32; blocks * c_in * co_block];
     for co in 0..c_out {
         for ci in 0..c_in {
-            out[((co / CO) * c_in + ci) * CO + co % CO] = ws[co * c_in + ci];
+            out[((co / co_block) * c_in + ci) * co_block + co % co_block] = ws[co * c_in + ci];
         }
     }
     out
@@ -49,7 +63,8 @@ pub(crate) struct Plane {
     pub pixels: usize,
 }
 
-/// One image's convolution `x` (`[c_in, pixels]`) with the blocked weights `wt` into `out`
+/// One image's convolution `x` (`[c_in, pixels]`) with the blocked weights `wt`
+/// ([`block_weights`] for the same `isa`) into `out`
 /// (`[c_out, pixels]`): each channel `c` starts at `base[c]` plus, where there is one,
 /// `residual`'s value at the same place (`(residual + base) + sums`).
 pub(crate) fn forward(
@@ -64,7 +79,8 @@ pub(crate) fn forward(
         "an image of at least a vector's pixels"
     );
     assert!(x.len() == p.c_in * p.pixels && out.len() == p.c_out * p.pixels);
-    assert!(wt.len() >= p.c_out.div_ceil(CO) * CO * p.c_in && base.len() == p.c_out);
+    let co_block = block(isa);
+    assert!(wt.len() >= p.c_out.div_ceil(co_block) * co_block * p.c_in && base.len() == p.c_out);
     assert!(residual.is_none_or(|r| r.len() == out.len()));
     let (xp, wp) = (x.as_ptr(), wt.as_ptr());
     let (rp, op) = (residual.map(|r| r.as_ptr()), out.as_mut_ptr().cast::<f32>());
@@ -79,7 +95,7 @@ pub(crate) fn forward(
             op: *mut f32,
         ) {
             // SAFETY: the sizes were checked above; the CPU has AVX-512F
-            unsafe { forward_image::<x86::Avx512, 6>(p, xw, br, op) }
+            unsafe { forward_image::<x86::Avx512, CO_AVX512, 3>(p, xw, br, op) }
         }
         #[target_feature(enable = "avx2,fma")]
         fn avx2(
@@ -89,12 +105,12 @@ pub(crate) fn forward(
             op: *mut f32,
         ) {
             // SAFETY: the sizes were checked above; the CPU has AVX2 and FMA
-            unsafe { forward_image::<x86::Avx2, 2>(p, xw, br, op) }
+            unsafe { forward_image::<x86::Avx2, CO_AVX2, 2>(p, xw, br, op) }
         }
         match isa {
             // SAFETY (both): `isa` is at most what `Isa::detect` found on this CPU, AVX-512 with
             // VL checked
-            Isa::Avx512 if super::direct::has_vl() => {
+            Isa::Avx512 if co_block == CO_AVX512 => {
                 return unsafe { avx512(p, (xp, wp), (base, rp), op) };
             }
             Isa::Avx512 | Isa::Avx2 => return unsafe { avx2(p, (xp, wp), (base, rp), op) },
@@ -112,13 +128,13 @@ fn vector_start(k: usize, lanes: usize, pixels: usize) -> usize {
     (k * lanes).min(pixels - lanes)
 }
 
-/// [`forward`]'s work: each block of [`CO`] output channels over the pixels in tiles of `NV`
+/// [`forward`]'s work: each block of `CO` output channels over the pixels in tiles of `NV`
 /// vectors, the last tile shorter.
 ///
 /// # Safety
 /// The pointers hold what [`forward`] checks; the CPU runs `V`.
 #[inline(always)]
-unsafe fn forward_image<V: Vector, const NV: usize>(
+unsafe fn forward_image<V: Vector, const CO: usize, const NV: usize>(
     p: Plane,
     (xp, wp): (*const f32, *const f32),
     (base, rp): (&[f32], Option<*const f32>),
@@ -130,31 +146,31 @@ unsafe fn forward_image<V: Vector, const NV: usize>(
         let wb = unsafe { wp.add(b * p.c_in * CO) };
         let mut k = 0;
         while k + NV <= vectors {
-            unsafe { forward_tile::<V, NV>(p, xp, wb, (b, k), (base, rp), op) };
+            unsafe { forward_tile::<V, CO, NV>(p, xp, wb, (b, k), (base, rp), op) };
             k += NV;
         }
         unsafe {
             match vectors - k {
                 0 => {}
-                1 => forward_tile::<V, 1>(p, xp, wb, (b, k), (base, rp), op),
-                2 => forward_tile::<V, 2>(p, xp, wb, (b, k), (base, rp), op),
-                3 => forward_tile::<V, 3>(p, xp, wb, (b, k), (base, rp), op),
-                4 => forward_tile::<V, 4>(p, xp, wb, (b, k), (base, rp), op),
-                5 => forward_tile::<V, 5>(p, xp, wb, (b, k), (base, rp), op),
+                1 => forward_tile::<V, CO, 1>(p, xp, wb, (b, k), (base, rp), op),
+                2 => forward_tile::<V, CO, 2>(p, xp, wb, (b, k), (base, rp), op),
+                3 => forward_tile::<V, CO, 3>(p, xp, wb, (b, k), (base, rp), op),
+                4 => forward_tile::<V, CO, 4>(p, xp, wb, (b, k), (base, rp), op),
+                5 => forward_tile::<V, CO, 5>(p, xp, wb, (b, k), (base, rp), op),
                 _ => unreachable!("the last tile is shorter than a whole one"),
             }
         }
     }
 }
 
-/// Block `b`'s [`CO`] output channels times `NV` vectors of pixels from vector `k0`, summed
+/// Block `b`'s `CO` output channels times `NV` vectors of pixels from vector `k0`, summed
 /// over every input channel in registers, then stored after their start values.
 ///
 /// # Safety
 /// As [`forward_image`]; the vectors `k0 .. k0 + NV` lie in the image.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // registers indexed [channel][vector]
-unsafe fn forward_tile<V: Vector, const NV: usize>(
+unsafe fn forward_tile<V: Vector, const CO: usize, const NV: usize>(
     p: Plane,
     xp: *const f32,
     wb: *const f32,
@@ -367,7 +383,7 @@ mod tests {
                 let g = values(n * c_out * pixels, 3);
                 let base = values(c_out, 4);
                 let residual = values(c_out * pixels, 5);
-                let wt = block_weights(c_out, c_in, &ws);
+                let wt = block_weights(isa, c_out, c_in, &ws);
                 let mut want_dw = vec![0.0f64; c_out * c_in];
                 for j in 0..n {
                     let x = &x[j * c_in * pixels..][..c_in * pixels];
