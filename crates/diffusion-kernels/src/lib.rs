@@ -42,6 +42,8 @@ mod math;
 #[cfg(feature = "flex")]
 mod attention;
 #[cfg(feature = "flex")]
+mod concat;
+#[cfg(feature = "flex")]
 mod conv;
 #[cfg(feature = "flex")]
 mod flex;
@@ -55,6 +57,8 @@ mod upsample;
 pub use adam::{AdamScalars, FusedAdam};
 #[cfg(feature = "flex")]
 pub use attention::{AttentionBackward, FusedAttention};
+#[cfg(feature = "flex")]
+pub use concat::{ConcatBackward, FusedConcat};
 #[cfg(feature = "flex")]
 pub use conv::{ConvBackward, FusedConv};
 #[cfg(feature = "flex")]
@@ -441,6 +445,24 @@ pub fn attention_composed(qkv: Tensor<3>) -> Tensor<3> {
     // [b, p (queries), p (keys)]
     let weights = activation::softmax(q.swap_dims(1, 2).matmul(k), 2);
     v.matmul(weights.swap_dims(1, 2))
+}
+
+/// `a` `[n, ca, h, w]` and `b` `[n, cb, h, w]` side by side: `[n, ca + cb, h, w]`, each image's
+/// channels of `a` then of `b` (`Tensor::cat(vec![a, b], 1)`). On flex in f32 the images copied
+/// in parallel each way, the gradient split into two contiguous parts ([`FusedConcat`]);
+/// elsewhere Burn's `cat`.
+pub fn concat_channels(a: Tensor<4>, b: Tensor<4>) -> Tensor<4> {
+    if fused_here(&a) && fused_here(&b) {
+        #[cfg(feature = "flex")]
+        {
+            use burn::backend::Dispatch;
+            return Tensor::from_dispatch(<Dispatch as FusedConcat>::concat_channels_fused(
+                a.into_dispatch(),
+                b.into_dispatch(),
+            ));
+        }
+    }
+    Tensor::cat(vec![a, b], 1)
 }
 
 /// Nearest-neighbour upsampling by 2 of `x` `[n, c, h, w]`: `[n, c, 2h, 2w]`, each value over

@@ -12,7 +12,7 @@ use super::{
     ImageConfigError, conv, conv_plus, norm, one_step, repeat2, step_column, to_images, to_rows,
 };
 use crate::network::ReverseNetwork;
-use diffusion_kernels::{ConvPlus, attention};
+use diffusion_kernels::{ConvPlus, attention, concat_channels};
 
 /// The most channels at any level.
 const MAX_CHANNELS: usize = 1 << 14;
@@ -502,7 +502,7 @@ impl Unet {
             h = match block {
                 Block::Res(r) => {
                     let skip = skips.pop().expect("one skip per block");
-                    r.forward(Tensor::cat(vec![h, skip], 1), &emb)
+                    r.forward(concat_channels(h, skip), &emb)
                 }
                 Block::Up(layer) => conv(layer, repeat2(h)),
                 Block::Down(_) => unreachable!("the up path has no downsampling"),
