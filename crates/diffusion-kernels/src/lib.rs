@@ -53,6 +53,7 @@ mod norm;
 mod norm_math;
 #[cfg(feature = "flex")]
 mod upsample;
+mod workers;
 
 pub use adam::{AdamScalars, FusedAdam};
 #[cfg(feature = "flex")]
@@ -70,6 +71,7 @@ pub use math::Isa;
 pub use norm::{FusedGroupNorm, GroupNormBackward};
 #[cfg(feature = "flex")]
 pub use upsample::{FusedUpsample, UpsampleBackward};
+pub use workers::{BusyWorkers, busy_workers};
 
 use burn::tensor::{DType, Int, Tensor, activation};
 

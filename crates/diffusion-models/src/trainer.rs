@@ -46,7 +46,7 @@ use burn::optim::{
 };
 use burn::tensor::Device;
 use diffusion_data::Rng;
-use diffusion_kernels::FusedAdam;
+use diffusion_kernels::{FusedAdam, busy_workers};
 
 use crate::config::ConfigError;
 use crate::config::{OptimizerConfig, OptimizerKind, TSampling, TrainConfig};
@@ -406,6 +406,8 @@ impl<P: Process, N: ReverseNetwork> Trainer<P, N> {
             .as_ref()
             .map(|_| prepared.batch.steps().to_vec());
         let model = self.take_model();
+        // on the CPU, rayon's workers kept awake between the step's parallel kernels
+        let busy = busy_workers();
         let step_loss = self.process.step_loss(
             &self.tables,
             &model,
@@ -437,6 +439,7 @@ impl<P: Process, N: ReverseNetwork> Trainer<P, N> {
                 Some(ema) => crate::ema::update(ema, &current, decay),
             });
         }
+        drop(busy);
         self.model = Some(model);
         let p = &mut self.progress;
         p.step = done;

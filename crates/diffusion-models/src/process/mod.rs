@@ -505,7 +505,10 @@ pub(crate) fn in_chunks(
     while done < n {
         let m = chunk_rows.max(1).min(n - done);
         let chunk = given.map(|c| c.chunk(done, m));
+        // on the CPU, rayon's workers kept awake between the chain's parallel kernels
+        let busy = diffusion_kernels::busy_workers();
         out.extend(draw(m, chunk.as_ref(), rng));
+        drop(busy);
         done += m;
     }
     out
