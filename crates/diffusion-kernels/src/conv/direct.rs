@@ -825,10 +825,11 @@ unsafe fn weight_grad_image<V: Vector, const G: usize, const A: usize, const HAL
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn values(len: usize, seed: u64) -> Vec<f32> {
+    /// The same values on every call, uniform on [-1, 1] (xorshift).
+    pub(in crate::conv) fn values(len: usize, seed: u64) -> Vec<f32> {
         let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         (0..len)
             .map(|_| {
@@ -878,6 +879,27 @@ mod tests {
             }
         }
         (out, dw)
+    }
+
+    /// [`weight_grad`] of the planes, added to 0.5 everywhere, against `want` (f64), each sum of
+    /// `terms` products within 4 of their ulps.
+    fn assert_weight_grad(
+        isa: Isa,
+        fs: &Flat,
+        (planes, gplanes): (&[f32], &[f32]),
+        want: &[f64],
+        terms: usize,
+        label: &str,
+    ) {
+        let mut dw = vec![0.5f32; want.len()];
+        weight_grad(isa, fs, planes, gplanes, &mut dw);
+        for (t, (&got, &want)) in dw.iter().zip(want).enumerate() {
+            let got = got as f64 - 0.5;
+            assert!(
+                (got - want).abs() <= 4.0 * terms as f64 * f32::EPSILON as f64,
+                "{label}: weight gradient {t} {got} against {want}"
+            );
+        }
     }
 
     /// The halving convolution (3x3, stride 2, padding 1) over phase planes, and its weight
@@ -967,16 +989,9 @@ mod tests {
                     flat_rows(&fs, gj, j, &mut gplanes);
                 }
                 zero_planes(&fs, c_out, &mut gplanes);
-                let mut dw = vec![0.5f32; c_out * c_in * TAPS];
-                weight_grad(isa, &fs, &planes, &gplanes, &mut dw);
-                let scale = (n * ho * wo) as f64;
-                for (t, (&got, &want)) in dw.iter().zip(&want_dw).enumerate() {
-                    let got = got as f64 - 0.5;
-                    assert!(
-                        (got - want).abs() <= 4.0 * scale * f32::EPSILON as f64,
-                        "{isa:?} {c_in} {c_out} {h} {w}: weight gradient {t} {got} against {want}"
-                    );
-                }
+                let label = format!("{isa:?} {c_in} {c_out} {h} {w}");
+                let terms = (n * ho * wo);
+                assert_weight_grad(isa, &fs, (&planes, &gplanes), &want_dw, terms, &label);
             }
         }
     }
@@ -1077,16 +1092,9 @@ mod tests {
                         "{isa:?} {c_in} {c_out} {h} {w}: image {j} among {n}"
                     );
                 }
-                let mut dw = vec![0.5f32; c_out * c_in * TAPS];
-                weight_grad(isa, &fs, &planes, &gplanes, &mut dw);
-                let scale = (n * h * w) as f64;
-                for (t, (&got, &want)) in dw.iter().zip(&want_dw).enumerate() {
-                    let got = got as f64 - 0.5;
-                    assert!(
-                        (got - want).abs() <= 4.0 * scale * f32::EPSILON as f64,
-                        "{isa:?} {c_in} {c_out} {h} {w}: weight gradient {t} {got} against {want}"
-                    );
-                }
+                let label = format!("{isa:?} {c_in} {c_out} {h} {w}");
+                let terms = (n * h * w);
+                assert_weight_grad(isa, &fs, (&planes, &gplanes), &want_dw, terms, &label);
             }
         }
     }

@@ -340,19 +340,8 @@ unsafe fn weight_grad_blocks<V: Vector, const G: usize, const H: usize>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::direct::tests::values;
     use super::*;
-
-    fn values(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-            })
-            .collect()
-    }
 
     /// Every compiled variant this CPU runs, against f64 by the definition: channel counts off
     /// the blocks, pixel counts that are and are not a multiple of the vector (the last vector
