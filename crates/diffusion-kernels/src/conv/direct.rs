@@ -990,7 +990,7 @@ pub(super) mod tests {
                 }
                 zero_planes(&fs, c_out, &mut gplanes);
                 let label = format!("{isa:?} {c_in} {c_out} {h} {w}");
-                let terms = (n * ho * wo);
+                let terms = n * ho * wo;
                 assert_weight_grad(isa, &fs, (&planes, &gplanes), &want_dw, terms, &label);
             }
         }
@@ -1093,7 +1093,7 @@ pub(super) mod tests {
                     );
                 }
                 let label = format!("{isa:?} {c_in} {c_out} {h} {w}");
-                let terms = (n * h * w);
+                let terms = n * h * w;
                 assert_weight_grad(isa, &fs, (&planes, &gplanes), &want_dw, terms, &label);
             }
         }
