@@ -181,10 +181,14 @@ impl Plot {
             _ => format!("noise of sd {:.1}", task.noisy_test.unwrap_or(0.0)),
         };
         let name = &self.name;
+        let averaged = match task.average {
+            Some(k) if k > 1 => format!(", each the mean of {k} draws"),
+            _ => String::new(),
+        };
         let files = save(
             &ImagePanels {
                 title: format!(
-                    "{name}: held-out images, the input ({what}), and {per} completions each"
+                    "{name}: held-out images, the input ({what}), and {per} completions each{averaged}"
                 ),
                 panels: vec![ImagePanel {
                     title: String::new(),
