@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use burn::tensor::Device;
+use diffusion_data::Array2;
 use diffusion_data::baselines::knn_labels;
 use diffusion_models::completion::{CompletionError, TaskImages};
 use diffusion_models::data::streams;
@@ -64,7 +65,9 @@ pub fn cmd_evaluate_images(
     let task = a.condition.test_task(manifest, run, a.seed)?.ok_or(
         "on image runs, evaluate-conditional takes --from-test N with --mask or --noisy-test",
     )?;
-    let labels = read_label_pair(a)?;
+    let scorer = read_label_pair(a)?
+        .map(|labels| LabelScorer::new(manifest, run, &task, labels))
+        .transpose()?;
     let images = task.len();
     let bound = manifest.bound_of(model).map_err(|e| e.to_string())?;
     // resampled, each image is a particle system of --particles chains, all of them scored
@@ -76,10 +79,8 @@ pub fn cmd_evaluate_images(
     let (mut draw_mse, mut draw_labels) = (0.0, 0.0);
     let mut score_draws = |draws: &[f32]| -> Result<(), String> {
         draw_mse += CompletionError::of(&task, draws, peak).mse / average as f64;
-        if let Some((train_labels, test_labels)) = &labels {
-            let (got, _) =
-                label_accuracies(manifest, run, &task, draws, train_labels, test_labels)?;
-            draw_labels += got / average as f64;
+        if let Some(scorer) = &scorer {
+            draw_labels += scorer.score(draws) / average as f64;
         }
         Ok(())
     };
@@ -95,21 +96,9 @@ pub fn cmd_evaluate_images(
     let error = CompletionError::of(&task, &completions, peak);
     let averaged = average > 1;
     let draw_mse = averaged.then_some(draw_mse);
-    let draw_label_accuracy = (averaged && labels.is_some()).then_some(draw_labels);
-    let (label_accuracy, truth_label_accuracy) = match labels {
-        Some((train_labels, test_labels)) => {
-            let (a, b) = label_accuracies(
-                manifest,
-                run,
-                &task,
-                &completions,
-                &train_labels,
-                &test_labels,
-            )?;
-            (Some(a), Some(b))
-        }
-        None => (None, None),
-    };
+    let draw_label_accuracy = (averaged && scorer.is_some()).then_some(draw_labels);
+    let label_accuracy = scorer.as_ref().map(|s| s.score(&completions));
+    let truth_label_accuracy = scorer.as_ref().map(|s| s.score(&task.truth));
     let report = ImageCompletions {
         task: task_description(&a.condition),
         images,
@@ -281,56 +270,76 @@ fn read_labels(path: &Path) -> Result<Vec<u8>, String> {
     Ok(a.data)
 }
 
-/// The k-NN label accuracy of the completions and of the true images, against `test_labels`
-/// (the held-out images' labels, in order), the classifier fitted on the run's training images.
-fn label_accuracies(
-    manifest: &RunManifest,
-    run: &RunDir,
-    task: &TaskImages,
-    completions: &[f32],
-    train_labels: &[u8],
-    test_labels: &[u8],
-) -> Result<(f64, f64), String> {
-    let (train, _) =
-        diffusion_models::setup::file_rows(manifest, run).map_err(|e| e.to_string())?;
-    let test_file = matches!(
-        &manifest.config.data,
-        diffusion_models::DataConfig::File {
-            test_path: Some(_),
-            ..
-        }
-    );
-    if !test_file {
-        return Err(
-            "--test-labels needs a run evaluated on a test file (data.test_path): a seeded \
-             split of the training file has no labels in order"
-                .into(),
+/// The k-NN classifier that labels completions: the run's training images with `--labels`,
+/// read and checked once, scored against `--test-labels` (the held-out images' labels, in
+/// order).
+struct LabelScorer {
+    train: Array2,
+    train_labels: Vec<u8>,
+    test_labels: Vec<u8>,
+    /// The held-out images completed: row r completes image r mod `images`.
+    images: usize,
+}
+
+impl LabelScorer {
+    fn new(
+        manifest: &RunManifest,
+        run: &RunDir,
+        task: &TaskImages,
+        (train_labels, test_labels): Labels,
+    ) -> Result<Self, String> {
+        let (train, _) =
+            diffusion_models::setup::file_rows(manifest, run).map_err(|e| e.to_string())?;
+        let test_file = matches!(
+            &manifest.config.data,
+            diffusion_models::DataConfig::File {
+                test_path: Some(_),
+                ..
+            }
         );
+        if !test_file {
+            return Err(
+                "--test-labels needs a run evaluated on a test file (data.test_path): a seeded \
+                 split of the training file has no labels in order"
+                    .into(),
+            );
+        }
+        if train.rows != train_labels.len() {
+            return Err(format!(
+                "--labels has {} labels for the run's {} training images",
+                train_labels.len(),
+                train.rows
+            ));
+        }
+        let images = task.len();
+        if test_labels.len() < images {
+            return Err(format!(
+                "--test-labels has {} labels for {images} held-out images",
+                test_labels.len()
+            ));
+        }
+        Ok(LabelScorer {
+            train,
+            train_labels,
+            test_labels,
+            images,
+        })
     }
-    if train.rows != train_labels.len() {
-        return Err(format!(
-            "--labels has {} labels for the run's {} training images",
-            train_labels.len(),
-            train.rows
-        ));
-    }
-    let images = task.len();
-    if test_labels.len() < images {
-        return Err(format!(
-            "--test-labels has {} labels for {images} held-out images",
-            test_labels.len()
-        ));
-    }
-    let d = train.cols;
-    // row r completes image r mod N
-    let score = |rows: &[f32]| {
-        let got = knn_labels(&train.data, train_labels, rows, d, KNN);
+
+    /// The share of `rows` (row r completing image r mod N) whose label is their image's.
+    fn score(&self, rows: &[f32]) -> f64 {
+        let got = knn_labels(
+            &self.train.data,
+            &self.train_labels,
+            rows,
+            self.train.cols,
+            KNN,
+        );
         let right = got
             .iter()
             .enumerate()
-            .filter(|&(r, l)| *l == test_labels[r % images])
+            .filter(|&(r, l)| *l == self.test_labels[r % self.images])
             .count();
         right as f64 / got.len().max(1) as f64
-    };
-    Ok((score(completions), score(&task.truth)))
+    }
 }

@@ -59,8 +59,8 @@ impl FusedConcat for Flex {
                 .with_min_len(TASK.div_ceil(la + lb))
                 .for_each(|(i, o)| {
                     let (oa, ob) = o.split_at_mut(la);
-                    write(oa, &xa[i * la..][..la]);
-                    write(ob, &xb[i * lb..][..lb]);
+                    oa.write_copy_of_slice(&xa[i * la..][..la]);
+                    ob.write_copy_of_slice(&xb[i * lb..][..lb]);
                 });
         }
         // SAFETY: every image's channels were written above
@@ -90,8 +90,8 @@ impl ConcatBackward for Flex {
                 .with_min_len(TASK.div_ceil(la + lb))
                 .for_each(|(i, (da, db))| {
                     let g = &gs[i * (la + lb)..][..la + lb];
-                    write(da, &g[..la]);
-                    write(db, &g[la..]);
+                    da.write_copy_of_slice(&g[..la]);
+                    db.write_copy_of_slice(&g[la..]);
                 });
         }
         // SAFETY: every image's parts were written above
@@ -108,13 +108,6 @@ impl ConcatBackward for Flex {
 
 fn values(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>().expect("contiguous f32")
-}
-
-/// `dst` set to `src`.
-fn write(dst: &mut [std::mem::MaybeUninit<f32>], src: &[f32]) {
-    for (d, &s) in dst.iter_mut().zip(src) {
-        d.write(s);
-    }
 }
 
 /// The concatenation's backward pass: two parents; the state is the first one's channels.

@@ -39,7 +39,6 @@ impl Drop for BusyWorkers {
 pub fn busy_workers() -> BusyWorkers {
     #[cfg(not(feature = "flex"))]
     {
-        let _ = (Arc::new(AtomicBool::new(false)), Ordering::Release);
         BusyWorkers { running: None }
     }
     #[cfg(feature = "flex")]

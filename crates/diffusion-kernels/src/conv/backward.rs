@@ -51,7 +51,7 @@ impl Pass<'_> {
         let count = self.per.min(d.n - first);
         // a 1x1 kernel's weight gradient over the task's images at once, in registers
         let isa = Isa::detect();
-        let pointwise = d.direct() && pointwise::available(isa, pixels);
+        let pointwise = d.pointwise();
         // a halving 3x3 kernel's weight gradient by the direct kernels, over the task's
         // images' phase planes
         let halving = d.halving();

@@ -158,6 +158,12 @@ impl Dims {
         self.same() && self.k == direct::K && direct::available(Isa::detect())
     }
 
+    /// Whether the 1x1 kernels of [`pointwise`] run it (a 1x1 kernel of stride 1, images of at
+    /// least a vector's pixels, on a CPU with AVX2 or AVX-512).
+    fn pointwise(&self) -> bool {
+        self.direct() && pointwise::available(Isa::detect(), self.pixels())
+    }
+
     /// Whether the direct kernels run it as a 3x3 convolution of stride 2 and padding 1 (the
     /// U-Net's downsampling) over the input's phase planes: forward and the weights' gradient.
     fn halving(&self) -> bool {
@@ -369,15 +375,14 @@ fn convolve(d: &Dims, xs: &[f32], ws: &[f32], start: Start<'_>) -> Vec<f32> {
         unsafe { out.set_len(total) };
         return out;
     }
-    let isa = Isa::detect();
-    if d.direct() && pointwise::available(isa, pixels) {
+    if d.pointwise() {
+        let isa = Isa::detect();
         let plane = pointwise::Plane {
             c_in: d.c_in,
             c_out: d.c_out,
             pixels,
         };
         let wt = pointwise::block_weights(isa, d.c_out, d.c_in, ws);
-        let zeros = vec![0.0f32; d.c_out];
         out.spare_capacity_mut()[..total]
             .par_chunks_mut(per * out_len)
             .enumerate()
@@ -385,13 +390,10 @@ fn convolve(d: &Dims, xs: &[f32], ws: &[f32], start: Start<'_>) -> Vec<f32> {
                 let mut bases = Vec::with_capacity(d.c_out);
                 for (j, o) in outs.chunks_mut(out_len).enumerate() {
                     let i = task * per + j;
+                    // every channel's start value (zero for `Start::Nothing`) and residual
                     let residual = start.image(i, d.c_out, pixels, &mut bases);
-                    let bases = match start {
-                        Start::Nothing => zeros.as_slice(),
-                        _ => bases.as_slice(),
-                    };
                     let image = &xs[i * in_len..][..in_len];
-                    pointwise::forward(isa, plane, (image, &wt), (bases, residual), o);
+                    pointwise::forward(isa, plane, (image, &wt), (&bases, residual), o);
                 }
             });
         // SAFETY: every image's output was written by `pointwise::forward`
