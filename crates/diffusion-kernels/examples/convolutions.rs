@@ -12,7 +12,7 @@ mod common;
 use common::time;
 
 use burn::tensor::{Device, Distribution, Tensor};
-use diffusion_kernels::conv2d;
+use diffusion_kernels::{NormSpec, conv2d, group_norm};
 
 fn run(n: usize, repeats: usize) {
     let device = Device::flex();
@@ -63,6 +63,33 @@ fn run(n: usize, repeats: usize) {
              ({:>5.1} GFLOP/s)   forward + backward {both:>8.0} us ({:>5.1} GFLOP/s)",
             flop / forward / 1e3,
             3.0 * flop / both / 1e3,
+        );
+    }
+    // the group norm with SiLU that feeds each residual block's convolutions (8 groups)
+    for (c, side) in [(16, 28), (32, 14), (32, 7)] {
+        let spec = NormSpec {
+            groups: 8,
+            epsilon: 1e-5,
+            silu: true,
+        };
+        let x = Tensor::<4>::random([n, c, side, side], normal, &ad).require_grad();
+        let gamma = Tensor::<1>::random([c], normal, &ad).require_grad();
+        let beta = Tensor::<1>::random([c], normal, &ad).require_grad();
+        let (xp, gp, bp) = (
+            Tensor::<4>::from_data(x.to_data(), &device),
+            Tensor::<1>::from_data(gamma.to_data(), &device),
+            Tensor::<1>::from_data(beta.to_data(), &device),
+        );
+        let forward = time(repeats, || {
+            drop(group_norm(xp.clone(), gp.clone(), bp.clone(), spec))
+        });
+        let both = time(repeats, || {
+            let y = group_norm(x.clone(), gamma.clone(), beta.clone(), spec);
+            drop(y.sum().backward())
+        });
+        println!(
+            "group norm + SiLU {c:>3} {side:>2}x{side:<2}  forward {forward:>8.0} us   \
+             forward + backward {both:>8.0} us"
         );
     }
 }

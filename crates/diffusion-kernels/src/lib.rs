@@ -71,9 +71,9 @@ pub use math::Isa;
 pub use norm::{FusedGroupNorm, GroupNormBackward};
 #[cfg(feature = "flex")]
 pub use upsample::{FusedUpsample, UpsampleBackward};
-pub use workers::{BusyWorkers, busy_workers};
+pub use workers::{BusyWorkers, busy_workers, map_parallel, worker_threads};
 
-use burn::tensor::{DType, Int, Tensor, activation};
+use burn::tensor::{DType, Device, Int, Tensor, activation};
 
 /// The slope of [`Activation::LeakyRelu`] for negative inputs (the paper's reference code's).
 pub const LEAKY_RELU_SLOPE: f32 = 0.05;
@@ -498,6 +498,23 @@ pub fn fused_here<const D: usize>(x: &Tensor<D>) -> bool {
     #[cfg(not(feature = "flex"))]
     {
         let _ = (x, DType::F32);
+        false
+    }
+}
+
+/// Whether `device` is one the fused kernels run on (flex, or flex under autodiff).
+pub fn fused_device(device: &Device) -> bool {
+    #[cfg(feature = "flex")]
+    {
+        use burn::backend::DispatchDevice;
+        matches!(
+            device.clone().inner().as_dispatch(),
+            DispatchDevice::Flex(_)
+        )
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = device;
         false
     }
 }

@@ -96,6 +96,10 @@ fn group_of<'a>(
     (first, group)
 }
 
+/// Groups a task takes at most: a batch's groups in many small tasks, so that the thread
+/// done first takes the other's last ones instead of waiting for them.
+const GROUPS_PER_TASK: usize = 16;
+
 /// The group norm of `x` and its groups' moments ([`Moments::VALUES`] values a group), each
 /// group a task; the output is never zeroed first.
 fn forward_flex(
@@ -114,6 +118,7 @@ fn forward_flex(
     out.spare_capacity_mut()[..xs.len()]
         .par_chunks_mut(group_len)
         .zip(xs.par_chunks(group_len).zip(moments.par_iter_mut()))
+        .with_max_len(GROUPS_PER_TASK)
         .enumerate()
         .for_each(|(i, (o, (v, saved)))| {
             let (_, group) = group_of(i, spec, (spatial, per_group), v, (gs, bs));
@@ -182,6 +187,7 @@ impl GroupNormBackward for Flex {
             .par_chunks_mut(group_len)
             .zip(xs.par_chunks(group_len))
             .zip(ms.par_chunks(Moments::VALUES))
+            .with_max_len(GROUPS_PER_TASK)
             .enumerate()
             .map(|(i, ((dxg, v), m))| {
                 let (first, group) = group_of(i, spec, (spatial, per_group), v, (gs, bs));

@@ -80,6 +80,33 @@ fn spin_others() -> BusyWorkers {
     }
 }
 
+/// The threads the flex kernels share (rayon's pool), 1 without flex.
+pub fn worker_threads() -> usize {
+    #[cfg(feature = "flex")]
+    {
+        rayon::current_num_threads()
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        1
+    }
+}
+
+/// `f` of each item, the items spread over the kernels' threads (a task each, the kernels
+/// inside a task sharing the threads with the other tasks), the results in the items' order;
+/// one after the other without flex.
+pub fn map_parallel<I: Send, O: Send>(items: Vec<I>, f: impl Fn(I) -> O + Sync + Send) -> Vec<O> {
+    #[cfg(feature = "flex")]
+    {
+        use rayon::prelude::*;
+        items.into_par_iter().with_max_len(1).map(f).collect()
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        items.into_iter().map(f).collect()
+    }
+}
+
 #[cfg(all(test, feature = "flex"))]
 mod tests {
     use super::*;

@@ -644,7 +644,25 @@ macro_rules! reverse_network {
     )*};
 }
 
-reverse_network!(Mlp, ReadoutMlp, Network);
+reverse_network!(Mlp, ReadoutMlp);
+
+impl ReverseNetwork for Network {
+    fn forward(&self, x_t: Tensor<2>, t: Tensor<1, Int>) -> Tensor<2> {
+        self.forward_steps(x_t, Steps::PerRow(&t))
+    }
+
+    fn forward_at(&self, x_t: Tensor<2>, t: usize) -> Tensor<2> {
+        self.forward_steps(x_t, Steps::All(t))
+    }
+
+    fn splits_batches(&self) -> bool {
+        match self {
+            Self::Unet(m) => m.splits_batches(),
+            Self::PaperConv(m) => m.splits_batches(),
+            Self::Mlp(_) | Self::Readout(_) | Self::Rbf(_) => false,
+        }
+    }
+}
 
 impl RbfNet {
     fn forward_steps(&self, x_t: Tensor<2>, steps: Steps) -> Tensor<2> {

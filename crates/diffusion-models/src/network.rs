@@ -55,6 +55,15 @@ pub trait ReverseNetwork: Module + ModuleDisplay {
         let steps = Tensor::from_data(TensorData::new(vec![t as i64; n], [n]), &device);
         self.forward(x_t, steps)
     }
+
+    /// Whether training does better to cut each batch into parts, one a thread, each part's
+    /// forward and backward pass on a thread of its own, the parts' gradients added after:
+    /// the image networks, whose serial stretches between their parallel kernels would
+    /// otherwise leave the other threads idle. The loss and its gradient are the batch's
+    /// either way, to rounding.
+    fn splits_batches(&self) -> bool {
+        false
+    }
 }
 
 /// The trained object: a network and, with the `learned` schedule, its trainable betas.

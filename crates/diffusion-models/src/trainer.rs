@@ -39,21 +39,23 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::Instant;
 
-use burn::module::Module;
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::{
     GradientsParams, ModuleOptimizer, SgdConfig, grad_clipping::GradientClippingConfig,
     momentum::MomentumConfig,
 };
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 use diffusion_data::Rng;
-use diffusion_kernels::{FusedAdam, busy_workers};
+use diffusion_kernels::{FusedAdam, busy_workers, fused_device, map_parallel, worker_threads};
 
 use crate::config::ConfigError;
 use crate::config::{OptimizerConfig, OptimizerKind, TSampling, TrainConfig};
 use crate::data::{TrainingData, streams};
 use crate::importance::StepSampler;
 use crate::network::{ReverseModel, ReverseNetwork};
-use crate::process::{Objective, Process, TrainingBatch, training_batch, training_batch_at};
+use crate::process::{
+    Objective, Process, StepLoss, TrainingBatch, training_batch, training_batch_at,
+};
 use crate::run::RunError;
 
 /// Why training stopped early.
@@ -223,6 +225,99 @@ pub struct Trainer<P: Process, N: ReverseNetwork> {
     progress: TrainProgress,
     source: BatchSource,
     started: Instant,
+}
+
+/// Rows a part of a batch cut across threads holds at least ([`batch_loss_and_grads`]).
+const MIN_PART_ROWS: usize = 8;
+
+/// A batch's loss (its value, in bits), its rows' KL terms and the loss's gradients, the batch
+/// cut into `parts` contiguous parts of sizes within one of each other, each part's forward and
+/// backward pass a task of its own ([`map_parallel`]: on a thread of its own while there are
+/// threads) through leaves of its own of the same weights, its loss weighted by its share of the
+/// rows. The parts' values and gradients added are the batch's, to rounding; one part is the
+/// plain step.
+pub(crate) fn batch_loss_and_grads<P: Process, N: ReverseNetwork>(
+    (process, tables, objective): (&P, &P::Tables, Objective),
+    model: &ReverseModel<N>,
+    mut batch: TrainingBatch<P::Rows>,
+    device: &Device,
+    parts: usize,
+) -> (f64, Option<Tensor<1>>, GradientsParams) {
+    let (n, parts) = (batch.len(), parts.clamp(1, batch.len().max(1)));
+    if parts == 1 {
+        let StepLoss { loss, kl } = process.step_loss(tables, model, batch, objective, device);
+        let value = loss.clone().into_scalar::<f32>() as f64;
+        let grads = GradientsParams::from_grads(loss.backward(), model);
+        return (value, kl, grads);
+    }
+    let mut pieces: Vec<_> = (1..parts)
+        .rev()
+        .map(|k| batch.split_off(n * k / parts))
+        .collect();
+    pieces.push(batch);
+    pieces.reverse();
+    let jobs: Vec<_> = pieces.into_iter().map(|b| (fork(model), b)).collect();
+    let results = map_parallel(jobs, |(fork, part)| {
+        let share = part.len() as f64 / n as f64;
+        let StepLoss { loss, kl } = process.step_loss(tables, &fork, part, objective, device);
+        let loss = loss * share;
+        let value = loss.clone().into_scalar::<f32>() as f64;
+        (
+            value,
+            kl,
+            GradientsParams::from_grads(loss.backward(), &fork),
+        )
+    });
+    let mut value = 0.0;
+    let mut kls = Vec::with_capacity(parts);
+    let mut grads = GradientsParams::new();
+    for (v, kl, mut g) in results {
+        value += v;
+        kls.extend(kl);
+        model.visit(&mut AddGrads {
+            into: &mut grads,
+            from: &mut g,
+        });
+    }
+    let kl = (kls.len() == parts).then(|| Tensor::cat(kls, 0));
+    (value, kl, grads)
+}
+
+/// `model` with leaves of its own for its trainable weights (the same values, not copied): a
+/// backward pass through it stays in a graph of its own, apart from the other parts'.
+fn fork<M: Module>(model: &M) -> M {
+    struct Fork;
+    impl ModuleMapper for Fork {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            param.map(|t| {
+                if t.is_require_grad() {
+                    t.detach().require_grad()
+                } else {
+                    t
+                }
+            })
+        }
+    }
+    model.clone().map(&mut Fork)
+}
+
+/// Adds the gradients of `from` to those of `into`, parameter by parameter (a module's
+/// visit): the parts' gradients of a batch cut across threads.
+struct AddGrads<'a> {
+    into: &'a mut GradientsParams,
+    from: &'a mut GradientsParams,
+}
+
+impl ModuleVisitor for AddGrads<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = self.from.remove::<D>(param.id) {
+            let sum = match self.into.remove::<D>(param.id) {
+                Some(total) => total + g,
+                None => g,
+            };
+            self.into.register(param.id, sum);
+        }
+    }
 }
 
 /// The optimizer a config describes.
@@ -408,16 +503,8 @@ impl<P: Process, N: ReverseNetwork> Trainer<P, N> {
         let model = self.take_model();
         // on the CPU, rayon's workers kept awake between the step's parallel kernels
         let busy = busy_workers();
-        let step_loss = self.process.step_loss(
-            &self.tables,
-            &model,
-            prepared.batch,
-            self.objective,
-            &self.device,
-        );
-        let loss = step_loss.loss;
-        let value = loss.clone().into_scalar::<f32>() as f64;
-        if let (Some(s), Some(ts), Some(kl)) = (self.sampler.as_mut(), ts, step_loss.kl) {
+        let (value, kl, grads) = self.loss_and_grads(&model, prepared.batch);
+        if let (Some(s), Some(ts), Some(kl)) = (self.sampler.as_mut(), ts, kl) {
             let kl = kl.into_data().convert::<f32>();
             s.update(&ts, kl.as_slice::<f32>().expect("f32 data"));
         }
@@ -430,7 +517,6 @@ impl<P: Process, N: ReverseNetwork> Trainer<P, N> {
                 kept: None,
             });
         }
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
         let model = self.optim.step(lr, model, grads);
         if let Some(decay) = self.config.ema_decay {
             let current = model.valid();
@@ -462,6 +548,23 @@ impl<P: Process, N: ReverseNetwork> Trainer<P, N> {
             logged_loss_bits: logged,
             checkpoint_due: done == total || (every > 0 && done % every == 0),
         })
+    }
+
+    /// The batch's loss (its value, in bits), its rows' KL terms and the loss's gradients: with
+    /// an image network on flex and several threads, the batch cut into a part a thread
+    /// ([`ReverseNetwork::splits_batches`], [`batch_loss_and_grads`]).
+    fn loss_and_grads(
+        &self,
+        model: &ReverseModel<N>,
+        batch: TrainingBatch<P::Rows>,
+    ) -> (f64, Option<Tensor<1>>, GradientsParams) {
+        let parts = if model.network.splits_batches() && fused_device(&self.device) {
+            worker_threads().min(batch.len() / MIN_PART_ROWS).max(1)
+        } else {
+            1
+        };
+        let process = (&self.process, &self.tables, self.objective);
+        batch_loss_and_grads(process, model, batch, &self.device, parts)
     }
 
     /// Runs the steps left, telling `observers` after each; returns the trained model.
@@ -621,6 +724,117 @@ mod tests {
         state.ema = None;
         let mut other = Trainer::new(process, model(2), &train, data(), &device);
         assert!(matches!(other.resume(state), Err(TrainError::Config(_))));
+    }
+
+    /// A batch cut into parts, each part's loss and gradients on a task of its own, gives the
+    /// batch's loss, KL terms and gradients (to rounding) for the U-Net with its noise
+    /// prediction and learned variance, importance weights included, parts of equal and of
+    /// unequal size; the uncut batch is the plain step to the bit.
+    #[test]
+    fn a_batch_cut_into_parts_gives_the_whole_batchs_loss_and_gradients() {
+        use crate::image::UnetConfig;
+        use crate::process::training_batch_at;
+        use burn::module::ModuleMapper;
+        use burn::tensor::Distribution;
+        use diffusion_data::ImageShape;
+        use rand::{Rng as _, SeedableRng};
+
+        let steps = 20;
+        let shape = ImageShape {
+            channels: 1,
+            height: 8,
+            width: 8,
+        };
+        let d = shape.len();
+        let process = GaussianBound::new(
+            GaussianDiffusion::new(BetaSchedule::paper().betas(steps).unwrap(), d).unwrap(),
+            ReverseParametrization::Epsilon,
+        );
+        let device = Device::flex().autodiff();
+        device.seed(5);
+        let config = UnetConfig {
+            channels: 8,
+            channel_mult: vec![1, 2],
+            res_blocks: 1,
+            attention_resolutions: vec![4],
+            groups: 4,
+            heads: 2,
+        };
+        // every weight moved off its initial value, so that the zero-initialised output
+        // convolution passes gradients down to every layer
+        struct Jitter<'a>(&'a Device);
+        impl ModuleMapper for Jitter<'_> {
+            fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+                param.map(|t| {
+                    let noise = Tensor::random(t.shape(), Distribution::Normal(0.0, 0.1), self.0);
+                    (t + noise).detach().require_grad()
+                })
+            }
+        }
+        let net = config.init(shape, 2 * d, &device).map(&mut Jitter(&device));
+        let model = ReverseModel::new(net);
+        let tables = process.tables(&device);
+        let n = 10;
+        let mut rng = Rng::seed_from_u64(7);
+        let x0: Vec<f32> = (0..n * d).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let ts: Vec<usize> = (0..n).map(|i| 1 + (i * 7) % steps).collect();
+        let weights: Vec<f32> = (0..n).map(|i| 0.5 + 0.1 * i as f32).collect();
+        let batch = |rng: &mut Rng| {
+            training_batch_at(&process, &x0, ts.clone(), Some(weights.clone()), rng)
+        };
+        let run = |parts: usize| {
+            let mut rng = Rng::seed_from_u64(9);
+            let process = (&process, &tables, Objective::BOUND);
+            let (value, kl, mut grads) =
+                batch_loss_and_grads(process, &model, batch(&mut rng), &device, parts);
+            let kl = crate::tensors::host(kl.unwrap());
+            // every parameter's gradient, in the model's order
+            struct Take<'a>(&'a mut GradientsParams, Vec<Vec<f32>>);
+            impl ModuleVisitor for Take<'_> {
+                fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                    let g = self.0.remove::<D>(param.id).expect("a gradient");
+                    self.1.push(crate::tensors::host(g));
+                }
+            }
+            let mut take = Take(&mut grads, Vec::new());
+            model.visit(&mut take);
+            (value, kl, take.1)
+        };
+        let plain = {
+            let mut rng = Rng::seed_from_u64(9);
+            let StepLoss { loss, kl } =
+                process.step_loss(&tables, &model, batch(&mut rng), Objective::BOUND, &device);
+            (
+                loss.into_scalar::<f32>() as f64,
+                crate::tensors::host(kl.unwrap()),
+            )
+        };
+        let whole = run(1);
+        assert_eq!((whole.0, &whole.1), (plain.0, &plain.1));
+        let close = |a: &[f32], b: &[f32], what: &str| {
+            let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            assert!(scale > 0.0, "{what}: all zero");
+            for (x, y) in a.iter().zip(b) {
+                assert!(
+                    (x - y).abs() <= 2e-5 * scale,
+                    "{what}: {x} vs {y} (scale {scale})"
+                );
+            }
+        };
+        for parts in [2, 3] {
+            let cut = run(parts);
+            assert!(
+                (cut.0 - whole.0).abs() <= 1e-5 * whole.0.abs(),
+                "{parts} parts: loss {} vs {}",
+                cut.0,
+                whole.0
+            );
+            close(&cut.1, &whole.1, &format!("{parts} parts: KL terms"));
+            assert_eq!(cut.2.len(), whole.2.len());
+            for (i, (a, b)) in cut.2.iter().zip(&whole.2).enumerate() {
+                close(a, b, &format!("{parts} parts: gradient {i}"));
+            }
+        }
     }
 
     /// One Adam step moves every parameter of every kind of network (none is hidden from the

@@ -178,6 +178,7 @@ impl Pass<'_> {
         if !self.want[0] {
             let partial = (0..tasks)
                 .into_par_iter()
+                .with_max_len(1)
                 .map(|task| self.flat_task(task, None, &[]))
                 .collect();
             return (Vec::new(), partial);
@@ -188,6 +189,7 @@ impl Pass<'_> {
         let mut dx: Vec<f32> = Vec::with_capacity(total);
         let partial = dx.spare_capacity_mut()[..total]
             .par_chunks_mut(self.per * in_len)
+            .with_max_len(1)
             .enumerate()
             .map(|(task, chunk)| self.flat_task(task, Some(chunk), &wt))
             .collect();
@@ -231,12 +233,14 @@ impl ConvBackward for Flex {
             // each task's weight and bias gradients, summed after
             let partial: Vec<Partial> = if scatter {
                 dx.par_chunks_mut(per * in_len)
+                    .with_max_len(1)
                     .enumerate()
                     .map(|(task, chunk)| pass.task(task, Some(chunk)))
                     .collect()
             } else {
                 (0..tasks)
                     .into_par_iter()
+                    .with_max_len(1)
                     .map(|task| pass.task(task, None))
                     .collect()
             };

@@ -352,13 +352,14 @@ fn convolve(d: &Dims, xs: &[f32], ws: &[f32], start: Start<'_>) -> Vec<f32> {
     let (in_len, out_len) = (d.c_in * d.h * d.w, d.c_out * pixels);
     let total = d.n * out_len;
     let mut out: Vec<f32> = Vec::with_capacity(total);
-    let per = images_per_task(d.n);
+    let per = 1;
     if d.flat() || d.halving() {
         let (isa, f) = (Isa::detect(), d.flat_geometry(1));
         let wt = direct::block_weights(&f, ws);
         let layout = direct::Layout::new(&f);
         out.spare_capacity_mut()[..total]
-            .par_chunks_mut(per * out_len)
+            .par_chunks_mut(out_len)
+            .with_max_len(1)
             .enumerate()
             .for_each(|(task, outs)| {
                 let mut planes = scratch(d.c_in * f.plane);
@@ -384,7 +385,8 @@ fn convolve(d: &Dims, xs: &[f32], ws: &[f32], start: Start<'_>) -> Vec<f32> {
         };
         let wt = pointwise::block_weights(isa, d.c_out, d.c_in, ws);
         out.spare_capacity_mut()[..total]
-            .par_chunks_mut(per * out_len)
+            .par_chunks_mut(out_len)
+            .with_max_len(1)
             .enumerate()
             .for_each(|(task, outs)| {
                 let mut bases = Vec::with_capacity(d.c_out);
@@ -401,7 +403,8 @@ fn convolve(d: &Dims, xs: &[f32], ws: &[f32], start: Start<'_>) -> Vec<f32> {
         return out;
     }
     out.spare_capacity_mut()[..total]
-        .par_chunks_mut(per * out_len)
+        .par_chunks_mut(out_len)
+        .with_max_len(1)
         .enumerate()
         .for_each(|(task, outs)| {
             let tile_len = tile_rows(d) * d.w_out;

@@ -428,4 +428,7 @@ impl ReverseNetwork for PaperConvNet {
         let weights = self.basis_rows(&device).narrow(0, t, 1);
         self.readout(self.coefficients(x_t), weights)
     }
+    fn splits_batches(&self) -> bool {
+        true
+    }
 }

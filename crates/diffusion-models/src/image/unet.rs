@@ -521,4 +521,7 @@ impl ReverseNetwork for Unet {
         let device = x_t.device();
         self.forward_steps(x_t, one_step(t, &device))
     }
+    fn splits_batches(&self) -> bool {
+        true
+    }
 }

@@ -59,6 +59,21 @@ pub struct BinomialRows {
     kernel_logit: Vec<f32>,
 }
 
+impl super::SplitRows for BinomialRows {
+    fn split_off(&mut self, at: usize) -> Self {
+        let d = self.d;
+        BinomialRows {
+            d,
+            ts: self.ts.split_off(at),
+            network_ts: self.network_ts.split_off(at),
+            x_t: self.x_t.split_off(at * d),
+            posterior: self.posterior.split_off(at * d),
+            entropy: self.entropy.split_off(at),
+            kernel_logit: self.kernel_logit.split_off(at * d),
+        }
+    }
+}
+
 impl BinomialRows {
     /// The device tensors of these rows.
     pub fn upload(self, device: &Device) -> BinomialBatch {

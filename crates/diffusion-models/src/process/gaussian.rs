@@ -95,6 +95,20 @@ pub struct GaussianRows {
     pub(super) noise: Vec<f32>,
 }
 
+impl super::SplitRows for GaussianRows {
+    fn split_off(&mut self, at: usize) -> Self {
+        let d = self.d;
+        GaussianRows {
+            d,
+            ts: self.ts.split_off(at),
+            x0: self.x0.split_off(at * d),
+            x_t: self.x_t.split_off(at * d),
+            mean: self.mean.split_off(at * d),
+            noise: self.noise.split_off(at * d),
+        }
+    }
+}
+
 impl GaussianRows {
     /// The device tensors of these rows, their step coefficients gathered from `tables`.
     pub fn upload(self, tables: &GaussianTables, device: &Device) -> GaussianBatch {

@@ -43,9 +43,9 @@ pub use crate::tensors::tensor2;
 /// need of it.
 pub trait Process: Clone + Send + Sync {
     /// The host values of a set of (x_0, t) rows, built on any thread.
-    type Rows: Send;
+    type Rows: SplitRows + Send;
     /// The per-step coefficients of a run on a device, uploaded once.
-    type Tables;
+    type Tables: Sync;
 
     /// Trajectory length T.
     fn steps(&self) -> usize;
@@ -166,6 +166,30 @@ impl<R> TrainingBatch<R> {
         &self.ts
     }
 
+    /// How many rows the batch holds.
+    pub fn len(&self) -> usize {
+        self.ts.len()
+    }
+
+    /// Whether the batch holds no rows.
+    pub fn is_empty(&self) -> bool {
+        self.ts.is_empty()
+    }
+
+    /// Keeps the first `at` rows and returns the others, each with its importance weight; the
+    /// bound's constant part stays the whole batch's mean in both.
+    pub fn split_off(&mut self, at: usize) -> Self
+    where
+        R: SplitRows,
+    {
+        TrainingBatch {
+            rows: self.rows.split_off(at),
+            ts: self.ts.split_off(at),
+            constant_bits: self.constant_bits,
+            weights: self.weights.as_mut().map(|w| w.split_off(at)),
+        }
+    }
+
     /// The rows, and how the `terms` terms of their steps make the bound loss.
     fn into_parts(self, terms: usize, device: &Device) -> (R, BoundWeights) {
         let n = self.ts.len();
@@ -179,6 +203,12 @@ impl<R> TrainingBatch<R> {
         };
         (self.rows, weights)
     }
+}
+
+/// Host rows that can be cut in two, as a batch is cut to train on several threads.
+pub trait SplitRows: Sized {
+    /// Keeps the first `at` rows and returns the others.
+    fn split_off(&mut self, at: usize) -> Self;
 }
 
 /// How a batch's KL terms become minus the Monte-Carlo K in bits.
