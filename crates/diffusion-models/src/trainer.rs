@@ -727,29 +727,50 @@ mod tests {
     }
 
     /// A batch cut into parts, each part's loss and gradients on a task of its own, gives the
-    /// batch's loss, KL terms and gradients (to rounding) for the U-Net with its noise
-    /// prediction and learned variance, importance weights included, parts of equal and of
-    /// unequal size; the uncut batch is the plain step to the bit.
+    /// batch's loss, KL terms and gradients (to rounding) for the U-Net, with Gaussian diffusion
+    /// (noise prediction and a learned variance) and binomial diffusion (one logit a pixel),
+    /// importance weights included, parts of equal and of unequal size; the uncut batch is the
+    /// plain step to the bit.
     #[test]
     fn a_batch_cut_into_parts_gives_the_whole_batchs_loss_and_gradients() {
+        use diffusion_core::BinomialDiffusion;
+
+        let steps = 20;
+        let d = 64;
+        let gaussian = GaussianBound::new(
+            GaussianDiffusion::new(BetaSchedule::paper().betas(steps).unwrap(), d).unwrap(),
+            ReverseParametrization::Epsilon,
+        );
+        let binomial = crate::process::BinomialBound {
+            diffusion: BinomialDiffusion::new(
+                BetaSchedule::Reciprocal.raw_betas(steps).unwrap(),
+                0.5,
+                d,
+            )
+            .unwrap(),
+            parametrization: ReverseParametrization::Paper,
+            respaced: None,
+        };
+        check_cut(&gaussian, 2 * d, |i| ((i * 37) % 11) as f32 / 5.0 - 1.0);
+        check_cut(&binomial, d, |i| ((i * 37) % 11 > 5) as u8 as f32);
+    }
+
+    /// [`batch_loss_and_grads`] with 1, 2 and 3 parts of a batch of 10 rows of 8x8 images
+    /// (`pixel(i)` the batch's i-th value) through a small U-Net with `outputs` outputs.
+    fn check_cut<P: Process>(process: &P, outputs: usize, pixel: impl Fn(usize) -> f32) {
         use crate::image::UnetConfig;
         use crate::process::training_batch_at;
         use burn::module::ModuleMapper;
         use burn::tensor::Distribution;
         use diffusion_data::ImageShape;
-        use rand::{Rng as _, SeedableRng};
+        use rand::SeedableRng;
 
-        let steps = 20;
         let shape = ImageShape {
             channels: 1,
             height: 8,
             width: 8,
         };
-        let d = shape.len();
-        let process = GaussianBound::new(
-            GaussianDiffusion::new(BetaSchedule::paper().betas(steps).unwrap(), d).unwrap(),
-            ReverseParametrization::Epsilon,
-        );
+        let (d, steps) = (shape.len(), process.steps());
         let device = Device::flex().autodiff();
         device.seed(5);
         let config = UnetConfig {
@@ -771,23 +792,26 @@ mod tests {
                 })
             }
         }
-        let net = config.init(shape, 2 * d, &device).map(&mut Jitter(&device));
+        let net = config
+            .init(shape, outputs, &device)
+            .map(&mut Jitter(&device));
         let model = ReverseModel::new(net);
         let tables = process.tables(&device);
         let n = 10;
-        let mut rng = Rng::seed_from_u64(7);
-        let x0: Vec<f32> = (0..n * d).map(|_| rng.random_range(-1.0..1.0)).collect();
-        let ts: Vec<usize> = (0..n).map(|i| 1 + (i * 7) % steps).collect();
+        let x0: Vec<f32> = (0..n * d).map(pixel).collect();
+        let ts: Vec<usize> = (0..n)
+            .map(|i| process.first_step() + (i * 7) % (steps + 1 - process.first_step()))
+            .collect();
         let weights: Vec<f32> = (0..n).map(|i| 0.5 + 0.1 * i as f32).collect();
-        let batch = |rng: &mut Rng| {
-            training_batch_at(&process, &x0, ts.clone(), Some(weights.clone()), rng)
+        // the same rows (x_t drawn from the same stream) on every call
+        let batch = || {
+            let mut rng = Rng::seed_from_u64(9);
+            training_batch_at(process, &x0, ts.clone(), Some(weights.clone()), &mut rng)
         };
         let run = |parts: usize| {
-            let mut rng = Rng::seed_from_u64(9);
-            let process = (&process, &tables, Objective::BOUND);
+            let parts_of = (process, &tables, Objective::BOUND);
             let (value, kl, mut grads) =
-                batch_loss_and_grads(process, &model, batch(&mut rng), &device, parts);
-            let kl = crate::tensors::host(kl.unwrap());
+                batch_loss_and_grads(parts_of, &model, batch(), &device, parts);
             // every parameter's gradient, in the model's order
             struct Take<'a>(&'a mut GradientsParams, Vec<Vec<f32>>);
             impl ModuleVisitor for Take<'_> {
@@ -798,17 +822,14 @@ mod tests {
             }
             let mut take = Take(&mut grads, Vec::new());
             model.visit(&mut take);
-            (value, kl, take.1)
+            (value, crate::tensors::host(kl.unwrap()), take.1)
         };
-        let plain = {
-            let mut rng = Rng::seed_from_u64(9);
-            let StepLoss { loss, kl } =
-                process.step_loss(&tables, &model, batch(&mut rng), Objective::BOUND, &device);
-            (
-                loss.into_scalar::<f32>() as f64,
-                crate::tensors::host(kl.unwrap()),
-            )
-        };
+        let StepLoss { loss, kl } =
+            process.step_loss(&tables, &model, batch(), Objective::BOUND, &device);
+        let plain = (
+            loss.into_scalar::<f32>() as f64,
+            crate::tensors::host(kl.unwrap()),
+        );
         let whole = run(1);
         assert_eq!((whole.0, &whole.1), (plain.0, &plain.1));
         let close = |a: &[f32], b: &[f32], what: &str| {
