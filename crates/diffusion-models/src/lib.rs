@@ -77,7 +77,7 @@ pub use config::{ConfigError, DataConfig, RunConfig};
 pub use data::TrainingData;
 pub use evaluate::{Evaluation, evaluate};
 pub use model::{ModelConfig, Network};
-pub use network::{ReverseModel, ReverseNetwork};
+pub use network::{ReverseModel, ReverseNetwork, forward_at_rows};
 pub use process::{BinomialBound, GaussianBound, Process};
 pub use run::{RunDir, RunError, RunManifest, Weights};
 pub use setup::{ResolvedData, Run, resolve};

@@ -66,6 +66,31 @@ pub trait ReverseNetwork: Module + ModuleDisplay {
     }
 }
 
+/// `network.forward_at(x_t, t)`, as the reverse chain calls it. With a network that
+/// [splits batches](ReverseNetwork::splits_batches), on flex with several threads, the rows are
+/// cut into a part a thread and each part's forward pass runs on a thread of its own, the
+/// outputs put back in the rows' order: the image networks compute each image on its own, so
+/// every row's output is the uncut call's, bit for bit (tested).
+pub fn forward_at_rows<N: ReverseNetwork>(network: &N, x_t: Tensor<2>, t: usize) -> Tensor<2> {
+    let n = x_t.dims()[0];
+    let parts = diffusion_kernels::worker_threads().min(n / MIN_PART_ROWS);
+    if parts < 2 || !network.splits_batches() || !diffusion_kernels::fused_device(&x_t.device()) {
+        return network.forward_at(x_t, t);
+    }
+    let jobs: Vec<_> = (0..parts)
+        .map(|k| {
+            let (from, to) = (n * k / parts, n * (k + 1) / parts);
+            (network.clone(), x_t.clone().narrow(0, from, to - from))
+        })
+        .collect();
+    let outs = diffusion_kernels::map_parallel(jobs, |(net, rows)| net.forward_at(rows, t));
+    Tensor::cat(outs, 0)
+}
+
+/// Rows a part of a batch cut across threads holds at least ([`forward_at_rows`], and the
+/// trainer's parts of a batch).
+pub(crate) const MIN_PART_ROWS: usize = 8;
+
 /// The trained object: a network and, with the `learned` schedule, its trainable betas.
 #[derive(Module, Debug)]
 pub struct ReverseModel<N: Module> {

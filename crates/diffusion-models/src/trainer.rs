@@ -52,7 +52,7 @@ use crate::config::ConfigError;
 use crate::config::{OptimizerConfig, OptimizerKind, TSampling, TrainConfig};
 use crate::data::{TrainingData, streams};
 use crate::importance::StepSampler;
-use crate::network::{ReverseModel, ReverseNetwork};
+use crate::network::{MIN_PART_ROWS, ReverseModel, ReverseNetwork};
 use crate::process::{
     Objective, Process, StepLoss, TrainingBatch, training_batch, training_batch_at,
 };
@@ -226,9 +226,6 @@ pub struct Trainer<P: Process, N: ReverseNetwork> {
     source: BatchSource,
     started: Instant,
 }
-
-/// Rows a part of a batch cut across threads holds at least ([`batch_loss_and_grads`]).
-const MIN_PART_ROWS: usize = 8;
 
 /// A batch's loss (its value, in bits), its rows' KL terms and the loss's gradients, the batch
 /// cut into `parts` contiguous parts of sizes within one of each other, each part's forward and
@@ -751,8 +748,15 @@ mod tests {
             parametrization: ReverseParametrization::Paper,
             respaced: None,
         };
-        check_cut(&gaussian, 2 * d, |i| ((i * 37) % 11) as f32 / 5.0 - 1.0);
-        check_cut(&binomial, d, |i| ((i * 37) % 11 > 5) as u8 as f32);
+        // two threads, so that the parts' graphs run at the same time
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            check_cut(&gaussian, 2 * d, |i| ((i * 37) % 11) as f32 / 5.0 - 1.0);
+            check_cut(&binomial, d, |i| ((i * 37) % 11 > 5) as u8 as f32);
+        });
     }
 
     /// [`batch_loss_and_grads`] with 1, 2 and 3 parts of a batch of 10 rows of 8x8 images

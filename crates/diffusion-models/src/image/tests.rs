@@ -189,6 +189,45 @@ fn both_networks_agree_on_both_step_paths_and_start_at_zero() {
     check_steps_paths(&perturbed(net, &device), s.len(), &device);
 }
 
+/// The reverse chain's call with the rows cut into a part a thread gives every row the uncut
+/// call's output bit for bit, for both image networks, in a pool of two threads (so that the
+/// parts run at the same time) and of one.
+#[test]
+fn rows_cut_across_threads_give_the_uncut_outputs_bit_for_bit() {
+    let device = Device::flex();
+    device.seed(4);
+    let (config, s) = unet_configs().remove(0);
+    let unet = perturbed(config.init(s, 2 * s.len(), &device), &device);
+    let paper = PaperConvConfig {
+        n_scales: 2,
+        n_hidden_dense_lower: 16,
+        ..PaperConvConfig::default()
+    };
+    let paper = perturbed(paper.init(s, 2 * s.len(), 40, true, &device), &device);
+    // 21 rows: parts of 10 and 11
+    let x = Tensor::<2>::random([21, s.len()], Distribution::Normal(0.0, 1.0), &device);
+    for threads in [2, 1] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let cut = values(crate::network::forward_at_rows(&unet, x.clone(), 9));
+            assert_eq!(
+                cut,
+                values(unet.forward_at(x.clone(), 9)),
+                "{threads} threads"
+            );
+            let cut = values(crate::network::forward_at_rows(&paper, x.clone(), 9));
+            assert_eq!(
+                cut,
+                values(paper.forward_at(x.clone(), 9)),
+                "{threads} threads"
+            );
+        });
+    }
+}
+
 /// Bad shapes are refused with the reason.
 #[test]
 fn configs_are_checked_against_the_image() {

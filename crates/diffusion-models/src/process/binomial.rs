@@ -179,7 +179,8 @@ impl BinomialBound {
             let [k0, k1] = [0.0, 1.0].map(|v| logit(chain.forward_kernel(t, v)) as f32);
             x.clone() * k1 + (x.clone().neg() + 1.0) * k0
         };
-        let logits = self.logits(network.forward_at(x.clone(), t), kernel);
+        let z = crate::network::forward_at_rows(network, x.clone(), t);
+        let logits = self.logits(z, kernel);
         match tables {
             Some(tables) => tables.map_step(logits, x, k),
             None => logits,

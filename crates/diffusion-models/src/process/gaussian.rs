@@ -251,7 +251,7 @@ impl GaussianBound {
         x: Tensor<2>,
         t: usize,
     ) -> (Tensor<2>, Tensor<2>) {
-        let z = network.forward_at(x.clone(), tables.network_step(t));
+        let z = crate::network::forward_at_rows(network, x.clone(), tables.network_step(t));
         let (coefficients, _, _, posterior) =
             GaussianTables::columns(tables.table.clone().narrow(0, t, 1));
         let (mean, log_var) = tables.kernel(
