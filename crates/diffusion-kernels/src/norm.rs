@@ -182,27 +182,25 @@ impl GroupNormBackward for Flex {
         // the input's gradient in the output's buffer (copy-on-write: in place unless shared)
         let dx = grad.storage_mut::<f32>();
         assert_eq!(dx.len(), xs.len(), "gradient and input differ in size");
-        // per group: its channels' d gamma and d beta
-        let partial: Vec<(usize, Vec<f32>, Vec<f32>)> = dx
-            .par_chunks_mut(group_len)
+        // per group: its channels' d gamma, then their d beta
+        let mut affine = vec![0.0f32; xs.len() / group_len * 2 * per_group];
+        dx.par_chunks_mut(group_len)
             .zip(xs.par_chunks(group_len))
             .zip(ms.par_chunks(Moments::VALUES))
+            .zip(affine.par_chunks_mut((2 * per_group).max(1)))
             .with_max_len(GROUPS_PER_TASK)
             .enumerate()
-            .map(|(i, ((dxg, v), m))| {
-                let (first, group) = group_of(i, spec, (spatial, per_group), v, (gs, bs));
-                let mut dgamma = vec![0.0f32; per_group];
-                let mut dbeta = vec![0.0f32; per_group];
+            .for_each(|(i, (((dxg, v), m), a))| {
+                let (_, group) = group_of(i, spec, (spatial, per_group), v, (gs, bs));
+                let (dgamma, dbeta) = a.split_at_mut(per_group);
                 let grads = GroupGrads {
                     dx: dxg,
-                    dgamma: &mut dgamma,
-                    dbeta: &mut dbeta,
+                    dgamma,
+                    dbeta,
                 };
                 norm_math::backward(isa, group, Moments::from_values(m), grads);
-                (first, dgamma, dbeta)
-            })
-            .collect();
-        let (dgamma, dbeta) = gather_affine_grads(c, partial);
+            });
+        let (dgamma, dbeta) = gather_affine_grads(c, spec.groups, &affine);
         [
             grad,
             FlexTensor::from_data(TensorData::new(dgamma, [c])),
@@ -211,15 +209,17 @@ impl GroupNormBackward for Flex {
     }
 }
 
-/// The `c` channels' d gamma and d beta from each group's (first channel, d gamma, d beta).
-fn gather_affine_grads(
-    c: usize,
-    partial: Vec<(usize, Vec<f32>, Vec<f32>)>,
-) -> (Vec<f32>, Vec<f32>) {
+/// The `c` channels' d gamma and d beta, summed over the images in their order, from each
+/// group's d gamma and d beta side by side in `affine` (the batch's groups in turn, `groups` an
+/// image).
+fn gather_affine_grads(c: usize, groups: usize, affine: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let per_group = c / groups;
     let mut dgamma = vec![0.0f32; c];
     let mut dbeta = vec![0.0f32; c];
-    for (first, dg, db) in partial {
-        for j in 0..dg.len() {
+    for (i, a) in affine.chunks_exact((2 * per_group).max(1)).enumerate() {
+        let first = (i % groups) * per_group;
+        let (dg, db) = a.split_at(per_group);
+        for j in 0..per_group {
             dgamma[first + j] += dg[j];
             dbeta[first + j] += db[j];
         }

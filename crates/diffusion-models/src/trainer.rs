@@ -762,29 +762,17 @@ mod tests {
     /// [`batch_loss_and_grads`] with 1, 2 and 3 parts of a batch of 10 rows of 8x8 images
     /// (`pixel(i)` the batch's i-th value) through a small U-Net with `outputs` outputs.
     fn check_cut<P: Process>(process: &P, outputs: usize, pixel: impl Fn(usize) -> f32) {
-        use crate::image::UnetConfig;
         use crate::process::training_batch_at;
         use burn::module::ModuleMapper;
         use burn::tensor::Distribution;
-        use diffusion_data::ImageShape;
         use rand::SeedableRng;
 
-        let shape = ImageShape {
-            channels: 1,
-            height: 8,
-            width: 8,
-        };
+        // a U-Net of two levels with attention at 4x4, on 8x8 images
+        let (config, shape) = crate::image::tests::unet_configs().remove(0);
         let (d, steps) = (shape.len(), process.steps());
+        assert_eq!(d, 64, "the 8x8 images of the batch");
         let device = Device::flex().autodiff();
         device.seed(5);
-        let config = UnetConfig {
-            channels: 8,
-            channel_mult: vec![1, 2],
-            res_blocks: 1,
-            attention_resolutions: vec![4],
-            groups: 4,
-            heads: 2,
-        };
         // every weight moved off its initial value, so that the zero-initialised output
         // convolution passes gradients down to every layer
         struct Jitter<'a>(&'a Device);

@@ -133,4 +133,4 @@ pub(crate) fn one_step(t: usize, device: &Device) -> Tensor<2> {
 pub struct ImageConfigError(pub String);
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -63,7 +63,7 @@ fn temporal_basis_is_normalised_gaussian_bumps() {
     assert_eq!(argmax(&b[10_000..10_010]), 9);
 }
 
-fn unet_configs() -> Vec<(UnetConfig, ImageShape)> {
+pub(crate) fn unet_configs() -> Vec<(UnetConfig, ImageShape)> {
     vec![
         (
             UnetConfig {
