@@ -352,6 +352,8 @@ fn convolve(d: &Dims, xs: &[f32], ws: &[f32], start: Start<'_>) -> Vec<f32> {
     let (in_len, out_len) = (d.c_in * d.h * d.w, d.c_out * pixels);
     let total = d.n * out_len;
     let mut out: Vec<f32> = Vec::with_capacity(total);
+    // one image a task: the forward pass has no partial sums to add up across tasks, and the
+    // thread done first takes the other's last images instead of waiting for them
     let per = 1;
     if d.flat() || d.halving() {
         let (isa, f) = (Isa::detect(), d.flat_geometry(1));
