@@ -270,7 +270,8 @@ pub(crate) fn batch_loss_and_grads<P: Process, N: ReverseNetwork>(
     let mut grads = GradientsParams::new();
     for (v, kl, mut g) in results {
         value += v;
-        kls.extend(kl);
+        // the parts' backward passes are done: their terms join no graph
+        kls.extend(kl.map(Tensor::detach));
         model.visit(&mut AddGrads {
             into: &mut grads,
             from: &mut g,

@@ -212,6 +212,11 @@ fn rows_cut_across_threads_give_the_uncut_outputs_bit_for_bit() {
             .build()
             .unwrap();
         pool.install(|| {
+            // with two threads the rows are cut (10 and 11 of them), with one they are not
+            assert!(unet.splits_batches() && paper.splits_batches());
+            assert!(diffusion_kernels::fused_device(&device));
+            assert_eq!(diffusion_kernels::worker_threads(), threads);
+            const { assert!(21 / crate::network::MIN_PART_ROWS >= 2) };
             let cut = values(crate::network::forward_at_rows(&unet, x.clone(), 9));
             assert_eq!(
                 cut,
