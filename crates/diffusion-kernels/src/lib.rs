@@ -489,17 +489,7 @@ pub fn upsample2(x: Tensor<4>) -> Tensor<4> {
 /// Whether the fused kernels run for `x` (in [`linear_activation`], [`FusedAdam`] and the
 /// rest): f32 on a flex device.
 pub fn fused_here<const D: usize>(x: &Tensor<D>) -> bool {
-    #[cfg(feature = "flex")]
-    {
-        use burn::backend::DispatchDevice;
-        x.dtype() == DType::F32
-            && matches!(x.device().inner().as_dispatch(), DispatchDevice::Flex(_))
-    }
-    #[cfg(not(feature = "flex"))]
-    {
-        let _ = (x, DType::F32);
-        false
-    }
+    x.dtype() == DType::F32 && fused_device(&x.device())
 }
 
 /// Whether `device` is one the fused kernels run on (flex, or flex under autodiff).

@@ -74,26 +74,30 @@ fn sizes(x: &FlexTensor, groups: usize) -> (usize, usize, usize, usize) {
     (n, c, spatial, c / groups)
 }
 
-/// Group `i` of the batch (over every image's groups in turn): its first channel and its
-/// [`Group`] of `values`, with its channels' share of the affine map.
+/// The first channel of group `i` of the batch (over every image's groups in turn).
+fn first_channel(i: usize, groups: usize, per_group: usize) -> usize {
+    (i % groups) * per_group
+}
+
+/// Group `i` of the batch (over every image's groups in turn): its [`Group`] of `values`, with
+/// its channels' share of the affine map.
 fn group_of<'a>(
     i: usize,
     spec: NormSpec,
     (spatial, per_group): (usize, usize),
     values: &'a [f32],
     (gamma, beta): (&'a [f32], &'a [f32]),
-) -> (usize, Group<'a>) {
-    let first = (i % spec.groups) * per_group;
+) -> Group<'a> {
+    let first = first_channel(i, spec.groups, per_group);
     let channels = first..first + per_group;
-    let group = Group {
+    Group {
         values,
         gamma: &gamma[channels.clone()],
         beta: &beta[channels],
         spatial,
         epsilon: spec.epsilon,
         silu: spec.silu,
-    };
-    (first, group)
+    }
 }
 
 /// Groups a task takes at most: a batch's groups in many small tasks, so that the thread
@@ -121,7 +125,7 @@ fn forward_flex(
         .with_max_len(GROUPS_PER_TASK)
         .enumerate()
         .for_each(|(i, (o, (v, saved)))| {
-            let (_, group) = group_of(i, spec, (spatial, per_group), v, (gs, bs));
+            let group = group_of(i, spec, (spatial, per_group), v, (gs, bs));
             norm_math::forward(isa, group, o, saved);
         });
     // SAFETY: `norm_math::forward` wrote every value of each group's chunk
@@ -191,7 +195,7 @@ impl GroupNormBackward for Flex {
             .with_max_len(GROUPS_PER_TASK)
             .enumerate()
             .for_each(|(i, (((dxg, v), m), a))| {
-                let (_, group) = group_of(i, spec, (spatial, per_group), v, (gs, bs));
+                let group = group_of(i, spec, (spatial, per_group), v, (gs, bs));
                 let (dgamma, dbeta) = a.split_at_mut(per_group);
                 let grads = GroupGrads {
                     dx: dxg,
@@ -217,7 +221,7 @@ fn gather_affine_grads(c: usize, groups: usize, affine: &[f32]) -> (Vec<f32>, Ve
     let mut dgamma = vec![0.0f32; c];
     let mut dbeta = vec![0.0f32; c];
     for (i, a) in affine.chunks_exact((2 * per_group).max(1)).enumerate() {
-        let first = (i % groups) * per_group;
+        let first = first_channel(i, groups, per_group);
         let (dg, db) = a.split_at(per_group);
         for j in 0..per_group {
             dgamma[first + j] += dg[j];

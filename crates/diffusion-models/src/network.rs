@@ -73,8 +73,8 @@ pub trait ReverseNetwork: Module + ModuleDisplay {
 /// every row's output is the uncut call's, bit for bit (tested).
 pub fn forward_at_rows<N: ReverseNetwork>(network: &N, x_t: Tensor<2>, t: usize) -> Tensor<2> {
     let n = x_t.dims()[0];
-    let parts = diffusion_kernels::worker_threads().min(n / MIN_PART_ROWS);
-    if parts < 2 || !network.splits_batches() || !diffusion_kernels::fused_device(&x_t.device()) {
+    let parts = row_parts(network, &x_t.device(), n);
+    if parts < 2 {
         return network.forward_at(x_t, t);
     }
     let jobs: Vec<_> = (0..parts)
@@ -87,9 +87,22 @@ pub fn forward_at_rows<N: ReverseNetwork>(network: &N, x_t: Tensor<2>, t: usize)
     Tensor::cat(outs, 0)
 }
 
-/// Rows a part of a batch cut across threads holds at least ([`forward_at_rows`], and the
-/// trainer's parts of a batch).
+/// Rows a part of a batch cut across threads holds at least ([`row_parts`]).
 pub(crate) const MIN_PART_ROWS: usize = 8;
+
+/// Into how many parts `network`'s `rows` rows on `device` are cut, one a thread
+/// ([`forward_at_rows`], and the trainer's batches): a part a thread, each of at least
+/// [`MIN_PART_ROWS`], for a network that [splits batches](ReverseNetwork::splits_batches) on
+/// flex; 1 otherwise.
+pub(crate) fn row_parts<N: ReverseNetwork>(network: &N, device: &Device, rows: usize) -> usize {
+    if network.splits_batches() && diffusion_kernels::fused_device(device) {
+        diffusion_kernels::worker_threads()
+            .min(rows / MIN_PART_ROWS)
+            .max(1)
+    } else {
+        1
+    }
+}
 
 /// The trained object: a network and, with the `learned` schedule, its trainable betas.
 #[derive(Module, Debug)]

@@ -46,13 +46,13 @@ use burn::optim::{
 };
 use burn::tensor::{Device, Tensor};
 use diffusion_data::Rng;
-use diffusion_kernels::{FusedAdam, busy_workers, fused_device, map_parallel, worker_threads};
+use diffusion_kernels::{FusedAdam, busy_workers, map_parallel};
 
 use crate::config::ConfigError;
 use crate::config::{OptimizerConfig, OptimizerKind, TSampling, TrainConfig};
 use crate::data::{TrainingData, streams};
 use crate::importance::StepSampler;
-use crate::network::{MIN_PART_ROWS, ReverseModel, ReverseNetwork};
+use crate::network::{ReverseModel, ReverseNetwork, row_parts};
 use crate::process::{
     Objective, Process, StepLoss, TrainingBatch, training_batch, training_batch_at,
 };
@@ -556,11 +556,7 @@ impl<P: Process, N: ReverseNetwork> Trainer<P, N> {
         model: &ReverseModel<N>,
         batch: TrainingBatch<P::Rows>,
     ) -> (f64, Option<Tensor<1>>, GradientsParams) {
-        let parts = if model.network.splits_batches() && fused_device(&self.device) {
-            worker_threads().min(batch.len() / MIN_PART_ROWS).max(1)
-        } else {
-            1
-        };
+        let parts = row_parts(&model.network, &self.device, batch.len());
         let process = (&self.process, &self.tables, self.objective);
         batch_loss_and_grads(process, model, batch, &self.device, parts)
     }

@@ -354,7 +354,6 @@ fn convolve(d: &Dims, xs: &[f32], ws: &[f32], start: Start<'_>) -> Vec<f32> {
     let mut out: Vec<f32> = Vec::with_capacity(total);
     // one image a task: the forward pass has no partial sums to add up across tasks, and the
     // thread done first takes the other's last images instead of waiting for them
-    let per = 1;
     if d.flat() || d.halving() {
         let (isa, f) = (Isa::detect(), d.flat_geometry(1));
         let wt = direct::block_weights(&f, ws);
@@ -363,16 +362,13 @@ fn convolve(d: &Dims, xs: &[f32], ws: &[f32], start: Start<'_>) -> Vec<f32> {
             .par_chunks_mut(out_len)
             .with_max_len(1)
             .enumerate()
-            .for_each(|(task, outs)| {
+            .for_each(|(i, o)| {
                 let mut planes = scratch(d.c_in * f.plane);
                 let mut bases = Vec::with_capacity(d.c_out);
-                for (j, o) in outs.chunks_mut(out_len).enumerate() {
-                    let i = task * per + j;
-                    d.pad(&f, &xs[i * in_len..][..in_len], 0, &mut planes);
-                    let residual = start.image(i, d.c_out, pixels, &mut bases);
-                    let into = (&layout, bases.as_slice(), residual);
-                    convolve_flat(isa, &f, (&planes, &wt), into, (start, i), o);
-                }
+                d.pad(&f, &xs[i * in_len..][..in_len], 0, &mut planes);
+                let residual = start.image(i, d.c_out, pixels, &mut bases);
+                let into = (&layout, bases.as_slice(), residual);
+                convolve_flat(isa, &f, (&planes, &wt), into, (start, i), o);
             });
         // SAFETY: every image's output was written by `convolve_flat`
         unsafe { out.set_len(total) };
@@ -390,15 +386,12 @@ fn convolve(d: &Dims, xs: &[f32], ws: &[f32], start: Start<'_>) -> Vec<f32> {
             .par_chunks_mut(out_len)
             .with_max_len(1)
             .enumerate()
-            .for_each(|(task, outs)| {
+            .for_each(|(i, o)| {
                 let mut bases = Vec::with_capacity(d.c_out);
-                for (j, o) in outs.chunks_mut(out_len).enumerate() {
-                    let i = task * per + j;
-                    // every channel's start value (zero for `Start::Nothing`) and residual
-                    let residual = start.image(i, d.c_out, pixels, &mut bases);
-                    let image = &xs[i * in_len..][..in_len];
-                    pointwise::forward(isa, plane, (image, &wt), (&bases, residual), o);
-                }
+                // every channel's start value (zero for `Start::Nothing`) and residual
+                let residual = start.image(i, d.c_out, pixels, &mut bases);
+                let image = &xs[i * in_len..][..in_len];
+                pointwise::forward(isa, plane, (image, &wt), (&bases, residual), o);
             });
         // SAFETY: every image's output was written by `pointwise::forward`
         unsafe { out.set_len(total) };
@@ -408,31 +401,28 @@ fn convolve(d: &Dims, xs: &[f32], ws: &[f32], start: Start<'_>) -> Vec<f32> {
         .par_chunks_mut(out_len)
         .with_max_len(1)
         .enumerate()
-        .for_each(|(task, outs)| {
+        .for_each(|(i, o)| {
             let tile_len = tile_rows(d) * d.w_out;
             let mut col = scratch(if d.direct() { 0 } else { rows * tile_len });
-            for (j, o) in outs.chunks_mut(out_len).enumerate() {
-                let i = task * per + j;
-                let image = &xs[i * in_len..][..in_len];
-                let accumulate = start.write(i, o, pixels);
-                for tile in tiles(d) {
-                    let first = tile.start * d.w_out;
-                    let len = tile.len() * d.w_out;
-                    let (col, stride) = columns(d, image, &mut col, tile);
-                    // o^T [tile, c_out] (+)= col^T [tile, rows] W^T [rows, c_out]
-                    // SAFETY: o is c_out x pixels (written before it is read: by its start,
-                    // or by the product, which does not read it without `accumulate`), the
-                    // tile's columns `first..first + len` of it; col rows x len with rows
-                    // `stride` apart, W c_out x rows, all row-major
-                    unsafe {
-                        product(
-                            [len, d.c_out, rows],
-                            (o.as_mut_ptr().cast::<f32>().add(first), 1, pixels as isize),
-                            (col.as_ptr(), 1, stride as isize),
-                            (ws.as_ptr(), 1, rows as isize),
-                            accumulate,
-                        );
-                    }
+            let image = &xs[i * in_len..][..in_len];
+            let accumulate = start.write(i, o, pixels);
+            for tile in tiles(d) {
+                let first = tile.start * d.w_out;
+                let len = tile.len() * d.w_out;
+                let (col, stride) = columns(d, image, &mut col, tile);
+                // o^T [tile, c_out] (+)= col^T [tile, rows] W^T [rows, c_out]
+                // SAFETY: o is c_out x pixels (written before it is read: by its start,
+                // or by the product, which does not read it without `accumulate`), the
+                // tile's columns `first..first + len` of it; col rows x len with rows
+                // `stride` apart, W c_out x rows, all row-major
+                unsafe {
+                    product(
+                        [len, d.c_out, rows],
+                        (o.as_mut_ptr().cast::<f32>().add(first), 1, pixels as isize),
+                        (col.as_ptr(), 1, stride as isize),
+                        (ws.as_ptr(), 1, rows as isize),
+                        accumulate,
+                    );
                 }
             }
         });
