@@ -686,11 +686,14 @@ mod tests {
             ..TrainConfig::default()
         };
         let data = || TrainingData::swiss_roll(diffusion_data::SwissRoll::new(0.5).unwrap(), 3);
-        let mut whole = Trainer::new(process.clone(), model(1), &train, data(), &device);
+        // one set of initial weights, cloned: the device's random stream is shared with the
+        // tests running beside this one, so two seeded draws need not agree
+        let start = model(1);
+        let mut whole = Trainer::new(process.clone(), start.clone(), &train, data(), &device);
         for _ in 0..4 {
             whole.step().unwrap();
         }
-        let mut first = Trainer::new(process.clone(), model(1), &train, data(), &device);
+        let mut first = Trainer::new(process.clone(), start.clone(), &train, data(), &device);
         first.step().unwrap();
         first.step().unwrap();
         let state = first.into_resume_state();
@@ -706,13 +709,13 @@ mod tests {
         );
         assert_eq!(whole.sampler, second.sampler);
 
-        let mut partial = Trainer::new(process.clone(), model(1), &train, data(), &device);
+        let mut partial = Trainer::new(process.clone(), start.clone(), &train, data(), &device);
         partial.step().unwrap();
         let mut state = partial.into_resume_state();
         state.step_sampler = None;
         let mut other = Trainer::new(process.clone(), model(2), &train, data(), &device);
         assert!(matches!(other.resume(state), Err(TrainError::Config(_))));
-        let mut partial = Trainer::new(process.clone(), model(1), &train, data(), &device);
+        let mut partial = Trainer::new(process.clone(), start.clone(), &train, data(), &device);
         partial.step().unwrap();
         let mut state = partial.into_resume_state();
         state.ema = None;
