@@ -36,6 +36,9 @@ struct Pass<'a> {
     scatter: bool,
     /// Images per task.
     per: usize,
+    /// The weights of a halving convolution's input gradient ([`direct::unhalving_weights`]),
+    /// when it is scattered by the direct kernels; empty otherwise.
+    unhalving: Vec<f32>,
 }
 
 impl Pass<'_> {
@@ -55,13 +58,20 @@ impl Pass<'_> {
         // a halving 3x3 kernel's weight gradient by the direct kernels, over the task's
         // images' phase planes
         let halving = d.halving();
+        // a halving kernel's input gradient by the direct kernels too, from the same rows of
+        // the output gradient
+        let unhalve = self.scatter && halving;
         let needs_col = want_w && !d.direct() && !halving;
         let mut col = scratch(if needs_col {
             rows * tile_rows(d) * d.w_out
         } else {
             0
         });
-        let mut dcol = scratch(if self.scatter { rows * pixels } else { 0 });
+        let mut dcol = scratch(if self.scatter && !unhalve {
+            rows * pixels
+        } else {
+            0
+        });
         let mut dx_chunk = dx_chunk;
         for j in 0..count {
             let i = first + j;
@@ -73,22 +83,36 @@ impl Pass<'_> {
             if want_w && !pointwise && !halving {
                 add_weight_grad(d, image, g, &mut col, &mut dw, j > 0);
             }
-            if let Some(dx_chunk) = dx_chunk.as_deref_mut() {
+            if let Some(dx_chunk) = dx_chunk.as_deref_mut().filter(|_| !unhalve) {
                 let dx_image = &mut dx_chunk[j * in_len..][..in_len];
                 input_grad(d, g, self.ws, &mut dcol, dx_image);
             }
         }
-        if want_w && halving {
+        if (want_w || unhalve) && halving {
             let f = d.flat_geometry(count);
-            let mut planes = scratch(d.c_in * count * f.plane);
+            let mut planes = scratch(if want_w { d.c_in * count * f.plane } else { 0 });
             let mut gplanes = scratch(f.c_out_padded(direct::CG) * count * f.plane);
             for j in 0..count {
                 let i = first + j;
-                d.pad(&f, &self.xs[i * in_len..][..in_len], j, &mut planes);
+                if want_w {
+                    d.pad(&f, &self.xs[i * in_len..][..in_len], j, &mut planes);
+                }
                 direct::flat_rows(&f, &self.gs[i * out_len..][..out_len], j, &mut gplanes);
             }
             direct::zero_planes(&f, d.c_out, &mut gplanes);
-            direct::weight_grad(isa, &f, &planes, &gplanes, &mut dw);
+            if want_w {
+                direct::weight_grad(isa, &f, &planes, &gplanes, &mut dw);
+            }
+            if let Some(dx_chunk) = dx_chunk.filter(|_| unhalve) {
+                let u = f.unhalving();
+                let mut rows = scratch(u.c_out_padded(direct::CO) * u.run);
+                // the rows from each plane's first pixel on
+                let grows = &gplanes[f.wp + 1..];
+                for (j, dx_image) in dx_chunk.chunks_exact_mut(in_len).enumerate() {
+                    direct::unhalving(isa, &u, &grows[j * f.plane..], &self.unhalving, &mut rows);
+                    direct::interleave_phases(&u, &rows, (d.h, d.w), dx_image);
+                }
+            }
         }
         if want_w && pointwise {
             let plane = pointwise::Plane {
@@ -224,6 +248,12 @@ impl ConvBackward for Flex {
             want,
             scatter,
             per,
+            unhalving: if scatter && d.halving() {
+                let u = d.flat_geometry(1).unhalving();
+                direct::unhalving_weights(&u, values(&weight))
+            } else {
+                Vec::new()
+            },
         };
         let tasks = d.n.div_ceil(per);
         let (dx, partial) = if d.flat() {

@@ -103,6 +103,27 @@ impl Flat {
         }
     }
 
+    /// The geometry of a [`Flat::halving`] convolution's input gradient (the transposed
+    /// convolution of stride 2) over the output gradient's rows as [`flat_rows`] lays them,
+    /// read from each plane's first pixel on: output row `y` at `y wp`, zero past each row's
+    /// end and after the last. Each input pixel `(2p + a, 2q + b)` (phase `(a, b)`) takes its
+    /// gradient from the output positions `(p + di, q + dj)`, `di, dj` in 0 and 1: the four
+    /// taps `0, 1, wp, wp + 1` past position `p wp + q`. So it is a convolution of the
+    /// `c_out` gradient planes into `4 c_in` flat rows (channel `c`'s phase `(a, b)` at
+    /// `4 c + 2 a + b`) with four taps ([`unhalving_weights`]), the halving geometry's run
+    /// and planes.
+    pub(crate) fn unhalving(&self) -> Flat {
+        debug_assert_eq!(self.stride, 2);
+        let mut taps = [0; TAPS];
+        taps[..UNHALVING_TAPS].copy_from_slice(&[0, 1, self.wp, self.wp + 1]);
+        Flat {
+            c_in: self.c_out,
+            c_out: 4 * self.c_in,
+            taps,
+            ..*self
+        }
+    }
+
     /// Output channels rounded up to a multiple of `block`.
     pub(crate) fn c_out_padded(&self, block: usize) -> usize {
         self.c_out.next_multiple_of(block)
@@ -247,6 +268,101 @@ pub(crate) fn block_weights(f: &Flat, ws: &[f32]) -> Vec<f32> {
     out
 }
 
+/// Taps of the halving convolution's input gradient ([`Flat::unhalving`]).
+pub(crate) const UNHALVING_TAPS: usize = 4;
+
+/// The 3x3 kernel's row (or column) that output offset `d` (0 or 1) reaches from an input
+/// pixel of phase `a`: padded input row `2 i + ky` is pixel row `2 i + ky - 1`, so an even
+/// row (`a` = 0) takes `ky` = 1 from output row `p`, an odd one `ky` = 2 from `p` and
+/// `ky` = 0 from `p + 1`.
+fn unhalving_tap(a: usize, d: usize) -> Option<usize> {
+    match (a, d) {
+        (0, 0) => Some(1),
+        (1, 0) => Some(2),
+        (1, 1) => Some(0),
+        _ => None,
+    }
+}
+
+/// The weights `[c_out, c_in, 3, 3]` of a [`Flat::halving`] convolution as its input
+/// gradient's kernel reads them ([`Flat::unhalving`] `u`): `[4 c_in / CO, c_out, 4, CO]`,
+/// zero where a phase takes nothing from a tap and in the padding channels.
+pub(crate) fn unhalving_weights(u: &Flat, ws: &[f32]) -> Vec<f32> {
+    let (c_grad, c_in) = (u.c_in, u.c_out / 4);
+    let nt = UNHALVING_TAPS;
+    let mut out = vec![0.0f32; u.c_out_padded(CO) * c_grad * nt];
+    for k in 0..u.c_out {
+        let (c, a, b) = (k / 4, (k % 4) / 2, k % 2);
+        let (block, lane) = (k / CO, k % CO);
+        for o in 0..c_grad {
+            for t in 0..nt {
+                let (di, dj) = (t / 2, t % 2);
+                if let (Some(ky), Some(kx)) = (unhalving_tap(a, di), unhalving_tap(b, dj)) {
+                    out[((block * c_grad + o) * nt + t) * CO + lane] =
+                        ws[((o * c_in + c) * K + ky) * K + kx];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// One image's halving-convolution input gradient as flat rows: `out` `[4 c_in padded to CO,
+/// run]` (channel `c`'s phase `(a, b)` at row `4 c + 2 a + b`) from the output gradient's
+/// rows `grows` (`[c_out, images, plane]` from the image's own plane on, laid as
+/// [`Flat::unhalving`] reads them) and the weights from [`unhalving_weights`]; AVX2 or AVX-512.
+pub(crate) fn unhalving(isa: Isa, u: &Flat, grows: &[f32], wt: &[f32], out: &mut [f32]) {
+    let reach = u.run + u.wp + 1;
+    assert!(u.c_in == 0 || grows.len() >= (u.c_in - 1) * u.images * u.plane + reach);
+    assert!(wt.len() >= u.c_out_padded(CO) * u.c_in * UNHALVING_TAPS);
+    assert!(out.len() >= u.c_out_padded(CO) * u.run);
+    #[cfg(target_arch = "x86_64")]
+    {
+        const NT: usize = UNHALVING_TAPS;
+        #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+        fn avx512(u: &Flat, grows: &[f32], wt: &[f32], out: &mut [f32]) {
+            let rows = FlatRows::blocks(out, u.run);
+            // SAFETY: the sizes were checked above; the CPU has AVX-512F
+            unsafe { forward_image::<x86::Avx512, 6, _, true, NT>(u, grows, wt, rows) }
+        }
+        #[target_feature(enable = "avx2,fma")]
+        fn avx2(u: &Flat, grows: &[f32], wt: &[f32], out: &mut [f32]) {
+            let rows = FlatRows::blocks(out, u.run);
+            // SAFETY: the sizes were checked above; the CPU has AVX2 and FMA
+            unsafe { forward_image::<x86::Avx2, 2, _, true, NT>(u, grows, wt, rows) }
+        }
+        match isa {
+            // SAFETY (both): `isa` is at most what `Isa::detect` found on this CPU, AVX-512 with
+            // VL checked
+            Isa::Avx512 if has_vl() => return unsafe { avx512(u, grows, wt, out) },
+            Isa::Avx512 | Isa::Avx2 => return unsafe { avx2(u, grows, wt, out) },
+            Isa::Base => {}
+        }
+    }
+    let _ = (u, grows, wt, out);
+    unreachable!("the direct kernels run on AVX2 or AVX-512 only (`available`)")
+}
+
+/// Writes an `h` x `w` image's input gradient `dx` (`[c_in, h, w]`) from [`unhalving`]'s
+/// flat rows: pixel `(2p + a, 2q + b)` of channel `c` from row `4 c + 2 a + b` at `p wp + q`.
+pub(crate) fn interleave_phases(u: &Flat, rows: &[f32], (h, w): (usize, usize), dx: &mut [f32]) {
+    for (c, plane) in dx.chunks_exact_mut(h * w).enumerate() {
+        for (y, line) in plane.chunks_exact_mut(w).enumerate() {
+            let (p, a) = (y / 2, y % 2);
+            let half = w / 2;
+            let even = &rows[(4 * c + 2 * a) * u.run + p * u.wp..][..w - half];
+            let odd = &rows[(4 * c + 2 * a + 1) * u.run + p * u.wp..][..half];
+            for (pair, (&e, &o)) in line.chunks_exact_mut(2).zip(even.iter().zip(odd)) {
+                pair[0] = e;
+                pair[1] = o;
+            }
+            if w % 2 == 1 {
+                line[w - 1] = even[half];
+            }
+        }
+    }
+}
+
 /// Checks that `planes` holds an image's `c_in` padded planes (`f.images` side by side) and
 /// `wt` the blocked weights ([`block_weights`]), as the forward kernels read them.
 fn check_operands(f: &Flat, planes: &[f32], wt: &[f32]) {
@@ -268,8 +384,8 @@ pub(crate) fn forward(isa: Isa, f: &Flat, planes: &[f32], wt: &[f32], out: &mut 
             // SAFETY: the sizes were checked above; the CPU has AVX-512F
             unsafe {
                 match f.stride {
-                    1 => forward_image::<x86::Avx512, 6, _, false>(f, planes, wt, rows),
-                    _ => forward_image::<x86::Avx512, 6, _, true>(f, planes, wt, rows),
+                    1 => forward_image::<x86::Avx512, 6, _, false, TAPS>(f, planes, wt, rows),
+                    _ => forward_image::<x86::Avx512, 6, _, true, TAPS>(f, planes, wt, rows),
                 }
             }
         }
@@ -279,8 +395,8 @@ pub(crate) fn forward(isa: Isa, f: &Flat, planes: &[f32], wt: &[f32], out: &mut 
             // SAFETY: the sizes were checked above; the CPU has AVX2 and FMA
             unsafe {
                 match f.stride {
-                    1 => forward_image::<x86::Avx2, 2, _, false>(f, planes, wt, rows),
-                    _ => forward_image::<x86::Avx2, 2, _, true>(f, planes, wt, rows),
+                    1 => forward_image::<x86::Avx2, 2, _, false, TAPS>(f, planes, wt, rows),
+                    _ => forward_image::<x86::Avx2, 2, _, true, TAPS>(f, planes, wt, rows),
                 }
             }
         }
@@ -372,8 +488,8 @@ pub(crate) fn forward_into(
             // SAFETY: the sizes were checked above; the CPU has AVX-512F
             unsafe {
                 match f.stride {
-                    1 => forward_image::<x86::Avx512, 6, _, false>(f, planes, wt, sink),
-                    _ => forward_image::<x86::Avx512, 6, _, true>(f, planes, wt, sink),
+                    1 => forward_image::<x86::Avx512, 6, _, false, TAPS>(f, planes, wt, sink),
+                    _ => forward_image::<x86::Avx512, 6, _, true, TAPS>(f, planes, wt, sink),
                 }
             }
         }
@@ -680,7 +796,13 @@ fn tap<const HALF: bool>(f: &Flat, ky: usize, kx: usize) -> usize {
 /// The slices hold what [`forward`] checks; the CPU runs `V`; each block's sink takes its
 /// `CO` channels at every position of the run.
 #[inline(always)]
-unsafe fn forward_image<V: Vector, const NV: usize, S: Sink<V>, const HALF: bool>(
+unsafe fn forward_image<
+    V: Vector,
+    const NV: usize,
+    S: Sink<V>,
+    const HALF: bool,
+    const NT: usize,
+>(
     f: &Flat,
     planes: &[f32],
     wt: &[f32],
@@ -690,25 +812,25 @@ unsafe fn forward_image<V: Vector, const NV: usize, S: Sink<V>, const HALF: bool
     let xp = planes.as_ptr();
     for b in 0..f.c_out_padded(CO) / CO {
         // SAFETY: block b's weights lie inside the checked length
-        let wb = unsafe { wt.as_ptr().add(b * f.c_in * TAPS * CO) };
+        let wb = unsafe { wt.as_ptr().add(b * f.c_in * NT * CO) };
         let sink = sink(b);
         let mut v = 0;
         while v + NV <= vectors {
             // SAFETY: the tile's vectors lie inside the run, its taps inside the planes
-            unsafe { forward_tile::<V, NV, S, HALF>(f, xp, wb, &sink, v * V::LANES) };
+            unsafe { forward_tile::<V, NV, S, HALF, NT>(f, xp, wb, &sink, v * V::LANES) };
             v += NV;
         }
         // SAFETY: as above, for the last, shorter tile
         unsafe {
             match vectors - v {
                 0 => {}
-                1 => forward_tile::<V, 1, S, HALF>(f, xp, wb, &sink, v * V::LANES),
-                2 => forward_tile::<V, 2, S, HALF>(f, xp, wb, &sink, v * V::LANES),
-                3 => forward_tile::<V, 3, S, HALF>(f, xp, wb, &sink, v * V::LANES),
-                4 => forward_tile::<V, 4, S, HALF>(f, xp, wb, &sink, v * V::LANES),
-                5 => forward_tile::<V, 5, S, HALF>(f, xp, wb, &sink, v * V::LANES),
-                6 => forward_tile::<V, 6, S, HALF>(f, xp, wb, &sink, v * V::LANES),
-                7 => forward_tile::<V, 7, S, HALF>(f, xp, wb, &sink, v * V::LANES),
+                1 => forward_tile::<V, 1, S, HALF, NT>(f, xp, wb, &sink, v * V::LANES),
+                2 => forward_tile::<V, 2, S, HALF, NT>(f, xp, wb, &sink, v * V::LANES),
+                3 => forward_tile::<V, 3, S, HALF, NT>(f, xp, wb, &sink, v * V::LANES),
+                4 => forward_tile::<V, 4, S, HALF, NT>(f, xp, wb, &sink, v * V::LANES),
+                5 => forward_tile::<V, 5, S, HALF, NT>(f, xp, wb, &sink, v * V::LANES),
+                6 => forward_tile::<V, 6, S, HALF, NT>(f, xp, wb, &sink, v * V::LANES),
+                7 => forward_tile::<V, 7, S, HALF, NT>(f, xp, wb, &sink, v * V::LANES),
                 _ => unreachable!("the last tile is shorter than a whole one"),
             }
         }
@@ -723,7 +845,13 @@ unsafe fn forward_image<V: Vector, const NV: usize, S: Sink<V>, const HALF: bool
 /// in the run.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // registers indexed [channel][vector]
-unsafe fn forward_tile<V: Vector, const NV: usize, S: Sink<V>, const HALF: bool>(
+unsafe fn forward_tile<
+    V: Vector,
+    const NV: usize,
+    S: Sink<V>,
+    const HALF: bool,
+    const NT: usize,
+>(
     f: &Flat,
     xp: *const f32,
     wb: *const f32,
@@ -734,11 +862,29 @@ unsafe fn forward_tile<V: Vector, const NV: usize, S: Sink<V>, const HALF: bool>
         let mut acc = [[V::zero(); NV]; CO];
         for ci in 0..f.c_in {
             let x = xp.add(ci * f.images * f.plane + q0);
-            let w = wb.add(ci * TAPS * CO);
-            for ky in 0..K {
-                for kx in 0..K {
-                    let xs = x.add(tap::<HALF>(f, ky, kx));
-                    let wk = w.add((ky * K + kx) * CO);
+            let w = wb.add(ci * NT * CO);
+            if NT == TAPS {
+                for ky in 0..K {
+                    for kx in 0..K {
+                        let xs = x.add(tap::<HALF>(f, ky, kx));
+                        let wk = w.add((ky * K + kx) * CO);
+                        let mut ws = [V::zero(); CO];
+                        for (c, wc) in ws.iter_mut().enumerate() {
+                            *wc = V::splat(*wk.add(c));
+                        }
+                        for v in 0..NV {
+                            let xv = V::load(xs.add(v * V::LANES));
+                            for c in 0..CO {
+                                acc[c][v] = acc[c][v].fma(ws[c], xv);
+                            }
+                        }
+                    }
+                }
+            } else {
+                // the taps of [`Flat::unhalving`], listed in `f.taps`
+                for t in 0..NT {
+                    let xs = x.add(f.taps[t]);
+                    let wk = w.add(t * CO);
                     let mut ws = [V::zero(); CO];
                     for (c, wc) in ws.iter_mut().enumerate() {
                         *wc = V::splat(*wk.add(c));
@@ -902,8 +1048,14 @@ pub(super) mod tests {
         }
     }
 
-    /// The halving convolution (3x3, stride 2, padding 1) over phase planes, and its weight
-    /// gradient, on every compiled variant this CPU runs, against f64 by the definition: even
+    /// Every (output channel, input channel, tap).
+    fn taps_of(c_out: usize, c_in: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+        (0..c_out)
+            .flat_map(move |co| (0..c_in).flat_map(move |ci| (0..TAPS).map(move |t| (co, ci, t))))
+    }
+
+    /// The halving convolution (3x3, stride 2, padding 1) over phase planes, its weight
+    /// gradient and its input gradient, on every compiled variant this CPU runs, against f64 by the definition: even
     /// and odd sides, channels off the blocks, several images side by side.
     #[test]
     fn halving_convolution_and_weight_gradient_match_their_definitions() {
@@ -992,6 +1144,43 @@ pub(super) mod tests {
                 let label = format!("{isa:?} {c_in} {c_out} {h} {w}");
                 let terms = n * ho * wo;
                 assert_weight_grad(isa, &fs, (&planes, &gplanes), &want_dw, terms, &label);
+                // the input gradient, each image's from the same rows of the output gradient
+                let u = fs.unhalving();
+                let uwt = unhalving_weights(&u, &ws);
+                let mut rows = vec![f32::NAN; u.c_out_padded(CO) * u.run];
+                for j in 0..n {
+                    let gj = &g[j * c_out * ho * wo..][..c_out * ho * wo];
+                    let mut want = vec![0.0f64; c_in * h * w];
+                    for (co, ci, t) in taps_of(c_out, c_in) {
+                        for i in 0..ho {
+                            for jj in 0..wo {
+                                let (y, xx) =
+                                    ((2 * i + t / K) as isize - 1, (2 * jj + t % K) as isize - 1);
+                                if y >= 0 && xx >= 0 && (y as usize) < h && (xx as usize) < w {
+                                    want[(ci * h + y as usize) * w + xx as usize] +=
+                                        ws[(co * c_in + ci) * TAPS + t] as f64
+                                            * gj[(co * ho + i) * wo + jj] as f64;
+                                }
+                            }
+                        }
+                    }
+                    unhalving(
+                        isa,
+                        &u,
+                        &gplanes[fs.wp + 1 + j * fs.plane..],
+                        &uwt,
+                        &mut rows,
+                    );
+                    let mut dx = vec![f32::NAN; c_in * h * w];
+                    interleave_phases(&u, &rows, (h, w), &mut dx);
+                    let tol = 4.0 * (c_out * TAPS) as f64 * f32::EPSILON as f64;
+                    for (k, (&got, &want)) in dx.iter().zip(&want).enumerate() {
+                        assert!(
+                            (got as f64 - want).abs() <= tol,
+                            "{label}: input gradient {k} of image {j}: {got} against {want}"
+                        );
+                    }
+                }
             }
         }
     }
