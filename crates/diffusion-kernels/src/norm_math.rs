@@ -170,16 +170,16 @@ fn affine_grad<const F: bool, const SILU: bool>(xhat: f32, gy: f32, gamma: f32, 
 }
 
 /// One channel's first backward pass: `d`, the output's gradient on entry, becomes
-/// `dz gamma` (the normalised values' gradient, for now); returns the sums of dz xhat, dz,
-/// dxhat and dxhat xhat.
+/// `dz gamma` (the normalised values' gradient, for now); returns the sums of dz xhat and dz
+/// (the channel's d gamma and d beta; the sums of dxhat xhat and dxhat are gamma times them).
 #[inline(always)]
 fn channel_sums<const F: bool, const SILU: bool>(
     (x, dx): (&[f32], &mut [f32]),
     mo: Moments,
     (gamma, beta): (f32, f32),
-) -> [f64; 4] {
+) -> [f64; 2] {
     let whole = x.len() / LANES * LANES;
-    let mut acc = [[0.0f32; LANES]; 4];
+    let mut acc = [[0.0f32; LANES]; 2];
     let blocks = dx[..whole]
         .chunks_exact_mut(LANES)
         .zip(x[..whole].chunks_exact(LANES));
@@ -189,22 +189,16 @@ fn channel_sums<const F: bool, const SILU: bool>(
             let dz = affine_grad::<F, SILU>(xhat, d[i], gamma, beta);
             acc[0][i] = madd::<F>(dz, xhat, acc[0][i]);
             acc[1][i] += dz;
-            let dxhat = dz * gamma;
-            acc[2][i] += dxhat;
-            acc[3][i] = madd::<F>(dxhat, xhat, acc[3][i]);
-            d[i] = dxhat;
+            d[i] = dz * gamma;
         }
     }
-    let mut sums = acc.map(|a| total(&a));
+    let mut sums = [total(&acc[0]), total(&acc[1])];
     for (d, &x) in dx[whole..].iter_mut().zip(&x[whole..]) {
         let xhat = mo.xhat(x);
         let dz = affine_grad::<F, SILU>(xhat, *d, gamma, beta);
-        let dxhat = dz * gamma;
         sums[0] += (dz * xhat) as f64;
         sums[1] += dz as f64;
-        sums[2] += dxhat as f64;
-        sums[3] += (dxhat * xhat) as f64;
-        *d = dxhat;
+        *d = dz * gamma;
     }
     sums
 }
@@ -225,8 +219,10 @@ fn backward_group<const F: bool>(g: Group<'_>, mo: Moments, out: GroupGrads<'_>)
         };
         out.dgamma[j] = sums[0] as f32;
         out.dbeta[j] = sums[1] as f32;
-        sum += sums[2];
-        sum_xhat += sums[3];
+        // dxhat = dz gamma, gamma one value a channel
+        let gamma = g.gamma[j] as f64;
+        sum += gamma * sums[1];
+        sum_xhat += gamma * sums[0];
     }
     let len = g.values.len().max(1) as f64;
     let (m1, m2) = ((sum / len) as f32, (sum_xhat / len) as f32);
