@@ -61,7 +61,7 @@ pub use attention::{AttentionBackward, FusedAttention};
 #[cfg(feature = "flex")]
 pub use concat::{ConcatBackward, FusedConcat};
 #[cfg(feature = "flex")]
-pub use conv::{ConvBackward, FusedConv};
+pub use conv::{ConvAdd, ConvBackward, FusedConv};
 #[cfg(feature = "flex")]
 pub use flex::{
     FusedAdamStep, FusedGaussianKl, FusedLinear, FusedLinearBackward, GaussianKlBackward,

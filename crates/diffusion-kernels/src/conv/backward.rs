@@ -11,8 +11,8 @@ use rayon::prelude::*;
 
 use super::columns::{col2im, columns, product, tile_rows, tiles};
 use super::{
-    ConvBackward, Dims, Start, convolve, convolve_flat, images_per_task, scratch,
-    transposed_weights, values,
+    ConvAdd, ConvBackward, Dims, Start, convolve, convolve_flat, flex_forward, images_per_task,
+    scratch, transposed_weights, values,
 };
 use super::{direct, pointwise};
 use crate::ConvSpec;
@@ -25,10 +25,13 @@ type Partial = (Vec<f32>, Vec<f32>);
 /// What one backward pass computes, and its operands.
 struct Pass<'a> {
     d: Dims,
-    /// The output's gradient, the input, the weights.
+    /// The output's gradient, the input (or its padded planes, when `kept`), the weights.
     gs: &'a [f32],
     xs: &'a [f32],
     ws: &'a [f32],
+    /// Whether `xs` holds the forward pass's padded planes `[n, c_in, plane]`
+    /// ([`ConvBackward::conv2d_saving`]) rather than the input.
+    kept: bool,
     /// The gradients wanted: the input's, the weights', the bias's.
     want: [bool; 3],
     /// Whether the input's gradient is scattered from column gradients here (a convolution
@@ -157,7 +160,9 @@ impl Pass<'_> {
         let mut g_buffer = scratch(g_len + direct::LINE);
         let lead = direct::aligning(g_buffer.as_ptr(), f.wp + 1);
         let gplanes = &mut g_buffer[lead..lead + g_len];
-        let mut planes = scratch(if want_w { d.c_in * count * f.plane } else { 0 });
+        // the input's planes: those the forward pass kept, or padded here
+        let pad_x = want_w && !self.kept;
+        let mut planes = scratch(if pad_x { d.c_in * count * f.plane } else { 0 });
         for j in 0..count {
             let i = first + j;
             let g = &self.gs[i * out_len..][..out_len];
@@ -165,14 +170,20 @@ impl Pass<'_> {
                 add_bias_grad(&mut db, g, pixels);
             }
             direct::pad_image(&f, g, j, gplanes);
-            if want_w {
+            if pad_x {
                 direct::pad_image(&f, &self.xs[i * in_len..][..in_len], j, &mut planes);
             }
         }
         let isa = Isa::detect();
         if want_w {
             direct::zero_planes(&f, d.c_out, gplanes);
-            direct::weight_grad(isa, &f, &planes, gplanes, &mut dw);
+            if self.kept {
+                let image = d.c_in * f.plane;
+                let kept = &self.xs[first * image..][..count * image];
+                direct::weight_grad(isa, &f.image_major(), kept, gplanes, &mut dw);
+            } else {
+                direct::weight_grad(isa, &f, &planes, gplanes, &mut dw);
+            }
         }
         if let Some(dx_chunk) = dx_chunk {
             let ft = d.transposed().flat_geometry(count);
@@ -232,7 +243,13 @@ impl ConvBackward for Flex {
         want: [bool; 3],
     ) -> [Option<FlexTensor>; 3] {
         let (grad, x, weight) = (contiguous(grad), contiguous(x), contiguous(weight));
-        let d = Dims::of(&x, &weight, spec);
+        // the input, or its padded planes as the forward pass kept them
+        let kept = x.shape().num_dims() == 3;
+        let d = if kept {
+            Dims::of_kept(&x, &grad, &weight, spec)
+        } else {
+            Dims::of(&x, &weight, spec)
+        };
         let [want_x, want_w, want_b] = want;
         let in_len = d.c_in * d.h * d.w;
         let per = images_per_task(d.n);
@@ -245,6 +262,7 @@ impl ConvBackward for Flex {
             gs: values(&grad),
             xs: values(&x),
             ws: values(&weight),
+            kept,
             want,
             scatter,
             per,
@@ -292,6 +310,17 @@ impl ConvBackward for Flex {
             }),
             want_b.then(|| FlexTensor::from_data(TensorData::new(sum(1, d.c_out), [d.c_out]))),
         ]
+    }
+
+    fn conv2d_saving(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        add: ConvAdd<FlexTensor>,
+        spec: ConvSpec,
+    ) -> (FlexTensor, FlexTensor) {
+        let (out, kept) = flex_forward(x, weight, bias, add, spec, true);
+        (out, kept.expect("kept when asked"))
     }
 
     fn conv2d_shift_grad(grad: FlexTensor, rows: usize) -> FlexTensor {

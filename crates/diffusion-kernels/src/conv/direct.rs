@@ -15,6 +15,8 @@
 //! Sums run in another order than im2col's matrix product, so results agree with it to
 //! rounding, not to the bit.
 
+use std::mem::MaybeUninit;
+
 use crate::math::Isa;
 
 /// The kernel's side.
@@ -52,6 +54,11 @@ pub(crate) struct Flat {
     pub taps: [usize; TAPS],
     /// Values per phase plane (stride 2).
     pub phase: usize,
+    /// Where the weight gradient finds the input planes ([`weight_grad`]): channel `c` of
+    /// image `j` at `c x_channel + j x_image`; `[c_in, images, plane]` (`images plane` and
+    /// `plane`) unless [`Flat::image_major`].
+    pub x_channel: usize,
+    pub x_image: usize,
 }
 
 impl Flat {
@@ -71,6 +78,8 @@ impl Flat {
             stride: 1,
             taps: std::array::from_fn(|t| (t / K) * wp + t % K),
             phase: 0,
+            x_channel: images * plane,
+            x_image: plane,
         }
     }
 
@@ -100,6 +109,8 @@ impl Flat {
                 ((ky % 2) * 2 + kx % 2) * phase + (ky / 2) * wp + kx / 2
             }),
             phase,
+            x_channel: images * 4 * phase,
+            x_image: 4 * phase,
         }
     }
 
@@ -121,6 +132,16 @@ impl Flat {
             c_out: 4 * self.c_in,
             taps,
             ..*self
+        }
+    }
+
+    /// The geometry with the weight gradient's input planes `[images, c_in, plane]`: each
+    /// image's padded planes as the forward pass lays them ([`pad_image`] with one image).
+    pub(crate) fn image_major(self) -> Flat {
+        Flat {
+            x_channel: self.plane,
+            x_image: self.c_in * self.plane,
+            ..self
         }
     }
 
@@ -156,20 +177,33 @@ pub(super) fn has_vl() -> bool {
 /// Copies `image` (`[c_in, h, w]`) into its place `j` of `planes` (`[c_in, images, plane]`),
 /// each plane zero-bordered.
 pub(crate) fn pad_image(f: &Flat, image: &[f32], j: usize, planes: &mut [f32]) {
+    pad_image_into(f, image, j, as_uninit(planes));
+}
+
+/// `values` as memory to write f32 into.
+pub(crate) fn as_uninit(values: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: MaybeUninit<f32> has f32's layout, and what is written through it is an f32
+    unsafe { &mut *(values as *mut [f32] as *mut [MaybeUninit<f32>]) }
+}
+
+/// [`pad_image`] into memory that may hold nothing yet: every value of the image's planes is
+/// written.
+pub(crate) fn pad_image_into(f: &Flat, image: &[f32], j: usize, planes: &mut [MaybeUninit<f32>]) {
     let (h, w, wp) = (f.h, f.w, f.wp);
     let stride = f.images * f.plane;
+    let zero = MaybeUninit::new(0.0);
     let dsts = planes
         .chunks_exact_mut(stride)
         .map(|c| &mut c[j * f.plane..][..f.plane]);
     for (src, dst) in image.chunks_exact(h * w).zip(dsts) {
         // the top border row and the first row's left border
-        dst[..wp + 1].fill(0.0);
+        dst[..wp + 1].fill(zero);
         for y in 0..h {
             let at = (y + 1) * wp + 1;
             // the row, its right border and the next row's left border
             row_and_two_zeros(&mut dst[at..at + w + 2], &src[y * w..(y + 1) * w]);
         }
-        dst[(h + 1) * wp + 1..].fill(0.0);
+        dst[(h + 1) * wp + 1..].fill(zero);
     }
 }
 
@@ -228,19 +262,19 @@ pub(crate) fn flat_rows(f: &Flat, g: &[f32], j: usize, gplanes: &mut [f32]) {
 /// `dst` (`src.len() + 2` values) set to `src` and two zeros, in moves of eight values: rows
 /// are short (28 values or fewer here), and a call to memcpy per row costs as much as the copy.
 #[inline(always)]
-fn row_and_two_zeros(dst: &mut [f32], src: &[f32]) {
+fn row_and_two_zeros(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
     let (dst, zeros) = dst.split_at_mut(src.len());
-    zeros[..2].fill(0.0);
+    zeros[..2].fill(MaybeUninit::new(0.0));
     let (mut d, mut s) = (dst.chunks_exact_mut(8), src.chunks_exact(8));
     for (d, s) in (&mut d).zip(&mut s) {
         let eight: [f32; 8] = s.try_into().expect("eight values");
-        d.copy_from_slice(&eight);
+        d.copy_from_slice(&eight.map(MaybeUninit::new));
     }
     let (d, s) = (d.into_remainder(), s.remainder());
     // a fixed count, unrolled: no loop to turn into memcpy
     for k in 0..7 {
         if k < s.len() {
-            d[k] = s[k];
+            d[k] = MaybeUninit::new(s[k]);
         }
     }
 }
@@ -504,7 +538,7 @@ pub(crate) fn forward_into(
 }
 
 /// Adds the images' weight gradient to `dw` (`[c_out, c_in, 3, 3]`) from their padded planes
-/// and their output gradients' padded planes `gplanes` (`[c_out padded to CG, images,
+/// (laid as `f.x_channel` and `f.x_image` say) and their output gradients' padded planes `gplanes` (`[c_out padded to CG, images,
 /// plane]`, zero in the padding channels; from [`pad_image`] and [`zero_planes`]): read from
 /// its first pixel on, a padded plane is the gradient over the flat positions, zero at the
 /// discarded ones.
@@ -929,7 +963,7 @@ unsafe fn weight_grad_image<V: Vector, const G: usize, const A: usize, const HAL
                 let mut acc = [V::zero(); A];
                 // one loop over the images' runs, side by side, `plane - run` apart in both
                 let g_stride = f.images * f.plane;
-                let mut x = xp.add(ci * f.images * f.plane);
+                let mut x = xp.add(ci * f.x_channel);
                 let mut g = gp.add(first * g_stride);
                 let per_image = f.run / V::LANES;
                 let mut left = per_image;
@@ -952,7 +986,7 @@ unsafe fn weight_grad_image<V: Vector, const G: usize, const A: usize, const HAL
                     left -= 1;
                     if left == 0 {
                         left = per_image;
-                        x = x.add(f.plane - f.run);
+                        x = x.add(f.x_image - f.run);
                         g = g.add(f.plane - f.run);
                     }
                 }
@@ -1284,6 +1318,16 @@ pub(super) mod tests {
                 let label = format!("{isa:?} {c_in} {c_out} {h} {w}");
                 let terms = n * h * w;
                 assert_weight_grad(isa, &fs, (&planes, &gplanes), &want_dw, terms, &label);
+                // the input planes image by image, as the forward pass keeps them: the same
+                // sums, bit for bit
+                let mut kept = vec![f32::NAN; n * c_in * fs.plane];
+                for (j, x) in x.chunks_exact(c_in * h * w).enumerate() {
+                    pad_image(&f1, x, 0, &mut kept[j * c_in * fs.plane..]);
+                }
+                let (mut a, mut b) = (vec![0.0f32; want_dw.len()], vec![0.0f32; want_dw.len()]);
+                weight_grad(isa, &fs, &planes, &gplanes, &mut a);
+                weight_grad(isa, &fs.image_major(), &kept, &gplanes, &mut b);
+                assert_eq!(a, b, "{label}: the planes image by image");
             }
         }
     }

@@ -37,7 +37,7 @@ mod direct;
 mod pointwise;
 
 use crate::ConvSpec;
-use crate::flex::{contiguous, record_op, register_gradients};
+use crate::flex::{contiguous, record_op_saving, register_gradients};
 use crate::math::Isa;
 pub(crate) use columns::product;
 use columns::{columns, tile_rows, tiles};
@@ -80,7 +80,7 @@ pub trait FusedConv: Backend {
 /// [`FusedConv`]'s backward pass on the inner backend.
 pub trait ConvBackward: FusedConv {
     /// The gradients of `x`, `weight` and `bias` from the output's gradient `grad`, each
-    /// computed when `wanted`.
+    /// computed when `wanted`; `x` is what [`ConvBackward::conv2d_saving`] kept of the input.
     fn conv2d_backward(
         grad: FloatTensor<Self>,
         x: FloatTensor<Self>,
@@ -89,10 +89,50 @@ pub trait ConvBackward: FusedConv {
         wanted: [bool; 3],
     ) -> [Option<FloatTensor<Self>>; 3];
 
+    /// The forward pass ([`FusedConv::conv2d_fused`] plus what `add` says) and what the
+    /// backward pass reads in place of `x`: `x` itself, unless the backend keeps a form of it
+    /// its [`ConvBackward::conv2d_backward`] reads faster (flex keeps a 3x3 convolution's
+    /// zero-bordered input planes, which the weights' gradient would otherwise copy again).
+    fn conv2d_saving(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        add: ConvAdd<FloatTensor<Self>>,
+        spec: ConvSpec,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        (forward_plus::<Self>(x.clone(), weight, bias, add, spec), x)
+    }
+
     /// The gradient of [`FusedConv::conv2d_shifted`]'s shift from the output's: each image's
     /// sums over each channel's pixels, `[n, c_out]`, summed over the images for a shift of
     /// one row (`rows` = 1).
     fn conv2d_shift_grad(grad: FloatTensor<Self>, rows: usize) -> FloatTensor<Self>;
+}
+
+/// What a convolution adds to its product and bias ([`ConvBackward::conv2d_saving`]).
+#[derive(Clone, Debug)]
+pub enum ConvAdd<T> {
+    /// Nothing ([`FusedConv::conv2d_fused`]).
+    Nothing,
+    /// A shift per image and channel ([`FusedConv::conv2d_shifted`]).
+    Shift(T),
+    /// A residual of the output's shape ([`FusedConv::conv2d_residual`]).
+    Residual(T),
+}
+
+/// The forward pass of [`FusedConv`] that `add` names.
+fn forward_plus<B: FusedConv>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    bias: FloatTensor<B>,
+    add: ConvAdd<FloatTensor<B>>,
+    spec: ConvSpec,
+) -> FloatTensor<B> {
+    match add {
+        ConvAdd::Nothing => B::conv2d_fused(x, weight, bias, spec),
+        ConvAdd::Shift(shift) => B::conv2d_shifted(x, weight, bias, shift, spec),
+        ConvAdd::Residual(residual) => B::conv2d_residual(x, weight, bias, residual, spec),
+    }
 }
 
 /// The sizes of one convolution.
@@ -128,6 +168,41 @@ impl Dims {
             w_out: spec.output_side(w, k),
             spec,
         }
+    }
+
+    /// The sizes of a convolution whose input is kept as its padded planes (`[n, c_in,
+    /// plane]`, [`ConvBackward::conv2d_saving`]): a 3x3 one that keeps the size, so the
+    /// input's sides are the output gradient's.
+    fn of_kept(
+        planes: &FlexTensor,
+        grad: &FlexTensor,
+        weight: &FlexTensor,
+        spec: ConvSpec,
+    ) -> Self {
+        let (ps, gs, ws) = (planes.shape(), grad.shape(), weight.shape());
+        let (n, c_in, h, w) = (ps[0], ps[1], gs[2], gs[3]);
+        let d = Self {
+            n,
+            c_in,
+            h,
+            w,
+            c_out: ws[0],
+            k: ws[2],
+            h_out: h,
+            w_out: w,
+            spec,
+        };
+        assert!(
+            d.flat(),
+            "kept planes come from a 3x3 convolution that keeps the size"
+        );
+        assert_eq!(ws[1], c_in, "the weights' input channels are the input's");
+        assert_eq!(
+            ps[2],
+            d.flat_geometry(1).plane,
+            "one padded plane per channel"
+        );
+        d
     }
 
     /// Pixels of an output image.
@@ -341,6 +416,19 @@ impl<'a> Start<'a> {
 /// The convolution of every image of `xs` with `ws` (sizes `d`), added to what `start` says
 /// each output starts at.
 fn convolve(d: &Dims, xs: &[f32], ws: &[f32], start: Start<'_>) -> Vec<f32> {
+    convolve_keeping(d, xs, ws, start, false).0
+}
+
+/// [`convolve`], and with `keep`, for a convolution the direct kernels run at stride 1
+/// ([`Dims::flat`]), every image's padded planes as it read them: `[n, c_in, plane]`, what the
+/// weights' gradient reads ([`direct::Flat::image_major`]).
+fn convolve_keeping(
+    d: &Dims,
+    xs: &[f32],
+    ws: &[f32],
+    start: Start<'_>,
+    keep: bool,
+) -> (Vec<f32>, Option<Vec<f32>>) {
     let (pixels, rows) = (d.pixels(), d.col_rows());
     // every output value is written before it is read: a start covers every channel
     match start {
@@ -352,27 +440,50 @@ fn convolve(d: &Dims, xs: &[f32], ws: &[f32], start: Start<'_>) -> Vec<f32> {
     let (in_len, out_len) = (d.c_in * d.h * d.w, d.c_out * pixels);
     let total = d.n * out_len;
     let mut out: Vec<f32> = Vec::with_capacity(total);
-    // one image a task: the forward pass has no partial sums to add up across tasks, and the
-    // thread done first takes the other's last images instead of waiting for them
     if d.flat() || d.halving() {
         let (isa, f) = (Isa::detect(), d.flat_geometry(1));
         let wt = direct::block_weights(&f, ws);
         let layout = direct::Layout::new(&f);
-        out.spare_capacity_mut()[..total]
-            .par_chunks_mut(out_len)
-            .with_max_len(1)
-            .enumerate()
-            .for_each(|(i, o)| {
-                let mut planes = scratch(d.c_in * f.plane);
-                let mut bases = Vec::with_capacity(d.c_out);
-                d.pad(&f, &xs[i * in_len..][..in_len], 0, &mut planes);
-                let residual = start.image(i, d.c_out, pixels, &mut bases);
-                let into = (&layout, bases.as_slice(), residual);
-                convolve_flat(isa, &f, (&planes, &wt), into, (start, i), o);
-            });
+        let image = |i: usize, o: &mut [std::mem::MaybeUninit<f32>], planes: &[f32]| {
+            let mut bases = Vec::with_capacity(d.c_out);
+            let residual = start.image(i, d.c_out, pixels, &mut bases);
+            let into = (&layout, bases.as_slice(), residual);
+            convolve_flat(isa, &f, (planes, &wt), into, (start, i), o);
+        };
+        let planes_len = d.c_in * f.plane;
+        let mut kept = None;
+        if keep && d.flat() {
+            let mut planes: Vec<f32> = Vec::with_capacity(d.n * planes_len);
+            out.spare_capacity_mut()[..total]
+                .par_chunks_mut(out_len)
+                .zip(planes.spare_capacity_mut()[..d.n * planes_len].par_chunks_mut(planes_len))
+                .with_max_len(1)
+                .enumerate()
+                .for_each(|(i, (o, p))| {
+                    direct::pad_image_into(&f, &xs[i * in_len..][..in_len], 0, p);
+                    // SAFETY: `pad_image_into` wrote every value of the image's planes
+                    let p = unsafe { &*(p as *const [std::mem::MaybeUninit<f32>] as *const [f32]) };
+                    image(i, o, p);
+                });
+            // SAFETY: every image's planes were written above
+            unsafe { planes.set_len(d.n * planes_len) };
+            kept = Some(planes);
+        } else {
+            // one image a task: the forward pass has no partial sums to add up across tasks,
+            // and the thread done first takes the other's last images instead of waiting
+            out.spare_capacity_mut()[..total]
+                .par_chunks_mut(out_len)
+                .with_max_len(1)
+                .enumerate()
+                .for_each(|(i, o)| {
+                    let mut planes = scratch(planes_len);
+                    d.pad(&f, &xs[i * in_len..][..in_len], 0, &mut planes);
+                    image(i, o, &planes);
+                });
+        }
         // SAFETY: every image's output was written by `convolve_flat`
         unsafe { out.set_len(total) };
-        return out;
+        return (out, kept);
     }
     if d.pointwise() {
         let isa = Isa::detect();
@@ -395,7 +506,7 @@ fn convolve(d: &Dims, xs: &[f32], ws: &[f32], start: Start<'_>) -> Vec<f32> {
             });
         // SAFETY: every image's output was written by `pointwise::forward`
         unsafe { out.set_len(total) };
-        return out;
+        return (out, None);
     }
     out.spare_capacity_mut()[..total]
         .par_chunks_mut(out_len)
@@ -428,7 +539,7 @@ fn convolve(d: &Dims, xs: &[f32], ws: &[f32], start: Start<'_>) -> Vec<f32> {
         });
     // SAFETY: every image's output was written above
     unsafe { out.set_len(total) };
-    out
+    (out, None)
 }
 
 /// One image's direct convolution into its output `o`: straight in with AVX-512
@@ -482,12 +593,6 @@ fn finish(
     }
 }
 
-/// [`convolve`] as a tensor `[n, c_out, h_out, w_out]`.
-fn convolved(d: &Dims, x: &FlexTensor, weight: &FlexTensor, start: Start<'_>) -> FlexTensor {
-    let out = convolve(d, values(x), values(weight), start);
-    FlexTensor::from_data(TensorData::new(out, [d.n, d.c_out, d.h_out, d.w_out]))
-}
-
 impl FusedConv for Flex {
     fn conv2d_fused(
         x: FlexTensor,
@@ -495,9 +600,7 @@ impl FusedConv for Flex {
         bias: FlexTensor,
         spec: ConvSpec,
     ) -> FlexTensor {
-        let (x, weight, bias) = (contiguous(x), contiguous(weight), contiguous(bias));
-        let d = Dims::of(&x, &weight, spec);
-        convolved(&d, &x, &weight, Start::Bias(values(&bias)))
+        flex_forward(x, weight, bias, ConvAdd::Nothing, spec, false).0
     }
 
     fn conv2d_shifted(
@@ -507,20 +610,7 @@ impl FusedConv for Flex {
         shift: FlexTensor,
         spec: ConvSpec,
     ) -> FlexTensor {
-        let (x, weight) = (contiguous(x), contiguous(weight));
-        let (bias, shift) = (contiguous(bias), contiguous(shift));
-        let d = Dims::of(&x, &weight, spec);
-        let rows = shift.shape()[0];
-        assert!(
-            shift.shape().num_elements() == rows * d.c_out && (rows == 1 || rows == d.n),
-            "a shift of [1 or n, c_out]"
-        );
-        convolved(
-            &d,
-            &x,
-            &weight,
-            Start::Shifted(values(&bias), values(&shift)),
-        )
+        flex_forward(x, weight, bias, ConvAdd::Shift(shift), spec, false).0
     }
 
     fn conv2d_residual(
@@ -530,21 +620,60 @@ impl FusedConv for Flex {
         residual: FlexTensor,
         spec: ConvSpec,
     ) -> FlexTensor {
-        let (x, weight) = (contiguous(x), contiguous(weight));
-        let (bias, residual) = (contiguous(bias), contiguous(residual));
-        let d = Dims::of(&x, &weight, spec);
-        assert_eq!(
-            residual.shape().dims::<4>(),
-            [d.n, d.c_out, d.h_out, d.w_out],
-            "a residual of the output's shape"
-        );
-        convolved(
-            &d,
-            &x,
-            &weight,
-            Start::Residual(values(&bias), values(&residual)),
-        )
+        flex_forward(x, weight, bias, ConvAdd::Residual(residual), spec, false).0
     }
+}
+
+/// Flex's forward pass of every [`FusedConv`] operation, and with `keep` the input as the
+/// backward pass is to read it ([`ConvBackward::conv2d_saving`]): the padded planes `[n,
+/// c_in, plane]` of a convolution the direct kernels run at stride 1, else `x`.
+fn flex_forward(
+    x: FlexTensor,
+    weight: FlexTensor,
+    bias: FlexTensor,
+    add: ConvAdd<FlexTensor>,
+    spec: ConvSpec,
+    keep: bool,
+) -> (FlexTensor, Option<FlexTensor>) {
+    let (x, weight, bias) = (contiguous(x), contiguous(weight), contiguous(bias));
+    let d = Dims::of(&x, &weight, spec);
+    let add = match add {
+        ConvAdd::Nothing => ConvAdd::Nothing,
+        ConvAdd::Shift(shift) => {
+            let shift = contiguous(shift);
+            let rows = shift.shape()[0];
+            assert!(
+                shift.shape().num_elements() == rows * d.c_out && (rows == 1 || rows == d.n),
+                "a shift of [1 or n, c_out]"
+            );
+            ConvAdd::Shift(shift)
+        }
+        ConvAdd::Residual(residual) => {
+            let residual = contiguous(residual);
+            assert_eq!(
+                residual.shape().dims::<4>(),
+                [d.n, d.c_out, d.h_out, d.w_out],
+                "a residual of the output's shape"
+            );
+            ConvAdd::Residual(residual)
+        }
+    };
+    let bias_values = values(&bias);
+    let start = match &add {
+        ConvAdd::Nothing => Start::Bias(bias_values),
+        ConvAdd::Shift(shift) => Start::Shifted(bias_values, values(shift)),
+        ConvAdd::Residual(residual) => Start::Residual(bias_values, values(residual)),
+    };
+    let (out, planes) = convolve_keeping(&d, values(&x), values(&weight), start, keep);
+    let out = FlexTensor::from_data(TensorData::new(out, [d.n, d.c_out, d.h_out, d.w_out]));
+    let kept = keep.then(|| match planes {
+        Some(planes) => {
+            let plane = planes.len() / (d.n * d.c_in).max(1);
+            FlexTensor::from_data(TensorData::new(planes, [d.n, d.c_in, plane]))
+        }
+        None => x,
+    });
+    (out, kept)
 }
 
 /// The convolution's backward pass: parents x, weight, bias.
@@ -608,11 +737,16 @@ impl<B: Backend + ConvBackward, C: CheckpointStrategy> FusedConv for Autodiff<B,
         bias: FloatTensor<Self>,
         spec: ConvSpec,
     ) -> FloatTensor<Self> {
-        record_op::<B, C, _, 3>(
+        record_op_saving::<B, C, _, 3>(
             ConvBackwardOp,
             [x, weight, bias],
-            |[x, weight, _]| (x.clone(), weight.clone(), spec),
-            |[x, weight, bias]| B::conv2d_fused(x, weight, bias, spec),
+            |[x, weight, bias], tracked| {
+                if !tracked {
+                    return (B::conv2d_fused(x, weight, bias, spec), None);
+                }
+                let (out, kept) = B::conv2d_saving(x, weight.clone(), bias, ConvAdd::Nothing, spec);
+                (out, Some((kept, weight, spec)))
+            },
         )
     }
 
@@ -624,11 +758,17 @@ impl<B: Backend + ConvBackward, C: CheckpointStrategy> FusedConv for Autodiff<B,
         spec: ConvSpec,
     ) -> FloatTensor<Self> {
         let rows = shift.shape()[0];
-        record_op::<B, C, _, 4>(
+        record_op_saving::<B, C, _, 4>(
             ConvPlusBackwardOp,
             [x, weight, bias, shift],
-            |[x, weight, _, _]| (x.clone(), weight.clone(), spec, Added::Shift(rows)),
-            |[x, weight, bias, shift]| B::conv2d_shifted(x, weight, bias, shift, spec),
+            |[x, weight, bias, shift], tracked| {
+                if !tracked {
+                    return (B::conv2d_shifted(x, weight, bias, shift, spec), None);
+                }
+                let add = ConvAdd::Shift(shift);
+                let (out, kept) = B::conv2d_saving(x, weight.clone(), bias, add, spec);
+                (out, Some((kept, weight, spec, Added::Shift(rows))))
+            },
         )
     }
 
@@ -639,11 +779,17 @@ impl<B: Backend + ConvBackward, C: CheckpointStrategy> FusedConv for Autodiff<B,
         residual: FloatTensor<Self>,
         spec: ConvSpec,
     ) -> FloatTensor<Self> {
-        record_op::<B, C, _, 4>(
+        record_op_saving::<B, C, _, 4>(
             ConvPlusBackwardOp,
             [x, weight, bias, residual],
-            |[x, weight, _, _]| (x.clone(), weight.clone(), spec, Added::Residual),
-            |[x, weight, bias, residual]| B::conv2d_residual(x, weight, bias, residual, spec),
+            |[x, weight, bias, residual], tracked| {
+                if !tracked {
+                    return (B::conv2d_residual(x, weight, bias, residual, spec), None);
+                }
+                let add = ConvAdd::Residual(residual);
+                let (out, kept) = B::conv2d_saving(x, weight.clone(), bias, add, spec);
+                (out, Some((kept, weight, spec, Added::Residual)))
+            },
         )
     }
 }
