@@ -817,7 +817,14 @@ impl<V: Vector> Sink<V> for FlatRows {
 #[inline(always)]
 fn tap<const HALF: bool>(f: &Flat, ky: usize, kx: usize) -> usize {
     if HALF {
-        f.taps[ky * K + kx]
+        // `f.taps[3 ky + kx]` as a row's start plus a column's offset: padded rows 0 and 2
+        // lie in the even-row phases (row 2 a phase row on), row 1 in the odd-row ones;
+        // padded columns 0 and 2 in the even-column phase (column 2 a value on), column 1 in
+        // the odd one. So the nine loads need three row pointers and one stride, not nine
+        // offsets held in registers.
+        let row = [0, 2 * f.phase, f.wp][ky];
+        let column = [0, f.phase, 1][kx];
+        row + column
     } else {
         ky * f.wp + kx
     }
