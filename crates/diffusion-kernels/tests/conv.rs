@@ -117,6 +117,10 @@ fn fused_convolution_matches_burns_values_and_gradients() {
         // gradient, the last task fewer (on 1 to 4 threads)
         [37, 5, 9, 9, 7, 3, 1, 1],
         [17, 3, 6, 6, 4, 3, 1, 1],
+        // and the stride-2 kernels' tasks (the input gradient through the output gradient's
+        // rows of each image of a task), odd sides among them
+        [37, 5, 9, 9, 7, 3, 2, 1],
+        [17, 3, 7, 5, 4, 3, 2, 1],
     ];
     for case in cases {
         let (ours, burns) = (run(true, case), run(false, case));
@@ -130,7 +134,11 @@ fn fused_convolution_matches_burns_values_and_gradients() {
 /// column matrix's.
 #[test]
 fn gradients_of_some_inputs_alone_match_the_full_pass() {
-    for case in [[6, 4, 9, 7, 8, 3, 1, 1], [5, 8, 8, 8, 8, 3, 2, 1]] {
+    for case in [
+        [6, 4, 9, 7, 8, 3, 1, 1],
+        [5, 8, 8, 8, 8, 3, 2, 1],
+        [17, 3, 7, 5, 4, 3, 2, 1],
+    ] {
         let [n, ci, h, w, co, k, stride, padding] = case;
         let full = run(true, case);
         let device = Device::flex().autodiff();

@@ -1,6 +1,10 @@
 //! The convolution's backward pass on flex: the weights' and the bias's gradients per task of
 //! images, summed after; the input's as the transposed convolution (a convolution that keeps
-//! the size) or as a product into a column buffer and its col2im (the others).
+//! the size), by the direct kernels over the output gradient's rows into each input pixel's
+//! phase (a 3x3 convolution of stride 2, [`direct::unhalving`]), or as a product into a column
+//! buffer and its col2im (the others). A 3x3 convolution that keeps the size reads the padded
+//! input planes its forward pass kept ([`ConvBackward::conv2d_saving`]) instead of padding the
+//! input again.
 
 use std::mem::MaybeUninit;
 
@@ -34,8 +38,9 @@ struct Pass<'a> {
     kept: bool,
     /// The gradients wanted: the input's, the weights', the bias's.
     want: [bool; 3],
-    /// Whether the input's gradient is scattered from column gradients here (a convolution
-    /// that changes the size).
+    /// Whether the input's gradient is formed per task here (a convolution that changes the
+    /// size): by the direct kernels for a halving one ([`direct::unhalving`]), else scattered
+    /// from column gradients.
     scatter: bool,
     /// Images per task.
     per: usize,
@@ -46,7 +51,8 @@ struct Pass<'a> {
 
 impl Pass<'_> {
     /// Task `task`'s images' weight and bias gradients (summed over them), and their input
-    /// gradients into `dx_chunk` when it scatters them (the column-matrix path).
+    /// gradients into `dx_chunk` when it forms them (`scatter`: the halving kernels or the
+    /// column-matrix path).
     fn task(&self, task: usize, dx_chunk: Option<&mut [f32]>) -> Partial {
         let (d, [_, want_w, want_b]) = (&self.d, self.want);
         let (pixels, rows) = (d.pixels(), d.col_rows());
@@ -428,4 +434,55 @@ fn sum_partials(partial: &[Partial], which: usize, len: usize) -> Vec<f32> {
         }
     }
     total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conv::FusedConv;
+    use crate::conv::direct::tests::values as uniform;
+
+    /// A 3x3 convolution's backward pass from the padded planes its forward pass kept is the
+    /// pass from the input itself (which pads it again), bit for bit: every gradient, with and
+    /// without the input's, for several images a task.
+    #[test]
+    fn the_kept_planes_give_the_inputs_gradients_bit_for_bit() {
+        if !direct::available(Isa::detect()) {
+            return;
+        }
+        let tensor =
+            |v: Vec<f32>, shape: Vec<usize>| FlexTensor::from_data(TensorData::new(v, shape));
+        let bits = |t: &Option<FlexTensor>| {
+            t.as_ref()
+                .map(|t| values(t).iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+        };
+        let spec = ConvSpec {
+            stride: 1,
+            padding: 1,
+        };
+        for [n, c_in, h, w, c_out] in [[13, 3, 7, 9, 5], [2, 16, 28, 28, 16], [5, 1, 1, 4, 2]] {
+            let x = tensor(uniform(n * c_in * h * w, 21), vec![n, c_in, h, w]);
+            let weight = tensor(uniform(c_out * c_in * 9, 22), vec![c_out, c_in, 3, 3]);
+            let bias = tensor(uniform(c_out, 23), vec![c_out]);
+            let grad = tensor(uniform(n * c_out * h * w, 24), vec![n, c_out, h, w]);
+            let (out, kept) = Flex::conv2d_saving(
+                x.clone(),
+                weight.clone(),
+                bias.clone(),
+                ConvAdd::Nothing,
+                spec,
+            );
+            assert_eq!(kept.shape().num_dims(), 3, "planes kept");
+            let plain = Flex::conv2d_fused(x.clone(), weight.clone(), bias, spec);
+            assert_eq!(values(&out), values(&plain));
+            for want in [[true, true, true], [false, true, false]] {
+                let a = Flex::conv2d_backward(grad.clone(), x.clone(), weight.clone(), spec, want);
+                let b =
+                    Flex::conv2d_backward(grad.clone(), kept.clone(), weight.clone(), spec, want);
+                for (k, (a, b)) in a.iter().zip(&b).enumerate() {
+                    assert_eq!(bits(a), bits(b), "{n} {c_in} {h} {w} {c_out}: gradient {k}");
+                }
+            }
+        }
+    }
 }

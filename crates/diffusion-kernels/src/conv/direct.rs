@@ -12,6 +12,13 @@
 //! one input channel, the output gradient (zero at the discarded positions) times the nine
 //! shifted runs, summed in registers over every image of a task, then across lanes once.
 //!
+//! A convolution of stride 2 ([`Flat::halving`]) runs the same loops over the padded input's
+//! four phase planes (its even and odd rows times its even and odd columns), where every tap is
+//! again a run of one plane; its input gradient ([`Flat::unhalving`]) is a convolution of the
+//! output gradient with four taps into the four phases of each input channel, interleaved
+//! after ([`interleave_phases`]). The weight gradient reads the input planes either side by
+//! side per channel or image by image, as the forward pass kept them ([`Flat::image_major`]).
+//!
 //! Sums run in another order than im2col's matrix product, so results agree with it to
 //! rounding, not to the bit.
 
@@ -51,6 +58,8 @@ pub(crate) struct Flat {
     /// rows times its even and odd columns, [`pad_phases`]), `wp` wide, and tap `(ky, kx)`
     /// reads phase `(ky mod 2, kx mod 2)` at `taps[3 ky + kx]` past the output's position.
     pub stride: usize,
+    /// The halving geometry's nine taps (which the kernels compute as a row's start plus a
+    /// column's offset, [`tap`]), or in their first four places [`Flat::unhalving`]'s.
     pub taps: [usize; TAPS],
     /// Values per phase plane (stride 2).
     pub phase: usize,
@@ -177,13 +186,9 @@ pub(super) fn has_vl() -> bool {
 /// Copies `image` (`[c_in, h, w]`) into its place `j` of `planes` (`[c_in, images, plane]`),
 /// each plane zero-bordered.
 pub(crate) fn pad_image(f: &Flat, image: &[f32], j: usize, planes: &mut [f32]) {
-    pad_image_into(f, image, j, as_uninit(planes));
-}
-
-/// `values` as memory to write f32 into.
-pub(crate) fn as_uninit(values: &mut [f32]) -> &mut [MaybeUninit<f32>] {
-    // SAFETY: MaybeUninit<f32> has f32's layout, and what is written through it is an f32
-    unsafe { &mut *(values as *mut [f32] as *mut [MaybeUninit<f32>]) }
+    // SAFETY: MaybeUninit<f32> has f32's layout, and `pad_image_into` writes only f32 values
+    let planes = unsafe { &mut *(planes as *mut [f32] as *mut [MaybeUninit<f32>]) };
+    pad_image_into(f, image, j, planes);
 }
 
 /// [`pad_image`] into memory that may hold nothing yet: every value of the image's planes is
@@ -191,6 +196,10 @@ pub(crate) fn as_uninit(values: &mut [f32]) -> &mut [MaybeUninit<f32>] {
 pub(crate) fn pad_image_into(f: &Flat, image: &[f32], j: usize, planes: &mut [MaybeUninit<f32>]) {
     let (h, w, wp) = (f.h, f.w, f.wp);
     let stride = f.images * f.plane;
+    // planes one value wider on each side, a place for every channel of the image
+    assert!(f.stride == 1 && wp == w + 2 && j < f.images);
+    assert!(h * w > 0 && image.len().is_multiple_of(h * w));
+    assert!(planes.len() >= image.len() / (h * w) * stride);
     let zero = MaybeUninit::new(0.0);
     let dsts = planes
         .chunks_exact_mut(stride)
@@ -346,6 +355,11 @@ pub(crate) fn unhalving_weights(u: &Flat, ws: &[f32]) -> Vec<f32> {
 /// rows `grows` (`[c_out, images, plane]` from the image's own plane on, laid as
 /// [`Flat::unhalving`] reads them) and the weights from [`unhalving_weights`]; AVX2 or AVX-512.
 pub(crate) fn unhalving(isa: Isa, u: &Flat, grows: &[f32], wt: &[f32], out: &mut [f32]) {
+    assert!(
+        u.stride == 2 && u.taps[..UNHALVING_TAPS] == [0, 1, u.wp, u.wp + 1],
+        "the geometry of `Flat::unhalving`"
+    );
+    // the farthest tap, a row and a column on, past the run's last position
     let reach = u.run + u.wp + 1;
     assert!(u.c_in == 0 || grows.len() >= (u.c_in - 1) * u.images * u.plane + reach);
     assert!(wt.len() >= u.c_out_padded(CO) * u.c_in * UNHALVING_TAPS);
@@ -538,10 +552,10 @@ pub(crate) fn forward_into(
 }
 
 /// Adds the images' weight gradient to `dw` (`[c_out, c_in, 3, 3]`) from their padded planes
-/// (laid as `f.x_channel` and `f.x_image` say) and their output gradients' padded planes `gplanes` (`[c_out padded to CG, images,
-/// plane]`, zero in the padding channels; from [`pad_image`] and [`zero_planes`]): read from
-/// its first pixel on, a padded plane is the gradient over the flat positions, zero at the
-/// discarded ones.
+/// (laid as `f.x_channel` and `f.x_image` say) and their output gradients' padded planes
+/// `gplanes` (`[c_out padded to CG, images, plane]`, zero in the padding channels; from
+/// [`pad_image`] and [`zero_planes`]): read from its first pixel on, a padded plane is the
+/// gradient over the flat positions, zero at the discarded ones.
 pub(crate) fn weight_grad(isa: Isa, f: &Flat, planes: &[f32], gplanes: &[f32], dw: &mut [f32]) {
     assert!(planes.len() >= f.c_in * f.images * f.plane);
     assert!(gplanes.len() >= f.c_out_padded(CG) * f.images * f.plane);
@@ -831,11 +845,13 @@ fn tap<const HALF: bool>(f: &Flat, ky: usize, kx: usize) -> usize {
 }
 
 /// [`forward`]'s work: for each block of [`CO`] output channels (its sink from `sink`), the
-/// flat run in tiles of `NV` vectors, the last tile shorter.
+/// flat run in tiles of `NV` vectors, the last tile shorter; `NT` taps a channel (the nine of a
+/// 3x3 kernel, or [`Flat::unhalving`]'s four from `f.taps`), the weights `[c_out / CO, c_in,
+/// NT, CO]`.
 ///
 /// # Safety
-/// The slices hold what [`forward`] checks; the CPU runs `V`; each block's sink takes its
-/// `CO` channels at every position of the run.
+/// The slices hold what [`forward`] (nine taps) or [`unhalving`] (four) checks; the CPU runs
+/// `V`; each block's sink takes its `CO` channels at every position of the run.
 #[inline(always)]
 unsafe fn forward_image<
     V: Vector,
@@ -879,11 +895,11 @@ unsafe fn forward_image<
 }
 
 /// `CO` output channels times `NV` vectors of flat positions from `q0`, summed over every
-/// input channel and tap in registers, then put into the sink.
+/// input channel and each of its `NT` taps in registers, then put into the sink.
 ///
 /// # Safety
-/// `xp` holds `c_in` planes, `wb` a block's weights; the positions `q0 .. q0 + NV lanes` lie
-/// in the run.
+/// `xp` holds `c_in` planes reaching every tap past the run, `wb` a block's weights; the
+/// positions `q0 .. q0 + NV lanes` lie in the run.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // registers indexed [channel][vector]
 unsafe fn forward_tile<
@@ -1096,10 +1112,11 @@ pub(super) mod tests {
     }
 
     /// The halving convolution (3x3, stride 2, padding 1) over phase planes, its weight
-    /// gradient and its input gradient, on every compiled variant this CPU runs, against f64 by the definition: even
-    /// and odd sides, channels off the blocks, several images side by side.
+    /// gradient and its input gradient, on every compiled variant this CPU runs, against f64
+    /// by the definition: even and odd sides, channels off the blocks, several images side by
+    /// side.
     #[test]
-    fn halving_convolution_and_weight_gradient_match_their_definitions() {
+    fn halving_convolution_and_its_gradients_match_their_definitions() {
         let isas: Vec<Isa> = Isa::supported()
             .into_iter()
             .filter(|&i| available(i))
@@ -1121,6 +1138,9 @@ pub(super) mod tests {
                     Flat::halving(c_in, c_out, h, w, 1),
                     Flat::halving(c_in, c_out, h, w, n),
                 );
+                for t in 0..TAPS {
+                    assert_eq!(tap::<true>(&fs, t / K, t % K), fs.taps[t], "tap {t}");
+                }
                 let wt = block_weights(&f1, &ws);
                 let mut planes = vec![f32::NAN; n * c_in * fs.plane];
                 let mut gplanes = vec![f32::NAN; n * fs.c_out_padded(CG) * fs.plane];

@@ -14,7 +14,10 @@
 //! the bias's and the shift's as the output gradient's sums. A 3x3 convolution that keeps the
 //! size skips the column matrix and the products on a CPU with AVX2 or AVX-512: the direct
 //! kernels of [`direct`] compute it and its weight gradient in registers (and its input
-//! gradient, the same kind of convolution). Images run in parallel on rayon's
+//! gradient, the same kind of convolution), the weight gradient from the padded input planes
+//! the forward pass kept ([`ConvBackward::conv2d_saving`]); a 3x3 convolution of stride 2 runs
+//! on the direct kernels too, over phase planes, its input gradient included (the others' input
+//! gradient is the column product and col2im above). Images run in parallel on rayon's
 //! pool; column buffers are kept per thread between calls. A 1x1 convolution of stride 1
 //! reads its input as the column matrix (no copy). Burn's flex convolution instead tiles each
 //! image, transposes the input to NHWC and allocates per tile, and runs the input gradient as a
@@ -197,6 +200,12 @@ impl Dims {
             "kept planes come from a 3x3 convolution that keeps the size"
         );
         assert_eq!(ws[1], c_in, "the weights' input channels are the input's");
+        assert_eq!(ws[3], ws[2], "a square kernel");
+        assert_eq!(
+            [gs[0], gs[1]],
+            [n, ws[0]],
+            "the output gradient of these planes"
+        );
         assert_eq!(
             ps[2],
             d.flat_geometry(1).plane,
@@ -240,7 +249,8 @@ impl Dims {
     }
 
     /// Whether the direct kernels run it as a 3x3 convolution of stride 2 and padding 1 (the
-    /// U-Net's downsampling) over the input's phase planes: forward and the weights' gradient.
+    /// U-Net's downsampling) over the input's phase planes: forward, the weights' gradient and
+    /// the input's.
     fn halving(&self) -> bool {
         self.k == direct::K
             && self.spec.stride == 2
@@ -452,7 +462,7 @@ fn convolve_keeping(
         };
         let planes_len = d.c_in * f.plane;
         let mut kept = None;
-        if keep && d.flat() {
+        if keep && d.flat() && planes_len > 0 {
             let mut planes: Vec<f32> = Vec::with_capacity(d.n * planes_len);
             out.spare_capacity_mut()[..total]
                 .par_chunks_mut(out_len)
@@ -668,7 +678,7 @@ fn flex_forward(
     let out = FlexTensor::from_data(TensorData::new(out, [d.n, d.c_out, d.h_out, d.w_out]));
     let kept = keep.then(|| match planes {
         Some(planes) => {
-            let plane = planes.len() / (d.n * d.c_in).max(1);
+            let plane = d.flat_geometry(1).plane;
             FlexTensor::from_data(TensorData::new(planes, [d.n, d.c_in, plane]))
         }
         None => x,
