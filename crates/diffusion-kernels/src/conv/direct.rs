@@ -924,42 +924,46 @@ unsafe fn forward_tile<
                 for ky in 0..K {
                     for kx in 0..K {
                         let xs = x.add(tap::<HALF>(f, ky, kx));
-                        let wk = w.add((ky * K + kx) * CO);
-                        let mut ws = [V::zero(); CO];
-                        for (c, wc) in ws.iter_mut().enumerate() {
-                            *wc = V::splat(*wk.add(c));
-                        }
-                        for v in 0..NV {
-                            let xv = V::load(xs.add(v * V::LANES));
-                            for c in 0..CO {
-                                acc[c][v] = acc[c][v].fma(ws[c], xv);
-                            }
-                        }
+                        add_tap(&mut acc, xs, w.add((ky * K + kx) * CO));
                     }
                 }
             } else {
-                // the taps of [`Flat::unhalving`], listed in `f.taps`: the loop above over
-                // other offsets (one loop over computed offsets for both made the 3x3 kernels
-                // 3-4 % slower, a closure for the body more than twice as slow)
+                // the taps of [`Flat::unhalving`], listed in `f.taps` (one loop over computed
+                // offsets for both made the 3x3 kernels 3-4 % slower)
                 for t in 0..NT {
-                    let xs = x.add(f.taps[t]);
-                    let wk = w.add(t * CO);
-                    let mut ws = [V::zero(); CO];
-                    for (c, wc) in ws.iter_mut().enumerate() {
-                        *wc = V::splat(*wk.add(c));
-                    }
-                    for v in 0..NV {
-                        let xv = V::load(xs.add(v * V::LANES));
-                        for c in 0..CO {
-                            acc[c][v] = acc[c][v].fma(ws[c], xv);
-                        }
-                    }
+                    add_tap(&mut acc, x.add(f.taps[t]), w.add(t * CO));
                 }
             }
         }
         for (c, row) in acc.iter().enumerate() {
             for (v, &a) in row.iter().enumerate() {
                 sink.put(c, q0 + v * V::LANES, a);
+            }
+        }
+    }
+}
+
+/// One tap's products added to a tile's sums: the tap's `CO` weights from `wk` broadcast, each
+/// of the `NV` vectors of positions from `xs` loaded once.
+///
+/// # Safety
+/// `wk` holds `CO` weights, `xs` `NV` vectors; the CPU runs `V`.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // registers indexed [channel][vector]
+unsafe fn add_tap<V: Vector, const NV: usize>(
+    acc: &mut [[V; NV]; CO],
+    xs: *const f32,
+    wk: *const f32,
+) {
+    unsafe {
+        let mut ws = [V::zero(); CO];
+        for (c, wc) in ws.iter_mut().enumerate() {
+            *wc = V::splat(*wk.add(c));
+        }
+        for v in 0..NV {
+            let xv = V::load(xs.add(v * V::LANES));
+            for c in 0..CO {
+                acc[c][v] = acc[c][v].fma(ws[c], xv);
             }
         }
     }

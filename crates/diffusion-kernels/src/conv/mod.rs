@@ -740,6 +740,23 @@ impl<B: Backend + ConvBackward> Backward<B, 4> for ConvPlusBackwardOp {
     }
 }
 
+/// The inner backend's forward pass that `add` names and, when the operation is `tracked`, its
+/// state for the backward pass: `state` of what [`ConvBackward::conv2d_saving`] kept of the
+/// input and the weights.
+fn forward_recorded<B: ConvBackward, S>(
+    [x, weight, bias]: [FloatTensor<B>; 3],
+    add: ConvAdd<FloatTensor<B>>,
+    spec: ConvSpec,
+    tracked: bool,
+    state: impl FnOnce(FloatTensor<B>, FloatTensor<B>) -> S,
+) -> (FloatTensor<B>, Option<S>) {
+    if !tracked {
+        return (forward_plus::<B>(x, weight, bias, add, spec), None);
+    }
+    let (out, kept) = B::conv2d_saving(x, weight.clone(), bias, add, spec);
+    (out, Some(state(kept, weight)))
+}
+
 impl<B: Backend + ConvBackward, C: CheckpointStrategy> FusedConv for Autodiff<B, C> {
     fn conv2d_fused(
         x: FloatTensor<Self>,
@@ -751,11 +768,10 @@ impl<B: Backend + ConvBackward, C: CheckpointStrategy> FusedConv for Autodiff<B,
             ConvBackwardOp,
             [x, weight, bias],
             |[x, weight, bias], tracked| {
-                if !tracked {
-                    return (B::conv2d_fused(x, weight, bias, spec), None);
-                }
-                let (out, kept) = B::conv2d_saving(x, weight.clone(), bias, ConvAdd::Nothing, spec);
-                (out, Some((kept, weight, spec)))
+                let add = ConvAdd::Nothing;
+                forward_recorded::<B, _>([x, weight, bias], add, spec, tracked, |kept, weight| {
+                    (kept, weight, spec)
+                })
             },
         )
     }
@@ -772,12 +788,10 @@ impl<B: Backend + ConvBackward, C: CheckpointStrategy> FusedConv for Autodiff<B,
             ConvPlusBackwardOp,
             [x, weight, bias, shift],
             |[x, weight, bias, shift], tracked| {
-                if !tracked {
-                    return (B::conv2d_shifted(x, weight, bias, shift, spec), None);
-                }
                 let add = ConvAdd::Shift(shift);
-                let (out, kept) = B::conv2d_saving(x, weight.clone(), bias, add, spec);
-                (out, Some((kept, weight, spec, Added::Shift(rows))))
+                forward_recorded::<B, _>([x, weight, bias], add, spec, tracked, |kept, weight| {
+                    (kept, weight, spec, Added::Shift(rows))
+                })
             },
         )
     }
@@ -793,12 +807,10 @@ impl<B: Backend + ConvBackward, C: CheckpointStrategy> FusedConv for Autodiff<B,
             ConvPlusBackwardOp,
             [x, weight, bias, residual],
             |[x, weight, bias, residual], tracked| {
-                if !tracked {
-                    return (B::conv2d_residual(x, weight, bias, residual, spec), None);
-                }
                 let add = ConvAdd::Residual(residual);
-                let (out, kept) = B::conv2d_saving(x, weight.clone(), bias, add, spec);
-                (out, Some((kept, weight, spec, Added::Residual)))
+                forward_recorded::<B, _>([x, weight, bias], add, spec, tracked, |kept, weight| {
+                    (kept, weight, spec, Added::Residual)
+                })
             },
         )
     }
