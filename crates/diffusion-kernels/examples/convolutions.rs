@@ -9,10 +9,10 @@
 
 mod common;
 
-use common::time;
+use common::{time, time_pair};
 
 use burn::tensor::{Device, Distribution, Tensor};
-use diffusion_kernels::{NormSpec, conv2d, group_norm};
+use diffusion_kernels::{ConvPlus, ConvSpec, NormSpec, conv2d, group_norm, norm_conv2d};
 
 fn run(n: usize, repeats: usize) {
     let device = Device::flex();
@@ -90,6 +90,71 @@ fn run(n: usize, repeats: usize) {
         println!(
             "group norm + SiLU {c:>3} {side:>2}x{side:<2}  forward {forward:>8.0} us   \
              forward + backward {both:>8.0} us"
+        );
+    }
+    norm_then_conv(n, repeats);
+}
+
+/// The group norm with SiLU and the 3x3 convolution after it, as two operations
+/// ([`group_norm`], then [`conv2d`]) and as one ([`norm_conv2d`]), forward and forward plus
+/// backward, in turn.
+fn norm_then_conv(n: usize, repeats: usize) {
+    let device = Device::flex();
+    let ad = device.clone().autodiff();
+    let normal = Distribution::Normal(0.0, 1.0);
+    let spec = NormSpec {
+        groups: 8,
+        epsilon: 1e-5,
+        silu: true,
+    };
+    for (c_in, c_out, side) in [(16, 16, 28), (32, 32, 14), (32, 32, 7), (48, 32, 14)] {
+        let x = Tensor::<4>::random([n, c_in, side, side], normal, &ad).require_grad();
+        let gamma = Tensor::<1>::random([c_in], normal, &ad).require_grad();
+        let beta = Tensor::<1>::random([c_in], normal, &ad).require_grad();
+        let scale = 1.0 / ((9 * c_in) as f64).sqrt();
+        let w = (Tensor::<4>::random([c_out, c_in, 3, 3], normal, &ad) * scale).require_grad();
+        let b = Tensor::<1>::random([c_out], normal, &ad).require_grad();
+        let g = Tensor::<4>::random([n, c_out, side, side], normal, &ad);
+        let conv = ConvSpec {
+            stride: 1,
+            padding: 1,
+        };
+        let two = |x: Tensor<4>, gamma, beta, w, b| {
+            let z = group_norm(x, gamma, beta, spec);
+            conv2d(z, w, Some(b), 1, 1)
+        };
+        let one = |x, gamma, beta, w, b| {
+            norm_conv2d(x, (gamma, beta), spec, w, Some(b), conv, ConvPlus::Nothing)
+        };
+        let plain = |t: &Tensor<4>| Tensor::<4>::from_data(t.to_data(), &device);
+        let plain1 = |t: &Tensor<1>| Tensor::<1>::from_data(t.to_data(), &device);
+        let (xp, gp, bp, wp, biasp) = (
+            plain(&x),
+            plain1(&gamma),
+            plain1(&beta),
+            plain(&w),
+            plain1(&b),
+        );
+        let forward = |f: &dyn Fn(_, _, _, _, _) -> Tensor<4>| {
+            drop(f(
+                xp.clone(),
+                gp.clone(),
+                bp.clone(),
+                wp.clone(),
+                biasp.clone(),
+            ))
+        };
+        let both = |f: &dyn Fn(_, _, _, _, _) -> Tensor<4>| {
+            let y = f(x.clone(), gamma.clone(), beta.clone(), w.clone(), b.clone());
+            drop((y * g.clone()).sum().backward())
+        };
+        let rounds = 15;
+        let f = time_pair(rounds, repeats, || forward(&two), || forward(&one));
+        let fb = time_pair(rounds, repeats, || both(&two), || both(&one));
+        println!(
+            "norm + SiLU + 3x3 {c_in:>3} -> {c_out:<3} {side:>2}x{side:<2}  forward {:>6.0} -> {:>6.0} us   \
+             forward + backward {:>6.0} -> {:>6.0} us (two operations -> one, medians of {rounds} rounds in turn)",
+            f.0, f.1, fb.0, fb.1
         );
     }
 }

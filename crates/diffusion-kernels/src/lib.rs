@@ -61,7 +61,7 @@ pub use attention::{AttentionBackward, FusedAttention};
 #[cfg(feature = "flex")]
 pub use concat::{ConcatBackward, FusedConcat};
 #[cfg(feature = "flex")]
-pub use conv::{ConvAdd, ConvBackward, FusedConv};
+pub use conv::{ConvAdd, ConvBackward, FusedConv, FusedNormConv, NormConvBackward};
 #[cfg(feature = "flex")]
 pub use flex::{
     FusedAdamStep, FusedGaussianKl, FusedLinear, FusedLinearBackward, GaussianKlBackward,
@@ -411,6 +411,75 @@ pub fn group_norm(x: Tensor<4>, gamma: Tensor<1>, beta: Tensor<1>, spec: NormSpe
     let normed = (centred / (var + spec.epsilon).sqrt()).reshape([n, c, h, w]);
     let y = normed * gamma.reshape([1, c, 1, 1]) + beta.reshape([1, c, 1, 1]);
     if spec.silu { activation::silu(y) } else { y }
+}
+
+/// [`conv2d_plus`] of [`group_norm`]'s output: a U-Net's `conv(silu(norm(x)))`, the norm's
+/// constants `norm` and affine map `gamma`, `beta` (`[c_in]`). On flex in f32 one operation
+/// ([`FusedNormConv`]): a 3x3 convolution that keeps the size reads each image's normalised
+/// values padded straight from a buffer of its thread's (the norm's output never a tensor of
+/// its own), with the same values and gradients as the two operations, bit for bit;
+/// elsewhere [`group_norm`] and [`conv2d_plus`].
+#[allow(clippy::too_many_arguments)] // the operands of a norm and a convolution
+pub fn norm_conv2d(
+    x: Tensor<4>,
+    (gamma, beta): (Tensor<1>, Tensor<1>),
+    norm: NormSpec,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    spec: ConvSpec,
+    plus: ConvPlus,
+) -> Tensor<4> {
+    let [_, _, kh, kw] = weight.dims();
+    let fused = kh == kw
+        && fused_here(&x)
+        && fused_here(&weight)
+        && fused_here(&gamma)
+        && fused_here(&beta)
+        && match &plus {
+            ConvPlus::Nothing => true,
+            ConvPlus::Shift(s) => fused_here(s),
+            ConvPlus::Residual(r) => fused_here(r),
+        };
+    if fused {
+        #[cfg(feature = "flex")]
+        {
+            use burn::backend::Dispatch;
+            let c_out = weight.dims()[0];
+            let bias = bias.unwrap_or_else(|| Tensor::zeros([c_out], &x.device()));
+            let (x, g, b) = (
+                x.into_dispatch(),
+                gamma.into_dispatch(),
+                beta.into_dispatch(),
+            );
+            let (w, bias) = (weight.into_dispatch(), bias.into_dispatch());
+            return Tensor::from_dispatch(match plus {
+                ConvPlus::Nothing => {
+                    <Dispatch as FusedNormConv>::norm_conv2d(x, g, b, w, bias, norm, spec)
+                }
+                ConvPlus::Shift(s) => <Dispatch as FusedNormConv>::norm_conv2d_shifted(
+                    x,
+                    g,
+                    b,
+                    w,
+                    bias,
+                    s.into_dispatch(),
+                    norm,
+                    spec,
+                ),
+                ConvPlus::Residual(r) => <Dispatch as FusedNormConv>::norm_conv2d_residual(
+                    x,
+                    g,
+                    b,
+                    w,
+                    bias,
+                    r.into_dispatch(),
+                    norm,
+                    spec,
+                ),
+            });
+        }
+    }
+    conv2d_plus(group_norm(x, gamma, beta, norm), weight, bias, spec, plus)
 }
 
 /// Self-attention over positions: `qkv` `[b, 3d, p]` (each entry's d query, d key and d value

@@ -13,13 +13,15 @@ use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::flex::{Flex, FlexTensor};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, TensorMetadata, backend_extension};
+use std::mem::MaybeUninit;
+
 use burn::tensor::TensorData;
 use rayon::prelude::*;
 
 use crate::NormSpec;
 use crate::flex::{contiguous, record_op_saving, register_gradients};
 use crate::math::Isa;
-use crate::norm_math::{self, Group, GroupGrads, Moments};
+use crate::norm_math::{self, Group, GroupGrads, Moments, Padded};
 
 /// The fused group norm. Any backend can implement it; this crate does for [`Flex`] and, with a
 /// backward pass, for [`Autodiff`] over any backend that does.
@@ -106,7 +108,7 @@ const GROUPS_PER_TASK: usize = 16;
 
 /// The group norm of `x` and its groups' moments ([`Moments::VALUES`] values a group), each
 /// group a task; the output is never zeroed first.
-fn forward_flex(
+pub(crate) fn forward_flex(
     x: &FlexTensor,
     gamma: &FlexTensor,
     beta: &FlexTensor,
@@ -132,6 +134,44 @@ fn forward_flex(
     unsafe { out.set_len(xs.len()) };
     let moments = moments.iter().flat_map(|m| m.to_values()).collect();
     (FlexTensor::from_data(TensorData::new(out, shape)), moments)
+}
+
+/// One image's group norm (`x`, `[c, spatial]` values, `spec.groups` groups) into its
+/// channels' zero-bordered planes `planes` (`[c, plane]`, [`Padded`]), its groups' moments
+/// into `moments` (one per group): every value of `planes` written.
+pub(crate) fn image_forward_padded(
+    isa: Isa,
+    x: &[f32],
+    (gamma, beta): (&[f32], &[f32]),
+    spec: NormSpec,
+    (padded, planes): (Padded, &mut [MaybeUninit<f32>]),
+    moments: &mut [Moments],
+) {
+    let c = gamma.len();
+    assert!(
+        spec.groups > 0 && c % spec.groups == 0,
+        "{c} channels in {} groups",
+        spec.groups
+    );
+    let spatial = padded.h * padded.w;
+    assert!(x.len() == c * spatial && planes.len() == c * padded.plane);
+    assert_eq!(moments.len(), spec.groups, "one set of moments a group");
+    let per_group = c / spec.groups;
+    let group_len = (per_group * spatial).max(1);
+    let groups = x
+        .chunks(group_len)
+        .zip(planes.chunks_mut(per_group * padded.plane));
+    for (i, ((v, p), saved)) in groups.zip(moments.iter_mut()).enumerate() {
+        let group = group_of(i, spec, (spatial, per_group), v, (gamma, beta));
+        norm_math::forward_padded(isa, group, padded, p, saved);
+    }
+}
+
+/// Moments as the flat values the backward pass takes ([`Moments::VALUES`] a group).
+pub(crate) fn moments_tensor(moments: &[Moments]) -> FlexTensor {
+    let values: Vec<f32> = moments.iter().flat_map(|m| m.to_values()).collect();
+    let len = values.len();
+    FlexTensor::from_data(TensorData::new(values, [len]))
 }
 
 impl FusedGroupNorm for Flex {

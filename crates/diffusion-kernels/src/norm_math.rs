@@ -156,6 +156,87 @@ fn forward_group<const F: bool>(g: Group<'_>, out: &mut [MaybeUninit<f32>], save
     }
 }
 
+/// Where a group's output goes when it is a convolution's zero-bordered input (the planes of
+/// `conv::direct::pad_image`): each channel a plane of `plane` values, its `h` rows of `w`
+/// values `wp` = `w + 2` apart from position `wp + 1` on, zero around them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Padded {
+    pub h: usize,
+    pub w: usize,
+    pub wp: usize,
+    pub plane: usize,
+}
+
+/// The group norm's output value for `x` (then SiLU when `SILU`), `a` = gamma rstd, `b` = beta:
+/// [`forward_group`]'s, bit for bit.
+#[inline(always)]
+fn output<const F: bool, const SILU: bool>(x: f32, mo: Moments, a: f32, b: f32) -> f32 {
+    let z = madd::<F>((x - mo.m) - mo.delta, a, b);
+    if SILU { z * sigmoid::<F>(z) } else { z }
+}
+
+/// One channel's output into its plane `dst` (the padding zero): each row in whole vectors
+/// of [`LANES`] values, the last one running past the row's end (into its border and the next
+/// row's values, written after it) where the source and the plane go on that far, else value
+/// by value; the borders after each row.
+#[inline(always)]
+fn channel_padded<const F: bool, const SILU: bool>(
+    (values, first): (&[f32], usize),
+    (mo, a, b): (Moments, f32, f32),
+    p: Padded,
+    dst: &mut [MaybeUninit<f32>],
+) {
+    let zero = MaybeUninit::new(0.0);
+    dst[..p.wp + 1].fill(zero);
+    for y in 0..p.h {
+        let (at, src) = ((y + 1) * p.wp + 1, first + y * p.w);
+        let mut k = 0;
+        while k < p.w {
+            if src + k + LANES <= values.len() && at + k + LANES <= dst.len() {
+                let xs: &[f32; LANES] = values[src + k..][..LANES].try_into().expect("lanes");
+                let d: &mut [MaybeUninit<f32>; LANES] =
+                    (&mut dst[at + k..][..LANES]).try_into().expect("lanes");
+                for i in 0..LANES {
+                    d[i] = MaybeUninit::new(output::<F, SILU>(xs[i], mo, a, b));
+                }
+                k += LANES;
+            } else {
+                dst[at + k] = MaybeUninit::new(output::<F, SILU>(values[src + k], mo, a, b));
+                k += 1;
+            }
+        }
+        // the row's right border and the next row's left border
+        dst[at + p.w] = zero;
+        dst[at + p.w + 1] = zero;
+    }
+    dst[(p.h + 1) * p.wp + 1..].fill(zero);
+}
+
+/// [`forward_group`] into the group's channels' padded planes `planes` (`[channels, plane]`,
+/// [`Padded`]): every value of them written, the same values as [`forward_group`]'s where the
+/// image is, zero around it.
+#[inline(always)]
+fn forward_group_padded<const F: bool>(
+    g: Group<'_>,
+    p: Padded,
+    planes: &mut [MaybeUninit<f32>],
+    saved: &mut Moments,
+) {
+    assert!(p.h * p.w == g.spatial && p.wp == p.w + 2 && p.plane >= (p.h + 2) * p.wp);
+    assert_eq!(planes.len(), g.gamma.len() * p.plane, "a plane a channel");
+    let mo = moments::<F>(g.values, g.epsilon);
+    *saved = mo;
+    for (j, dst) in planes.chunks_exact_mut(p.plane).enumerate() {
+        let affine = (mo, g.gamma[j] * mo.rstd, g.beta[j]);
+        let source = (g.values, j * g.spatial);
+        if g.silu {
+            channel_padded::<F, true>(source, affine, p, dst);
+        } else {
+            channel_padded::<F, false>(source, affine, p, dst);
+        }
+    }
+}
+
 /// The affine output's gradient dz from the output's `gy` at the normalised value `xhat`
 /// (through SiLU when `SILU`).
 #[inline(always)]
@@ -233,6 +314,7 @@ fn backward_group<const F: bool>(g: Group<'_>, mo: Moments, out: GroupGrads<'_>)
 }
 
 dispatched!(forward, forward_group, (g: Group<'_>, out: &mut [MaybeUninit<f32>], saved: &mut Moments));
+dispatched!(forward_padded, forward_group_padded, (g: Group<'_>, p: Padded, planes: &mut [MaybeUninit<f32>], saved: &mut Moments));
 dispatched!(backward, backward_group, (g: Group<'_>, mo: Moments, out: GroupGrads<'_>));
 
 #[cfg(test)]
@@ -358,6 +440,64 @@ mod tests {
                 assert_near(&format!("{case} dx"), &dx, &want[1], tolerance);
                 assert_near(&format!("{case} dgamma"), &dgamma, &want[2], tolerance);
                 assert_near(&format!("{case} dbeta"), &dbeta, &want[3], tolerance);
+            }
+        }
+    }
+
+    /// The output written into padded planes (over NaNs) is the plain output bit for bit where
+    /// the image is, zero around it, on every compiled variant: rows wider and narrower than a
+    /// vector, whose last vector runs past the row, the group's or the plane's end or not.
+    #[test]
+    fn padded_output_is_the_plain_output_bordered_with_zeros() {
+        for isa in Isa::supported() {
+            for (channels, h, w, silu) in [
+                (2, 28, 28, true),
+                (3, 14, 14, false),
+                (2, 5, 12, true),
+                (1, 3, 13, true),
+                (2, 7, 7, true),
+                (1, 1, 17, false),
+                (4, 2, 33, true),
+            ] {
+                let spatial = h * w;
+                let x = values(channels * spatial, 7);
+                let gamma = values(channels, 8);
+                let beta = values(channels, 9);
+                let g = Group {
+                    values: &x,
+                    gamma: &gamma,
+                    beta: &beta,
+                    spatial,
+                    epsilon: 1e-5,
+                    silu,
+                };
+                let (y, mo) = forward_values(isa, g);
+                let wp = w + 2;
+                // the convolution's plane: the rows, two border rows and a few values after
+                let plane = ((h + 2) * wp + 3).next_multiple_of(16);
+                let p = Padded { h, w, wp, plane };
+                let mut planes = vec![MaybeUninit::new(f32::NAN); channels * plane];
+                let mut saved = Moments::default();
+                forward_padded(isa, g, p, &mut planes, &mut saved);
+                assert_eq!(saved, mo, "{isa:?} {h}x{w}: the moments");
+                for (j, dst) in planes.chunks(plane).enumerate() {
+                    for (q, v) in dst.iter().enumerate() {
+                        // SAFETY: every value was initialised (to NaN) above
+                        let v = unsafe { v.assume_init() };
+                        let (row, col) = (q / wp, q % wp);
+                        let inside = (1..=h).contains(&row) && (1..=w).contains(&col);
+                        let want = if inside {
+                            y[j * spatial + (row - 1) * w + col - 1]
+                        } else {
+                            0.0
+                        };
+                        assert_eq!(
+                            v.to_bits(),
+                            want.to_bits(),
+                            "{isa:?} {channels}x{h}x{w} silu {silu}: channel {j} at {q}"
+                        );
+                    }
+                }
             }
         }
     }

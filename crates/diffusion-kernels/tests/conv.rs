@@ -387,3 +387,141 @@ fn concatenation_matches_burns_values_and_gradients() {
         assert_eq!(results[0], results[1], "{:?}", [n, ca, cb, h, w]);
     }
 }
+
+/// The group norm and the convolution after it as one operation ([`norm_conv2d`]) against the
+/// two ([`group_norm`], then [`conv2d_plus`]), under autodiff and without: the output and the
+/// gradients of x, gamma, beta, the weights, the bias and the shift or residual, bit for bit.
+/// Images wide enough for the norm to write the convolution's planes and narrower ones, 3x3
+/// kernels of stride 1 and 2 and a 1x1 one, with and without SiLU, every parent tracked or only
+/// the weights and bias.
+#[test]
+fn norm_then_convolution_as_one_operation_is_the_two_bit_for_bit() {
+    use diffusion_kernels::{ConvPlus, ConvSpec, NormSpec, conv2d_plus, group_norm, norm_conv2d};
+    // n, c_in, h, w, c_out, k, stride, padding; groups; SiLU; what is added
+    let cases = [
+        ([3, 8, 28, 28, 6, 3, 1, 1], 4, true, "shift"),
+        ([2, 6, 13, 12, 5, 3, 1, 1], 3, false, "residual"),
+        ([1, 4, 14, 17, 4, 3, 1, 1], 1, true, "nothing"),
+        ([4, 4, 7, 7, 3, 3, 1, 1], 2, true, "shift of one row"),
+        ([2, 6, 9, 12, 4, 3, 2, 1], 2, true, "residual"),
+        ([2, 6, 12, 12, 4, 1, 1, 0], 3, true, "nothing"),
+    ];
+    for (case, groups, silu, added) in cases {
+        let [n, ci, h, w, co, k, stride, padding] = case;
+        let (side, width) = (
+            (h + 2 * padding - k) / stride + 1,
+            (w + 2 * padding - k) / stride + 1,
+        );
+        for all_tracked in [true, false] {
+            let results: Vec<Vec<Vec<f32>>> = [true, false]
+                .iter()
+                .map(|&one| {
+                    let device = Device::flex().autodiff();
+                    let x = (constant([n, ci, h, w], 31, &device) * 2.0 + 0.3).detach();
+                    let x = if all_tracked { x.require_grad() } else { x };
+                    let gamma = tensor([ci], 32, &device);
+                    let beta = tensor([ci], 33, &device);
+                    let (gamma, beta) = if all_tracked {
+                        (gamma, beta)
+                    } else {
+                        (gamma.detach(), beta.detach())
+                    };
+                    let weight = tensor([co, ci, k, k], 34, &device);
+                    let bias = tensor([co], 35, &device);
+                    let shift_rows = if added == "shift" { n } else { 1 };
+                    let shift = tensor([shift_rows, co], 36, &device);
+                    let residual = tensor([n, co, side, width], 37, &device);
+                    let plus = match added {
+                        "nothing" => ConvPlus::Nothing,
+                        "residual" => ConvPlus::Residual(residual.clone()),
+                        _ => ConvPlus::Shift(shift.clone()),
+                    };
+                    let norm = NormSpec {
+                        groups,
+                        epsilon: 1e-5,
+                        silu,
+                    };
+                    let spec = ConvSpec { stride, padding };
+                    let forward = |x: Tensor<4>, gamma, beta, weight, bias, plus| {
+                        if one {
+                            norm_conv2d(x, (gamma, beta), norm, weight, Some(bias), spec, plus)
+                        } else {
+                            let z = group_norm(x, gamma, beta, norm);
+                            conv2d_plus(z, weight, Some(bias), spec, plus)
+                        }
+                    };
+                    let y = forward(
+                        x.clone(),
+                        gamma.clone(),
+                        beta.clone(),
+                        weight.clone(),
+                        bias.clone(),
+                        plus.clone(),
+                    );
+                    // the same without autodiff
+                    let plain = Device::flex();
+                    let untracked = |t: &Tensor<4>| Tensor::<4>::from_data(t.to_data(), &plain);
+                    let untracked1 = |t: &Tensor<1>| Tensor::<1>::from_data(t.to_data(), &plain);
+                    let plus_plain = match &plus {
+                        ConvPlus::Nothing => ConvPlus::Nothing,
+                        ConvPlus::Residual(r) => ConvPlus::Residual(untracked(r)),
+                        ConvPlus::Shift(s) => {
+                            ConvPlus::Shift(Tensor::<2>::from_data(s.to_data(), &plain))
+                        }
+                    };
+                    let y_plain = forward(
+                        untracked(&x),
+                        untracked1(&gamma),
+                        untracked1(&beta),
+                        untracked(&weight),
+                        untracked1(&bias),
+                        plus_plain,
+                    );
+                    let r = tensor(y.dims(), 38, &device).detach();
+                    let grads = (y.clone() * r).sum().backward();
+                    let grad = |t: Option<Vec<f32>>| t.unwrap_or_default();
+                    let added_grad = match added {
+                        "nothing" => Vec::new(),
+                        "residual" => host(residual.grad(&grads).unwrap()),
+                        _ => host(shift.grad(&grads).unwrap()),
+                    };
+                    vec![
+                        host(y),
+                        host(y_plain),
+                        grad(x.grad(&grads).map(host)),
+                        grad(gamma.grad(&grads).map(host)),
+                        grad(beta.grad(&grads).map(host)),
+                        host(weight.grad(&grads).unwrap()),
+                        host(bias.grad(&grads).unwrap()),
+                        added_grad,
+                    ]
+                })
+                .collect();
+            let names = [
+                "output",
+                "untracked output",
+                "x",
+                "gamma",
+                "beta",
+                "weight",
+                "bias",
+                "shift or residual",
+            ];
+            for (name, (a, b)) in names.iter().zip(results[0].iter().zip(&results[1])) {
+                let label = format!("{case:?} {added}, all tracked {all_tracked}: {name}");
+                assert_eq!(a.len(), b.len(), "{label}");
+                assert!(
+                    !all_tracked
+                        || *name == "shift or residual" && added == "nothing"
+                        || !a.is_empty(),
+                    "{label}: no values"
+                );
+                let (a, b): (Vec<u32>, Vec<u32>) = (
+                    a.iter().map(|v| v.to_bits()).collect(),
+                    b.iter().map(|v| v.to_bits()).collect(),
+                );
+                assert!(a == b, "{label}: not bit for bit");
+            }
+        }
+    }
+}

@@ -104,7 +104,12 @@ impl Pass<'_> {
             for j in 0..count {
                 let i = first + j;
                 if want_w {
-                    d.pad(&f, &self.xs[i * in_len..][..in_len], j, &mut planes);
+                    d.pad(
+                        &f,
+                        &self.xs[i * in_len..][..in_len],
+                        j,
+                        direct::as_uninit(&mut planes),
+                    );
                 }
                 direct::flat_rows(&f, &self.gs[i * out_len..][..out_len], j, &mut gplanes);
             }

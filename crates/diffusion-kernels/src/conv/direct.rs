@@ -186,9 +186,13 @@ pub(super) fn has_vl() -> bool {
 /// Copies `image` (`[c_in, h, w]`) into its place `j` of `planes` (`[c_in, images, plane]`),
 /// each plane zero-bordered.
 pub(crate) fn pad_image(f: &Flat, image: &[f32], j: usize, planes: &mut [f32]) {
-    // SAFETY: MaybeUninit<f32> has f32's layout, and `pad_image_into` writes only f32 values
-    let planes = unsafe { &mut *(planes as *mut [f32] as *mut [MaybeUninit<f32>]) };
-    pad_image_into(f, image, j, planes);
+    pad_image_into(f, image, j, as_uninit(planes));
+}
+
+/// `values` as memory to write f32 values into (which is all the callers do with it).
+pub(crate) fn as_uninit(values: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: MaybeUninit<f32> has f32's layout; every value it is given back with is an f32
+    unsafe { &mut *(values as *mut [f32] as *mut [MaybeUninit<f32>]) }
 }
 
 /// [`pad_image`] into memory that may hold nothing yet: every value of the image's planes is
@@ -224,7 +228,7 @@ pub(crate) fn pad_phases(
     image: &[f32],
     (h, w): (usize, usize),
     j: usize,
-    planes: &mut [f32],
+    planes: &mut [MaybeUninit<f32>],
 ) {
     debug_assert_eq!(f.stride, 2);
     let stride = f.images * f.plane;
@@ -232,7 +236,7 @@ pub(crate) fn pad_phases(
         .chunks_exact_mut(stride)
         .map(|c| &mut c[j * f.plane..][..f.plane]);
     for (src, dst) in image.chunks_exact(h * w).zip(dsts) {
-        dst.fill(0.0);
+        dst.fill(MaybeUninit::new(0.0));
         for (y, row) in src.chunks_exact(w).enumerate() {
             // padded row y + 1: phase row (y + 1) mod 2, at (y + 1) / 2 (= ceil(y / 2))
             let (a, i) = ((y + 1) % 2, y.div_ceil(2));
@@ -241,11 +245,11 @@ pub(crate) fn pad_phases(
             let (even, odd) = dst[2 * a * f.phase..].split_at_mut(f.phase);
             let (even, odd) = (&mut even[i * f.wp..][..f.wp], &mut odd[i * f.wp..][..f.wp]);
             for (k, pair) in row.chunks_exact(2).enumerate() {
-                odd[k] = pair[0];
-                even[k + 1] = pair[1];
+                odd[k] = MaybeUninit::new(pair[0]);
+                even[k + 1] = MaybeUninit::new(pair[1]);
             }
             if w % 2 == 1 {
-                odd[w / 2] = row[w - 1];
+                odd[w / 2] = MaybeUninit::new(row[w - 1]);
             }
         }
     }
@@ -1162,7 +1166,7 @@ pub(super) mod tests {
                         }
                     };
                     let mut one = vec![f32::NAN; c_in * f1.plane];
-                    pad_phases(&f1, xj, (h, w), 0, &mut one);
+                    pad_phases(&f1, xj, (h, w), 0, as_uninit(&mut one));
                     let mut out = vec![f32::NAN; f1.c_out_padded(CO) * f1.run];
                     forward(isa, &f1, &one, &wt, &mut out);
                     let layout = Layout::new(&f1);
@@ -1204,7 +1208,7 @@ pub(super) mod tests {
                             }
                         }
                     }
-                    pad_phases(&fs, xj, (h, w), j, &mut planes);
+                    pad_phases(&fs, xj, (h, w), j, as_uninit(&mut planes));
                     flat_rows(&fs, gj, j, &mut gplanes);
                 }
                 zero_planes(&fs, c_out, &mut gplanes);

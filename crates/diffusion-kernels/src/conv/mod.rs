@@ -31,20 +31,24 @@ use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::flex::{Flex, FlexTensor};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, TensorMetadata, backend_extension};
+use std::mem::MaybeUninit;
+
 use burn::tensor::TensorData;
 use rayon::prelude::*;
 
 mod backward;
 mod columns;
 mod direct;
+mod normed;
 mod pointwise;
 
-use crate::ConvSpec;
 use crate::flex::{contiguous, record_op_saving, register_gradients};
 use crate::math::Isa;
+use crate::{ConvSpec, NormSpec};
 pub(crate) use columns::product;
 use columns::{columns, tile_rows, tiles};
 use direct::Flat;
+pub use normed::{FusedNormConv, NormConvBackward};
 
 /// The fused convolution's operation. Any backend can implement it; this crate does for
 /// [`Flex`] and, with a backward pass, for [`Autodiff`] over any backend that does.
@@ -268,11 +272,11 @@ impl Dims {
 
     /// Copies image `image` into its place `j` of the planes the direct kernels read: padded
     /// ([`direct::pad_image`]) or, halving, split into phase planes ([`direct::pad_phases`]).
-    fn pad(&self, f: &Flat, image: &[f32], j: usize, planes: &mut [f32]) {
+    fn pad(&self, f: &Flat, image: &[f32], j: usize, planes: &mut [MaybeUninit<f32>]) {
         if f.stride == 2 {
             direct::pad_phases(f, image, (self.h, self.w), j, planes);
         } else {
-            direct::pad_image(f, image, j, planes);
+            direct::pad_image_into(f, image, j, planes);
         }
     }
 
@@ -315,26 +319,37 @@ thread_local! {
 
 /// A column buffer of `len` values (their contents left from earlier use), from this thread's
 /// store, going back to it when dropped: the buffers of a training step are allocated once and
-/// never zeroed.
+/// never zeroed. The store hands out the smallest buffer that holds `len` values (else its
+/// largest, grown), and a buffer keeps its length when a shorter one is asked of it, so that
+/// buffers of different sizes in turn are not zeroed again each time they grow back.
 fn scratch(len: usize) -> Scratch {
-    let mut buffer = SCRATCH.with(|s| s.borrow_mut().pop()).unwrap_or_default();
-    buffer.resize(len, 0.0);
-    Scratch(buffer)
+    let mut buffer = SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        let fits = (0..s.len())
+            .filter(|&i| s[i].len() >= len)
+            .min_by_key(|&i| s[i].len());
+        let pick = fits.or_else(|| (0..s.len()).max_by_key(|&i| s[i].len()));
+        pick.map(|i| s.swap_remove(i)).unwrap_or_default()
+    });
+    if buffer.len() < len {
+        buffer.resize(len, 0.0);
+    }
+    Scratch(buffer, len)
 }
 
-/// A buffer from [`scratch`].
-struct Scratch(Vec<f32>);
+/// A buffer from [`scratch`]: its first `.1` values.
+struct Scratch(Vec<f32>, usize);
 
 impl std::ops::Deref for Scratch {
     type Target = [f32];
     fn deref(&self) -> &[f32] {
-        &self.0
+        &self.0[..self.1]
     }
 }
 
 impl std::ops::DerefMut for Scratch {
     fn deref_mut(&mut self) -> &mut [f32] {
-        &mut self.0
+        &mut self.0[..self.1]
     }
 }
 
@@ -395,7 +410,7 @@ impl<'a> Start<'a> {
 
     /// Writes image `i`'s starting values into its output `o` (`[c_out, pixels]`); false
     /// when there are none.
-    fn write(self, i: usize, o: &mut [std::mem::MaybeUninit<f32>], pixels: usize) -> bool {
+    fn write(self, i: usize, o: &mut [MaybeUninit<f32>], pixels: usize) -> bool {
         let c_out = o.len() / pixels.max(1);
         if let Start::Nothing = self {
             // gemm's matrix-vector path (one output channel) forms a slice over its
@@ -448,53 +463,16 @@ fn convolve_keeping(
         }
     }
     let (in_len, out_len) = (d.c_in * d.h * d.w, d.c_out * pixels);
-    let total = d.n * out_len;
-    let mut out: Vec<f32> = Vec::with_capacity(total);
     if d.flat() || d.halving() {
-        let (isa, f) = (Isa::detect(), d.flat_geometry(1));
-        let wt = direct::block_weights(&f, ws);
-        let layout = direct::Layout::new(&f);
-        let image = |i: usize, o: &mut [std::mem::MaybeUninit<f32>], planes: &[f32]| {
-            let mut bases = Vec::with_capacity(d.c_out);
-            let residual = start.image(i, d.c_out, pixels, &mut bases);
-            let into = (&layout, bases.as_slice(), residual);
-            convolve_flat(isa, &f, (planes, &wt), into, (start, i), o);
+        let f = d.flat_geometry(1);
+        let pad = |i: usize, planes: &mut [MaybeUninit<f32>]| {
+            d.pad(&f, &xs[i * in_len..][..in_len], 0, planes)
         };
-        let planes_len = d.c_in * f.plane;
-        let mut kept = None;
-        if keep && d.flat() && planes_len > 0 {
-            let mut planes: Vec<f32> = Vec::with_capacity(d.n * planes_len);
-            out.spare_capacity_mut()[..total]
-                .par_chunks_mut(out_len)
-                .zip(planes.spare_capacity_mut()[..d.n * planes_len].par_chunks_mut(planes_len))
-                .with_max_len(1)
-                .enumerate()
-                .for_each(|(i, (o, p))| {
-                    direct::pad_image_into(&f, &xs[i * in_len..][..in_len], 0, p);
-                    // SAFETY: `pad_image_into` wrote every value of the image's planes
-                    let p = unsafe { &*(p as *const [std::mem::MaybeUninit<f32>] as *const [f32]) };
-                    image(i, o, p);
-                });
-            // SAFETY: every image's planes were written above
-            unsafe { planes.set_len(d.n * planes_len) };
-            kept = Some(planes);
-        } else {
-            // one image a task: the forward pass has no partial sums to add up across tasks,
-            // and the thread done first takes the other's last images instead of waiting
-            out.spare_capacity_mut()[..total]
-                .par_chunks_mut(out_len)
-                .with_max_len(1)
-                .enumerate()
-                .for_each(|(i, o)| {
-                    let mut planes = scratch(planes_len);
-                    d.pad(&f, &xs[i * in_len..][..in_len], 0, &mut planes);
-                    image(i, o, &planes);
-                });
-        }
-        // SAFETY: every image's output was written by `convolve_flat`
-        unsafe { out.set_len(total) };
+        let (out, kept, _) = convolve_direct(d, pad, ws, start, keep);
         return (out, kept);
     }
+    let total = d.n * out_len;
+    let mut out: Vec<f32> = Vec::with_capacity(total);
     if d.pointwise() {
         let isa = Isa::detect();
         let plane = pointwise::Plane {
@@ -552,6 +530,71 @@ fn convolve_keeping(
     (out, None)
 }
 
+/// The forward pass of a convolution the direct kernels run ([`Dims::flat`] or
+/// [`Dims::halving`]), one image a task: `fill(i, planes)` writes every value of image `i`'s
+/// planes (its place 0 of a one-image geometry: padded, or split into phases) and returns
+/// what it computed beside them, collected in the images' order. With `keep`, at stride 1, the
+/// planes as the kernels read them: `[n, c_in, plane]`, what the weights' gradient reads
+/// ([`direct::Flat::image_major`]).
+fn convolve_direct<R: Send>(
+    d: &Dims,
+    fill: impl Fn(usize, &mut [MaybeUninit<f32>]) -> R + Sync,
+    ws: &[f32],
+    start: Start<'_>,
+    keep: bool,
+) -> (Vec<f32>, Option<Vec<f32>>, Vec<R>) {
+    let out_len = d.c_out * d.pixels();
+    let total = d.n * out_len;
+    let mut out: Vec<f32> = Vec::with_capacity(total);
+    let (isa, f) = (Isa::detect(), d.flat_geometry(1));
+    let wt = direct::block_weights(&f, ws);
+    let layout = direct::Layout::new(&f);
+    let image = |i: usize, o: &mut [MaybeUninit<f32>], planes: &[f32]| {
+        let mut bases = Vec::with_capacity(d.c_out);
+        let residual = start.image(i, d.c_out, d.pixels(), &mut bases);
+        let into = (&layout, bases.as_slice(), residual);
+        convolve_flat(isa, &f, (planes, &wt), into, (start, i), o);
+    };
+    // one image a task: the forward pass has no partial sums to add up across tasks, and the
+    // thread done first takes the other's last images instead of waiting for them
+    let outputs = out.spare_capacity_mut()[..total].par_chunks_mut(out_len);
+    let planes_len = d.c_in * f.plane;
+    let mut kept = None;
+    let computed = if keep && d.flat() && planes_len > 0 {
+        let mut planes: Vec<f32> = Vec::with_capacity(d.n * planes_len);
+        let computed = outputs
+            .zip(planes.spare_capacity_mut()[..d.n * planes_len].par_chunks_mut(planes_len))
+            .with_max_len(1)
+            .enumerate()
+            .map(|(i, (o, p))| {
+                let r = fill(i, p);
+                // SAFETY: `fill` wrote every value of the image's planes
+                let p = unsafe { &*(p as *const [MaybeUninit<f32>] as *const [f32]) };
+                image(i, o, p);
+                r
+            })
+            .collect();
+        // SAFETY: every image's planes were written above
+        unsafe { planes.set_len(d.n * planes_len) };
+        kept = Some(planes);
+        computed
+    } else {
+        outputs
+            .with_max_len(1)
+            .enumerate()
+            .map(|(i, o)| {
+                let mut planes = scratch(planes_len);
+                let r = fill(i, direct::as_uninit(&mut planes));
+                image(i, o, &planes);
+                r
+            })
+            .collect()
+    };
+    // SAFETY: every image's output was written by `convolve_flat`
+    unsafe { out.set_len(total) };
+    (out, kept, computed)
+}
+
 /// One image's direct convolution into its output `o`: straight in with AVX-512
 /// ([`direct::forward_into`], `into` its layout, start values and residual), else through
 /// the flat rows and [`finish`] (`start` and the image's index for it).
@@ -561,7 +604,7 @@ fn convolve_flat(
     (planes, wt): (&[f32], &[f32]),
     (layout, bases, residual): (&direct::Layout, &[f32], Option<&[f32]>),
     (start, i): (Start<'_>, usize),
-    o: &mut [std::mem::MaybeUninit<f32>],
+    o: &mut [MaybeUninit<f32>],
 ) {
     if !direct::forward_into(isa, f, planes, wt, layout, bases, residual, o) {
         let mut flat = scratch(f.c_out_padded(direct::CO) * f.run);
@@ -572,13 +615,7 @@ fn convolve_flat(
 
 /// Writes image `i`'s output `o` (`[c_out, h, w]`) from its flat convolution `flat`
 /// ([`direct::forward`]'s) plus what `start` says it starts at.
-fn finish(
-    f: &Flat,
-    start: Start<'_>,
-    i: usize,
-    flat: &[f32],
-    o: &mut [std::mem::MaybeUninit<f32>],
-) {
+fn finish(f: &Flat, start: Start<'_>, i: usize, flat: &[f32], o: &mut [MaybeUninit<f32>]) {
     let (h, w, wp, pixels) = (f.h, f.w, f.wp, f.h * f.w);
     for (co, plane) in o.chunks_mut(pixels).enumerate() {
         let run = &flat[co * f.run..][..h * wp];
@@ -645,6 +682,27 @@ fn flex_forward(
     spec: ConvSpec,
     keep: bool,
 ) -> (FlexTensor, Option<FlexTensor>) {
+    let (out, kept, _) = flex_forward_normed(x, None, weight, bias, add, spec, keep);
+    (out, kept)
+}
+
+/// A group norm's affine map and constants, applied to a convolution's input first
+/// ([`normed`]).
+type Norm = (FlexTensor, FlexTensor, NormSpec);
+
+/// [`flex_forward`] of the group norm of `x` when there is a `norm` (then SiLU where its spec
+/// says; [`normed`]), and then also its groups' moments: on the direct kernels at stride 1 each
+/// image normalised straight into the padded planes the convolution reads (and keeps), else
+/// the group norm's output formed first (and kept in place of `x`).
+fn flex_forward_normed(
+    x: FlexTensor,
+    norm: Option<Norm>,
+    weight: FlexTensor,
+    bias: FlexTensor,
+    add: ConvAdd<FlexTensor>,
+    spec: ConvSpec,
+    keep: bool,
+) -> (FlexTensor, Option<FlexTensor>, Option<FlexTensor>) {
     let (x, weight, bias) = (contiguous(x), contiguous(weight), contiguous(bias));
     let d = Dims::of(&x, &weight, spec);
     let add = match add {
@@ -674,16 +732,42 @@ fn flex_forward(
         ConvAdd::Shift(shift) => Start::Shifted(bias_values, values(shift)),
         ConvAdd::Residual(residual) => Start::Residual(bias_values, values(residual)),
     };
-    let (out, planes) = convolve_keeping(&d, values(&x), values(&weight), start, keep);
+    let ws = values(&weight);
+    let (out, planes, input, moments) = match norm {
+        None => {
+            let (out, planes) = convolve_keeping(&d, values(&x), ws, start, keep);
+            (out, planes, x, None)
+        }
+        Some((gamma, beta, norm)) if normed::fused(&d) => {
+            let (gamma, beta) = (contiguous(gamma), contiguous(beta));
+            let (out, planes, moments) =
+                normed::convolve(&d, &x, (&gamma, &beta, norm), ws, start, keep);
+            (out, planes, x, Some(moments))
+        }
+        Some((gamma, beta, norm)) => {
+            let (gamma, beta) = (contiguous(gamma), contiguous(beta));
+            let (z, moments) = crate::norm::forward_flex(&x, &gamma, &beta, norm);
+            let (out, planes) = convolve_keeping(&d, values(&z), ws, start, keep);
+            let len = moments.len();
+            let moments = FlexTensor::from_data(TensorData::new(moments, [len]));
+            (out, planes, z, Some(moments))
+        }
+    };
     let out = FlexTensor::from_data(TensorData::new(out, [d.n, d.c_out, d.h_out, d.w_out]));
     let kept = keep.then(|| match planes {
         Some(planes) => {
             let plane = d.flat_geometry(1).plane;
             FlexTensor::from_data(TensorData::new(planes, [d.n, d.c_in, plane]))
         }
-        None => x,
+        None => {
+            assert!(
+                moments.is_none() || !d.flat(),
+                "a normalised input's planes are kept"
+            );
+            input
+        }
     });
-    (out, kept)
+    (out, kept, moments)
 }
 
 /// The convolution's backward pass: parents x, weight, bias.

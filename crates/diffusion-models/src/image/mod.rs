@@ -49,19 +49,51 @@ pub(crate) fn conv(layer: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 /// [`conv`] plus a per-image shift or a residual, added where the output starts on flex
 /// ([`diffusion_kernels::conv2d_plus`]).
 pub(crate) fn conv_plus(layer: &Conv2d, x: Tensor<4>, plus: ConvPlus) -> Tensor<4> {
+    diffusion_kernels::conv2d_plus(
+        x,
+        layer.weight.val(),
+        layer.bias.as_ref().map(|b| b.val()),
+        conv_spec(layer),
+        plus,
+    )
+}
+
+/// A convolution layer's stride and padding.
+fn conv_spec(layer: &Conv2d) -> ConvSpec {
     let padding = match layer.padding {
         PaddingConfig2d::Explicit(p, ..) => p,
         PaddingConfig2d::Valid => 0,
         PaddingConfig2d::Same => layer.kernel_size[0] / 2,
     };
-    diffusion_kernels::conv2d_plus(
+    ConvSpec {
+        stride: layer.stride[0],
+        padding,
+    }
+}
+
+/// [`conv_plus`] of [`norm`]'s output (`silu` as there), through
+/// [`diffusion_kernels::norm_conv2d`]: on flex one operation, the norm's output never a tensor
+/// of its own.
+pub(crate) fn norm_conv_plus(
+    (norm_layer, silu): (&GroupNorm, bool),
+    layer: &Conv2d,
+    x: Tensor<4>,
+    plus: ConvPlus,
+) -> Tensor<4> {
+    let (Some(gamma), Some(beta)) = (&norm_layer.gamma, &norm_layer.beta) else {
+        return conv_plus(layer, norm(norm_layer, x, silu), plus);
+    };
+    diffusion_kernels::norm_conv2d(
         x,
+        (gamma.val(), beta.val()),
+        diffusion_kernels::NormSpec {
+            groups: norm_layer.num_groups,
+            epsilon: norm_layer.epsilon,
+            silu,
+        },
         layer.weight.val(),
         layer.bias.as_ref().map(|b| b.val()),
-        ConvSpec {
-            stride: layer.stride[0],
-            padding,
-        },
+        conv_spec(layer),
         plus,
     )
 }

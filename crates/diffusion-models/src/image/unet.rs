@@ -9,7 +9,8 @@ use diffusion_data::ImageShape;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ImageConfigError, conv, conv_plus, norm, one_step, repeat2, step_column, to_images, to_rows,
+    ImageConfigError, conv, conv_plus, norm, norm_conv_plus, one_step, repeat2, step_column,
+    to_images, to_rows,
 };
 use crate::network::ReverseNetwork;
 use diffusion_kernels::{ConvPlus, attention, concat_channels};
@@ -392,13 +393,13 @@ impl ResBlock {
         // the embedding of t as a shift of conv_in's output, the input as conv_out's
         // residual: both added where the outputs start
         let shift = ConvPlus::Shift(self.time.forward(silu(emb.clone())));
-        let h = conv_plus(&self.conv_in, norm(&self.norm_in, x.clone(), true), shift);
+        let h = norm_conv_plus((&self.norm_in, true), &self.conv_in, x.clone(), shift);
         let residual = match &self.skip {
             Some(skip) => conv(skip, x),
             None => x,
         };
-        let h = norm(&self.norm_out, h, true);
-        conv_plus(&self.conv_out, h, ConvPlus::Residual(residual))
+        let residual = ConvPlus::Residual(residual);
+        norm_conv_plus((&self.norm_out, true), &self.conv_out, h, residual)
     }
 }
 
@@ -508,7 +509,8 @@ impl Unet {
                 Block::Down(_) => unreachable!("the up path has no downsampling"),
             };
         }
-        to_rows(conv(&self.output, norm(&self.out_norm, h, true)))
+        let out_norm = (&self.out_norm, true);
+        to_rows(norm_conv_plus(out_norm, &self.output, h, ConvPlus::Nothing))
     }
 }
 
