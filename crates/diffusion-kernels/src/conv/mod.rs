@@ -319,37 +319,26 @@ thread_local! {
 
 /// A column buffer of `len` values (their contents left from earlier use), from this thread's
 /// store, going back to it when dropped: the buffers of a training step are allocated once and
-/// never zeroed. The store hands out the smallest buffer that holds `len` values (else its
-/// largest, grown), and a buffer keeps its length when a shorter one is asked of it, so that
-/// buffers of different sizes in turn are not zeroed again each time they grow back.
+/// never zeroed.
 fn scratch(len: usize) -> Scratch {
-    let mut buffer = SCRATCH.with(|s| {
-        let mut s = s.borrow_mut();
-        let fits = (0..s.len())
-            .filter(|&i| s[i].len() >= len)
-            .min_by_key(|&i| s[i].len());
-        let pick = fits.or_else(|| (0..s.len()).max_by_key(|&i| s[i].len()));
-        pick.map(|i| s.swap_remove(i)).unwrap_or_default()
-    });
-    if buffer.len() < len {
-        buffer.resize(len, 0.0);
-    }
-    Scratch(buffer, len)
+    let mut buffer = SCRATCH.with(|s| s.borrow_mut().pop()).unwrap_or_default();
+    buffer.resize(len, 0.0);
+    Scratch(buffer)
 }
 
-/// A buffer from [`scratch`]: its first `.1` values.
-struct Scratch(Vec<f32>, usize);
+/// A buffer from [`scratch`].
+struct Scratch(Vec<f32>);
 
 impl std::ops::Deref for Scratch {
     type Target = [f32];
     fn deref(&self) -> &[f32] {
-        &self.0[..self.1]
+        &self.0
     }
 }
 
 impl std::ops::DerefMut for Scratch {
     fn deref_mut(&mut self) -> &mut [f32] {
-        &mut self.0[..self.1]
+        &mut self.0
     }
 }
 
