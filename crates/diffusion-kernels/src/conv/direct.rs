@@ -875,26 +875,31 @@ unsafe fn forward_image<
         // SAFETY: block b's weights lie inside the checked length
         let wb = unsafe { wt.as_ptr().add(b * f.c_in * NT * CO) };
         let sink = sink(b);
+        // the run in as few tiles as `NV` vectors allow, of sizes that differ by one at most
+        // (14 vectors as 5, 5, 4 rather than 6, 6, 2: a short tile has too few sums to hide
+        // the multiply-adds' latency behind)
+        let tiles = vectors.div_ceil(NV);
         let mut v = 0;
-        while v + NV <= vectors {
+        for t in 0..tiles {
+            let len = vectors / tiles + usize::from(t < vectors % tiles);
+            let q0 = v * V::LANES;
             // SAFETY: the tile's vectors lie inside the run, its taps inside the planes
-            unsafe { forward_tile::<V, NV, S, HALF, NT>(f, xp, wb, &sink, v * V::LANES) };
-            v += NV;
-        }
-        // SAFETY: as above, for the last, shorter tile
-        unsafe {
-            match vectors - v {
-                0 => {}
-                1 => forward_tile::<V, 1, S, HALF, NT>(f, xp, wb, &sink, v * V::LANES),
-                2 => forward_tile::<V, 2, S, HALF, NT>(f, xp, wb, &sink, v * V::LANES),
-                3 => forward_tile::<V, 3, S, HALF, NT>(f, xp, wb, &sink, v * V::LANES),
-                4 => forward_tile::<V, 4, S, HALF, NT>(f, xp, wb, &sink, v * V::LANES),
-                5 => forward_tile::<V, 5, S, HALF, NT>(f, xp, wb, &sink, v * V::LANES),
-                6 => forward_tile::<V, 6, S, HALF, NT>(f, xp, wb, &sink, v * V::LANES),
-                7 => forward_tile::<V, 7, S, HALF, NT>(f, xp, wb, &sink, v * V::LANES),
-                _ => unreachable!("the last tile is shorter than a whole one"),
+            unsafe {
+                match len {
+                    len if len == NV => forward_tile::<V, NV, S, HALF, NT>(f, xp, wb, &sink, q0),
+                    1 => forward_tile::<V, 1, S, HALF, NT>(f, xp, wb, &sink, q0),
+                    2 => forward_tile::<V, 2, S, HALF, NT>(f, xp, wb, &sink, q0),
+                    3 => forward_tile::<V, 3, S, HALF, NT>(f, xp, wb, &sink, q0),
+                    4 => forward_tile::<V, 4, S, HALF, NT>(f, xp, wb, &sink, q0),
+                    5 => forward_tile::<V, 5, S, HALF, NT>(f, xp, wb, &sink, q0),
+                    6 => forward_tile::<V, 6, S, HALF, NT>(f, xp, wb, &sink, q0),
+                    7 => forward_tile::<V, 7, S, HALF, NT>(f, xp, wb, &sink, q0),
+                    _ => unreachable!("a tile holds at most NV vectors"),
+                }
             }
+            v += len;
         }
+        debug_assert_eq!(v, vectors);
     }
 }
 
