@@ -317,6 +317,20 @@ pub enum ConvPlus {
     Residual(Tensor<4>),
 }
 
+/// Whether [`conv2d_plus`]'s operands are ones the fused convolution takes: a square kernel,
+/// every tensor f32 on flex.
+fn conv_fused_here(x: &Tensor<4>, weight: &Tensor<4>, plus: &ConvPlus) -> bool {
+    let [_, _, kh, kw] = weight.dims();
+    kh == kw
+        && fused_here(x)
+        && fused_here(weight)
+        && match plus {
+            ConvPlus::Nothing => true,
+            ConvPlus::Shift(s) => fused_here(s),
+            ConvPlus::Residual(r) => fused_here(r),
+        }
+}
+
 /// [`conv2d`] plus a per-image shift or a residual ([`ConvPlus`]). On flex in f32 the addition
 /// is where the output starts before the product is added to it (no pass of its own either
 /// way); elsewhere Burn's `conv2d` and an addition.
@@ -327,16 +341,7 @@ pub fn conv2d_plus(
     spec: ConvSpec,
     plus: ConvPlus,
 ) -> Tensor<4> {
-    let [_, _, kh, kw] = weight.dims();
-    let fused = kh == kw
-        && fused_here(&x)
-        && fused_here(&weight)
-        && match &plus {
-            ConvPlus::Nothing => true,
-            ConvPlus::Shift(s) => fused_here(s),
-            ConvPlus::Residual(r) => fused_here(r),
-        };
-    if fused {
+    if conv_fused_here(&x, &weight, &plus) {
         #[cfg(feature = "flex")]
         {
             use burn::backend::Dispatch;
@@ -415,10 +420,12 @@ pub fn group_norm(x: Tensor<4>, gamma: Tensor<1>, beta: Tensor<1>, spec: NormSpe
 
 /// [`conv2d_plus`] of [`group_norm`]'s output: a U-Net's `conv(silu(norm(x)))`, the norm's
 /// constants `norm` and affine map `gamma`, `beta` (`[c_in]`). On flex in f32 one operation
-/// ([`FusedNormConv`]): a 3x3 convolution that keeps the size reads each image's normalised
-/// values padded straight from a buffer of its thread's (the norm's output never a tensor of
-/// its own), with the same values and gradients as the two operations, bit for bit;
-/// elsewhere [`group_norm`] and [`conv2d_plus`].
+/// ([`FusedNormConv`]) with the same values and gradients as the two, bit for bit: for a 3x3
+/// convolution that keeps the size, of images at least 12 pixels wide, on a CPU with AVX2 or
+/// AVX-512, each image is normalised straight into the zero-bordered planes the direct kernels
+/// read (and the backward pass keeps), so the norm's output is never a tensor of its own; for
+/// other convolutions the operation forms the norm's output first. Elsewhere [`group_norm`]
+/// and [`conv2d_plus`].
 #[allow(clippy::too_many_arguments)] // the operands of a norm and a convolution
 pub fn norm_conv2d(
     x: Tensor<4>,
@@ -429,18 +436,7 @@ pub fn norm_conv2d(
     spec: ConvSpec,
     plus: ConvPlus,
 ) -> Tensor<4> {
-    let [_, _, kh, kw] = weight.dims();
-    let fused = kh == kw
-        && fused_here(&x)
-        && fused_here(&weight)
-        && fused_here(&gamma)
-        && fused_here(&beta)
-        && match &plus {
-            ConvPlus::Nothing => true,
-            ConvPlus::Shift(s) => fused_here(s),
-            ConvPlus::Residual(r) => fused_here(r),
-        };
-    if fused {
+    if conv_fused_here(&x, &weight, &plus) && fused_here(&gamma) && fused_here(&beta) {
         #[cfg(feature = "flex")]
         {
             use burn::backend::Dispatch;

@@ -113,7 +113,7 @@ pub(crate) fn forward_flex(
     gamma: &FlexTensor,
     beta: &FlexTensor,
     spec: NormSpec,
-) -> (FlexTensor, Vec<f32>) {
+) -> (FlexTensor, FlexTensor) {
     let shape = x.shape();
     let (_, _, spatial, per_group) = sizes(x, spec.groups);
     let (xs, gs, bs) = (values(x), values(gamma), values(beta));
@@ -132,8 +132,10 @@ pub(crate) fn forward_flex(
         });
     // SAFETY: `norm_math::forward` wrote every value of each group's chunk
     unsafe { out.set_len(xs.len()) };
-    let moments = moments.iter().flat_map(|m| m.to_values()).collect();
-    (FlexTensor::from_data(TensorData::new(out, shape)), moments)
+    (
+        FlexTensor::from_data(TensorData::new(out, shape)),
+        moments_tensor(&moments),
+    )
 }
 
 /// One image's group norm (`x`, `[c, spatial]` values, `spec.groups` groups) into its
@@ -154,7 +156,10 @@ pub(crate) fn image_forward_padded(
         spec.groups
     );
     let spatial = padded.h * padded.w;
-    assert!(x.len() == c * spatial && planes.len() == c * padded.plane);
+    assert!(
+        x.len() == c * spatial && planes.len() == c * padded.plane,
+        "an image of {c} channels of {spatial} values, and a plane a channel"
+    );
     assert_eq!(moments.len(), spec.groups, "one set of moments a group");
     let per_group = c / spec.groups;
     let group_len = (per_group * spatial).max(1);
@@ -194,9 +199,7 @@ impl GroupNormBackward for Flex {
         spec: NormSpec,
     ) -> (FlexTensor, FlexTensor) {
         let (x, gamma, beta) = (contiguous(x), contiguous(gamma), contiguous(beta));
-        let (out, moments) = forward_flex(&x, &gamma, &beta, spec);
-        let len = moments.len();
-        (out, FlexTensor::from_data(TensorData::new(moments, [len])))
+        forward_flex(&x, &gamma, &beta, spec)
     }
 
     fn group_norm_backward(

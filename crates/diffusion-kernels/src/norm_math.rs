@@ -458,6 +458,8 @@ mod tests {
                 (2, 7, 7, true),
                 (1, 1, 17, false),
                 (4, 2, 33, true),
+                (2, 4, 5, true),
+                (1, 6, 3, false),
             ] {
                 let spatial = h * w;
                 let x = values(channels * spatial, 7);
@@ -473,31 +475,39 @@ mod tests {
                 };
                 let (y, mo) = forward_values(isa, g);
                 let wp = w + 2;
-                // the convolution's plane: the rows, two border rows and a few values after
-                let plane = ((h + 2) * wp + 3).next_multiple_of(16);
-                let p = Padded { h, w, wp, plane };
-                let mut planes = vec![MaybeUninit::new(f32::NAN); channels * plane];
-                let mut saved = Moments::default();
-                forward_padded(isa, g, p, &mut planes, &mut saved);
-                assert_eq!(saved, mo, "{isa:?} {h}x{w}: the moments");
-                for (j, dst) in planes.chunks(plane).enumerate() {
-                    for (q, v) in dst.iter().enumerate() {
-                        // SAFETY: every value was initialised (to NaN) above
-                        let v = unsafe { v.assume_init() };
-                        let (row, col) = (q / wp, q % wp);
-                        let inside = (1..=h).contains(&row) && (1..=w).contains(&col);
-                        let want = if inside {
-                            y[j * spatial + (row - 1) * w + col - 1]
-                        } else {
-                            0.0
-                        };
-                        assert_eq!(
-                            v.to_bits(),
-                            want.to_bits(),
-                            "{isa:?} {channels}x{h}x{w} silu {silu}: channel {j} at {q}"
-                        );
-                    }
+                // the direct 3x3 kernels' plane (`conv::direct::Flat::new`: the run of rows
+                // `wp` apart rounded up to 16, then the farthest tap), and the tightest one,
+                // where the last rows' vectors would run past the plane's end
+                let run = (h * wp).next_multiple_of(16);
+                let conv_plane = (run + 2 * (wp + 1)).next_multiple_of(16);
+                for plane in [conv_plane, (h + 2) * wp] {
+                    let case = format!("{isa:?} {channels}x{h}x{w} silu {silu} plane {plane}");
+                    check_padded(isa, g, Padded { h, w, wp, plane }, (&y, mo), &case);
                 }
+            }
+        }
+    }
+
+    /// [`forward_padded`]'s planes (written over NaNs): `y` where the image is, zero around it,
+    /// and the moments `mo`.
+    fn check_padded(isa: Isa, g: Group<'_>, p: Padded, (y, mo): (&[f32], Moments), case: &str) {
+        let channels = g.gamma.len();
+        let mut planes = vec![MaybeUninit::new(f32::NAN); channels * p.plane];
+        let mut saved = Moments::default();
+        forward_padded(isa, g, p, &mut planes, &mut saved);
+        assert_eq!(saved, mo, "{case}: the moments");
+        for (j, dst) in planes.chunks(p.plane).enumerate() {
+            for (q, v) in dst.iter().enumerate() {
+                // SAFETY: every value was initialised (to NaN) above
+                let v = unsafe { v.assume_init() };
+                let (row, col) = (q / p.wp, q % p.wp);
+                let inside = (1..=p.h).contains(&row) && (1..=p.w).contains(&col);
+                let want = if inside {
+                    y[j * g.spatial + (row - 1) * p.w + col - 1]
+                } else {
+                    0.0
+                };
+                assert_eq!(v.to_bits(), want.to_bits(), "{case}: channel {j} at {q}");
             }
         }
     }

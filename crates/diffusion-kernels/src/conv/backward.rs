@@ -104,12 +104,9 @@ impl Pass<'_> {
             for j in 0..count {
                 let i = first + j;
                 if want_w {
-                    d.pad(
-                        &f,
-                        &self.xs[i * in_len..][..in_len],
-                        j,
-                        direct::as_uninit(&mut planes),
-                    );
+                    // SAFETY: `pad` writes only f32 values
+                    let into = unsafe { direct::as_uninit(&mut planes) };
+                    d.pad(&f, &self.xs[i * in_len..][..in_len], j, into);
                 }
                 direct::flat_rows(&f, &self.gs[i * out_len..][..out_len], j, &mut gplanes);
             }

@@ -92,6 +92,21 @@ impl Flat {
         }
     }
 
+    /// Its zero-bordered planes as a group norm writes them straight in
+    /// ([`crate::norm_math::Padded`]), at stride 1.
+    pub(crate) fn padded(&self) -> crate::norm_math::Padded {
+        assert_eq!(
+            self.stride, 1,
+            "planes of a convolution that keeps the size"
+        );
+        crate::norm_math::Padded {
+            h: self.h,
+            w: self.w,
+            wp: self.wp,
+            plane: self.plane,
+        }
+    }
+
     /// The geometry of a 3x3 convolution of stride 2 and padding 1 of `h` x `w` images: the
     /// output `ceil(h / 2)` x `ceil(w / 2)` over the flat positions of the phase planes, each
     /// `ceil((w + 2) / 2)` wide (one column past the output's).
@@ -186,12 +201,17 @@ pub(super) fn has_vl() -> bool {
 /// Copies `image` (`[c_in, h, w]`) into its place `j` of `planes` (`[c_in, images, plane]`),
 /// each plane zero-bordered.
 pub(crate) fn pad_image(f: &Flat, image: &[f32], j: usize, planes: &mut [f32]) {
-    pad_image_into(f, image, j, as_uninit(planes));
+    // SAFETY: `pad_image_into` writes only f32 values
+    pad_image_into(f, image, j, unsafe { as_uninit(planes) });
 }
 
-/// `values` as memory to write f32 values into (which is all the callers do with it).
-pub(crate) fn as_uninit(values: &mut [f32]) -> &mut [MaybeUninit<f32>] {
-    // SAFETY: MaybeUninit<f32> has f32's layout; every value it is given back with is an f32
+/// `values` as memory to write f32 values into.
+///
+/// # Safety
+/// Whatever is written through the result must be an initialised value: `values` is read as
+/// f32 after.
+pub(crate) unsafe fn as_uninit(values: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: MaybeUninit<f32> has f32's layout; the caller writes only initialised values
     unsafe { &mut *(values as *mut [f32] as *mut [MaybeUninit<f32>]) }
 }
 
@@ -1171,7 +1191,8 @@ pub(super) mod tests {
                         }
                     };
                     let mut one = vec![f32::NAN; c_in * f1.plane];
-                    pad_phases(&f1, xj, (h, w), 0, as_uninit(&mut one));
+                    // SAFETY: `pad_phases` writes only f32 values
+                    pad_phases(&f1, xj, (h, w), 0, unsafe { as_uninit(&mut one) });
                     let mut out = vec![f32::NAN; f1.c_out_padded(CO) * f1.run];
                     forward(isa, &f1, &one, &wt, &mut out);
                     let layout = Layout::new(&f1);
@@ -1213,7 +1234,8 @@ pub(super) mod tests {
                             }
                         }
                     }
-                    pad_phases(&fs, xj, (h, w), j, as_uninit(&mut planes));
+                    // SAFETY: as above
+                    pad_phases(&fs, xj, (h, w), j, unsafe { as_uninit(&mut planes) });
                     flat_rows(&fs, gj, j, &mut gplanes);
                 }
                 zero_planes(&fs, c_out, &mut gplanes);

@@ -457,7 +457,9 @@ fn convolve_keeping(
         let pad = |i: usize, planes: &mut [MaybeUninit<f32>]| {
             d.pad(&f, &xs[i * in_len..][..in_len], 0, planes)
         };
-        let (out, kept, _) = convolve_direct(d, pad, ws, start, keep);
+        // SAFETY: `pad` writes every value of an image's planes (`pad_image_into`,
+        // `pad_phases`)
+        let (out, kept, _) = unsafe { convolve_direct(d, pad, ws, start, keep) };
         return (out, kept);
     }
     let total = d.n * out_len;
@@ -525,7 +527,10 @@ fn convolve_keeping(
 /// what it computed beside them, collected in the images' order. With `keep`, at stride 1, the
 /// planes as the kernels read them: `[n, c_in, plane]`, what the weights' gradient reads
 /// ([`direct::Flat::image_major`]).
-fn convolve_direct<R: Send>(
+///
+/// # Safety
+/// `fill` writes every value of the planes it is given (they are read as f32 after).
+unsafe fn convolve_direct<R: Send>(
     d: &Dims,
     fill: impl Fn(usize, &mut [MaybeUninit<f32>]) -> R + Sync,
     ws: &[f32],
@@ -573,7 +578,8 @@ fn convolve_direct<R: Send>(
             .enumerate()
             .map(|(i, o)| {
                 let mut planes = scratch(planes_len);
-                let r = fill(i, direct::as_uninit(&mut planes));
+                // SAFETY: `fill` writes only initialised values (the caller's promise)
+                let r = fill(i, unsafe { direct::as_uninit(&mut planes) });
                 image(i, o, &planes);
                 r
             })
@@ -721,6 +727,14 @@ fn flex_forward_normed(
         ConvAdd::Shift(shift) => Start::Shifted(bias_values, values(shift)),
         ConvAdd::Residual(residual) => Start::Residual(bias_values, values(residual)),
     };
+    if let Some((gamma, beta, _)) = &norm {
+        let (g, b) = (gamma.shape().num_elements(), beta.shape().num_elements());
+        assert!(
+            g == d.c_in && b == d.c_in,
+            "a gamma and a beta per input channel: {g} and {b} for {} channels",
+            d.c_in
+        );
+    }
     let ws = values(&weight);
     let (out, planes, input, moments) = match norm {
         None => {
@@ -731,14 +745,17 @@ fn flex_forward_normed(
             let (gamma, beta) = (contiguous(gamma), contiguous(beta));
             let (out, planes, moments) =
                 normed::convolve(&d, &x, (&gamma, &beta, norm), ws, start, keep);
+            // the normalised input exists only as the planes
+            assert!(
+                !keep || planes.is_some(),
+                "a normalised input's planes kept"
+            );
             (out, planes, x, Some(moments))
         }
         Some((gamma, beta, norm)) => {
             let (gamma, beta) = (contiguous(gamma), contiguous(beta));
             let (z, moments) = crate::norm::forward_flex(&x, &gamma, &beta, norm);
             let (out, planes) = convolve_keeping(&d, values(&z), ws, start, keep);
-            let len = moments.len();
-            let moments = FlexTensor::from_data(TensorData::new(moments, [len]));
             (out, planes, z, Some(moments))
         }
     };
@@ -748,13 +765,8 @@ fn flex_forward_normed(
             let plane = d.flat_geometry(1).plane;
             FlexTensor::from_data(TensorData::new(planes, [d.n, d.c_in, plane]))
         }
-        None => {
-            assert!(
-                moments.is_none() || !d.flat(),
-                "a normalised input's planes are kept"
-            );
-            input
-        }
+        // x, or the group norm's output where it was formed
+        None => input,
     });
     (out, kept, moments)
 }

@@ -24,7 +24,7 @@ use super::{flex_forward_normed, values};
 use crate::flex::{record_op_saving, register_gradients};
 use crate::math::Isa;
 use crate::norm::{self, GroupNormBackward};
-use crate::norm_math::{Moments, Padded};
+use crate::norm_math::Moments;
 use crate::{ConvSpec, NormSpec};
 
 /// The group norm and convolution as one operation. Any backend can implement it; this crate
@@ -122,17 +122,9 @@ pub(super) fn convolve(
     keep: bool,
 ) -> (Vec<f32>, Option<Vec<f32>>, FlexTensor) {
     assert!(fused(d), "a convolution the norm writes the planes of");
-    assert_eq!(gamma.shape().num_elements(), d.c_in, "one gamma a channel");
-    assert_eq!(beta.shape().num_elements(), d.c_in, "one beta a channel");
     let (xs, affine) = (values(x), (values(gamma), values(beta)));
-    let (isa, f) = (Isa::detect(), d.flat_geometry(1));
+    let (isa, padded) = (Isa::detect(), d.flat_geometry(1).padded());
     let in_len = d.c_in * d.h * d.w;
-    let padded = Padded {
-        h: f.h,
-        w: f.w,
-        wp: f.wp,
-        plane: f.plane,
-    };
     let fill = |i: usize, planes: &mut [MaybeUninit<f32>]| {
         let mut moments = vec![Moments::default(); norm.groups];
         let image = &xs[i * in_len..][..in_len];
@@ -140,7 +132,8 @@ pub(super) fn convolve(
         norm::image_forward_padded(isa, image, affine, norm, into, &mut moments);
         moments
     };
-    let (out, kept, moments) = convolve_direct(d, fill, ws, start, keep);
+    // SAFETY: `image_forward_padded` writes every value of an image's planes
+    let (out, kept, moments) = unsafe { convolve_direct(d, fill, ws, start, keep) };
     let moments: Vec<Moments> = moments.into_iter().flatten().collect();
     (out, kept, norm::moments_tensor(&moments))
 }
@@ -381,5 +374,58 @@ impl<B: Backend + NormConvBackward, C: CheckpointStrategy> FusedNormConv for Aut
                 (out, state.map(|s| (s, Added::Residual)))
             },
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::direct;
+    use super::*;
+
+    fn dims(c_in: usize, (h, w): (usize, usize), k: usize, spec: ConvSpec) -> Dims {
+        Dims {
+            n: 2,
+            c_in,
+            h,
+            w,
+            c_out: 4,
+            k,
+            h_out: spec.output_side(h, k),
+            w_out: spec.output_side(w, k),
+            spec,
+        }
+    }
+
+    /// The norm writes the planes of the 3x3 convolutions that keep the size, of images at
+    /// least [`MIN_WIDTH`] wide, where the direct kernels run; every other convolution reads the
+    /// norm's output formed first.
+    #[test]
+    fn the_norm_writes_the_planes_of_wide_3x3_convolutions_that_keep_the_size() {
+        let direct = direct::available(Isa::detect());
+        let same = ConvSpec {
+            stride: 1,
+            padding: 1,
+        };
+        let halving = ConvSpec {
+            stride: 2,
+            padding: 1,
+        };
+        let pointwise = ConvSpec {
+            stride: 1,
+            padding: 0,
+        };
+        for (c_in, side, k, spec, wanted) in [
+            (8, (28, 28), 3, same, true),
+            (6, (13, 12), 3, same, true),
+            (4, (14, 17), 3, same, true),
+            (4, (7, 7), 3, same, false),
+            (4, (12, 11), 3, same, false),
+            (0, (28, 28), 3, same, false),
+            (6, (12, 12), 3, halving, false),
+            (6, (12, 12), 1, pointwise, false),
+        ] {
+            let d = dims(c_in, side, k, spec);
+            assert_eq!(fused(&d), wanted && direct, "{d:?}");
+        }
     }
 }

@@ -80,28 +80,18 @@ pub(crate) fn norm_conv_plus(
     x: Tensor<4>,
     plus: ConvPlus,
 ) -> Tensor<4> {
-    let (Some(gamma), Some(beta)) = (&norm_layer.gamma, &norm_layer.beta) else {
+    let Some((affine, spec)) = affine_norm(norm_layer, silu) else {
         return conv_plus(layer, norm(norm_layer, x, silu), plus);
     };
-    diffusion_kernels::norm_conv2d(
-        x,
-        (gamma.val(), beta.val()),
-        diffusion_kernels::NormSpec {
-            groups: norm_layer.num_groups,
-            epsilon: norm_layer.epsilon,
-            silu,
-        },
-        layer.weight.val(),
-        layer.bias.as_ref().map(|b| b.val()),
-        conv_spec(layer),
-        plus,
-    )
+    let bias = layer.bias.as_ref().map(|b| b.val());
+    let (weight, conv) = (layer.weight.val(), conv_spec(layer));
+    diffusion_kernels::norm_conv2d(x, affine, spec, weight, bias, conv, plus)
 }
 
 /// A GroupNorm layer's forward pass, then SiLU when `silu`, through
 /// [`diffusion_kernels::group_norm`] (one pass each way on flex, Burn's operations elsewhere).
 pub(crate) fn norm(layer: &GroupNorm, x: Tensor<4>, silu: bool) -> Tensor<4> {
-    let (Some(gamma), Some(beta)) = (&layer.gamma, &layer.beta) else {
+    let Some(((gamma, beta), spec)) = affine_norm(layer, silu) else {
         let y = layer.forward(x);
         return if silu {
             burn::tensor::activation::silu(y)
@@ -109,16 +99,24 @@ pub(crate) fn norm(layer: &GroupNorm, x: Tensor<4>, silu: bool) -> Tensor<4> {
             y
         };
     };
-    diffusion_kernels::group_norm(
-        x,
-        gamma.val(),
-        beta.val(),
-        diffusion_kernels::NormSpec {
-            groups: layer.num_groups,
-            epsilon: layer.epsilon,
-            silu,
-        },
-    )
+    diffusion_kernels::group_norm(x, gamma, beta, spec)
+}
+
+/// A GroupNorm layer's affine map (gamma, beta) and its constants for the fused kernels, then
+/// SiLU when `silu`; `None` for a layer without the affine map.
+fn affine_norm(
+    layer: &GroupNorm,
+    silu: bool,
+) -> Option<((Tensor<1>, Tensor<1>), diffusion_kernels::NormSpec)> {
+    let (Some(gamma), Some(beta)) = (&layer.gamma, &layer.beta) else {
+        return None;
+    };
+    let spec = diffusion_kernels::NormSpec {
+        groups: layer.num_groups,
+        epsilon: layer.epsilon,
+        silu,
+    };
+    Some(((gamma.val(), beta.val()), spec))
 }
 
 /// Rows `[n, c h w]` as images `[n, c, h, w]`.
