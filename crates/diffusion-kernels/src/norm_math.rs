@@ -374,6 +374,22 @@ mod tests {
         [y, dx, dgamma, dbeta]
     }
 
+    /// A group of `values` with its channels' affine map, epsilon 1e-5.
+    fn group<'a>(
+        (values, gamma, beta): (&'a [f32], &'a [f32], &'a [f32]),
+        spatial: usize,
+        silu: bool,
+    ) -> Group<'a> {
+        Group {
+            values,
+            gamma,
+            beta,
+            spatial,
+            epsilon: 1e-5,
+            silu,
+        }
+    }
+
     /// The forward pass's output (every value written over NaNs) and moments.
     fn forward_values(isa: Isa, g: Group<'_>) -> (Vec<f32>, Moments) {
         let mut y = vec![MaybeUninit::new(f32::NAN); g.values.len()];
@@ -412,14 +428,7 @@ mod tests {
                 let gamma: Vec<f32> = values(channels, 2).iter().map(|v| gain * v).collect();
                 let beta = values(channels, 3);
                 let dy = values(len, 4);
-                let g = Group {
-                    values: &x,
-                    gamma: &gamma,
-                    beta: &beta,
-                    spatial,
-                    epsilon: 1e-5,
-                    silu,
-                };
+                let g = group((&x, &gamma, &beta), spatial, silu);
                 let want = reference(g, &dy);
                 let (y, mo) = forward_values(isa, g);
                 // the output's gradient in, the input's out; d gamma and d beta overwritten
@@ -465,14 +474,7 @@ mod tests {
                 let x = values(channels * spatial, 7);
                 let gamma = values(channels, 8);
                 let beta = values(channels, 9);
-                let g = Group {
-                    values: &x,
-                    gamma: &gamma,
-                    beta: &beta,
-                    spatial,
-                    epsilon: 1e-5,
-                    silu,
-                };
+                let g = group((&x, &gamma, &beta), spatial, silu);
                 let (y, mo) = forward_values(isa, g);
                 let wp = w + 2;
                 // the direct 3x3 kernels' plane (`conv::direct::Flat::new`: the run of rows
