@@ -17,11 +17,15 @@
 //! gradient, the same kind of convolution), the weight gradient from the padded input planes
 //! the forward pass kept ([`ConvBackward::conv2d_saving`]); a 3x3 convolution of stride 2 runs
 //! on the direct kernels too, over phase planes, its input gradient included (the others' input
-//! gradient is the column product and col2im above). Images run in parallel on rayon's
+//! gradient is the column product and col2im above). A group norm before such a 3x3
+//! convolution writes those padded planes itself when the two run as one operation
+//! ([`normed`]). Images run in parallel on rayon's
 //! pool; column buffers are kept per thread between calls. A 1x1 convolution of stride 1
 //! reads its input as the column matrix (no copy). Burn's flex convolution instead tiles each
 //! image, transposes the input to NHWC and allocates per tile, and runs the input gradient as a
 //! scatter-based transposed convolution.
+
+use std::mem::MaybeUninit;
 
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -31,8 +35,6 @@ use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::flex::{Flex, FlexTensor};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, TensorMetadata, backend_extension};
-use std::mem::MaybeUninit;
-
 use burn::tensor::TensorData;
 use rayon::prelude::*;
 
