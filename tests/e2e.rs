@@ -201,6 +201,32 @@ fn trains_on_a_data_file() {
     assert!(e["k_bits"].as_f64().unwrap().is_finite());
 }
 
+/// An instruction-set cap the kernels do not know is one `error:` line and exit code 2,
+/// before any work; a known one (whatever the CPU) runs.
+#[test]
+fn an_unknown_kernel_instruction_set_is_one_line() {
+    let with = |isa: &str| {
+        bin()
+            .env("DIFFUSION_KERNELS_ISA", isa)
+            .arg("devices")
+            .output()
+            .unwrap()
+    };
+    let out = with("avx3");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("error: DIFFUSION_KERNELS_ISA=avx3 is none of avx512, avx2, base"),
+        "{err}"
+    );
+    for isa in ["avx512", "avx2", "base"] {
+        let out = with(isa);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{isa}: {err}");
+    }
+}
+
 #[test]
 fn bad_input_gets_one_line_and_a_nonzero_exit() {
     let dir = workdir("bad");

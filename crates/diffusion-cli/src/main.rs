@@ -79,6 +79,10 @@ fn main() -> ExitCode {
         }
         eprintln!("error: internal error: {msg}");
     }));
+    if let Err(message) = diffusion_kernels::Isa::cap() {
+        eprintln!("error: {message}");
+        return ExitCode::from(2);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // --help and --version print in full; a usage error in one line, exit code 2.

@@ -26,7 +26,8 @@
 //! ```
 //!
 //! The kernels' ISA is picked at run time ([`Isa::detect`]): AVX-512 where the CPU has it, else
-//! AVX2 with FMA, else the target's baseline.
+//! AVX2 with FMA, else the target's baseline; the environment variable [`ISA_VARIABLE`]
+//! (`DIFFUSION_KERNELS_ISA=avx2` or `base`) caps it, to test and time the narrower kernels.
 //!
 //! Beside the layer: [`readout_rows`] (an affine readout of its own per row, read in place),
 //! [`activate`] (an activation alone), [`product`] (gemm straight into the output),
@@ -66,7 +67,7 @@ pub use conv::{ConvAdd, ConvBackward, FusedConv, FusedNormConv, NormConvBackward
 pub use flex::{
     FusedAdamStep, FusedGaussianKl, FusedLinear, FusedLinearBackward, GaussianKlBackward,
 };
-pub use math::Isa;
+pub use math::{ISA_VARIABLE, Isa};
 #[cfg(feature = "flex")]
 pub use norm::{FusedGroupNorm, GroupNormBackward};
 #[cfg(feature = "flex")]

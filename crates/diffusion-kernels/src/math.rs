@@ -636,9 +636,45 @@ pub enum Isa {
     Avx512,
 }
 
+/// The environment variable that caps the kernels' instruction set at `avx512`, `avx2` or
+/// `base` (below what the CPU runs, it has no effect): to test and time the narrower kernels
+/// on a wider CPU. Unset, the kernels run the widest the CPU has. gemm's matrix products pick
+/// their own.
+pub const ISA_VARIABLE: &str = "DIFFUSION_KERNELS_ISA";
+
 impl Isa {
-    /// What this CPU runs, detected once.
+    /// What the kernels run: the widest instruction set this CPU has, capped by
+    /// [`ISA_VARIABLE`] where it is set to one of its values; read once.
     pub fn detect() -> Isa {
+        static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *ISA.get_or_init(|| {
+            let cpu = Isa::cpu();
+            match Isa::cap() {
+                Ok(Some(cap)) if (cap as u8) < (cpu as u8) => cap,
+                _ => cpu,
+            }
+        })
+    }
+
+    /// The cap [`ISA_VARIABLE`] sets: none where it is unset, an error naming the values it
+    /// takes for any other value (which [`Isa::detect`] ignores).
+    pub fn cap() -> Result<Option<Isa>, String> {
+        let Some(value) = std::env::var_os(ISA_VARIABLE) else {
+            return Ok(None);
+        };
+        match value.to_str().map(str::trim) {
+            Some("avx512") => Ok(Some(Isa::Avx512)),
+            Some("avx2") => Ok(Some(Isa::Avx2)),
+            Some("base") => Ok(Some(Isa::Base)),
+            _ => Err(format!(
+                "{ISA_VARIABLE}={} is none of avx512, avx2, base",
+                value.to_string_lossy()
+            )),
+        }
+    }
+
+    /// The widest instruction set the kernels are compiled for that this CPU runs.
+    fn cpu() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
             use std::is_x86_feature_detected as has;
@@ -654,7 +690,8 @@ impl Isa {
         Isa::Base
     }
 
-    /// Every variant this CPU runs, narrowest first (for tests).
+    /// Every variant this CPU runs, up to [`ISA_VARIABLE`]'s cap, narrowest first (for
+    /// tests).
     pub fn supported() -> Vec<Isa> {
         let best = Isa::detect();
         [Isa::Base, Isa::Avx2, Isa::Avx512]

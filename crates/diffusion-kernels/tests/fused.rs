@@ -338,8 +338,11 @@ fn gradients_that_are_views_of_a_larger_buffer() {
         let (got, want) = (run(true), run(false));
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             let (diff, scale) = max_abs_diff(g, w);
+            // the weights' gradient sums 4n rows in f32, in another order than Burn's; the
+            // baseline kernels (DIFFUSION_KERNELS_ISA=base) round without fused multiply-adds
+            // and come within 2e-5 of it
             assert!(
-                diff <= 1e-5 * scale.max(1.0),
+                diff <= 3e-5 * scale.max(1.0),
                 "n {n}: gradient {i} differs by {diff} (scale {scale})"
             );
         }
