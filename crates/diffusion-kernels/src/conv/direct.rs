@@ -678,6 +678,11 @@ pub(in crate::conv) trait Vector: Copy {
     unsafe fn fma(self, a: Self, b: Self) -> Self;
     unsafe fn store(self, p: *mut f32);
     unsafe fn sum(self) -> f32;
+    /// Each of 16 vectors' [`Vector::sum`], bit for bit.
+    #[inline(always)]
+    unsafe fn sums16(a: &[Self; 16]) -> [f32; 16] {
+        unsafe { std::array::from_fn(|k| a[k].sum()) }
+    }
     unsafe fn add(self, other: Self) -> Self;
     unsafe fn mul(self, other: Self) -> Self;
 }
@@ -760,6 +765,45 @@ pub(in crate::conv) mod x86 {
         #[inline(always)]
         unsafe fn sum(self) -> f32 {
             unsafe { _mm512_reduce_add_ps(self.0) }
+        }
+        /// The 16 sums at once, in [`Vector::sum`]'s tree (lanes `l` and `l + 8`, then `l`
+        /// and `l + 4`, `l` and `l + 2`, `l` and `l + 1`), each level one add for every two
+        /// vectors: two of them side by side in a vector, their halves brought together by
+        /// two shuffles. Sum `k` ends in lane `4 (k mod 4) + k / 4`.
+        #[inline(always)]
+        unsafe fn sums16(a: &[Self; 16]) -> [f32; 16] {
+            unsafe {
+                let v: [__m512; 16] = std::array::from_fn(|k| a[k].0);
+                // quarters 0, 1 and 2, 3 of each: lanes l and l + 8
+                let mut l8 = [_mm512_setzero_ps(); 8];
+                for (p, s) in l8.iter_mut().enumerate() {
+                    let (x, y) = (v[2 * p], v[2 * p + 1]);
+                    let lo = _mm512_shuffle_f32x4::<0b01_00_01_00>(x, y);
+                    *s = _mm512_add_ps(lo, _mm512_shuffle_f32x4::<0b11_10_11_10>(x, y));
+                }
+                // quarters 0, 2 and 1, 3: lanes l and l + 4
+                let mut l4 = [_mm512_setzero_ps(); 4];
+                for (p, s) in l4.iter_mut().enumerate() {
+                    let (x, y) = (l8[2 * p], l8[2 * p + 1]);
+                    let lo = _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y);
+                    *s = _mm512_add_ps(lo, _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y));
+                }
+                // each quarter's low and high pair of values: lanes l and l + 2
+                let mut l2 = [_mm512_setzero_ps(); 2];
+                for (p, s) in l2.iter_mut().enumerate() {
+                    let x = _mm512_castps_pd(l4[2 * p]);
+                    let y = _mm512_castps_pd(l4[2 * p + 1]);
+                    let lo = _mm512_castpd_ps(_mm512_unpacklo_pd(x, y));
+                    *s = _mm512_add_ps(lo, _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+                }
+                // each pair's two values: lanes l and l + 1
+                let (x, y) = (l2[0], l2[1]);
+                let lo = _mm512_shuffle_ps::<0b10_00_10_00>(x, y);
+                let all = _mm512_add_ps(lo, _mm512_shuffle_ps::<0b11_01_11_01>(x, y));
+                let mut lanes = [0.0f32; 16];
+                _mm512_storeu_ps(lanes.as_mut_ptr(), all);
+                std::array::from_fn(|k| lanes[4 * (k % 4) + k / 4])
+            }
         }
         #[inline(always)]
         unsafe fn add(self, other: Self) -> Self {
@@ -1048,12 +1092,25 @@ unsafe fn weight_grad_image<V: Vector, const G: usize, const A: usize, const HAL
                         g = g.add(f.plane - f.run);
                     }
                 }
-                for (c, taps) in acc.chunks_exact(TAPS).enumerate() {
+                // the first 16 sums at once, the rest one by one
+                let mut sums = [0.0f32; A];
+                let (head, tail) = acc.split_at(A.min(16));
+                if let Ok(head) = <&[V; 16]>::try_from(head) {
+                    sums[..16].copy_from_slice(&V::sums16(head));
+                } else {
+                    for (s, a) in sums.iter_mut().zip(head) {
+                        *s = a.sum();
+                    }
+                }
+                for (s, a) in sums[head.len()..].iter_mut().zip(tail) {
+                    *s = a.sum();
+                }
+                for (c, taps) in sums.chunks_exact(TAPS).enumerate() {
                     let co = first + c;
                     if co < f.c_out {
                         let d = &mut dw[(co * f.c_in + ci) * TAPS..][..TAPS];
-                        for (d, a) in d.iter_mut().zip(taps) {
-                            *d += a.sum();
+                        for (d, &s) in d.iter_mut().zip(taps) {
+                            *d += s;
                         }
                     }
                 }
@@ -1077,6 +1134,33 @@ pub(super) mod tests {
                 (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
             })
             .collect()
+    }
+
+    /// AVX-512's 16 sums at once are each vector's own sum bit for bit (values of many
+    /// magnitudes and both signs, where another order of additions rounds differently).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn sixteen_sums_at_once_are_each_vectors_sum_bit_for_bit() {
+        if Isa::detect() != Isa::Avx512 {
+            return;
+        }
+        for seed in 0..50 {
+            let v: Vec<f32> = values(256, seed)
+                .iter()
+                .zip(values(256, seed + 100))
+                .map(|(a, e)| a * 10f32.powf(3.0 * e))
+                .collect();
+            // SAFETY: the CPU has AVX-512F (checked above); each vector reads 16 of 256 values
+            let (at_once, one_by_one) = unsafe {
+                let a: [x86::Avx512; 16] = std::array::from_fn(|k| x86::Avx512::load(&v[16 * k]));
+                (x86::Avx512::sums16(&a), a.map(|x| x.sum()))
+            };
+            assert_eq!(
+                at_once.map(f32::to_bits),
+                one_by_one.map(f32::to_bits),
+                "seed {seed}"
+            );
+        }
     }
 
     /// The convolution and its weight gradient in f64, by their definitions.
