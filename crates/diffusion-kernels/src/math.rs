@@ -625,8 +625,9 @@ fn adam_rows<const F: bool>(
     }
 }
 
-/// The widest instruction set the kernels are compiled for that this CPU runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The widest instruction set the kernels are compiled for that this CPU runs (ordered
+/// narrowest first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Isa {
     /// The target's baseline (SSE2 on x86-64).
     Base,
@@ -637,8 +638,8 @@ pub enum Isa {
 }
 
 /// The environment variable that caps the kernels' instruction set at `avx512`, `avx2` or
-/// `base` (below what the CPU runs, it has no effect): to test and time the narrower kernels
-/// on a wider CPU. Unset, the kernels run the widest the CPU has. gemm's matrix products pick
+/// `base` (a cap at or above what the CPU runs has no effect): to test and time the narrower
+/// kernels on a wider CPU. Unset, the kernels run the widest the CPU has. gemm's matrix products pick
 /// their own.
 pub const ISA_VARIABLE: &str = "DIFFUSION_KERNELS_ISA";
 
@@ -650,7 +651,7 @@ impl Isa {
         *ISA.get_or_init(|| {
             let cpu = Isa::cpu();
             match Isa::cap() {
-                Ok(Some(cap)) if (cap as u8) < (cpu as u8) => cap,
+                Ok(Some(cap)) => cap.min(cpu),
                 _ => cpu,
             }
         })
@@ -696,7 +697,7 @@ impl Isa {
         let best = Isa::detect();
         [Isa::Base, Isa::Avx2, Isa::Avx512]
             .into_iter()
-            .filter(|&i| i as u8 <= best as u8)
+            .filter(|&i| i <= best)
             .collect()
     }
 }

@@ -5,6 +5,8 @@
 //! pass recomputes the normalised values from the saved input and the group's mean and
 //! reciprocal standard deviation.
 
+use std::mem::MaybeUninit;
+
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -13,8 +15,6 @@ use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::flex::{Flex, FlexTensor};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, TensorMetadata, backend_extension};
-use std::mem::MaybeUninit;
-
 use burn::tensor::TensorData;
 use rayon::prelude::*;
 
@@ -69,11 +69,16 @@ fn sizes(x: &FlexTensor, groups: usize) -> (usize, usize, usize, usize) {
     let shape = x.shape();
     let (n, c) = (shape[0], shape[1]);
     let spatial = shape.num_elements() / (n * c).max(1);
+    (n, c, spatial, per_group(c, groups))
+}
+
+/// Channels per group of `c` channels in `groups` groups (which must divide them).
+fn per_group(c: usize, groups: usize) -> usize {
     assert!(
-        groups > 0 && c % groups == 0,
+        groups > 0 && c.is_multiple_of(groups),
         "{c} channels in {groups} groups"
     );
-    (n, c, spatial, c / groups)
+    c / groups
 }
 
 /// The first channel of group `i` of the batch (over every image's groups in turn).
@@ -150,18 +155,13 @@ pub(crate) fn image_forward_padded(
     moments: &mut [Moments],
 ) {
     let c = gamma.len();
-    assert!(
-        spec.groups > 0 && c % spec.groups == 0,
-        "{c} channels in {} groups",
-        spec.groups
-    );
+    let per_group = per_group(c, spec.groups);
     let spatial = padded.h * padded.w;
     assert!(
         x.len() == c * spatial && planes.len() == c * padded.plane,
         "an image of {c} channels of {spatial} values, and a plane a channel"
     );
     assert_eq!(moments.len(), spec.groups, "one set of moments a group");
-    let per_group = c / spec.groups;
     let group_len = (per_group * spatial).max(1);
     let groups = x
         .chunks(group_len)

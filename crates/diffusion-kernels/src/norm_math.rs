@@ -142,15 +142,13 @@ fn forward_group<const F: bool>(g: Group<'_>, out: &mut [MaybeUninit<f32>], save
     let channels = out.chunks_mut(g.spatial).zip(g.values.chunks(g.spatial));
     for (j, (o, v)) in channels.enumerate() {
         let (a, b) = (g.gamma[j] * mo.rstd, g.beta[j]);
-        // z = ((x - m) - delta) rstd gamma + beta
         if g.silu {
             for (y, &x) in o.iter_mut().zip(v) {
-                let z = madd::<F>((x - mo.m) - mo.delta, a, b);
-                y.write(z * sigmoid::<F>(z));
+                y.write(output::<F, true>(x, mo, a, b));
             }
         } else {
             for (y, &x) in o.iter_mut().zip(v) {
-                y.write(madd::<F>((x - mo.m) - mo.delta, a, b));
+                y.write(output::<F, false>(x, mo, a, b));
             }
         }
     }
@@ -167,8 +165,9 @@ pub(crate) struct Padded {
     pub plane: usize,
 }
 
-/// The group norm's output value for `x` (then SiLU when `SILU`), `a` = gamma rstd, `b` = beta:
-/// [`forward_group`]'s, bit for bit.
+/// The group norm's output value for `x`, z = ((x - m) - delta) rstd gamma + beta (then SiLU
+/// when `SILU`), `a` = gamma rstd, `b` = beta: what [`forward_group`] and
+/// [`forward_group_padded`] write.
 #[inline(always)]
 fn output<const F: bool, const SILU: bool>(x: f32, mo: Moments, a: f32, b: f32) -> f32 {
     let z = madd::<F>((x - mo.m) - mo.delta, a, b);

@@ -1094,15 +1094,12 @@ unsafe fn weight_grad_image<V: Vector, const G: usize, const A: usize, const HAL
                 }
                 // the first 16 sums at once, the rest one by one
                 let mut sums = [0.0f32; A];
-                let (head, tail) = acc.split_at(A.min(16));
-                if let Ok(head) = <&[V; 16]>::try_from(head) {
+                let mut done = 0;
+                if let Some(head) = acc.first_chunk::<16>() {
                     sums[..16].copy_from_slice(&V::sums16(head));
-                } else {
-                    for (s, a) in sums.iter_mut().zip(head) {
-                        *s = a.sum();
-                    }
+                    done = 16;
                 }
-                for (s, a) in sums[head.len()..].iter_mut().zip(tail) {
+                for (s, a) in sums[done..].iter_mut().zip(&acc[done..]) {
                     *s = a.sum();
                 }
                 for (c, taps) in sums.chunks_exact(TAPS).enumerate() {

@@ -110,9 +110,8 @@ pub(super) fn fused(d: &Dims) -> bool {
 
 /// The convolution `d` of the group norm of `x` (`norm`), each image normalised straight into
 /// the zero-bordered planes the direct kernels read ([`fused`]); with `keep`, the planes `[n,
-/// c_in, plane]`. Returns the output, the
-/// planes kept and the groups' moments (in the images' order, [`Moments::VALUES`] values a
-/// group).
+/// c_in, plane]`. Returns the output, the planes kept and the groups' moments (in the images'
+/// order, [`Moments::VALUES`] values a group).
 pub(super) fn convolve(
     d: &Dims,
     x: &FlexTensor,
